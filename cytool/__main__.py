@@ -1,0 +1,6 @@
+"""`python -m cytool` is the `cytool` command."""
+import sys
+
+from cytool.cli import main
+
+sys.exit(main())
