@@ -159,11 +159,11 @@ class _DistutilsInfo:
     sources: List[str]
 
 
-def _read_distutils_header(source: Path) -> _DistutilsInfo:
+def _read_distutils_header(source: Path, text: str) -> _DistutilsInfo:
     """The `# distutils:` header comments, parsed by Cython's own reader."""
     from Cython.Build.Dependencies import DistutilsInfo
 
-    values = DistutilsInfo(str(source)).values
+    values = DistutilsInfo(text).values
 
     def paths(key: str) -> List[str]:
         return [str((source.parent / item).resolve()) if not os.path.isabs(item) else item for item in values.get(key, [])]
@@ -257,8 +257,8 @@ def _build(
     manifest_key: str,
     progress: Progress,
 ) -> BuildResult:
-    info = _read_distutils_header(source)
     text = source.read_text(encoding="utf-8", errors="replace")
+    info = _read_distutils_header(source, text)
     numpy_include = _numpy_include(text)
     if numpy_include:
         info.include_dirs.append(numpy_include)
@@ -308,6 +308,7 @@ def _build(
                 "opt_level": options.opt_level,
                 "annotation": annotation,
                 "compiler": compiler.argv,
+                "compile_command": cc_argv,
                 "created": time.time(),
                 "settings": settings.values,
                 "dependencies": dependencies,

@@ -8,9 +8,9 @@ from typing import List
 from cytool.errors import CytoolError
 
 # "mod.pyx:5:8: Expected ':', found 'NEWLINE'"
-_CYTHON_POSITION = re.compile(r"^(?P<file>[^\s:][^:]*):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$", re.M)
+_CYTHON_POSITION = re.compile(r"^(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$", re.M)
 # "mod.pyx:5:3: error: ..." / "mod.c:12: fatal error: ..."
-_CC_ERROR = re.compile(r"^(?P<loc>[^\s:][^:]*(:\d+)+): (fatal )?error: ", re.M)
+_CC_ERROR = re.compile(r"^(?P<loc>[^\s:][^:\n]*(:\d+)+): (fatal )?error: ", re.M)
 
 MAX_COMPILER_ERRORS = 5
 MAX_DETAIL_LINES = 40
@@ -26,8 +26,9 @@ def cython_failure(source: Path, output: str) -> CytoolError:
     else:
         message = f"Cython could not compile {source.name}"
     # Cython repeats a block per error; keep the first block (excerpt + message).
-    blocks = text.split("\nError compiling Cython file:")
-    detail = blocks[0]
+    blocks = text.split("Error compiling Cython file:")
+    blocks = [block.strip() for block in blocks if block.strip()]
+    detail = blocks[0] if blocks else text
     extra = len(blocks) - 1
     if extra > 0:
         detail += f"\n({extra} more error{'s' if extra > 1 else ''}; fix this one first)"
@@ -54,10 +55,7 @@ def compiler_failure(source: Path, compiler: str, output: str) -> CytoolError:
     if not picked:
         picked = [line for line in lines if line.strip()][-MAX_DETAIL_LINES:]
     total = sum(1 for line in lines if _CC_ERROR.match(line))
-    first = next((line for line in picked if _CC_ERROR.match(line)), "")
     message = f"the C compiler ({compiler}) failed on {source.name}"
-    if first:
-        message += f": {first.strip()}"
     detail = "\n".join(picked)
     if total > errors:
         detail += f"\n({total - errors} more errors not shown; run with -v for the full log)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import importlib.machinery
 import importlib.util
+import linecache
 import sys
 import traceback
 from pathlib import Path
@@ -64,6 +65,18 @@ def _user_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
     return tb
 
 
+def _prime_source_lines(tb: Optional[TracebackType], folder: Path) -> None:
+    """Cython names its files relative to the source folder ("mod.pyx"); put their lines
+    in linecache so the traceback shows them whatever the current directory is."""
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        candidate = folder / filename
+        if not Path(filename).is_absolute() and filename not in linecache.cache and candidate.is_file():
+            lines = candidate.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True)
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, str(candidate))
+        tb = tb.tb_next
+
+
 def run_module(result: "BuildResult", argv: List[str]) -> int:
     """Run a module built by cytool.build as `__main__`; see run_prebuilt."""
     return run_prebuilt(result.module_path, result.source, argv, result.module_name)
@@ -93,6 +106,8 @@ def run_prebuilt(module_path: Path, source: Path, argv: List[str], module_name: 
         raise
     except BaseException as error:  # the user's exception: show it as Python would
         sys.stdout.flush()
-        traceback.print_exception(type(error), error, _user_frames(error.__traceback__))
+        user_tb = _user_frames(error.__traceback__)
+        _prime_source_lines(user_tb, Path(source).parent)
+        traceback.print_exception(type(error), error, user_tb)
         return 1
     return 0
