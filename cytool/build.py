@@ -9,26 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from cytool import __version__, toolchain
 from cytool.cache import BuildCache, hash_file, hash_text
-from cytool.diagnostics import compiler_failure, cython_failure
 from cytool.errors import CytoolError
-from cytool.progress import Progress, quiet
+
+if TYPE_CHECKING:
+    import subprocess
+
+    from cytool.progress import Progress
 
 OPT_LEVELS = ("0", "1", "2", "3", "s", "g", "fast")
 DEFAULT_OPT_LEVEL = "2"
 
 
-@dataclass(frozen=True)
-class BuildOptions:
+class BuildOptions(NamedTuple):
     opt_level: str = DEFAULT_OPT_LEVEL
     force: bool = False
     annotate: bool = False
@@ -37,8 +36,7 @@ class BuildOptions:
     link_tracer: bool = True
 
 
-@dataclass(frozen=True)
-class BuildResult:
+class BuildResult(NamedTuple):
     module_name: str
     module_path: Path  # the .so inside the cache entry
     build_dir: Path  # the cache entry: <mod>.c, the .so, cython_debug/, build.json
@@ -55,11 +53,11 @@ class BuildResult:
         return self.build_dir / "cython_debug" / f"cython_debug_info_{self.module_name}"
 
 
-@dataclass
 class _Settings:
     """Everything besides file contents that decides what a build produces."""
 
-    values: Dict[str, str] = field(default_factory=dict)
+    def __init__(self, values: Dict[str, str]):
+        self.values = values
 
     def key_text(self) -> str:
         return json.dumps(self.values, sort_keys=True)
@@ -113,7 +111,7 @@ def _settings(source: Path, options: BuildOptions) -> _Settings:
     )
 
 
-def build_module(path: Path, options: BuildOptions = BuildOptions(), progress: Optional[Progress] = None) -> BuildResult:
+def build_module(path: Path, options: BuildOptions = BuildOptions(), progress: Optional["Progress"] = None) -> BuildResult:
     """Return the built module for `path`, from the cache when nothing it depends on changed."""
     source, name = resolve_source(Path(path))
     settings = _settings(source, options)
@@ -123,7 +121,10 @@ def build_module(path: Path, options: BuildOptions = BuildOptions(), progress: O
         entry_key = cache.lookup(manifest_key)
         if entry_key is not None:
             return _result(cache.entry_dir(entry_key), source, name, cached=True)
-    progress = progress or (Progress(verbose=True) if options.verbose else Progress())
+    # The cold path: everything below imports what it needs (the warm path stays light).
+    from cytool.progress import Progress
+
+    progress = progress or Progress(verbose=options.verbose)
     try:
         return _build(cache, source, name, options, settings, manifest_key, progress)
     finally:
@@ -146,8 +147,7 @@ def _result(entry: Path, source: Path, name: str, cached: bool) -> BuildResult:
 # -- the cold path ---------------------------------------------------------------------
 
 
-@dataclass
-class _DistutilsInfo:
+class _DistutilsInfo(NamedTuple):
     cplus: bool
     include_dirs: List[str]
     library_dirs: List[str]
@@ -189,12 +189,14 @@ def _read_distutils_header(source: Path, text: str) -> _DistutilsInfo:
     )
 
 
-_NUMPY_CIMPORT = re.compile(r"^\s*(cimport\s+numpy|from\s+numpy\s+cimport)\b", re.M)
-_EXTERN_HEADER = re.compile(r"""^\s*cdef\s+extern\s+from\s+["']([^"'*]+)["']""", re.M)
+_NUMPY_CIMPORT = r"^\s*(cimport\s+numpy|from\s+numpy\s+cimport)\b"
+_EXTERN_HEADER = r"""^\s*cdef\s+extern\s+from\s+["']([^"'*]+)["']"""
 
 
 def _numpy_include(text: str) -> Optional[str]:
-    if not _NUMPY_CIMPORT.search(text):
+    import re
+
+    if not re.search(_NUMPY_CIMPORT, text, re.M):
         return None
     try:
         import numpy
@@ -206,7 +208,9 @@ def _numpy_include(text: str) -> Optional[str]:
     return str(numpy.get_include())
 
 
-def _run(argv: Sequence[str], cwd: Path, progress: Progress) -> subprocess.CompletedProcess:
+def _run(argv: Sequence[str], cwd: Path, progress: "Progress") -> "subprocess.CompletedProcess":
+    import subprocess
+
     progress.command(argv, cwd=str(cwd))
     return subprocess.run(list(argv), cwd=str(cwd), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
 
@@ -225,6 +229,8 @@ def _cython_argv(source: Path, name: str, out_c: Path, info: _DistutilsInfo, opt
 def _dependencies(source: Path, depfile: Path, include_dirs: Sequence[str], extra_sources: Sequence[str]) -> Dict[str, Optional[str]]:
     """Every file the build read: Cython's depfile (.pyx, .pxd, .pxi), the headers named in
     `cdef extern from` blocks (searched like the compiler does), and extra C sources."""
+    import re
+
     files: List[Path] = [source]
     text = depfile.read_text(encoding="utf-8", errors="replace") if depfile.exists() else ""
     body = text.split(":", 1)[1] if ":" in text else ""
@@ -237,7 +243,7 @@ def _dependencies(source: Path, depfile: Path, include_dirs: Sequence[str], extr
             content = cython_file.read_text(encoding="utf-8", errors="replace")
         except OSError:
             continue
-        for header in _EXTERN_HEADER.findall(content):
+        for header in re.findall(_EXTERN_HEADER, content, re.M):
             for folder in [cython_file.parent] + search:
                 candidate = folder / header
                 if candidate.is_file():
@@ -255,8 +261,10 @@ def _build(
     options: BuildOptions,
     settings: _Settings,
     manifest_key: str,
-    progress: Progress,
+    progress: "Progress",
 ) -> BuildResult:
+    from cytool.diagnostics import compiler_failure, cython_failure
+
     text = source.read_text(encoding="utf-8", errors="replace")
     info = _read_distutils_header(source, text)
     numpy_include = _numpy_include(text)
@@ -348,7 +356,7 @@ def _compiler_argv(compiler, info: _DistutilsInfo, options: BuildOptions, c_file
     return argv
 
 
-def _annotate(source: Path, name: str, info: _DistutilsInfo, options: BuildOptions, work: Path, progress: Progress) -> str:
+def _annotate(source: Path, name: str, info: _DistutilsInfo, options: BuildOptions, work: Path, progress: "Progress") -> str:
     """Cython's annotated HTML needs its own pass: annotation turns #line off."""
     folder = work / "annotate"
     folder.mkdir()
@@ -356,6 +364,8 @@ def _annotate(source: Path, name: str, info: _DistutilsInfo, options: BuildOptio
     argv = _cython_argv(source, name, out_c, info, options) + ["--annotate", str(source)]
     done = _run(argv, source.parent, progress)
     if done.returncode != 0:
+        from cytool.diagnostics import cython_failure
+
         raise cython_failure(source, done.stdout)
     out_c.unlink()
     return f"annotate/{name}.html"

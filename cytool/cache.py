@@ -23,8 +23,6 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
@@ -94,6 +92,8 @@ class BuildCache:
         self._atomic_write(self.root / "manifests" / f"{manifest_key}.json", body)
 
     def _atomic_write(self, path: Path, text: str) -> None:
+        import tempfile
+
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -117,6 +117,8 @@ class BuildCache:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     def new_build_dir(self) -> Path:
+        import tempfile
+
         self.prepare()
         return Path(tempfile.mkdtemp(dir=self.root / "tmp", prefix="build-"))
 
@@ -124,10 +126,15 @@ class BuildCache:
         """Move a finished build into place atomically (caller holds the entry lock)."""
         final = self.entry_dir(entry_key)
         if final.exists():
-            shutil.rmtree(build_dir, ignore_errors=True)
+            self.discard(build_dir)
             return final
         os.rename(build_dir, final)
         return final
 
+        os.rename(build_dir, final)
+        return final
+
     def discard(self, build_dir: Path) -> None:
+        import shutil
+
         shutil.rmtree(build_dir, ignore_errors=True)

@@ -12,15 +12,13 @@ import shlex
 import shutil
 import sys
 import sysconfig
-from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from cytool.errors import CytoolError
 
 
-@dataclass(frozen=True)
-class Compiler:
+class Compiler(NamedTuple):
     """A compiler command line prefix (e.g. ['gcc', '-pthread']) and the binary behind it."""
 
     argv: List[str]

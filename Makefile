@@ -1,0 +1,50 @@
+# cytool's developer entry points. On a fresh Debian machine:
+#   make demo   installs everything and runs cytool on the bundled example
+#   make test   installs everything and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+CYTOOL := $(VENV)/bin/cytool
+
+# Debian packages: compiler, gdb, the C runtime's libraries, and what the tests drive.
+APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
+                libunwind-dev chromium
+
+.PHONY: all deps venv install demo test bench sanitize clean
+
+all: install
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+venv: $(PY)
+
+install: deps venv
+	$(PY) -m pip install -q "Cython>=3" setuptools wheel
+	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+
+demo: install
+	$(CYTOOL) run examples/demo.pyx -- 200000
+	$(CYTOOL) profile examples/demo.pyx -o demo.cytrace -- 200000
+
+test: install
+	$(PY) -m pytest -q
+
+bench: install
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) bench/run_all.py
+
+sanitize: deps
+	$(MAKE) -C runtime sanitize
+
+clean:
+	rm -rf build dist *.egg-info cytool/_lib cytool/*.so

@@ -1,0 +1,49 @@
+"""Shared helpers for cytool's benchmarks: time whole commands, round-robin, report medians."""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def time_command(argv: Sequence[str], env: Optional[Mapping[str, str]] = None, cwd: Optional[Path] = None) -> float:
+    """Wall seconds of one run; the command must succeed."""
+    start = time.perf_counter()
+    done = subprocess.run(list(argv), env=dict(env) if env else None, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    elapsed = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark command failed ({done.returncode}): {' '.join(argv)}\n{done.stderr}")
+    return elapsed
+
+
+def round_robin(commands: Mapping[str, Sequence[str]], repeats: int, env: Optional[Mapping[str, str]] = None, warmup: int = 1) -> Dict[str, List[float]]:
+    """Run every command `repeats` times, interleaved, so drift hits all of them alike."""
+    for _ in range(warmup):
+        for argv in commands.values():
+            time_command(argv, env)
+    samples: Dict[str, List[float]] = {name: [] for name in commands}
+    for _ in range(repeats):
+        for name, argv in commands.items():
+            samples[name].append(time_command(argv, env))
+    return samples
+
+
+def median_ms(values: Sequence[float]) -> float:
+    return statistics.median(values) * 1000.0
+
+
+def machine_line() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(text, encoding="utf-8")
+    return path
