@@ -1,0 +1,528 @@
+"""Read a capture file (runtime/FORMAT.md) through libcyanalyze's C reader.
+
+    capture = read_capture("out.cytrace")
+    capture.header.pid, capture.truncated, capture.recovered_bytes
+    for event in capture.events: event.kind ("malloc", "free", ...), event.address, ...
+    capture.stacks[event.stack_id] -> [Frame(function, file, line, kind, object), ...]
+
+Bad files raise CytoolError with one clear message. A truncated capture is not an
+error: `truncated` is set and `truncation_message()` says what was recovered.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
+
+from cytool.errors import CytoolError
+
+LIB_DIR = Path(__file__).resolve().parent / "_lib"
+
+KIND_NAMES: Dict[int, str] = {
+    1: "malloc",
+    2: "calloc",
+    3: "realloc",
+    4: "reallocarray",
+    5: "posix_memalign",
+    6: "aligned_alloc",
+    7: "memalign",
+    8: "valloc",
+    9: "pvalloc",
+    10: "mmap",
+    11: "pymem_raw",
+    12: "pymem_mem",
+    13: "pymem_obj",
+    32: "free",
+    33: "realloc_free",
+    34: "munmap",
+    35: "pymem_raw_free",
+    36: "pymem_mem_free",
+    37: "pymem_obj_free",
+}
+ALLOCATION_KINDS = frozenset(name for code, name in KIND_NAMES.items() if code < 32)
+FREE_KINDS = frozenset(name for code, name in KIND_NAMES.items() if code >= 32)
+
+FLAG_NATIVE = 1
+FLAG_PYMEM = 2
+FLAG_PYTHON_FRAMES = 4
+FLAG_FORKED_CHILD = 8
+
+# ---- the C structures (runtime/include/cyanalyze.h) ---------------------------------
+
+_u64 = ctypes.c_uint64
+_u32 = ctypes.c_uint32
+_cstr = ctypes.c_char_p
+
+
+class _Event(ctypes.Structure):
+    _fields_ = [
+        ("time_ns", _u64),
+        ("address", _u64),
+        ("size", _u64),
+        ("stack_id", _u32),
+        ("thread_id", _u32),
+        ("kind", ctypes.c_uint8),
+        ("reserved", ctypes.c_uint8 * 7),
+    ]
+
+
+_EVENT_STRUCT = struct.Struct("<QQQIIB7x")
+assert _EVENT_STRUCT.size == ctypes.sizeof(_Event)
+
+
+class _Header(ctypes.Structure):
+    _fields_ = [
+        ("version", _u32),
+        ("pid", _u64),
+        ("start_time_ns", _u64),
+        ("flags", _u64),
+        ("parent_pid", _u64),
+        ("python_version", _cstr),
+        ("executable", _cstr),
+        ("argc", _u64),
+        ("argv", ctypes.POINTER(_cstr)),
+    ]
+
+
+class _Object(ctypes.Structure):
+    _fields_ = [
+        ("id", _u64),
+        ("load_bias", _u64),
+        ("path", _cstr),
+        ("build_id", ctypes.POINTER(ctypes.c_uint8)),
+        ("build_id_len", _u64),
+        ("nsegments", _u64),
+        ("segments", ctypes.POINTER(_u64)),
+        ("unload_time_ns", ctypes.c_int64),
+    ]
+
+
+class _Thread(ctypes.Structure):
+    _fields_ = [("id", _u64), ("tid", _u64), ("name", _cstr), ("nevents", _u64)]
+
+
+class _PyFrame(ctypes.Structure):
+    _fields_ = [("id", _u64), ("line", _u64), ("function", _cstr), ("file", _cstr)]
+
+
+class _Stack(ctypes.Structure):
+    _fields_ = [("id", _u64), ("nframes", _u64), ("frames", ctypes.POINTER(_u64))]
+
+
+class _Status(ctypes.Structure):
+    _fields_ = [
+        ("truncated", ctypes.c_int),
+        ("complete", ctypes.c_int),
+        ("has_stats", ctypes.c_int),
+        ("file_bytes", _u64),
+        ("recovered_bytes", _u64),
+        ("frames", _u64),
+        ("records", _u64),
+        ("end_time_ns", _u64),
+        ("stats_events", _u64),
+        ("stats_dropped", _u64),
+        ("stats_stacks", _u64),
+        ("stats_frames", _u64),
+        ("missing_stacks", _u64),
+        ("missing_pyframes", _u64),
+        ("problem", _cstr),
+    ]
+
+
+class _Location(ctypes.Structure):
+    _fields_ = [("function", _cstr), ("file", _cstr), ("line", _u32), ("kind", _u32), ("object", _cstr)]
+
+
+class _AnalyzeOptions(ctypes.Structure):
+    _fields_ = [
+        ("temporary_window", _u32),
+        ("nthreads", _u32),
+        ("threads", ctypes.POINTER(_u64)),
+        ("include_native_frames", ctypes.c_int),
+    ]
+
+
+_library: Optional[ctypes.CDLL] = None
+
+
+def library() -> ctypes.CDLL:
+    """libcyanalyze.so with its prototypes declared (loaded once)."""
+    global _library
+    if _library is not None:
+        return _library
+    path = Path(os.environ.get("CYTOOL_ANALYZE_LIB", LIB_DIR / "libcyanalyze.so"))
+    try:
+        lib = ctypes.CDLL(str(path))
+    except OSError as error:
+        raise CytoolError(
+            f"cannot load the capture reader {path}: {error}",
+            hint="build the C runtime with `make -C runtime` (needs liblz4 and libdw)",
+        ) from None
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    prototypes = {
+        "cya_open": (ctypes.c_void_p, [_cstr, ctypes.POINTER(ctypes.c_int), ctypes.c_char_p, ctypes.c_size_t]),
+        "cya_close": (None, [ctypes.c_void_p]),
+        "cya_get_header": (ctypes.POINTER(_Header), [ctypes.c_void_p]),
+        "cya_get_status": (ctypes.POINTER(_Status), [ctypes.c_void_p]),
+        "cya_get_events": (ctypes.c_void_p, [ctypes.c_void_p, size_p]),
+        "cya_get_objects": (ctypes.POINTER(_Object), [ctypes.c_void_p, size_p]),
+        "cya_get_threads": (ctypes.POINTER(_Thread), [ctypes.c_void_p, size_p]),
+        "cya_get_pyframes": (ctypes.POINTER(_PyFrame), [ctypes.c_void_p, size_p]),
+        "cya_get_stacks": (ctypes.POINTER(_Stack), [ctypes.c_void_p, size_p]),
+        "cya_free": (None, [ctypes.c_void_p]),
+    }
+    optional = {
+        "cya_symbolize": (ctypes.c_void_p, [ctypes.c_void_p]),
+        "cya_symbols_close": (None, [ctypes.c_void_p]),
+        "cya_symbols_locations": (ctypes.POINTER(_Location), [ctypes.c_void_p, size_p]),
+        "cya_symbols_stack": (ctypes.POINTER(_u32), [ctypes.c_void_p, _u64, size_p]),
+        "cya_symbols_warnings": (_cstr, [ctypes.c_void_p]),
+        "cya_analyze_json": (
+            ctypes.c_void_p,
+            [ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(_AnalyzeOptions), ctypes.c_char_p, ctypes.c_size_t],
+        ),
+    }
+    for table, required in ((prototypes, True), (optional, False)):
+        for name, (restype, argtypes) in table.items():
+            try:
+                function = getattr(lib, name)
+            except AttributeError:
+                if required:
+                    raise CytoolError(f"{path} is out of date: it lacks {name}", hint="run `make -C runtime`") from None
+                continue
+            function.restype = restype
+            function.argtypes = argtypes
+    _library = lib
+    return lib
+
+
+def _text(value: Optional[bytes]) -> str:
+    return value.decode("utf-8", "replace") if value else ""
+
+
+# ---- the Python view --------------------------------------------------------------
+
+
+class Event(NamedTuple):
+    kind: str  # "malloc", "free", ... (KIND_NAMES)
+    address: int
+    size: int  # 0 for frees, the released length for munmap
+    thread_id: int  # the tracer's thread index (Capture.threads)
+    time_ns: int  # since the capture started
+    stack_id: int  # 0: no stack
+
+    @property
+    def is_allocation(self) -> bool:
+        return self.kind in ALLOCATION_KINDS
+
+    @property
+    def is_free(self) -> bool:
+        return self.kind in FREE_KINDS
+
+
+class Frame(NamedTuple):
+    """One symbolised frame. kind: "pyx" (native code on a .pyx line), "native",
+    "python" (interpreter frame) or "unknown"."""
+
+    function: str
+    file: str
+    line: int
+    kind: str
+    object: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.file else (self.object or "?")
+        return f"{self.function} ({where})"
+
+
+FRAME_KINDS = ("pyx", "native", "python", "unknown")
+
+
+class PyFrame(NamedTuple):
+    id: int
+    line: int
+    function: str
+    file: str
+
+
+@dataclass(frozen=True)
+class CaptureHeader:
+    version: int
+    pid: int
+    start_time_ns: int
+    flags: int
+    parent_pid: int
+    python_version: str
+    executable: str
+    argv: Tuple[str, ...]
+
+    @property
+    def native_traced(self) -> bool:
+        return bool(self.flags & FLAG_NATIVE)
+
+    @property
+    def pymem_traced(self) -> bool:
+        return bool(self.flags & FLAG_PYMEM)
+
+    @property
+    def python_frames(self) -> bool:
+        return bool(self.flags & FLAG_PYTHON_FRAMES)
+
+    @property
+    def forked_child(self) -> bool:
+        return bool(self.flags & FLAG_FORKED_CHILD)
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    id: int
+    tid: int
+    name: str
+    nevents: int
+
+
+@dataclass(frozen=True)
+class LoadedObject:
+    id: int
+    load_bias: int
+    path: str
+    build_id: str  # hex
+    segments: Tuple[Tuple[int, int], ...]
+    unload_time_ns: Optional[int]
+
+
+@dataclass(frozen=True)
+class CaptureStats:
+    """The tracer's own counts (STATS record, written when tracing stops)."""
+
+    events: int
+    dropped: int
+    stacks: int
+    frames: int
+
+
+class EventList(Sequence[Event]):
+    """The capture's events in time order, decoded from the C array on access."""
+
+    _CHUNK = 65536
+
+    def __init__(self, capture: "Capture", address: int, count: int):
+        self._capture = capture  # keeps the C memory alive
+        self._address = address
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def _decode(self, start: int, stop: int) -> List[Event]:
+        size = _EVENT_STRUCT.size
+        raw = ctypes.string_at(self._address + start * size, (stop - start) * size)
+        names = KIND_NAMES
+        return [
+            Event(names.get(kind, f"kind{kind}"), address, nbytes, thread, time, stack)
+            for time, address, nbytes, stack, thread, kind in _EVENT_STRUCT.iter_unpack(raw)
+        ]
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> List[Event]: ...
+
+    def __getitem__(self, index: Union[int, slice]) -> Union[Event, List[Event]]:
+        if isinstance(index, slice):
+            start, stop, step = index.indices(self._count)
+            if step != 1:
+                return [self[i] for i in range(start, stop, step)]
+            return self._decode(start, max(start, stop))
+        if index < 0:
+            index += self._count
+        if not 0 <= index < self._count:
+            raise IndexError("event index out of range")
+        return self._decode(index, index + 1)[0]
+
+    def __iter__(self) -> Iterator[Event]:
+        for start in range(0, self._count, self._CHUNK):
+            yield from self._decode(start, min(self._count, start + self._CHUNK))
+
+
+class Capture:
+    """A capture read into memory by the C reader. Close it (or use `with`) to free it."""
+
+    def __init__(self, path: Path, handle: int):
+        self.path = path
+        self._handle: Optional[int] = handle
+        self._symbols: Optional[int] = None
+        self._stacks: Optional[Dict[int, List[Frame]]] = None
+        lib = library()
+        h = lib.cya_get_header(handle).contents
+        self.header = CaptureHeader(
+            version=h.version,
+            pid=h.pid,
+            start_time_ns=h.start_time_ns,
+            flags=h.flags,
+            parent_pid=h.parent_pid,
+            python_version=_text(h.python_version),
+            executable=_text(h.executable),
+            argv=tuple(_text(h.argv[i]) for i in range(h.argc)),
+        )
+        s = lib.cya_get_status(handle).contents
+        self.truncated = bool(s.truncated)
+        self.complete = bool(s.complete)
+        self.file_bytes = s.file_bytes
+        self.recovered_bytes = s.recovered_bytes
+        self.frames_read = s.frames
+        self.records = s.records
+        self.end_time_ns = s.end_time_ns
+        self.missing_stacks = s.missing_stacks
+        self.missing_pyframes = s.missing_pyframes
+        self.problem = _text(s.problem)
+        self.stats: Optional[CaptureStats] = (
+            CaptureStats(s.stats_events, s.stats_dropped, s.stats_stacks, s.stats_frames) if s.has_stats else None
+        )
+        count = ctypes.c_size_t()
+        address = lib.cya_get_events(handle, ctypes.byref(count))
+        self.events = EventList(self, address or 0, count.value)
+
+        threads = lib.cya_get_threads(handle, ctypes.byref(count))
+        self.threads: Dict[int, ThreadInfo] = {}
+        for i in range(count.value):
+            t = threads[i]
+            self.threads[t.id] = ThreadInfo(t.id, t.tid, _text(t.name), t.nevents)
+
+        objects = lib.cya_get_objects(handle, ctypes.byref(count))
+        self.objects: List[LoadedObject] = []
+        for i in range(count.value):
+            o = objects[i]
+            self.objects.append(
+                LoadedObject(
+                    id=o.id,
+                    load_bias=o.load_bias,
+                    path=_text(o.path),
+                    build_id=bytes(o.build_id[: o.build_id_len]).hex() if o.build_id_len else "",
+                    segments=tuple((o.segments[2 * j], o.segments[2 * j + 1]) for j in range(o.nsegments)),
+                    unload_time_ns=None if o.unload_time_ns < 0 else o.unload_time_ns,
+                )
+            )
+
+        pyframes = lib.cya_get_pyframes(handle, ctypes.byref(count))
+        self.pyframes: Dict[int, PyFrame] = {}
+        for i in range(count.value):
+            f = pyframes[i]
+            self.pyframes[f.id] = PyFrame(f.id, f.line, _text(f.function), _text(f.file))
+
+        stacks = lib.cya_get_stacks(handle, ctypes.byref(count))
+        self.raw_stacks: Dict[int, List[int]] = {}
+        for i in range(count.value):
+            st = stacks[i]
+            self.raw_stacks[st.id] = st.frames[: st.nframes] if st.nframes else []
+
+    # -- lifetime ------------------------------------------------------------------
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise ValueError("the capture is closed")
+        return self._handle
+
+    def close(self) -> None:
+        lib = library()
+        if self._symbols is not None:
+            lib.cya_symbols_close(self._symbols)
+            self._symbols = None
+        if self._handle is not None:
+            lib.cya_close(self._handle)
+            self._handle = None
+            self.events = EventList(self, 0, 0)
+
+    def __enter__(self) -> "Capture":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- symbols -------------------------------------------------------------------
+
+    @property
+    def symbols_handle(self) -> int:
+        """The C symbol table (cya_symbols), built on first use."""
+        if self._symbols is None:
+            lib = library()
+            if not hasattr(lib, "cya_symbolize") or lib.cya_symbolize.restype is not ctypes.c_void_p:
+                raise CytoolError("this libcyanalyze.so has no symboliser", hint="run `make -C runtime`")
+            handle = lib.cya_symbolize(self.handle)
+            if not handle:
+                raise CytoolError(f"{self.path}: out of memory while symbolising")
+            self._symbols = handle
+        return self._symbols
+
+    @property
+    def symbol_warnings(self) -> List[str]:
+        """Why some frames could not be symbolised (deleted or changed modules)."""
+        text = _text(library().cya_symbols_warnings(self.symbols_handle))
+        return [line for line in text.splitlines() if line]
+
+    def locations(self) -> List[Frame]:
+        lib = library()
+        count = ctypes.c_size_t()
+        table = lib.cya_symbols_locations(self.symbols_handle, ctypes.byref(count))
+        return [
+            Frame(_text(loc.function), _text(loc.file), loc.line, FRAME_KINDS[min(loc.kind, 3)], _text(loc.object))
+            for loc in (table[i] for i in range(count.value))
+        ]
+
+    @property
+    def stacks(self) -> Dict[int, List[Frame]]:
+        """stack id -> symbolised frames, innermost first (inline frames expanded,
+        Cython helper frames folded into their .pyx caller)."""
+        if self._stacks is None:
+            lib = library()
+            locations = self.locations()
+            count = ctypes.c_size_t()
+            stacks: Dict[int, List[Frame]] = {}
+            for stack_id in self.raw_stacks:
+                indices = lib.cya_symbols_stack(self.symbols_handle, stack_id, ctypes.byref(count))
+                stacks[stack_id] = [locations[indices[i]] for i in range(count.value)]
+            self._stacks = stacks
+        return self._stacks
+
+    # -- summaries -----------------------------------------------------------------
+
+    def truncation_message(self) -> str:
+        """One sentence on what was recovered ("" for a complete capture)."""
+        if not self.truncated:
+            return ""
+        share = 100.0 * self.recovered_bytes / self.file_bytes if self.file_bytes else 0.0
+        return (
+            f"{self.path}: the capture is truncated ({self.problem}); recovered "
+            f"{self.recovered_bytes} of {self.file_bytes} bytes ({share:.1f}%), {len(self.events)} events"
+        )
+
+
+def read_capture(path: Union[str, "os.PathLike[str]"]) -> Capture:
+    """Read a whole capture file. Raises CytoolError for a file that is missing, not a
+    capture, from a newer format, or with a damaged header."""
+    path = Path(path)
+    lib = library()
+    error = ctypes.c_int(0)
+    buffer = ctypes.create_string_buffer(1024)
+    handle = lib.cya_open(os.fsencode(path), ctypes.byref(error), buffer, len(buffer))
+    if not handle:
+        message = _text(buffer.value) or f"{path}: cannot read the capture"
+        hints = {
+            1: "check the path",
+            2: "give it a capture written by `cytool profile` (or cytool.Tracker / CYTOOL_PROFILE)",
+            3: "upgrade cytool to read this capture",
+            4: "the file is damaged or was cut off before its header was written",
+        }
+        raise CytoolError(message, hint=hints.get(error.value, ""), exit_code=2)
+    return Capture(path, handle)

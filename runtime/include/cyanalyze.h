@@ -1,0 +1,202 @@
+/* cyanalyze.h: the public API of libcyanalyze, the offline half of cytool's profiler.
+ *
+ *   reader      (capture_read.c)    a capture file (runtime/FORMAT.md) -> events, stacks,
+ *                                   threads, objects, Python frames, in time order
+ *   symboliser  (symbolize_*.c)     native PCs -> function/file/line via libdw, inline
+ *                                   frames expanded, Cython helpers folded into .pyx lines
+ *   aggregator  (analyze_*.c)       events + symbols -> per line / per stack metrics (JSON)
+ *
+ * Every pointer handed out stays valid until the object that owns it is closed.
+ * Loaded from Python with ctypes (cytool/capture.py, cytool/analysis.py).
+ */
+#ifndef CYANALYZE_H
+#define CYANALYZE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CYA_API __attribute__((visibility("default")))
+
+/* The format version this reader understands (FORMAT.md). */
+#define CYA_FORMAT_VERSION 1
+
+/* Event kinds, as in FORMAT.md section 3. */
+enum cya_kind {
+    CYA_MALLOC = 1,
+    CYA_CALLOC = 2,
+    CYA_REALLOC = 3,
+    CYA_REALLOCARRAY = 4,
+    CYA_POSIX_MEMALIGN = 5,
+    CYA_ALIGNED_ALLOC = 6,
+    CYA_MEMALIGN = 7,
+    CYA_VALLOC = 8,
+    CYA_PVALLOC = 9,
+    CYA_MMAP = 10,
+    CYA_PYMEM_RAW = 11,
+    CYA_PYMEM_MEM = 12,
+    CYA_PYMEM_OBJ = 13,
+    CYA_FREE = 32,
+    CYA_REALLOC_FREE = 33,
+    CYA_MUNMAP = 34,
+    CYA_PYMEM_RAW_FREE = 35,
+    CYA_PYMEM_MEM_FREE = 36,
+    CYA_PYMEM_OBJ_FREE = 37,
+};
+
+/* Why cya_open failed. */
+enum cya_error {
+    CYA_OK = 0,
+    CYA_E_IO = 1,          /* cannot open or read the file */
+    CYA_E_NOT_CAPTURE = 2, /* wrong magic: not a cytool capture */
+    CYA_E_NEWER = 3,       /* format version newer than CYA_FORMAT_VERSION */
+    CYA_E_HEADER = 4,      /* the header is cut short or malformed */
+    CYA_E_NOMEM = 5,
+};
+
+typedef struct cya_event {
+    uint64_t time_ns;   /* since capture start */
+    uint64_t address;
+    uint64_t size;      /* 0 for frees; MUNMAP: the length released */
+    uint32_t stack_id;  /* 0: no stack (and always 0 for frees) */
+    uint32_t thread_id; /* the tracer's thread index (cya_thread.id) */
+    uint8_t kind;       /* enum cya_kind */
+    uint8_t reserved[7];
+} cya_event;
+
+typedef struct cya_header {
+    uint32_t version;
+    uint64_t pid;
+    uint64_t start_time_ns; /* CLOCK_REALTIME, ns since the epoch */
+    uint64_t flags;         /* FORMAT.md: bit 0 native, 1 PyMem, 2 Python frames, 3 forked child */
+    uint64_t parent_pid;
+    const char *python_version;
+    const char *executable;
+    uint64_t argc;
+    const char *const *argv;
+} cya_header;
+
+typedef struct cya_object {
+    uint64_t id;
+    uint64_t load_bias;
+    const char *path;
+    const uint8_t *build_id;
+    uint64_t build_id_len;
+    uint64_t nsegments;
+    const uint64_t *segments; /* nsegments pairs (start, end), absolute addresses */
+    int64_t unload_time_ns;   /* -1 while loaded */
+} cya_object;
+
+typedef struct cya_thread {
+    uint64_t id;  /* tracer's index */
+    uint64_t tid; /* OS thread id, 0 when no THREAD record was read */
+    const char *name;
+    uint64_t nevents;
+} cya_thread;
+
+typedef struct cya_pyframe {
+    uint64_t id;
+    uint64_t line;
+    const char *function;
+    const char *file;
+} cya_pyframe;
+
+typedef struct cya_stack {
+    uint64_t id;
+    uint64_t nframes;
+    const uint64_t *frames; /* frame words, innermost first (FORMAT.md) */
+} cya_stack;
+
+typedef struct cya_status {
+    int truncated;            /* the body ended inside a frame, or a frame was unreadable */
+    int complete;             /* an END record was read */
+    int has_stats;            /* a STATS record was read */
+    uint64_t file_bytes;      /* size of the file */
+    uint64_t recovered_bytes; /* header + every complete frame that was decoded */
+    uint64_t frames;          /* LZ4 frames decoded */
+    uint64_t records;
+    uint64_t end_time_ns;     /* END time, else the time of the last event */
+    uint64_t stats_events, stats_dropped, stats_stacks, stats_frames;
+    uint64_t missing_stacks;    /* stack ids used by events but never defined */
+    uint64_t missing_pyframes;  /* pyframe ids used by stacks but never defined */
+    const char *problem;        /* what stopped the reading early, "" when nothing */
+} cya_status;
+
+typedef struct cya_capture cya_capture;
+
+/* Read a whole capture. On failure returns NULL, sets *error (enum cya_error) and writes
+ * a one-line message into errbuf. A truncated body is not a failure: see cya_status. */
+CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t errlen);
+CYA_API void cya_close(cya_capture *capture);
+
+CYA_API const cya_header *cya_get_header(const cya_capture *capture);
+CYA_API const cya_status *cya_get_status(const cya_capture *capture);
+/* All events of all threads, merged by time (stable per thread). */
+CYA_API const cya_event *cya_get_events(const cya_capture *capture, size_t *count);
+CYA_API const cya_object *cya_get_objects(const cya_capture *capture, size_t *count);
+CYA_API const cya_thread *cya_get_threads(const cya_capture *capture, size_t *count);
+CYA_API const cya_pyframe *cya_get_pyframes(const cya_capture *capture, size_t *count);
+CYA_API const cya_stack *cya_get_stacks(const cya_capture *capture, size_t *count);
+/* Lookups by id; NULL when the id was never defined. */
+CYA_API const cya_stack *cya_find_stack(const cya_capture *capture, uint64_t id);
+CYA_API const cya_pyframe *cya_find_pyframe(const cya_capture *capture, uint64_t id);
+/* The object whose segments contain addr at time t (ns since start), or NULL. */
+CYA_API const cya_object *cya_find_object(const cya_capture *capture, uint64_t addr);
+
+/* ---- symboliser ---------------------------------------------------------------- */
+
+/* Where a symbolised frame lives. */
+enum cya_frame_kind {
+    CYA_FRAME_PYX = 0,     /* native code whose DWARF line is in a .pyx/.pxd/.pxi file */
+    CYA_FRAME_NATIVE = 1,  /* other native code with a symbol (libc, libpython, C files) */
+    CYA_FRAME_PYTHON = 2,  /* an interpreter frame (PYFRAME record) */
+    CYA_FRAME_UNKNOWN = 3, /* no symbol: raw address, or an undefined id */
+};
+
+typedef struct cya_location {
+    const char *function; /* Cython name ("mod.work") where known, else the symbol */
+    const char *file;     /* source file as recorded in DWARF / the PYFRAME, "" if none */
+    uint32_t line;        /* 0 when unknown */
+    uint32_t kind;        /* enum cya_frame_kind */
+    const char *object;   /* path of the shared object ("" for Python frames) */
+} cya_location;
+
+typedef struct cya_symbols cya_symbols;
+
+/* Symbolise every stack of the capture. Never fails on missing files: frames of an
+ * object that cannot be read fall back to symbol names or raw addresses, and the
+ * reason is listed in cya_symbols_warnings(). Returns NULL only when out of memory. */
+CYA_API cya_symbols *cya_symbolize(const cya_capture *capture);
+CYA_API void cya_symbols_close(cya_symbols *symbols);
+/* The location table. */
+CYA_API const cya_location *cya_symbols_locations(const cya_symbols *symbols, size_t *count);
+/* The symbolised frames of stack `stack_id`, innermost first, inline frames expanded,
+ * Cython helper frames folded away: location indices. *count = 0 for an unknown stack. */
+CYA_API const uint32_t *cya_symbols_stack(const cya_symbols *symbols, uint64_t stack_id, size_t *count);
+/* Newline-separated warnings (missing or changed modules), "" when none. */
+CYA_API const char *cya_symbols_warnings(const cya_symbols *symbols);
+
+/* ---- aggregator ---------------------------------------------------------------- */
+
+typedef struct cya_analyze_options {
+    uint32_t temporary_window;   /* a block freed within this many later events of its
+                                    thread is temporary (0: default 1) */
+    uint32_t nthreads;           /* > 0: only events of these thread ids */
+    const uint64_t *threads;
+    int include_native_frames;   /* keep non-.pyx native frames in the stacks output */
+} cya_analyze_options;
+
+/* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document (schema in
+ * docs/report-json.md, "raw" part) to be released with cya_free, or NULL on error with
+ * a message in errbuf. */
+CYA_API char *cya_analyze_json(const cya_capture *capture, const cya_symbols *symbols,
+                               const cya_analyze_options *options, char *errbuf, size_t errlen);
+CYA_API void cya_free(void *pointer);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

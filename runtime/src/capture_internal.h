@@ -1,0 +1,146 @@
+/* capture_internal.h: shared internals of libcyanalyze: growable arrays, a u64 -> u32
+ * hash map, and the layout of struct cya_capture (owned by capture_read.c). */
+#ifndef CAPTURE_INTERNAL_H
+#define CAPTURE_INTERNAL_H
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cyanalyze.h"
+
+/* Grow *items (of *cap elements of size `size`) to hold at least `need`; 0 on failure. */
+static inline int cya_grow(void **items, size_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return 1;
+    size_t n = *cap ? *cap : 16;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*items, n * size);
+    if (!p)
+        return 0;
+    *items = p;
+    *cap = n;
+    return 1;
+}
+
+#define CYA_PUSH(arr, len, cap, value)                                                 \
+    (cya_grow((void **)&(arr), &(cap), (len) + 1, sizeof(*(arr))) ? ((arr)[(len)++] = (value), 1) : 0)
+
+/* Open-addressing map from u64 keys to u32 values (key UINT64_MAX is reserved). */
+typedef struct cya_map {
+    uint64_t *keys;
+    uint32_t *values;
+    size_t cap; /* power of two, or 0 */
+    size_t len;
+} cya_map;
+
+#define CYA_MAP_EMPTY UINT64_MAX
+
+static inline uint64_t cya_hash64(uint64_t x)
+{
+    x ^= x >> 33;
+    x *= 0xff51afd7ed558ccdULL;
+    x ^= x >> 33;
+    x *= 0xc4ceb9fe1a85ec53ULL;
+    x ^= x >> 33;
+    return x;
+}
+
+static inline void cya_map_free(cya_map *m)
+{
+    free(m->keys);
+    free(m->values);
+    memset(m, 0, sizeof *m);
+}
+
+static inline int cya_map_rehash(cya_map *m, size_t ncap)
+{
+    uint64_t *keys = malloc(ncap * sizeof *keys);
+    uint32_t *values = malloc(ncap * sizeof *values);
+    if (!keys || !values) {
+        free(keys);
+        free(values);
+        return 0;
+    }
+    memset(keys, 0xff, ncap * sizeof *keys);
+    for (size_t i = 0; i < m->cap; i++) {
+        if (m->keys[i] == CYA_MAP_EMPTY)
+            continue;
+        size_t j = cya_hash64(m->keys[i]) & (ncap - 1);
+        while (keys[j] != CYA_MAP_EMPTY)
+            j = (j + 1) & (ncap - 1);
+        keys[j] = m->keys[i];
+        values[j] = m->values[i];
+    }
+    free(m->keys);
+    free(m->values);
+    m->keys = keys;
+    m->values = values;
+    m->cap = ncap;
+    return 1;
+}
+
+/* Pointer to the value slot of key, or NULL. */
+static inline uint32_t *cya_map_get(const cya_map *m, uint64_t key)
+{
+    if (!m->cap)
+        return NULL;
+    size_t j = cya_hash64(key) & (m->cap - 1);
+    while (m->keys[j] != CYA_MAP_EMPTY) {
+        if (m->keys[j] == key)
+            return &m->values[j];
+        j = (j + 1) & (m->cap - 1);
+    }
+    return NULL;
+}
+
+/* Insert or overwrite; 0 when out of memory. */
+static inline int cya_map_put(cya_map *m, uint64_t key, uint32_t value)
+{
+    if ((m->len + 1) * 4 >= m->cap * 3 && !cya_map_rehash(m, m->cap ? m->cap * 2 : 64))
+        return 0;
+    size_t j = cya_hash64(key) & (m->cap - 1);
+    while (m->keys[j] != CYA_MAP_EMPTY) {
+        if (m->keys[j] == key) {
+            m->values[j] = value;
+            return 1;
+        }
+        j = (j + 1) & (m->cap - 1);
+    }
+    m->keys[j] = key;
+    m->values[j] = value;
+    m->len++;
+    return 1;
+}
+
+struct cya_capture {
+    cya_header header;
+    char **argv;
+    cya_status status;
+    char problem[512];
+
+    cya_event *events;
+    size_t nevents;
+
+    cya_object *objects;
+    size_t nobjects, cap_objects;
+    cya_thread *threads;
+    size_t nthreads, cap_threads;
+    cya_pyframe *pyframes;
+    size_t npyframes, cap_pyframes;
+    cya_stack *stacks;
+    size_t nstacks, cap_stacks;
+
+    cya_map object_index;  /* object id -> index in objects */
+    cya_map thread_index;  /* thread id -> index in threads */
+    cya_map pyframe_index; /* pyframe id -> index */
+    cya_map stack_index;   /* stack id -> index */
+
+    /* objects sorted by segment start, for address lookups */
+    struct cya_segment_ref { uint64_t start, end; uint32_t object; } *segrefs;
+    size_t nsegrefs;
+};
+
+#endif

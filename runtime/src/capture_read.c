@@ -1,0 +1,787 @@
+/* capture_read.c: the capture file reader (format v1, runtime/FORMAT.md).
+ *
+ * Owns: checking the header (magic, version), walking the body's LZ4 frames, decoding
+ * records, keeping per-thread event runs and merging them by time, resolving ids once
+ * the whole file is read, and saying how much of a truncated file was recovered.
+ * The file is mapped read-only; everything handed out is copied into the capture.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <lz4frame.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "capture_internal.h"
+
+static const char MAGIC[8] = {'C', 'Y', 'T', 'R', 'A', 'C', 'E', '\0'};
+
+enum { REC_OBJECT = 0x01, REC_UNLOAD = 0x02, REC_PYFRAME = 0x03, REC_STACK = 0x04,
+       REC_THREAD = 0x05, REC_BATCH = 0x10, REC_STATS = 0x7E, REC_END = 0x7F };
+
+/* A bounded cursor over bytes; `bad` is set on the first read past the end. */
+typedef struct cursor {
+    const uint8_t *p, *end;
+    int bad;
+} cursor;
+
+static uint64_t get_varint(cursor *c)
+{
+    uint64_t v = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+        if (c->p >= c->end) {
+            c->bad = 1;
+            return 0;
+        }
+        uint8_t b = *c->p++;
+        v |= (uint64_t)(b & 0x7f) << shift;
+        if (!(b & 0x80))
+            return v;
+    }
+    c->bad = 1;
+    return 0;
+}
+
+static int64_t get_svarint(cursor *c)
+{
+    uint64_t v = get_varint(c);
+    return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+}
+
+static uint8_t get_u8(cursor *c)
+{
+    if (c->p >= c->end) {
+        c->bad = 1;
+        return 0;
+    }
+    return *c->p++;
+}
+
+static uint32_t get_u32(cursor *c)
+{
+    if (c->end - c->p < 4) {
+        c->bad = 1;
+        return 0;
+    }
+    uint32_t v = (uint32_t)c->p[0] | (uint32_t)c->p[1] << 8 | (uint32_t)c->p[2] << 16 | (uint32_t)c->p[3] << 24;
+    c->p += 4;
+    return v;
+}
+
+/* A string field as a fresh NUL-terminated copy (NULL with c->bad on error). */
+static char *get_string(cursor *c, size_t *length)
+{
+    uint64_t n = get_varint(c);
+    if (c->bad || n > (uint64_t)(c->end - c->p)) {
+        c->bad = 1;
+        return NULL;
+    }
+    char *s = malloc(n + 1);
+    if (!s) {
+        c->bad = 1;
+        return NULL;
+    }
+    memcpy(s, c->p, n);
+    s[n] = '\0';
+    c->p += n;
+    if (length)
+        *length = n;
+    return s;
+}
+
+/* Events of one thread, in file order, before the merge. */
+typedef struct run {
+    cya_event *events;
+    size_t len, cap;
+    uint64_t last_time;
+    int unsorted;
+} run;
+
+typedef struct reader {
+    cya_capture *cap;
+    run *runs; /* parallel to cap->threads */
+    size_t cap_runs;
+    int out_of_memory;
+} reader;
+
+static void set_problem(cya_capture *c, const char *fmt, ...)
+{
+    if (c->problem[0])
+        return; /* keep the first */
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->problem, sizeof c->problem, fmt, ap);
+    va_end(ap);
+}
+
+/* Index of thread `id`, created on first sight (a BATCH may precede its THREAD record). */
+static long thread_slot(reader *r, uint64_t id)
+{
+    cya_capture *c = r->cap;
+    uint32_t *slot = cya_map_get(&c->thread_index, id);
+    if (slot)
+        return *slot;
+    cya_thread t = {.id = id, .tid = 0, .name = NULL, .nevents = 0};
+    if (!CYA_PUSH(c->threads, c->nthreads, c->cap_threads, t))
+        return -1;
+    if (!cya_grow((void **)&r->runs, &r->cap_runs, c->nthreads, sizeof *r->runs))
+        return -1;
+    memset(&r->runs[c->nthreads - 1], 0, sizeof(run));
+    if (!cya_map_put(&c->thread_index, id, (uint32_t)(c->nthreads - 1)))
+        return -1;
+    return (long)(c->nthreads - 1);
+}
+
+static int is_alloc_kind(unsigned kind) { return kind >= CYA_MALLOC && kind <= CYA_PYMEM_OBJ; }
+static int is_free_kind(unsigned kind) { return kind >= CYA_FREE && kind <= CYA_PYMEM_OBJ_FREE; }
+
+static int decode_batch(reader *r, cursor *cur)
+{
+    uint64_t tid = get_varint(cur);
+    uint64_t t = get_varint(cur);
+    uint64_t n = get_varint(cur);
+    if (cur->bad)
+        return 0;
+    long slot = thread_slot(r, tid);
+    if (slot < 0) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    run *rn = &r->runs[slot];
+    /* every event is at least 2 bytes: cap the reservation by what the frame can hold */
+    uint64_t most = (uint64_t)(cur->end - cur->p) / 2;
+    if (!cya_grow((void **)&rn->events, &rn->cap, rn->len + (n < most ? n : most), sizeof(cya_event))) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    if (t < rn->last_time)
+        rn->unsorted = 1;
+    uint64_t addr = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        cya_event e;
+        memset(&e, 0, sizeof e);
+        unsigned kind = get_u8(cur);
+        t += get_varint(cur);
+        addr += (uint64_t)get_svarint(cur);
+        if (is_alloc_kind(kind)) {
+            e.size = get_varint(cur);
+            e.stack_id = (uint32_t)get_varint(cur);
+        } else if (kind == CYA_MUNMAP) {
+            e.size = get_varint(cur);
+        } else if (!is_free_kind(kind)) {
+            cur->bad = 1;
+        }
+        if (cur->bad)
+            return 0;
+        e.time_ns = t;
+        e.address = addr;
+        e.kind = (uint8_t)kind;
+        e.thread_id = (uint32_t)tid;
+        if (!CYA_PUSH(rn->events, rn->len, rn->cap, e)) {
+            r->out_of_memory = 1;
+            return 0;
+        }
+    }
+    rn->last_time = t;
+    return 1;
+}
+
+static int decode_object(reader *r, cursor *cur)
+{
+    cya_capture *c = r->cap;
+    cya_object o;
+    memset(&o, 0, sizeof o);
+    o.id = get_varint(cur);
+    o.load_bias = get_varint(cur);
+    o.path = get_string(cur, NULL);
+    size_t blen = 0;
+    o.build_id = (const uint8_t *)get_string(cur, &blen);
+    o.build_id_len = blen;
+    o.nsegments = get_varint(cur);
+    o.unload_time_ns = -1;
+    if (!cur->bad && o.nsegments > (uint64_t)(cur->end - cur->p))
+        cur->bad = 1;
+    uint64_t *segs = NULL;
+    if (!cur->bad) {
+        segs = malloc((o.nsegments ? o.nsegments : 1) * 2 * sizeof *segs);
+        if (!segs)
+            cur->bad = 1;
+        for (uint64_t i = 0; !cur->bad && i < o.nsegments * 2; i++)
+            segs[i] = get_varint(cur);
+    }
+    o.segments = segs;
+    if (cur->bad || !CYA_PUSH(c->objects, c->nobjects, c->cap_objects, o) ||
+        !cya_map_put(&c->object_index, o.id, (uint32_t)(c->nobjects - 1))) {
+        free((void *)o.path);
+        free((void *)o.build_id);
+        free(segs);
+        return 0;
+    }
+    return 1;
+}
+
+static int decode_record(reader *r, cursor *cur)
+{
+    cya_capture *c = r->cap;
+    unsigned type = get_u8(cur);
+    switch (type) {
+    case REC_OBJECT:
+        return decode_object(r, cur);
+    case REC_UNLOAD: {
+        uint64_t id = get_varint(cur), t = get_varint(cur);
+        if (cur->bad)
+            return 0;
+        uint32_t *slot = cya_map_get(&c->object_index, id);
+        if (slot)
+            c->objects[*slot].unload_time_ns = (int64_t)t;
+        return 1;
+    }
+    case REC_PYFRAME: {
+        cya_pyframe f;
+        f.id = get_varint(cur);
+        f.line = get_varint(cur);
+        f.function = get_string(cur, NULL);
+        f.file = get_string(cur, NULL);
+        if (cur->bad || !CYA_PUSH(c->pyframes, c->npyframes, c->cap_pyframes, f) ||
+            !cya_map_put(&c->pyframe_index, f.id, (uint32_t)(c->npyframes - 1))) {
+            free((void *)f.function);
+            free((void *)f.file);
+            return 0;
+        }
+        return 1;
+    }
+    case REC_STACK: {
+        cya_stack s;
+        s.id = get_varint(cur);
+        s.nframes = get_varint(cur);
+        if (cur->bad || s.nframes > (uint64_t)(cur->end - cur->p))
+            return 0;
+        uint64_t *words = malloc((s.nframes ? s.nframes : 1) * sizeof *words);
+        if (!words)
+            return 0;
+        for (uint64_t i = 0; i < s.nframes; i++)
+            words[i] = get_varint(cur);
+        s.frames = words;
+        if (cur->bad || !CYA_PUSH(c->stacks, c->nstacks, c->cap_stacks, s) ||
+            !cya_map_put(&c->stack_index, s.id, (uint32_t)(c->nstacks - 1))) {
+            free(words);
+            return 0;
+        }
+        return 1;
+    }
+    case REC_THREAD: {
+        uint64_t id = get_varint(cur), tid = get_varint(cur);
+        char *name = get_string(cur, NULL);
+        if (cur->bad)
+            return 0;
+        long slot = thread_slot(r, id);
+        if (slot < 0) {
+            free(name);
+            r->out_of_memory = 1;
+            return 0;
+        }
+        c->threads[slot].tid = tid;
+        free((void *)c->threads[slot].name);
+        c->threads[slot].name = name;
+        return 1;
+    }
+    case REC_BATCH:
+        return decode_batch(r, cur);
+    case REC_STATS:
+        c->status.stats_events = get_varint(cur);
+        c->status.stats_dropped = get_varint(cur);
+        c->status.stats_stacks = get_varint(cur);
+        c->status.stats_frames = get_varint(cur);
+        c->status.has_stats = !cur->bad;
+        return !cur->bad;
+    case REC_END:
+        c->status.end_time_ns = get_varint(cur);
+        c->status.complete = !cur->bad;
+        return !cur->bad;
+    default:
+        set_problem(c, "unknown record type 0x%02x", type);
+        return 0;
+    }
+}
+
+/* Decode the records of one decompressed frame; 0 on a malformed record. */
+static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame_offset)
+{
+    cursor cur = {data, data + len, 0};
+    while (cur.p < cur.end) {
+        const uint8_t *start = cur.p;
+        if (!decode_record(r, &cur)) {
+            if (r->out_of_memory)
+                set_problem(r->cap, "out of memory while reading");
+            else
+                set_problem(r->cap, "malformed record (type 0x%02x) at offset %zu of the frame starting at byte %zu",
+                            *start, (size_t)(start - data), frame_offset);
+            return 0;
+        }
+        r->cap->status.records++;
+    }
+    return 1;
+}
+
+static int parse_header(cya_capture *c, const uint8_t *buf, size_t len, size_t *body, int *error, char *errbuf,
+                        size_t errlen, const char *path)
+{
+    if (len < sizeof MAGIC || memcmp(buf, MAGIC, sizeof MAGIC) != 0) {
+        *error = CYA_E_NOT_CAPTURE;
+        snprintf(errbuf, errlen, "%s: not a cytool capture (no CYTRACE header)", path);
+        return 0;
+    }
+    cursor cur = {buf + 8, buf + len, 0};
+    uint32_t version = get_u32(&cur);
+    uint32_t hlen = get_u32(&cur);
+    if (cur.bad) {
+        *error = CYA_E_HEADER;
+        snprintf(errbuf, errlen, "%s: the capture header is cut short (%zu bytes)", path, len);
+        return 0;
+    }
+    if (version > CYA_FORMAT_VERSION) {
+        *error = CYA_E_NEWER;
+        snprintf(errbuf, errlen, "%s: written by a newer cytool: format %u, this reader knows %d", path,
+                 version, CYA_FORMAT_VERSION);
+        return 0;
+    }
+    if (version == 0) {
+        *error = CYA_E_HEADER;
+        snprintf(errbuf, errlen, "%s: invalid capture format version 0", path);
+        return 0;
+    }
+    if (hlen > len - 16) {
+        *error = CYA_E_HEADER;
+        snprintf(errbuf, errlen, "%s: the capture header is cut short (%zu of %u bytes)", path, len - 16,
+                 (unsigned)hlen);
+        return 0;
+    }
+    cursor h = {buf + 16, buf + 16 + hlen, 0};
+    cya_header *hd = &c->header;
+    hd->version = version;
+    hd->pid = get_varint(&h);
+    hd->start_time_ns = get_varint(&h);
+    hd->flags = get_varint(&h);
+    hd->python_version = get_string(&h, NULL);
+    hd->argc = get_varint(&h);
+    if (!h.bad && hd->argc > hlen) /* every string takes at least a byte */
+        h.bad = 1;
+    if (!h.bad) {
+        c->argv = calloc(hd->argc + 1, sizeof *c->argv);
+        if (!c->argv)
+            h.bad = 1;
+        for (uint64_t i = 0; !h.bad && i < hd->argc; i++)
+            c->argv[i] = get_string(&h, NULL);
+        hd->argv = (const char *const *)c->argv;
+    }
+    hd->executable = get_string(&h, NULL);
+    hd->parent_pid = get_varint(&h);
+    /* bytes after the known fields are future fields: skipped */
+    if (h.bad) {
+        *error = CYA_E_HEADER;
+        snprintf(errbuf, errlen, "%s: the capture header is malformed", path);
+        return 0;
+    }
+    *body = 16 + (size_t)hlen;
+    return 1;
+}
+
+/* Walk the LZ4 frames of the body. */
+static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
+{
+    cya_capture *c = r->cap;
+    LZ4F_dctx *dctx = NULL;
+    if (LZ4F_isError(LZ4F_createDecompressionContext(&dctx, LZ4F_VERSION))) {
+        set_problem(c, "cannot create an LZ4 decompression context");
+        c->status.truncated = 1;
+        return;
+    }
+    uint8_t *out = NULL;
+    size_t out_cap = 0;
+    c->status.recovered_bytes = pos;
+    while (pos < len) {
+        size_t in_off = 0, out_len = 0;
+        int done = 0;
+        for (;;) {
+            if (out_cap - out_len < (1u << 16) &&
+                !cya_grow((void **)&out, &out_cap, out_len + (1u << 16), 1)) {
+                set_problem(c, "out of memory while decompressing");
+                break;
+            }
+            size_t dsz = out_cap - out_len, ssz = len - pos - in_off;
+            size_t ret = LZ4F_decompress(dctx, out + out_len, &dsz, buf + pos + in_off, &ssz, NULL);
+            if (LZ4F_isError(ret)) {
+                set_problem(c, "the LZ4 frame starting at byte %zu is damaged (%s)", pos, LZ4F_getErrorName(ret));
+                break;
+            }
+            in_off += ssz;
+            out_len += dsz;
+            if (ret == 0) {
+                done = 1;
+                break;
+            }
+            if (pos + in_off >= len && dsz == 0) {
+                set_problem(c, "the file ends inside the LZ4 frame starting at byte %zu", pos);
+                break;
+            }
+        }
+        if (!done) {
+            c->status.truncated = 1;
+            break;
+        }
+        c->status.frames++;
+        int ok = decode_frame(r, out, out_len, pos);
+        pos += in_off;
+        if (!ok) {
+            c->status.truncated = 1;
+            break;
+        }
+        c->status.recovered_bytes = pos;
+        if (c->status.complete && pos < len) {
+            set_problem(c, "%zu bytes after the END record were ignored", len - pos);
+            break;
+        }
+    }
+    free(out);
+    LZ4F_freeDecompressionContext(dctx);
+    if (!c->status.complete && !c->status.truncated) {
+        c->status.truncated = 1;
+        set_problem(c, "no END record: the traced process did not finish writing (killed?)");
+    }
+}
+
+/* Stable merge sort of one run by time. */
+static int sort_run(run *rn)
+{
+    cya_event *tmp = malloc(rn->len * sizeof *tmp);
+    if (!tmp)
+        return 0;
+    cya_event *a = rn->events, *b = tmp;
+    for (size_t width = 1; width < rn->len; width *= 2) {
+        for (size_t lo = 0; lo < rn->len; lo += 2 * width) {
+            size_t mid = lo + width < rn->len ? lo + width : rn->len;
+            size_t hi = lo + 2 * width < rn->len ? lo + 2 * width : rn->len;
+            size_t i = lo, j = mid, k = lo;
+            while (i < mid && j < hi)
+                b[k++] = a[j].time_ns < a[i].time_ns ? a[j++] : a[i++];
+            while (i < mid)
+                b[k++] = a[i++];
+            while (j < hi)
+                b[k++] = a[j++];
+        }
+        cya_event *t = a;
+        a = b;
+        b = t;
+    }
+    if (a != rn->events)
+        memcpy(rn->events, a, rn->len * sizeof *a);
+    free(tmp);
+    return 1;
+}
+
+/* Merge the per-thread runs into c->events by (time, thread order). */
+static int merge_runs(reader *r)
+{
+    cya_capture *c = r->cap;
+    size_t k = c->nthreads, total = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (r->runs[i].unsorted && !sort_run(&r->runs[i]))
+            return 0;
+        total += r->runs[i].len;
+        c->threads[i].nevents = r->runs[i].len;
+    }
+    c->nevents = total;
+    if (k == 1) { /* the common case: no copy */
+        c->events = r->runs[0].events;
+        r->runs[0].events = NULL;
+        return 1;
+    }
+    c->events = malloc((total ? total : 1) * sizeof *c->events);
+    size_t *pos = calloc(k ? k : 1, sizeof *pos);
+    size_t *heap = malloc((k ? k : 1) * sizeof *heap);
+    if (!c->events || !pos || !heap) {
+        free(pos);
+        free(heap);
+        return 0;
+    }
+    /* binary min-heap of run indices keyed by (next event time, run index) */
+#define KEY_LESS(x, y)                                                                    \
+    (r->runs[x].events[pos[x]].time_ns < r->runs[y].events[pos[y]].time_ns ||              \
+     (r->runs[x].events[pos[x]].time_ns == r->runs[y].events[pos[y]].time_ns && (x) < (y)))
+    size_t hn = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (!r->runs[i].len)
+            continue;
+        size_t j = hn++;
+        heap[j] = i;
+        while (j && KEY_LESS(heap[j], heap[(j - 1) / 2])) {
+            size_t t = heap[j];
+            heap[j] = heap[(j - 1) / 2];
+            heap[(j - 1) / 2] = t;
+            j = (j - 1) / 2;
+        }
+    }
+    size_t out = 0;
+    while (hn) {
+        size_t top = heap[0];
+        c->events[out++] = r->runs[top].events[pos[top]++];
+        if (pos[top] == r->runs[top].len)
+            heap[0] = heap[--hn];
+        size_t j = 0;
+        for (;;) {
+            size_t l = 2 * j + 1, m = j;
+            if (l < hn && KEY_LESS(heap[l], heap[m]))
+                m = l;
+            if (l + 1 < hn && KEY_LESS(heap[l + 1], heap[m]))
+                m = l + 1;
+            if (m == j)
+                break;
+            size_t t = heap[j];
+            heap[j] = heap[m];
+            heap[m] = t;
+            j = m;
+        }
+    }
+#undef KEY_LESS
+    free(pos);
+    free(heap);
+    for (size_t i = 0; i < k; i++) {
+        free(r->runs[i].events);
+        r->runs[i].events = NULL;
+    }
+    return 1;
+}
+
+static int segref_cmp(const void *a, const void *b)
+{
+    const struct cya_segment_ref *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static int finish(reader *r)
+{
+    cya_capture *c = r->cap;
+    if (!merge_runs(r))
+        return 0;
+    if (!c->status.complete && c->nevents)
+        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
+    else if (c->status.complete && c->nevents && c->events[c->nevents - 1].time_ns > c->status.end_time_ns)
+        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
+    /* ids used but never defined */
+    cya_map seen = {0};
+    for (size_t i = 0; i < c->nevents; i++) {
+        uint32_t id = c->events[i].stack_id;
+        if (id && !cya_map_get(&c->stack_index, id) && !cya_map_get(&seen, id)) {
+            if (!cya_map_put(&seen, id, 1)) {
+                cya_map_free(&seen);
+                return 0;
+            }
+            c->status.missing_stacks++;
+        }
+    }
+    cya_map_free(&seen);
+    for (size_t i = 0; i < c->nstacks; i++)
+        for (uint64_t j = 0; j < c->stacks[i].nframes; j++) {
+            uint64_t w = c->stacks[i].frames[j];
+            if ((w & 1) && !cya_map_get(&c->pyframe_index, w >> 1) && !cya_map_get(&seen, w >> 1)) {
+                if (!cya_map_put(&seen, w >> 1, 1)) {
+                    cya_map_free(&seen);
+                    return 0;
+                }
+                c->status.missing_pyframes++;
+            }
+        }
+    cya_map_free(&seen);
+    for (size_t i = 0; i < c->nthreads; i++)
+        if (!c->threads[i].name) {
+            char *unnamed = strdup("");
+            if (!unnamed)
+                return 0;
+            c->threads[i].name = unnamed;
+        }
+    size_t nseg = 0;
+    for (size_t i = 0; i < c->nobjects; i++)
+        nseg += c->objects[i].nsegments;
+    c->segrefs = malloc((nseg ? nseg : 1) * sizeof *c->segrefs);
+    if (!c->segrefs)
+        return 0;
+    for (size_t i = 0; i < c->nobjects; i++)
+        for (uint64_t j = 0; j < c->objects[i].nsegments; j++) {
+            struct cya_segment_ref s = {c->objects[i].segments[2 * j], c->objects[i].segments[2 * j + 1],
+                                        (uint32_t)i};
+            c->segrefs[c->nsegrefs++] = s;
+        }
+    qsort(c->segrefs, c->nsegrefs, sizeof *c->segrefs, segref_cmp);
+    c->status.problem = c->problem;
+    return 1;
+}
+
+CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t errlen)
+{
+    int dummy;
+    char dummybuf[1];
+    if (!error)
+        error = &dummy;
+    if (!errbuf || !errlen) {
+        errbuf = dummybuf;
+        errlen = sizeof dummybuf;
+    }
+    *error = CYA_OK;
+    errbuf[0] = '\0';
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        *error = CYA_E_IO;
+        snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        *error = CYA_E_IO;
+        snprintf(errbuf, errlen, "%s: not a regular file", path);
+        close(fd);
+        return NULL;
+    }
+    size_t len = (size_t)st.st_size;
+    const uint8_t *buf = NULL;
+    if (len) {
+        void *m = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (m == MAP_FAILED) {
+            *error = CYA_E_IO;
+            snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
+            close(fd);
+            return NULL;
+        }
+        madvise(m, len, MADV_SEQUENTIAL);
+        buf = m;
+    }
+    close(fd);
+    cya_capture *c = calloc(1, sizeof *c);
+    reader r = {c, NULL, 0, 0};
+    size_t body = 0;
+    if (!c) {
+        *error = CYA_E_NOMEM;
+        snprintf(errbuf, errlen, "out of memory");
+    } else if (parse_header(c, buf ? buf : (const uint8_t *)"", len, &body, error, errbuf, errlen, path)) {
+        c->status.file_bytes = len;
+        read_body(&r, buf, len, body);
+        if (!finish(&r)) {
+            *error = CYA_E_NOMEM;
+            snprintf(errbuf, errlen, "%s: out of memory while reading the capture", path);
+        }
+    }
+    if (r.runs) {
+        for (size_t i = 0; c && i < c->nthreads; i++)
+            free(r.runs[i].events);
+        free(r.runs);
+    }
+    if (buf)
+        munmap((void *)buf, len);
+    if (*error != CYA_OK) {
+        cya_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+CYA_API void cya_close(cya_capture *c)
+{
+    if (!c)
+        return;
+    free((void *)c->header.python_version);
+    free((void *)c->header.executable);
+    if (c->argv)
+        for (uint64_t i = 0; i < c->header.argc; i++)
+            free(c->argv[i]);
+    free(c->argv);
+    free(c->events);
+    for (size_t i = 0; i < c->nobjects; i++) {
+        free((void *)c->objects[i].path);
+        free((void *)c->objects[i].build_id);
+        free((void *)c->objects[i].segments);
+    }
+    free(c->objects);
+    for (size_t i = 0; i < c->nthreads; i++)
+        free((void *)c->threads[i].name);
+    free(c->threads);
+    for (size_t i = 0; i < c->npyframes; i++) {
+        free((void *)c->pyframes[i].function);
+        free((void *)c->pyframes[i].file);
+    }
+    free(c->pyframes);
+    for (size_t i = 0; i < c->nstacks; i++)
+        free((void *)c->stacks[i].frames);
+    free(c->stacks);
+    cya_map_free(&c->object_index);
+    cya_map_free(&c->thread_index);
+    cya_map_free(&c->pyframe_index);
+    cya_map_free(&c->stack_index);
+    free(c->segrefs);
+    free(c);
+}
+
+CYA_API const cya_header *cya_get_header(const cya_capture *c) { return &c->header; }
+CYA_API const cya_status *cya_get_status(const cya_capture *c) { return &c->status; }
+
+CYA_API const cya_event *cya_get_events(const cya_capture *c, size_t *count)
+{
+    *count = c->nevents;
+    return c->events;
+}
+
+CYA_API const cya_object *cya_get_objects(const cya_capture *c, size_t *count)
+{
+    *count = c->nobjects;
+    return c->objects;
+}
+
+CYA_API const cya_thread *cya_get_threads(const cya_capture *c, size_t *count)
+{
+    *count = c->nthreads;
+    return c->threads;
+}
+
+CYA_API const cya_pyframe *cya_get_pyframes(const cya_capture *c, size_t *count)
+{
+    *count = c->npyframes;
+    return c->pyframes;
+}
+
+CYA_API const cya_stack *cya_get_stacks(const cya_capture *c, size_t *count)
+{
+    *count = c->nstacks;
+    return c->stacks;
+}
+
+CYA_API const cya_stack *cya_find_stack(const cya_capture *c, uint64_t id)
+{
+    uint32_t *slot = cya_map_get(&c->stack_index, id);
+    return slot ? &c->stacks[*slot] : NULL;
+}
+
+CYA_API const cya_pyframe *cya_find_pyframe(const cya_capture *c, uint64_t id)
+{
+    uint32_t *slot = cya_map_get(&c->pyframe_index, id);
+    return slot ? &c->pyframes[*slot] : NULL;
+}
+
+CYA_API const cya_object *cya_find_object(const cya_capture *c, uint64_t addr)
+{
+    size_t lo = 0, hi = c->nsegrefs;
+    while (lo < hi) { /* first segment starting after addr */
+        size_t mid = (lo + hi) / 2;
+        if (c->segrefs[mid].start <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* segments of objects loaded at different times may overlap: look back a little */
+    for (size_t i = lo; i-- > 0 && lo - i <= 8;)
+        if (addr >= c->segrefs[i].start && addr < c->segrefs[i].end)
+            return &c->objects[c->segrefs[i].object];
+    return NULL;
+}
+
+CYA_API void cya_free(void *p) { free(p); }

@@ -1,0 +1,225 @@
+"""The capture reader (runtime/src/capture_read.c through cytool.capture) on files written
+by the test writer: exact events, merge by time, ids defined late, and bad files."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
+
+from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+
+from cytool.capture import read_capture  # noqa: E402
+from cytool.errors import CytoolError  # noqa: E402
+
+
+def write_simple(path: Path) -> None:
+    with CaptureWriter(path) as w:
+        w.object(1, 0x7F0000000000, "/tmp/mod.so", b"\xde\xad\xbe\xef", [(0x7F0000001000, 0x7F0000002000)])
+        w.thread(0, 1234, "MainThread")
+        w.pyframe(7, 12, "main", "/tmp/run.py")
+        w.stack(1, [pc_word(0x7F0000001234), py_word(7)])
+        w.batch(
+            0,
+            100,
+            [
+                ("malloc", 0, 0x5000, 64, 1),
+                ("calloc", 10, 0x5100, 128, 1),
+                ("realloc_free", 5, 0x5000, 0, 0),
+                ("realloc", 0, 0x6000, 256, 1),
+                ("free", 7, 0x5100, 0, 0),
+                ("mmap", 3, 0x7F1000000000, 1 << 20, 1),
+                ("munmap", 3, 0x7F1000000000, 1 << 20, 0),
+            ],
+        )
+        w.flush()
+        w.stats(7, 0, 1, 2)
+        w.end(1000)
+
+
+def test_reads_every_event_field(tmp_path: Path) -> None:
+    path = tmp_path / "simple.cytrace"
+    write_simple(path)
+    with read_capture(path) as capture:
+        assert capture.complete and not capture.truncated
+        assert capture.recovered_bytes == capture.file_bytes == path.stat().st_size
+        h = capture.header
+        assert (h.version, h.pid, h.python_version, h.executable) == (1, 4242, "3.11.2 (test)", "/usr/bin/python3")
+        assert h.argv == ("prog.pyx", "--n", "3")
+        assert h.native_traced and h.python_frames and not h.pymem_traced and not h.forked_child
+        events = list(capture.events)
+        assert [e.kind for e in events] == ["malloc", "calloc", "realloc_free", "realloc", "free", "mmap", "munmap"]
+        assert [e.address for e in events] == [0x5000, 0x5100, 0x5000, 0x6000, 0x5100, 0x7F1000000000, 0x7F1000000000]
+        assert [e.size for e in events] == [64, 128, 0, 256, 0, 1 << 20, 1 << 20]
+        assert [e.time_ns for e in events] == [100, 110, 115, 115, 122, 125, 128]
+        assert [e.stack_id for e in events] == [1, 1, 0, 1, 0, 1, 0]
+        assert {e.thread_id for e in events} == {0}
+        assert capture.events[-1] == events[-1] and capture.events[1:3] == events[1:3]
+        assert capture.threads[0].tid == 1234 and capture.threads[0].name == "MainThread"
+        assert capture.threads[0].nevents == 7
+        (obj,) = capture.objects
+        assert (obj.id, obj.load_bias, obj.path, obj.build_id) == (1, 0x7F0000000000, "/tmp/mod.so", "deadbeef")
+        assert obj.segments == ((0x7F0000001000, 0x7F0000002000),) and obj.unload_time_ns is None
+        assert capture.pyframes[7].function == "main" and capture.pyframes[7].line == 12
+        assert capture.raw_stacks == {1: [pc_word(0x7F0000001234), py_word(7)]}
+        assert capture.stats is not None and capture.stats.events == 7
+        assert capture.end_time_ns == 1000
+        assert capture.truncation_message() == ""
+
+
+def test_threads_merge_by_time_and_ids_resolve_late(tmp_path: Path) -> None:
+    path = tmp_path / "threads.cytrace"
+    with CaptureWriter(path) as w:
+        # thread 2's batch and the stack definitions come after the events using them
+        w.batch(1, 0, [("malloc", 5, 0x1000, 1, 3), ("malloc", 10, 0x1010, 2, 3)])  # t=5, 15
+        w.flush()
+        w.batch(2, 0, [("malloc", 1, 0x2000, 3, 4), ("malloc", 9, 0x2010, 4, 4), ("free", 10, 0x2000, 0, 0)])  # 1,10,20
+        w.batch(1, 16, [("free", 1, 0x1000, 0, 0)])  # t=17
+        w.flush()
+        w.stack(3, [pc_word(0x10)])
+        w.stack(4, [pc_word(0x20)])
+        w.thread(2, 99, "worker")
+        w.end(50)
+    with read_capture(path) as capture:
+        events = list(capture.events)
+        assert [(e.time_ns, e.thread_id, e.size) for e in events] == [
+            (1, 2, 3), (5, 1, 1), (10, 2, 4), (15, 1, 2), (17, 1, 0), (20, 2, 0)
+        ]
+        assert capture.threads[2].name == "worker" and capture.threads[1].tid == 0
+        assert capture.threads[1].nevents == 3 and capture.threads[2].nevents == 3
+        assert set(capture.raw_stacks) == {3, 4}
+        assert capture.missing_stacks == 0 and capture.complete
+
+
+def test_out_of_order_batches_of_one_thread_are_sorted(tmp_path: Path) -> None:
+    path = tmp_path / "order.cytrace"
+    with CaptureWriter(path) as w:
+        w.batch(0, 100, [("malloc", 0, 0x10, 1, 0)])
+        w.batch(0, 50, [("malloc", 0, 0x20, 2, 0)])
+        w.end(200)
+    with read_capture(path) as capture:
+        assert [e.size for e in capture.events] == [2, 1]
+
+
+def test_truncated_capture_keeps_complete_frames(tmp_path: Path) -> None:
+    path = tmp_path / "cut.cytrace"
+    w = CaptureWriter(path)
+    w.stack(1, [pc_word(0x10)])
+    for frame in range(3):
+        w.batch(0, frame * 1000, [("malloc", i, 0x1000 + 16 * i, 8, 1) for i in range(100)])
+        w.flush()
+    w.end(5000)
+    w.close()
+    data = path.read_bytes()
+    third = w.frame_offsets[2]
+    path.write_bytes(data[: third + 40])  # cut inside the third frame
+    with read_capture(path) as capture:
+        assert capture.truncated and not capture.complete
+        assert len(capture.events) == 200
+        assert capture.recovered_bytes == third
+        assert capture.file_bytes == third + 40
+        message = capture.truncation_message()
+        assert "truncated" in message and f"recovered {third} of {third + 40} bytes" in message
+        assert "200 events" in message and f"byte {third}" in message
+
+
+def test_missing_end_record_is_truncation(tmp_path: Path) -> None:
+    path = tmp_path / "noend.cytrace"
+    with CaptureWriter(path) as w:
+        w.batch(0, 0, [("malloc", 1, 0x10, 8, 0)])
+    with read_capture(path) as capture:
+        assert capture.truncated and not capture.complete
+        assert len(capture.events) == 1
+        assert capture.recovered_bytes == capture.file_bytes
+        assert "no END record" in capture.truncation_message()
+
+
+def test_damaged_frame_stops_reading_there(tmp_path: Path) -> None:
+    path = tmp_path / "damaged.cytrace"
+    w = CaptureWriter(path)
+    for frame in range(3):
+        w.batch(0, frame * 1000, [("malloc", i, 0x1000 + 16 * i, 8, 0) for i in range(50)])
+        w.flush()
+    w.end(5000)
+    w.close()
+    data = bytearray(path.read_bytes())
+    second = w.frame_offsets[1]
+    data[second + 20] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with read_capture(path) as capture:
+        assert capture.truncated
+        assert len(capture.events) == 50
+        assert capture.recovered_bytes == second
+        assert f"starting at byte {second} is damaged" in capture.problem
+
+
+def test_undefined_stack_ids_are_counted(tmp_path: Path) -> None:
+    path = tmp_path / "undef.cytrace"
+    with CaptureWriter(path) as w:
+        w.stack(1, [pc_word(0x10), py_word(9)])
+        w.batch(0, 0, [("malloc", 1, 0x10, 8, 1), ("malloc", 1, 0x20, 8, 2), ("malloc", 1, 0x30, 8, 2)])
+        w.end(10)
+    with read_capture(path) as capture:
+        assert capture.missing_stacks == 1
+        assert capture.missing_pyframes == 1
+
+
+def test_unknown_header_fields_are_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "future.cytrace"
+    with CaptureWriter(path, extra_header=b"\x05future stuff") as w:
+        w.batch(0, 0, [("malloc", 1, 0x10, 8, 0)])
+        w.end(10)
+    with read_capture(path) as capture:
+        assert capture.complete and capture.header.executable == "/usr/bin/python3"
+        assert len(capture.events) == 1
+
+
+def test_forked_child_header(tmp_path: Path) -> None:
+    path = tmp_path / "child.cytrace"
+    with CaptureWriter(path, flags=0b1001, parent_pid=77) as w:
+        w.end(0)
+    with read_capture(path) as capture:
+        assert capture.header.forked_child and capture.header.parent_pid == 77
+        assert len(capture.events) == 0 and capture.complete
+
+
+def test_foreign_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a capture\n")
+    with pytest.raises(CytoolError) as info:
+        read_capture(path)
+    assert info.value.message == f"{path}: not a cytool capture (no CYTRACE header)"
+    assert info.value.exit_code == 2
+
+
+def test_empty_file_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "empty.cytrace"
+    path.write_bytes(b"")
+    with pytest.raises(CytoolError, match="not a cytool capture"):
+        read_capture(path)
+
+
+def test_newer_version_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "v2.cytrace"
+    with CaptureWriter(path, version=2) as w:
+        w.end(0)
+    with pytest.raises(CytoolError) as info:
+        read_capture(path)
+    assert "written by a newer cytool: format 2, this reader knows 1" in info.value.message
+    assert "upgrade" in info.value.hint
+
+
+def test_cut_header_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "cuthead.cytrace"
+    with CaptureWriter(path) as w:
+        w.end(0)
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(CytoolError, match="header is cut short"):
+        read_capture(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(CytoolError, match="No such file"):
+        read_capture(tmp_path / "nope.cytrace")
