@@ -1,0 +1,280 @@
+"""Cython's debug information for one module, read without Cython.
+
+Owns the reading of `cython_debug/cython_debug_info_<module>` (the XML Cython writes
+with `--gdb`) and of the generated C file next to it: which Cython functions exist,
+their C names, locals and globals, and which `.pyx`/`.pxi` lines each function's C body
+covers. Pure standard library: this runs inside gdb's embedded Python, but nothing in
+here touches gdb, so it can be tested on its own.
+"""
+from __future__ import annotations
+
+import os
+import re
+import xml.etree.ElementTree as ElementTree
+from typing import Dict, Iterable, List, Optional, Set, Tuple
+
+
+class Local:
+    """A Cython name: a local variable, an argument, a closure variable or a global."""
+
+    def __init__(self, name: str, cname: str, qualified_name: str, kind: str, lineno: int) -> None:
+        self.name = name
+        self.cname = cname
+        self.qualified_name = qualified_name
+        self.is_python_object = kind == "PythonObject"
+        self.lineno = lineno
+
+    def __repr__(self) -> str:
+        return f"Local({self.name!r}, {self.cname!r})"
+
+
+class Function:
+    """A Cython function as the XML describes it, plus the lines its C body covers."""
+
+    def __init__(self, module: "Module", element: ElementTree.Element) -> None:
+        self.module = module
+        self.name = element.get("name", "")
+        self.cname = element.get("cname", "")
+        self.pf_cname = element.get("pf_cname", "")
+        self.qualified_name = element.get("qualified_name", "")
+        self.lineno = int(element.get("lineno", "0"))
+        self.is_module_init = element.get("is_initmodule_function") == "True"
+        self.locals: Dict[str, Local] = {}
+        for var in element.iter("LocalVar"):
+            local = _local(var)
+            self.locals.setdefault(local.name, local)
+        arguments = element.find("Arguments")
+        self.arguments: List[str] = [child.tag for child in arguments] if arguments is not None else []
+        self.step_into: List[str] = [e.get("name", "") for e in element.iter("StepIntoFunction")]
+        # filled in by Module: {source path: set of lines} covered by this function's C body
+        self.lines: Dict[str, Set[int]] = {}
+        self.source: Optional[str] = None  # the file holding the def line
+
+    @property
+    def display_name(self) -> str:
+        """`work`, `Acc.add`, `make_counter.bump`: the qualified name without the module."""
+        if self.is_module_init:
+            return "<module>"
+        prefix = self.module.name + "."
+        name = self.qualified_name
+        return name[len(prefix):] if name.startswith(prefix) else (name or self.name)
+
+    def covers(self, path: str, line: int) -> bool:
+        return line in self.lines.get(path, ())
+
+    def first_statement(self) -> Optional[int]:
+        """The first line after the def line that this function's body has code for."""
+        if self.source is None:
+            return None
+        later = [line for line in self.lines.get(self.source, ()) if line > self.lineno]
+        return min(later) if later else None
+
+    def __repr__(self) -> str:
+        return f"Function({self.qualified_name!r}, {self.cname!r})"
+
+
+def _local(var: ElementTree.Element) -> Local:
+    return Local(
+        var.get("name", ""),
+        var.get("cname", ""),
+        var.get("qualified_name", ""),
+        var.get("type", ""),
+        int(var.get("lineno", "0") or 0),
+    )
+
+
+class Module:
+    """One Cython module: its functions, globals and line ownership."""
+
+    def __init__(self, xml_path: str) -> None:
+        self.xml_path = os.path.abspath(xml_path)
+        tree = ElementTree.parse(self.xml_path)
+        element = tree.getroot().find("Module")
+        if element is None:
+            raise ValueError(f"{xml_path}: not a Cython debug info file (no <Module>)")
+        self.name = element.get("module_name", "")
+        self.filename = element.get("filename", "")
+        self.c_filename = element.get("c_filename", "")
+        self.functions: List[Function] = [Function(self, f) for f in element.iter("Function")]
+        self.globals: Dict[str, Local] = {}
+        globals_element = element.find("Globals")
+        if globals_element is not None:
+            for var in globals_element.iter("LocalVar"):
+                local = _local(var)
+                self.globals.setdefault(local.name, local)
+        # source path -> line -> C lines
+        self.line_map: Dict[str, Dict[int, List[int]]] = {}
+        for entry in element.iter("LineNumber"):
+            path = entry.get("src_path", "")
+            line = int(entry.get("src_lineno", "0"))
+            c_lines = [int(n) for n in entry.get("c_linenos", "").split()]
+            self.line_map.setdefault(path, {}).setdefault(line, []).extend(c_lines)
+        self.by_cname: Dict[str, Function] = {}
+        for function in self.functions:
+            self.by_cname[function.cname] = function
+        self._assign_lines()
+
+    # -- files -------------------------------------------------------------------------
+
+    @property
+    def sources(self) -> List[str]:
+        paths = list(self.line_map)
+        if self.filename and self.filename not in paths:
+            paths.insert(0, self.filename)
+        return paths
+
+    def find_source(self, name: str) -> Optional[str]:
+        """The full path of one of this module's source files given as a path or basename."""
+        if not name:
+            return self.filename
+        for path in self.sources:
+            if path == name or os.path.abspath(name) == path:
+                return path
+        for path in self.sources:
+            if os.path.basename(path) == os.path.basename(name) and path.endswith(name):
+                return path
+        return None
+
+    def lines_with_code(self, path: str) -> List[int]:
+        return sorted(self.line_map.get(path, {}))
+
+    # -- ownership -----------------------------------------------------------------------
+
+    def _assign_lines(self) -> None:
+        extents = c_function_extents(self.c_filename, [f.cname for f in self.functions])
+        spans: List[Tuple[int, int, Function]] = []
+        for function in self.functions:
+            extent = extents.get(function.cname)
+            if extent is not None:
+                spans.append((extent[0], extent[1], function))
+        spans.sort(key=lambda span: span[0])
+        starts = [span[0] for span in spans]
+        import bisect
+
+        for path, lines in self.line_map.items():
+            for line, c_lines in lines.items():
+                for c_line in c_lines:
+                    index = bisect.bisect_right(starts, c_line) - 1
+                    if index >= 0 and spans[index][0] <= c_line <= spans[index][1]:
+                        spans[index][2].lines.setdefault(path, set()).add(line)
+        for function in self.functions:
+            function.source = self._def_file(function)
+
+    def _def_file(self, function: Function) -> Optional[str]:
+        """The file holding the function's def line: the one whose lines include it."""
+        candidates = [path for path, lines in function.lines.items() if function.lineno in lines]
+        for path in candidates:
+            if path == self.filename:
+                return path
+        if candidates:
+            return candidates[0]
+        return self.filename if function.is_module_init else None
+
+    def function_named(self, spec: str) -> List[Function]:
+        """Functions matching `work`, `mod.work`, `Acc.add`, `make_counter.bump`."""
+        spec = spec.strip()
+        matches = [f for f in self.functions if not f.is_module_init and f.qualified_name == spec]
+        if not matches:
+            matches = [f for f in self.functions if not f.is_module_init and f.display_name == spec]
+        if not matches:
+            matches = [
+                f for f in self.functions
+                if not f.is_module_init and (f.qualified_name.endswith("." + spec) or f.name == spec)
+            ]
+        return [f for f in matches if f.source is not None]
+
+    def owners(self, path: str, line: int) -> List[Function]:
+        """The Cython functions whose own code is on this line (module init only if no other)."""
+        owners = [f for f in self.functions if f.covers(path, line)]
+        inner = [f for f in owners if not f.is_module_init]
+        return inner or owners
+
+    def def_line_function(self, path: str, line: int) -> Optional[Function]:
+        """The function defined on this line, if it is a def/cdef/cpdef line."""
+        for function in self.functions:
+            if not function.is_module_init and function.lineno == line and function.source == path:
+                return function
+        return None
+
+    def module_init(self) -> Optional[Function]:
+        for function in self.functions:
+            if function.is_module_init:
+                return function
+        return None
+
+
+def nearest(candidates: Iterable[int], line: int) -> Optional[int]:
+    """The candidate closest to `line`; on a tie the later one (where gdb would slide)."""
+    best: Optional[int] = None
+    for candidate in candidates:
+        if candidate == line:
+            continue
+        if best is None or (abs(candidate - line), -candidate) < (abs(best - line), -best):
+            best = candidate
+    return best
+
+
+_DEFINITION_END = re.compile(r"\)\s*\{\s*$")
+
+
+def c_function_extents(c_filename: str, cnames: Iterable[str]) -> Dict[str, Tuple[int, int]]:
+    """{C name: (first line, last line)} of each function's definition in the C file."""
+    wanted = set(name for name in cnames if name)
+    result: Dict[str, Tuple[int, int]] = {}
+    try:
+        with open(c_filename, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().split("\n")
+    except OSError:
+        return result
+    pattern = re.compile(r"\b(" + "|".join(re.escape(n) for n in sorted(wanted, key=len, reverse=True)) + r")\(")
+    index = 0
+    count = len(lines)
+    while index < count:
+        text = lines[index]
+        if text and not text[0].isspace() and text[0] not in "#}/*" and "(" in text:
+            match = pattern.search(text)
+            if match and match.group(1) not in result:
+                end_of_header = _header_end(lines, index)
+                if end_of_header is not None:
+                    body_end = index + 1
+                    while body_end < count and lines[body_end] != "}":
+                        body_end += 1
+                    # C line numbers are 1-based
+                    result[match.group(1)] = (index + 1, body_end + 1)
+                    index = body_end
+        index += 1
+    return result
+
+
+def _header_end(lines: List[str], start: int) -> Optional[int]:
+    """Index of the line ending a function definition's header, or None for a prototype."""
+    for index in range(start, min(start + 40, len(lines))):
+        text = lines[index].rstrip()
+        if text.startswith("#"):
+            continue
+        if _DEFINITION_END.search(text) or (index > start and text == "{"):
+            return index
+        if text.endswith(";") or text.endswith("*/") and ";" in text:
+            return None
+    return None
+
+
+def find_debug_info(path: str) -> List[str]:
+    """XML files for a build directory, a cython_debug directory, a module .so or the XML itself."""
+    if os.path.isfile(path):
+        if os.path.basename(path).startswith("cython_debug_info_"):
+            return [path]
+        directory = os.path.dirname(os.path.abspath(path))
+        module = os.path.basename(path).split(".", 1)[0]
+        candidate = os.path.join(directory, "cython_debug", "cython_debug_info_" + module)
+        return [candidate] if os.path.isfile(candidate) else []
+    if os.path.isdir(path):
+        directory = path
+        if os.path.isdir(os.path.join(path, "cython_debug")):
+            directory = os.path.join(path, "cython_debug")
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            return []
+        return [os.path.join(directory, n) for n in names if n.startswith("cython_debug_info_")]
+    return []

@@ -1,0 +1,244 @@
+"""Frames as a Cython programmer sees them.
+
+Owns: telling Cython frames from C frames, their `.pyx` location, the selected Cython
+frame, the Python frames of the interpreter (through the interpreter's own
+python-gdb.py, sourced explicitly when gdb's auto-load refuses it), and printing
+locations and backtraces.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+from typing import Iterator, List, Optional, Tuple
+
+import gdb  # type: ignore
+
+import cytool_gdb_state as state
+from cytool_gdb_debuginfo import Function
+
+python_gdb_status = "python-gdb.py for this interpreter was not found"
+_python_gdb_loaded = False
+_PYTHON_NAME = re.compile(r"^(lib)?python(\d+\.\d+)")
+
+
+def cython_function(frame: "gdb.Frame") -> Optional[Function]:
+    try:
+        return state.function_for_cname(frame.name())
+    except gdb.error:
+        return None
+
+
+def location(frame: "gdb.Frame") -> Tuple[Optional[str], int]:
+    """(source path, line) of a frame, per the line table (.pyx thanks to #line)."""
+    try:
+        sal = frame.find_sal()
+    except gdb.error:
+        return None, 0
+    if sal is None or sal.symtab is None:
+        return None, 0
+    try:
+        path = sal.symtab.fullname()
+    except gdb.error:
+        path = sal.symtab.filename
+    return path, sal.line
+
+
+def is_cython_frame(frame: "gdb.Frame") -> bool:
+    return cython_function(frame) is not None
+
+
+def newest_frame() -> Optional["gdb.Frame"]:
+    try:
+        return gdb.newest_frame()
+    except gdb.error:
+        return None
+
+
+def frames() -> Iterator["gdb.Frame"]:
+    frame = newest_frame()
+    while frame is not None:
+        yield frame
+        try:
+            frame = frame.older()
+        except gdb.error:
+            return
+
+
+def cython_frames() -> List["gdb.Frame"]:
+    return [frame for frame in frames() if is_cython_frame(frame)]
+
+
+def selected_cython_frame(required: bool = True) -> Optional["gdb.Frame"]:
+    """The selected frame if it is a Cython frame, else the nearest older Cython frame."""
+    try:
+        frame = gdb.selected_frame()
+    except gdb.error:
+        if required:
+            raise state.CyError("No stack: the program is not running (start it with cy-run).")
+        return None
+    start = frame
+    while frame is not None:
+        if is_cython_frame(frame):
+            if frame != start:
+                frame.select()
+            return frame
+        frame = frame.older()
+    if required:
+        raise state.CyError("No Cython function on the stack (see cy-bt -a).")
+    return None
+
+
+def describe(frame: "gdb.Frame") -> str:
+    """`dbgmod.pyx:24 in work()`"""
+    function = cython_function(frame)
+    path, line = location(frame)
+    name = function.display_name if function else (frame.name() or "??")
+    where = f"{os.path.basename(path)}:{line}" if path else "??"
+    return f"{where} in {name}()"
+
+
+def print_location(frame: "gdb.Frame", prefix: str = "") -> None:
+    path, line = location(frame)
+    print(f"{prefix}{describe(frame)}")
+    if path:
+        text = state.source_line(path, line)
+        if text:
+            print(f"{line:>6}    {text.strip()}")
+
+
+# -- Python frames ------------------------------------------------------------------------
+
+
+def load_python_gdb(objfile_name: str) -> None:
+    """Source the interpreter's python-gdb.py found beside a python or libpython binary."""
+    global python_gdb_status, _python_gdb_loaded
+    if _python_gdb_loaded or not objfile_name:
+        return
+    real = os.path.realpath(objfile_name)
+    match = _PYTHON_NAME.match(os.path.basename(real))
+    if not match:
+        return
+    version = match.group(2)
+    directory = os.path.dirname(real)
+    candidates = [
+        os.path.join(directory, f"python{version}-gdb.py"),
+        os.path.join(os.path.dirname(directory), "bin", f"python{version}-gdb.py"),
+        f"/usr/share/gdb/auto-load{real}-gdb.py",
+        f"/usr/share/gdb/auto-load/usr/bin/python{version}-gdb.py",
+    ]
+    main = sys.modules.get("__main__")
+    if main is not None and hasattr(main, "PyObjectPtr") and hasattr(main, "Frame"):
+        _python_gdb_loaded = True
+        python_gdb_status = "loaded by gdb's auto-load"
+        return
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            try:
+                gdb.execute(f"source {candidate}", to_string=True)
+            except gdb.error as error:
+                python_gdb_status = f"{candidate} failed to load: {error}"
+                continue
+            _python_gdb_loaded = True
+            python_gdb_status = f"loaded {candidate}"
+            return
+    python_gdb_status = f"no python-gdb.py for Python {version} (looked in {', '.join(candidates[:3])})"
+
+
+def python_gdb_available() -> bool:
+    main = sys.modules.get("__main__")
+    return main is not None and hasattr(main, "Frame") and hasattr(main, "PyObjectPtr")
+
+
+def python_frames_in(frame: "gdb.Frame") -> List[Tuple[str, int, str]]:
+    """[(filename, line, function)] of the Python frames one C eval frame runs, newest first."""
+    if not python_gdb_available():
+        return []
+    main = sys.modules["__main__"]
+    try:
+        wrapped = main.Frame(frame)
+        if not wrapped.is_evalframe():
+            return []
+        pyop = wrapped.get_pyop()
+    except Exception:
+        return []
+    result = []
+    guard = 0
+    while pyop and guard < 200:
+        guard += 1
+        try:
+            if hasattr(pyop, "is_shim") and pyop.is_shim():
+                break
+            if pyop.is_optimized_out():
+                break
+            name = pyop.co_name.proxyval(set())
+            result.append((str(pyop.filename()), int(pyop.current_line_num() or 0), str(name)))
+            if hasattr(pyop, "is_entry"):
+                if pyop.is_entry():
+                    break
+            if not hasattr(pyop, "previous"):
+                break
+            pyop = pyop.previous()
+        except Exception:
+            break
+    return result
+
+
+def _python_source(filename: str, line: int) -> str:
+    if filename.startswith("<") or not line:
+        return ""
+    return state.source_line(filename, line).strip()
+
+
+def backtrace(show_all: bool = False) -> None:
+    """Print cy-bt: Cython frames numbered, Python frames between them, C internals hidden."""
+    if newest_frame() is None:
+        raise state.CyError("No stack: the program is not running.")
+    index = 0
+    any_python_eval = False
+    for frame in frames():
+        function = cython_function(frame)
+        if function is not None:
+            marker = "*" if _is_selected(frame) else " "
+            print(f"#{index:<2}{marker}{describe(frame)}")
+            path, line = location(frame)
+            if path:
+                text = state.source_line(path, line).strip()
+                if text:
+                    print(f"        {text}")
+            index += 1
+            continue
+        name = ""
+        try:
+            name = frame.name() or ""
+        except gdb.error:
+            pass
+        python = python_frames_in(frame) if "EvalFrame" in name or "PyEval" in name else []
+        if "EvalFrame" in name:
+            any_python_eval = True
+        for filename, line, func in python:
+            if filename.startswith("<frozen") and not show_all:
+                continue
+            print(f"    [py] {filename}:{line} in {func}()")
+            text = _python_source(filename, line)
+            if text:
+                print(f"        {text}")
+        if show_all:
+            path, line = location(frame)
+            where = f" at {path}:{line}" if path else ""
+            try:
+                pc = f"{frame.pc():#x}"
+            except gdb.error:
+                pc = "?"
+            print(f"    [c]  {pc} in {name or '??'}(){where}")
+    if not python_gdb_available():
+        print(f"(Python frames not shown: {python_gdb_status})")
+    elif not any_python_eval:
+        pass
+
+
+def _is_selected(frame: "gdb.Frame") -> bool:
+    try:
+        return frame == gdb.selected_frame()
+    except gdb.error:
+        return False

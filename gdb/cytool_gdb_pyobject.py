@@ -1,0 +1,279 @@
+"""Reading Python objects out of the stopped process, without running any code in it.
+
+Owns the repr of a `PyObject *`: int, bool, float, str, bytes, list, tuple, dict and
+None are decoded from their memory layout (found through the DWARF types of the
+interpreter or of the module, so the per-version differences - PyLongObject's
+`long_value` since 3.12, the dict keys layout since 3.11 - come from the types
+themselves); any other object prints as `<type at 0x...>`. Also looks up names in a
+module's dict (Python-level globals of a Cython module).
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterator, Optional, Tuple
+
+import gdb  # type: ignore
+
+MAX_ITEMS = 100
+MAX_DEPTH = 4
+MAX_STRING = 2000
+
+_types: Dict[str, Optional["gdb.Type"]] = {}
+
+
+def _type(name: str) -> Optional["gdb.Type"]:
+    if name not in _types:
+        try:
+            _types[name] = gdb.lookup_type(name)
+        except gdb.error:
+            _types[name] = None
+    return _types[name]
+
+
+def forget_types() -> None:
+    """New objfiles bring new types (libpython loads after the executable)."""
+    _types.clear()
+
+
+def _fields(gdb_type: "gdb.Type") -> set:
+    try:
+        return {field.name for field in gdb_type.strip_typedefs().fields()}
+    except (TypeError, gdb.error):
+        return set()
+
+
+def is_pyobject_pointer(value: "gdb.Value") -> bool:
+    """True for PyObject *, PyListObject *, struct __pyx_obj_mod_Acc *, ..."""
+    try:
+        gdb_type = value.type.strip_typedefs()
+    except gdb.error:
+        return False
+    if gdb_type.code != gdb.TYPE_CODE_PTR:
+        return False
+    target = gdb_type.target().strip_typedefs()
+    if target.code != gdb.TYPE_CODE_STRUCT:
+        return False
+    names = _fields(target)
+    if "ob_refcnt" in names and "ob_type" in names:
+        return True
+    if "ob_base" in names:
+        return True
+    fields = target.fields()
+    return bool(fields) and fields[0].name in ("ob_base", "__pyx_base")
+
+
+def _address(value: "gdb.Value") -> int:
+    return int(value.cast(gdb.lookup_type("unsigned long")))
+
+
+def _as(value: "gdb.Value", type_name: str) -> Optional["gdb.Value"]:
+    gdb_type = _type(type_name)
+    if gdb_type is None:
+        return None
+    return value.cast(gdb_type.pointer()).dereference()
+
+
+def type_name(value: "gdb.Value") -> str:
+    obj = _as(value, "PyObject")
+    if obj is None:
+        raise gdb.error("the PyObject type is not known to gdb")
+    return obj["ob_type"]["tp_name"].string()
+
+
+def _read(address: int, size: int) -> bytes:
+    return bytes(gdb.selected_inferior().read_memory(address, size))
+
+
+def _object_size(value: "gdb.Value") -> int:
+    var = _as(value, "PyVarObject")
+    if var is None:
+        raise gdb.error("PyVarObject not known")
+    return int(var["ob_size"])
+
+
+def _int(value: "gdb.Value") -> int:
+    long_object = _as(value, "PyLongObject")
+    if long_object is None:
+        raise gdb.error("PyLongObject not known")
+    names = _fields(long_object.type)
+    if "long_value" in names:  # 3.12+: tagged size
+        body = long_object["long_value"]
+        tag = int(body["lv_tag"])
+        count = tag >> 3
+        sign = 1 - (tag & 3)
+        digits = body["ob_digit"]
+    else:
+        size = int(long_object["ob_base"]["ob_size"])
+        count = abs(size)
+        sign = -1 if size < 0 else 1
+        digits = long_object["ob_digit"]
+    bits = 30 if digits.type.strip_typedefs().target().sizeof == 4 else 15
+    total = 0
+    for index in range(min(count, 1000)):
+        total |= int(digits[index]) << (bits * index)
+    return sign * total
+
+
+def _float(value: "gdb.Value") -> float:
+    float_object = _as(value, "PyFloatObject")
+    if float_object is None:
+        raise gdb.error("PyFloatObject not known")
+    return float(float_object["ob_fval"])
+
+
+def _str(value: "gdb.Value") -> str:
+    ascii_type = _type("PyASCIIObject")
+    compact_type = _type("PyCompactUnicodeObject")
+    if ascii_type is None:
+        raise gdb.error("PyASCIIObject not known")
+    head = value.cast(ascii_type.pointer()).dereference()
+    length = int(head["length"])
+    status = head["state"]
+    kind = int(status["kind"])
+    compact = int(status["compact"])
+    is_ascii = int(status["ascii"])
+    address = _address(value)
+    if compact and is_ascii:
+        data = address + ascii_type.sizeof
+    elif compact and compact_type is not None:
+        data = address + compact_type.sizeof
+    else:
+        unicode_object = _as(value, "PyUnicodeObject")
+        if unicode_object is None:
+            raise gdb.error("PyUnicodeObject not known")
+        data = int(unicode_object["data"]["any"])
+    shown = min(length, MAX_STRING)
+    raw = _read(data, shown * kind)
+    codec = {1: "latin-1", 2: "utf-16-le", 4: "utf-32-le"}[kind]
+    return raw.decode(codec, errors="replace")
+
+
+def _bytes(value: "gdb.Value") -> bytes:
+    bytes_object = _as(value, "PyBytesObject")
+    if bytes_object is None:
+        raise gdb.error("PyBytesObject not known")
+    size = int(bytes_object["ob_base"]["ob_size"])
+    start = int(bytes_object["ob_sval"].address.cast(gdb.lookup_type("unsigned long")))
+    return _read(start, min(size, MAX_STRING))
+
+
+def _sequence_items(value: "gdb.Value", kind: str) -> Tuple[list, int]:
+    type_name_ = "PyListObject" if kind == "list" else "PyTupleObject"
+    sequence = _as(value, type_name_)
+    if sequence is None:
+        raise gdb.error(f"{type_name_} not known")
+    size = int(sequence["ob_base"]["ob_size"])
+    items = sequence["ob_item"]
+    return [items[i] for i in range(min(size, MAX_ITEMS))], size
+
+
+def dict_items(value: "gdb.Value") -> Iterator[Tuple["gdb.Value", "gdb.Value"]]:
+    """(key, value) PyObject pointers of a dict, for the 3.9-3.13 layouts."""
+    dict_object = _as(value, "PyDictObject")
+    keys_type = _type("PyDictKeysObject")
+    if dict_object is None or keys_type is None:
+        raise gdb.error("the dict layout is not known to gdb (no DWARF types for the interpreter)")
+    keys = dict_object["ma_keys"].cast(keys_type.pointer()).dereference()
+    names = _fields(keys_type)
+    nentries = int(keys["dk_nentries"])
+    indices = int(keys["dk_indices"].address.cast(gdb.lookup_type("unsigned long")))
+    if "dk_log2_index_bytes" in names:  # 3.11+
+        entries = indices + (1 << int(keys["dk_log2_index_bytes"]))
+        general = int(keys["dk_kind"]) == 0
+    else:  # 3.9, 3.10
+        size = int(keys["dk_size"])
+        width = 1 if size <= 0xFF else 2 if size <= 0xFFFF else 4 if size <= 0xFFFFFFFF else 8
+        entries = indices + size * width
+        general = True
+    entry_type = _type("PyDictKeyEntry" if general else "PyDictUnicodeEntry")
+    if entry_type is None:
+        raise gdb.error("dict entry type not known")
+    values = dict_object["ma_values"]
+    split = int(values.cast(gdb.lookup_type("unsigned long"))) != 0
+    value_array = None
+    if split:
+        values_type = values.type.strip_typedefs().target().strip_typedefs()
+        if values_type.code == gdb.TYPE_CODE_STRUCT:
+            value_array = values.dereference()["values"]
+        else:
+            value_array = values
+    pointer = entry_type.pointer()
+    for index in range(min(nentries, MAX_ITEMS * 10)):
+        entry = gdb.Value(entries + index * entry_type.sizeof).cast(pointer).dereference()
+        key = entry["me_key"]
+        item = value_array[index] if split else entry["me_value"]
+        if int(key.cast(gdb.lookup_type("unsigned long"))) == 0:
+            continue
+        if int(item.cast(gdb.lookup_type("unsigned long"))) == 0:
+            continue
+        yield key, item
+
+
+def format_object(value: "gdb.Value", depth: int = 0) -> str:
+    """The repr of a PyObject pointer, or `<type at 0x...>` for kinds we do not decode."""
+    address = _address(value)
+    if address == 0:
+        return "NULL"
+    try:
+        name = type_name(value)
+    except (gdb.error, gdb.MemoryError, UnicodeDecodeError) as error:
+        return f"<object at {address:#x} (unreadable: {error})>"
+    try:
+        return _format_known(value, name, depth, address)
+    except (gdb.error, gdb.MemoryError, KeyError, ValueError, OverflowError):
+        return f"<{name} at {address:#x}>"
+
+
+def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> str:
+    if name == "NoneType":
+        return "None"
+    if name == "bool":
+        return "True" if _int(value) else "False"
+    if name == "int":
+        return str(_int(value))
+    if name == "float":
+        number = _float(value)
+        return repr(number) if math.isfinite(number) else f"float('{number}')"
+    if name == "str":
+        return repr(_str(value))
+    if name == "bytes":
+        return repr(_bytes(value))
+    if depth >= MAX_DEPTH and name in ("list", "tuple", "dict"):
+        return f"<{name} at {address:#x}>"
+    if name in ("list", "tuple"):
+        items, size = _sequence_items(value, name)
+        parts = [format_object(item, depth + 1) for item in items]
+        if size > len(items):
+            parts.append("...")
+        if name == "tuple":
+            return "(" + ", ".join(parts) + ("," if size == 1 else "") + ")"
+        return "[" + ", ".join(parts) + "]"
+    if name == "dict":
+        parts = []
+        for count, (key, item) in enumerate(dict_items(value)):
+            if count >= MAX_ITEMS:
+                parts.append("...")
+                break
+            parts.append(f"{format_object(key, depth + 1)}: {format_object(item, depth + 1)}")
+        return "{" + ", ".join(parts) + "}"
+    return f"<{name} at {address:#x}>"
+
+
+def dict_lookup(dict_pointer: "gdb.Value", key: str) -> Optional["gdb.Value"]:
+    """The value stored under a str key in a dict, as a PyObject pointer."""
+    for key_object, item in dict_items(dict_pointer):
+        try:
+            if type_name(key_object) == "str" and _str(key_object) == key:
+                return item
+        except (gdb.error, gdb.MemoryError):
+            continue
+    return None
+
+
+def dict_str_items(dict_pointer: "gdb.Value") -> Iterator[Tuple[str, "gdb.Value"]]:
+    for key_object, item in dict_items(dict_pointer):
+        try:
+            if type_name(key_object) == "str":
+                yield _str(key_object), item
+        except (gdb.error, gdb.MemoryError):
+            continue
