@@ -1,0 +1,161 @@
+/* symbolize_dwarf.c: one shared object's debug information through elfutils' libdwfl,
+ * offline (the process is gone): the file is reported at the load bias the capture
+ * recorded, its build-id is checked against the captured one, and an address becomes
+ * its chain of inline frames (function, file, line), innermost first. */
+#define _GNU_SOURCE
+#include <dwarf.h>
+#include <elfutils/libdw.h>
+#include <elfutils/libdwfl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "symbolize_internal.h"
+
+struct sym_dwarf {
+    Dwfl *dwfl;
+    Dwfl_Module *module;
+    int has_lines;
+};
+
+static char *debuginfo_path = NULL;
+static const Dwfl_Callbacks callbacks = {
+    .find_elf = dwfl_build_id_find_elf,
+    .find_debuginfo = dwfl_standard_find_debuginfo,
+    .section_address = dwfl_offline_section_address,
+    .debuginfo_path = &debuginfo_path,
+};
+
+sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_id, size_t build_id_len,
+                          enum sym_state *state)
+{
+    sym_dwarf *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    *state = SYM_OK;
+    if (!path || !*path || access(path, R_OK) != 0) {
+        *state = SYM_MISSING;
+        return d;
+    }
+    d->dwfl = dwfl_begin(&callbacks);
+    if (!d->dwfl) {
+        *state = SYM_UNREADABLE;
+        return d;
+    }
+    dwfl_report_begin(d->dwfl);
+    d->module = dwfl_report_elf(d->dwfl, path, path, -1, bias, true);
+    dwfl_report_end(d->dwfl, NULL, NULL);
+    if (!d->module) {
+        *state = SYM_UNREADABLE;
+        return d;
+    }
+    if (build_id_len) {
+        const unsigned char *bits = NULL;
+        GElf_Addr vaddr;
+        Dwarf_Addr elf_bias;
+        dwfl_module_getelf(d->module, &elf_bias);
+        int n = dwfl_module_build_id(d->module, &bits, &vaddr);
+        if (n <= 0 || (size_t)n != build_id_len || memcmp(bits, build_id, build_id_len) != 0) {
+            *state = SYM_CHANGED;
+            d->module = NULL; /* its DWARF describes another build: do not use it */
+            return d;
+        }
+    }
+    Dwarf_Addr dbias;
+    d->has_lines = dwfl_module_getdwarf(d->module, &dbias) != NULL;
+    return d;
+}
+
+void sym_dwarf_close(sym_dwarf *d)
+{
+    if (!d)
+        return;
+    if (d->dwfl)
+        dwfl_end(d->dwfl);
+    free(d);
+}
+
+int sym_dwarf_has_lines(sym_dwarf *d) { return d && d->module && d->has_lines; }
+
+static const char *die_name(Dwarf_Die *die)
+{
+    Dwarf_Attribute attr;
+    const char *name = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_name, &attr));
+    if (!name)
+        name = dwarf_formstring(dwarf_attr_integrate(die, DW_AT_linkage_name, &attr));
+    return name;
+}
+
+/* The file and line an inlined subroutine was called from. */
+static void call_site(Dwarf_Die *cu, Dwarf_Die *inlined, const char **file, int *line)
+{
+    Dwarf_Attribute attr;
+    Dwarf_Word index = 0, lineno = 0;
+    *file = NULL;
+    *line = 0;
+    if (dwarf_formudata(dwarf_attr(inlined, DW_AT_call_line, &attr), &lineno) == 0)
+        *line = (int)lineno;
+    Dwarf_Files *files;
+    size_t nfiles;
+    if (dwarf_formudata(dwarf_attr(inlined, DW_AT_call_file, &attr), &index) == 0 &&
+        dwarf_getsrcfiles(cu, &files, &nfiles) == 0 && index < nfiles)
+        *file = dwarf_filesrc(files, index, NULL, NULL);
+}
+
+int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
+{
+    if (!d || !d->module || max <= 0)
+        return 0;
+    const char *file = NULL;
+    int line = 0;
+    Dwfl_Line *dl = dwfl_module_getsrc(d->module, pc);
+    if (dl)
+        file = dwfl_lineinfo(dl, NULL, &line, NULL, NULL, NULL);
+    int n = 0;
+    Dwarf_Addr bias = 0;
+    Dwarf_Die *cu = dwfl_module_addrdie(d->module, pc, &bias);
+    if (cu) {
+        /* dwarf_getscopes follows an inlined instance into its abstract definition;
+         * the concrete chain of callers comes from dwarf_getscopes_die on the
+         * innermost function scope. */
+        Dwarf_Die *scopes = NULL, innermost;
+        int nscopes = dwarf_getscopes(cu, pc - bias, &scopes);
+        int found = 0;
+        for (int i = 0; i < nscopes && !found; i++) {
+            int tag = dwarf_tag(&scopes[i]);
+            if (tag == DW_TAG_inlined_subroutine || tag == DW_TAG_subprogram) {
+                innermost = scopes[i];
+                found = 1;
+            }
+        }
+        free(scopes);
+        scopes = NULL;
+        nscopes = found ? dwarf_getscopes_die(&innermost, &scopes) : 0;
+        for (int i = 0; i < nscopes && n < max; i++) {
+            int tag = dwarf_tag(&scopes[i]);
+            if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram)
+                continue;
+            out[n].cname = die_name(&scopes[i]);
+            out[n].file = file;
+            out[n].line = line;
+            n++;
+            if (tag == DW_TAG_subprogram)
+                break;
+            call_site(cu, &scopes[i], &file, &line);
+        }
+        free(scopes);
+    }
+    if (n == 0) { /* no DWARF scope: the symbol table, and whatever line we have */
+        GElf_Off offset;
+        GElf_Sym sym;
+        out[0].cname = dwfl_module_addrinfo(d->module, pc, &offset, &sym, NULL, NULL, NULL);
+        out[0].file = file;
+        out[0].line = line;
+        n = out[0].cname || file ? 1 : 0;
+    } else if (!out[n - 1].cname) {
+        GElf_Off offset;
+        GElf_Sym sym;
+        out[n - 1].cname = dwfl_module_addrinfo(d->module, pc, &offset, &sym, NULL, NULL, NULL);
+    }
+    return n;
+}

@@ -1,0 +1,356 @@
+/* symbolize_stacks.c: turns every stack of a capture into a list of locations.
+ *
+ * Owns the location table (function, file, line, kind, object; deduplicated), the
+ * per-pc cache of inline chains, the folding rules, and the public cya_symbol* API:
+ *  - native pcs are return addresses: they are looked up at pc - 1;
+ *  - inline frames are expanded (innermost first);
+ *  - in a Cython module, frames outside .pyx/.pxd/.pxi files (Cython's utility code,
+ *    `(tree fragment)`, the module's own .c, inlined headers) fold into the nearest
+ *    .pyx caller of the same module, and a `__pyx_pw_` wrapper frame folds into the
+ *    Cython function it wraps;
+ *  - objects that are gone or changed since the capture show raw addresses, and say so.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "symbolize_internal.h"
+
+#define NO_OBJECT UINT32_MAX
+#define MAX_INLINE 64
+
+typedef struct loc_extra {
+    uint32_t object;  /* index into capture objects, NO_OBJECT when none */
+    uint8_t wrapper;  /* a __pyx_pw_ wrapper frame */
+} loc_extra;
+
+typedef struct obj_state {
+    int opened;
+    enum sym_state state;
+    sym_dwarf *dwarf;
+    cy_names *names;
+} obj_state;
+
+typedef struct span {
+    uint64_t offset, count;
+} span;
+
+struct cya_symbols {
+    const cya_capture *capture;
+    cya_location *locs;
+    loc_extra *extra;
+    size_t nlocs, cap_locs, cap_extra;
+    cya_map loc_index; /* hash of a location -> index (probing on collisions) */
+
+    obj_state *objects;
+
+    uint32_t *pc_frames; /* inline chains, location indices */
+    size_t npc_frames, cap_pc_frames;
+    cya_map pc_index;    /* pc -> index into pc_spans */
+    span *pc_spans;
+    size_t npc_spans, cap_pc_spans;
+
+    uint32_t *frames; /* folded stacks, location indices */
+    size_t nframes, cap_frames;
+    span *stacks;     /* parallel to the capture's stacks */
+
+    char *warnings;
+    size_t nwarnings, cap_warnings;
+    int failed;
+};
+
+static uint64_t hash_bytes(uint64_t h, const char *s)
+{
+    for (; s && *s; s++)
+        h = (h ^ (uint8_t)*s) * 1099511628211ULL;
+    return (h ^ 0xff) * 1099511628211ULL;
+}
+
+static int same_string(const char *a, const char *b) { return strcmp(a ? a : "", b ? b : "") == 0; }
+
+/* Index of the location, added when new; UINT32_MAX when out of memory. */
+static uint32_t intern(cya_symbols *s, const char *function, const char *file, uint32_t line, uint32_t kind,
+                       const char *object, uint32_t object_index, int wrapper)
+{
+    uint64_t h = hash_bytes(hash_bytes(hash_bytes(1469598103934665603ULL, function), file), object);
+    h ^= cya_hash64(((uint64_t)line << 8) | (kind << 1) | (wrapper ? 1 : 0));
+    for (;; h++) {
+        if (h == CYA_MAP_EMPTY)
+            continue;
+        uint32_t *slot = cya_map_get(&s->loc_index, h);
+        if (!slot)
+            break;
+        cya_location *l = &s->locs[*slot];
+        if (l->line == line && l->kind == kind && s->extra[*slot].wrapper == (wrapper ? 1 : 0) &&
+            same_string(l->function, function) && same_string(l->file, file) && same_string(l->object, object))
+            return *slot;
+    }
+    cya_location loc = {strdup(function ? function : ""), strdup(file ? file : ""), line, kind,
+                        strdup(object ? object : "")};
+    loc_extra ex = {object_index, (uint8_t)(wrapper ? 1 : 0)};
+    if (!loc.function || !loc.file || !loc.object ||
+        !cya_grow((void **)&s->extra, &s->cap_extra, s->nlocs + 1, sizeof *s->extra) ||
+        !CYA_PUSH(s->locs, s->nlocs, s->cap_locs, loc)) {
+        free((void *)loc.function);
+        free((void *)loc.file);
+        free((void *)loc.object);
+        s->failed = 1;
+        return UINT32_MAX;
+    }
+    s->extra[s->nlocs - 1] = ex;
+    if (!cya_map_put(&s->loc_index, h, (uint32_t)(s->nlocs - 1))) {
+        s->failed = 1;
+        return UINT32_MAX;
+    }
+    return (uint32_t)(s->nlocs - 1);
+}
+
+static void warn(cya_symbols *s, const char *fmt, const char *path, const char *extra)
+{
+    char line[4300];
+    int n = snprintf(line, sizeof line, fmt, path, extra);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof line)
+        n = sizeof line - 1;
+    if (!cya_grow((void **)&s->warnings, &s->cap_warnings, s->nwarnings + (size_t)n + 2, 1)) {
+        s->failed = 1;
+        return;
+    }
+    memcpy(s->warnings + s->nwarnings, line, (size_t)n);
+    s->nwarnings += (size_t)n;
+    s->warnings[s->nwarnings++] = '\n';
+    s->warnings[s->nwarnings] = '\0';
+}
+
+static const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+static obj_state *open_object(cya_symbols *s, uint32_t index)
+{
+    obj_state *st = &s->objects[index];
+    if (st->opened)
+        return st;
+    st->opened = 1;
+    const cya_object *o = &s->capture->objects[index];
+    const char *path = o->path;
+    if (!path || !*path) /* the main program: link_map names it "" */
+        path = s->capture->header.executable;
+    st->dwarf = sym_dwarf_open(path, o->load_bias, o->build_id, o->build_id_len, &st->state);
+    if (!st->dwarf)
+        s->failed = 1;
+    st->names = cy_names_load(path);
+    switch (st->state) {
+    case SYM_MISSING:
+        warn(s, "%s: deleted since the capture was made; its frames show as raw addresses%s", path,
+             st->names ? "" : "");
+        break;
+    case SYM_CHANGED:
+        warn(s, "%s: changed since the capture was made (build-id differs); its frames show as raw addresses%s",
+             path, "");
+        break;
+    case SYM_UNREADABLE:
+        warn(s, "%s: cannot be read for symbols; its frames show as raw addresses%s", path, "");
+        break;
+    case SYM_OK:
+        if (st->names && !sym_dwarf_has_lines(st->dwarf))
+            warn(s, "%s: has no DWARF line information (built without -g?); its frames show symbol names only%s",
+                 path, "");
+        break;
+    }
+    return st;
+}
+
+/* The location indices of a native pc's inline chain (cached). */
+static span lookup_pc(cya_symbols *s, uint64_t pc)
+{
+    uint32_t *slot = cya_map_get(&s->pc_index, pc);
+    if (slot)
+        return s->pc_spans[*slot];
+    span sp = {s->npc_frames, 0};
+    const cya_object *o = cya_find_object(s->capture, pc);
+    uint32_t oi = o ? (uint32_t)(o - s->capture->objects) : NO_OBJECT;
+    raw_frame raw[MAX_INLINE];
+    int n = 0;
+    obj_state *st = NULL;
+    if (o) {
+        st = open_object(s, oi);
+        if (st->state == SYM_OK)
+            n = sym_dwarf_lookup(st->dwarf, pc ? pc - 1 : 0, raw, MAX_INLINE);
+    }
+    char name[1024];
+    for (int i = 0; i < n; i++) {
+        const char *file = raw[i].file;
+        int pyx = cy_is_cython_source(file);
+        if (pyx && file && !strchr(file, '/') && cy_names_source(st->names) &&
+            strcmp(base_name(cy_names_source(st->names)), file) == 0)
+            file = cy_names_source(st->names);
+        const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
+        if (!function)
+            function = raw[i].cname ? raw[i].cname : "??";
+        uint32_t li = intern(s, function, file, file ? (uint32_t)raw[i].line : 0,
+                             pyx ? CYA_FRAME_PYX : CYA_FRAME_NATIVE, o->path, oi, cy_is_wrapper(raw[i].cname));
+        if (li == UINT32_MAX || !CYA_PUSH(s->pc_frames, s->npc_frames, s->cap_pc_frames, li)) {
+            s->failed = 1;
+            return sp;
+        }
+    }
+    if (n == 0) {
+        if (o)
+            snprintf(name, sizeof name, "%s+0x%llx", base_name(o->path && *o->path ? o->path : "?"),
+                     (unsigned long long)(pc - o->load_bias));
+        else
+            snprintf(name, sizeof name, "0x%llx", (unsigned long long)pc);
+        uint32_t li = intern(s, name, "", 0, CYA_FRAME_UNKNOWN, o ? o->path : "", oi, 0);
+        if (li == UINT32_MAX || !CYA_PUSH(s->pc_frames, s->npc_frames, s->cap_pc_frames, li)) {
+            s->failed = 1;
+            return sp;
+        }
+    }
+    sp.count = s->npc_frames - sp.offset;
+    if (!CYA_PUSH(s->pc_spans, s->npc_spans, s->cap_pc_spans, sp) ||
+        !cya_map_put(&s->pc_index, pc, (uint32_t)(s->npc_spans - 1)))
+        s->failed = 1;
+    return sp;
+}
+
+static uint32_t python_location(cya_symbols *s, uint64_t id)
+{
+    const cya_pyframe *f = cya_find_pyframe(s->capture, id);
+    if (!f)
+        return intern(s, "<unknown>", "", 0, CYA_FRAME_UNKNOWN, "", NO_OBJECT, 0);
+    return intern(s, f->function, f->file, (uint32_t)f->line, CYA_FRAME_PYTHON, "", NO_OBJECT, 0);
+}
+
+/* Expand one stack into `tmp`, then fold it into s->frames. */
+static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size_t *tmp_cap, uint32_t *seen,
+                       uint32_t generation)
+{
+    size_t n = 0;
+    for (uint64_t i = 0; i < st->nframes && !s->failed; i++) {
+        uint64_t w = st->frames[i];
+        if (w & 1) {
+            uint32_t li = python_location(s, w >> 1);
+            if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
+                s->failed = 1;
+            continue;
+        }
+        span sp = lookup_pc(s, w >> 1);
+        for (uint64_t j = 0; j < sp.count; j++)
+            if (!CYA_PUSH(*tmp, n, *tmp_cap, s->pc_frames[sp.offset + j]))
+                s->failed = 1;
+    }
+    if (s->failed)
+        return;
+    /* helper frames fold into a .pyx frame of the same object further out */
+    uint32_t *t = *tmp;
+    size_t kept = n;
+    for (size_t k = n; k-- > 0;) {
+        const cya_location *l = &s->locs[t[k]];
+        uint32_t obj = s->extra[t[k]].object;
+        if (obj == NO_OBJECT)
+            continue;
+        if (l->kind == CYA_FRAME_PYX)
+            seen[obj] = generation;
+        else if (seen[obj] == generation) {
+            t[k] = UINT32_MAX;
+            kept--;
+        }
+    }
+    if (!cya_grow((void **)&s->frames, &s->cap_frames, s->nframes + kept, sizeof *s->frames)) {
+        s->failed = 1;
+        return;
+    }
+    size_t start = s->nframes;
+    for (size_t k = 0; k < n; k++) {
+        if (t[k] == UINT32_MAX)
+            continue;
+        /* a wrapper frame right outside the function it wraps adds nothing */
+        if (s->extra[t[k]].wrapper && s->nframes > start) {
+            const cya_location *inner = &s->locs[s->frames[s->nframes - 1]];
+            if (strcmp(inner->function, s->locs[t[k]].function) == 0 &&
+                s->extra[s->frames[s->nframes - 1]].object == s->extra[t[k]].object)
+                continue;
+        }
+        s->frames[s->nframes++] = t[k];
+    }
+    s->stacks[st - s->capture->stacks].offset = start;
+    s->stacks[st - s->capture->stacks].count = s->nframes - start;
+}
+
+CYA_API cya_symbols *cya_symbolize(const cya_capture *capture)
+{
+    cya_symbols *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->capture = capture;
+    s->objects = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *s->objects);
+    s->stacks = calloc(capture->nstacks ? capture->nstacks : 1, sizeof *s->stacks);
+    uint32_t *seen = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *seen);
+    s->warnings = strdup("");
+    s->cap_warnings = 1;
+    uint32_t *tmp = NULL;
+    size_t tmp_cap = 0;
+    if (!s->objects || !s->stacks || !seen || !s->warnings)
+        s->failed = 1;
+    for (size_t i = 0; i < capture->nstacks && !s->failed; i++)
+        fold_stack(s, &capture->stacks[i], &tmp, &tmp_cap, seen, (uint32_t)(i + 1));
+    free(tmp);
+    free(seen);
+    if (s->failed) {
+        cya_symbols_close(s);
+        return NULL;
+    }
+    return s;
+}
+
+CYA_API void cya_symbols_close(cya_symbols *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->nlocs; i++) {
+        free((void *)s->locs[i].function);
+        free((void *)s->locs[i].file);
+        free((void *)s->locs[i].object);
+    }
+    free(s->locs);
+    free(s->extra);
+    cya_map_free(&s->loc_index);
+    if (s->objects)
+        for (size_t i = 0; i < s->capture->nobjects; i++) {
+            sym_dwarf_close(s->objects[i].dwarf);
+            cy_names_free(s->objects[i].names);
+        }
+    free(s->objects);
+    free(s->pc_frames);
+    cya_map_free(&s->pc_index);
+    free(s->pc_spans);
+    free(s->frames);
+    free(s->stacks);
+    free(s->warnings);
+    free(s);
+}
+
+CYA_API const cya_location *cya_symbols_locations(const cya_symbols *s, size_t *count)
+{
+    *count = s->nlocs;
+    return s->locs;
+}
+
+CYA_API const uint32_t *cya_symbols_stack(const cya_symbols *s, uint64_t stack_id, size_t *count)
+{
+    const cya_stack *st = cya_find_stack(s->capture, stack_id);
+    if (!st) {
+        *count = 0;
+        return s->frames;
+    }
+    const span *sp = &s->stacks[st - s->capture->stacks];
+    *count = sp->count;
+    return s->frames + sp->offset;
+}
+
+CYA_API const char *cya_symbols_warnings(const cya_symbols *s) { return s->warnings; }
