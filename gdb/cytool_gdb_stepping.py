@@ -102,6 +102,12 @@ def _is_eval_frame(frame: "gdb.Frame") -> bool:
 
 def report(prefix: str = "") -> None:
     """Say where we stopped: a Cython frame, or the Python code we returned to."""
+    if isinstance(_last_stop, gdb.BreakpointEvent) and not prefix:
+        for breakpoint in _last_stop.breakpoints:
+            owner = breakpoints.owner_of(breakpoint)
+            if owner is not None and not owner.internal:
+                prefix = f"Cython breakpoint {owner.number}, "
+                break
     if not _alive():
         print("The program is not being run.")
         return
@@ -166,10 +172,15 @@ def step_lines(into: bool = False, until: bool = False) -> None:
             assert frame is not None
             if frame == start:
                 path, line = location(frame)
-                if path is None or cython_function(frame) is None:
+                function = cython_function(frame)
+                if path is None or function is None:
                     continue
                 if line == start_line or (until and line < start_line):
                     continue
+                if line == function.lineno and not function.is_module_init:
+                    continue  # prologue/epilogue code carries the def line
+                if function.lines and not function.covers(path, line):
+                    continue  # a line number #line left over on C-only code
                 break
             if _on_stack(start):
                 # deeper than where we started without a breakpoint: keep going out
