@@ -115,6 +115,33 @@ static inline int cya_map_put(cya_map *m, uint64_t key, uint32_t value)
     return 1;
 }
 
+/* Remove key (backward-shift deletion keeps probe chains intact); 1 if it was there. */
+static inline int cya_map_del(cya_map *m, uint64_t key)
+{
+    if (!m->cap)
+        return 0;
+    size_t mask = m->cap - 1, j = cya_hash64(key) & mask;
+    while (m->keys[j] != key) {
+        if (m->keys[j] == CYA_MAP_EMPTY)
+            return 0;
+        j = (j + 1) & mask;
+    }
+    size_t hole = j;
+    for (size_t k = (hole + 1) & mask; m->keys[k] != CYA_MAP_EMPTY; k = (k + 1) & mask) {
+        size_t home = cya_hash64(m->keys[k]) & mask;
+        /* move k into the hole unless its home lies cyclically in (hole, k] */
+        int stays = hole <= k ? (home > hole && home <= k) : (home > hole || home <= k);
+        if (!stays) {
+            m->keys[hole] = m->keys[k];
+            m->values[hole] = m->values[k];
+            hole = k;
+        }
+    }
+    m->keys[hole] = CYA_MAP_EMPTY;
+    m->len--;
+    return 1;
+}
+
 struct cya_capture {
     cya_header header;
     char **argv;

@@ -1,0 +1,235 @@
+"""Aggregate a capture into a Profile: libcyanalyze symbolises and replays the events in
+C (per stack metrics), this module groups them per source line (self and inclusive).
+
+    profile = load_profile("out.cytrace")
+    for line in profile.lines(): line.file, line.line, line.self.bytes, line.inclusive.count
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+from cytool.capture import Capture, _AnalyzeOptions, library, read_capture
+from cytool.errors import CytoolError
+
+METRIC_NAMES = (
+    "bytes",
+    "count",
+    "peak_bytes",
+    "peak_count",
+    "leaked_bytes",
+    "leaked_count",
+    "temporary_bytes",
+    "temporary_count",
+)
+
+
+@dataclass
+class Metrics:
+    """Allocated (bytes, count), live at the peak, live at the end (leaked), and freed
+    right after being allocated (temporary)."""
+
+    bytes: int = 0
+    count: int = 0
+    peak_bytes: int = 0
+    peak_count: int = 0
+    leaked_bytes: int = 0
+    leaked_count: int = 0
+    temporary_bytes: int = 0
+    temporary_count: int = 0
+
+    @classmethod
+    def from_list(cls, values: Sequence[int]) -> "Metrics":
+        return cls(*values)
+
+    def add(self, other: "Metrics") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> Dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def value(self, metric: str) -> int:
+        return int(getattr(self, metric))
+
+
+@dataclass(frozen=True)
+class Location:
+    function: str
+    file: str
+    line: int
+    kind: str  # "pyx", "native", "python", "unknown"
+    object: str
+
+    @property
+    def is_user(self) -> bool:
+        """A line of the program's own source: a .pyx line or a Python line."""
+        return self.kind in ("pyx", "python")
+
+    @property
+    def line_key(self) -> Tuple[str, int, str]:
+        """Locations that are the same source line share a key."""
+        if self.is_user and self.file:
+            return (self.file, self.line, "")
+        return ("", 0, f"{self.function}\0{self.object}")
+
+    def label(self) -> str:
+        if self.is_user and self.file:
+            return f"{self.function} ({Path(self.file).name}:{self.line})"
+        if self.kind == "native" and self.object:
+            return f"{self.function} ({Path(self.object).name})"
+        return self.function
+
+
+@dataclass
+class StackStats:
+    frames: List[Location]  # innermost first
+    self_location: Location
+    metrics: Metrics
+
+
+@dataclass
+class LineStats:
+    """One source line (or one native function when no source line is known)."""
+
+    file: str
+    line: int
+    function: str
+    kind: str
+    object: str
+    self: Metrics = field(default_factory=Metrics)
+    inclusive: Metrics = field(default_factory=Metrics)
+
+
+@dataclass
+class ThreadStats:
+    id: int
+    tid: int
+    name: str
+    metrics: Metrics
+
+
+@dataclass
+class Profile:
+    capture_path: Path
+    argv: Tuple[str, ...]
+    pid: int
+    python_version: str
+    truncated: bool
+    truncation_message: str
+    symbol_warnings: List[str]
+    totals: Metrics
+    peak_time_ns: int
+    end_time_ns: int
+    events: int
+    frees: int
+    unmatched_frees: int
+    temporary_window: int
+    kinds: Dict[str, Tuple[int, int]]  # kind -> (events, bytes)
+    stacks: List[StackStats]
+    timeline: List[Tuple[int, int]]  # (time ns, live bytes)
+    threads: List[ThreadStats]
+    _lines: Optional[List[LineStats]] = None
+
+    def lines(self) -> List[LineStats]:
+        """Per source line, self and inclusive, biggest self bytes first. A line counts
+        once per stack for inclusive figures, however often it appears in it."""
+        if self._lines is None:
+            table: Dict[Tuple[str, int, str], LineStats] = {}
+            for stack in self.stacks:
+                seen = set()
+                for location in [stack.self_location, *stack.frames]:
+                    key = location.line_key
+                    if key not in table:
+                        table[key] = LineStats(location.file, location.line, location.function, location.kind, location.object)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    table[key].inclusive.add(stack.metrics)
+                table[stack.self_location.line_key].self.add(stack.metrics)
+            self._lines = sorted(table.values(), key=lambda s: (-s.self.bytes, -s.inclusive.bytes, s.file, s.line))
+        return self._lines
+
+    def source_files(self) -> List[str]:
+        """The .pyx (and Python) files that have allocating lines, biggest first."""
+        totals: Dict[str, int] = {}
+        for line in self.lines():
+            if line.kind in ("pyx", "python") and line.file:
+                totals[line.file] = totals.get(line.file, 0) + line.inclusive.bytes
+        return sorted(totals, key=lambda f: -totals[f])
+
+
+def analyze(
+    capture: Capture,
+    *,
+    threads: Optional[Iterable[int]] = None,
+    temporary_window: int = 1,
+    native_frames: bool = False,
+) -> Profile:
+    """Symbolise and aggregate an open capture (heavy lifting in C)."""
+    lib = library()
+    if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
+        raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
+    wanted = sorted(set(threads)) if threads is not None else []
+    unknown = [t for t in wanted if t not in capture.threads]
+    if unknown:
+        known = ", ".join(str(t) for t in sorted(capture.threads)) or "none"
+        raise CytoolError(
+            f"{capture.path}: no thread {', '.join(map(str, unknown))} in this capture",
+            hint=f"threads recorded: {known}",
+            exit_code=2,
+        )
+    array = (ctypes.c_uint64 * max(1, len(wanted)))(*wanted)
+    options = _AnalyzeOptions(
+        temporary_window=max(1, temporary_window),
+        nthreads=len(wanted),
+        threads=ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64)),
+        include_native_frames=1 if native_frames else 0,
+    )
+    errbuf = ctypes.create_string_buffer(512)
+    raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))
+    if not raw:
+        raise CytoolError(f"{capture.path}: cannot analyse the capture: {errbuf.value.decode(errors='replace')}")
+    try:
+        text = ctypes.string_at(raw).decode("utf-8", "replace")
+    finally:
+        lib.cya_free(raw)
+    data = json.loads(text)
+    locations = [Location(f, file, line, kind, obj) for f, file, line, kind, obj in data["locations"]]
+    stacks = [
+        StackStats([locations[i] for i in frames], locations[self_index], Metrics.from_list(metrics))
+        for self_index, frames, metrics in data["stacks"]
+    ]
+    thread_stats = []
+    for tid, metrics in data["threads"]:
+        info = capture.threads.get(tid)
+        thread_stats.append(ThreadStats(tid, info.tid if info else 0, info.name if info else "", Metrics.from_list(metrics)))
+    return Profile(
+        capture_path=capture.path,
+        argv=capture.header.argv,
+        pid=capture.header.pid,
+        python_version=capture.header.python_version,
+        truncated=capture.truncated,
+        truncation_message=capture.truncation_message(),
+        symbol_warnings=capture.symbol_warnings,
+        totals=Metrics.from_list(data["totals"]),
+        peak_time_ns=data["peak_time_ns"],
+        end_time_ns=data["end_time_ns"],
+        events=data["events"],
+        frees=data["frees"],
+        unmatched_frees=data["unmatched_frees"],
+        temporary_window=data["temporary_window"],
+        kinds={k: (v[0], v[1]) for k, v in data["kinds"].items()},
+        stacks=stacks,
+        timeline=[(t, b) for t, b in data["timeline"]],
+        threads=thread_stats,
+    )
+
+
+def load_profile(path: Union[str, Path], **options: object) -> Profile:
+    """Read, symbolise and aggregate a capture file in one go."""
+    with read_capture(path) as capture:
+        return analyze(capture, **options)  # type: ignore[arg-type]

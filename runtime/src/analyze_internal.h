@@ -1,0 +1,70 @@
+/* analyze_internal.h: the aggregated profile shared by analyze_replay.c (which builds
+ * it from a capture's events) and analyze_json.c (which serialises it). */
+#ifndef ANALYZE_INTERNAL_H
+#define ANALYZE_INTERNAL_H
+
+#include "capture_internal.h"
+
+typedef struct cya_metrics {
+    uint64_t bytes, count;             /* allocated */
+    uint64_t peak_bytes, peak_count;   /* live at the high-water mark */
+    uint64_t leaked_bytes, leaked_count; /* live at the end of the capture */
+    uint64_t temp_bytes, temp_count;   /* freed within the temporary window */
+} cya_metrics;
+
+typedef struct cya_pstack {
+    uint64_t offset, count; /* frames in profile->frames, innermost first */
+    uint32_t self;          /* location the stack's allocations are attributed to */
+    cya_metrics m;
+} cya_pstack;
+
+typedef struct cya_sample {
+    uint64_t time_ns, live_bytes;
+} cya_sample;
+
+typedef struct cya_thread_metrics {
+    uint64_t id;
+    cya_metrics m;
+} cya_thread_metrics;
+
+#define CYA_PSEUDO_NO_STACK 0
+#define CYA_PSEUDO_UNKNOWN_STACK 1
+#define CYA_NPSEUDO 2
+
+typedef struct cya_profile {
+    const cya_capture *capture;
+    const cya_location *locs; /* the symbols' table, then CYA_NPSEUDO pseudo locations */
+    size_t nsymlocs;
+    cya_location pseudo[CYA_NPSEUDO];
+
+    uint32_t *frames;
+    size_t nframes, cap_frames;
+    cya_pstack *stacks;
+    size_t nstacks, cap_stacks;
+    cya_map stack_by_hash;  /* hash of the frame list -> stack (probing on collisions) */
+    cya_map raw_to_stack;   /* capture stack id -> profile stack */
+
+    cya_metrics totals;
+    cya_metrics *self, *inclusive; /* per location (nsymlocs + CYA_NPSEUDO) */
+    uint64_t peak_time_ns, peak_event;
+    uint64_t frees, unmatched_frees, replaced_blocks;
+    uint64_t kind_count[64], kind_bytes[64];
+    uint32_t temporary_window;
+
+    cya_sample *timeline;
+    size_t ntimeline, cap_timeline;
+    cya_thread_metrics *threads;
+    size_t nthreads, cap_threads;
+} cya_profile;
+
+static inline const cya_location *cya_profile_location(const cya_profile *p, uint32_t index)
+{
+    return index < p->nsymlocs ? &p->locs[index] : &p->pseudo[index - p->nsymlocs];
+}
+
+/* analyze_replay.c: 1 on success, 0 with a message in errbuf. */
+int cya_profile_build(cya_profile *p, const cya_capture *capture, const cya_symbols *symbols,
+                      const cya_analyze_options *options, char *errbuf, size_t errlen);
+void cya_profile_free(cya_profile *p);
+
+#endif

@@ -1,0 +1,361 @@
+/* analyze_replay.c: replays a capture's events to aggregate them per stack and per
+ * location (self and inclusive).
+ *
+ * Owns the metrics' definitions:
+ *  - allocated: every allocation event (realloc counts its new block);
+ *  - peak: blocks live at the moment total live bytes (of the selected threads) was
+ *    highest; a second, linear pass over the allocations finds which ones;
+ *  - leaked: blocks still live when the capture ends;
+ *  - temporary: blocks freed by the thread that allocated them within
+ *    `temporary_window` of that thread's later events.
+ * Heap, mmap and each PyMem domain are separate address spaces. A free of an unknown
+ * address (allocated before tracing) is counted and ignored; an allocation over a live
+ * block ends that block (its free was not seen). munmap of a mapping's start releases
+ * the whole mapping.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analyze_internal.h"
+
+#define NEVER UINT32_MAX
+#define TIMELINE_POINTS 1000
+
+static uint64_t frames_hash(const uint32_t *f, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ n;
+    for (size_t i = 0; i < n; i++)
+        h = cya_hash64(h ^ f[i]) + i;
+    return h == CYA_MAP_EMPTY ? 0 : h;
+}
+
+static int user_frame(const cya_location *l)
+{
+    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON;
+}
+
+/* The profile stack for a folded frame list; UINT32_MAX when out of memory. */
+static uint32_t intern_stack(cya_profile *p, const uint32_t *f, size_t n)
+{
+    uint64_t h = frames_hash(f, n);
+    for (;; h++) {
+        if (h == CYA_MAP_EMPTY)
+            continue;
+        uint32_t *slot = cya_map_get(&p->stack_by_hash, h);
+        if (!slot)
+            break;
+        cya_pstack *s = &p->stacks[*slot];
+        if (s->count == n && memcmp(p->frames + s->offset, f, n * sizeof *f) == 0)
+            return *slot;
+    }
+    cya_pstack s;
+    memset(&s, 0, sizeof s);
+    s.offset = p->nframes;
+    s.count = n;
+    s.self = n ? f[0] : (uint32_t)(p->nsymlocs + CYA_PSEUDO_UNKNOWN_STACK);
+    for (size_t i = 0; i < n; i++)
+        if (user_frame(cya_profile_location(p, f[i]))) {
+            s.self = f[i];
+            break;
+        }
+    if (!cya_grow((void **)&p->frames, &p->cap_frames, p->nframes + n, sizeof *p->frames))
+        return UINT32_MAX;
+    memcpy(p->frames + p->nframes, f, n * sizeof *f);
+    p->nframes += n;
+    if (!CYA_PUSH(p->stacks, p->nstacks, p->cap_stacks, s) ||
+        !cya_map_put(&p->stack_by_hash, h, (uint32_t)(p->nstacks - 1)))
+        return UINT32_MAX;
+    return (uint32_t)(p->nstacks - 1);
+}
+
+/* Fold every capture stack into a profile stack (user frames only unless asked). */
+static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_native)
+{
+    const cya_capture *c = p->capture;
+    uint32_t *buf = NULL;
+    size_t cap = 0;
+    for (size_t i = 0; i < c->nstacks; i++) {
+        size_t n = 0;
+        const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
+        if (!cya_grow((void **)&buf, &cap, n + 1, sizeof *buf)) {
+            free(buf);
+            return 0;
+        }
+        size_t m = 0;
+        for (size_t j = 0; j < n; j++)
+            if (keep_native || user_frame(&p->locs[f[j]]))
+                buf[m++] = f[j];
+        if (!m && n) /* no user frame at all: keep the innermost one */
+            buf[m++] = f[0];
+        uint32_t s = intern_stack(p, buf, m);
+        if (s == UINT32_MAX || !cya_map_put(&p->raw_to_stack, c->stacks[i].id, s)) {
+            free(buf);
+            return 0;
+        }
+    }
+    free(buf);
+    return 1;
+}
+
+static uint32_t pseudo_stack(cya_profile *p, uint32_t which)
+{
+    uint32_t loc = (uint32_t)(p->nsymlocs + which);
+    return intern_stack(p, &loc, 1);
+}
+
+static cya_thread_metrics *thread_metrics(cya_profile *p, cya_map *index, uint64_t id)
+{
+    uint32_t *slot = cya_map_get(index, id);
+    if (slot)
+        return &p->threads[*slot];
+    cya_thread_metrics t;
+    memset(&t, 0, sizeof t);
+    t.id = id;
+    if (!CYA_PUSH(p->threads, p->nthreads, p->cap_threads, t) ||
+        !cya_map_put(index, id, (uint32_t)(p->nthreads - 1)))
+        return NULL;
+    return &p->threads[p->nthreads - 1];
+}
+
+/* Which address space an event's block lives in (top byte of the block key). */
+static uint64_t domain_of(unsigned kind)
+{
+    switch (kind) {
+    case CYA_MMAP:
+    case CYA_MUNMAP:
+        return 1;
+    case CYA_PYMEM_RAW:
+    case CYA_PYMEM_RAW_FREE:
+        return 2;
+    case CYA_PYMEM_MEM:
+    case CYA_PYMEM_MEM_FREE:
+        return 3;
+    case CYA_PYMEM_OBJ:
+    case CYA_PYMEM_OBJ_FREE:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *symbols,
+                      const cya_analyze_options *options, char *errbuf, size_t errlen)
+{
+    memset(p, 0, sizeof *p);
+    p->capture = c;
+    p->locs = cya_symbols_locations(symbols, &p->nsymlocs);
+    p->pseudo[CYA_PSEUDO_NO_STACK] = (cya_location){"<no stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
+    p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
+    p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
+    int keep_native = options ? options->include_native_frames : 0;
+
+    cya_map selected = {0}, thread_slots = {0}, blocks = {0}, tstate = {0};
+    uint32_t *alloc_event = NULL, *alloc_ord = NULL, *alloc_free = NULL, *alloc_stack = NULL;
+    uint64_t *ordinals = NULL;
+    size_t nordinals = 0, cap_ordinals = 0;
+    int ok = 0;
+#define FAIL(msg)                                                                          \
+    do {                                                                                   \
+        snprintf(errbuf, errlen, "%s", msg);                                               \
+        goto done;                                                                         \
+    } while (0)
+
+    if (!map_stacks(p, symbols, keep_native))
+        FAIL("out of memory while folding stacks");
+    uint32_t no_stack = pseudo_stack(p, CYA_PSEUDO_NO_STACK);
+    uint32_t unknown_stack = pseudo_stack(p, CYA_PSEUDO_UNKNOWN_STACK);
+    if (no_stack == UINT32_MAX || unknown_stack == UINT32_MAX)
+        FAIL("out of memory");
+    int filter = options && options->nthreads > 0;
+    for (uint32_t i = 0; filter && i < options->nthreads; i++)
+        if (!cya_map_put(&selected, options->threads[i], 1))
+            FAIL("out of memory");
+
+    size_t nallocs = 0;
+    for (size_t i = 0; i < c->nevents; i++)
+        nallocs += c->events[i].kind < CYA_FREE;
+    if (c->nevents >= NEVER)
+        FAIL("too many events for one analysis (more than 4 billion)");
+    alloc_event = malloc((nallocs ? nallocs : 1) * sizeof *alloc_event);
+    alloc_ord = malloc((nallocs ? nallocs : 1) * sizeof *alloc_ord);
+    alloc_free = malloc((nallocs ? nallocs : 1) * sizeof *alloc_free);
+    alloc_stack = malloc((nallocs ? nallocs : 1) * sizeof *alloc_stack);
+    if (!alloc_event || !alloc_ord || !alloc_free || !alloc_stack)
+        FAIL("out of memory for the allocation table");
+
+    uint64_t live = 0, peak = 0, step = c->nevents / TIMELINE_POINTS + 1;
+    size_t k = 0;
+    uint64_t last_thread = UINT64_MAX, last_raw_stack = UINT64_MAX;
+    uint32_t tslot = 0, last_stack = 0;
+    int last_selected = 1;
+    for (size_t i = 0; i < c->nevents; i++) {
+        const cya_event *e = &c->events[i];
+        if (e->thread_id != last_thread) {
+            uint32_t *slot = cya_map_get(&tstate, e->thread_id);
+            if (!slot) {
+                if (!CYA_PUSH(ordinals, nordinals, cap_ordinals, 0) ||
+                    !cya_map_put(&tstate, e->thread_id, (uint32_t)(nordinals - 1)))
+                    FAIL("out of memory");
+                slot = cya_map_get(&tstate, e->thread_id);
+            }
+            tslot = *slot;
+            last_thread = e->thread_id;
+            last_selected = !filter || cya_map_get(&selected, e->thread_id) != NULL;
+        }
+        uint64_t ord = ++ordinals[tslot];
+        uint64_t key = e->address | domain_of(e->kind) << 56;
+        if (e->kind < CYA_FREE) {
+            if (e->stack_id != last_raw_stack) {
+                uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
+                last_stack = slot ? *slot : e->stack_id ? unknown_stack : no_stack;
+                last_raw_stack = e->stack_id;
+            }
+            uint32_t *old = cya_map_get(&blocks, key);
+            if (old) { /* its free was never seen */
+                const cya_event *oe = &c->events[alloc_event[*old]];
+                alloc_free[*old] = (uint32_t)i;
+                p->replaced_blocks++;
+                if (!filter || cya_map_get(&selected, oe->thread_id))
+                    live -= oe->size;
+                *old = (uint32_t)k;
+            } else if (!cya_map_put(&blocks, key, (uint32_t)k)) {
+                FAIL("out of memory for the live block table");
+            }
+            alloc_event[k] = (uint32_t)i;
+            alloc_ord[k] = (uint32_t)ord;
+            alloc_free[k] = NEVER;
+            alloc_stack[k] = last_stack;
+            k++;
+            if (last_selected) {
+                cya_metrics *m = &p->stacks[last_stack].m;
+                m->bytes += e->size;
+                m->count++;
+                p->kind_count[e->kind & 63]++;
+                p->kind_bytes[e->kind & 63] += e->size;
+                live += e->size;
+                if (live > peak) {
+                    peak = live;
+                    p->peak_event = i;
+                    p->peak_time_ns = e->time_ns;
+                }
+            }
+        } else {
+            uint32_t *slot = cya_map_get(&blocks, key);
+            if (!slot) {
+                p->unmatched_frees++;
+            } else {
+                uint32_t a = *slot;
+                const cya_event *ae = &c->events[alloc_event[a]];
+                cya_map_del(&blocks, key);
+                alloc_free[a] = (uint32_t)i;
+                p->frees++;
+                if (!filter || cya_map_get(&selected, ae->thread_id)) {
+                    live -= ae->size;
+                    if (ae->thread_id == e->thread_id && ord - alloc_ord[a] <= p->temporary_window) {
+                        cya_metrics *m = &p->stacks[alloc_stack[a]].m;
+                        m->temp_count++;
+                        m->temp_bytes += ae->size;
+                    }
+                }
+            }
+            if (last_selected)
+                p->kind_count[e->kind & 63]++;
+        }
+        if (i % step == 0 || i + 1 == c->nevents || i == p->peak_event) {
+            cya_sample s = {e->time_ns, live};
+            if (!CYA_PUSH(p->timeline, p->ntimeline, p->cap_timeline, s))
+                FAIL("out of memory");
+        }
+    }
+
+    /* second pass: who was live at the peak, and at the end */
+    for (size_t a = 0; a < k; a++) {
+        const cya_event *e = &c->events[alloc_event[a]];
+        if (filter && !cya_map_get(&selected, e->thread_id))
+            continue;
+        cya_metrics *m = &p->stacks[alloc_stack[a]].m;
+        if (peak && alloc_event[a] <= p->peak_event && (alloc_free[a] == NEVER || alloc_free[a] > p->peak_event)) {
+            m->peak_bytes += e->size;
+            m->peak_count++;
+        }
+        if (alloc_free[a] == NEVER) {
+            m->leaked_bytes += e->size;
+            m->leaked_count++;
+        }
+        cya_thread_metrics *t = thread_metrics(p, &thread_slots, e->thread_id);
+        if (!t)
+            FAIL("out of memory");
+        t->m.bytes += e->size;
+        t->m.count++;
+        if (alloc_free[a] == NEVER) {
+            t->m.leaked_bytes += e->size;
+            t->m.leaked_count++;
+        }
+    }
+
+    /* per location: self from each stack's attribution, inclusive once per stack */
+    size_t nl = p->nsymlocs + CYA_NPSEUDO;
+    p->self = calloc(nl, sizeof *p->self);
+    p->inclusive = calloc(nl, sizeof *p->inclusive);
+    uint32_t *mark = calloc(nl, sizeof *mark);
+    if (!p->self || !p->inclusive || !mark) {
+        free(mark);
+        FAIL("out of memory");
+    }
+#define ADD(dst, src)                                                                      \
+    do {                                                                                   \
+        (dst).bytes += (src).bytes;                                                        \
+        (dst).count += (src).count;                                                        \
+        (dst).peak_bytes += (src).peak_bytes;                                              \
+        (dst).peak_count += (src).peak_count;                                              \
+        (dst).leaked_bytes += (src).leaked_bytes;                                          \
+        (dst).leaked_count += (src).leaked_count;                                          \
+        (dst).temp_bytes += (src).temp_bytes;                                              \
+        (dst).temp_count += (src).temp_count;                                              \
+    } while (0)
+    for (size_t s = 0; s < p->nstacks; s++) {
+        const cya_pstack *st = &p->stacks[s];
+        ADD(p->totals, st->m);
+        ADD(p->self[st->self], st->m);
+        for (uint64_t j = 0; j < st->count; j++) {
+            uint32_t loc = p->frames[st->offset + j];
+            if (mark[loc] == s + 1)
+                continue;
+            mark[loc] = (uint32_t)(s + 1);
+            ADD(p->inclusive[loc], st->m);
+        }
+        if (!st->count) {
+            ADD(p->inclusive[st->self], st->m);
+        }
+    }
+#undef ADD
+    free(mark);
+    ok = 1;
+done:
+#undef FAIL
+    cya_map_free(&selected);
+    cya_map_free(&thread_slots);
+    cya_map_free(&blocks);
+    cya_map_free(&tstate);
+    free(alloc_event);
+    free(alloc_ord);
+    free(alloc_free);
+    free(alloc_stack);
+    free(ordinals);
+    return ok;
+}
+
+void cya_profile_free(cya_profile *p)
+{
+    free(p->frames);
+    free(p->stacks);
+    cya_map_free(&p->stack_by_hash);
+    cya_map_free(&p->raw_to_stack);
+    free(p->self);
+    free(p->inclusive);
+    free(p->timeline);
+    free(p->threads);
+    memset(p, 0, sizeof *p);
+}
