@@ -1,0 +1,117 @@
+"""`cytool.Tracker`: record every allocation of this process into a capture file.
+
+    with cytool.Tracker("out.cytrace"):
+        work()
+
+Tracing covers all threads and every loaded library (their GOT/PLT slots are rewritten
+while the tracker is active and restored when it stops). Python frames are recorded so
+pure-Python callers show above the native ones. The capture is read back with
+`cytool.capture.read_capture` or reported with `cytool report`.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import Dict, Optional, Type, Union
+
+from cytool.errors import CytoolError
+
+_atexit_registered = False
+
+
+def _driver():
+    try:
+        from cytool import _cytrace
+    except ImportError as error:
+        raise CytoolError(
+            f"the tracer extension cytool._cytrace is not built ({error})",
+            hint="run `make -C runtime` and `python setup.py build_ext --inplace` (or reinstall cytool)",
+        ) from None
+    return _cytrace
+
+
+def _stop_at_exit() -> None:
+    # Stop before the interpreter finalises, while the Python frames we point at still exist.
+    try:
+        from cytool import _cytrace
+
+        if _cytrace.is_active():
+            _cytrace.stop()
+    except Exception:
+        pass
+
+
+class Tracker:
+    """Context manager (or start()/stop()) around a tracing session.
+
+    path: the capture file (created or truncated).
+    follow_fork: a forked child writes its own capture `<path>.<child pid>`; otherwise
+        the child stops tracing and leaves the file to the parent.
+    trace_python_allocators: also record the PyMem RAW/MEM/OBJ domains (pymalloc); their
+        blocks then appear as pymem_* events instead of the malloc/mmap underneath.
+    python_frames: record the Python frames above the native ones (a profile function).
+    native_unwind: always unwind with libunwind, even through frame-pointer code.
+    """
+
+    def __init__(
+        self,
+        path: Union[str, "os.PathLike[str]"],
+        *,
+        follow_fork: bool = False,
+        trace_python_allocators: bool = False,
+        python_frames: bool = True,
+        native_unwind: bool = False,
+    ) -> None:
+        self.path = Path(path)
+        self.follow_fork = follow_fork
+        self.trace_python_allocators = trace_python_allocators
+        self.python_frames = python_frames
+        self.native_unwind = native_unwind
+        self.stats: Optional[Dict[str, int]] = None
+
+    def start(self) -> "Tracker":
+        global _atexit_registered
+        driver = _driver()
+        if driver.is_active():
+            raise CytoolError(
+                f"already tracing into {driver.path()}",
+                hint="one tracer per process: stop the other Tracker (or unset CYTOOL_PROFILE) first",
+            )
+        try:
+            driver.start(
+                os.fspath(self.path),
+                follow_fork=self.follow_fork,
+                trace_python_allocators=self.trace_python_allocators,
+                python_frames=self.python_frames,
+                native_unwind=self.native_unwind,
+            )
+        except OSError as error:
+            raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None
+        if not _atexit_registered:
+            atexit.register(_stop_at_exit)
+            _atexit_registered = True
+        return self
+
+    def stop(self) -> Optional[Dict[str, int]]:
+        """Finish the capture; returns the tracer's counts (events, dropped, stacks, frames, bytes)."""
+        stats = _driver().stop()
+        if stats is not None:
+            self.stats = dict(stats)
+        return self.stats
+
+    @property
+    def active(self) -> bool:
+        return bool(_driver().is_active())
+
+    def __enter__(self) -> "Tracker":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        self.stop()

@@ -1,0 +1,103 @@
+/* cytrace.h: public API of libcytrace, the cytool allocation tracer.
+ *
+ * The tracer is dormant until started. Starting it rewrites the GOT/PLT slots of every
+ * loaded object so that the allocation functions (malloc ... mremap) lead to the
+ * tracer, which records each call into a capture file (format: runtime/FORMAT.md).
+ * Stopping it restores the slots, flushes every thread and finishes the file.
+ *
+ * It starts three ways: cytrace_start() (the cytool._cytrace Python extension calls it
+ * for cytool.Tracker and `cytool profile`), or CYTOOL_PROFILE=path in the environment
+ * when the library is loaded (with CYTOOL_PROFILE_FOLLOW_FORK=1 to follow forks).
+ */
+#ifndef CYTRACE_H
+#define CYTRACE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CYTRACE_API __attribute__((visibility("default")))
+
+/* Options for cytrace_start(). */
+#define CYTRACE_FOLLOW_FORK 0x1u        /* a forked child writes <path>.<pid> */
+#define CYTRACE_PYMEM 0x2u              /* the caller traces the PyMem domains (header flag) */
+#define CYTRACE_PYTHON_FRAMES 0x4u      /* the caller provides Python frames (header flag) */
+#define CYTRACE_NATIVE_UNWIND 0x8u      /* always unwind with libunwind (no frame-pointer fast path) */
+
+/* Event kinds (FORMAT.md, "Events inside a BATCH"). */
+enum cytrace_kind {
+    CYTRACE_MALLOC = 1,
+    CYTRACE_CALLOC = 2,
+    CYTRACE_REALLOC = 3,
+    CYTRACE_REALLOCARRAY = 4,
+    CYTRACE_POSIX_MEMALIGN = 5,
+    CYTRACE_ALIGNED_ALLOC = 6,
+    CYTRACE_MEMALIGN = 7,
+    CYTRACE_VALLOC = 8,
+    CYTRACE_PVALLOC = 9,
+    CYTRACE_MMAP = 10,
+    CYTRACE_PYMEM_RAW = 11,
+    CYTRACE_PYMEM_MEM = 12,
+    CYTRACE_PYMEM_OBJ = 13,
+    CYTRACE_FREE = 32,
+    CYTRACE_REALLOC_FREE = 33,
+    CYTRACE_MUNMAP = 34,
+    CYTRACE_PYMEM_RAW_FREE = 35,
+    CYTRACE_PYMEM_MEM_FREE = 36,
+    CYTRACE_PYMEM_OBJ_FREE = 37,
+};
+
+struct cytrace_stats {
+    uint64_t events;          /* events recorded */
+    uint64_t dropped;         /* events lost (out of memory, stack table full, stop timeout) */
+    uint64_t stacks;          /* distinct stacks defined */
+    uint64_t frames_flushed;  /* LZ4 frames written */
+    uint64_t bytes_written;   /* capture bytes written so far */
+};
+
+/* Start tracing into `path` (created or truncated). Returns 0, or -1 with errno set
+ * (EBUSY when already tracing); cytrace_last_error() then says why. */
+CYTRACE_API int cytrace_start(const char *path, unsigned options);
+
+/* Stop tracing: restore the GOT slots, flush every thread, write STATS and END, close the
+ * file. Returns 0, or -1 if not tracing. Safe to call from atexit handlers. */
+CYTRACE_API int cytrace_stop(void);
+
+CYTRACE_API int cytrace_is_active(void);
+/* The capture path of the running (or last) session, "" if none. */
+CYTRACE_API const char *cytrace_path(void);
+CYTRACE_API const char *cytrace_last_error(void);
+/* Statistics of the running session, or of the last one once stopped. */
+CYTRACE_API void cytrace_get_stats(struct cytrace_stats *out);
+
+/* ---- for the Python extension (cytool._cytrace) ------------------------------------ */
+
+/* The reentrancy guard: while it is held by a thread, nothing that thread allocates is
+ * recorded. Returns the previous state, to hand back to cytrace_guard_exit(). */
+CYTRACE_API int cytrace_guard_enter(void);
+CYTRACE_API void cytrace_guard_exit(int previous);
+
+/* Record one event from outside the GOT hooks (the PyMem domain wrappers). `return_address`
+ * is the caller's return address (the innermost frame). No-op when not tracing or guarded. */
+CYTRACE_API void cytrace_record(int kind, uintptr_t address, size_t size, void *return_address);
+
+/* Python frames: the callback fills `words` with frame words (pyframe_id << 1 | 1),
+ * innermost first, and returns how many. It runs inside the allocation hook with the
+ * guard held and must neither block nor call into Python. */
+typedef int (*cytrace_pyframes_fn)(uint64_t *words, int max);
+CYTRACE_API void cytrace_set_pyframes_callback(cytrace_pyframes_fn fn);
+
+/* Map a caller-chosen 64-bit key (non-zero) to a small pyframe id, lock-free. *is_new is
+ * set when this call created the id: the caller must then define it with
+ * cytrace_emit_pyframe(). Returns 0 when the table is full. */
+CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new);
+/* Emit a PYFRAME record into the current thread's buffer (only from inside the callback). */
+CYTRACE_API void cytrace_emit_pyframe(uint32_t id, unsigned line, const char *function, const char *file);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

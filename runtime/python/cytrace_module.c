@@ -1,0 +1,460 @@
+/* cytrace_module.c: cytool._cytrace, the CPython face of libcytrace.
+ *
+ * start()/stop() drive the tracer. Besides, this module owns what needs the Python API:
+ *  - Python frames: a C profile function (PyEval_SetProfile, in every thread) keeps a
+ *    per-thread shadow stack of the running Python frames; the tracer's allocation hook
+ *    calls pyframes() to turn it into frame words. That callback never calls into the
+ *    interpreter: it reads the shadow stack of its own thread and the line of a suspended
+ *    frame (PyFrame_GetLineNumber, a pure read), so it is safe without the GIL.
+ *  - PyMem domains (trace_python_allocators): wrappers installed with PyMem_SetAllocator
+ *    record PYMEM_* events; the allocations they make underneath are not recorded again.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <frameobject.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "cytrace.h"
+
+/* ---- the code registry: code object -> small index and its names ------------------- */
+
+#define CODE_CHUNK 1024
+#define CODE_CHUNKS 4096
+
+typedef struct {
+    char *function;
+    char *file;
+} code_names;
+
+static code_names *code_chunks[CODE_CHUNKS]; /* never moved: read by other threads */
+static uint32_t ncodes;
+static struct {
+    PyObject *code;
+    uint32_t index;
+} *code_map; /* open addressing, touched only with the GIL */
+static size_t code_map_cap, code_map_used;
+
+static char *utf8_copy(PyObject *text) {
+    const char *s = text && PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
+    if (s == NULL) {
+        PyErr_Clear();
+        s = "?";
+    }
+    size_t n = strlen(s);
+    char *copy = PyMem_RawMalloc(n + 1);
+    if (copy) memcpy(copy, s, n + 1);
+    return copy;
+}
+
+static size_t ptr_hash(const void *p) { return (size_t)(((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ULL); }
+
+static int code_map_grow(void) {
+    size_t cap = code_map_cap ? code_map_cap * 2 : 1024;
+    void *mem = PyMem_RawCalloc(cap, sizeof *code_map);
+    if (mem == NULL) return -1;
+    __typeof__(code_map) old = code_map;
+    size_t old_cap = code_map_cap;
+    code_map = mem;
+    code_map_cap = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (old[i].code == NULL) continue;
+        size_t j = ptr_hash(old[i].code) & (cap - 1);
+        while (code_map[j].code) j = (j + 1) & (cap - 1);
+        code_map[j] = old[i];
+    }
+    PyMem_RawFree(old);
+    return 0;
+}
+
+/* Index of a code object (registering it, and keeping it alive, on first sight); 0 on failure. */
+static uint32_t code_index(PyCodeObject *code) {
+    if ((code_map_used + 1) * 2 > code_map_cap && code_map_grow() != 0) return 0;
+    size_t j = ptr_hash(code) & (code_map_cap - 1);
+    while (code_map[j].code) {
+        if (code_map[j].code == (PyObject *)code) return code_map[j].index;
+        j = (j + 1) & (code_map_cap - 1);
+    }
+    uint32_t index = ncodes + 1;
+    uint32_t chunk = index / CODE_CHUNK;
+    if (chunk >= CODE_CHUNKS) return 0;
+    if (code_chunks[chunk] == NULL) {
+        code_chunks[chunk] = PyMem_RawCalloc(CODE_CHUNK, sizeof(code_names));
+        if (code_chunks[chunk] == NULL) return 0;
+    }
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *name = PyObject_GetAttrString((PyObject *)code, "co_qualname");
+#else
+    PyObject *name = PyObject_GetAttrString((PyObject *)code, "co_name");
+#endif
+    if (name == NULL) PyErr_Clear();
+    PyObject *file = PyObject_GetAttrString((PyObject *)code, "co_filename");
+    if (file == NULL) PyErr_Clear();
+    code_names *slot = &code_chunks[chunk][index % CODE_CHUNK];
+    slot->function = utf8_copy(name);
+    slot->file = utf8_copy(file);
+    Py_XDECREF(name);
+    Py_XDECREF(file);
+    Py_INCREF(code);
+    code_map[j].code = (PyObject *)code;
+    code_map[j].index = index;
+    code_map_used++;
+    __atomic_store_n(&ncodes, index, __ATOMIC_RELEASE);
+    return index;
+}
+
+static const code_names *names_of(uint32_t index) {
+    if (index == 0 || index > __atomic_load_n(&ncodes, __ATOMIC_ACQUIRE)) return NULL;
+    return &code_chunks[index / CODE_CHUNK][index % CODE_CHUNK];
+}
+
+/* ---- shadow stacks of Python frames ---------------------------------------------------- */
+
+typedef struct {
+    PyFrameObject *frame;
+    uint32_t code;
+    uint32_t cached_id; /* pyframe id for cached_line, 0 = not computed */
+    int cached_line;
+} shadow_entry;
+
+typedef struct {
+    shadow_entry *entries;
+    int n, cap;
+    unsigned generation;
+} shadow_stack;
+
+static __thread shadow_stack *tls_shadow;
+static unsigned frames_generation; /* bumped at each start; 0 = not recording frames */
+static int frames_on;
+
+static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
+    if (s->n == s->cap) {
+        int cap = s->cap ? s->cap * 2 : 64;
+        shadow_entry *e = PyMem_RawRealloc(s->entries, (size_t)cap * sizeof *e);
+        if (e == NULL) return -1;
+        s->entries = e;
+        s->cap = cap;
+    }
+    PyCodeObject *code = PyFrame_GetCode(frame);
+    uint32_t index = code_index(code);
+    Py_DECREF(code);
+    if (s->n > 0) s->entries[s->n - 1].cached_id = 0; /* its line is now fixed: recompute once */
+    shadow_entry *e = &s->entries[s->n];
+    e->frame = frame;
+    e->code = index;
+    e->cached_id = 0;
+    e->cached_line = -1;
+    __atomic_store_n(&s->n, s->n + 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Make the shadow stack describe `frame` and its callers (outermost first). */
+static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
+    s->n = 0;
+    PyFrameObject *chain[256];
+    int depth = 0;
+    Py_XINCREF(frame);
+    while (frame != NULL && depth < 256) {
+        chain[depth++] = frame;
+        frame = PyFrame_GetBack(frame);
+    }
+    Py_XDECREF(frame);
+    for (int i = depth - 1; i >= 0; i--) {
+        shadow_push(s, chain[i]);
+        Py_DECREF(chain[i]); /* its interpreter frame keeps it alive while it runs */
+    }
+}
+
+static shadow_stack *thread_shadow(PyFrameObject *seed_from) {
+    shadow_stack *s = tls_shadow;
+    if (s == NULL) {
+        s = PyMem_RawCalloc(1, sizeof *s);
+        if (s == NULL) return NULL;
+        tls_shadow = s;
+    }
+    if (s->generation != frames_generation) {
+        s->generation = frames_generation;
+        shadow_seed(s, seed_from);
+    }
+    return s;
+}
+
+static int profile_fn(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
+    (void)obj;
+    (void)arg;
+    if (!frames_on || (what != PyTrace_CALL && what != PyTrace_RETURN)) return 0;
+    int guard = cytrace_guard_enter();
+    shadow_stack *s = tls_shadow;
+    if (s == NULL || s->generation != frames_generation) {
+        /* first event in this thread: its stack, callers included, is known now */
+        PyFrameObject *back = what == PyTrace_CALL ? PyFrame_GetBack(frame) : (Py_INCREF(frame), frame);
+        s = thread_shadow(back);
+        Py_XDECREF(back);
+        if (s != NULL && what == PyTrace_CALL) shadow_push(s, frame);
+        else if (s != NULL && s->n > 0) __atomic_store_n(&s->n, s->n - 1, __ATOMIC_RELEASE);
+    } else if (what == PyTrace_CALL) {
+        shadow_push(s, frame);
+    } else {
+        int i = s->n - 1;
+        while (i >= 0 && s->entries[i].frame != frame) i--;
+        if (i >= 0) __atomic_store_n(&s->n, i, __ATOMIC_RELEASE); /* pops frames we missed too */
+    }
+    cytrace_guard_exit(guard);
+    return 0;
+}
+
+/* The tracer's callback: runs inside an allocation hook, guard held, maybe without the GIL. */
+static int pyframes(uint64_t *words, int max) {
+    shadow_stack *s = tls_shadow;
+    if (s == NULL || !frames_on || s->generation != frames_generation) return 0;
+    int n = __atomic_load_n(&s->n, __ATOMIC_ACQUIRE);
+    int k = 0;
+    for (int i = n - 1; i >= 0 && k < max; i--) {
+        shadow_entry *e = &s->entries[i];
+        if (i != n - 1 && e->cached_id != 0) {
+            words[k++] = ((uint64_t)e->cached_id << 1) | 1;
+            continue;
+        }
+        int line = PyFrame_GetLineNumber(e->frame);
+        if (line != e->cached_line || e->cached_id == 0) {
+            int is_new = 0;
+            uint32_t id = cytrace_pyframe_intern(((uint64_t)e->code << 32) | (uint32_t)line, &is_new);
+            if (id == 0) break;
+            if (is_new) {
+                const code_names *names = names_of(e->code);
+                cytrace_emit_pyframe(id, (unsigned)(line < 0 ? 0 : line), names && names->function ? names->function : "?",
+                                     names && names->file ? names->file : "?");
+            }
+            e->cached_line = line;
+            e->cached_id = id;
+        }
+        words[k++] = ((uint64_t)e->cached_id << 1) | 1;
+    }
+    return k;
+}
+
+/* threading.setprofile() hook: the first event of a new thread installs the C profiler. */
+static PyObject *thread_bootstrap(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *frame, *event, *arg;
+    if (!PyArg_ParseTuple(args, "OOO", &frame, &event, &arg)) return NULL;
+    if (frames_on) {
+        PyEval_SetProfile(profile_fn, NULL);
+        if (PyFrame_Check(frame)) {
+            int guard = cytrace_guard_enter();
+            shadow_stack *s = thread_shadow((PyFrameObject *)frame);
+            (void)s;
+            cytrace_guard_exit(guard);
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef bootstrap_def = {"_thread_bootstrap", thread_bootstrap, METH_VARARGS, NULL};
+
+static int call_threading(const char *function, PyObject *arg) {
+    PyObject *threading = PyImport_ImportModule("threading");
+    if (threading == NULL) return -1;
+    PyObject *r = PyObject_CallMethod(threading, function, "O", arg);
+    Py_DECREF(threading);
+    if (r == NULL) return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
+static void set_profile_all_threads(Py_tracefunc fn) {
+#if PY_VERSION_HEX >= 0x030C0000
+    PyEval_SetProfileAllThreads(fn, NULL);
+#else
+    PyThreadState *self = PyThreadState_Get();
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(self->interp); t != NULL; t = PyThreadState_Next(t))
+        _PyEval_SetProfile(t, fn, NULL);
+#endif
+}
+
+static int frames_start(void) {
+    frames_generation++;
+    if (frames_generation == 0) frames_generation = 1;
+    frames_on = 1;
+    cytrace_set_pyframes_callback(pyframes);
+    PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
+    if (hook == NULL) return -1;
+    int r = call_threading("setprofile", hook);
+    Py_DECREF(hook);
+    if (r != 0) return -1;
+    set_profile_all_threads(profile_fn);
+    int guard = cytrace_guard_enter();
+    PyFrameObject *current = PyEval_GetFrame();
+    thread_shadow(current);
+    cytrace_guard_exit(guard);
+    return 0;
+}
+
+static void frames_stop(void) {
+    if (!frames_on) return;
+    frames_on = 0;
+    set_profile_all_threads(NULL);
+    if (call_threading("setprofile", Py_None) != 0) PyErr_Clear();
+}
+
+/* ---- PyMem domains ------------------------------------------------------------------ */
+
+typedef struct {
+    PyMemAllocatorDomain domain;
+    int alloc_kind, free_kind;
+    PyMemAllocatorEx original;
+} domain_hook;
+
+static domain_hook domains[3] = {
+    {PYMEM_DOMAIN_RAW, CYTRACE_PYMEM_RAW, CYTRACE_PYMEM_RAW_FREE, {0}},
+    {PYMEM_DOMAIN_MEM, CYTRACE_PYMEM_MEM, CYTRACE_PYMEM_MEM_FREE, {0}},
+    {PYMEM_DOMAIN_OBJ, CYTRACE_PYMEM_OBJ, CYTRACE_PYMEM_OBJ_FREE, {0}},
+};
+static int pymem_on;
+
+static void *pm_malloc(void *ctx, size_t size) {
+    domain_hook *d = ctx;
+    int guard = cytrace_guard_enter();
+    void *p = d->original.malloc(d->original.ctx, size);
+    cytrace_guard_exit(guard);
+    if (!guard) cytrace_record(d->alloc_kind, (uintptr_t)p, size, __builtin_return_address(0));
+    return p;
+}
+
+static void *pm_calloc(void *ctx, size_t n, size_t size) {
+    domain_hook *d = ctx;
+    int guard = cytrace_guard_enter();
+    void *p = d->original.calloc(d->original.ctx, n, size);
+    cytrace_guard_exit(guard);
+    if (!guard) cytrace_record(d->alloc_kind, (uintptr_t)p, n * size, __builtin_return_address(0));
+    return p;
+}
+
+static void *pm_realloc(void *ctx, void *old, size_t size) {
+    domain_hook *d = ctx;
+    uintptr_t old_address = (uintptr_t)old;
+    int guard = cytrace_guard_enter();
+    void *p = d->original.realloc(d->original.ctx, old, size);
+    cytrace_guard_exit(guard);
+    if (!guard && p != NULL) {
+        if (old_address) cytrace_record(d->free_kind, old_address, 0, NULL);
+        cytrace_record(d->alloc_kind, (uintptr_t)p, size, __builtin_return_address(0));
+    }
+    return p;
+}
+
+static void pm_free(void *ctx, void *p) {
+    domain_hook *d = ctx;
+    if (p != NULL) cytrace_record(d->free_kind, (uintptr_t)p, 0, NULL);
+    int guard = cytrace_guard_enter();
+    d->original.free(d->original.ctx, p);
+    cytrace_guard_exit(guard);
+}
+
+static void pymem_start(void) {
+    for (int i = 0; i < 3; i++) {
+        PyMem_GetAllocator(domains[i].domain, &domains[i].original);
+        PyMemAllocatorEx mine = {&domains[i], pm_malloc, pm_calloc, pm_realloc, pm_free};
+        PyMem_SetAllocator(domains[i].domain, &mine);
+    }
+    pymem_on = 1;
+}
+
+static void pymem_stop(void) {
+    if (!pymem_on) return;
+    for (int i = 0; i < 3; i++) PyMem_SetAllocator(domains[i].domain, &domains[i].original);
+    pymem_on = 0;
+}
+
+/* ---- the module ---------------------------------------------------------------------- */
+
+static PyObject *stats_dict(void) {
+    struct cytrace_stats s;
+    cytrace_get_stats(&s);
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "events", (unsigned long long)s.events, "dropped",
+                         (unsigned long long)s.dropped, "stacks", (unsigned long long)s.stacks, "frames",
+                         (unsigned long long)s.frames_flushed, "bytes", (unsigned long long)s.bytes_written);
+}
+
+static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
+    (void)self;
+    static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind", NULL};
+    PyObject *path_obj;
+    int follow = 0, pymem = 0, frames = 1, native_unwind = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|pppp", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+                                     &pymem, &frames, &native_unwind))
+        return NULL;
+    if (cytrace_is_active()) {
+        Py_DECREF(path_obj);
+        PyErr_Format(PyExc_RuntimeError, "already tracing into %s", cytrace_path());
+        return NULL;
+    }
+    unsigned options = (follow ? CYTRACE_FOLLOW_FORK : 0) | (pymem ? CYTRACE_PYMEM : 0) |
+                       (frames ? CYTRACE_PYTHON_FRAMES : 0) | (native_unwind ? CYTRACE_NATIVE_UNWIND : 0);
+    if (frames && frames_start() != 0) {
+        frames_stop();
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    if (pymem) pymem_start();
+    if (cytrace_start(PyBytes_AS_STRING(path_obj), options) != 0) {
+        pymem_stop();
+        frames_stop();
+        PyErr_Format(PyExc_OSError, "cannot start tracing: %s", cytrace_last_error());
+        Py_DECREF(path_obj);
+        return NULL;
+    }
+    Py_DECREF(path_obj);
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_stop(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    int was_active = cytrace_stop() == 0;
+    pymem_stop();
+    frames_stop();
+    if (!was_active) Py_RETURN_NONE;
+    return stats_dict();
+}
+
+static PyObject *py_is_active(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyBool_FromLong(cytrace_is_active());
+}
+
+static PyObject *py_path(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return PyUnicode_DecodeFSDefault(cytrace_path());
+}
+
+static PyObject *py_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return stats_dict();
+}
+
+static PyMethodDef methods[] = {
+    {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
+     "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False)\n"
+     "Start tracing every allocation of this process into the capture file `path`."},
+    {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
+    {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},
+    {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
+    {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "cytool._cytrace", "Driver of libcytrace, cytool's allocation tracer.", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__cytrace(void) {
+    PyObject *m = PyModule_Create(&module_def);
+    if (m == NULL) return NULL;
+    PyModule_AddIntConstant(m, "FOLLOW_FORK", CYTRACE_FOLLOW_FORK);
+    return m;
+}

@@ -1,0 +1,226 @@
+/* trace_control.c: the tracer's life cycle. Starting (the API, or CYTOOL_PROFILE in the
+ * environment when the library loads), stopping (the API, atexit), and fork: the child
+ * either stops tracing without touching the parent's file, or with CYTRACE_FOLLOW_FORK
+ * starts its own capture `<path>.<pid>` (flag bit 3, parent pid in the header).
+ */
+#define _GNU_SOURCE
+#define UNW_LOCAL_ONLY
+#include <errno.h>
+#include <libunwind.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trace_internal.h"
+
+_Atomic int cyt_active;
+_Atomic unsigned cyt_session;
+unsigned cyt_options;
+uint64_t cyt_start_mono;
+CYT_TLS int cyt_guard;
+
+void cyt_threads_reset_counters(void);
+
+static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
+static char capture_path[4096];
+static char last_error[512];
+static _Atomic uint64_t dropped;
+static struct cytrace_stats last_stats;
+static int handlers_installed;
+static pid_t session_pid;
+
+uint64_t cyt_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+void cyt_count_dropped(uint64_t n) { atomic_fetch_add(&dropped, n); }
+
+void cyt_set_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    va_end(ap);
+}
+
+static void current_stats(struct cytrace_stats *s) {
+    s->events = cyt_threads_events();
+    s->dropped = atomic_load(&dropped);
+    s->stacks = cyt_stacks_count();
+    s->frames_flushed = cyt_writer_frames();
+    s->bytes_written = cyt_writer_bytes();
+}
+
+static void at_exit(void) {
+    if (atomic_load(&cyt_active) && getpid() == session_pid) cytrace_stop();
+}
+
+static void fork_prepare(void);
+static void fork_parent(void);
+static void fork_child(void);
+
+/* Caller holds control_lock and the guard. */
+static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
+    if (strlen(path) >= sizeof capture_path) {
+        errno = ENAMETOOLONG;
+        cyt_set_error("capture path too long");
+        return -1;
+    }
+    unsigned flags = 1u;
+    if (options & CYTRACE_PYMEM) flags |= 2u;
+    if (options & CYTRACE_PYTHON_FRAMES) flags |= 4u;
+    if (parent_pid) flags |= 8u;
+    cyt_options = options;
+    atomic_store(&dropped, 0);
+    cyt_threads_reset_counters();
+    if (cyt_stacks_init() != 0) {
+        cyt_set_error("cannot allocate the stack table");
+        errno = ENOMEM;
+        return -1;
+    }
+    cyt_start_mono = cyt_now();
+    if (cyt_writer_open(path, flags, parent_pid) != 0) return -1;
+    strcpy(capture_path, path);
+    session_pid = getpid();
+    atomic_fetch_add(&cyt_session, 1);
+    if (!handlers_installed) {
+        handlers_installed = 1;
+        atexit(at_exit);
+        pthread_atfork(fork_prepare, fork_parent, fork_child);
+    }
+    atomic_store(&cyt_active, 1);
+    cyt_buf objects = {0};
+    cyt_patch_all(&objects);
+    if (objects.len > 0) cyt_writer_write_now(objects.data, objects.len);
+    cyt_buf_free(&objects);
+    return 0;
+}
+
+CYTRACE_API int cytrace_start(const char *path, unsigned options) {
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    pthread_mutex_lock(&control_lock);
+    int r;
+    if (atomic_load(&cyt_active)) {
+        cyt_set_error("already tracing into %s", capture_path);
+        errno = EBUSY;
+        r = -1;
+    } else {
+        r = start_locked(path, options, 0);
+    }
+    pthread_mutex_unlock(&control_lock);
+    cyt_guard = saved;
+    return r;
+}
+
+CYTRACE_API int cytrace_stop(void) {
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    pthread_mutex_lock(&control_lock);
+    if (!atomic_load(&cyt_active)) {
+        pthread_mutex_unlock(&control_lock);
+        cyt_guard = saved;
+        return -1;
+    }
+    atomic_store(&cyt_active, 0);
+    atomic_thread_fence(memory_order_seq_cst);
+    cyt_unpatch_all();
+    cyt_threads_flush_all();
+
+    struct cytrace_stats s;
+    current_stats(&s);
+    cyt_buf tail = {0};
+    cyt_buf_varint(&tail, REC_STATS);
+    cyt_buf_varint(&tail, s.events);
+    cyt_buf_varint(&tail, s.dropped);
+    cyt_buf_varint(&tail, s.stacks);
+    cyt_buf_varint(&tail, s.frames_flushed + 1);
+    cyt_buf_varint(&tail, REC_END);
+    cyt_buf_varint(&tail, cyt_since_start());
+    if (tail.data) cyt_writer_submit(tail.data, tail.len);
+    cyt_writer_close();
+    current_stats(&last_stats);
+    pthread_mutex_unlock(&control_lock);
+    cyt_guard = saved;
+    return 0;
+}
+
+CYTRACE_API int cytrace_is_active(void) { return atomic_load(&cyt_active); }
+CYTRACE_API const char *cytrace_path(void) { return capture_path; }
+CYTRACE_API const char *cytrace_last_error(void) { return last_error; }
+
+CYTRACE_API void cytrace_get_stats(struct cytrace_stats *out) {
+    if (atomic_load(&cyt_active)) current_stats(out);
+    else *out = last_stats;
+}
+
+/* ---- fork ---------------------------------------------------------------------------- */
+
+static void fork_prepare(void) {
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    pthread_mutex_lock(&control_lock);
+    cyt_patch_lock();
+    cyt_guard = saved;
+}
+
+static void fork_parent(void) {
+    cyt_patch_unlock();
+    pthread_mutex_unlock(&control_lock);
+}
+
+static void fork_child(void) {
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    cyt_patch_unlock();
+    pthread_mutex_unlock(&control_lock);
+    if (!atomic_load(&cyt_active)) {
+        cyt_guard = saved;
+        return;
+    }
+    atomic_store(&cyt_active, 0);
+    cyt_writer_abandon_after_fork();
+    cyt_threads_after_fork_child();
+    cyt_unpatch_all();
+    if (cyt_options & CYTRACE_FOLLOW_FORK) {
+        char path[sizeof capture_path + 32];
+        snprintf(path, sizeof path, "%s.%d", capture_path, (int)getpid());
+        pid_t parent = getppid();
+        pthread_mutex_lock(&control_lock);
+        if (start_locked(path, cyt_options, parent) != 0)
+            fprintf(stderr, "cytool: cannot follow fork into %s: %s\n", path, last_error);
+        pthread_mutex_unlock(&control_lock);
+    }
+    cyt_guard = saved;
+}
+
+/* ---- library load --------------------------------------------------------------------- */
+
+static int env_flag(const char *name) {
+    const char *v = getenv(name);
+    return v != NULL && v[0] != 0 && strcmp(v, "0") != 0;
+}
+
+__attribute__((constructor)) static void cyt_library_init(void) {
+    cyt_threads_init();
+    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    const char *path = getenv("CYTOOL_PROFILE");
+    if (path == NULL || path[0] == 0) return;
+    unsigned options = 0;
+    if (env_flag("CYTOOL_PROFILE_FOLLOW_FORK")) options |= CYTRACE_FOLLOW_FORK;
+    if (env_flag("CYTOOL_PROFILE_NATIVE_UNWIND")) options |= CYTRACE_NATIVE_UNWIND;
+    /* A program run under CYTOOL_PROFILE may start others that inherit it: never overwrite
+     * an existing file, take <path>.<pid> instead. */
+    char chosen[4096 + 32];
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        snprintf(chosen, sizeof chosen, "%s.%d", path, (int)getpid());
+        path = chosen;
+    }
+    if (cytrace_start(path, options) != 0)
+        fprintf(stderr, "cytool: cannot start tracing into %s: %s\n", path, last_error);
+}

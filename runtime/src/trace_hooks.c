@@ -1,0 +1,227 @@
+/* trace_hooks.c: the functions the patched GOT slots lead to.
+ *
+ * Each hook calls the real function (through libcytrace's own GOT, which is never
+ * patched), then records the event unless the thread's reentrancy guard is held (the
+ * tracer's own allocations, or a signal handler interrupting the tracer) or tracing is
+ * off. Frees are recorded before the memory is released, so that no other thread can
+ * record a new block at that address first. dlopen/dlclose rescan the loaded objects.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <malloc.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+
+#include "trace_internal.h"
+
+void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_address, void *frame_address);
+
+#define RECORDING() (CYT_LIKELY(!cyt_guard) && atomic_load_explicit(&cyt_active, memory_order_relaxed))
+
+#define RECORD_ALLOC(kind, ptr, size)                                                                  \
+    do {                                                                                               \
+        if ((ptr) != NULL && RECORDING()) {                                                            \
+            cyt_guard = 1;                                                                             \
+            cyt_record_alloc_fp((kind), (uintptr_t)(ptr), (size), __builtin_return_address(0),        \
+                                __builtin_frame_address(0));                                           \
+            cyt_guard = 0;                                                                             \
+        }                                                                                              \
+    } while (0)
+
+#define RECORD_FREE(kind, ptr)                                                                         \
+    do {                                                                                               \
+        if ((ptr) != 0 && RECORDING()) {                                                               \
+            cyt_guard = 1;                                                                             \
+            cyt_record_free((kind), (uintptr_t)(ptr));                                                 \
+            cyt_guard = 0;                                                                             \
+        }                                                                                              \
+    } while (0)
+
+static void *hook_malloc(size_t size) {
+    void *p = malloc(size);
+    RECORD_ALLOC(CYTRACE_MALLOC, p, size);
+    return p;
+}
+
+static void *hook_calloc(size_t n, size_t size) {
+    void *p = calloc(n, size);
+    RECORD_ALLOC(CYTRACE_CALLOC, p, n * size);
+    return p;
+}
+
+static void hook_free(void *p) {
+    RECORD_FREE(CYTRACE_FREE, p);
+    free(p);
+}
+
+/* Only the old pointer's value is recorded once realloc freed it, never dereferenced. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuse-after-free"
+static void *hook_realloc(void *old, size_t size) {
+    uintptr_t old_address = (uintptr_t)old;
+    void *p = realloc(old, size);
+    if (RECORDING()) {
+        /* realloc(p, 0) frees p and returns NULL; a failed realloc leaves old alone */
+        if (old_address != 0 && (p != NULL || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
+        RECORD_ALLOC(CYTRACE_REALLOC, p, size);
+    }
+    return p;
+}
+
+static void *hook_reallocarray(void *old, size_t n, size_t size) {
+    uintptr_t old_address = (uintptr_t)old;
+    void *p = reallocarray(old, n, size);
+    if (RECORDING()) {
+        if (old_address != 0 && (p != NULL || n == 0 || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
+        RECORD_ALLOC(CYTRACE_REALLOCARRAY, p, n * size);
+    }
+    return p;
+}
+
+#pragma GCC diagnostic pop
+
+static int hook_posix_memalign(void **out, size_t alignment, size_t size) {
+    int r = posix_memalign(out, alignment, size);
+    if (r == 0) RECORD_ALLOC(CYTRACE_POSIX_MEMALIGN, *out, size);
+    return r;
+}
+
+static void *hook_aligned_alloc(size_t alignment, size_t size) {
+    void *p = aligned_alloc(alignment, size);
+    RECORD_ALLOC(CYTRACE_ALIGNED_ALLOC, p, size);
+    return p;
+}
+
+static void *hook_memalign(size_t alignment, size_t size) {
+    void *p = memalign(alignment, size);
+    RECORD_ALLOC(CYTRACE_MEMALIGN, p, size);
+    return p;
+}
+
+static void *hook_valloc(size_t size) {
+    void *p = valloc(size);
+    RECORD_ALLOC(CYTRACE_VALLOC, p, size);
+    return p;
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void *hook_pvalloc(size_t size) {
+    void *p = pvalloc(size);
+    RECORD_ALLOC(CYTRACE_PVALLOC, p, size);
+    return p;
+}
+#pragma GCC diagnostic pop
+
+static void *hook_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    void *p = mmap(addr, length, prot, flags, fd, offset);
+    if (p != MAP_FAILED) RECORD_ALLOC(CYTRACE_MMAP, p, length);
+    return p;
+}
+
+static void *hook_mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
+    void *p = mmap(addr, length, prot, flags, fd, offset);
+    if (p != MAP_FAILED) RECORD_ALLOC(CYTRACE_MMAP, p, length);
+    return p;
+}
+
+static int hook_munmap(void *addr, size_t length) {
+    int saved_errno = errno;
+    if (RECORDING()) {
+        cyt_guard = 1;
+        cyt_record_munmap((uintptr_t)addr, length);
+        cyt_guard = 0;
+    }
+    errno = saved_errno;
+    return munmap(addr, length);
+}
+
+static void *hook_mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
+    void *new_address = NULL;
+    if (flags & MREMAP_FIXED) {
+        va_list ap;
+        va_start(ap, flags);
+        new_address = va_arg(ap, void *);
+        va_end(ap);
+    }
+    void *p = (flags & MREMAP_FIXED) ? mremap(old, old_size, new_size, flags, new_address)
+                                     : mremap(old, old_size, new_size, flags);
+    if (p != MAP_FAILED && RECORDING()) {
+        int saved_errno = errno;
+        cyt_guard = 1;
+        cyt_record_munmap((uintptr_t)old, old_size);
+        cyt_guard = 0;
+        RECORD_ALLOC(CYTRACE_MMAP, p, new_size);
+        errno = saved_errno;
+    }
+    return p;
+}
+
+/* After the set of loaded objects changed: patch the new ones, note the gone ones. */
+static void objects_changed(void) {
+    if (!atomic_load(&cyt_active)) return;
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    cyt_buf out = {0};
+    cyt_objects_rescan(&out);
+    if (out.len > 0) cyt_writer_submit(out.data, out.len);
+    else cyt_buf_free(&out);
+    cyt_guard = saved;
+}
+
+static void *hook_dlopen(const char *file, int mode) {
+    void *h = dlopen(file, mode);
+    if (h != NULL) objects_changed();
+    return h;
+}
+
+static int hook_dlclose(void *handle) {
+    int r = dlclose(handle);
+    objects_changed();
+    return r;
+}
+
+typedef struct hook_entry {
+    const char *name;
+    void *hook;
+} hook_entry;
+
+const hook_entry cyt_hook_table[] = {
+    {"malloc", (void *)hook_malloc},
+    {"calloc", (void *)hook_calloc},
+    {"realloc", (void *)hook_realloc},
+    {"reallocarray", (void *)hook_reallocarray},
+    {"free", (void *)hook_free},
+    {"posix_memalign", (void *)hook_posix_memalign},
+    {"aligned_alloc", (void *)hook_aligned_alloc},
+    {"memalign", (void *)hook_memalign},
+    {"valloc", (void *)hook_valloc},
+    {"pvalloc", (void *)hook_pvalloc},
+    {"mmap", (void *)hook_mmap},
+    {"mmap64", (void *)hook_mmap64},
+    {"munmap", (void *)hook_munmap},
+    {"mremap", (void *)hook_mremap},
+    {"dlopen", (void *)hook_dlopen},
+    {"dlclose", (void *)hook_dlclose},
+};
+const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];
+
+/* ---- entry points for the Python extension ----------------------------------------- */
+
+CYTRACE_API int cytrace_guard_enter(void) {
+    int previous = cyt_guard;
+    cyt_guard = 1;
+    return previous;
+}
+
+CYTRACE_API void cytrace_guard_exit(int previous) { cyt_guard = previous; }
+
+CYTRACE_API void cytrace_record(int kind, uintptr_t address, size_t size, void *return_address) {
+    if (address == 0 || !RECORDING()) return;
+    cyt_guard = 1;
+    if (kind >= CYTRACE_FREE) cyt_record_free(kind, address);
+    else cyt_record_event(kind, address, size, return_address);
+    cyt_guard = 0;
+}

@@ -1,0 +1,129 @@
+/* trace_internal.h: what the tracer's subsystems (runtime/src/trace_*.c) share.
+ *
+ *   trace_control.c  start/stop, the environment start, atexit, fork handling
+ *   trace_patch.c    GOT/PLT rewriting of loaded objects, the object table, OBJECT records
+ *   trace_hooks.c    the replacement allocation functions (and dlopen/dlclose)
+ *   trace_thread.c   per-thread state, event encoding, buffer flushes
+ *   trace_stack.c    native stack capture and the lock-free intern tables
+ *   trace_writer.c   the capture file: header, writer thread, LZ4 frames
+ */
+#ifndef CYTRACE_INTERNAL_H
+#define CYTRACE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "cytrace.h"
+
+#define CYT_LIKELY(x) __builtin_expect(!!(x), 1)
+#define CYT_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define CYT_TLS __thread __attribute__((tls_model("initial-exec")))
+
+/* Record types (FORMAT.md section 3). */
+enum {
+    REC_OBJECT = 0x01,
+    REC_UNLOAD = 0x02,
+    REC_PYFRAME = 0x03,
+    REC_STACK = 0x04,
+    REC_THREAD = 0x05,
+    REC_BATCH = 0x10,
+    REC_STATS = 0x7E,
+    REC_END = 0x7F,
+};
+
+#define CYT_MAX_FRAMES 128     /* native + Python frames kept per stack */
+#define CYT_EVENT_MAX 48       /* worst-case bytes of one encoded event */
+
+/* ---- byte buffers and varints --------------------------------------------------- */
+
+typedef struct cyt_buf {
+    uint8_t *data;
+    size_t len, cap;
+} cyt_buf;
+
+int cyt_buf_reserve(cyt_buf *b, size_t extra); /* 0 or -1 (out of memory) */
+void cyt_buf_free(cyt_buf *b);
+
+static inline uint8_t *cyt_put_varint(uint8_t *p, uint64_t v) {
+    while (v >= 0x80) {
+        *p++ = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    *p++ = (uint8_t)v;
+    return p;
+}
+
+static inline uint8_t *cyt_put_svarint(uint8_t *p, int64_t v) {
+    return cyt_put_varint(p, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
+}
+
+int cyt_buf_varint(cyt_buf *b, uint64_t v);
+int cyt_buf_bytes(cyt_buf *b, const void *data, size_t len);
+int cyt_buf_string(cyt_buf *b, const char *s, size_t len);
+
+/* ---- global session state (trace_control.c) -------------------------------------- */
+
+extern _Atomic int cyt_active;       /* events are being recorded */
+extern _Atomic unsigned cyt_session; /* bumped at every start; thread states compare it */
+extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
+extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
+extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
+
+uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
+static inline uint64_t cyt_since_start(void) { return cyt_now() - cyt_start_mono; }
+void cyt_count_dropped(uint64_t n);
+void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ---- per-thread state (trace_thread.c) -------------------------------------------- */
+
+typedef struct cyt_thread cyt_thread;
+void cyt_threads_init(void);                 /* once, at library load */
+cyt_thread *cyt_thread_get(void);            /* the calling thread's state, created on demand */
+void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_address);
+void cyt_record_free(int kind, uintptr_t address);
+void cyt_record_munmap(uintptr_t address, size_t size);
+void cyt_threads_flush_all(void);            /* at stop: every thread's buffer to the writer */
+void cyt_threads_after_fork_child(void);     /* forget the parent's threads */
+uint64_t cyt_threads_events(void);
+int cyt_thread_defs(cyt_buf **defs_out);     /* the current thread's definition buffer */
+
+/* ---- stacks (trace_stack.c) ------------------------------------------------------- */
+
+int cyt_stacks_init(void);           /* (re)create the intern tables for a session */
+void cyt_stacks_release(void);
+/* Capture the stack of the allocation whose hook returns to `return_address`. */
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address,
+                      uintptr_t stack_lo, uintptr_t stack_hi);
+uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new);
+uint64_t cyt_stacks_count(void);
+void cyt_fp_objects_reset(void);
+void cyt_fp_objects_add(uintptr_t start, uintptr_t end);
+extern cytrace_pyframes_fn cyt_pyframes_cb;
+
+/* ---- objects and patching (trace_patch.c) ----------------------------------------- */
+
+int cyt_patch_all(cyt_buf *objects_out);   /* patch new objects; append their OBJECT records */
+void cyt_unpatch_all(void);                /* restore every slot we wrote */
+void cyt_objects_rescan(cyt_buf *out);     /* after dlopen/dlclose: patch new, UNLOAD gone */
+void cyt_patch_reset_after_fork(void);
+void cyt_patch_lock(void);
+void cyt_patch_unlock(void);
+
+/* ---- the writer (trace_writer.c) -------------------------------------------------- */
+
+int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid);
+/* Hand a chunk of complete records to the writer thread (it becomes one LZ4 frame).
+ * Takes ownership of `data` (malloc'ed). */
+void cyt_writer_submit(uint8_t *data, size_t len);
+/* Compress and write synchronously from the calling thread (start, stop). */
+int cyt_writer_write_now(const uint8_t *data, size_t len);
+void cyt_writer_close(void);               /* drain the queue, join the thread, close */
+void cyt_writer_abandon_after_fork(void);  /* child: drop the parent's writer without writing */
+uint64_t cyt_writer_frames(void);
+uint64_t cyt_writer_bytes(void);
+
+#endif

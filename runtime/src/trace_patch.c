@@ -1,0 +1,326 @@
+/* trace_patch.c: GOT/PLT rewriting and the table of loaded objects.
+ *
+ * For every object the dynamic linker has loaded (dl_iterate_phdr), except the dynamic
+ * linker itself, the vDSO and libcytrace, walk its PLT and dynamic relocations
+ * (R_X86_64_JUMP_SLOT, R_X86_64_GLOB_DAT) and point the slots of the intercepted
+ * functions at our hooks, remembering what they held. Slots inside PT_GNU_RELRO are made
+ * writable for the write and read-only again. A rescan after each dlopen/dlclose patches
+ * the new objects and notes the ones that went away (UNLOAD; their slots are forgotten,
+ * never written). Stop restores every slot that still holds our hook.
+ *
+ * Each object seen gets an OBJECT record (path, build-id, load bias, PT_LOAD ranges) so
+ * reports can symbolise offline. Objects that link libcytrace (cytool-built modules,
+ * compiled with frame pointers) register their code with the frame-pointer unwinder.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
+#include <stdlib.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "trace_internal.h"
+
+typedef struct hook_entry {
+    const char *name;
+    void *hook;
+} hook_entry;
+
+extern const hook_entry cyt_hook_table[];
+extern const size_t cyt_hook_count;
+
+typedef struct patched_slot {
+    uintptr_t *slot;
+    uintptr_t original;
+    void *hook;
+} patched_slot;
+
+typedef struct object {
+    uintptr_t base;
+    const void *phdr;
+    uint32_t id;
+    int present;
+    int fp;
+    uintptr_t relro_start, relro_end;
+    patched_slot *slots;
+    size_t nslots;
+    uintptr_t exec_start[4];
+    int nexec;
+} object;
+
+static pthread_mutex_t patch_lock = PTHREAD_MUTEX_INITIALIZER;
+static object *objects;
+static size_t nobjects, objects_cap;
+static uint32_t next_object_id;
+static size_t page_size;
+
+void cyt_patch_lock(void) { pthread_mutex_lock(&patch_lock); }
+void cyt_patch_unlock(void) { pthread_mutex_unlock(&patch_lock); }
+
+static int contains_self(const struct dl_phdr_info *info) {
+    uintptr_t me = (uintptr_t)&contains_self;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD) continue;
+        uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+        if (me >= start && me < start + ph->p_memsz) return 1;
+    }
+    return 0;
+}
+
+static int is_vdso(const struct dl_phdr_info *info) {
+    uintptr_t ehdr = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
+    uintptr_t phdr = (uintptr_t)info->dlpi_phdr;
+    if (ehdr && phdr >= ehdr && phdr < ehdr + 4096) return 1; /* phdrs follow the vDSO's ELF header */
+    return info->dlpi_name && strstr(info->dlpi_name, "linux-vdso") != NULL;
+}
+
+static int is_dynamic_linker(const struct dl_phdr_info *info) {
+    uintptr_t base = (uintptr_t)getauxval(AT_BASE);
+    if (base && info->dlpi_addr == base) return 1;
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    return strstr(name, "/ld-linux") != NULL || strstr(name, "/ld64.so") != NULL;
+}
+
+static uintptr_t dyn_ptr(const struct dl_phdr_info *info, ElfW(Addr) value) {
+    /* glibc relocates the d_ptr entries of writable .dynamic sections in place */
+    return value < info->dlpi_addr ? info->dlpi_addr + value : value;
+}
+
+static void *hook_for(const char *name) {
+    for (size_t i = 0; i < cyt_hook_count; i++)
+        if (strcmp(name, cyt_hook_table[i].name) == 0) return cyt_hook_table[i].hook;
+    return NULL;
+}
+
+static void set_relro_writable(object *o, int writable) {
+    if (o->relro_end <= o->relro_start) return;
+    uintptr_t start = o->relro_start & ~(page_size - 1);
+    uintptr_t end = (o->relro_end + page_size - 1) & ~(page_size - 1);
+    mprotect((void *)start, end - start, writable ? PROT_READ | PROT_WRITE : PROT_READ);
+}
+
+static void add_slot(object *o, uintptr_t *slot, void *hook) {
+    for (size_t i = 0; i < o->nslots; i++)
+        if (o->slots[i].slot == slot) return;
+    patched_slot *n = realloc(o->slots, (o->nslots + 1) * sizeof *n);
+    if (n == NULL) return;
+    o->slots = n;
+    o->slots[o->nslots].slot = slot;
+    o->slots[o->nslots].original = *slot;
+    o->slots[o->nslots].hook = hook;
+    o->nslots++;
+}
+
+static void collect_relocs(const struct dl_phdr_info *info, object *o, const ElfW(Rela) *rel, size_t size,
+                           const ElfW(Sym) *symtab, const char *strtab) {
+    if (rel == NULL || symtab == NULL || strtab == NULL) return;
+    for (size_t i = 0; i < size / sizeof *rel; i++) {
+        unsigned long type = ELF64_R_TYPE(rel[i].r_info);
+        if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) continue;
+        unsigned long sym = ELF64_R_SYM(rel[i].r_info);
+        if (sym == 0) continue;
+        void *hook = hook_for(strtab + symtab[sym].st_name);
+        if (hook != NULL) add_slot(o, (uintptr_t *)(info->dlpi_addr + rel[i].r_offset), hook);
+    }
+}
+
+static void patch_object(const struct dl_phdr_info *info, object *o) {
+    const ElfW(Dyn) *dyn = NULL;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type == PT_DYNAMIC) dyn = (const ElfW(Dyn) *)(info->dlpi_addr + ph->p_vaddr);
+        if (ph->p_type == PT_GNU_RELRO) {
+            o->relro_start = info->dlpi_addr + ph->p_vaddr;
+            o->relro_end = o->relro_start + ph->p_memsz;
+        }
+    }
+    if (dyn == NULL) return;
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL;
+    const ElfW(Rela) *jmprel = NULL, *rela = NULL;
+    size_t pltrelsz = 0, relasz = 0;
+    int pltrel_is_rela = 1;
+    for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++) {
+        switch (d->d_tag) {
+        case DT_SYMTAB: symtab = (const ElfW(Sym) *)dyn_ptr(info, d->d_un.d_ptr); break;
+        case DT_STRTAB: strtab = (const char *)dyn_ptr(info, d->d_un.d_ptr); break;
+        case DT_JMPREL: jmprel = (const ElfW(Rela) *)dyn_ptr(info, d->d_un.d_ptr); break;
+        case DT_PLTRELSZ: pltrelsz = d->d_un.d_val; break;
+        case DT_RELA: rela = (const ElfW(Rela) *)dyn_ptr(info, d->d_un.d_ptr); break;
+        case DT_RELASZ: relasz = d->d_un.d_val; break;
+        case DT_PLTREL: pltrel_is_rela = d->d_un.d_val == DT_RELA; break;
+        default: break;
+        }
+    }
+    if (strtab != NULL)
+        for (const ElfW(Dyn) *d = dyn; d->d_tag != DT_NULL; d++)
+            if (d->d_tag == DT_NEEDED && strstr(strtab + d->d_un.d_val, "libcytrace.so") != NULL) o->fp = 1;
+    if (pltrel_is_rela) collect_relocs(info, o, jmprel, pltrelsz, symtab, strtab);
+    collect_relocs(info, o, rela, relasz, symtab, strtab);
+    if (o->nslots == 0) return;
+    set_relro_writable(o, 1);
+    for (size_t i = 0; i < o->nslots; i++) *o->slots[i].slot = (uintptr_t)o->slots[i].hook;
+    set_relro_writable(o, 0);
+}
+
+static void unpatch_object(object *o) {
+    if (o->nslots == 0) return;
+    set_relro_writable(o, 1);
+    for (size_t i = 0; i < o->nslots; i++)
+        if (*o->slots[i].slot == (uintptr_t)o->slots[i].hook) *o->slots[i].slot = o->slots[i].original;
+    set_relro_writable(o, 0);
+}
+
+static void read_build_id(const struct dl_phdr_info *info, cyt_buf *out) {
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_NOTE) continue;
+        const uint8_t *p = (const uint8_t *)(info->dlpi_addr + ph->p_vaddr);
+        const uint8_t *end = p + ph->p_memsz;
+        while (p + sizeof(ElfW(Nhdr)) <= end) {
+            const ElfW(Nhdr) *n = (const ElfW(Nhdr) *)p;
+            const uint8_t *name = p + sizeof *n;
+            const uint8_t *desc = name + ((n->n_namesz + 3) & ~3u);
+            const uint8_t *next = desc + ((n->n_descsz + 3) & ~3u);
+            if (next > end) break;
+            if (n->n_type == NT_GNU_BUILD_ID && n->n_namesz == 4 && memcmp(name, "GNU", 4) == 0) {
+                cyt_buf_string(out, (const char *)desc, n->n_descsz);
+                return;
+            }
+            p = next;
+        }
+    }
+    cyt_buf_string(out, "", 0);
+}
+
+static void object_record(const struct dl_phdr_info *info, uint32_t id, cyt_buf *out) {
+    if (out == NULL) return;
+    cyt_buf_varint(out, REC_OBJECT);
+    cyt_buf_varint(out, id);
+    cyt_buf_varint(out, info->dlpi_addr);
+    const char *name = info->dlpi_name ? info->dlpi_name : "";
+    char exe[4096];
+    if (name[0] == 0) {
+        ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+        exe[n > 0 ? n : 0] = 0;
+        name = exe;
+    }
+    cyt_buf_string(out, name, strlen(name));
+    read_build_id(info, out);
+    uint64_t nseg = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) nseg += info->dlpi_phdr[i].p_type == PT_LOAD;
+    cyt_buf_varint(out, nseg);
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD) continue;
+        cyt_buf_varint(out, info->dlpi_addr + ph->p_vaddr);
+        cyt_buf_varint(out, info->dlpi_addr + ph->p_vaddr + ph->p_memsz);
+    }
+}
+
+static object *find_object(uintptr_t base, const void *phdr) {
+    for (size_t i = 0; i < nobjects; i++)
+        if (objects[i].base == base && objects[i].phdr == phdr) return &objects[i];
+    return NULL;
+}
+
+typedef struct scan_ctx {
+    cyt_buf *out;
+    int patch;
+} scan_ctx;
+
+static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    scan_ctx *ctx = arg;
+    if (is_vdso(info)) return 0;
+    object *o = find_object(info->dlpi_addr, info->dlpi_phdr);
+    if (o != NULL) {
+        o->present = 1;
+        return 0;
+    }
+    if (!ctx->patch) return 0;
+    if (nobjects == objects_cap) {
+        size_t cap = objects_cap ? objects_cap * 2 : 64;
+        object *n = realloc(objects, cap * sizeof *n);
+        if (n == NULL) return 0;
+        objects = n;
+        objects_cap = cap;
+    }
+    o = &objects[nobjects++];
+    memset(o, 0, sizeof *o);
+    o->base = info->dlpi_addr;
+    o->phdr = info->dlpi_phdr;
+    o->id = ++next_object_id;
+    o->present = 1;
+    object_record(info, o->id, ctx->out);
+    if (is_dynamic_linker(info) || contains_self(info)) return 0;
+    patch_object(info, o);
+    if (o->fp) {
+        for (int i = 0; i < info->dlpi_phnum && o->nexec < 4; i++) {
+            const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+            if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_X)) continue;
+            uintptr_t start = info->dlpi_addr + ph->p_vaddr;
+            cyt_fp_objects_add(start, start + ph->p_memsz);
+            o->exec_start[o->nexec++] = start;
+        }
+    }
+    return 0;
+}
+
+/* Mark which known objects are still loaded; patch and describe new ones when `patch`;
+ * forget the ones that went away (UNLOAD records when `out`). Caller holds patch_lock. */
+static void scan(cyt_buf *out, int patch) {
+    if (page_size == 0) page_size = (size_t)sysconf(_SC_PAGESIZE);
+    for (size_t i = 0; i < nobjects; i++) objects[i].present = 0;
+    scan_ctx ctx = {out, patch};
+    dl_iterate_phdr(scan_one, &ctx);
+    size_t kept = 0;
+    for (size_t i = 0; i < nobjects; i++) {
+        object *o = &objects[i];
+        if (o->present) {
+            objects[kept++] = *o;
+            continue;
+        }
+        if (out != NULL) {
+            cyt_buf_varint(out, REC_UNLOAD);
+            cyt_buf_varint(out, o->id);
+            cyt_buf_varint(out, cyt_since_start());
+        }
+        for (int k = 0; k < o->nexec; k++) cyt_fp_objects_add(o->exec_start[k], o->exec_start[k]);
+        free(o->slots);
+    }
+    nobjects = kept;
+}
+
+int cyt_patch_all(cyt_buf *objects_out) {
+    pthread_mutex_lock(&patch_lock);
+    scan(objects_out, 1);
+    pthread_mutex_unlock(&patch_lock);
+    return 0;
+}
+
+void cyt_objects_rescan(cyt_buf *out) {
+    pthread_mutex_lock(&patch_lock);
+    if (atomic_load(&cyt_active)) scan(out, 1);
+    pthread_mutex_unlock(&patch_lock);
+}
+
+void cyt_unpatch_all(void) {
+    pthread_mutex_lock(&patch_lock);
+    scan(NULL, 0); /* drop objects unloaded behind our back: their slots are gone */
+    for (size_t i = 0; i < nobjects; i++) {
+        unpatch_object(&objects[i]);
+        free(objects[i].slots);
+    }
+    nobjects = 0;
+    next_object_id = 0;
+    cyt_fp_objects_reset();
+    pthread_mutex_unlock(&patch_lock);
+}
+
+void cyt_patch_reset_after_fork(void) {
+    pthread_mutex_init(&patch_lock, NULL);
+}

@@ -1,0 +1,192 @@
+/* trace_stack.c: native stack capture and the lock-free intern tables that give stacks
+ * and Python frames their small ids.
+ *
+ * Capture: when the allocation's caller lies in an object built with frame pointers
+ * (cytool-built modules link libcytrace, so trace_patch.c registers their code ranges
+ * here), walk the frame-pointer chain while the return addresses stay inside such
+ * objects; the first address outside (the interpreter, which omits frame pointers) is
+ * kept and the walk stops there (the Python frames above come from the shadow stack).
+ * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI).
+ *
+ * Interning: an open-addressing table of (64-bit key, id) slots. A thread claims an empty
+ * slot with a compare-and-swap on the key, then publishes the id; readers that find the
+ * key wait for the id. No lock is taken. The first inserter emits the definition record.
+ */
+#define _GNU_SOURCE
+#define UNW_LOCAL_ONLY
+#include <libunwind.h>
+#include <sys/mman.h>
+
+#include "trace_internal.h"
+
+typedef struct {
+    _Atomic uint64_t key;
+    _Atomic uint32_t id;
+    uint32_t unused;
+} intern_slot;
+
+typedef struct {
+    intern_slot *slots;
+    size_t mask;
+    _Atomic uint32_t next_id;
+} intern_table;
+
+#define STACK_TABLE_BITS 21
+#define PYFRAME_TABLE_BITS 18
+#define MAX_PROBES 256
+
+static intern_table stack_table, pyframe_table;
+cytrace_pyframes_fn cyt_pyframes_cb;
+
+static int table_create(intern_table *t, unsigned bits) {
+    size_t size = (size_t)1 << bits;
+    void *mem = mmap(NULL, size * sizeof(intern_slot), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (mem == MAP_FAILED) return -1;
+    t->slots = mem;
+    t->mask = size - 1;
+    atomic_store(&t->next_id, 0);
+    return 0;
+}
+
+static void table_destroy(intern_table *t) {
+    if (t->slots) munmap(t->slots, (t->mask + 1) * sizeof(intern_slot));
+    t->slots = NULL;
+}
+
+static uint32_t table_intern(intern_table *t, uint64_t key, int *is_new) {
+    *is_new = 0;
+    if (t->slots == NULL) return 0;
+    if (key == 0) key = 1;
+    size_t i = (size_t)(key ^ (key >> 29)) & t->mask;
+    for (int probe = 0; probe < MAX_PROBES; probe++, i = (i + 1) & t->mask) {
+        intern_slot *s = &t->slots[i];
+        uint64_t k = atomic_load_explicit(&s->key, memory_order_acquire);
+        if (k == 0) {
+            uint64_t expected = 0;
+            if (atomic_compare_exchange_strong(&s->key, &expected, key)) {
+                uint32_t id = atomic_fetch_add(&t->next_id, 1) + 1;
+                atomic_store_explicit(&s->id, id, memory_order_release);
+                *is_new = 1;
+                return id;
+            }
+            k = expected;
+        }
+        if (k == key) {
+            uint32_t id;
+            while ((id = atomic_load_explicit(&s->id, memory_order_acquire)) == 0) __builtin_ia32_pause();
+            return id;
+        }
+    }
+    return 0;
+}
+
+int cyt_stacks_init(void) {
+    cyt_stacks_release();
+    if (table_create(&stack_table, STACK_TABLE_BITS) != 0) return -1;
+    if (table_create(&pyframe_table, PYFRAME_TABLE_BITS) != 0) return -1;
+    return 0;
+}
+
+void cyt_stacks_release(void) {
+    table_destroy(&stack_table);
+    table_destroy(&pyframe_table);
+}
+
+uint64_t cyt_stacks_count(void) { return atomic_load(&stack_table.next_id); }
+
+static inline uint64_t mix64(uint64_t h) {
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdULL;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
+    return h;
+}
+
+uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new) {
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    for (int i = 0; i < n; i++) h = mix64(h ^ words[i]) + (uint64_t)i;
+    return table_intern(&stack_table, h, is_new);
+}
+
+CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new) {
+    return table_intern(&pyframe_table, mix64(key), is_new);
+}
+
+/* ---- code ranges of frame-pointer objects ---------------------------------------- */
+
+#define MAX_FP_RANGES 256
+static struct {
+    _Atomic uintptr_t start, end;
+} fp_ranges[MAX_FP_RANGES];
+static _Atomic int fp_count;
+
+void cyt_fp_objects_reset(void) {
+    for (int i = 0; i < MAX_FP_RANGES; i++) {
+        atomic_store(&fp_ranges[i].start, 0);
+        atomic_store(&fp_ranges[i].end, 0);
+    }
+    atomic_store(&fp_count, 0);
+}
+
+void cyt_fp_objects_add(uintptr_t start, uintptr_t end) {
+    int n = atomic_load(&fp_count);
+    for (int i = 0; i < n; i++) /* reuse a slot freed by an unload, or skip a duplicate */
+        if (atomic_load(&fp_ranges[i].start) == start) {
+            atomic_store(&fp_ranges[i].end, end);
+            return;
+        }
+    if (n >= MAX_FP_RANGES) return;
+    atomic_store(&fp_ranges[n].start, start);
+    atomic_store(&fp_ranges[n].end, end);
+    atomic_store(&fp_count, n + 1);
+}
+
+static inline int in_fp_object(uintptr_t pc) {
+    int n = atomic_load_explicit(&fp_count, memory_order_acquire);
+    for (int i = 0; i < n; i++) {
+        uintptr_t s = atomic_load_explicit(&fp_ranges[i].start, memory_order_relaxed);
+        uintptr_t e = atomic_load_explicit(&fp_ranges[i].end, memory_order_relaxed);
+        if (pc >= s && pc < e) return 1;
+    }
+    return 0;
+}
+
+/* ---- capture ------------------------------------------------------------------------ */
+
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address,
+                      uintptr_t stack_lo, uintptr_t stack_hi) {
+    uintptr_t ret = (uintptr_t)return_address;
+    int n = 0;
+    if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
+        /* frame_address is the hook's frame: [0] = caller's saved frame pointer, [1] = ret */
+        uintptr_t fp = (uintptr_t)frame_address;
+        words[n++] = (uint64_t)ret << 1;
+        uintptr_t pc = ret;
+        while (n < max && in_fp_object(pc)) {
+            uintptr_t next = ((uintptr_t *)fp)[0];
+            if (next <= fp || next >= stack_hi || next < stack_lo || (next & 7) != 0) break;
+            fp = next;
+            pc = ((uintptr_t *)fp)[1];
+            if (pc == 0) break;
+            words[n++] = (uint64_t)pc << 1;
+        }
+        return n;
+    }
+    void *ips[CYT_MAX_FRAMES + 8];
+    int got = unw_backtrace(ips, CYT_MAX_FRAMES + 8);
+    int start = -1;
+    for (int i = 0; i < got && i < 8; i++)
+        if ((uintptr_t)ips[i] == ret) {
+            start = i;
+            break;
+        }
+    if (start < 0) { /* could not find the hook's caller: keep just the return address */
+        words[n++] = (uint64_t)ret << 1;
+        return n;
+    }
+    for (int i = start; i < got && n < max; i++) words[n++] = (uint64_t)(uintptr_t)ips[i] << 1;
+    return n;
+}
+
+CYTRACE_API void cytrace_set_pyframes_callback(cytrace_pyframes_fn fn) { cyt_pyframes_cb = fn; }

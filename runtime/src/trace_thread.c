@@ -1,0 +1,397 @@
+/* trace_thread.c: per-thread state and the event hot path.
+ *
+ * Each thread owns an event buffer (one BATCH in the making) and a definitions buffer
+ * (its THREAD, STACK and PYFRAME records). When the event buffer fills, both become one
+ * chunk for the writer. No lock is taken per event: the only shared-memory write is the
+ * thread's own `busy` flag, which lets cytrace_stop() wait until no thread is inside the
+ * hot path before it flushes everyone's buffers (Dekker-style: busy=1, fence, read
+ * active / active=0, fence, read busy).
+ *
+ * The states live in one list guarded by `threads_lock`, taken only when a thread starts
+ * or ends and at stop. A pthread key destructor flushes a thread's buffer when it exits
+ * and recycles its state; states are never freed, so a stale pointer stays harmless.
+ */
+#define _GNU_SOURCE
+#include <sched.h>
+#include <stdlib.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "trace_internal.h"
+
+#define EV_CAP (128u << 10)
+#define TCACHE_SIZE 512
+#define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
+
+struct cyt_thread {
+    cyt_thread *next;     /* all states (threads_lock) */
+    cyt_thread *next_free;
+    _Atomic int busy;
+    unsigned session;
+    int in_list;
+    uint32_t index;
+    pid_t tid;
+    uintptr_t stack_lo, stack_hi;
+    uint64_t t0, last_t;
+    uint64_t last_addr;
+    uint64_t nevents, events_total;
+    uint8_t *ev;
+    size_t ev_len;
+    cyt_buf defs;
+    struct {
+        uint64_t hash;
+        uint32_t id;
+    } tcache[TCACHE_SIZE];
+};
+
+static pthread_mutex_t threads_lock = PTHREAD_MUTEX_INITIALIZER;
+static cyt_thread *all_threads, *free_threads;
+static pthread_key_t exit_key;
+static _Atomic uint32_t next_index;
+static _Atomic uint64_t flushed_events;
+static CYT_TLS cyt_thread *tls_state;
+
+/* ---- byte buffers (shared helpers) ------------------------------------------------ */
+
+int cyt_buf_reserve(cyt_buf *b, size_t extra) {
+    if (b->len + extra <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 256;
+    while (cap < b->len + extra) cap *= 2;
+    uint8_t *n = realloc(b->data, cap);
+    if (n == NULL) return -1;
+    b->data = n;
+    b->cap = cap;
+    return 0;
+}
+
+void cyt_buf_free(cyt_buf *b) {
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+int cyt_buf_varint(cyt_buf *b, uint64_t v) {
+    if (cyt_buf_reserve(b, 10) != 0) return -1;
+    b->len = (size_t)(cyt_put_varint(b->data + b->len, v) - b->data);
+    return 0;
+}
+
+int cyt_buf_bytes(cyt_buf *b, const void *data, size_t len) {
+    if (cyt_buf_reserve(b, len) != 0) return -1;
+    if (len) memcpy(b->data + b->len, data, len);
+    b->len += len;
+    return 0;
+}
+
+int cyt_buf_string(cyt_buf *b, const char *s, size_t len) {
+    if (cyt_buf_varint(b, len) != 0) return -1;
+    return cyt_buf_bytes(b, s, len);
+}
+
+/* ---- flushing ---------------------------------------------------------------------- */
+
+/* Turn the thread's definitions and events into one chunk for the writer. */
+static void flush_thread(cyt_thread *ts) {
+    if (ts->nevents == 0 && ts->defs.len == 0) return;
+    size_t size = ts->defs.len + 32 + ts->ev_len;
+    uint8_t *chunk = malloc(size);
+    if (chunk == NULL) {
+        cyt_count_dropped(ts->nevents);
+    } else {
+        uint8_t *p = chunk;
+        if (ts->defs.len) memcpy(p, ts->defs.data, ts->defs.len);
+        p += ts->defs.len;
+        if (ts->nevents > 0) {
+            *p++ = REC_BATCH;
+            p = cyt_put_varint(p, ts->index);
+            p = cyt_put_varint(p, ts->t0);
+            p = cyt_put_varint(p, ts->nevents);
+            memcpy(p, ts->ev, ts->ev_len);
+            p += ts->ev_len;
+        }
+        atomic_fetch_add(&flushed_events, ts->nevents);
+        cyt_writer_submit(chunk, (size_t)(p - chunk));
+    }
+    ts->defs.len = 0;
+    ts->ev_len = 0;
+    ts->nevents = 0;
+    ts->last_addr = 0;
+}
+
+static void release_buffers(cyt_thread *ts) {
+    free(ts->ev);
+    ts->ev = NULL;
+    ts->ev_len = 0;
+    ts->nevents = 0;
+    cyt_buf_free(&ts->defs);
+}
+
+/* pthread key destructor: the thread is ending. */
+static void thread_exit(void *arg) {
+    cyt_thread *ts = arg;
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    pthread_mutex_lock(&threads_lock);
+    if (ts->session == atomic_load(&cyt_session) && atomic_load(&cyt_active) && ts->ev) flush_thread(ts);
+    release_buffers(ts);
+    ts->session = 0;
+    ts->next_free = free_threads;
+    free_threads = ts;
+    /* it stays in all_threads (with session 0 nobody flushes it) until reused */
+    pthread_mutex_unlock(&threads_lock);
+    tls_state = NULL;
+    cyt_guard = saved;
+}
+
+void cyt_threads_init(void) { pthread_key_create(&exit_key, thread_exit); }
+
+static void stack_bounds(cyt_thread *ts) {
+    pthread_attr_t attr;
+    void *addr = NULL;
+    size_t size = 0;
+    ts->stack_lo = 0;
+    ts->stack_hi = 0;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
+            ts->stack_lo = (uintptr_t)addr;
+            ts->stack_hi = (uintptr_t)addr + size;
+        }
+        pthread_attr_destroy(&attr);
+    }
+}
+
+/* Set up (or renew for a new session) the calling thread's state. Guard is held. */
+static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
+    pthread_mutex_lock(&threads_lock);
+    if (ts == NULL) {
+        ts = free_threads;
+        if (ts != NULL) {
+            free_threads = ts->next_free;
+        } else {
+            ts = calloc(1, sizeof *ts);
+            if (ts == NULL) {
+                pthread_mutex_unlock(&threads_lock);
+                return NULL;
+            }
+        }
+        if (!ts->in_list) {
+            ts->next = all_threads;
+            all_threads = ts;
+            ts->in_list = 1;
+        }
+        stack_bounds(ts);
+        pthread_setspecific(exit_key, ts);
+    }
+    release_buffers(ts);
+    memset(ts->tcache, 0, sizeof ts->tcache);
+    ts->ev = malloc(EV_CAP);
+    ts->session = ts->ev ? session : 0;
+    ts->index = atomic_fetch_add(&next_index, 1) + 1;
+    ts->tid = (pid_t)syscall(SYS_gettid);
+    ts->last_addr = 0;
+    ts->t0 = ts->last_t = 0;
+    char name[32] = "";
+    prctl(PR_GET_NAME, name, 0, 0, 0);
+    name[sizeof name - 1] = 0;
+    cyt_buf_varint(&ts->defs, REC_THREAD);
+    cyt_buf_varint(&ts->defs, ts->index);
+    cyt_buf_varint(&ts->defs, (uint64_t)ts->tid);
+    cyt_buf_string(&ts->defs, name, strlen(name));
+    pthread_mutex_unlock(&threads_lock);
+    tls_state = ts;
+    return ts->session ? ts : NULL;
+}
+
+cyt_thread *cyt_thread_get(void) {
+    cyt_thread *ts = tls_state;
+    unsigned session = atomic_load_explicit(&cyt_session, memory_order_relaxed);
+    if (CYT_LIKELY(ts != NULL && ts->session == session)) return ts;
+    return thread_setup(ts, session);
+}
+
+/* ---- the hot path -------------------------------------------------------------------- */
+
+static inline int enter(cyt_thread *ts) {
+    atomic_store_explicit(&ts->busy, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (CYT_UNLIKELY(!atomic_load_explicit(&cyt_active, memory_order_relaxed) ||
+                     ts->session != atomic_load_explicit(&cyt_session, memory_order_relaxed))) {
+        atomic_store_explicit(&ts->busy, 0, memory_order_release);
+        return 0;
+    }
+    return 1;
+}
+
+static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, memory_order_release); }
+
+/* Reserve room for one event; start a batch if needed. Returns the write position. */
+static inline uint8_t *event_begin(cyt_thread *ts, int kind, uintptr_t address) {
+    if (CYT_UNLIKELY(ts->ev_len + CYT_EVENT_MAX > EV_CAP)) flush_thread(ts);
+    uint64_t now = cyt_since_start();
+    if (ts->nevents == 0) {
+        ts->t0 = now;
+        ts->last_t = now;
+        ts->last_addr = 0;
+    }
+    uint8_t *p = ts->ev + ts->ev_len;
+    *p++ = (uint8_t)kind;
+    p = cyt_put_varint(p, now >= ts->last_t ? now - ts->last_t : 0);
+    if (now > ts->last_t) ts->last_t = now;
+    p = cyt_put_svarint(p, (int64_t)(address - ts->last_addr));
+    ts->last_addr = address;
+    return p;
+}
+
+static inline void event_end(cyt_thread *ts, uint8_t *p) {
+    ts->ev_len = (size_t)(p - ts->ev);
+    ts->nevents++;
+    if (CYT_UNLIKELY(ts->defs.len > (1u << 20))) flush_thread(ts);
+}
+
+static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
+    uint64_t words[CYT_MAX_FRAMES];
+    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address, ts->stack_lo, ts->stack_hi);
+    if (cyt_pyframes_cb != NULL && (cyt_options & CYTRACE_PYTHON_FRAMES) && n < CYT_MAX_FRAMES)
+        n += cyt_pyframes_cb(words + n, CYT_MAX_FRAMES - n);
+    if (n == 0) return 0;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
+    for (int i = 0; i < n; i++) {
+        h ^= words[i] + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+        h *= 0xff51afd7ed558ccdULL;
+    }
+    h ^= h >> 31;
+    unsigned slot = (unsigned)(h ^ (h >> 17)) & (TCACHE_SIZE - 1);
+    if (ts->tcache[slot].hash == h && ts->tcache[slot].id) return ts->tcache[slot].id;
+    int is_new = 0;
+    uint32_t id = cyt_intern_stack(&h, 1, &is_new);
+    if (id == 0) return 0;
+    if (is_new) {
+        if (cyt_buf_reserve(&ts->defs, 1 + 10 + 10 + (size_t)n * 10) == 0) {
+            uint8_t *p = ts->defs.data + ts->defs.len;
+            *p++ = REC_STACK;
+            p = cyt_put_varint(p, id);
+            p = cyt_put_varint(p, (uint64_t)n);
+            for (int i = 0; i < n; i++) p = cyt_put_varint(p, words[i]);
+            ts->defs.len = (size_t)(p - ts->defs.data);
+        }
+    }
+    ts->tcache[slot].hash = h;
+    ts->tcache[slot].id = id;
+    return id;
+}
+
+static void record_alloc(int kind, uintptr_t address, size_t size, void *return_address, void *frame_address) {
+    cyt_thread *ts = cyt_thread_get();
+    if (CYT_UNLIKELY(ts == NULL)) {
+        cyt_count_dropped(1);
+        return;
+    }
+    if (!enter(ts)) return;
+    uint32_t stack = stack_id(ts, return_address, frame_address);
+    uint8_t *p = event_begin(ts, kind, address);
+    p = cyt_put_varint(p, size);
+    p = cyt_put_varint(p, stack);
+    event_end(ts, p);
+    leave(ts);
+}
+
+void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_address) {
+    record_alloc(kind, address, size, return_address, NULL);
+}
+
+/* Called by the hooks with the hook's own frame address for the frame-pointer walk. */
+void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_address, void *frame_address) {
+    record_alloc(kind, address, size, return_address, frame_address);
+}
+
+void cyt_record_free(int kind, uintptr_t address) {
+    cyt_thread *ts = cyt_thread_get();
+    if (CYT_UNLIKELY(ts == NULL)) {
+        cyt_count_dropped(1);
+        return;
+    }
+    if (!enter(ts)) return;
+    event_end(ts, event_begin(ts, kind, address));
+    leave(ts);
+}
+
+void cyt_record_munmap(uintptr_t address, size_t size) {
+    cyt_thread *ts = cyt_thread_get();
+    if (CYT_UNLIKELY(ts == NULL)) {
+        cyt_count_dropped(1);
+        return;
+    }
+    if (!enter(ts)) return;
+    uint8_t *p = event_begin(ts, CYTRACE_MUNMAP, address);
+    p = cyt_put_varint(p, size);
+    event_end(ts, p);
+    leave(ts);
+}
+
+CYTRACE_API void cytrace_emit_pyframe(uint32_t id, unsigned line, const char *function, const char *file) {
+    cyt_thread *ts = tls_state;
+    if (ts == NULL || ts->session != atomic_load(&cyt_session)) return;
+    cyt_buf_varint(&ts->defs, REC_PYFRAME);
+    cyt_buf_varint(&ts->defs, id);
+    cyt_buf_varint(&ts->defs, line);
+    cyt_buf_string(&ts->defs, function, strlen(function));
+    cyt_buf_string(&ts->defs, file, strlen(file));
+}
+
+/* ---- stop, stats, fork --------------------------------------------------------------- */
+
+void cyt_threads_flush_all(void) {
+    unsigned session = atomic_load(&cyt_session);
+    cyt_thread *self = tls_state;
+    pthread_mutex_lock(&threads_lock);
+    for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next) {
+        if (ts->session != session) continue;
+        if (ts != self) {
+            uint64_t deadline = cyt_now() + STOP_WAIT_NS;
+            while (atomic_load_explicit(&ts->busy, memory_order_acquire)) {
+                if (cyt_now() > deadline) break;
+                sched_yield();
+            }
+            if (atomic_load(&ts->busy)) { /* stuck (a signal handler that never returns?) */
+                cyt_count_dropped(ts->nevents);
+                continue;
+            }
+        } else if (atomic_load(&ts->busy)) {
+            continue; /* stopping from a signal handler that interrupted our own hook */
+        }
+        flush_thread(ts);
+        release_buffers(ts);
+        ts->session = 0;
+    }
+    pthread_mutex_unlock(&threads_lock);
+}
+
+uint64_t cyt_threads_events(void) { return atomic_load(&flushed_events); }
+
+void cyt_threads_reset_counters(void) {
+    atomic_store(&flushed_events, 0);
+    atomic_store(&next_index, 0);
+}
+
+void cyt_threads_after_fork_child(void) {
+    /* Only the forking thread exists in the child. The other states belong to threads that
+     * are gone: keep them out of the list (leaked, their buffers may be mid-update). */
+    pthread_mutex_init(&threads_lock, NULL);
+    cyt_thread *self = tls_state;
+    all_threads = NULL;
+    free_threads = NULL;
+    if (self != NULL) {
+        /* its buffered events belong to the parent, which writes them */
+        self->defs.len = 0;
+        self->ev_len = 0;
+        self->nevents = 0;
+        self->session = 0;
+        atomic_store(&self->busy, 0);
+        self->next = NULL;
+        all_threads = self;
+        self->in_list = 1;
+        stack_bounds(self);
+    }
+}

@@ -1,0 +1,251 @@
+/* test_trace_helper.c: a program that performs known allocations under libcytrace, for
+ * tests/test_tracer_*.py and `make sanitize`. Usage:
+ *
+ *   test_trace_helper CAPTURE MODE [ARGS...]     (CAPTURE "-" = started by CYTOOL_PROFILE)
+ *
+ *   threads N S T      T threads each malloc N blocks of S bytes, then free them
+ *   churn N T          T threads start, allocate N blocks of 777 bytes, end; repeated 5 times
+ *   edge               zero-size, huge, realloc(NULL, n), realloc(p, 0), every allocator
+ *   fork FOLLOW        parent mallocs 3x 1111 bytes, child mallocs 5x 2222 bytes
+ *   signal N           N mallocs of 333 bytes while a 50 us timer's handler mmaps/munmaps
+ *   exit N / _exit N   N mallocs of 444 bytes, then exit(0) or _exit(0) without stopping
+ *   dlopen LIB N       dlopen LIB, call its lib_alloc(N, 555), dlclose it
+ *   forever            allocate and free until killed (prints "ready" once frames exist)
+ *
+ * It prints "KEY VALUE" lines the tests compare with the capture.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cytrace.h"
+
+static const char *capture;
+
+static void start(unsigned options) {
+    if (strcmp(capture, "-") == 0) return;
+    if (cytrace_start(capture, options) != 0) {
+        fprintf(stderr, "cytrace_start: %s\n", cytrace_last_error());
+        exit(3);
+    }
+}
+
+static void stop(void) {
+    if (cytrace_stop() != 0) {
+        fprintf(stderr, "cytrace_stop: not tracing\n");
+        exit(4);
+    }
+    struct cytrace_stats s;
+    cytrace_get_stats(&s);
+    printf("stats_events %llu\nstats_dropped %llu\n", (unsigned long long)s.events, (unsigned long long)s.dropped);
+}
+
+/* Kept out of line so the stack's innermost frame is this function. */
+__attribute__((noinline)) void **worker_allocate(size_t n, size_t size) {
+    void **blocks = calloc(n, sizeof *blocks);
+    for (size_t i = 0; i < n; i++) {
+        blocks[i] = malloc(size);
+        memset(blocks[i], 1, size < 16 ? size : 16);
+    }
+    return blocks;
+}
+
+__attribute__((noinline)) void worker_release(void **blocks, size_t n) {
+    for (size_t i = 0; i < n; i++) free(blocks[i]);
+    free(blocks);
+}
+
+typedef struct job {
+    size_t n, size;
+} job;
+
+static void *worker(void *arg) {
+    job *j = arg;
+    void **blocks = worker_allocate(j->n, j->size);
+    worker_release(blocks, j->n);
+    return NULL;
+}
+
+static void run_threads(size_t n, size_t size, int nthreads) {
+    pthread_t *threads = calloc((size_t)nthreads, sizeof *threads);
+    job j = {n, size};
+    for (int t = 0; t < nthreads; t++) pthread_create(&threads[t], NULL, worker, &j);
+    for (int t = 0; t < nthreads; t++) pthread_join(threads[t], NULL);
+    free(threads);
+}
+
+static void mode_edge(void) {
+    void *zero = malloc(0);
+    printf("zero %p\n", zero);
+    void *huge = malloc(SIZE_MAX / 2);
+    printf("huge %p\n", huge);
+    void *hugec = calloc(SIZE_MAX / 4, 4);
+    printf("hugec %p\n", hugec);
+    void *r = realloc(NULL, 1234);
+    printf("realloc_null %p\n", r);
+    void *r2 = realloc(r, 100000);
+    printf("realloc_grow %p\n", r2);
+    void *r3 = realloc(r2, 0);
+    printf("realloc_zero %p\n", r3);
+    void *c = calloc(10, 123);
+    printf("calloc %p\n", c);
+    void *pm = NULL;
+    posix_memalign(&pm, 64, 1000);
+    printf("posix_memalign %p\n", pm);
+    void *aa = aligned_alloc(128, 1024);
+    printf("aligned_alloc %p\n", aa);
+    void *ma = memalign(256, 2000);
+    printf("memalign %p\n", ma);
+    void *va = valloc(3000);
+    printf("valloc %p\n", va);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    void *pva = pvalloc(5000);
+#pragma GCC diagnostic pop
+    printf("pvalloc %p\n", pva);
+    void *ra = reallocarray(NULL, 7, 11);
+    printf("reallocarray %p\n", ra);
+    void *m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    printf("mmap %p\n", m);
+    void *m2 = mremap(m, 65536, 131072, MREMAP_MAYMOVE);
+    printf("mremap %p\n", m2);
+    munmap(m2, 131072);
+    free(NULL);
+    free(zero);
+    free(c);
+    free(pm);
+    free(aa);
+    free(ma);
+    free(va);
+    free(pva);
+    free(ra);
+}
+
+static void mode_fork(int follow) {
+    start(follow ? CYTRACE_FOLLOW_FORK : 0);
+    void *keep[3];
+    for (int i = 0; i < 3; i++) keep[i] = malloc(1111);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *child[5];
+        for (int i = 0; i < 5; i++) child[i] = malloc(2222);
+        for (int i = 0; i < 5; i++) free(child[i]);
+        printf("child_pid %d\ntracing_in_child %d\n", (int)getpid(), cytrace_is_active());
+        fflush(stdout);
+        exit(0); /* atexit stops the child's own capture when following */
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    printf("child_status %d\n", status);
+    for (int i = 0; i < 3; i++) free(keep[i]);
+    stop();
+}
+
+static volatile sig_atomic_t handled;
+
+static void on_timer(int sig) {
+    (void)sig;
+    void *m = mmap(NULL, 12288, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m != MAP_FAILED) munmap(m, 12288);
+    handled++;
+}
+
+static void mode_signal(size_t n) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_timer;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval it = {{0, 50}, {0, 50}};
+    start(0);
+    setitimer(ITIMER_REAL, &it, NULL);
+    for (size_t i = 0; i < n; i++) free(malloc(333));
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    stop();
+    printf("handled %d\n", (int)handled);
+}
+
+static void *forever_thread(void *arg) {
+    (void)arg;
+    for (;;) free(malloc(99));
+    return NULL;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 3) {
+        fprintf(stderr, "usage: %s CAPTURE MODE [ARGS]\n", argv[0]);
+        return 2;
+    }
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    capture = argv[1];
+    const char *mode = argv[2];
+    if (strcmp(mode, "threads") == 0 && argc == 6) {
+        start(0);
+        run_threads(strtoul(argv[3], NULL, 10), strtoul(argv[4], NULL, 10), atoi(argv[5]));
+        stop();
+    } else if (strcmp(mode, "churn") == 0 && argc == 5) {
+        start(0);
+        for (int round = 0; round < 5; round++) run_threads(strtoul(argv[3], NULL, 10), 777, atoi(argv[4]));
+        stop();
+    } else if (strcmp(mode, "edge") == 0) {
+        start(0);
+        mode_edge();
+        stop();
+    } else if (strcmp(mode, "fork") == 0 && argc == 4) {
+        mode_fork(atoi(argv[3]));
+    } else if (strcmp(mode, "signal") == 0 && argc == 4) {
+        mode_signal(strtoul(argv[3], NULL, 10));
+    } else if ((strcmp(mode, "exit") == 0 || strcmp(mode, "_exit") == 0) && argc == 4) {
+        start(0);
+        size_t n = strtoul(argv[3], NULL, 10);
+        for (size_t i = 0; i < n; i++) free(malloc(444));
+        printf("done %zu\n", n);
+        fflush(stdout);
+        if (mode[0] == '_') _exit(0);
+        exit(0);
+    } else if (strcmp(mode, "dlopen") == 0 && argc == 5) {
+        start(0);
+        void *lib = dlopen(argv[3], RTLD_NOW);
+        if (lib == NULL) {
+            fprintf(stderr, "dlopen: %s\n", dlerror());
+            return 5;
+        }
+        void (*lib_alloc)(size_t, size_t) = (void (*)(size_t, size_t))dlsym(lib, "lib_alloc");
+        lib_alloc(strtoul(argv[4], NULL, 10), 555);
+        dlclose(lib);
+        free(malloc(556)); /* after dlclose: still traced, no crash */
+        stop();
+    } else if (strcmp(mode, "forever") == 0) {
+        start(0);
+        pthread_t t;
+        pthread_create(&t, NULL, forever_thread, NULL);
+        struct cytrace_stats s;
+        for (;;) {
+            free(malloc(98));
+            cytrace_get_stats(&s);
+            if (s.frames_flushed >= 3) {
+                printf("ready\n");
+                fflush(stdout);
+                break;
+            }
+        }
+        for (;;) free(malloc(98));
+    } else {
+        fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode);
+        return 2;
+    }
+    return 0;
+}

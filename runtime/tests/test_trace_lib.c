@@ -1,0 +1,14 @@
+/* test_trace_lib.c: a library the tracer tests dlopen while tracing (mode "dlopen" of
+ * test_trace_helper): its allocations must be recorded, with this library on the stack. */
+#include <stdlib.h>
+#include <string.h>
+
+__attribute__((noinline)) void lib_alloc(size_t n, size_t size) {
+    void **blocks = malloc(n * sizeof *blocks);
+    for (size_t i = 0; i < n; i++) {
+        blocks[i] = malloc(size);
+        memset(blocks[i], 2, 8);
+    }
+    for (size_t i = 0; i < n; i++) free(blocks[i]);
+    free(blocks);
+}
