@@ -54,7 +54,7 @@ def is_pyobject_pointer(value: "gdb.Value") -> bool:
     if target.code != gdb.TYPE_CODE_STRUCT:
         return False
     names = _fields(target)
-    if "ob_refcnt" in names and "ob_type" in names:
+    if "ob_type" in names:  # PyObject (3.12+ wraps ob_refcnt in an anonymous union)
         return True
     if "ob_base" in names:
         return True

@@ -1,0 +1,316 @@
+"""The cy-* gdb commands, black-box: real Cython, real gcc, real gdb in batch mode.
+
+Each test runs one gdb session over tests/fixtures/debug/dbgmod.pyx and checks what the
+commands print: where the program stopped (file, line, Cython function), values and
+backtraces. The suite runs on two interpreters: this venv's Python and a second one
+(pyenv 3.12 or 3.13, in a venv made for the session with Cython installed).
+"""
+from __future__ import annotations
+
+import glob
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
+import gdbharness as h  # noqa: E402
+
+pytestmark = [
+    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed"),
+    pytest.mark.timeout(600),
+]
+
+M = h.markers()
+P = h.markers(h.PXI)
+SECOND_PYTHONS = ("3.12", "3.13")
+
+
+def _second_interpreter() -> str:
+    for version in SECOND_PYTHONS:
+        found = sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
+        found += [p for p in (shutil.which(f"python{version}"),) if p and "/shims/" not in p]
+        for candidate in found:
+            probe = subprocess.run([candidate, "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if probe.returncode == 0:
+                return candidate
+    return ""
+
+
+@pytest.fixture(scope="session", params=["venv", "second"])
+def python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The interpreter under test: ours, or a second version with Cython in its own venv."""
+    if request.param == "venv":
+        return sys.executable
+    base = _second_interpreter()
+    if not base:
+        pytest.skip(f"no second Python ({' or '.join(SECOND_PYTHONS)}) found in pyenv or on PATH")
+    import Cython
+
+    venv = tmp_path_factory.mktemp("second-python")
+    subprocess.run([base, "-m", "venv", str(venv)], check=True, timeout=300)
+    interpreter = str(venv / "bin" / "python")
+    pip = subprocess.run(
+        [interpreter, "-m", "pip", "install", "-q", f"Cython=={Cython.__version__}", "setuptools"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
+    )
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install Cython for {base}: {pip.stdout[-500:]}")
+    return interpreter
+
+
+@pytest.fixture(scope="session")
+def built(python: str):
+    return h.build(python)
+
+
+def test_breakpoint_traps_before_load(python: str, built) -> None:
+    """With the XML read up front (cy-load), wrong lines are refused before the run and
+    every kind of line stops in the function that owns it."""
+    module_path, build_dir = built
+    commands = [
+        f"cy-load {build_dir}",
+        f"cy-break dbgmod.pyx:{M['work-def'] + 1}",  # 0+1: cdef declaration
+        f"cy-break dbgmod.pyx:{M['work-comment']}",  # comment line
+        f"cy-break dbgmod.pyx:{M['work-comment'] - 1}",  # blank line
+        f"cy-break dbgmod.pyx:{M['acc-class']}",  # cdef class header
+        f"cy-break dbgmod.pyx:{M['acc-class'] + 2}",  # cdef object attribute
+        f"cy-break dbgmod.pyx:{M['module-level']}",  # module-level code
+        f"cy-break dbgmod.pyx:{M['scale-def']}",  # cpdef def line
+        f"cy-break dbgmod.pyx:{M['work-def']}",  # def line
+        f"cy-break helpers.pxi:{P['pxi-body']}",  # included .pxi
+        f"cy-break dbgmod.pyx:{M['mc-return']}",  # closure owner, after the closure
+        f"cy-break dbgmod.pyx:{M['bump-def']}",  # the closure's def line
+        "cy-break no_such_function",
+        "cy-break",
+        "cy-run",
+    ] + ["cy-cont"] * 9
+    run = h.run_gdb(python, module_path, commands)
+    out = str(run)
+    assert f"dbgmod.pyx:{M['work-def'] + 1} has no code" in run.of(1), out
+    assert f"nearest line with code is dbgmod.pyx:{M['work-first']}" in run.of(1), out
+    assert f"dbgmod.pyx:{M['work-comment']} has no code" in run.of(2), out
+    assert f"dbgmod.pyx:{M['work-comment'] - 1} has no code" in run.of(3), out
+    assert f"dbgmod.pyx:{M['acc-class']} has no code" in run.of(4), out
+    assert f"dbgmod.pyx:{M['acc-class'] + 2} has no code" in run.of(5), out
+    assert f"first statement, line {M['scale-body']}" in run.of(7), out
+    assert f"first statement, line {M['work-first']}" in run.of(8), out
+    assert f"first statement, line {M['bump-body']}" in run.of(11), out
+    assert "No Cython function named 'no_such_function'" in run.of(12), out
+    listing = run.of(13)
+    assert listing.count("pending") == 6, out  # the six accepted breakpoints, before the run
+
+    hits = h.stops("".join(run.of(i) for i in range(14, len(commands))))
+    expected = [
+        ("dbgmod.pyx", M["module-level"], "<module>"),
+        ("dbgmod.pyx", M["scale-body"], "scale"),  # cpdef called from C (module level)
+        ("dbgmod.pyx", M["work-first"], "work"),  # not module init at the def line
+        ("helpers.pxi", P["pxi-body"], "pxi_twice"),
+        ("dbgmod.pyx", M["scale-body"], "scale"),  # from work, a C call
+        ("dbgmod.pyx", M["mc-return"], "make_counter"),
+        ("dbgmod.pyx", M["bump-body"], "make_counter.bump"),
+        ("dbgmod.pyx", M["scale-body"], "scale"),  # through the Python entry (via_python)
+        ("dbgmod.pyx", M["scale-body"], "scale"),  # main's print
+    ]
+    assert hits == expected, out
+    assert "result 19 5 2.0 8" in out, out  # the program ran to its end
+
+
+def test_pending_function_breakpoints(python: str, built) -> None:
+    """Without cy-load: breakpoints by function name stay pending, then resolve when
+    Python imports the module; a codeless line is refused once the module is known."""
+    module_path, _ = built
+    commands = [
+        "cy-break work",
+        "cy-break dbgmod.work",
+        "cy-break Acc.add",
+        "cy-break make_counter.bump",
+        f"cy-break dbgmod.pyx:{M['work-def'] + 1}",
+        "cy-run",
+        "cy-cont", "cy-cont", "cy-cont",
+        "cy-run",  # a second run places the breakpoints again
+    ]
+    run = h.run_gdb(python, module_path, commands)
+    out = str(run)
+    assert "pending" in run.of(0), out
+    assert f"has no code" in run.of(5) and f"nearest line with code is dbgmod.pyx:{M['work-first']}" in run.of(5), out
+    hits = h.stops("".join(run.of(i) for i in range(5, 9)))
+    assert hits == [
+        ("dbgmod.pyx", M["work-first"], "work"),
+        ("dbgmod.pyx", M["acc-add-body"], "Acc.add"),
+        ("dbgmod.pyx", M["bump-body"], "make_counter.bump"),
+    ], out
+    assert h.stops(run.of(9))[:1] == [("dbgmod.pyx", M["work-first"], "work")], out
+
+
+def test_stepping(python: str, built) -> None:
+    module_path, _ = built
+    commands = [
+        "cy-break work",
+        "cy-run",
+        "cy-next",  # 2
+        "cy-next",  # 3
+        f"cy-until dbgmod.pyx:{M['work-loop']}",  # 4
+        "cy-step",  # 5: into cadd (a cdef function)
+        "cy-next",  # 6
+        "cy-finish",  # 7: back in work
+        "cy-until",  # 8: out of the loop
+        "cy-step",  # 9: into pxi_twice
+        "cy-finish",  # 10
+        "cy-next",  # 11
+        "cy-finish",  # 12: work returns to main (through Python's call machinery)
+        "cy-next",  # 13
+        "cy-step",  # 14: into Acc.add, a def method called through Python
+        "cy-next",  # 15
+        "cy-cont",
+    ]
+    run = h.run_gdb(python, module_path, commands)
+    out = str(run)
+
+    def at(index: int):
+        found = h.stops(run.of(index))
+        assert found, f"command {index} ({commands[index]}) reported no location:\n{out}"
+        return found[-1]
+
+    assert at(1) == ("dbgmod.pyx", M["work-first"], "work"), out
+    assert at(2) == ("dbgmod.pyx", M["work-first"] + 1, "work"), out
+    assert at(3) == ("dbgmod.pyx", M["work-first"] + 2, "work"), out
+    assert at(4) == ("dbgmod.pyx", M["work-loop"], "work"), out
+    assert at(5) == ("dbgmod.pyx", M["cadd-body"], "cadd"), out
+    assert at(6) == ("dbgmod.pyx", M["cadd-body"] + 1, "cadd"), out
+    assert at(7)[2] == "work" and at(7)[1] in (M["work-loop"], M["work-loop"] - 1), out
+    assert at(8) == ("dbgmod.pyx", M["work-pxi"], "work"), out
+    assert at(9) == ("helpers.pxi", P["pxi-body"], "pxi_twice"), out
+    assert at(10)[2] == "work" and at(10)[1] == M["work-pxi"], out
+    assert at(11) == ("dbgmod.pyx", M["work-scale"], "work"), out
+    assert at(12)[2] == "main" and at(12)[1] == M["main-work"], out
+    assert at(13) == ("dbgmod.pyx", M["main-work"] + 1, "main"), out
+    assert at(14) == ("dbgmod.pyx", M["acc-add-body"], "Acc.add") or at(14)[2] == "Acc.__init__", out
+    assert "result 19 5 2.0 8" in out, out
+
+
+def test_values_frames_and_set(python: str, built) -> None:
+    module_path, _ = built
+    commands = [
+        f"cy-break dbgmod.pyx:{M['work-return']}",
+        "cy-break Acc.add",
+        "cy-break bump",
+        "cy-run",  # 3
+        "cy-print n",  # 4
+        "cy-print total",
+        "cy-print items",
+        "cy-print name",
+        "cy-print data",
+        "cy-print mapping",  # 9
+        "cy-print tup",
+        "cy-print flag",
+        "cy-print nothing",
+        "cy-print big",
+        "cy-print neg",  # 14
+        "cy-print total * 2 + n",
+        "cy-print counter",
+        "cy-print GREETING",
+        "cy-print module_value",
+        "cy-locals",  # 19
+        "cy-globals",
+        "cy-bt",  # 21
+        "cy-up",
+        "cy-print result",  # 23: not assigned yet
+        "cy-down",
+        "cy-frame 1",  # 25
+        "cy-frame 0",
+        "cy-list",  # 27
+        "p $cy_lineno()",
+        'p $cy_cname("total")',
+        'p $cy_value("n")',  # 30
+        "cy-set total = 100",
+        "cy-print no_such_name",
+        "cy-cont",  # 33: Acc.add
+        "cy-print self.value",
+        "cy-print self.label",  # 35
+        "cy-print k",
+        "cy-set k = 7",
+        "cy-print self",
+        "cy-cont",  # 39: bump
+        "cy-print count",
+        "cy-print by",
+        "cy-bt -a",  # 42
+        "cy-cont",
+    ]
+    run = h.run_gdb(python, module_path, commands)
+    out = str(run)
+    assert h.stops(run.of(3))[-1] == ("dbgmod.pyx", M["work-return"], "work"), out
+    expected = {
+        4: "n = 4",
+        5: "total = 19",
+        6: "items = [1, 'two', 3.5]",
+        7: "name = 'abc'",
+        8: "data = b'xy\\x00'",
+        9: "mapping = {'k': 1, 2: None}",
+        10: "tup = (1, 2.5, None)",
+        11: "flag = 1",
+        12: "nothing = None",
+        13: f"big = {2 ** 70}",
+        14: "neg = -12345",
+        15: "total * 2 + n = 42",
+        16: "counter = 7",
+        17: "GREETING = 'hello'",
+        18: "module_value = 6.0",
+    }
+    for index, text in expected.items():
+        assert text in run.of(index), f"{commands[index]!r}: expected {text!r}\n{out}"
+    local_lines = run.of(19)
+    for text in ("n = 4", "total = 19", "items = [1, 'two', 3.5]", "mapping = {'k': 1, 2: None}"):
+        assert text in local_lines, out
+    assert "counter = 7" in run.of(20) and "GREETING = 'hello'" in run.of(20), out
+
+    backtrace = h.stops(run.of(21))
+    assert [s[2] for s in backtrace] == ["work", "main", "<module>"], out
+    assert backtrace[1][1] == M["main-work"] and backtrace[2][1] == M["module-main"], out
+    assert "result = work(4)" in run.of(21), out  # the source line of each frame
+    assert "[py]" in run.of(21) and "run.py" in run.of(21), out  # the Python caller (cytool's runner)
+    assert "_PyEval_EvalFrameDefault" not in run.of(21), out
+
+    assert h.stops(run.of(22))[-1][2] == "main", out
+    assert "result = NULL" in run.of(23), out
+    assert h.stops(run.of(24))[-1][2] == "work", out
+    assert h.stops(run.of(25))[-1][2] == "main", out
+    assert h.stops(run.of(26))[-1][2] == "work", out
+    listing = run.of(27)
+    assert f">{M['work-return']:>5}    " in listing and "return total" in listing, out
+    assert f"= {M['work-return']}" in run.of(28), out
+    assert '"__pyx_v_total"' in run.of(29), out
+    assert "= 4" in run.of(30), out
+    assert "total = 100" in run.of(31), out
+    assert "No Cython name 'no_such_name'" in run.of(32), out
+
+    assert h.stops(run.of(33))[-1] == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
+    assert "self.value = 0" in run.of(34), out
+    assert "self.label = 'acc'" in run.of(35), out
+    assert "k = 5" in run.of(36), out
+    assert "k = 7" in run.of(37), out
+    assert "<dbgmod.Acc at 0x" in run.of(38), out
+
+    assert h.stops(run.of(39))[-1] == ("dbgmod.pyx", M["bump-body"], "make_counter.bump"), out
+    assert "count = 10" in run.of(40), out  # a closure variable
+    assert "by = 3" in run.of(41), out
+    assert "_PyEval_EvalFrameDefault" in run.of(42), out  # -a shows everything
+    # cy-set took effect: work returned 100, add(k=7)
+    assert "result 100 7 2.0 8" in out, out
+
+
+def test_help_for_every_command(python: str, built) -> None:
+    if python != sys.executable:
+        pytest.skip("help does not depend on the interpreter")
+    module_path, _ = built
+    names = ["cy-break", "cy-step", "cy-next", "cy-finish", "cy-cont", "cy-run", "cy-until", "cy-bt",
+             "cy-up", "cy-down", "cy-frame", "cy-list", "cy-print", "cy-locals", "cy-globals", "cy-set",
+             "cy-load", "cy-delete", "function cy_cname", "function cy_lineno", "function cy_value"]
+    run = h.run_gdb(python, module_path, [f"help {name}" for name in names])
+    for index, name in enumerate(names):
+        text = run.of(index)
+        assert text.strip() and "Undefined" not in text, f"help {name}:\n{run}"
+        if not name.startswith("function"):
+            assert "Usage: " + name in text, f"help {name}:\n{run}"
