@@ -1,0 +1,130 @@
+"""`cytool report CAPTURE [--format table|html|json|speedscope|collapsed] [-o FILE]`:
+turn a capture into allocations per .pyx line (cytool.analysis, cytool.reports)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from cytool.errors import CytoolError
+from cytool.reports import FORMATS
+
+SUFFIX_FORMATS = {".html": "html", ".htm": "html", ".json": "json", ".folded": "collapsed", ".collapsed": "collapsed"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="report a capture's allocations per .pyx line",
+        description="Read a capture written by `cytool profile`, attribute every allocation to "
+        "its .pyx (or Python) line and stack, and report allocated bytes, bytes live at the peak, "
+        "leaked and temporary allocations.",
+    )
+    parser.add_argument("capture", type=Path, metavar="CAPTURE", help="the capture file (.cytrace)")
+    parser.add_argument(
+        "-f",
+        "--format",
+        choices=FORMATS,
+        help="table (terminal, the default), html (self-contained page), json (docs/report-json.md), "
+        "speedscope, collapsed (flamegraph.pl/inferno); guessed from -o's suffix when not given",
+    )
+    parser.add_argument("-o", "--output", type=Path, metavar="FILE", help="write the report here instead of stdout")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--leaks", action="store_true", help="rank by bytes still live at the end (leaked)")
+    which.add_argument("--peak", action="store_true", help="rank by bytes live at the high-water mark")
+    parser.add_argument(
+        "--threads",
+        metavar="IDS",
+        help="only allocations of these threads: comma-separated thread ids or names (see the json report)",
+    )
+    parser.add_argument("--limit", type=int, default=15, metavar="N", help="lines in the table (default 15)")
+    parser.add_argument(
+        "--temporary-window",
+        type=int,
+        default=1,
+        metavar="N",
+        help="a block freed within N later events of its thread is temporary (default 1)",
+    )
+    parser.add_argument("--native", action="store_true", help="keep native (C library, interpreter) frames in stacks")
+    parser.set_defaults(handler=handle)
+
+
+def _threads(spec: Optional[str], capture) -> Optional[List[int]]:  # capture: cytool.capture.Capture
+    if not spec:
+        return None
+    wanted: List[int] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        if item.isdigit():
+            wanted.append(int(item))
+            continue
+        ids = [t.id for t in capture.threads.values() if t.name == item]
+        if not ids:
+            names = ", ".join(f"{t.id} ({t.name or '?'})" for t in capture.threads.values()) or "none"
+            raise CytoolError(f"{capture.path}: no thread named {item!r}", hint=f"threads recorded: {names}", exit_code=2)
+        wanted.extend(ids)
+    return wanted
+
+
+def handle(args: argparse.Namespace) -> int:
+    from cytool.analysis import analyze
+    from cytool.capture import read_capture
+
+    fmt = args.format
+    if fmt is None and args.output is not None:
+        name = args.output.name
+        fmt = "speedscope" if name.endswith(".speedscope.json") else SUFFIX_FORMATS.get(args.output.suffix, "table")
+    fmt = fmt or "table"
+    mode = "leaked_bytes" if args.leaks else "peak_bytes" if args.peak else "bytes"
+    if args.output is not None and args.output.exists() and args.capture.exists() and args.output.resolve() == args.capture.resolve():
+        raise CytoolError(f"{args.output}: this is the capture itself; refusing to overwrite it", exit_code=2)
+    if args.limit < 1 or args.temporary_window < 1:
+        raise CytoolError("--limit and --temporary-window take a number of at least 1", exit_code=2)
+
+    with read_capture(args.capture) as capture:
+        profile = analyze(
+            capture,
+            threads=_threads(args.threads, capture),
+            temporary_window=args.temporary_window,
+            native_frames=args.native,
+        )
+
+    if fmt == "table":
+        from rich.console import Console
+
+        from cytool.reports.table import print_table
+
+        if args.output is None:
+            print_table(profile, Console(), mode=mode, limit=args.limit)
+            return 0
+        with open(args.output, "w", encoding="utf-8") as stream:
+            print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit)
+        return 0
+    if fmt == "html":
+        from cytool.reports import html
+
+        text = html.render(profile, mode, top=max(args.limit, 30))
+    elif fmt == "json":
+        from cytool.reports import json_report
+
+        text = json_report.render(profile, mode)
+    elif fmt == "speedscope":
+        from cytool.reports.flame import render_speedscope
+
+        text = render_speedscope(profile, mode)
+    else:
+        from cytool.reports.flame import render_collapsed
+
+        text = render_collapsed(profile, mode)
+    if args.output is None:
+        if fmt == "html" and sys.stdout.isatty():
+            raise CytoolError("the HTML report is a whole page", hint="give it a file: -o report.html", exit_code=2)
+        sys.stdout.write(text)
+    else:
+        args.output.write_text(text, encoding="utf-8")
+        if profile.truncated:
+            print(f"cytool: warning: {profile.truncation_message}", file=sys.stderr)
+        print(f"cytool: wrote {args.output}", file=sys.stderr)
+    return 0

@@ -1,0 +1,160 @@
+"""`cytool report --format html`: one self-contained page (inline CSS and JS, no network):
+totals and a live-bytes timeline, the top lines, an interactive flame graph, and each
+profiled .pyx file as annotated source with heat columns (bytes, count, leaked)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import jinja2
+from markupsafe import Markup
+
+from cytool.analysis import LineStats, Profile
+from cytool.reports import MODES
+from cytool.reports.flame import build_tree, compact_tree
+from cytool.reports.ranking import ranked_lines
+from cytool.reports.source import SourceCache
+from cytool.reports.units import human_bytes, human_count, human_duration
+
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+MAX_PYTHON_FILES = 10
+
+
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        trim_blocks=False,
+        lstrip_blocks=False,
+    )
+
+
+def _anchor(file: str, line: int, files: Dict[str, int]) -> str:
+    return f"f{files[file]}-l{line}"
+
+
+def _heat(value: int, top: int, hue: int) -> str:
+    if not value or not top:
+        return ""
+    alpha = 0.12 + 0.78 * (value / top) ** 0.5
+    return f"background: hsla({hue}, 95%, 55%, {alpha:.2f})"
+
+
+def _timeline(profile: Profile) -> str:
+    points = profile.timeline
+    if len(points) < 2:
+        return ""
+    t0, t1 = points[0][0], max(points[-1][0], profile.end_time_ns, points[0][0] + 1)
+    peak = max(1, max(b for _, b in points))
+    coords = ["0,120"]
+    for t, b in points:
+        x = 1000.0 * (t - t0) / (t1 - t0)
+        coords.append(f"{x:.1f},{120 - 112.0 * b / peak:.1f}")
+    coords.append(f"{coords[-1].split(',')[0]},120")
+    return " ".join(coords)
+
+
+def _count(n: int) -> str:
+    return human_count(n) if n else ""
+
+
+def _bytes(n: int) -> str:
+    return human_bytes(n) if n else ""
+
+
+def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
+    sources = SourceCache()
+    lines = ranked_lines(profile, mode)
+    pyx_files = [f for f in profile.source_files() if f.endswith((".pyx", ".pxd", ".pxi"))]
+    py_files = [f for f in profile.source_files() if not f.endswith((".pyx", ".pxd", ".pxi"))][:MAX_PYTHON_FILES]
+    file_ids = {f: i for i, f in enumerate(pyx_files + py_files)}
+    by_file: Dict[str, Dict[int, LineStats]] = {}
+    for line in profile.lines():
+        if line.file in file_ids:
+            by_file.setdefault(line.file, {})[line.line] = line
+
+    hottest: Optional[LineStats] = next((l for l in lines if l.kind == "pyx" and l.self.value(mode)), None)
+    if hottest is None:
+        hottest = next((l for l in lines if l.file in file_ids and l.self.value(mode)), None)
+
+    top_rows: List[Dict[str, Any]] = []
+    for line in [l for l in lines if l.self.value(mode)][:top]:
+        user = line.kind in ("pyx", "python") and bool(line.file)
+        top_rows.append(
+            dict(
+                where=f"{Path(line.file).name}:{line.line}" if user else (Path(line.object).name or line.kind),
+                anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
+                function=line.function,
+                source=sources.line(line.file, line.line) if user else "",
+                bytes=human_bytes(line.self.bytes),
+                count=human_count(line.self.count),
+                peak=_bytes(line.self.peak_bytes) or "-",
+                leaked=_bytes(line.self.leaked_bytes) or "-",
+                temporary=_count(line.self.temporary_count) or "-",
+                inclusive=human_bytes(line.inclusive.bytes),
+            )
+        )
+
+    files: List[Dict[str, Any]] = []
+    for file in pyx_files + py_files:
+        stats = by_file.get(file, {})
+        text = sources.lines(file)
+        full = text is not None and file in pyx_files
+        numbers = range(1, len(text) + 1) if full and text is not None else sorted(stats)
+        tops = {
+            "bytes": max((s.self.bytes for s in stats.values()), default=0),
+            "count": max((s.self.count for s in stats.values()), default=0),
+            "leaked": max((s.self.leaked_bytes for s in stats.values()), default=0),
+            "inclusive": max((s.inclusive.bytes for s in stats.values()), default=0),
+        }
+        rows = []
+        for number in numbers:
+            s = stats.get(number)
+            rows.append(
+                dict(
+                    number=number,
+                    anchor=_anchor(file, number, file_ids),
+                    text=(text[number - 1] if text and number <= len(text) else ""),
+                    bytes=_bytes(s.self.bytes) if s else "",
+                    count=_count(s.self.count) if s else "",
+                    leaked=_bytes(s.self.leaked_bytes) if s else "",
+                    inclusive=_bytes(s.inclusive.bytes) if s else "",
+                    heat_bytes=_heat(s.self.bytes, tops["bytes"], 18) if s else "",
+                    heat_count=_heat(s.self.count, tops["count"], 38) if s else "",
+                    heat_leaked=_heat(s.self.leaked_bytes, tops["leaked"], 350) if s else "",
+                    heat_inclusive=_heat(s.inclusive.bytes, tops["inclusive"], 200) if s else "",
+                    hot=bool(s and s.self.value(mode)),
+                    hottest=bool(hottest is not None and s is hottest),
+                )
+            )
+        files.append(dict(name=Path(file).name, path=file, rows=rows, missing=text is None))
+
+    frames, tree = compact_tree(build_tree(profile))
+    flame_json = json.dumps({"frames": frames, "tree": tree}, separators=(",", ":")).replace("</", "<\\/")
+    notes = ([profile.truncation_message] if profile.truncated else []) + list(profile.symbol_warnings)
+    t = profile.totals
+    template = _environment().get_template("report.html.j2")
+    return template.render(
+        title=" ".join(profile.argv) or profile.capture_path.name,
+        capture=str(profile.capture_path),
+        pid=profile.pid,
+        python_version=profile.python_version.split()[0] if profile.python_version else "?",
+        events=human_count(profile.events),
+        notes=notes,
+        mode=mode,
+        mode_title=MODES[mode],
+        totals=dict(
+            bytes=human_bytes(t.bytes),
+            count=human_count(t.count),
+            peak=human_bytes(t.peak_bytes),
+            peak_time=human_duration(profile.peak_time_ns),
+            leaked=human_bytes(t.leaked_bytes),
+            leaked_count=human_count(t.leaked_count),
+            temporary=human_count(t.temporary_count),
+        ),
+        timeline=_timeline(profile),
+        top=top_rows,
+        files=files,
+        flame_json=Markup(flame_json),
+    )

@@ -1,0 +1,68 @@
+"""`cytool report --format json`: the document described in docs/report-json.md."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List
+
+from cytool.analysis import Location, Metrics, Profile
+from cytool.reports.ranking import ranked_lines, ranked_stacks
+from cytool.reports.source import SourceCache
+
+SCHEMA_VERSION = 1
+
+
+def _frame(location: Location) -> Dict[str, Any]:
+    return {"function": location.function, "file": location.file, "line": location.line, "kind": location.kind}
+
+
+def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
+    sources = SourceCache()
+    lines: List[Dict[str, Any]] = []
+    for line in ranked_lines(profile, mode):
+        entry: Dict[str, Any] = {
+            "file": line.file,
+            "line": line.line,
+            "function": line.function,
+            "kind": line.kind,
+            "object": line.object,
+            "source": sources.line(line.file, line.line) if line.kind in ("pyx", "python") else "",
+        }
+        entry.update(line.self.as_dict())
+        entry["inclusive"] = line.inclusive.as_dict()
+        lines.append(entry)
+    totals: Dict[str, Any] = profile.totals.as_dict()
+    totals.update(
+        peak_time_ns=profile.peak_time_ns,
+        end_time_ns=profile.end_time_ns,
+        events=profile.events,
+        frees=profile.frees,
+        unmatched_frees=profile.unmatched_frees,
+        temporary_window=profile.temporary_window,
+    )
+    return {
+        "version": SCHEMA_VERSION,
+        "mode": mode,
+        "capture": {
+            "path": str(profile.capture_path),
+            "pid": profile.pid,
+            "argv": list(profile.argv),
+            "python_version": profile.python_version,
+            "truncated": profile.truncated,
+            "truncation_message": profile.truncation_message,
+            "warnings": list(profile.symbol_warnings),
+        },
+        "totals": totals,
+        "kinds": {kind: {"count": count, "bytes": nbytes} for kind, (count, nbytes) in sorted(profile.kinds.items())},
+        "lines": lines,
+        "stacks": [
+            dict(frames=[_frame(f) for f in stack.frames], self=_frame(stack.self_location), **stack.metrics.as_dict())
+            for stack in ranked_stacks(profile, mode)
+        ],
+        "threads": [
+            dict(id=t.id, tid=t.tid, name=t.name, **t.metrics.as_dict()) for t in profile.threads
+        ],
+    }
+
+
+def render(profile: Profile, mode: str = "bytes") -> str:
+    return json.dumps(build(profile, mode), indent=1) + "\n"

@@ -1,0 +1,30 @@
+"""The end of `cytool profile`: the table on the terminal and the HTML beside the capture."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from rich.console import Console
+
+from cytool.analysis import load_profile
+from cytool.reports import html
+from cytool.reports.table import print_table
+
+
+def html_path_for(capture_path: Path) -> Path:
+    """out.cytrace -> out.html (beside it)."""
+    return capture_path.with_suffix(".html") if capture_path.suffix else capture_path.with_name(capture_path.name + ".html")
+
+
+def print_profile_summary(capture_path: Union[str, Path], console: Optional[Console] = None, *, limit: int = 10) -> Path:
+    """Print the top lines of a capture and write its HTML report beside it; returns the
+    HTML path. Raises CytoolError for an unreadable capture."""
+    capture_path = Path(capture_path)
+    console = console or Console()
+    profile = load_profile(capture_path)
+    print_table(profile, console, limit=limit)
+    out = html_path_for(capture_path)
+    out.write_text(html.render(profile), encoding="utf-8")
+    console.print(f"HTML report: {out}")
+    console.print(f"more: cytool report {capture_path} --format html|json|speedscope|collapsed [--leaks|--peak]")
+    return out
