@@ -156,7 +156,7 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
     for spec in session.breakpoints:
         argv += ["-ex", _quote_gdb(f"cy-break {spec}")]
     if not session.batch:
-        argv += ["-ex", "layout src", "-ex", _quote_gdb(f"cy-show-source {session.source}")]
+        argv += ["-ex", "layout src", "-ex", "cy-list"]
     if session.command_file is not None:
         argv += ["-x", str(session.command_file)]
     argv += [

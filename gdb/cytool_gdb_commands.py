@@ -269,6 +269,27 @@ Usage: cy-list [LINE]"""
         for number in range(first, last + 1):
             marker = ">" if number == current else " "
             print(f"{marker}{number:>5}    {lines[number - 1]}")
+        if frame is None and _tui_active():
+            _show_in_tui(path, center)
+
+
+def _tui_active() -> bool:
+    try:
+        gdb.execute("info win", to_string=True)
+    except gdb.error:
+        return False
+    return True
+
+
+def _show_in_tui(path: str, line: int) -> None:
+    """Point the TUI source window at a .pyx before the program runs."""
+    modules = state.module_for_source(path)
+    if not modules or not state.preload_symbols(modules[0]):
+        return
+    try:
+        gdb.execute(f"list {path}:{line}", to_string=True)
+    except gdb.error:
+        pass
 
 
 class CyPrint(_Command):
@@ -402,6 +423,10 @@ class CyValue(gdb.Function):
 def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
     objfile = event.new_objfile
     name = objfile.filename or ""
+    if state.preloaded is not None:
+        if name == state.preloaded or gdb.selected_inferior().pid == 0:
+            return  # the stand-in symbols for the TUI, or before the run
+        state.drop_preloaded()  # the process started: the real module will load
     pyobject.forget_types()
     frames.load_python_gdb(name)
     if name.endswith(".so"):

@@ -23,6 +23,9 @@ _by_cname: Dict[str, Function] = {}
 _load_listeners: List = []  # callables(Module), run when a module is registered
 _source_cache: Dict[str, List[str]] = {}
 default_source: Optional[str] = None  # the file `cy-break LINE` means before anything stops
+# A module's .so whose symbols were added before the run only so that the TUI source
+# window can show its .pyx; removed as soon as the process starts (see preload_symbols).
+preloaded: Optional[str] = None
 
 
 def modules() -> List[Module]:
@@ -77,6 +80,8 @@ def module_for_source(path: str) -> List[Module]:
 
 def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
     """The loaded shared object of this module, or None before Python imports it."""
+    if preloaded is not None:
+        return None  # only the stand-in is there: the module is not loaded in the process
     build_dir = os.path.dirname(os.path.dirname(module.xml_path))
     fallback = None
     for objfile in gdb.objfiles():
@@ -136,3 +141,50 @@ def source_line(path: str, line: int) -> str:
     if 1 <= line <= len(lines):
         return lines[line - 1]
     return ""
+
+
+def module_so(module: Module) -> Optional[str]:
+    """The built shared object next to the module's cython_debug directory."""
+    build_dir = os.path.dirname(os.path.dirname(module.xml_path))
+    try:
+        names = sorted(os.listdir(build_dir))
+    except OSError:
+        return None
+    for name in names:
+        if name.startswith(module.name + ".") and name.endswith(".so"):
+            return os.path.join(build_dir, name)
+    return None
+
+
+def preload_symbols(module: Module) -> bool:
+    """Before the run, give gdb the module's symbols so `list` and the TUI can show its
+    .pyx (gdb shows sources only through symbol tables). Removed when the process starts."""
+    global preloaded
+    if preloaded is not None:
+        return True
+    try:
+        if gdb.selected_inferior().pid != 0:
+            return False
+    except gdb.error:
+        return False
+    path = module_so(module)
+    if path is None:
+        return False
+    preloaded = path
+    try:
+        gdb.execute(f"add-symbol-file {path}", to_string=True)
+    except gdb.error:
+        preloaded = None
+        return False
+    return True
+
+
+def drop_preloaded() -> None:
+    global preloaded
+    if preloaded is None:
+        return
+    path, preloaded = preloaded, None
+    try:
+        gdb.execute(f"remove-symbol-file {path}", to_string=True)
+    except gdb.error:
+        pass

@@ -1,0 +1,120 @@
+"""`cytool debug`: the command line around gdb, its errors, and the TUI in a real terminal."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
+import gdbharness as h  # noqa: E402
+
+from cytool.debugger import gdb_scripts_dir, parse_gdb_version
+
+needs_gdb = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed")
+M = h.markers()
+
+
+def cytool(*args: object, env: dict = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    full = dict(os.environ)
+    full.update(env or {})
+    return subprocess.run([sys.executable, "-m", "cytool", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=timeout, env=full,
+                          stdin=subprocess.DEVNULL)
+
+
+@needs_gdb
+def test_batch_session(tmp_path: Path) -> None:
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\ncy-next\ncy-print n\ncy-cont\n")
+    done = cytool("debug", "--batch", "-b", "work", "-b", f"dbgmod.pyx:{M['work-def'] + 1}",
+                  "-x", script, h.FIXTURE, "--", "alpha", "beta")
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert f"dbgmod.pyx:{M['work-def'] + 1} has no code" in out, out
+    stops = h.stops(out)
+    assert stops[0] == ("dbgmod.pyx", M["work-first"], "work"), out
+    assert [s[2] for s in stops[1:4]] == ["work", "main", "<module>"], out  # cy-bt
+    assert stops[4] == ("dbgmod.pyx", M["work-first"] + 1, "work"), out  # cy-next
+    assert "n = 4" in out, out
+    assert "argv ['alpha', 'beta']" in out, out  # program arguments after --
+
+
+@needs_gdb
+def test_does_not_start_the_program(tmp_path: Path) -> None:
+    script = tmp_path / "idle.gdb"
+    script.write_text("cy-break\ninfo inferiors\n")
+    done = cytool("debug", "--batch", "-b", "scale", "-x", script, h.FIXTURE)
+    assert done.returncode == 0, done.stdout
+    assert "pending" in done.stdout, done.stdout
+    assert "result" not in done.stdout, done.stdout  # the module never ran
+    assert "<null>" in done.stdout, done.stdout  # no process
+
+
+def test_errors() -> None:
+    done = cytool("debug", "--batch", h.FIXTURE)
+    assert done.returncode != 0 and "--batch needs -x" in done.stdout, done.stdout
+    done = cytool("debug", "-b", "work", "--batch", "-x", "/nonexistent.gdb", h.FIXTURE)
+    assert done.returncode != 0 and "no such gdb command file" in done.stdout, done.stdout
+    done = cytool("debug", "nonexistent.pyx")
+    assert done.returncode != 0 and "nonexistent.pyx" in done.stdout, done.stdout
+    done = cytool("debug", h.FIXTURE, env={"CYTOOL_GDB": "gdb-that-does-not-exist"})
+    assert done.returncode != 0, done.stdout
+    assert "gdb-that-does-not-exist not found" in done.stdout and "gdb 13" in done.stdout, done.stdout
+
+
+def test_gdb_version_parsing() -> None:
+    assert parse_gdb_version("GNU gdb (Debian 13.1-3) 13.1\nCopyright") == (13, 1)
+    assert parse_gdb_version("GNU gdb (GDB) 14.2") == (14, 2)
+    assert parse_gdb_version("GNU gdb (Ubuntu 12.1-0ubuntu1~22.04) 12.1") == (12, 1)
+    assert parse_gdb_version("GNU gdb (GDB) Fedora Linux 15.1-1.fc41") == (15, 1)
+    assert parse_gdb_version("not a debugger") is None
+
+
+def test_scripts_ship_with_the_package() -> None:
+    import cytool
+
+    package_copy = Path(cytool.__file__).resolve().parent / "gdb" / "cytool_gdb.py"
+    assert package_copy.is_file()  # what setup.cfg's package_data `gdb/*.py` puts in wheels
+    assert (gdb_scripts_dir() / "cytool_gdb.py").is_file()
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_tui_in_tmux(tmp_path: Path) -> None:
+    """The real TUI: the source window shows the .pyx before the run, then the stop marker."""
+    session = f"cytool-debug-{os.getpid()}"
+    env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
+    command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b work {h.FIXTURE}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "130", "-y", "45", command], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
+                                  text=True).stdout
+
+        def wait_for(text: str, timeout: float = 120) -> str:
+            deadline = time.monotonic() + timeout
+            shown = ""
+            while time.monotonic() < deadline:
+                shown = screen()
+                if text in shown:
+                    return shown
+                time.sleep(0.3)
+            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
+
+        before = wait_for("(gdb)")
+        assert "dbgmod.pyx" in before and "def work(int n):" in before, before  # the source window
+        subprocess.run(["tmux", "send-keys", "-t", session, "cy-run", "Enter"], check=True)
+        stopped = wait_for(f"Cython breakpoint 1, dbgmod.pyx:{M['work-first']} in work()")
+        marker = [line for line in stopped.splitlines() if ">" in line and "cdef long total = 0" in line]
+        assert marker, stopped  # the current-line marker on the .pyx line in the source window
+        subprocess.run(["tmux", "send-keys", "-t", session, "cy-next", "Enter"], check=True)
+        moved = wait_for(f"dbgmod.pyx:{M['work-first'] + 1} in work()")
+        marker = [line for line in moved.splitlines() if ">" in line and 'items = [1, "two", 3.5]' in line]
+        assert marker, moved
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
