@@ -20,6 +20,17 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
 
 #define RECORDING() (CYT_LIKELY(!cyt_guard) && atomic_load_explicit(&cyt_active, memory_order_relaxed))
 
+/* Call the real function with the guard held: allocators that call other allocators
+ * through libc's own PLT (reallocarray -> realloc) must not be recorded twice. */
+#define REAL(expr)                                                                                     \
+    __extension__({                                                                                    \
+        int guard_ = cyt_guard;                                                                        \
+        cyt_guard = 1;                                                                                 \
+        __typeof__(expr) result_ = (expr);                                                             \
+        cyt_guard = guard_;                                                                            \
+        result_;                                                                                       \
+    })
+
 #define RECORD_ALLOC(kind, ptr, size)                                                                  \
     do {                                                                                               \
         if ((ptr) != NULL && RECORDING()) {                                                            \
@@ -40,20 +51,23 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
     } while (0)
 
 static void *hook_malloc(size_t size) {
-    void *p = malloc(size);
+    void *p = REAL(malloc(size));
     RECORD_ALLOC(CYTRACE_MALLOC, p, size);
     return p;
 }
 
 static void *hook_calloc(size_t n, size_t size) {
-    void *p = calloc(n, size);
+    void *p = REAL(calloc(n, size));
     RECORD_ALLOC(CYTRACE_CALLOC, p, n * size);
     return p;
 }
 
 static void hook_free(void *p) {
     RECORD_FREE(CYTRACE_FREE, p);
+    int guard = cyt_guard;
+    cyt_guard = 1;
     free(p);
+    cyt_guard = guard;
 }
 
 /* Only the old pointer's value is recorded once realloc freed it, never dereferenced. */
@@ -61,7 +75,7 @@ static void hook_free(void *p) {
 #pragma GCC diagnostic ignored "-Wuse-after-free"
 static void *hook_realloc(void *old, size_t size) {
     uintptr_t old_address = (uintptr_t)old;
-    void *p = realloc(old, size);
+    void *p = REAL(realloc(old, size));
     if (RECORDING()) {
         /* realloc(p, 0) frees p and returns NULL; a failed realloc leaves old alone */
         if (old_address != 0 && (p != NULL || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
@@ -72,7 +86,7 @@ static void *hook_realloc(void *old, size_t size) {
 
 static void *hook_reallocarray(void *old, size_t n, size_t size) {
     uintptr_t old_address = (uintptr_t)old;
-    void *p = reallocarray(old, n, size);
+    void *p = REAL(reallocarray(old, n, size));
     if (RECORDING()) {
         if (old_address != 0 && (p != NULL || n == 0 || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
         RECORD_ALLOC(CYTRACE_REALLOCARRAY, p, n * size);
@@ -83,25 +97,25 @@ static void *hook_reallocarray(void *old, size_t n, size_t size) {
 #pragma GCC diagnostic pop
 
 static int hook_posix_memalign(void **out, size_t alignment, size_t size) {
-    int r = posix_memalign(out, alignment, size);
+    int r = REAL(posix_memalign(out, alignment, size));
     if (r == 0) RECORD_ALLOC(CYTRACE_POSIX_MEMALIGN, *out, size);
     return r;
 }
 
 static void *hook_aligned_alloc(size_t alignment, size_t size) {
-    void *p = aligned_alloc(alignment, size);
+    void *p = REAL(aligned_alloc(alignment, size));
     RECORD_ALLOC(CYTRACE_ALIGNED_ALLOC, p, size);
     return p;
 }
 
 static void *hook_memalign(size_t alignment, size_t size) {
-    void *p = memalign(alignment, size);
+    void *p = REAL(memalign(alignment, size));
     RECORD_ALLOC(CYTRACE_MEMALIGN, p, size);
     return p;
 }
 
 static void *hook_valloc(size_t size) {
-    void *p = valloc(size);
+    void *p = REAL(valloc(size));
     RECORD_ALLOC(CYTRACE_VALLOC, p, size);
     return p;
 }
@@ -109,20 +123,20 @@ static void *hook_valloc(size_t size) {
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 static void *hook_pvalloc(size_t size) {
-    void *p = pvalloc(size);
+    void *p = REAL(pvalloc(size));
     RECORD_ALLOC(CYTRACE_PVALLOC, p, size);
     return p;
 }
 #pragma GCC diagnostic pop
 
 static void *hook_mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
-    void *p = mmap(addr, length, prot, flags, fd, offset);
+    void *p = REAL(mmap(addr, length, prot, flags, fd, offset));
     if (p != MAP_FAILED) RECORD_ALLOC(CYTRACE_MMAP, p, length);
     return p;
 }
 
 static void *hook_mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset) {
-    void *p = mmap(addr, length, prot, flags, fd, offset);
+    void *p = REAL(mmap(addr, length, prot, flags, fd, offset));
     if (p != MAP_FAILED) RECORD_ALLOC(CYTRACE_MMAP, p, length);
     return p;
 }
@@ -135,7 +149,7 @@ static int hook_munmap(void *addr, size_t length) {
         cyt_guard = 0;
     }
     errno = saved_errno;
-    return munmap(addr, length);
+    return REAL(munmap(addr, length));
 }
 
 static void *hook_mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
@@ -146,8 +160,8 @@ static void *hook_mremap(void *old, size_t old_size, size_t new_size, int flags,
         new_address = va_arg(ap, void *);
         va_end(ap);
     }
-    void *p = (flags & MREMAP_FIXED) ? mremap(old, old_size, new_size, flags, new_address)
-                                     : mremap(old, old_size, new_size, flags);
+    void *p = (flags & MREMAP_FIXED) ? REAL(mremap(old, old_size, new_size, flags, new_address))
+                                     : REAL(mremap(old, old_size, new_size, flags));
     if (p != MAP_FAILED && RECORDING()) {
         int saved_errno = errno;
         cyt_guard = 1;

@@ -32,6 +32,13 @@
 #include "cytrace.h"
 
 static const char *capture;
+static void *volatile sink;
+
+/* Make a block escape, so the compiler cannot delete a malloc/free pair. */
+static void *keep(void *p) {
+    sink = p;
+    return p;
+}
 
 static void start(unsigned options) {
     if (strcmp(capture, "-") == 0) return;
@@ -55,7 +62,7 @@ static void stop(void) {
 __attribute__((noinline)) void **worker_allocate(size_t n, size_t size) {
     void **blocks = calloc(n, sizeof *blocks);
     for (size_t i = 0; i < n; i++) {
-        blocks[i] = malloc(size);
+        blocks[i] = keep(malloc(size));
         memset(blocks[i], 1, size < 16 ? size : 16);
     }
     return blocks;
@@ -90,9 +97,11 @@ static void mode_edge(void) {
     printf("zero %p\n", zero);
     void *huge = malloc(SIZE_MAX / 2);
     printf("huge %p\n", huge);
-    void *hugec = calloc(SIZE_MAX / 4, 4);
+    volatile size_t huge_count = SIZE_MAX / 4;
+    void *hugec = calloc(huge_count, 4);
     printf("hugec %p\n", hugec);
-    void *r = realloc(NULL, 1234);
+    void *volatile null_pointer = NULL;
+    void *r = realloc(null_pointer, 1234);
     printf("realloc_null %p\n", r);
     void *r2 = realloc(r, 100000);
     printf("realloc_grow %p\n", r2);
@@ -114,7 +123,7 @@ static void mode_edge(void) {
     void *pva = pvalloc(5000);
 #pragma GCC diagnostic pop
     printf("pvalloc %p\n", pva);
-    void *ra = reallocarray(NULL, 7, 11);
+    void *ra = reallocarray(null_pointer, 7, 11);
     printf("reallocarray %p\n", ra);
     void *m = mmap(NULL, 65536, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     printf("mmap %p\n", m);
@@ -134,13 +143,13 @@ static void mode_edge(void) {
 
 static void mode_fork(int follow) {
     start(follow ? CYTRACE_FOLLOW_FORK : 0);
-    void *keep[3];
-    for (int i = 0; i < 3; i++) keep[i] = malloc(1111);
+    void *kept[3];
+    for (int i = 0; i < 3; i++) kept[i] = keep(malloc(1111));
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
         void *child[5];
-        for (int i = 0; i < 5; i++) child[i] = malloc(2222);
+        for (int i = 0; i < 5; i++) child[i] = keep(malloc(2222));
         for (int i = 0; i < 5; i++) free(child[i]);
         printf("child_pid %d\ntracing_in_child %d\n", (int)getpid(), cytrace_is_active());
         fflush(stdout);
@@ -149,7 +158,7 @@ static void mode_fork(int follow) {
     int status = 0;
     waitpid(pid, &status, 0);
     printf("child_status %d\n", status);
-    for (int i = 0; i < 3; i++) free(keep[i]);
+    for (int i = 0; i < 3; i++) free(kept[i]);
     stop();
 }
 
@@ -171,7 +180,7 @@ static void mode_signal(size_t n) {
     struct itimerval it = {{0, 50}, {0, 50}};
     start(0);
     setitimer(ITIMER_REAL, &it, NULL);
-    for (size_t i = 0; i < n; i++) free(malloc(333));
+    for (size_t i = 0; i < n; i++) free(keep(malloc(333)));
     struct itimerval off = {{0, 0}, {0, 0}};
     setitimer(ITIMER_REAL, &off, NULL);
     stop();
@@ -180,7 +189,7 @@ static void mode_signal(size_t n) {
 
 static void *forever_thread(void *arg) {
     (void)arg;
-    for (;;) free(malloc(99));
+    for (;;) free(keep(malloc(99)));
     return NULL;
 }
 
@@ -211,7 +220,7 @@ int main(int argc, char **argv) {
     } else if ((strcmp(mode, "exit") == 0 || strcmp(mode, "_exit") == 0) && argc == 4) {
         start(0);
         size_t n = strtoul(argv[3], NULL, 10);
-        for (size_t i = 0; i < n; i++) free(malloc(444));
+        for (size_t i = 0; i < n; i++) free(keep(malloc(444)));
         printf("done %zu\n", n);
         fflush(stdout);
         if (mode[0] == '_') _exit(0);
@@ -226,7 +235,7 @@ int main(int argc, char **argv) {
         void (*lib_alloc)(size_t, size_t) = (void (*)(size_t, size_t))dlsym(lib, "lib_alloc");
         lib_alloc(strtoul(argv[4], NULL, 10), 555);
         dlclose(lib);
-        free(malloc(556)); /* after dlclose: still traced, no crash */
+        free(keep(malloc(556))); /* after dlclose: still traced, no crash */
         stop();
     } else if (strcmp(mode, "forever") == 0) {
         start(0);
@@ -234,7 +243,7 @@ int main(int argc, char **argv) {
         pthread_create(&t, NULL, forever_thread, NULL);
         struct cytrace_stats s;
         for (;;) {
-            free(malloc(98));
+            free(keep(malloc(98)));
             cytrace_get_stats(&s);
             if (s.frames_flushed >= 3) {
                 printf("ready\n");
@@ -242,7 +251,7 @@ int main(int argc, char **argv) {
                 break;
             }
         }
-        for (;;) free(malloc(98));
+        for (;;) free(keep(malloc(98)));
     } else {
         fprintf(stderr, "unknown mode or wrong arguments: %s\n", mode);
         return 2;

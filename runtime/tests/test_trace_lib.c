@@ -3,10 +3,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-__attribute__((noinline)) void lib_alloc(size_t n, size_t size) {
+void *volatile test_trace_lib_sink;
+
+__attribute__((noinline, visibility("default"))) void lib_alloc(size_t n, size_t size) {
     void **blocks = malloc(n * sizeof *blocks);
     for (size_t i = 0; i < n; i++) {
         blocks[i] = malloc(size);
+        test_trace_lib_sink = blocks[i];
         memset(blocks[i], 2, 8);
     }
     for (size_t i = 0; i < n; i++) free(blocks[i]);

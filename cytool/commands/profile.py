@@ -1,0 +1,166 @@
+"""`cytool profile FILE.pyx [-- ARGS]`: build, run under the allocation tracer, summarise."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from cytool.commands.options import add_build_arguments, add_program_arguments, build_options, program_arguments
+from cytool.errors import CytoolError
+
+CAPTURE_MAGIC = b"CYTRACE\0"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "profile",
+        help="build a .pyx, run it with every allocation traced, and summarise per .pyx line",
+        description="Build FILE.pyx (cached), run it as __main__ with the C allocation tracer on, "
+        "write the capture and print the top .pyx lines by bytes allocated.",
+    )
+    add_build_arguments(parser)
+    parser.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        metavar="CAPTURE",
+        help="the capture file (default: <module>.<pid>.cytrace in the current directory)",
+    )
+    parser.add_argument(
+        "--follow-fork",
+        action="store_true",
+        help="forked children write their own capture, CAPTURE.<pid> (default: children are not traced)",
+    )
+    parser.add_argument(
+        "--trace-python-allocators",
+        action="store_true",
+        help="also record the PyMem RAW/MEM/OBJ domains (pymalloc) instead of only malloc/mmap underneath",
+    )
+    parser.add_argument(
+        "--native-unwind",
+        action="store_true",
+        help="unwind every stack with libunwind (slower; the default walks frame pointers in cytool-built code)",
+    )
+    parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
+    add_program_arguments(parser)
+    parser.set_defaults(handler=handle)
+    global _parser
+    _parser = parser
+
+
+_parser: Optional[argparse.ArgumentParser] = None
+
+
+def options_after_file(args: argparse.Namespace) -> argparse.Namespace:
+    """`cytool profile FILE.pyx -o out.cytrace -- ARGS`: argparse hands everything after
+    FILE.pyx to the program; take back our own options, which end at `--`."""
+    rest = list(args.args or [])
+    if _parser is None or not rest or not rest[0].startswith("-") or rest[0] == "--":
+        return args
+    ours, program = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
+    # with only options before FILE.pyx, the program's REMAINDER stays empty
+    reparsed = _parser.parse_args([*ours, str(args.file)])
+    reparsed.args = program
+    return reparsed
+
+
+def is_capture(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(CAPTURE_MAGIC)) == CAPTURE_MAGIC
+    except OSError:
+        return False
+
+
+def default_capture_path(module_name: str, directory: Path, pid: int) -> Path:
+    """`<module>.<pid>.cytrace`, or with a `-N` suffix if that name is taken."""
+    candidate = directory / f"{module_name}.{pid}.cytrace"
+    n = 1
+    while candidate.exists():
+        candidate = directory / f"{module_name}.{pid}-{n}.cytrace"
+        n += 1
+    return candidate
+
+
+def choose_capture_path(requested: Optional[Path], module_name: str) -> Path:
+    if requested is None:
+        return default_capture_path(module_name, Path.cwd(), os.getpid())
+    if requested.is_dir():
+        return default_capture_path(module_name, requested, os.getpid())
+    if requested.exists() and not is_capture(requested):
+        raise CytoolError(
+            f"{requested}: exists and is not a cytool capture; refusing to overwrite it",
+            hint="choose another -o path (an existing capture file is replaced)",
+            exit_code=2,
+        )
+    if not requested.parent.is_dir():
+        raise CytoolError(f"{requested.parent}: no such directory", hint="create it or choose another -o path", exit_code=2)
+    return requested
+
+
+def child_captures(capture: Path) -> List[Path]:
+    """Captures written by followed forks: CAPTURE.<pid>."""
+    return sorted(p for p in capture.parent.glob(capture.name + ".*") if p.suffix[1:].isdigit())
+
+
+def print_summary(capture: Path, stats: Optional[Dict[str, int]]) -> None:
+    from rich.console import Console
+
+    console = Console(file=sys.stdout)
+    console.print(f"capture: {capture}")
+    try:
+        from cytool.reports.summary import print_profile_summary
+    except ImportError:
+        if stats:
+            console.print(
+                f"{stats['events']} events recorded ({stats['dropped']} dropped), {stats['stacks']} distinct stacks, "
+                f"{stats['bytes']} bytes of capture"
+            )
+        console.print(f"read it with cytool.capture.read_capture({str(capture)!r})")
+        return
+    print_profile_summary(capture, console)
+
+
+def handle(args: argparse.Namespace) -> int:
+    from cytool.build import build_module
+    from cytool.run import run_module
+
+    # Our own tracer session must not collide with one started from the environment.
+    os.environ.pop("CYTOOL_PROFILE", None)
+    from cytool.tracker import Tracker
+
+    args = options_after_file(args)
+    result = build_module(args.file, build_options(args))
+    capture = choose_capture_path(args.output, result.module_name)
+    tracker = Tracker(
+        capture,
+        follow_fork=args.follow_fork,
+        trace_python_allocators=args.trace_python_allocators,
+        native_unwind=args.native_unwind,
+    )
+    status = 0
+    pid = os.getpid()
+    tracker.start()
+    try:
+        status = run_module(result, program_arguments(args))
+    except SystemExit as exit_request:
+        code = exit_request.code
+        if code is None:
+            status = 0
+        elif isinstance(code, int):
+            status = code
+        else:
+            print(code, file=sys.stderr)
+            status = 1
+    finally:
+        stats = tracker.stop()  # in a forked child: finishes its own capture, if it follows
+    sys.stdout.flush()
+    if os.getpid() != pid:  # a forked child that returned here: the summary is the parent's
+        return status
+    if not args.no_summary:
+        print_summary(capture, stats)
+        for child in child_captures(capture):
+            print(f"forked child capture: {child}")
+    return status
