@@ -1,0 +1,219 @@
+"""libcytrace under a C program with known allocations (runtime/tests/test_trace_helper.c):
+exact counts in many threads, edge cases, fork, signals, dlopen, exit/_exit, SIGKILL."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+from cytool.capture import Capture, read_capture
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("trace-helpers")
+    subprocess.run(["make", "-s", "-C", str(REPO / "runtime"), "test-helpers", f"TEST_OUT={out}"], check=True)
+    return out
+
+
+def run_helper(helpers: Path, capture: object, *args: object, env: Dict[str, str] = None, check: bool = True) -> Dict[str, str]:
+    full_env = dict(os.environ)
+    full_env.pop("CYTOOL_PROFILE", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [str(helpers / "test_trace_helper"), str(capture), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=full_env,
+        timeout=120,
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    values: Dict[str, str] = {}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition(" ")
+        values[key] = value
+    return values
+
+
+def innermost(capture: Capture, stack_id: int) -> str:
+    frames = capture.stacks.get(stack_id, [])
+    return frames[0].function if frames else ""
+
+
+def allocations_from(capture: Capture, function: str, kind: str = "malloc") -> List:
+    return [e for e in capture.events if e.kind == kind and innermost(capture, e.stack_id) == function]
+
+
+@pytest.mark.parametrize("n,size,nthreads", [(5000, 4099, 1), (3000, 4099, 4), (2000, 24, 8)])
+def test_exact_counts_in_threads(helpers: Path, tmp_path: Path, n: int, size: int, nthreads: int) -> None:
+    path = tmp_path / "t.cytrace"
+    out = run_helper(helpers, path, "threads", n, size, nthreads)
+    with read_capture(path) as capture:
+        assert capture.complete and not capture.truncated
+        assert capture.stats is not None and capture.stats.dropped == 0
+        assert capture.stats.events == len(capture.events) == int(out["stats_events"])
+        mallocs = allocations_from(capture, "worker_allocate")
+        assert len(mallocs) == n * nthreads
+        assert {e.size for e in mallocs} == {size}
+        per_thread = Counter(e.thread_id for e in mallocs)
+        assert sorted(per_thread.values()) == [n] * nthreads
+        assert all(capture.threads[t].tid > 0 for t in per_thread)
+        freed = {e.address for e in capture.events if e.kind == "free"}
+        assert all(e.address in freed for e in mallocs)
+        # the block arrays: one calloc of n pointers per thread
+        callocs = [e for e in capture.events if e.kind == "calloc" and e.size == n * 8]
+        assert len(callocs) == nthreads
+
+
+def test_threads_starting_and_ending(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "churn.cytrace"
+    run_helper(helpers, path, "churn", 300, 6)
+    with read_capture(path) as capture:
+        assert capture.complete
+        mallocs = allocations_from(capture, "worker_allocate")
+        assert len(mallocs) == 300 * 6 * 5
+        per_thread = Counter(e.thread_id for e in mallocs)
+        assert len(per_thread) == 30  # every thread flushed its buffer when it ended
+        assert set(per_thread.values()) == {300}
+        assert len({capture.threads[t].tid for t in per_thread}) == 30
+
+
+def test_edge_cases(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "edge.cytrace"
+    out = run_helper(helpers, path, "edge")
+    address = {key: int(value, 16) if value not in ("(nil)", "") else 0 for key, value in out.items() if not key.startswith("stats")}
+    assert address["huge"] == 0 and address["hugec"] == 0 and address["realloc_zero"] == 0
+    with read_capture(path) as capture:
+        assert capture.complete
+        events = [e for e in capture.events if e.stack_id == 0 or innermost(capture, e.stack_id) == "mode_edge"]
+        allocs = [(e.kind, e.address, e.size) for e in events if e.is_allocation]
+        frees = [(e.kind, e.address) for e in events if e.is_free]
+        assert ("malloc", address["zero"], 0) in allocs
+        assert not any(e.size >= 2**60 for e in capture.events)  # failed huge requests: nothing
+        assert ("realloc", address["realloc_null"], 1234) in allocs
+        assert ("realloc_free", address["realloc_null"]) in frees
+        assert ("realloc", address["realloc_grow"], 100000) in allocs
+        assert ("realloc_free", address["realloc_grow"]) in frees  # realloc(p, 0) frees p
+        assert ("calloc", address["calloc"], 1230) in allocs
+        for kind, size in [("posix_memalign", 1000), ("aligned_alloc", 1024), ("memalign", 2000), ("valloc", 3000), ("pvalloc", 5000), ("reallocarray", 77)]:
+            assert (kind, address[kind], size) in allocs
+            assert ("free", address[kind]) in frees
+        assert not any(kind == "realloc" and size == 77 for kind, _, size in allocs)  # reallocarray counted once
+        assert ("mmap", address["mmap"], 65536) in allocs
+        assert ("mmap", address["mremap"], 131072) in allocs
+        munmaps = [(e.address, e.size) for e in capture.events if e.kind == "munmap"]
+        assert (address["mmap"], 65536) in munmaps and (address["mremap"], 131072) in munmaps
+        assert ("free", 0) not in frees
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_fork(helpers: Path, tmp_path: Path, follow: bool) -> None:
+    path = tmp_path / "fork.cytrace"
+    out = run_helper(helpers, path, "fork", int(follow))
+    child_pid = int(out["child_pid"])
+    assert out["child_status"] == "0"
+    assert out["tracing_in_child"] == str(int(follow))
+    child_file = Path(f"{path}.{child_pid}")
+    with read_capture(path) as parent:
+        assert parent.complete and not parent.header.forked_child
+        sizes = Counter(e.size for e in allocations_from(parent, "mode_fork"))
+        assert sizes == Counter({1111: 3})
+    assert child_file.exists() == follow
+    if follow:
+        with read_capture(child_file) as child:
+            assert child.complete
+            assert child.header.forked_child and child.header.pid == child_pid
+            assert child.header.parent_pid == parent.header.pid
+            sizes = Counter(e.size for e in allocations_from(child, "mode_fork"))
+            assert sizes == Counter({2222: 5})
+
+
+def test_signals_inside_malloc(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "signal.cytrace"
+    out = run_helper(helpers, path, "signal", 300000)
+    handled = int(out["handled"])
+    assert handled > 0
+    with read_capture(path) as capture:
+        assert capture.complete and capture.stats.dropped == 0
+        assert len(allocations_from(capture, "mode_signal")) == 300000
+        mmaps = [e for e in capture.events if e.kind == "mmap" and e.size == 12288]
+        munmaps = [e for e in capture.events if e.kind == "munmap" and e.size == 12288]
+        # a handler that interrupted the tracer itself is not recorded (the guard), never twice
+        assert len(mmaps) == len(munmaps) <= handled
+        assert {e.address for e in mmaps} == {e.address for e in munmaps}
+
+
+def test_exit_without_stop_flushes(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "exit.cytrace"
+    run_helper(helpers, path, "exit", 5000)
+    with read_capture(path) as capture:
+        assert capture.complete and not capture.truncated
+        assert len(allocations_from(capture, "main")) == 5000
+
+
+def test_underscore_exit_leaves_a_readable_file(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "_exit.cytrace"
+    run_helper(helpers, path, "_exit", 50000)
+    with read_capture(path) as capture:  # must not raise
+        assert not capture.complete
+        assert capture.truncated
+        assert capture.header.pid > 0 and capture.objects
+        # full buffers were written; only the last, unflushed one is lost
+        assert 0 < len(allocations_from(capture, "main")) <= 50000
+
+
+def test_dlopen_while_tracing(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "dlopen.cytrace"
+    lib = helpers / "libtest_trace_lib.so"
+    run_helper(helpers, path, "dlopen", lib, 250)
+    with read_capture(path) as capture:
+        assert capture.complete
+        from_lib = allocations_from(capture, "lib_alloc")
+        assert Counter(e.size for e in from_lib) == Counter({555: 250, 250 * 8: 1})
+        objects = [o for o in capture.objects if o.path == str(lib)]
+        assert len(objects) == 1 and objects[0].build_id and objects[0].unload_time_ns is not None
+        assert len([e for e in capture.events if e.kind == "malloc" and e.size == 556]) == 1
+
+
+def test_sigkill_leaves_a_readable_truncated_capture(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "killed.cytrace"
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    proc = subprocess.Popen([str(helpers / "test_trace_helper"), str(path), "forever"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.3)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with read_capture(path) as capture:
+        assert capture.truncated and not capture.complete
+        assert "truncated" in capture.truncation_message()
+        assert len(capture.events) > 1000
+        assert {e.kind for e in capture.events} <= {"malloc", "free"}
+
+
+def test_started_from_the_environment(helpers: Path, tmp_path: Path) -> None:
+    path = tmp_path / "env.cytrace"
+    run_helper(helpers, "-", "threads", 1000, 333, 2, env={"CYTOOL_PROFILE": str(path)})
+    with read_capture(path) as capture:
+        assert capture.complete  # stopped by atexit
+        assert len(allocations_from(capture, "worker_allocate")) == 2000
+    # an existing file is never overwritten: the next process writes <path>.<pid>
+    before = path.read_bytes()
+    run_helper(helpers, "-", "threads", 10, 333, 1, env={"CYTOOL_PROFILE": str(path)})
+    assert path.read_bytes() == before
+    others = list(tmp_path.glob("env.cytrace.*"))
+    assert len(others) == 1
+    with read_capture(others[0]) as capture:
+        assert len(allocations_from(capture, "worker_allocate")) == 10
