@@ -70,6 +70,12 @@ class Location:
         return self.kind in ("pyx", "python")
 
     @property
+    def is_attributable(self) -> bool:
+        """What the C aggregator attributes allocations to: user lines, and raw addresses
+        of objects that could not be symbolised (e.g. a module deleted since)."""
+        return self.is_user or (self.kind == "unknown" and bool(self.object))
+
+    @property
     def line_key(self) -> Tuple[str, int, str]:
         """Locations that are the same source line share a key."""
         if self.is_user and self.file:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -22,59 +23,56 @@ def _where(line: LineStats) -> str:
 
 
 def print_notes(profile: Profile, console: Console) -> None:
-    """Truncation and symbol warnings, said once, above the numbers."""
+    """Truncation and symbol warnings, said once, above the numbers (never wrapped)."""
     if profile.truncated:
-        console.print(Text(f"warning: {profile.truncation_message}", style="yellow"))
+        console.print(Text(f"warning: {profile.truncation_message}", style="yellow"), soft_wrap=True)
     for warning in profile.symbol_warnings:
-        console.print(Text(f"warning: {warning}", style="yellow"))
+        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
 
 
 def print_totals(profile: Profile, console: Console) -> None:
     t = profile.totals
     console.print(
         Text.assemble(
-            ("allocated ", "bold"), f"{human_bytes(t.bytes)} in {human_count(t.count)} allocations   ",
-            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} at {human_duration(profile.peak_time_ns)}   ",
-            ("leaked ", "bold"), f"{human_bytes(t.leaked_bytes)} in {human_count(t.leaked_count)} blocks   ",
+            ("allocated ", "bold"), f"{human_bytes(t.bytes)} in {human_count(t.count)} allocations · ",
+            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} at {human_duration(profile.peak_time_ns)} · ",
+            ("leaked ", "bold"), f"{human_bytes(t.leaked_bytes)} in {human_count(t.leaked_count)} blocks · ",
             ("temporary ", "bold"), f"{human_count(t.temporary_count)}",
         )
     )
 
 
 def print_table(profile: Profile, console: Optional[Console] = None, *, mode: str = "bytes", limit: int = 15) -> None:
+    """The top `limit` lines by self `mode`: where (file:line, function) with the line's
+    source below it, then bytes, count, peak, leaked and share of the total."""
     console = console or Console()
     sources = SourceCache()
     print_notes(profile, console)
     print_totals(profile, console)
     lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)][:limit]
+    if not lines:
+        console.print(f"no allocations {'leaked' if mode == 'leaked_bytes' else 'recorded'}")
+        return
     total = profile.totals.value(mode)
-    table = Table(
-        title=f"Top lines by {MODES[mode]} (self)",
-        title_justify="left",
-        expand=False,
-        show_lines=False,
-    )
-    table.add_column("line", no_wrap=True, style="cyan")
-    table.add_column("function", no_wrap=True, overflow="ellipsis", max_width=28)
-    table.add_column("source", overflow="ellipsis", max_width=48, no_wrap=True)
+    table = Table(title=f"Top lines by {MODES[mode]} (self)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("line / source", ratio=1, overflow="ellipsis")
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("count", justify="right", no_wrap=True)
     table.add_column("peak", justify="right", no_wrap=True)
     table.add_column("leaked", justify="right", no_wrap=True)
-    table.add_column(f"% {MODES[mode]}", justify="right", no_wrap=True)
+    table.add_column("share", justify="right", no_wrap=True)
     for line in lines:
+        where = Text.assemble((_where(line), "cyan"), "  ", (line.function, "dim"), no_wrap=True, overflow="ellipsis")
         text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
+        cell = Text("\n").join([where, Text("  " + text, style="bold" if line.kind == "pyx" else "")]) if text else where
+        cell.no_wrap = True
+        cell.overflow = "ellipsis"
         table.add_row(
-            _where(line),
-            line.function,
-            Text(text, style="bold" if line.kind == "pyx" else ""),
+            cell,
             human_bytes(line.self.bytes),
             human_count(line.self.count),
             human_bytes(line.self.peak_bytes),
             human_bytes(line.self.leaked_bytes) if line.self.leaked_bytes else "-",
             share(line.self.value(mode), total),
         )
-    if not lines:
-        console.print(f"no allocations {'leaked' if mode == 'leaked_bytes' else 'recorded'}")
-        return
     console.print(table)

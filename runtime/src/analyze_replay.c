@@ -7,7 +7,8 @@
  *    highest; a second, linear pass over the allocations finds which ones;
  *  - leaked: blocks still live when the capture ends;
  *  - temporary: blocks freed by the thread that allocated them within
- *    `temporary_window` of that thread's later events.
+ *    `temporary_window` of that thread's later events (a block that realloc moves
+ *    is grown, not temporary).
  * Heap, mmap and each PyMem domain are separate address spaces. A free of an unknown
  * address (allocated before tracing) is counted and ignored; an allocation over a live
  * block ends that block (its free was not seen). munmap of a mapping's start releases
@@ -31,9 +32,12 @@ static uint64_t frames_hash(const uint32_t *f, size_t n)
     return h == CYA_MAP_EMPTY ? 0 : h;
 }
 
+/* Frames a report attributes to: .pyx and Python lines, and the raw addresses of
+ * objects that could not be symbolised (a deleted module is still the user's code). */
 static int user_frame(const cya_location *l)
 {
-    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON;
+    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON ||
+           (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
 /* The profile stack for a folded frame list; UINT32_MAX when out of memory. */
@@ -253,7 +257,8 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
                 p->frees++;
                 if (!filter || cya_map_get(&selected, ae->thread_id)) {
                     live -= ae->size;
-                    if (ae->thread_id == e->thread_id && ord - alloc_ord[a] <= p->temporary_window) {
+                    if (e->kind != CYA_REALLOC_FREE && ae->thread_id == e->thread_id &&
+                        ord - alloc_ord[a] <= p->temporary_window) {
                         cya_metrics *m = &p->stacks[alloc_stack[a]].m;
                         m->temp_count++;
                         m->temp_bytes += ae->size;

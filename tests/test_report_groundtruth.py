@@ -1,0 +1,127 @@
+"""Ground truth: real Cython modules built at -O2, run under the real tracer, reported by
+`cytool report --format json`; every allocating line gets its exact bytes and counts."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from cytool.build import BuildOptions, BuildResult, build_module
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reports"
+DRIVER = FIXTURES / "driver.py"
+
+
+def build(name: str, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    source = tmp_path_factory.mktemp(name) / f"{name}.pyx"
+    shutil.copy(FIXTURES / f"{name}.pyx", source)
+    return build_module(source, BuildOptions(opt_level="2"))
+
+
+def profile(module: Path, capture: Path, function: str, arg: int) -> None:
+    subprocess.run([sys.executable, str(DRIVER), str(module), str(capture), function, str(arg)], check=True,
+                   stdout=subprocess.PIPE, timeout=300)
+
+
+def report_json(run_cytool, capture: Path, *extra: str) -> dict:
+    result = run_cytool("report", capture, "--format", "json", *extra)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def pyx_lines(document: dict) -> Dict[Tuple[str, int], dict]:
+    return {(Path(l["file"]).name, l["line"]): l for l in document["lines"] if l["kind"] == "pyx"}
+
+
+@pytest.fixture(scope="module")
+def groundtruth(tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    return build("groundtruth", tmp_path_factory)
+
+
+def test_c_allocations_land_on_their_lines(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    capture = tmp_path / "run.cytrace"
+    profile(groundtruth.module_path, capture, "run", 100)
+    document = report_json(run_cytool, capture)
+    lines = pyx_lines(document)
+    got = {key: (l["function"], l["bytes"], l["count"], l["leaked_bytes"]) for key, l in lines.items() if l["count"]}
+    assert got == {
+        ("groundtruth.pyx", 10): ("groundtruth.helper", 6400, 100, 0),   # malloc in an inlined cdef helper
+        ("groundtruth.pyx", 16): ("groundtruth.run", 800, 1, 0),         # the pointer array
+        ("groundtruth.pyx", 20): ("groundtruth.run", 320, 1, 320),       # calloc leaked on purpose
+        ("groundtruth.pyx", 21): ("groundtruth.run", 16, 1, 0),
+        ("groundtruth.pyx", 24): ("groundtruth.run", 992, 5, 0),         # realloc growth
+    }
+    # the caller of the inlined helper holds it inclusively, nothing by itself
+    caller = lines[("groundtruth.pyx", 18)]
+    assert (caller["bytes"], caller["inclusive"]["bytes"], caller["inclusive"]["count"]) == (0, 6400, 100)
+    assert caller["source"] == "ptrs[i] = helper(64)                          # line 18: caller of line 10"
+    assert lines[("groundtruth.pyx", 10)]["source"].startswith("return <char*>malloc(n)")
+    # at the peak everything allocated was live except the block realloc replaced
+    assert lines[("groundtruth.pyx", 10)]["peak_bytes"] == 6400
+    assert lines[("groundtruth.pyx", 24)]["peak_bytes"] == 512
+    assert lines[("groundtruth.pyx", 21)]["peak_bytes"] == 0
+    kinds = document["kinds"]
+    assert kinds["calloc"] == {"count": 1, "bytes": 320}
+    assert kinds["realloc"] == {"count": 5, "bytes": 992}
+    assert document["capture"]["warnings"] == [] and not document["capture"]["truncated"]
+    totals = document["totals"]
+    assert totals["leaked_bytes"] >= 320 and totals["count"] >= 108
+
+
+def test_leaks_mode_keeps_only_leaking_lines(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    capture = tmp_path / "run.cytrace"
+    profile(groundtruth.module_path, capture, "run", 10)
+    document = report_json(run_cytool, capture, "--leaks")
+    assert document["mode"] == "leaked_bytes"
+    assert all(l["leaked_bytes"] or l["inclusive"]["leaked_bytes"] for l in document["lines"])
+    pyx = [(l["line"], l["leaked_bytes"]) for l in document["lines"] if l["kind"] == "pyx"]
+    assert pyx == [(20, 320)]
+
+
+def test_python_containers_land_on_their_lines(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    n = 100_000
+    capture = tmp_path / "python.cytrace"
+    profile(groundtruth.module_path, capture, "build_python", n)
+    lines = pyx_lines(report_json(run_cytool, capture))
+    items, table = lines[("groundtruth.pyx", 36)], lines[("groundtruth.pyx", 37)]
+    # CPython's growth policy decides the exact figures; what must hold on any version:
+    assert items["function"] == table["function"] == "groundtruth.build_python"
+    assert items["count"] >= 10 and items["peak_bytes"] >= 8 * n  # the final item array
+    assert table["count"] >= 5 and table["peak_bytes"] >= 8 * n  # the dict's entry table
+    assert items["bytes"] >= items["peak_bytes"] and table["bytes"] >= table["peak_bytes"]
+    assert not any(l["count"] for key, l in lines.items() if key[1] not in (36, 37))
+
+
+def test_cpp_vector(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, run_cytool) -> None:
+    module = build("gtvector", tmp_path_factory)
+    capture = tmp_path / "vector.cytrace"
+    profile(module.module_path, capture, "fill", 100)
+    lines = pyx_lines(report_json(run_cytool, capture))
+    got = {key: (l["function"], l["bytes"], l["count"]) for key, l in lines.items() if l["count"]}
+    assert got == {
+        ("gtvector.pyx", 10): ("gtvector.fill", 64, 1),  # reserve(16)
+        ("gtvector.pyx", 12): ("gtvector.fill", 128 + 256 + 512, 3),  # push_back growth
+    }
+
+
+def test_deleted_module_is_reported_with_raw_addresses(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    copy = tmp_path / groundtruth.module_path.name
+    shutil.copy(groundtruth.module_path, copy)
+    capture = tmp_path / "gone.cytrace"
+    profile(copy, capture, "run", 10)
+    copy.unlink()
+    result = run_cytool("report", capture)
+    assert result.returncode == 0, result.stderr
+    assert f"{copy}: deleted since the capture was made; its frames show as raw addresses" in " ".join(result.stdout.split())
+    document = report_json(run_cytool, capture)
+    assert document["capture"]["warnings"] == [
+        f"{copy}: deleted since the capture was made; its frames show as raw addresses"
+    ]
+    raw = [l for l in document["lines"] if l["kind"] == "unknown" and l["function"].startswith(copy.name + "+0x")]
+    assert sum(l["count"] for l in raw) == 10 + 1 + 1 + 1 + 5  # helper blocks, array, calloc, malloc, reallocs
+    assert not [l for l in document["lines"] if l["kind"] == "pyx"]
