@@ -127,6 +127,7 @@ def load_python_gdb(objfile_name: str) -> None:
         f"/usr/share/gdb/auto-load{real}-gdb.py",
         f"/usr/share/gdb/auto-load/usr/bin/python{version}-gdb.py",
     ]
+    candidates = list(dict.fromkeys(candidates))
     main = sys.modules.get("__main__")
     if main is not None and hasattr(main, "PyObjectPtr") and hasattr(main, "Frame"):
         _python_gdb_loaded = True

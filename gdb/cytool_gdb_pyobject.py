@@ -10,6 +10,8 @@ module's dict (Python-level globals of a Cython module).
 from __future__ import annotations
 
 import math
+import os
+import re
 from typing import Dict, Iterator, Optional, Tuple
 
 import gdb  # type: ignore
@@ -167,12 +169,69 @@ def _sequence_items(value: "gdb.Value", kind: str) -> Tuple[list, int]:
     return [items[i] for i in range(min(size, MAX_ITEMS))], size
 
 
+def python_version() -> Optional[Tuple[int, int]]:
+    """The debugged interpreter's version: Py_Version (3.11+) or the python/libpython file name."""
+    try:
+        packed = int(gdb.parse_and_eval("*(unsigned int *)&Py_Version"))
+        if packed >> 24 == 3:
+            return 3, (packed >> 16) & 0xFF
+    except gdb.error:
+        pass
+    for objfile in gdb.objfiles():
+        match = re.match(r"^(?:lib)?python(\d)\.(\d+)", os.path.basename(os.path.realpath(objfile.filename or "")))
+        if match:
+            return int(match.group(1)), int(match.group(2))
+    return None
+
+
+def _raw_dict_items(value: "gdb.Value") -> Iterator[Tuple["gdb.Value", "gdb.Value"]]:
+    """The dict layouts of CPython 3.9-3.13 on 64-bit Linux, for interpreters whose
+    PyDictKeysObject is opaque to gdb (no debug information for the interpreter)."""
+    version = python_version()
+    if version is None or gdb.lookup_type("void").pointer().sizeof != 8:
+        raise gdb.error("the dict layout is not known to gdb")
+    unsigned = gdb.lookup_type("unsigned long")
+    object_pointer = _type("PyObject").pointer()
+
+    def word(address: int) -> int:
+        return int.from_bytes(_read(address, 8), "little", signed=True)
+
+    address = _address(value)
+    keys = word(address + 32)
+    values = word(address + 40)
+    if version < (3, 11):
+        size = word(keys + 8)
+        nentries = word(keys + 32)
+        width = 1 if size <= 0xFF else 2 if size <= 0xFFFF else 4 if size <= 0xFFFFFFFF else 8
+        entries = keys + 40 + size * width
+        entry_size, key_offset, value_offset = 24, 8, 16
+        value_base = values
+    else:
+        header = _read(keys + 8, 3)
+        log2_index_bytes, kind = header[1], header[2]
+        nentries = word(keys + 24)
+        entries = keys + 32 + (1 << log2_index_bytes)
+        if kind == 0:
+            entry_size, key_offset, value_offset = 24, 8, 16
+        else:
+            entry_size, key_offset, value_offset = 16, 0, 8
+        value_base = values + (8 if version >= (3, 13) else 0) if values else 0
+    for index in range(min(nentries, MAX_ITEMS * 10)):
+        entry = entries + index * entry_size
+        key = word(entry + key_offset)
+        item = word(value_base + 8 * index) if values else word(entry + value_offset)
+        if key and item:
+            yield (gdb.Value(key).cast(unsigned).cast(object_pointer),
+                   gdb.Value(item).cast(unsigned).cast(object_pointer))
+
+
 def dict_items(value: "gdb.Value") -> Iterator[Tuple["gdb.Value", "gdb.Value"]]:
     """(key, value) PyObject pointers of a dict, for the 3.9-3.13 layouts."""
     dict_object = _as(value, "PyDictObject")
     keys_type = _type("PyDictKeysObject")
-    if dict_object is None or keys_type is None:
-        raise gdb.error("the dict layout is not known to gdb (no DWARF types for the interpreter)")
+    if dict_object is None or keys_type is None or not _fields(keys_type):
+        yield from _raw_dict_items(value)
+        return
     keys = dict_object["ma_keys"].cast(keys_type.pointer()).dereference()
     names = _fields(keys_type)
     nentries = int(keys["dk_nentries"])
