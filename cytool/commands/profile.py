@@ -62,8 +62,12 @@ def options_after_file(args: argparse.Namespace) -> argparse.Namespace:
     ours, program = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
     # with only options before FILE.pyx, the program's REMAINDER stays empty
     reparsed = _parser.parse_args([*ours, str(args.file)])
-    reparsed.args = program
-    return reparsed
+    defaults = _parser.parse_args([str(args.file)])
+    for name, value in vars(reparsed).items():
+        if value != getattr(defaults, name):  # given after FILE.pyx: wins over the default
+            setattr(args, name, value)
+    args.args = program
+    return args
 
 
 def is_capture(path: Path) -> bool:

@@ -117,6 +117,8 @@ CYTRACE_API int cytrace_start(const char *path, unsigned options) {
     return r;
 }
 
+static void stop_locked(void);
+
 CYTRACE_API int cytrace_stop(void) {
     int saved = cyt_guard;
     cyt_guard = 1;
@@ -126,6 +128,24 @@ CYTRACE_API int cytrace_stop(void) {
         cyt_guard = saved;
         return -1;
     }
+    stop_locked();
+    pthread_mutex_unlock(&control_lock);
+    cyt_guard = saved;
+    return 0;
+}
+
+void cyt_stop_for_exit(void) {
+    if (!atomic_load(&cyt_active) || getpid() != session_pid || cyt_guard) return;
+    cyt_guard = 1;
+    if (pthread_mutex_trylock(&control_lock) == 0) {
+        if (atomic_load(&cyt_active)) stop_locked();
+        pthread_mutex_unlock(&control_lock);
+    }
+    cyt_guard = 0;
+}
+
+/* Caller holds control_lock and the guard; tracing is active. */
+static void stop_locked(void) {
     atomic_store(&cyt_active, 0);
     atomic_thread_fence(memory_order_seq_cst);
     cyt_unpatch_all();
@@ -144,9 +164,6 @@ CYTRACE_API int cytrace_stop(void) {
     if (tail.data) cyt_writer_submit(tail.data, tail.len);
     cyt_writer_close();
     current_stats(&last_stats);
-    pthread_mutex_unlock(&control_lock);
-    cyt_guard = saved;
-    return 0;
 }
 
 CYTRACE_API int cytrace_is_active(void) { return atomic_load(&cyt_active); }

@@ -13,6 +13,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include "trace_internal.h"
 
@@ -197,6 +198,14 @@ static int hook_dlclose(void *handle) {
     return r;
 }
 
+/* _exit skips atexit: finish the capture first (os._exit in a forked worker is common).
+ * Never block here: if the control lock is busy (exit from a signal handler that
+ * interrupted a start or stop) the unflushed buffers are lost, the file stays readable. */
+static void hook__exit(int status) {
+    cyt_stop_for_exit();
+    _exit(status);
+}
+
 typedef struct hook_entry {
     const char *name;
     void *hook;
@@ -219,6 +228,8 @@ const hook_entry cyt_hook_table[] = {
     {"mremap", (void *)hook_mremap},
     {"dlopen", (void *)hook_dlopen},
     {"dlclose", (void *)hook_dlclose},
+    {"_exit", (void *)hook__exit},
+    {"_Exit", (void *)hook__exit},
 };
 const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];
 

@@ -76,6 +76,7 @@ extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
 static inline uint64_t cyt_since_start(void) { return cyt_now() - cyt_start_mono; }
 void cyt_count_dropped(uint64_t n);
+void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
 void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- per-thread state (trace_thread.c) -------------------------------------------- */

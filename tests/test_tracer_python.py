@@ -1,0 +1,172 @@
+"""The tracer driven from Python: `cytool profile`, cytool.Tracker, CYTOOL_PROFILE, on a
+Cython fixture whose allocating line is known (tests/fixtures/tracer/alloc_exact.pyx)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from cytool.capture import Capture, read_capture
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tracer"
+EXACT = FIXTURES / "alloc_exact.pyx"
+ALLOCATE_LINE = next(i for i, line in enumerate(EXACT.read_text().splitlines(), 1) if line.rstrip().endswith("# ALLOCATE_LINE"))
+
+
+def line_allocations(capture: Capture, size: int, line: int = ALLOCATE_LINE) -> List:
+    """malloc events of `size` bytes whose innermost frame is alloc_exact.pyx:line."""
+    found = []
+    for event in capture.events:
+        if event.kind != "malloc" or event.size != size:
+            continue
+        frames = capture.stacks.get(event.stack_id, [])
+        if frames and frames[0].file.endswith("alloc_exact.pyx") and frames[0].line == line:
+            found.append(event)
+    return found
+
+
+@pytest.mark.parametrize("nthreads", [1, 4])
+def test_profile_exact_counts_on_a_pyx_line(run_cytool, tmp_path: Path, nthreads: int) -> None:
+    capture_path = tmp_path / "exact.cytrace"
+    proc = run_cytool("profile", EXACT, "-o", capture_path, "--", 2500, 5000, nthreads, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert f"allocated {2500 * nthreads}" in proc.stdout
+    assert str(capture_path) in proc.stdout
+    with read_capture(capture_path) as capture:
+        assert capture.complete and capture.stats.dropped == 0
+        assert capture.header.python_frames and capture.header.native_traced
+        found = line_allocations(capture, 5000)
+        assert len(found) == 2500 * nthreads
+        assert sorted(Counter(e.thread_id for e in found).values()) == [2500] * nthreads
+        frees = {e.address for e in capture.events if e.kind == "free"}
+        assert all(e.address in frees for e in found)
+        # Python frames above the native ones: threading's bootstrap for the workers
+        pyframes = {f.function for f in capture.pyframes.values()}
+        assert "Thread.run" in pyframes
+
+
+def test_profile_default_capture_name_never_overwrites(run_cytool, tmp_path: Path) -> None:
+    for _ in range(2):
+        proc = run_cytool("profile", "--no-summary", EXACT, "--", 10, 100, 1, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+    captures = sorted(tmp_path.glob("alloc_exact.*.cytrace"))
+    assert len(captures) == 2
+    precious = tmp_path / "notes.txt"
+    precious.write_text("mine")
+    proc = run_cytool("profile", EXACT, "-o", precious, "--", 10, 100, 1, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "refusing to overwrite" in proc.stderr
+    assert precious.read_text() == "mine"
+
+
+@pytest.mark.parametrize("follow", [False, True])
+def test_profile_fork(run_cytool, tmp_path: Path, follow: bool) -> None:
+    capture_path = tmp_path / "fork.cytrace"
+    flags = ["--follow-fork"] if follow else []
+    proc = run_cytool("profile", "--no-summary", *flags, EXACT, "-o", capture_path, "--", 100, 3000, 1, "fork", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    children = [p for p in tmp_path.glob("fork.cytrace.*") if p.suffix[1:].isdigit()]
+    with read_capture(capture_path) as parent:
+        assert parent.complete
+        assert len(line_allocations(parent, 3000)) == 100
+        assert line_allocations(parent, 3001) == []  # the child's
+    assert len(children) == int(follow)
+    if follow:
+        with read_capture(children[0]) as child:
+            assert child.header.forked_child and child.header.parent_pid == parent.header.pid
+            assert len(line_allocations(child, 3001)) == 7
+            assert line_allocations(child, 3000) == []
+
+
+def test_environment_start_with_cytool_run(run_cytool, tmp_path: Path) -> None:
+    capture_path = tmp_path / "env.cytrace"
+    proc = run_cytool("run", EXACT, "--", 1500, 4321, 2, cwd=tmp_path, env={"CYTOOL_PROFILE": str(capture_path)})
+    assert proc.returncode == 0, proc.stderr
+    with read_capture(capture_path) as capture:
+        assert capture.complete  # stopped at exit
+        assert len(line_allocations(capture, 4321)) == 3000
+
+
+def test_os_exit_while_tracing_finishes_the_capture(run_cytool, tmp_path: Path) -> None:
+    capture_path = tmp_path / "osexit.cytrace"
+    proc = run_cytool("run", EXACT, "--", 20000, 64, 1, "exit", cwd=tmp_path, env={"CYTOOL_PROFILE": str(capture_path)})
+    assert proc.returncode == 0, proc.stderr
+    with read_capture(capture_path) as capture:
+        assert capture.complete and not capture.truncated
+        assert len(line_allocations(capture, 64)) == 20000
+
+
+def run_python(code: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=cwd, env=env, text=True, capture_output=True, timeout=300)
+
+
+def test_tracker_in_a_python_program(tmp_path: Path) -> None:
+    code = f"""
+        import importlib.util, sys
+        import cytool
+        from cytool.build import BuildOptions, build_module
+        result = build_module({str(EXACT)!r}, BuildOptions())
+        spec = importlib.util.spec_from_file_location("alloc_exact", result.module_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+
+        def python_caller():
+            mod.allocate(1234, 777)
+
+        with cytool.Tracker("first.cytrace") as tracker:
+            python_caller()
+        print("events", tracker.stats["events"])
+        try:
+            with cytool.Tracker("second.cytrace"):
+                with cytool.Tracker("third.cytrace"):
+                    pass
+        except cytool.errors.CytoolError as error:
+            print("nested:", error)
+        with cytool.Tracker("fourth.cytrace"):  # a tracer can start again after stopping
+            mod.allocate(10, 777)
+    """
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "nested: already tracing" in proc.stdout
+    with read_capture(tmp_path / "first.cytrace") as capture:
+        found = line_allocations(capture, 777)
+        assert len(found) == 1234
+        stack = capture.stacks[found[0].stack_id]
+        python = [f.function for f in stack if f.kind == "python"]
+        assert python[:2] == ["python_caller", "<module>"]
+        assert stack[0].kind == "pyx"
+    assert (tmp_path / "second.cytrace").exists()
+    assert not (tmp_path / "third.cytrace").exists()
+    with read_capture(tmp_path / "fourth.cytrace") as capture:
+        assert capture.complete and len(line_allocations(capture, 777)) == 10
+
+
+def test_tracker_python_allocators(tmp_path: Path) -> None:
+    code = """
+        import cytool
+        def build():
+            return [str(i) * 3 for i in range(5000)]
+        with cytool.Tracker("pymem.cytrace", trace_python_allocators=True):
+            data = build()
+        del data
+    """
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with read_capture(tmp_path / "pymem.cytrace") as capture:
+        assert capture.complete and capture.header.pymem_traced
+        kinds = Counter(e.kind for e in capture.events)
+        assert kinds["pymem_obj"] >= 5000
+        in_build = [
+            e
+            for e in capture.events
+            if e.kind == "pymem_obj" and any(f.function == "build.<locals>.<listcomp>" or f.function == "<listcomp>" for f in capture.stacks.get(e.stack_id, []))
+        ]
+        assert len(in_build) >= 5000
