@@ -1,0 +1,143 @@
+"""`cytool report` as a user runs it: every format, the filters, and one clear message
+for each bad input (foreign file, newer version, truncated capture, missing file)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
+
+from capture_writer import CaptureWriter, py_word  # noqa: E402
+
+
+def write_program(path: Path, cut: bool = False) -> None:
+    src = path.parent / "prog.py"
+    src.write_text("def main():\n    grow()\n    data = bytearray(1000)\n\ndef grow():\n    return [0] * 10\n")
+    w = CaptureWriter(path)
+    w.pyframe(1, 2, "main", str(src))
+    w.pyframe(2, 6, "grow", str(src))
+    w.pyframe(3, 3, "main", str(src))
+    w.stack(1, [py_word(2), py_word(1)])
+    w.stack(2, [py_word(3)])
+    w.thread(0, 10, "MainThread")
+    w.thread(1, 11, "worker")
+    w.batch(0, 0, [("malloc", 1, 0x1000, 100, 1), ("malloc", 1, 0x2000, 1000, 2), ("free", 1, 0x1000, 0, 0)])
+    w.flush()
+    w.batch(1, 5, [("malloc", 1, 0x3000, 40, 1)])
+    w.flush()
+    w.end(50)
+    w.close()
+    if cut:
+        data = path.read_bytes()
+        path.write_bytes(data[: w.frame_offsets[1] + 10])
+
+
+@pytest.fixture
+def capture(tmp_path: Path) -> Path:
+    path = tmp_path / "prog.cytrace"
+    write_program(path)
+    return path
+
+
+def test_table_shows_lines_with_source(capture: Path, run_cytool) -> None:
+    result = run_cytool("report", capture)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "prog.py:3" in out and "data = bytearray(1000)" in out
+    assert "prog.py:6" in out and "return [0] * 10" in out
+    assert out.index("prog.py:3") < out.index("prog.py:6")  # biggest first
+    assert "allocated 1.1 KiB in 3 allocations" in out
+
+
+def test_json_to_file_by_suffix(capture: Path, tmp_path: Path, run_cytool) -> None:
+    out = tmp_path / "r.json"
+    result = run_cytool("report", capture, "-o", out)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(out.read_text())
+    lines = {(l["line"], l["function"]): l for l in document["lines"]}
+    assert lines[(3, "main")]["bytes"] == 1000 and lines[(3, "main")]["source"] == "data = bytearray(1000)"
+    assert lines[(6, "grow")]["bytes"] == 140 and lines[(6, "grow")]["count"] == 2
+    assert lines[(2, "main")]["bytes"] == 0 and lines[(2, "main")]["inclusive"]["bytes"] == 140
+    assert document["totals"]["bytes"] == 1140 and document["totals"]["leaked_bytes"] == 1040
+    assert {"file", "line", "function", "source", "bytes", "count", "peak_bytes", "leaked_bytes"} <= set(lines[(3, "main")])
+    assert {"bytes", "count", "peak_bytes", "leaked_bytes"} <= set(document["totals"])
+
+
+def test_threads_filter_by_name_and_id(capture: Path, run_cytool) -> None:
+    for spec in ("worker", "1"):
+        result = run_cytool("report", capture, "-f", "json", "--threads", spec)
+        assert result.returncode == 0, result.stderr
+        document = json.loads(result.stdout)
+        assert document["totals"]["bytes"] == 40
+        assert [t["name"] for t in document["threads"]] == ["worker"]
+    result = run_cytool("report", capture, "--threads", "nobody")
+    assert result.returncode == 2
+    assert "no thread named 'nobody'" in result.stderr and "0 (MainThread), 1 (worker)" in result.stderr
+
+
+def test_peak_and_leaks_modes(capture: Path, run_cytool) -> None:
+    peak = json.loads(run_cytool("report", capture, "-f", "json", "--peak").stdout)
+    assert peak["mode"] == "peak_bytes" and peak["totals"]["peak_bytes"] == 1100
+    leaks = json.loads(run_cytool("report", capture, "-f", "json", "--leaks").stdout)
+    assert [(l["line"], l["leaked_bytes"]) for l in leaks["lines"] if l["leaked_bytes"]] == [(3, 1000), (6, 40)]
+    result = run_cytool("report", capture, "--leaks", "--peak")
+    assert result.returncode == 2 and "not allowed with argument" in result.stderr
+
+
+def test_collapsed_and_speedscope(capture: Path, tmp_path: Path, run_cytool) -> None:
+    collapsed = run_cytool("report", capture, "-f", "collapsed")
+    assert collapsed.returncode == 0, collapsed.stderr
+    assert collapsed.stdout.splitlines() == ["main (prog.py:3) 1000", "main (prog.py:2);grow (prog.py:6) 140"]
+    out = tmp_path / "p.speedscope.json"
+    assert run_cytool("report", capture, "-o", out).returncode == 0
+    doc = json.loads(out.read_text())
+    assert doc["$schema"] == "https://www.speedscope.app/file-format-schema.json"
+    first = doc["profiles"][0]
+    assert first["type"] == "sampled" and first["unit"] == "bytes" and sum(first["weights"]) == 1140
+    names = [[doc["shared"]["frames"][i]["name"] for i in sample] for sample in first["samples"]]
+    assert sorted(names) == [["main"], ["main", "grow"]]
+
+
+def test_truncated_capture_says_what_was_recovered(tmp_path: Path, run_cytool) -> None:
+    path = tmp_path / "cut.cytrace"
+    write_program(path, cut=True)
+    result = run_cytool("report", path, "-f", "json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["capture"]["truncated"]
+    message = document["capture"]["truncation_message"]
+    assert "truncated" in message and "3 events" in message and "recovered" in message
+    assert document["totals"]["bytes"] == 1100  # the worker's frame was lost
+    table = run_cytool("report", path)
+    assert "warning:" in table.stdout and "the capture is truncated" in table.stdout
+
+
+def test_foreign_file(tmp_path: Path, run_cytool) -> None:
+    path = tmp_path / "photo.jpg"
+    path.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)
+    result = run_cytool("report", path)
+    assert result.returncode == 2
+    assert result.stderr.splitlines()[0] == f"cytool: error: {path}: not a cytool capture (no CYTRACE header)"
+    assert "hint:" in result.stderr and result.stdout == ""
+
+
+def test_newer_version(tmp_path: Path, run_cytool) -> None:
+    path = tmp_path / "new.cytrace"
+    with CaptureWriter(path, version=7) as w:
+        w.end(0)
+    result = run_cytool("report", path)
+    assert result.returncode == 2
+    assert f"{path}: written by a newer cytool: format 7, this reader knows 1" in result.stderr
+    assert "upgrade cytool" in result.stderr
+
+
+def test_missing_file_and_self_overwrite(capture: Path, tmp_path: Path, run_cytool) -> None:
+    result = run_cytool("report", tmp_path / "none.cytrace")
+    assert result.returncode == 2 and "No such file or directory" in result.stderr
+    before = capture.read_bytes()
+    result = run_cytool("report", capture, "-f", "json", "-o", capture)
+    assert result.returncode == 2 and "refusing to overwrite" in result.stderr
+    assert capture.read_bytes() == before
