@@ -139,15 +139,20 @@ Python line it returned to. A breakpoint or a signal on the way stops it."""
 class CyStep(_Command):
     """Run to the next .pyx line, stepping into the Cython functions the line calls.
 
-Usage: cy-step
+Usage: cy-step [-c]
 Steps into cdef, cpdef and def functions of the loaded Cython modules (whether called
-directly or through Python), never into CPython internals or Cython's helper code."""
+directly or through Python), never into CPython internals or Cython's helper code.
+With -c, also into C functions with debug information that the line calls (cdef
+extern functions), but not into CPython or the C library."""
 
     name = "cy-step"
     running = True
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        stepping.step_lines(into=True)
+        flag = argument.strip()
+        if flag not in ("", "-c"):
+            raise state.CyError("Usage: cy-step [-c]")
+        stepping.step_lines(into=True, c_functions=flag == "-c")
 
 
 class CyFinish(_Command):

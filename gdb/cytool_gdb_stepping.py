@@ -125,6 +125,13 @@ def report(prefix: str = "") -> None:
             filename, line, function = python[0]
             print(f"{prefix}returned to Python: {filename}:{line} in {function}()")
             return
+    path, line = location(frame)
+    if path and _is_user_c(frame):
+        print(f"{prefix}{os.path.basename(path)}:{line} in {frame.name() or '??'}() (C)")
+        text = state.source_line(path, line).strip()
+        if text:
+            print(f"{line:>6}    {text}")
+        return
     print(f"{prefix}stopped in {frame.name() or '??'}() (C code)")
 
 
@@ -152,8 +159,28 @@ def _leave_non_cython() -> Optional["gdb.StopEvent"]:
     return event
 
 
-def step_lines(into: bool = False, until: bool = False) -> None:
-    """cy-next (into=False), cy-step (into=True), cy-until (until=True)."""
+_NOT_USER_C = ("libc.", "libc-", "libm.", "libpython", "ld-linux", "libpthread", "libdl.", "libstdc++", "libgcc")
+
+
+def _is_user_c(frame: "gdb.Frame") -> bool:
+    """A C function with line information that is neither CPython, libc nor Cython's
+    helper code: something the .pyx calls on purpose (cdef extern)."""
+    try:
+        sal = frame.find_sal()
+        library = gdb.solib_name(frame.pc())
+    except gdb.error:
+        return False
+    if sal is None or sal.symtab is None or not library:
+        return False
+    name = os.path.basename(sal.symtab.filename)
+    if name in ("cython_utility", "(tree fragment)") or name.endswith((".pyx", ".pxi", ".pxd")):
+        return False
+    return not os.path.basename(library).startswith(_NOT_USER_C)
+
+
+def step_lines(into: bool = False, until: bool = False, c_functions: bool = False) -> None:
+    """cy-next (into=False), cy-step (into=True; c_functions: also into user C code),
+    cy-until (until=True)."""
     start = _require_running()
     start.select()
     _, start_line = location(start)
@@ -163,13 +190,22 @@ def step_lines(into: bool = False, until: bool = False) -> None:
             placed.extend(breakpoints.break_at_function_entries(module))
     try:
         for _ in range(MAX_STEPS):
-            event = _execute("next")
+            event = _execute("step" if c_functions else "next")
             if not _alive():
                 return
             if _user_stop(event) or (into and _entry_stop(event)):
                 break
             frame = newest_frame()
             assert frame is not None
+            if c_functions and frame != start and _on_stack(start) and cython_function(frame) is None:
+                if _is_user_c(frame):
+                    break
+                event = _execute("finish")  # Cython's helpers, CPython: back out and go on
+                if not _alive():
+                    return
+                if _user_stop(event) or _entry_stop(event):
+                    break
+                continue
             if frame == start:
                 path, line = location(frame)
                 function = cython_function(frame)
@@ -197,7 +233,11 @@ def step_lines(into: bool = False, until: bool = False) -> None:
 
 
 def finish() -> None:
-    frame = _require_running()
+    newest = newest_frame() if _alive() else None
+    if newest is not None and cython_function(newest) is None and _is_user_c(newest):
+        frame = newest  # stopped in a C function by cy-step -c: finish that
+    else:
+        frame = _require_running()
     frame.select()
     event = _execute("finish")
     if _alive() and not _user_stop(event):

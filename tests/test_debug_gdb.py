@@ -26,6 +26,7 @@ pytestmark = [
 
 M = h.markers()
 P = h.markers(h.PXI)
+C = h.markers(h.FIXTURE.parent / "cfuncs.h")
 SECOND_PYTHONS = ("3.12", "3.13")
 
 
@@ -169,6 +170,13 @@ def test_stepping(python: str, built) -> None:
         "cy-next",  # 13
         "cy-step",  # 14: into Acc.add, a def method called through Python
         "cy-next",  # 15
+        f"cy-break dbgmod.pyx:{M['main-triple']}",
+        "cy-cont",  # 17
+        "cy-step -c",  # 18: into the C function c_triple
+        "cy-finish",  # 19: back in main
+        "cy-delete 1",
+        "cy-run",  # 21: again, now stopping at main-triple only
+        "cy-step",  # 22: without -c, C functions are stepped over
         "cy-cont",
     ]
     run = h.run_gdb(python, module_path, commands)
@@ -194,6 +202,12 @@ def test_stepping(python: str, built) -> None:
     assert at(13) == ("dbgmod.pyx", M["main-work"] + 1, "main"), out
     assert at(14) == ("dbgmod.pyx", M["acc-add-body"], "Acc.add") or at(14)[2] == "Acc.__init__", out
     assert "result 19 5 2.0 8" in out, out
+    assert at(17) == ("dbgmod.pyx", M["main-triple"], "main"), out
+    assert f"cfuncs.h:{C['c-body']} in c_triple() (C)" in run.of(18), out
+    assert at(19) == ("dbgmod.pyx", M["main-triple"], "main"), out
+    assert at(21) == ("dbgmod.pyx", M["main-triple"], "main"), out
+    assert "c_triple" not in run.of(22) and h.stops(run.of(22)), out
+    assert "triple 6" in run.of(22), out  # the C call ran (stepped over)
 
 
 def test_values_frames_and_set(python: str, built) -> None:
