@@ -82,6 +82,11 @@ def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
     """The loaded shared object of this module, or None before Python imports it."""
     if preloaded is not None:
         return None  # only the stand-in is there: the module is not loaded in the process
+    try:
+        if gdb.selected_inferior().pid == 0:
+            return None  # no process: gdb may still list the last run's libraries
+    except gdb.error:
+        return None
     build_dir = os.path.dirname(os.path.dirname(module.xml_path))
     fallback = None
     for objfile in gdb.objfiles():

@@ -135,20 +135,27 @@ def test_pending_function_breakpoints(python: str, built) -> None:
         "cy-break make_counter.bump",
         f"cy-break dbgmod.pyx:{M['work-def'] + 1}",
         "cy-run",
-        "cy-cont", "cy-cont", "cy-cont",
-        "cy-run",  # a second run places the breakpoints again
+        "cy-cont", "cy-cont",
+        f"cy-break dbgmod.pyx:{M['main-print']}",  # 8: the module is loaded now
+        f"cy-break {M['main-triple']}",  # 9: a bare line: the current file
+        "cy-cont", "cy-cont",  # 10, 11
+        "cy-run",  # 12: a second run places the breakpoints again
     ]
     run = h.run_gdb(python, module_path, commands)
     out = str(run)
     assert "pending" in run.of(0), out
     assert f"has no code" in run.of(5) and f"nearest line with code is dbgmod.pyx:{M['work-first']}" in run.of(5), out
-    hits = h.stops("".join(run.of(i) for i in range(5, 9)))
+    hits = h.stops("".join(run.of(i) for i in range(5, 8)))
     assert hits == [
         ("dbgmod.pyx", M["work-first"], "work"),
         ("dbgmod.pyx", M["acc-add-body"], "Acc.add"),
         ("dbgmod.pyx", M["bump-body"], "make_counter.bump"),
     ], out
-    assert h.stops(run.of(9))[:1] == [("dbgmod.pyx", M["work-first"], "work")], out
+    assert "pending" not in run.of(8) and f"at dbgmod.pyx:{M['main-print']} in main()" in run.of(8), out
+    assert "pending" not in run.of(9) and f"at dbgmod.pyx:{M['main-triple']} in main()" in run.of(9), out
+    assert h.stops(run.of(10))[-1:] == [("dbgmod.pyx", M["main-print"], "main")], out
+    assert h.stops(run.of(11))[-1:] == [("dbgmod.pyx", M["main-triple"], "main")], out
+    assert h.stops(run.of(12))[:1] == [("dbgmod.pyx", M["work-first"], "work")], out
 
 
 def test_stepping(python: str, built) -> None:
@@ -216,111 +223,124 @@ def test_values_frames_and_set(python: str, built) -> None:
         f"cy-break dbgmod.pyx:{M['work-return']}",
         "cy-break Acc.add",
         "cy-break bump",
-        "cy-run",  # 3
-        "cy-print n",  # 4
-        "cy-print total",
-        "cy-print items",
-        "cy-print name",
-        "cy-print data",
-        "cy-print mapping",  # 9
-        "cy-print tup",
-        "cy-print flag",
-        "cy-print nothing",
-        "cy-print big",
-        "cy-print neg",  # 14
-        "cy-print total * 2 + n",
-        "cy-print counter",
-        "cy-print GREETING",
-        "cy-print module_value",
-        "cy-locals",  # 19
+        "cy-run",
+        "cy-print n", "cy-print total", "cy-print items", "cy-print name", "cy-print data",
+        "cy-print mapping", "cy-print tup", "cy-print flag", "cy-print nothing", "cy-print big",
+        "cy-print neg", "cy-print truth", "cy-print ratio", "cy-print total * 2 + n",
+        "cy-print counter", "cy-print GREETING", "cy-print module_value",
+        "cy-locals",
         "cy-globals",
-        "cy-bt",  # 21
+        "cy-bt",
         "cy-up",
-        "cy-print result",  # 23: not assigned yet
+        "cy-print result",  # not assigned yet
         "cy-down",
-        "cy-frame 1",  # 25
+        "cy-frame 1",
         "cy-frame 0",
-        "cy-list",  # 27
+        "cy-list",
         "p $cy_lineno()",
         'p $cy_cname("total")',
-        'p $cy_value("n")',  # 30
+        'p $cy_value("n")',
         "cy-set total = 100",
         "cy-print no_such_name",
-        "cy-cont",  # 33: Acc.add
-        "cy-print self.value",
-        "cy-print self.label",  # 35
-        "cy-print k",
+        "cy-cont",  # Acc.add
+        "cy-print self.value", "cy-print self.label", "cy-print k",
         "cy-set k = 7",
         "cy-print self",
-        "cy-cont",  # 39: bump
-        "cy-print count",
-        "cy-print by",
-        "cy-bt -a",  # 42
-        "cy-cont",
+        "cy-cont#2",  # bump
+        "cy-print count", "cy-print by",
+        "cy-bt -a",
+        "cy-cont#3",
     ]
-    run = h.run_gdb(python, module_path, commands)
+    run = h.run_gdb(python, module_path, [c.split("#")[0] for c in commands])
     out = str(run)
-    assert h.stops(run.of(3))[-1] == ("dbgmod.pyx", M["work-return"], "work"), out
-    expected = {
-        4: "n = 4",
-        5: "total = 19",
-        6: "items = [1, 'two', 3.5]",
-        7: "name = 'abc'",
-        8: "data = b'xy\\x00'",
-        9: "mapping = {'k': 1, 2: None}",
-        10: "tup = (1, 2.5, None)",
-        11: "flag = 1",
-        12: "nothing = None",
-        13: f"big = {2 ** 70}",
-        14: "neg = -12345",
-        15: "total * 2 + n = 42",
-        16: "counter = 7",
-        17: "GREETING = 'hello'",
-        18: "module_value = 6.0",
-    }
-    for index, text in expected.items():
-        assert text in run.of(index), f"{commands[index]!r}: expected {text!r}\n{out}"
-    local_lines = run.of(19)
-    for text in ("n = 4", "total = 19", "items = [1, 'two', 3.5]", "mapping = {'k': 1, 2: None}"):
-        assert text in local_lines, out
-    assert "counter = 7" in run.of(20) and "GREETING = 'hello'" in run.of(20), out
 
-    backtrace = h.stops(run.of(21))
+    def of(command: str) -> str:
+        return run.of(commands.index(command))
+
+    assert h.stops(of("cy-run"))[-1] == ("dbgmod.pyx", M["work-return"], "work"), out
+    expected = {
+        "cy-print n": "n = 4",
+        "cy-print total": "total = 19",
+        "cy-print items": "items = [1, 'two', 3.5]",
+        "cy-print name": "name = 'abc'",
+        "cy-print data": "data = b'xy\\x00'",
+        "cy-print mapping": "mapping = {'k': 1, 2: None}",
+        "cy-print tup": "tup = (1, 2.5, None)",
+        "cy-print flag": "flag = 1",  # a bint: C
+        "cy-print nothing": "nothing = None",
+        "cy-print big": f"big = {2 ** 70}",
+        "cy-print neg": "neg = -12345",
+        "cy-print truth": "truth = True",
+        "cy-print ratio": "ratio = 0.25",
+        "cy-print total * 2 + n": "total * 2 + n = 42",
+        "cy-print counter": "counter = 7",  # cdef int global
+        "cy-print GREETING": "GREETING = 'hello'",  # Python-level global (module dict)
+        "cy-print module_value": "module_value = 6.0",
+    }
+    for command, text in expected.items():
+        assert text in of(command), f"{command!r}: expected {text!r}\n{out}"
+    for text in ("n = 4", "total = 19", "items = [1, 'two', 3.5]", "mapping = {'k': 1, 2: None}"):
+        assert text in of("cy-locals"), out
+    assert "counter = 7" in of("cy-globals") and "GREETING = 'hello'" in of("cy-globals"), out
+
+    bt = of("cy-bt")
+    backtrace = h.stops(bt)
     assert [s[2] for s in backtrace] == ["work", "main", "<module>"], out
     assert backtrace[1][1] == M["main-work"] and backtrace[2][1] == M["module-main"], out
-    assert "result = work(4)" in run.of(21), out  # the source line of each frame
-    if "Python frames not shown" in run.of(21):  # an interpreter without python-gdb.py
-        assert "python-gdb.py" in run.of(21), out  # says why
+    assert "result = work(4)" in bt, out  # the source line of each frame
+    if "Python frames not shown" in bt:  # an interpreter without python-gdb.py
+        assert "python-gdb.py" in bt, out  # says why
     else:
-        assert "[py]" in run.of(21) and "run.py" in run.of(21), out  # the Python caller (cytool's runner)
-    assert "_PyEval_EvalFrameDefault" not in run.of(21), out
+        assert "[py]" in bt and "run.py" in bt, out  # the Python caller (cytool's runner)
+    assert "_PyEval_EvalFrameDefault" not in bt, out
 
-    assert h.stops(run.of(22))[-1][2] == "main", out
-    assert "result = NULL" in run.of(23), out
-    assert h.stops(run.of(24))[-1][2] == "work", out
-    assert h.stops(run.of(25))[-1][2] == "main", out
-    assert h.stops(run.of(26))[-1][2] == "work", out
-    listing = run.of(27)
+    assert h.stops(of("cy-up"))[-1][2] == "main", out
+    assert "result = NULL" in of("cy-print result"), out
+    assert h.stops(of("cy-down"))[-1][2] == "work", out
+    assert h.stops(of("cy-frame 1"))[-1][2] == "main", out
+    assert h.stops(of("cy-frame 0"))[-1][2] == "work", out
+    listing = of("cy-list")
     assert f">{M['work-return']:>5}    " in listing and "return total" in listing, out
-    assert f"= {M['work-return']}" in run.of(28), out
-    assert '"__pyx_v_total"' in run.of(29), out
-    assert "= 4" in run.of(30), out
-    assert "total = 100" in run.of(31), out
-    assert "No Cython name 'no_such_name'" in run.of(32), out
+    assert f"= {M['work-return']}" in of("p $cy_lineno()"), out
+    assert '"__pyx_v_total"' in of('p $cy_cname("total")'), out
+    assert "= 4" in of('p $cy_value("n")'), out
+    assert "total = 100" in of("cy-set total = 100"), out
+    assert "No Cython name 'no_such_name'" in of("cy-print no_such_name"), out
 
-    assert h.stops(run.of(33))[-1] == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
-    assert "self.value = 0" in run.of(34), out
-    assert "self.label = 'acc'" in run.of(35), out
-    assert "k = 5" in run.of(36), out
-    assert "k = 7" in run.of(37), out
-    assert "<dbgmod.Acc at 0x" in run.of(38), out
+    assert h.stops(of("cy-cont"))[-1] == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
+    assert "self.value = 0" in of("cy-print self.value"), out  # cdef class attributes
+    assert "self.label = 'acc'" in of("cy-print self.label"), out
+    assert "k = 5" in of("cy-print k"), out
+    assert "k = 7" in of("cy-set k = 7"), out
+    assert "<dbgmod.Acc at 0x" in of("cy-print self"), out  # any other object: type and address
 
-    assert h.stops(run.of(39))[-1] == ("dbgmod.pyx", M["bump-body"], "make_counter.bump"), out
-    assert "count = 10" in run.of(40), out  # a closure variable
-    assert "by = 3" in run.of(41), out
-    assert "_PyEval_EvalFrameDefault" in run.of(42), out  # -a shows everything
+    assert h.stops(of("cy-cont#2"))[-1] == ("dbgmod.pyx", M["bump-body"], "make_counter.bump"), out
+    assert "count = 10" in of("cy-print count"), out  # a closure variable
+    assert "by = 3" in of("cy-print by"), out
+    assert "_PyEval_EvalFrameDefault" in of("cy-bt -a"), out  # -a shows everything
     # cy-set took effect: work returned 100, add(k=7)
     assert "result 100 7 2.0 8" in out, out
+
+
+def test_python_frames_between_cython_frames(python: str, built) -> None:
+    """main (Cython) -> pyhelper.call_back (Python) -> callback_target (Cython)."""
+    module_path, _ = built
+    helper = h.markers(h.FIXTURE.parent / "pyhelper.py")
+    commands = ["cy-break callback_target", "cy-run", "cy-bt", "cy-finish", "cy-cont"]
+    run = h.run_gdb(python, module_path, commands)
+    out = str(run)
+    bt = run.of(2)
+    assert [s[2] for s in h.stops(bt)] == ["callback_target", "main", "<module>"], out
+    if "Python frames not shown" in bt:
+        assert "python-gdb.py" in bt, out
+        return
+    lines = bt.splitlines()
+    position = {name: next(i for i, line in enumerate(lines) if name in line)
+                for name in ("in callback_target()", f"pyhelper.py:{helper['py-call']} in call_back()", "in main()")}
+    assert position["in callback_target()"] < position[f"pyhelper.py:{helper['py-call']} in call_back()"] \
+        < position["in main()"], out  # the Python frame sits between the two Cython frames
+    assert f"returned to Python: {h.FIXTURE.parent / 'pyhelper.py'}:{helper['py-call']} in call_back()" in run.of(3), out
+    assert "helper 42" in out, out
 
 
 def test_help_for_every_command(python: str, built) -> None:
