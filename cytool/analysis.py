@@ -168,14 +168,44 @@ class Profile:
         return sorted(totals, key=lambda f: -totals[f])
 
 
+PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
+RUNNER = Location("(cytool runner)", "", 0, "unknown", "")
+
+
+def is_runner_frame(location: Location) -> bool:
+    """A frame of the launcher rather than of the profiled program: cytool's own Python
+    code, runpy, and the frozen import machinery that runs a module's init."""
+    if location.kind != "python":
+        return False
+    file = location.file
+    return file.startswith(PACKAGE_DIR) or file.startswith("<frozen runpy") or file.startswith("<frozen importlib")
+
+
+def trim_runner(stack: StackStats) -> StackStats:
+    """Cut everything from the innermost runner frame outward; a stack made only of
+    runner frames (the launcher's own allocations) becomes `(cytool runner)`."""
+    frames = stack.frames
+    cut = next((i for i, f in enumerate(frames) if is_runner_frame(f)), None)
+    if cut is None:
+        return stack
+    kept = frames[:cut]
+    if not kept:
+        return StackStats([RUNNER], RUNNER, stack.metrics)
+    self_location = stack.self_location if stack.self_location in kept else kept[0]
+    return StackStats(kept, self_location, stack.metrics)
+
+
 def analyze(
     capture: Capture,
     *,
     threads: Optional[Iterable[int]] = None,
     temporary_window: int = 1,
     native_frames: bool = False,
+    runner_frames: bool = False,
 ) -> Profile:
-    """Symbolise and aggregate an open capture (heavy lifting in C)."""
+    """Symbolise and aggregate an open capture (heavy lifting in C). Unless
+    runner_frames, the frames of whatever launched the program (cytool's runner, runpy,
+    the import machinery) are cut from the outer end of every stack."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -209,6 +239,8 @@ def analyze(
         StackStats([locations[i] for i in frames], locations[self_index], Metrics.from_list(metrics))
         for self_index, frames, metrics in data["stacks"]
     ]
+    if not runner_frames:
+        stacks = [trim_runner(stack) for stack in stacks]
     thread_stats = []
     for tid, metrics in data["threads"]:
         info = capture.threads.get(tid)

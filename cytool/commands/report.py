@@ -47,6 +47,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="a block freed within N later events of its thread is temporary (default 1)",
     )
     parser.add_argument("--native", action="store_true", help="keep native (C library, interpreter) frames in stacks")
+    parser.add_argument(
+        "--runner-frames",
+        action="store_true",
+        help="keep the launcher's frames (cytool's runner, runpy, import machinery) at the root of stacks",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -89,6 +94,7 @@ def handle(args: argparse.Namespace) -> int:
             threads=_threads(args.threads, capture),
             temporary_window=args.temporary_window,
             native_frames=args.native,
+            runner_frames=args.runner_frames,
         )
 
     if fmt == "table":

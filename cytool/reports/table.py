@@ -19,7 +19,7 @@ from cytool.reports.units import human_bytes, human_count, human_duration, share
 def _where(line: LineStats) -> str:
     if line.file:
         return f"{Path(line.file).name}:{line.line}"
-    return Path(line.object).name if line.object else "?"
+    return Path(line.object).name if line.object else ""
 
 
 def print_notes(profile: Profile, console: Console) -> None:
@@ -62,7 +62,7 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
     table.add_column("leaked", justify="right", no_wrap=True)
     table.add_column("share", justify="right", no_wrap=True)
     for line in lines:
-        where = Text.assemble((_where(line), "cyan"), "  ", (line.function, "dim"), no_wrap=True, overflow="ellipsis")
+        where = Text.assemble((_where(line), "cyan"), "  " if _where(line) else "", (line.function, "dim"), no_wrap=True, overflow="ellipsis")
         text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
         cell = Text("\n").join([where, Text("  " + text, style="bold" if line.kind == "pyx" else "")]) if text else where
         cell.no_wrap = True
