@@ -205,7 +205,7 @@ Usage: cy-up [N]"""
     name = "cy-up"
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        _move(int(argument or 1))
+        _move(_count(argument))
 
 
 class CyDown(_Command):
@@ -216,7 +216,7 @@ Usage: cy-down [N]"""
     name = "cy-down"
 
     def invoke(self, argument: str, from_tty: bool) -> None:
-        _move(-int(argument or 1))
+        _move(-_count(argument))
 
 
 class CyFrame(_Command):
@@ -234,12 +234,22 @@ Usage: cy-frame [N]"""
             frame = frames.selected_cython_frame()
             index = stack.index(frame) if frame in stack else 0
         else:
-            index = int(argument)
+            try:
+                index = int(argument)
+            except ValueError:
+                raise state.CyError(f"Usage: cy-frame [N] (N a Cython frame number from cy-bt), not {argument!r}")
             if not 0 <= index < len(stack):
                 raise state.CyError(f"No Cython frame {index} (there are {len(stack)}).")
             frame = stack[index]
         frame.select()
         frames.print_location(frame, f"#{index}  ")
+
+
+def _count(argument: str) -> int:
+    try:
+        return int(argument.strip() or 1)
+    except ValueError:
+        raise state.CyError(f"not a number of frames: {argument.strip()!r}")
 
 
 def _move(delta: int) -> None:
@@ -326,6 +336,10 @@ Usage: cy-locals"""
         frame = frames.selected_cython_frame()
         function = frames.cython_function(frame)
         assert function is not None
+        if function.is_module_init:  # module-level code: its variables are the globals
+            for name, text in names.module_globals(function.module):
+                print(f"{name} = {text}")
+            return
         for local in names.frame_locals(function):
             try:
                 _, value, _ = names.lookup(local.name)

@@ -242,6 +242,8 @@ def test_values_frames_and_set(python: str, built) -> None:
         'p $cy_value("n")',
         "cy-set total = 100",
         "cy-print no_such_name",
+        "cy-set items = 3",
+        "cy-frame 9",
         "cy-cont",  # Acc.add
         "cy-print self.value", "cy-print self.label", "cy-print k",
         "cy-set k = 7",
@@ -306,6 +308,8 @@ def test_values_frames_and_set(python: str, built) -> None:
     assert "= 4" in of('p $cy_value("n")'), out
     assert "total = 100" in of("cy-set total = 100"), out
     assert "No Cython name 'no_such_name'" in of("cy-print no_such_name"), out
+    assert "items holds a Python object" in of("cy-set items = 3"), out
+    assert "No Cython frame 9 (there are 3)" in of("cy-frame 9"), out
 
     assert h.stops(of("cy-cont"))[-1] == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
     assert "self.value = 0" in of("cy-print self.value"), out  # cdef class attributes
