@@ -84,7 +84,8 @@ class Location:
 
     def label(self) -> str:
         if self.is_user and self.file:
-            return f"{self.function} ({Path(self.file).name}:{self.line})"
+            where = f"{Path(self.file).name}:{self.line}" if self.line else Path(self.file).name
+            return f"{self.function} ({where})"
         if self.kind == "native" and self.object:
             return f"{self.function} ({Path(self.object).name})"
         return self.function

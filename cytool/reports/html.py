@@ -83,7 +83,9 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         user = line.kind in ("pyx", "python") and bool(line.file)
         top_rows.append(
             dict(
-                where=f"{Path(line.file).name}:{line.line}" if user else (Path(line.object).name or line.kind),
+                where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
+                if user
+                else Path(line.object).name,
                 anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
                 function=line.function,
                 source=sources.line(line.file, line.line) if user else "",

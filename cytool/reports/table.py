@@ -18,7 +18,7 @@ from cytool.reports.units import human_bytes, human_count, human_duration, share
 
 def _where(line: LineStats) -> str:
     if line.file:
-        return f"{Path(line.file).name}:{line.line}"
+        return f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name
     return Path(line.object).name if line.object else ""
 
 

@@ -240,3 +240,62 @@ int cy_is_wrapper(const char *cname)
 {
     return cname && strncmp(cname, "__pyx_pw_", 9) == 0;
 }
+
+int cy_is_utility(const char *cname)
+{
+    return cname && strncmp(cname, "__Pyx_", 6) == 0;
+}
+
+struct cy_sources {
+    char **paths;
+    long *lines; /* -1: unreadable */
+    size_t len, cap, cap_lines;
+};
+
+cy_sources *cy_sources_new(void) { return calloc(1, sizeof(cy_sources)); }
+
+void cy_sources_free(cy_sources *s)
+{
+    if (!s)
+        return;
+    for (size_t i = 0; i < s->len; i++)
+        free(s->paths[i]);
+    free(s->paths);
+    free(s->lines);
+    free(s);
+}
+
+static long count_lines(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return -1;
+    long n = 0;
+    int last = '\n', c;
+    while ((c = getc(f)) != EOF) {
+        if (c == '\n')
+            n++;
+        last = c;
+    }
+    fclose(f);
+    return last == '\n' ? n : n + 1;
+}
+
+int cy_line_exists(cy_sources *s, const char *file, int line)
+{
+    if (!s || !file)
+        return 1;
+    for (size_t i = 0; i < s->len; i++)
+        if (strcmp(s->paths[i], file) == 0)
+            return s->lines[i] < 0 || line <= s->lines[i];
+    char *copy = strdup(file);
+    if (!copy || !cya_grow((void **)&s->lines, &s->cap_lines, s->len + 1, sizeof *s->lines) ||
+        !cya_grow((void **)&s->paths, &s->cap, s->len + 1, sizeof *s->paths)) {
+        free(copy);
+        return 1;
+    }
+    s->paths[s->len] = copy;
+    s->lines[s->len] = count_lines(file);
+    s->len++;
+    return s->lines[s->len - 1] < 0 || line <= s->lines[s->len - 1];
+}

@@ -57,5 +57,16 @@ const char *cy_names_source(const cy_names *n);
 int cy_is_cython_source(const char *file);
 /* 1 for C wrapper functions whose frame duplicates the Cython function they call. */
 int cy_is_wrapper(const char *cname);
+/* 1 for Cython's utility functions (`__Pyx_...`): never the user's line, even when the
+ * DWARF says .pyx (code after the last #line directive inherits its file). */
+int cy_is_utility(const char *cname);
+
+/* Line counts of source files, read once each: a line past the end of its file is a
+ * leftover of #line (C code after the last directive), not a real .pyx line. */
+typedef struct cy_sources cy_sources;
+cy_sources *cy_sources_new(void);
+void cy_sources_free(cy_sources *s);
+/* 1 when `file` has a line `line`, or when the file cannot be read (benefit of doubt). */
+int cy_line_exists(cy_sources *s, const char *file, int line);
 
 #endif

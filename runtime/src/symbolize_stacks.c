@@ -8,6 +8,9 @@
  *    `(tree fragment)`, the module's own .c, inlined headers) fold into the nearest
  *    .pyx caller of the same module, and a `__pyx_pw_` wrapper frame folds into the
  *    Cython function it wraps;
+ *  - a frame that DWARF puts in a .pyx but that is Cython utility code (`__Pyx_*`) is
+ *    helper code; a Cython function's frame on a line past the end of the file (C code
+ *    after the last #line directive inherits it) keeps the function with line 0;
  *  - objects that are gone or changed since the capture show raw addresses, and say so.
  */
 #define _GNU_SOURCE
@@ -57,6 +60,7 @@ struct cya_symbols {
 
     char *warnings;
     size_t nwarnings, cap_warnings;
+    cy_sources *sources;
     int failed;
 };
 
@@ -185,14 +189,26 @@ static span lookup_pc(cya_symbols *s, uint64_t pc)
     char name[1024];
     for (int i = 0; i < n; i++) {
         const char *file = raw[i].file;
+        int line = raw[i].line;
         int pyx = cy_is_cython_source(file);
         if (pyx && file && !strchr(file, '/') && cy_names_source(st->names) &&
             strcmp(base_name(cy_names_source(st->names)), file) == 0)
             file = cy_names_source(st->names);
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
+        if (pyx && cy_is_utility(raw[i].cname)) {
+            pyx = 0; /* helper code that inherited a .pyx file from the last #line */
+            file = NULL;
+            line = 0;
+        } else if (pyx && !cy_line_exists(s->sources, file, line)) {
+            line = 0; /* a Cython function, but no real line: the function as a whole */
+            if (!function) {
+                pyx = 0;
+                file = NULL;
+            }
+        }
         if (!function)
             function = raw[i].cname ? raw[i].cname : "??";
-        uint32_t li = intern(s, function, file, file ? (uint32_t)raw[i].line : 0,
+        uint32_t li = intern(s, function, file, file ? (uint32_t)line : 0,
                              pyx ? CYA_FRAME_PYX : CYA_FRAME_NATIVE, o->path, oi, cy_is_wrapper(raw[i].cname));
         if (li == UINT32_MAX || !CYA_PUSH(s->pc_frames, s->npc_frames, s->cap_pc_frames, li)) {
             s->failed = 1;
@@ -293,9 +309,10 @@ CYA_API cya_symbols *cya_symbolize(const cya_capture *capture)
     uint32_t *seen = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *seen);
     s->warnings = strdup("");
     s->cap_warnings = 1;
+    s->sources = cy_sources_new();
     uint32_t *tmp = NULL;
     size_t tmp_cap = 0;
-    if (!s->objects || !s->stacks || !seen || !s->warnings)
+    if (!s->objects || !s->stacks || !seen || !s->warnings || !s->sources)
         s->failed = 1;
     for (size_t i = 0; i < capture->nstacks && !s->failed; i++)
         fold_stack(s, &capture->stacks[i], &tmp, &tmp_cap, seen, (uint32_t)(i + 1));
@@ -332,6 +349,7 @@ CYA_API void cya_symbols_close(cya_symbols *s)
     free(s->frames);
     free(s->stacks);
     free(s->warnings);
+    cy_sources_free(s->sources);
     free(s);
 }
 
