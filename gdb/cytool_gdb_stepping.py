@@ -213,13 +213,19 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
                     continue
                 if line == start_line or (until and line < start_line):
                     continue
-                if line == function.lineno and not function.is_module_init:
-                    continue  # prologue/epilogue code carries the def line
+                if line == function.lineno:
+                    continue  # prologue/epilogue code carries the def line (line 1: module init)
                 if function.lines and not function.covers(path, line):
                     continue  # a line number #line left over on C-only code
                 break
             if _on_stack(start):
-                # deeper than where we started without a breakpoint: keep going out
+                # deeper than where we started (a call gdb's next did not step over, e.g.
+                # through the interpreter): finish back out rather than walk CPython's lines
+                event = _execute("finish")
+                if not _alive():
+                    return
+                if _user_stop(event) or (into and _entry_stop(event)):
+                    break
                 continue
             # the starting function returned
             if cython_function(frame) is not None:

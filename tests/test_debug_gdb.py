@@ -330,7 +330,8 @@ def test_python_frames_between_cython_frames(python: str, built) -> None:
     """main (Cython) -> pyhelper.call_back (Python) -> callback_target (Cython)."""
     module_path, _ = built
     helper = h.markers(h.FIXTURE.parent / "pyhelper.py")
-    commands = ["cy-break callback_target", "cy-run", "cy-bt", "cy-finish", "cy-cont"]
+    commands = ["cy-break callback_target", "cy-run", "cy-bt", "cy-finish",
+                "cy-run", "cy-next", "cy-next", "cy-cont"]
     run = h.run_gdb(python, module_path, commands)
     out = str(run)
     bt = run.of(2)
@@ -343,7 +344,10 @@ def test_python_frames_between_cython_frames(python: str, built) -> None:
                 for name in ("in callback_target()", f"pyhelper.py:{helper['py-call']} in call_back()", "in main()")}
     assert position["in callback_target()"] < position[f"pyhelper.py:{helper['py-call']} in call_back()"] \
         < position["in main()"], out  # the Python frame sits between the two Cython frames
-    assert f"returned to Python: {h.FIXTURE.parent / 'pyhelper.py'}:{helper['py-call']} in call_back()" in run.of(3), out
+    returned = f"returned to Python: {h.FIXTURE.parent / 'pyhelper.py'}:{helper['py-call']} in call_back()"
+    assert returned in run.of(3), out  # cy-finish
+    assert h.stops(run.of(5))[-1] == ("dbgmod.pyx", M["cb-body"] + 1, "callback_target"), out
+    assert returned in run.of(6), out  # cy-next off the end of the function
     assert "helper 42" in out, out
 
 
