@@ -24,6 +24,11 @@ def test_profile_prints_table_and_writes_html(tmp_path: Path, run_cytool) -> Non
     report = run_cytool("report", capture, "-f", "json")
     assert report.returncode == 0, report.stderr
     document = json.loads(report.stdout)
+    # C code after Cython's last #line directive inherits the .pyx file with line numbers
+    # past its end: such frames must not show up as .pyx lines
+    nlines = len(source.read_text().splitlines())
+    assert all(l["line"] <= nlines for l in document["lines"] if l["kind"] == "pyx")
+    assert not [l for l in document["lines"] if l["kind"] == "pyx" and l["function"].startswith("__Pyx_")]
     stacks = [s for s in document["stacks"] if s["self"]["line"] == 10 and s["self"]["kind"] == "pyx"]
     assert len(stacks) == 1 and stacks[0]["count"] == 100
     outer = [f["function"] for f in stacks[0]["frames"]]
