@@ -196,7 +196,6 @@ def backtrace(show_all: bool = False) -> None:
     if newest_frame() is None:
         raise state.CyError("No stack: the program is not running.")
     index = 0
-    any_python_eval = False
     for frame in frames():
         function = cython_function(frame)
         if function is not None:
@@ -214,9 +213,7 @@ def backtrace(show_all: bool = False) -> None:
             name = frame.name() or ""
         except gdb.error:
             pass
-        python = python_frames_in(frame) if "EvalFrame" in name or "PyEval" in name else []
-        if "EvalFrame" in name:
-            any_python_eval = True
+        python = python_frames_in(frame) if "EvalFrame" in name else []
         for filename, line, func in python:
             if filename.startswith("<frozen") and not show_all:
                 continue
@@ -234,8 +231,6 @@ def backtrace(show_all: bool = False) -> None:
             print(f"    [c]  {pc} in {name or '??'}(){where}")
     if not python_gdb_available():
         print(f"(Python frames not shown: {python_gdb_status})")
-    elif not any_python_eval:
-        pass
 
 
 def _is_selected(frame: "gdb.Frame") -> bool:

@@ -84,12 +84,14 @@ def lookup(name: str) -> Tuple[str, Optional["gdb.Value"], Optional[str]]:
     local = local_named(function, name)
     if local is not None:
         try:
-            return "local", frame.read_var(local.cname) if "->" not in local.cname else _eval_in(frame, local.cname), local.cname
+            if "->" not in local.cname:  # a plain C variable of the frame
+                return "local", frame.read_var(local.cname), local.cname
         except (gdb.error, ValueError):
-            try:
-                return "local", _eval_in(frame, local.cname), local.cname
-            except gdb.error as error:
-                raise state.CyError(f"cannot read {name} ({local.cname}): {error}")
+            pass
+        try:  # a closure variable (__pyx_cur_scope->...) or a global C name
+            return "local", _eval_in(frame, local.cname), local.cname
+        except gdb.error as error:
+            raise state.CyError(f"cannot read {name} ({local.cname}): {error}")
     value = global_value(function.module, name)
     if value is not None:
         cname = function.module.globals[name].cname if name in function.module.globals else None

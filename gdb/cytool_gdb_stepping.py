@@ -34,10 +34,19 @@ def _execute(command: str) -> Optional["gdb.StopEvent"]:
     global _last_stop, stepping
     _last_stop = None
     stepping = True
+    # gdb would print every intermediate stop of a cy-* step; we report the last one
+    try:
+        quiet = gdb.parameter("suppress-cli-notifications")
+    except (gdb.error, RuntimeError):
+        quiet = None
+    if quiet is False:
+        gdb.execute("set suppress-cli-notifications on", to_string=True)
     try:
         gdb.execute(command, to_string=True)
     finally:
         stepping = False
+        if quiet is False:
+            gdb.execute("set suppress-cli-notifications off", to_string=True)
     return _last_stop
 
 

@@ -144,7 +144,7 @@ def test_pending_function_breakpoints(python: str, built) -> None:
     run = h.run_gdb(python, module_path, commands)
     out = str(run)
     assert "pending" in run.of(0), out
-    assert f"has no code" in run.of(5) and f"nearest line with code is dbgmod.pyx:{M['work-first']}" in run.of(5), out
+    assert "has no code" in run.of(5) and f"nearest line with code is dbgmod.pyx:{M['work-first']}" in run.of(5), out
     hits = h.stops("".join(run.of(i) for i in range(5, 8)))
     assert hits == [
         ("dbgmod.pyx", M["work-first"], "work"),
