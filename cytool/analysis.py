@@ -183,14 +183,15 @@ def is_runner_frame(location: Location) -> bool:
 
 
 def trim_runner(stack: StackStats) -> StackStats:
-    """Cut everything from the innermost runner frame outward; a stack made only of
-    runner frames (the launcher's own allocations) becomes `(cytool runner)`."""
+    """Cut everything from the innermost runner frame outward. What the launcher did on
+    its own (no .pyx frame inside it: its imports, pathlib, ctypes) becomes one
+    `(cytool runner)` frame."""
     frames = stack.frames
     cut = next((i for i, f in enumerate(frames) if is_runner_frame(f)), None)
     if cut is None:
         return stack
     kept = frames[:cut]
-    if not kept:
+    if not any(f.kind == "pyx" or (f.kind == "unknown" and f.object) for f in kept):
         return StackStats([RUNNER], RUNNER, stack.metrics)
     self_location = stack.self_location if stack.self_location in kept else kept[0]
     return StackStats(kept, self_location, stack.metrics)
