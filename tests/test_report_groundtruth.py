@@ -125,3 +125,18 @@ def test_deleted_module_is_reported_with_raw_addresses(groundtruth: BuildResult,
     raw = [l for l in document["lines"] if l["kind"] == "unknown" and l["function"].startswith(copy.name + "+0x")]
     assert sum(l["count"] for l in raw) == 10 + 1 + 1 + 1 + 5  # helper blocks, array, calloc, malloc, reallocs
     assert not [l for l in document["lines"] if l["kind"] == "pyx"]
+
+
+def test_module_without_debug_info_falls_back_to_cython_names(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    stripped = tmp_path / groundtruth.module_path.name
+    shutil.copy(groundtruth.module_path, stripped)
+    subprocess.run(["objcopy", "--strip-debug", str(stripped)], check=True)
+    capture = tmp_path / "stripped.cytrace"
+    profile(stripped, capture, "run", 100)
+    document = report_json(run_cytool, capture)
+    assert document["capture"]["warnings"] == [
+        f"{stripped}: has no DWARF line information (built without -g?); its frames show Cython function names only"
+    ]
+    (run,) = [l for l in document["lines"] if l["function"] == "groundtruth.run"]
+    # no lines and no inline frames: everything the function did, helper included
+    assert (run["kind"], run["line"], run["count"], run["bytes"]) == ("pyx", 0, 108, 6400 + 800 + 320 + 16 + 992)

@@ -30,6 +30,7 @@ typedef struct loc_extra {
 
 typedef struct obj_state {
     int opened;
+    int warned_no_lines;
     enum sym_state state;
     sym_dwarf *dwarf;
     cy_names *names;
@@ -161,9 +162,6 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
         warn(s, "%s: cannot be read for symbols; its frames show as raw addresses%s", path, "");
         break;
     case SYM_OK:
-        if (st->names && !sym_dwarf_has_lines(st->dwarf))
-            warn(s, "%s: has no DWARF line information (built without -g?); its frames show symbol names only%s",
-                 path, "");
         break;
     }
     return st;
@@ -204,6 +202,17 @@ static span lookup_pc(cya_symbols *s, uint64_t pc)
             if (!function) {
                 pyx = 0;
                 file = NULL;
+            }
+        }
+        if (!file && function && !cy_is_utility(raw[i].cname)) {
+            /* a Cython function without line information: attribute to the function */
+            pyx = 1;
+            file = cy_names_source(st->names) ? cy_names_source(st->names) : "";
+            line = 0;
+            if (!st->warned_no_lines) {
+                st->warned_no_lines = 1;
+                warn(s, "%s: has no DWARF line information (built without -g?); its frames show Cython function "
+                        "names only%s", o->path && *o->path ? o->path : "?", "");
             }
         }
         if (!function)
