@@ -176,6 +176,7 @@ def library() -> ctypes.CDLL:
     }
     optional = {
         "cya_symbolize": (ctypes.c_void_p, [ctypes.c_void_p]),
+        "cya_symbolize_search": (ctypes.c_void_p, [ctypes.c_void_p, _cstr]),
         "cya_symbols_close": (None, [ctypes.c_void_p]),
         "cya_symbols_locations": (ctypes.POINTER(_Location), [ctypes.c_void_p, size_p]),
         "cya_symbols_stack": (ctypes.POINTER(_u32), [ctypes.c_void_p, _u64, size_p]),
@@ -459,7 +460,10 @@ class Capture:
             lib = library()
             if not hasattr(lib, "cya_symbolize") or lib.cya_symbolize.restype is not ctypes.c_void_p:
                 raise CytoolError("this libcyanalyze.so has no symboliser", hint="run `make -C runtime`")
-            handle = lib.cya_symbolize(self.handle)
+            if hasattr(lib, "cya_symbolize_search") and lib.cya_symbolize_search.restype is ctypes.c_void_p:
+                handle = lib.cya_symbolize_search(self.handle, os.fsencode(symbol_search_path()))
+            else:
+                handle = lib.cya_symbolize(self.handle)
             if not handle:
                 raise CytoolError(f"{self.path}: out of memory while symbolising")
             self._symbols = handle
@@ -506,6 +510,18 @@ class Capture:
             f"{self.path}: the capture is truncated ({self.problem}); recovered "
             f"{self.recovered_bytes} of {self.file_bytes} bytes ({share:.1f}%), {len(self.events)} events"
         )
+
+
+def symbol_search_path() -> str:
+    """Where the symboliser looks, by build-id, for a module deleted or rebuilt since
+    the capture: every entry of cytool's build cache, then $CYTOOL_SYMBOL_PATH
+    (colon-separated directory glob patterns)."""
+    from cytool.cache import cache_root
+
+    patterns = [str(cache_root() / "entries" / "*")]
+    extra = os.environ.get("CYTOOL_SYMBOL_PATH", "")
+    patterns += [p for p in extra.split(":") if p]
+    return ":".join(patterns)
 
 
 def read_capture(path: Union[str, "os.PathLike[str]"]) -> Capture:

@@ -78,7 +78,8 @@ def test_pyx_lines_inline_frames_and_cython_names(built, tmp_path: Path) -> None
     assert Path(capture.stacks[1][0].file) == built.source
 
 
-def test_deleted_module_falls_back_to_raw_addresses(built, tmp_path: Path) -> None:
+def test_deleted_module_falls_back_to_raw_addresses(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYTOOL_CACHE_DIR", str(tmp_path / "empty-cache"))  # no other build to fall back on
     copy = tmp_path / built.module_path.name
     shutil.copy(built.module_path, copy)
     returns = malloc_return_addresses(copy)
@@ -91,6 +92,26 @@ def test_deleted_module_falls_back_to_raw_addresses(built, tmp_path: Path) -> No
         assert frame.function == f"{copy.name}+{hex(returns[0])}"
         (warning,) = capture.symbol_warnings
         assert warning.startswith(f"{copy}: deleted since the capture was made")
+
+
+def test_deleted_module_found_by_build_id(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    elsewhere = tmp_path / "builds" / "old"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(built.module_path, elsewhere / "renamed-away.so")  # wrong name: not a candidate
+    copy = tmp_path / built.module_path.name
+    shutil.copy(built.module_path, copy)
+    shutil.copy(built.module_path, elsewhere / copy.name)
+    monkeypatch.setenv("CYTOOL_CACHE_DIR", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("CYTOOL_SYMBOL_PATH", str(tmp_path / "builds" / "*"))
+    returns = malloc_return_addresses(copy)
+    path = tmp_path / "found.cytrace"
+    write(path, copy, build_id(copy), {1: [pc_word(BIAS + returns[0])]})
+    copy.unlink()
+    with read_capture(path) as capture:
+        assert [(f.function, f.line, f.kind) for f in capture.stacks[1]] == [
+            ("symmod.helper", 4, "pyx"), ("symmod.work", 16, "pyx")]
+        assert capture.symbol_warnings == [
+            f"{copy}: deleted since the capture was made; symbols come from the identical build {elsewhere / copy.name}"]
 
 
 def test_rebuilt_module_is_not_trusted(built, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 
@@ -28,8 +28,8 @@ def profile(module: Path, capture: Path, function: str, arg: int) -> None:
                    stdout=subprocess.PIPE, timeout=300)
 
 
-def report_json(run_cytool, capture: Path, *extra: str) -> dict:
-    result = run_cytool("report", capture, "--format", "json", *extra)
+def report_json(run_cytool, capture: Path, *extra: str, env: Optional[dict] = None) -> dict:
+    result = run_cytool("report", capture, "--format", "json", *extra, env=env)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -115,16 +115,31 @@ def test_deleted_module_is_reported_with_raw_addresses(groundtruth: BuildResult,
     capture = tmp_path / "gone.cytrace"
     profile(copy, capture, "run", 10)
     copy.unlink()
-    result = run_cytool("report", capture)
+    nowhere = {"CYTOOL_CACHE_DIR": str(tmp_path / "empty-cache")}  # no other build to fall back on
+    result = run_cytool("report", capture, env=nowhere)
     assert result.returncode == 0, result.stderr
-    assert f"{copy}: deleted since the capture was made; its frames show as raw addresses" in " ".join(result.stdout.split())
-    document = report_json(run_cytool, capture)
-    assert document["capture"]["warnings"] == [
-        f"{copy}: deleted since the capture was made; its frames show as raw addresses"
-    ]
+    warning = f"{copy}: deleted since the capture was made; its frames show as raw addresses"
+    assert f"warning: {warning}" in result.stdout
+    document = report_json(run_cytool, capture, env=nowhere)
+    assert document["capture"]["warnings"] == [warning]
     raw = [l for l in document["lines"] if l["kind"] == "unknown" and l["function"].startswith(copy.name + "+0x")]
     assert sum(l["count"] for l in raw) == 10 + 1 + 1 + 1 + 5  # helper blocks, array, calloc, malloc, reallocs
     assert not [l for l in document["lines"] if l["kind"] == "pyx"]
+
+
+def test_deleted_module_found_by_build_id_in_the_cache(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    """The capture names a copy that is gone; the build cache still holds the identical build."""
+    copy = tmp_path / groundtruth.module_path.name
+    shutil.copy(groundtruth.module_path, copy)
+    capture = tmp_path / "gone.cytrace"
+    profile(copy, capture, "run", 10)
+    copy.unlink()
+    document = report_json(run_cytool, capture)
+    assert document["capture"]["warnings"] == [
+        f"{copy}: deleted since the capture was made; symbols come from the identical build {groundtruth.module_path}"
+    ]
+    lines = pyx_lines(document)
+    assert (lines[("groundtruth.pyx", 10)]["count"], lines[("groundtruth.pyx", 20)]["leaked_bytes"]) == (10, 320)
 
 
 def test_module_without_debug_info_falls_back_to_cython_names(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:

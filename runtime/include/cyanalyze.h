@@ -170,6 +170,10 @@ typedef struct cya_symbols cya_symbols;
  * object that cannot be read fall back to symbol names or raw addresses, and the
  * reason is listed in cya_symbols_warnings(). Returns NULL only when out of memory. */
 CYA_API cya_symbols *cya_symbolize(const cya_capture *capture);
+/* The same, and an object that is missing or changed is looked for, by its build-id, as
+ * <dir>/<basename> in the directories matching `search` (colon-separated glob patterns,
+ * e.g. every entry directory of cytool's build cache); NULL or "" searches nowhere. */
+CYA_API cya_symbols *cya_symbolize_search(const cya_capture *capture, const char *search);
 CYA_API void cya_symbols_close(cya_symbols *symbols);
 /* The location table. */
 CYA_API const cya_location *cya_symbols_locations(const cya_symbols *symbols, size_t *count);

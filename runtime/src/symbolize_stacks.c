@@ -11,12 +11,16 @@
  *  - a frame that DWARF puts in a .pyx but that is Cython utility code (`__Pyx_*`) is
  *    helper code; a Cython function's frame on a line past the end of the file (C code
  *    after the last #line directive inherits it) keeps the function with line 0;
- *  - objects that are gone or changed since the capture show raw addresses, and say so.
+ *  - an object that is gone or changed since the capture is looked for, by build-id,
+ *    among other builds (cytool's cache keeps them); failing that its frames show raw
+ *    addresses. Either way the warnings say so.
  */
 #define _GNU_SOURCE
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "symbolize_internal.h"
 
@@ -62,6 +66,7 @@ struct cya_symbols {
     char *warnings;
     size_t nwarnings, cap_warnings;
     cy_sources *sources;
+    char *search; /* colon-separated glob patterns of directories holding other builds */
     int failed;
 };
 
@@ -113,7 +118,7 @@ static uint32_t intern(cya_symbols *s, const char *function, const char *file, u
 
 static void warn(cya_symbols *s, const char *fmt, const char *path, const char *extra)
 {
-    char line[4300];
+    char line[8400];
     int n = snprintf(line, sizeof line, fmt, path, extra);
     if (n < 0)
         return;
@@ -135,6 +140,39 @@ static const char *base_name(const char *path)
     return slash ? slash + 1 : path;
 }
 
+/* A copy of a missing or changed object with the captured build-id, looked for as
+ * <dir>/<basename> in every directory matching one of the search patterns (cytool's
+ * build cache keeps every build it made). Returns an opened sym_dwarf or NULL. */
+static sym_dwarf *find_same_build(cya_symbols *s, const cya_object *o, char *found, size_t len)
+{
+    if (!s->search || !o->build_id_len || !o->path || !*o->path)
+        return NULL;
+    const char *base = base_name(o->path);
+    char *patterns = strdup(s->search), *save = NULL;
+    if (!patterns)
+        return NULL;
+    sym_dwarf *d = NULL;
+    for (char *pat = strtok_r(patterns, ":", &save); pat && !d; pat = strtok_r(NULL, ":", &save)) {
+        glob_t g;
+        if (glob(pat, GLOB_NOSORT | GLOB_ONLYDIR, NULL, &g) != 0)
+            continue;
+        for (size_t i = 0; i < g.gl_pathc && !d; i++) {
+            int n = snprintf(found, len, "%s/%s", g.gl_pathv[i], base);
+            if (n < 0 || (size_t)n >= len || strcmp(found, o->path) == 0 || access(found, R_OK) != 0)
+                continue;
+            enum sym_state state;
+            d = sym_dwarf_open(found, o->load_bias, o->build_id, o->build_id_len, &state);
+            if (d && state != SYM_OK) {
+                sym_dwarf_close(d);
+                d = NULL;
+            }
+        }
+        globfree(&g);
+    }
+    free(patterns);
+    return d;
+}
+
 static obj_state *open_object(cya_symbols *s, uint32_t index)
 {
     obj_state *st = &s->objects[index];
@@ -146,24 +184,32 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
     if (!path || !*path) /* the main program: link_map names it "" */
         path = s->capture->header.executable;
     st->dwarf = sym_dwarf_open(path, o->load_bias, o->build_id, o->build_id_len, &st->state);
-    if (!st->dwarf)
+    if (!st->dwarf) {
         s->failed = 1;
-    st->names = cy_names_load(path);
-    switch (st->state) {
-    case SYM_MISSING:
-        warn(s, "%s: deleted since the capture was made; its frames show as raw addresses%s", path,
-             st->names ? "" : "");
-        break;
-    case SYM_CHANGED:
-        warn(s, "%s: changed since the capture was made (build-id differs); its frames show as raw addresses%s",
-             path, "");
-        break;
-    case SYM_UNREADABLE:
-        warn(s, "%s: cannot be read for symbols; its frames show as raw addresses%s", path, "");
-        break;
-    case SYM_OK:
-        break;
+        return st;
     }
+    const char *what = st->state == SYM_MISSING   ? "deleted since the capture was made"
+                       : st->state == SYM_CHANGED ? "changed since the capture was made (build-id differs)"
+                                                  : "cannot be read for symbols";
+    if (st->state != SYM_OK) {
+        char found[4096];
+        sym_dwarf *copy = find_same_build(s, o, found, sizeof found);
+        if (copy) {
+            sym_dwarf_close(st->dwarf);
+            st->dwarf = copy;
+            st->state = SYM_OK;
+            st->names = cy_names_load(found);
+            char where[4200];
+            snprintf(where, sizeof where, "; symbols come from the identical build %s", found);
+            char head[4200];
+            snprintf(head, sizeof head, "%s: %s", path, what);
+            warn(s, "%s%s", head, where);
+            return st;
+        }
+        warn(s, "%s: %s; its frames show as raw addresses", path, what);
+        return st;
+    }
+    st->names = cy_names_load(path);
     return st;
 }
 
@@ -307,12 +353,18 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
     s->stacks[st - s->capture->stacks].count = s->nframes - start;
 }
 
-CYA_API cya_symbols *cya_symbolize(const cya_capture *capture)
+CYA_API cya_symbols *cya_symbolize(const cya_capture *capture) { return cya_symbolize_search(capture, NULL); }
+
+CYA_API cya_symbols *cya_symbolize_search(const cya_capture *capture, const char *search)
 {
     cya_symbols *s = calloc(1, sizeof *s);
     if (!s)
         return NULL;
     s->capture = capture;
+    if (search && *search && !(s->search = strdup(search))) {
+        free(s);
+        return NULL;
+    }
     s->objects = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *s->objects);
     s->stacks = calloc(capture->nstacks ? capture->nstacks : 1, sizeof *s->stacks);
     uint32_t *seen = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *seen);
@@ -359,6 +411,7 @@ CYA_API void cya_symbols_close(cya_symbols *s)
     free(s->stacks);
     free(s->warnings);
     cy_sources_free(s->sources);
+    free(s->search);
     free(s);
 }
 
