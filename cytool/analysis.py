@@ -182,17 +182,23 @@ def is_runner_frame(location: Location) -> bool:
     return file.startswith(PACKAGE_DIR) or file.startswith("<frozen runpy") or file.startswith("<frozen importlib")
 
 
+def _program_frame(location: Location) -> bool:
+    return location.kind == "pyx" or (location.kind == "unknown" and bool(location.object))
+
+
 def trim_runner(stack: StackStats) -> StackStats:
-    """Cut everything from the innermost runner frame outward. What the launcher did on
-    its own (no .pyx frame inside it: its imports, pathlib, ctypes) becomes one
-    `(cytool runner)` frame."""
+    """Cut the launcher's frames outside the program: everything from the first runner
+    frame beyond the outermost .pyx frame. (Runner-like frames inside the program, such
+    as the import machinery of an `import` statement, stay.) What the launcher did on
+    its own, with no .pyx frame at all, becomes one `(cytool runner)` frame."""
     frames = stack.frames
-    cut = next((i for i, f in enumerate(frames) if is_runner_frame(f)), None)
+    outermost = max((i for i, f in enumerate(frames) if _program_frame(f)), default=-1)
+    cut = next((i for i in range(outermost + 1, len(frames)) if is_runner_frame(frames[i])), None)
     if cut is None:
         return stack
-    kept = frames[:cut]
-    if not any(f.kind == "pyx" or (f.kind == "unknown" and f.object) for f in kept):
+    if outermost < 0:
         return StackStats([RUNNER], RUNNER, stack.metrics)
+    kept = frames[:cut]
     self_location = stack.self_location if stack.self_location in kept else kept[0]
     return StackStats(kept, self_location, stack.metrics)
 

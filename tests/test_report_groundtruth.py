@@ -155,3 +155,18 @@ def test_module_without_debug_info_falls_back_to_cython_names(groundtruth: Build
     (run,) = [l for l in document["lines"] if l["function"] == "groundtruth.run"]
     # no lines and no inline frames: everything the function did, helper included
     assert (run["kind"], run["line"], run["count"], run["bytes"]) == ("pyx", 0, 108, 6400 + 800 + 320 + 16 + 992)
+
+
+def test_python_callback_sits_inside_its_cython_caller(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path,
+                                                       run_cytool) -> None:
+    module = build("callback", tmp_path_factory)
+    capture = tmp_path / "callback.cytrace"
+    profile(module.module_path, capture, "run", 20)
+    document = report_json(run_cytool, capture)
+    (alloc,) = [l for l in document["lines"] if l["file"].endswith("cbhelper.py") and l["line"] == 5]
+    assert alloc["function"] == "alloc" and alloc["count"] == 20
+    assert alloc["bytes"] >= sum(5000 + i for i in range(20))
+    (caller,) = [l for l in document["lines"] if l["file"].endswith("callback.pyx") and l["line"] == 10]
+    assert caller["bytes"] == 0 and caller["inclusive"]["count"] >= 20
+    stacks = [s for s in document["stacks"] if s["self"]["line"] == 5 and s["self"]["file"].endswith("cbhelper.py")]
+    assert [(f["function"], f["line"]) for f in stacks[0]["frames"][:2]] == [("alloc", 5), ("callback.run", 10)]

@@ -30,6 +30,7 @@
 typedef struct loc_extra {
     uint32_t object;  /* index into capture objects, NO_OBJECT when none */
     uint8_t wrapper;  /* a __pyx_pw_ wrapper frame */
+    uint8_t eval;     /* the interpreter's eval loop (_PyEval_EvalFrameDefault) */
 } loc_extra;
 
 typedef struct obj_state {
@@ -98,7 +99,8 @@ static uint32_t intern(cya_symbols *s, const char *function, const char *file, u
     }
     cya_location loc = {strdup(function ? function : ""), strdup(file ? file : ""), line, kind,
                         strdup(object ? object : "")};
-    loc_extra ex = {object_index, (uint8_t)(wrapper ? 1 : 0)};
+    loc_extra ex = {object_index, (uint8_t)(wrapper ? 1 : 0),
+                    (uint8_t)(kind == CYA_FRAME_NATIVE && function && strcmp(function, "_PyEval_EvalFrameDefault") == 0)};
     if (!loc.function || !loc.file || !loc.object ||
         !cya_grow((void **)&s->extra, &s->cap_extra, s->nlocs + 1, sizeof *s->extra) ||
         !CYA_PUSH(s->locs, s->nlocs, s->cap_locs, loc)) {
@@ -302,7 +304,34 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
                        uint32_t generation)
 {
     size_t n = 0;
-    for (uint64_t i = 0; i < st->nframes && !s->failed; i++) {
+    /* Python frames whose position the tracer did not know follow all native frames.
+     * When the native frames show the interpreter's eval loop, put them back inside it:
+     * each _PyEval_EvalFrameDefault runs one Python frame (exact before 3.11, where
+     * every Python call has its own; from 3.11 Python-to-Python calls share one, and
+     * the outermost eval frame takes all that remain). */
+    uint64_t first_py = st->nframes;
+    for (uint64_t i = 0; i < st->nframes; i++)
+        if (st->frames[i] & 1) {
+            first_py = i;
+            break;
+        }
+    int tail_layout = first_py < st->nframes;
+    for (uint64_t i = first_py; i < st->nframes; i++)
+        if (!(st->frames[i] & 1))
+            tail_layout = 0;
+    size_t evals = 0;
+    if (tail_layout)
+        for (uint64_t i = 0; i < first_py; i++) {
+            span sp = lookup_pc(s, st->frames[i] >> 1);
+            for (uint64_t j = 0; j < sp.count; j++)
+                if (s->extra[s->pc_frames[sp.offset + j]].eval) {
+                    evals++;
+                    break;
+                }
+        }
+    uint64_t next_py = first_py, nat_end = evals ? first_py : st->nframes;
+    size_t eval_seen = 0;
+    for (uint64_t i = 0; i < nat_end && !s->failed; i++) {
         uint64_t w = st->frames[i];
         if (w & 1) {
             uint32_t li = python_location(s, w >> 1);
@@ -311,9 +340,26 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
             continue;
         }
         span sp = lookup_pc(s, w >> 1);
+        int eval = 0;
+        for (uint64_t j = 0; j < sp.count; j++)
+            eval |= s->extra[s->pc_frames[sp.offset + j]].eval;
+        if (evals && eval && next_py < st->nframes) {
+            /* the Python frame(s) this eval loop was running sit inside it */
+            uint64_t take = ++eval_seen == evals ? st->nframes - next_py : 1;
+            for (uint64_t k = 0; k < take && !s->failed; k++) {
+                uint32_t li = python_location(s, st->frames[next_py++] >> 1);
+                if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
+                    s->failed = 1;
+            }
+        }
         for (uint64_t j = 0; j < sp.count; j++)
             if (!CYA_PUSH(*tmp, n, *tmp_cap, s->pc_frames[sp.offset + j]))
                 s->failed = 1;
+    }
+    for (uint64_t i = next_py; evals && i < st->nframes && !s->failed; i++) {
+        uint32_t li = python_location(s, st->frames[i] >> 1);
+        if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
+            s->failed = 1;
     }
     if (s->failed)
         return;
