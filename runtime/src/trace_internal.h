@@ -97,8 +97,7 @@ int cyt_thread_defs(cyt_buf **defs_out);     /* the current thread's definition 
 int cyt_stacks_init(void);           /* (re)create the intern tables for a session */
 void cyt_stacks_release(void);
 /* Capture the stack of the allocation whose hook returns to `return_address`. */
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address,
-                      uintptr_t stack_lo, uintptr_t stack_hi);
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address);
 uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new);
 uint64_t cyt_stacks_count(void);
 void cyt_fp_objects_reset(void);

@@ -154,8 +154,13 @@ static inline int in_fp_object(uintptr_t pc) {
 
 /* ---- capture ------------------------------------------------------------------------ */
 
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address,
-                      uintptr_t stack_lo, uintptr_t stack_hi) {
+/* The frame-pointer walk needs no stack bounds (asking glibc for them can deadlock: the
+ * first allocation of a thread may come from inside pthread_getattr_np): it only follows
+ * frame pointers saved by functions of frame-pointer objects, and still checks that each
+ * step goes up the stack by less than MAX_FRAME_SIZE. */
+#define MAX_FRAME_SIZE ((uintptr_t)1 << 20)
+
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address) {
     uintptr_t ret = (uintptr_t)return_address;
     int n = 0;
     if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
@@ -165,7 +170,7 @@ int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *fram
         uintptr_t pc = ret;
         while (n < max && in_fp_object(pc)) {
             uintptr_t next = ((uintptr_t *)fp)[0];
-            if (next <= fp || next >= stack_hi || next < stack_lo || (next & 7) != 0) break;
+            if (next <= fp || next - fp > MAX_FRAME_SIZE || (next & 7) != 0) break;
             fp = next;
             pc = ((uintptr_t *)fp)[1];
             if (pc == 0) break;

@@ -33,7 +33,6 @@ struct cyt_thread {
     int in_list;
     uint32_t index;
     pid_t tid;
-    uintptr_t stack_lo, stack_hi;
     uint64_t t0, last_t;
     uint64_t last_addr;
     uint64_t nevents, events_total;
@@ -147,21 +146,6 @@ static void thread_exit(void *arg) {
 
 void cyt_threads_init(void) { pthread_key_create(&exit_key, thread_exit); }
 
-static void stack_bounds(cyt_thread *ts) {
-    pthread_attr_t attr;
-    void *addr = NULL;
-    size_t size = 0;
-    ts->stack_lo = 0;
-    ts->stack_hi = 0;
-    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
-        if (pthread_attr_getstack(&attr, &addr, &size) == 0) {
-            ts->stack_lo = (uintptr_t)addr;
-            ts->stack_hi = (uintptr_t)addr + size;
-        }
-        pthread_attr_destroy(&attr);
-    }
-}
-
 /* Set up (or renew for a new session) the calling thread's state. Guard is held. */
 static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     pthread_mutex_lock(&threads_lock);
@@ -181,7 +165,6 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
             all_threads = ts;
             ts->in_list = 1;
         }
-        stack_bounds(ts);
         pthread_setspecific(exit_key, ts);
     }
     release_buffers(ts);
@@ -252,7 +235,7 @@ static inline void event_end(cyt_thread *ts, uint8_t *p) {
 
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
     uint64_t words[CYT_MAX_FRAMES];
-    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address, ts->stack_lo, ts->stack_hi);
+    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address);
     if (cyt_pyframes_cb != NULL && (cyt_options & CYTRACE_PYTHON_FRAMES) && n < CYT_MAX_FRAMES)
         n += cyt_pyframes_cb(words + n, CYT_MAX_FRAMES - n);
     if (n == 0) return 0;
@@ -392,6 +375,5 @@ void cyt_threads_after_fork_child(void) {
         self->next = NULL;
         all_threads = self;
         self->in_list = 1;
-        stack_bounds(self);
     }
 }

@@ -1,0 +1,27 @@
+#!/bin/sh
+# test_trace_sanitize.sh DIR: run the tracer's C test helper (built with ASan + UBSan by
+# `make sanitize`) through every mode; any sanitizer report fails the run.
+set -eu
+dir=$1
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
+export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+helper="$dir/test_trace_helper"
+run() {
+    echo "sanitize: $*"
+    "$helper" "$@" > "$work/out.txt"
+}
+run "$work/threads.cytrace" threads 20000 64 4
+run "$work/churn.cytrace" churn 200 4
+run "$work/edge.cytrace" edge
+run "$work/fork0.cytrace" fork 0
+run "$work/fork1.cytrace" fork 1
+run "$work/signal.cytrace" signal 100000
+run "$work/exit.cytrace" exit 10000
+run "$work/uexit.cytrace" _exit 10000
+run "$work/dlopen.cytrace" dlopen "$(cd "$dir" && pwd)/libtest_trace_lib.so" 1000
+for f in "$work"/*.cytrace; do
+    head -c 8 "$f" | grep -q CYTRACE || { echo "sanitize: $f is not a capture"; exit 1; }
+done
+echo "sanitize: all modes passed"
