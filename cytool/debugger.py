@@ -148,7 +148,7 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
     argv += [
         # the interpreter's python-gdb.py (Python frames for cy-bt) may load quietly
         "-iex", f"add-auto-load-safe-path {os.path.dirname(interpreter)}",
-        "-iex", "set pagination off" if session.batch else "set pagination on",
+        "-iex", "set pagination off",  # the start-up messages must not wait for a key
         "-ex", "set breakpoint pending on",
         "-ex", _quote_gdb(f"source {scripts / GDB_SCRIPT}"),
         "-ex", _quote_gdb(f"cy-load {session.build_dir}"),
@@ -156,7 +156,7 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
     for spec in session.breakpoints:
         argv += ["-ex", _quote_gdb(f"cy-break {spec}")]
     if not session.batch:
-        argv += ["-ex", "layout src", "-ex", "cy-list"]
+        argv += ["-ex", "layout src", "-ex", "cy-list", "-ex", "set pagination on"]
     if session.command_file is not None:
         argv += ["-x", str(session.command_file)]
     argv += [

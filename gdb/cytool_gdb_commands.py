@@ -277,7 +277,13 @@ Usage: cy-list [LINE]"""
         path, current = frames.location(frame) if frame is not None else (state.default_source, 0)
         if not path:
             raise state.CyError("No .pyx file to list.")
-        center = int(argument) if argument.strip() else (current or 1)
+        if argument.strip():
+            try:
+                center = int(argument)
+            except ValueError:
+                raise state.CyError("Usage: cy-list [LINE]")
+        else:
+            center = current or _first_breakpoint_line(path) or 1
         lines = state.source_lines(path)
         first = max(1, center - 5)
         last = min(len(lines), center + 5)
@@ -286,6 +292,14 @@ Usage: cy-list [LINE]"""
             print(f"{marker}{number:>5}    {lines[number - 1]}")
         if frame is None and _tui_active():
             _show_in_tui(path, center)
+
+
+def _first_breakpoint_line(path: str) -> int:
+    """Before the run, list around the first Cython breakpoint in this file."""
+    for breakpoint in breakpoints.breakpoints():
+        if not breakpoint.internal and breakpoint.plan is not None and breakpoint.plan.path == path:
+            return breakpoint.plan.line
+    return 0
 
 
 def _tui_active() -> bool:
@@ -301,8 +315,10 @@ def _show_in_tui(path: str, line: int) -> None:
     modules = state.module_for_source(path)
     if not modules or not state.preload_symbols(modules[0]):
         return
+    # gdb's TUI shows the source from just after what `list` printed (the 10 lines
+    # centred on its argument): aim so that `line` appears near the top of the window
     try:
-        gdb.execute(f"list {path}:{line}", to_string=True)
+        gdb.execute(f"list {path}:{max(1, line - 8)}", to_string=True)
     except gdb.error:
         pass
 

@@ -89,8 +89,9 @@ def test_tui_in_tmux(tmp_path: Path) -> None:
     """The real TUI: the source window shows the .pyx before the run, then the stop marker."""
     session = f"cytool-debug-{os.getpid()}"
     env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
-    command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b work {h.FIXTURE}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "130", "-y", "45", command], check=True)
+    # two breakpoints: enough start-up messages to fill a small command window (no pager stop)
+    command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b work -b Acc.add {h.FIXTURE}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "32", command], check=True)
     try:
         def screen() -> str:
             return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
@@ -107,7 +108,9 @@ def test_tui_in_tmux(tmp_path: Path) -> None:
             raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
 
         before = wait_for("(gdb)")
-        assert "dbgmod.pyx" in before and "def work(int n):" in before, before  # the source window
+        source_window = before.split("\n")[:12]
+        assert any("dbgmod.pyx" in line for line in source_window), before  # the source window's title
+        assert any("cdef long total = 0" in line for line in source_window), before  # at the first breakpoint
         subprocess.run(["tmux", "send-keys", "-t", session, "cy-run", "Enter"], check=True)
         stopped = wait_for(f"Cython breakpoint 1, dbgmod.pyx:{M['work-first']} in work()")
         marker = [line for line in stopped.splitlines() if ">" in line and "cdef long total = 0" in line]
