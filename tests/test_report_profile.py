@@ -3,7 +3,6 @@ stdout, the HTML beside the capture; stacks start at the program, not at cytool'
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "reports"

@@ -36,32 +36,37 @@ def build_tree(profile: Profile) -> FlameNode:
     return root
 
 
-def compact_tree(root: FlameNode, max_nodes: int = 50000) -> Tuple[List[List[Any]], List[Any]]:
-    """(frames, tree) for the HTML page: frames = [[function, file, line, kind]], tree =
-    [frame index, values..., [children]]. Nodes too small to see are left out when the
-    tree is bigger than max_nodes (their bytes stay in their parent's total)."""
+def compact_tree(root: FlameNode, max_nodes: int = 50000) -> Tuple[List[List[Any]], List[List[int]]]:
+    """(frames, nodes) for the HTML page: frames = [[function, file, line, kind]], nodes
+    = [[frame index, parent node index (-1 for the root), *values]] in depth-first
+    order, children biggest first. Flat, so that deep recursion stays cheap to encode.
+    Nodes too small to see are left out when the tree has more than max_nodes (their
+    values stay in their parent's)."""
     frames: List[List[Any]] = []
     index: Dict[Location, int] = {}
-    count = [0]
-    total = max(1, max(root.values[:3]))
-    threshold = 0.0
 
-    def size(node: FlameNode) -> int:
-        return 1 + sum(size(c) for c in node.children.values())
+    def frame_id(location: Location) -> int:
+        if location not in index:
+            index[location] = len(frames)
+            frames.append([location.function, location.file, location.line, location.kind])
+        return index[location]
 
-    if size(root) > max_nodes:
-        threshold = total / 20000.0
+    count, todo = 0, [root]
+    while todo:
+        node = todo.pop()
+        count += 1
+        todo.extend(node.children.values())
+    threshold = max(1, max(root.values[:3])) / 20000.0 if count > max_nodes else 0.0
 
-    def visit(node: FlameNode) -> List[Any]:
-        loc = node.location
-        if loc not in index:
-            index[loc] = len(frames)
-            frames.append([loc.function, loc.file, loc.line, loc.kind])
-        count[0] += 1
+    nodes: List[List[int]] = []
+    stack: List[Tuple[FlameNode, int]] = [(root, -1)]
+    while stack:
+        node, parent = stack.pop()
+        me = len(nodes)
+        nodes.append([frame_id(node.location), parent, *node.values])
         kids = sorted(node.children.values(), key=lambda c: -c.values[0])
-        return [index[loc], *node.values, [visit(c) for c in kids if max(c.values[:3]) >= threshold]]
-
-    return frames, visit(root)
+        stack.extend((c, me) for c in reversed(kids) if max(c.values[:3]) >= threshold)
+    return frames, nodes
 
 
 def _label(location: Location) -> str:

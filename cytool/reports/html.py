@@ -132,8 +132,8 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
             )
         files.append(dict(name=Path(file).name, path=file, rows=rows, missing=text is None))
 
-    frames, tree = compact_tree(build_tree(profile))
-    flame_json = json.dumps({"frames": frames, "tree": tree}, separators=(",", ":")).replace("</", "<\\/")
+    frames, nodes = compact_tree(build_tree(profile))
+    flame_json = json.dumps({"frames": frames, "nodes": nodes}, separators=(",", ":")).replace("</", "<\\/")
     notes = ([profile.truncation_message] if profile.truncated else []) + list(profile.symbol_warnings)
     t = profile.totals
     template = _environment().get_template("report.html.j2")

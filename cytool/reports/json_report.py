@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from cytool.analysis import Location, Metrics, Profile
+from cytool.analysis import Location, Profile
 from cytool.reports.ranking import ranked_lines, ranked_stacks
 from cytool.reports.source import SourceCache
 
