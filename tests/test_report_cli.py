@@ -141,3 +141,22 @@ def test_missing_file_and_self_overwrite(capture: Path, tmp_path: Path, run_cyto
     result = run_cytool("report", capture, "-f", "json", "-o", capture)
     assert result.returncode == 2 and "refusing to overwrite" in result.stderr
     assert capture.read_bytes() == before
+
+
+def test_deep_recursion_in_every_format(tmp_path: Path, run_cytool) -> None:
+    """5000 nested frames (deep recursion): no format may hit a recursion limit."""
+    path = tmp_path / "deep.cytrace"
+    depth = 5000
+    with CaptureWriter(path) as w:
+        for i in range(depth):
+            w.pyframe(i + 1, 10 + i % 7, f"f{i % 7}", "/src/rec.py")
+        w.stack(1, [py_word(i + 1) for i in range(depth)])
+        w.batch(0, 0, [("malloc", 1, 0x10, 64, 1)])
+        w.end(10)
+    for fmt in ("table", "json", "html", "speedscope", "collapsed"):
+        out = tmp_path / f"deep.{fmt}"
+        result = run_cytool("report", path, "-f", fmt, "-o", out)
+        assert result.returncode == 0, (fmt, result.stderr[-2000:])
+        assert out.stat().st_size > 0
+    document = json.loads((tmp_path / "deep.json").read_text())
+    assert len(document["stacks"][0]["frames"]) == depth
