@@ -90,9 +90,10 @@ def test_breakpoint_traps_before_load(python: str, built) -> None:
         f"cy-break dbgmod.pyx:{M['mc-return']}",  # closure owner, after the closure
         f"cy-break dbgmod.pyx:{M['bump-def']}",  # the closure's def line
         "cy-break no_such_function",
+        f"cy-break dbgmod.pyx:{M['work-tup']}",  # its constant is also built in __Pyx_InitCachedConstants
         "cy-break",
         "cy-run",
-    ] + ["cy-cont"] * 9
+    ] + ["cy-cont"] * 10
     run = h.run_gdb(python, module_path, commands)
     out = str(run)
     assert f"dbgmod.pyx:{M['work-def'] + 1} has no code" in run.of(1), out
@@ -105,14 +106,15 @@ def test_breakpoint_traps_before_load(python: str, built) -> None:
     assert f"first statement, line {M['work-first']}" in run.of(8), out
     assert f"first statement, line {M['bump-body']}" in run.of(11), out
     assert "No Cython function named 'no_such_function'" in run.of(12), out
-    listing = run.of(13)
-    assert listing.count("pending") == 6, out  # the six accepted breakpoints, before the run
+    listing = run.of(14)
+    assert listing.count("pending") == 7, out  # the seven accepted breakpoints, before the run
 
-    hits = h.stops("".join(run.of(i) for i in range(14, len(commands))))
+    hits = h.stops("".join(run.of(i) for i in range(15, len(commands))))
     expected = [
         ("dbgmod.pyx", M["module-level"], "<module>"),
         ("dbgmod.pyx", M["scale-body"], "scale"),  # cpdef called from C (module level)
         ("dbgmod.pyx", M["work-first"], "work"),  # not module init at the def line
+        ("dbgmod.pyx", M["work-tup"], "work"),  # not the constant cache at import
         ("helpers.pxi", P["pxi-body"], "pxi_twice"),
         ("dbgmod.pyx", M["scale-body"], "scale"),  # from work, a C call
         ("dbgmod.pyx", M["mc-return"], "make_counter"),
