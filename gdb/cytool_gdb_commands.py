@@ -412,6 +412,27 @@ is a C expression which may use Cython names."""
         print(f"{target} = {names.format_value(names.evaluate(target))}")
 
 
+class CyPythonFrames(gdb.Parameter):
+    """Whether cy-bt shows Python frames (read through the interpreter's python-gdb.py).
+
+Turn it off if that script fails on your interpreter: cy-bt then shows the Cython
+frames only."""
+
+    set_doc = "Set whether cy-bt shows Python frames."
+    show_doc = "Show whether cy-bt shows Python frames."
+
+    def __init__(self) -> None:
+        super().__init__("cy-python-frames", gdb.COMMAND_STACK, gdb.PARAM_BOOLEAN)
+        self.value = True
+
+    def get_set_string(self) -> str:
+        frames.python_frames_enabled = bool(self.value)
+        return ""
+
+    def get_show_string(self, value: str) -> str:
+        return f"cy-bt shows Python frames: {value}"
+
+
 # -- convenience functions ---------------------------------------------------------------
 
 
@@ -510,6 +531,7 @@ def register() -> None:
     _registered = True
     for command in _COMMANDS:
         command()
+    CyPythonFrames()
     CyCname()
     CyLineno()
     CyValue()

@@ -146,7 +146,14 @@ def load_python_gdb(objfile_name: str) -> None:
     python_gdb_status = f"no python-gdb.py for Python {version} (looked in {', '.join(candidates[:3])})"
 
 
+python_frames_enabled = True  # `set cy-python-frames off` (cytool_gdb_commands)
+
+
 def python_gdb_available() -> bool:
+    global python_gdb_status
+    if not python_frames_enabled:
+        python_gdb_status = "turned off by `set cy-python-frames off`"
+        return False
     main = sys.modules.get("__main__")
     return main is not None and hasattr(main, "Frame") and hasattr(main, "PyObjectPtr")
 

@@ -332,12 +332,16 @@ def test_python_frames_between_cython_frames(python: str, built) -> None:
     """main (Cython) -> pyhelper.call_back (Python) -> callback_target (Cython)."""
     module_path, _ = built
     helper = h.markers(h.FIXTURE.parent / "pyhelper.py")
-    commands = ["cy-break callback_target", "cy-run", "cy-bt", "cy-finish",
-                "cy-run", "cy-next", "cy-next", "cy-cont"]
+    commands = ["cy-break callback_target", "cy-run", "cy-bt",
+                "set cy-python-frames off", "cy-bt", "set cy-python-frames on",  # 3, 4, 5
+                "cy-finish", "cy-run", "cy-next", "cy-next", "cy-cont"]  # 6 .. 10
     run = h.run_gdb(python, module_path, commands)
     out = str(run)
     bt = run.of(2)
     assert [s[2] for s in h.stops(bt)] == ["callback_target", "main", "<module>"], out
+    # without Python frames: the Cython ones, and why the others are missing
+    assert [s[2] for s in h.stops(run.of(4))] == ["callback_target", "main", "<module>"], out
+    assert "[py]" not in run.of(4) and "Python frames not shown: turned off" in run.of(4), out
     if "Python frames not shown" in bt:
         assert "python-gdb.py" in bt, out
         return
@@ -347,9 +351,9 @@ def test_python_frames_between_cython_frames(python: str, built) -> None:
     assert position["in callback_target()"] < position[f"pyhelper.py:{helper['py-call']} in call_back()"] \
         < position["in main()"], out  # the Python frame sits between the two Cython frames
     returned = f"returned to Python: {h.FIXTURE.parent / 'pyhelper.py'}:{helper['py-call']} in call_back()"
-    assert returned in run.of(3), out  # cy-finish
-    assert h.stops(run.of(5))[-1] == ("dbgmod.pyx", M["cb-body"] + 1, "callback_target"), out
-    assert returned in run.of(6), out  # cy-next off the end of the function
+    assert returned in run.of(6), out  # cy-finish
+    assert h.stops(run.of(8))[-1] == ("dbgmod.pyx", M["cb-body"] + 1, "callback_target"), out
+    assert returned in run.of(9), out  # cy-next off the end of the function
     assert "helper 42" in out, out
 
 
