@@ -60,7 +60,13 @@ class Function:
         return name[len(prefix):] if name.startswith(prefix) else (name or self.name)
 
     def covers(self, path: str, line: int) -> bool:
-        return line in self.lines.get(path, ())
+        """Whether this function has code on path:line. gdb may name a file differently
+        from the XML (relative #line names resolved elsewhere): fall back to the basename."""
+        lines = self.lines.get(path)
+        if lines is None:
+            base = os.path.basename(path)
+            lines = next((v for k, v in self.lines.items() if os.path.basename(k) == base), set())
+        return line in lines
 
     def first_statement(self) -> Optional[int]:
         """The first line after the def line that this function's body has code for."""
