@@ -113,9 +113,18 @@ static const code_names *names_of(uint32_t index) {
 typedef struct {
     PyFrameObject *frame;
     uint32_t code;
-    uint32_t cached_id; /* pyframe id for cached_line, 0 = not computed */
-    int cached_line;
+    uint32_t cached_id; /* pyframe id for cached_lasti, 0 = not computed */
+    int cached_lasti;
 } shadow_entry;
+
+/* The frame's last instruction: cheap to read, unlike its line (a line-table walk). */
+static inline int frame_lasti(PyFrameObject *frame) {
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyFrame_GetLasti(frame);
+#else
+    return frame->f_lasti;
+#endif
+}
 
 typedef struct {
     shadow_entry *entries;
@@ -123,7 +132,7 @@ typedef struct {
     unsigned generation;
 } shadow_stack;
 
-static __thread shadow_stack *tls_shadow;
+static __thread __attribute__((tls_model("initial-exec"))) shadow_stack *tls_shadow;
 static unsigned frames_generation; /* bumped at each start; 0 = not recording frames */
 static int frames_on;
 
@@ -143,7 +152,7 @@ static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
     e->frame = frame;
     e->code = index;
     e->cached_id = 0;
-    e->cached_line = -1;
+    e->cached_lasti = -2;
     __atomic_store_n(&s->n, s->n + 1, __ATOMIC_RELEASE);
     return 0;
 }
@@ -215,8 +224,9 @@ static int pyframes(uint64_t *words, int max) {
             words[k++] = ((uint64_t)e->cached_id << 1) | 1;
             continue;
         }
-        int line = PyFrame_GetLineNumber(e->frame);
-        if (line != e->cached_line || e->cached_id == 0) {
+        int lasti = frame_lasti(e->frame);
+        if (lasti != e->cached_lasti || e->cached_id == 0) {
+            int line = PyFrame_GetLineNumber(e->frame);
             int is_new = 0;
             uint32_t id = cytrace_pyframe_intern(((uint64_t)e->code << 32) | (uint32_t)line, &is_new);
             if (id == 0) break;
@@ -225,7 +235,7 @@ static int pyframes(uint64_t *words, int max) {
                 cytrace_emit_pyframe(id, (unsigned)(line < 0 ? 0 : line), names && names->function ? names->function : "?",
                                      names && names->file ? names->file : "?");
             }
-            e->cached_line = line;
+            e->cached_lasti = lasti;
             e->cached_id = id;
         }
         words[k++] = ((uint64_t)e->cached_id << 1) | 1;

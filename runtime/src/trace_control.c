@@ -10,7 +10,9 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/membarrier.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -21,6 +23,7 @@ _Atomic unsigned cyt_session;
 unsigned cyt_options;
 uint64_t cyt_start_mono;
 CYT_TLS int cyt_guard;
+int cyt_asymmetric_fence;
 
 void cyt_threads_reset_counters(void);
 
@@ -31,6 +34,31 @@ static _Atomic uint64_t dropped;
 static struct cytrace_stats last_stats;
 static int handlers_installed;
 static pid_t session_pid;
+
+int cyt_tsc_ok;
+uint64_t cyt_tsc0, cyt_tsc_mult;
+
+/* Once per process: is the TSC the kernel's clock source, and how many ns is a tick? */
+static void calibrate_tsc(void) {
+    static int done;
+    if (done) return;
+    done = 1;
+    char source[32] = "";
+    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "re");
+    if (f != NULL) {
+        if (fgets(source, sizeof source, f) == NULL) source[0] = 0;
+        fclose(f);
+    }
+    if (strncmp(source, "tsc", 3) != 0 || getenv("CYTOOL_PROFILE_NO_TSC") != NULL) return;
+    uint64_t ns0 = cyt_now(), t0 = __builtin_ia32_rdtsc(), ns1, t1;
+    do {
+        ns1 = cyt_now();
+        t1 = __builtin_ia32_rdtsc();
+    } while (ns1 - ns0 < 2000000); /* 2 ms */
+    if (t1 <= t0) return;
+    cyt_tsc_mult = (uint64_t)(((unsigned __int128)(ns1 - ns0) << 32) / (t1 - t0));
+    cyt_tsc_ok = cyt_tsc_mult != 0;
+}
 
 uint64_t cyt_now(void) {
     struct timespec ts;
@@ -82,7 +110,11 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
         errno = ENOMEM;
         return -1;
     }
+    calibrate_tsc();
+    if (!cyt_asymmetric_fence && getenv("CYTOOL_PROFILE_NO_MEMBARRIER") == NULL)
+        cyt_asymmetric_fence = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
     cyt_start_mono = cyt_now();
+    cyt_tsc0 = __builtin_ia32_rdtsc();
     if (cyt_writer_open(path, flags, parent_pid) != 0) return -1;
     strcpy(capture_path, path);
     session_pid = getpid();
@@ -148,6 +180,11 @@ void cyt_stop_for_exit(void) {
 static void stop_locked(void) {
     atomic_store(&cyt_active, 0);
     atomic_thread_fence(memory_order_seq_cst);
+    if (cyt_asymmetric_fence && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+        /* cannot happen once registered; if it does, wait out any thread in the hot path */
+        struct timespec pause = {0, 50000000};
+        nanosleep(&pause, NULL);
+    }
     cyt_unpatch_all();
     cyt_threads_flush_all();
 
@@ -200,6 +237,7 @@ static void fork_child(void) {
         return;
     }
     atomic_store(&cyt_active, 0);
+    cyt_asymmetric_fence = 0; /* membarrier registration is per process: not inherited */
     cyt_writer_abandon_after_fork();
     cyt_threads_after_fork_child();
     cyt_unpatch_all();

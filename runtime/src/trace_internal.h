@@ -72,9 +72,21 @@ extern _Atomic unsigned cyt_session; /* bumped at every start; thread states com
 extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
 extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
+extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */
 
 uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
-static inline uint64_t cyt_since_start(void) { return cyt_now() - cyt_start_mono; }
+
+/* Event time, ns since the capture started: from the TSC when the kernel itself uses it as
+ * its clock source (a few ns instead of a clock_gettime call), else CLOCK_MONOTONIC. */
+extern int cyt_tsc_ok;
+extern uint64_t cyt_tsc0, cyt_tsc_mult; /* mult: ns per tick, 32.32 fixed point */
+static inline uint64_t cyt_since_start(void) {
+    if (CYT_LIKELY(cyt_tsc_ok)) {
+        uint64_t ticks = __builtin_ia32_rdtsc() - cyt_tsc0;
+        return (uint64_t)(((unsigned __int128)ticks * cyt_tsc_mult) >> 32);
+    }
+    return cyt_now() - cyt_start_mono;
+}
 void cyt_count_dropped(uint64_t n);
 void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
 void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -198,7 +198,10 @@ cyt_thread *cyt_thread_get(void) {
 
 static inline int enter(cyt_thread *ts) {
     atomic_store_explicit(&ts->busy, 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_seq_cst);
+    /* With membarrier(2), cytrace_stop() makes every thread execute the full fence for us
+     * (asymmetric fence): here a compiler barrier is enough. */
+    if (CYT_LIKELY(cyt_asymmetric_fence)) atomic_signal_fence(memory_order_seq_cst);
+    else atomic_thread_fence(memory_order_seq_cst);
     if (CYT_UNLIKELY(!atomic_load_explicit(&cyt_active, memory_order_relaxed) ||
                      ts->session != atomic_load_explicit(&cyt_session, memory_order_relaxed))) {
         atomic_store_explicit(&ts->busy, 0, memory_order_release);
