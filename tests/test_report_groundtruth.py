@@ -170,3 +170,22 @@ def test_python_callback_sits_inside_its_cython_caller(tmp_path_factory: pytest.
     assert caller["bytes"] == 0 and caller["inclusive"]["count"] >= 20
     stacks = [s for s in document["stacks"] if s["self"]["line"] == 5 and s["self"]["file"].endswith("cbhelper.py")]
     assert [(f["function"], f["line"]) for f in stacks[0]["frames"][:2]] == [("alloc", 5), ("callback.run", 10)]
+
+
+def test_threads_filter_on_a_real_capture(tmp_path: Path, run_cytool) -> None:
+    """Three threads each malloc 300 blocks of 5000 bytes on one line (the tracer's fixture)."""
+    source = Path(__file__).resolve().parent / "fixtures" / "tracer" / "alloc_exact.pyx"
+    line = next(i for i, text in enumerate(source.read_text().splitlines(), 1) if text.rstrip().endswith("# ALLOCATE_LINE"))
+    capture = tmp_path / "threads.cytrace"
+    result = run_cytool("profile", source, "-o", capture, "--no-summary", "--", 300, 5000, 3, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    everything = report_json(run_cytool, capture)
+    hot = [l for l in everything["lines"] if l["kind"] == "pyx" and l["line"] == line]
+    assert len(hot) == 1, run_cytool("report", capture, "-f", "collapsed", "--native").stdout[:5000]
+    assert (hot[0]["count"], hot[0]["bytes"], hot[0]["temporary_count"]) == (900, 900 * 5000, 0)
+    workers = [t for t in everything["threads"] if t["count"] >= 300]
+    assert len(workers) == 3
+    one = report_json(run_cytool, capture, "--threads", str(workers[0]["id"]))
+    (hot,) = [l for l in one["lines"] if l["kind"] == "pyx" and l["line"] == line]
+    assert (hot["count"], hot["bytes"]) == (300, 300 * 5000)
+    assert [t["id"] for t in one["threads"]] == [workers[0]["id"]]
