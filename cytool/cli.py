@@ -22,13 +22,7 @@ def make_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"cytool.commands.{name}")
-        except ModuleNotFoundError as error:  # TODO(lead): remove once every command has landed
-            if error.name != f"cytool.commands.{name}":
-                raise
-            continue
-        module.register(subparsers)
+        importlib.import_module(f"cytool.commands.{name}").register(subparsers)
     return parser
 
 
