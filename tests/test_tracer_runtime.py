@@ -215,3 +215,26 @@ def test_started_from_the_environment(helpers: Path, tmp_path: Path) -> None:
     assert len(others) == 1
     with read_capture(others[0]) as capture:
         assert len(allocations_from(capture, "worker_allocate")) == 10
+
+
+def test_start_stop_while_threads_allocate(helpers: Path, tmp_path: Path) -> None:
+    """Twelve sessions started and stopped while six threads allocate, reallocate and start
+    short-lived threads: every capture is complete and its events are consistent (no block
+    allocated twice without a free in between, whichever threads they came from)."""
+    path = tmp_path / "restart.cytrace"
+    out = run_helper(helpers, path, "restart", 12, 6)
+    assert out["rounds"] == "12"
+    for i in range(12):
+        with read_capture(f"{path}.{i}") as capture:
+            assert capture.complete and capture.stats.dropped == 0
+            assert capture.stats.events == len(capture.events) > 0
+            assert capture.missing_stacks == 0
+            live = set()
+            for event in capture.events:
+                if event.kind in ("mmap", "munmap"):
+                    continue
+                if event.is_allocation:
+                    assert event.address not in live, f"capture {i}: {event} while the block is live"
+                    live.add(event.address)
+                else:
+                    live.discard(event.address)

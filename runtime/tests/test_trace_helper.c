@@ -11,6 +11,8 @@
  *   exit N / _exit N   N mallocs of 444 bytes, then exit(0) or _exit(0) without stopping
  *   dlopen LIB N       dlopen LIB, call its lib_alloc(N, 555), dlclose it
  *   forever            allocate and free until killed (prints "ready" once frames exist)
+ *   restart R T        T threads allocate (and start short-lived threads) while the main
+ *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
  *
  * It prints "KEY VALUE" lines the tests compare with the capture.
  */
@@ -27,6 +29,7 @@
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cytrace.h"
@@ -187,6 +190,55 @@ static void mode_signal(size_t n) {
     printf("handled %d\n", (int)handled);
 }
 
+static volatile int stress_running = 1;
+
+static void *short_lived(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 100; i++) free(keep(malloc(48)));
+    return NULL;
+}
+
+static void *stress_thread(void *arg) {
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    void *ring[64] = {0};
+    long i = 0;
+    while (stress_running) {
+        int slot = (int)(rand_r(&seed) % 64);
+        switch (rand_r(&seed) % 4) {
+        case 0: free(ring[slot]); ring[slot] = keep(malloc(rand_r(&seed) % 5000)); break;
+        case 1: ring[slot] = keep(realloc(ring[slot], rand_r(&seed) % 9000)); break;
+        case 2: free(ring[slot]); ring[slot] = keep(calloc(3, rand_r(&seed) % 100)); break;
+        default: free(ring[slot]); ring[slot] = NULL; break;
+        }
+        if (++i % 20000 == 0) {
+            pthread_t t;
+            if (pthread_create(&t, NULL, short_lived, NULL) == 0) pthread_join(t, NULL);
+        }
+    }
+    for (int k = 0; k < 64; k++) free(ring[k]);
+    return NULL;
+}
+
+static void mode_restart(int rounds, int nthreads) {
+    pthread_t threads[64];
+    if (nthreads > 64) nthreads = 64;
+    for (int t = 0; t < nthreads; t++) pthread_create(&threads[t], NULL, stress_thread, (void *)(uintptr_t)(t + 1));
+    char path[4096];
+    for (int r = 0; r < rounds; r++) {
+        snprintf(path, sizeof path, "%s.%d", capture, r);
+        if (cytrace_start(path, 0) != 0) {
+            fprintf(stderr, "cytrace_start: %s\n", cytrace_last_error());
+            exit(3);
+        }
+        struct timespec pause = {0, 20000000};
+        nanosleep(&pause, NULL);
+        if (cytrace_stop() != 0) exit(4);
+    }
+    stress_running = 0;
+    for (int t = 0; t < nthreads; t++) pthread_join(threads[t], NULL);
+    printf("rounds %d\n", rounds);
+}
+
 static void *forever_thread(void *arg) {
     (void)arg;
     for (;;) free(keep(malloc(99)));
@@ -237,6 +289,8 @@ int main(int argc, char **argv) {
         dlclose(lib);
         free(keep(malloc(556))); /* after dlclose: still traced, no crash */
         stop();
+    } else if (strcmp(mode, "restart") == 0 && argc == 5) {
+        mode_restart(atoi(argv[3]), atoi(argv[4]));
     } else if (strcmp(mode, "forever") == 0) {
         start(0);
         pthread_t t;
