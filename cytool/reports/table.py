@@ -44,7 +44,8 @@ def print_totals(profile: Profile, console: Console) -> None:
 
 def print_table(profile: Profile, console: Optional[Console] = None, *, mode: str = "bytes", limit: int = 15) -> None:
     """The top `limit` lines by self `mode`: where (file:line, function) with the line's
-    source below it, then bytes, count, peak, leaked and share of the total."""
+    source below it, then bytes and count allocated, bytes live at the peak and their
+    share of the peak, and bytes leaked."""
     console = console or Console()
     sources = SourceCache()
     print_notes(profile, console)
@@ -53,14 +54,13 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
     if not lines:
         console.print(f"no allocations {'leaked' if mode == 'leaked_bytes' else 'recorded'}")
         return
-    total = profile.totals.value(mode)
     table = Table(title=f"Top lines by {MODES[mode]} (self)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("line / source", ratio=1, overflow="ellipsis")
     table.add_column("bytes", justify="right", no_wrap=True)
     table.add_column("count", justify="right", no_wrap=True)
     table.add_column("peak", justify="right", no_wrap=True)
+    table.add_column("% peak", justify="right", no_wrap=True)
     table.add_column("leaked", justify="right", no_wrap=True)
-    table.add_column("share", justify="right", no_wrap=True)
     for line in lines:
         where = Text.assemble((_where(line), "cyan"), "  " if _where(line) else "", (line.function, "dim"), no_wrap=True, overflow="ellipsis")
         text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
@@ -72,7 +72,7 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
             human_bytes(line.self.bytes),
             human_count(line.self.count),
             human_bytes(line.self.peak_bytes),
+            share(line.self.peak_bytes, profile.totals.peak_bytes),
             human_bytes(line.self.leaked_bytes) if line.self.leaked_bytes else "-",
-            share(line.self.value(mode), total),
         )
     console.print(table)
