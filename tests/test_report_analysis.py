@@ -118,3 +118,18 @@ def test_truncated_capture_is_analysed(tmp_path: Path) -> None:
     assert profile.truncated and "no END record" in profile.truncation_message
     (line,) = profile.lines()
     assert line.function == "<unknown stack>" and line.self.leaked_bytes == 8
+
+
+def test_null_addresses_are_not_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "null.cytrace"
+    with CaptureWriter(path) as w:
+        w.batch(0, 0, [
+            ("malloc", 1, 0, 1 << 40, 0),  # failed: returned NULL
+            ("free", 1, 0, 0, 0),          # free(NULL)
+            ("realloc", 1, 0x10, 8, 0),    # realloc(NULL, 8)
+            ("free", 1, 0x10, 0, 0),
+        ])
+        w.end(10)
+    profile = load_profile(path)
+    assert (profile.totals.count, profile.totals.bytes) == (1, 8)
+    assert profile.unmatched_frees == 0 and profile.totals.peak_bytes == 8

@@ -9,6 +9,7 @@
  *  - temporary: blocks freed by the thread that allocated them within
  *    `temporary_window` of that thread's later events (a block that realloc moves
  *    is grown, not temporary).
+ * Events at address 0 (failed allocations, free(NULL)) are skipped.
  * Heap, mmap and each PyMem domain are separate address spaces. A free of an unknown
  * address (allocated before tracing) is counted and ignored; an allocation over a live
  * block ends that block (its free was not seen). munmap of a mapping's start releases
@@ -209,6 +210,8 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
             last_selected = !filter || cya_map_get(&selected, e->thread_id) != NULL;
         }
         uint64_t ord = ++ordinals[tslot];
+        if (!e->address) /* a failed allocation, or free(NULL) / realloc(NULL, n)'s free */
+            goto sample;
         uint64_t key = e->address | domain_of(e->kind) << 56;
         if (e->kind < CYA_FREE) {
             if (e->stack_id != last_raw_stack) {
@@ -268,6 +271,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
             if (last_selected)
                 p->kind_count[e->kind & 63]++;
         }
+    sample:
         if (i % step == 0 || i + 1 == c->nevents || i == p->peak_event) {
             cya_sample s = {e->time_ns, live};
             if (!CYA_PUSH(p->timeline, p->ntimeline, p->cap_timeline, s))
