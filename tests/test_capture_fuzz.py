@@ -8,11 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import lz4.frame
-
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
 
-from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+from capture_writer import CaptureWriter, lz4_frame, pc_word, py_word  # noqa: E402
 
 CHECK = r"""
 import sys
@@ -84,8 +82,7 @@ def test_damaged_captures_never_crash(tmp_path: Path) -> None:
     tail = tmp_path / "tail.cytrace"
     tail.write_bytes(raw + b"\x00garbage")
     garbage = tmp_path / "garbage.cytrace"
-    garbage.write_bytes(raw[: len(raw) - len(lz4.frame.compress(good, content_checksum=True))]
-                        + lz4.frame.compress(bytes(range(256)) * 4, content_checksum=True))
+    garbage.write_bytes(raw[: len(raw) - len(lz4_frame(good))] + lz4_frame(bytes(range(256)) * 4))
     paths += [str(tail), str(garbage)]
     result = subprocess.run([sys.executable, "-c", CHECK, *paths], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, timeout=600)
