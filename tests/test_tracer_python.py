@@ -170,3 +170,15 @@ def test_tracker_python_allocators(tmp_path: Path) -> None:
             if e.kind == "pymem_obj" and any(f.function == "build.<locals>.<listcomp>" or f.function == "<listcomp>" for f in capture.stacks.get(e.stack_id, []))
         ]
         assert len(in_build) >= 5000
+
+
+def test_environment_start_with_python_allocators(run_cytool, tmp_path: Path) -> None:
+    capture_path = tmp_path / "envpymem.cytrace"
+    env = {"CYTOOL_PROFILE": str(capture_path), "CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS": "1"}
+    proc = run_cytool("run", EXACT, "--", 300, 2000, 1, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    with read_capture(capture_path) as capture:
+        assert capture.complete and capture.header.pymem_traced
+        kinds = Counter(e.kind for e in capture.events)
+        assert kinds["pymem_obj"] > 0 and kinds["pymem_raw"] > 0
+        assert len(line_allocations(capture, 2000)) == 300  # native mallocs are still traced

@@ -97,6 +97,12 @@ CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new);
 /* Emit a PYFRAME record into the current thread's buffer (only from inside the callback). */
 CYTRACE_API void cytrace_emit_pyframe(uint32_t id, unsigned line, const char *function, const char *file);
 
+/* PyMem domains: wrap the interpreter's RAW/MEM/OBJ allocators so they record PYMEM_*
+ * events (start with CYTRACE_PYMEM so the header says so). Needs an initialised
+ * interpreter and the GIL; returns 0 or -1 (cytrace_last_error() says why). */
+CYTRACE_API int cytrace_pymem_install(void);
+CYTRACE_API void cytrace_pymem_uninstall(void);
+
 #ifdef __cplusplus
 }
 #endif

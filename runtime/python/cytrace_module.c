@@ -6,8 +6,8 @@
  *    calls pyframes() to turn it into frame words. That callback never calls into the
  *    interpreter: it reads the shadow stack of its own thread and the line of a suspended
  *    frame (PyFrame_GetLineNumber, a pure read), so it is safe without the GIL.
- *  - PyMem domains (trace_python_allocators): wrappers installed with PyMem_SetAllocator
- *    record PYMEM_* events; the allocations they make underneath are not recorded again.
+ *  - the PyMem domains (trace_python_allocators) are wrapped by libcytrace itself
+ *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -307,75 +307,6 @@ static void frames_stop(void) {
     if (call_threading("setprofile", Py_None) != 0) PyErr_Clear();
 }
 
-/* ---- PyMem domains ------------------------------------------------------------------ */
-
-typedef struct {
-    PyMemAllocatorDomain domain;
-    int alloc_kind, free_kind;
-    PyMemAllocatorEx original;
-} domain_hook;
-
-static domain_hook domains[3] = {
-    {PYMEM_DOMAIN_RAW, CYTRACE_PYMEM_RAW, CYTRACE_PYMEM_RAW_FREE, {0}},
-    {PYMEM_DOMAIN_MEM, CYTRACE_PYMEM_MEM, CYTRACE_PYMEM_MEM_FREE, {0}},
-    {PYMEM_DOMAIN_OBJ, CYTRACE_PYMEM_OBJ, CYTRACE_PYMEM_OBJ_FREE, {0}},
-};
-static int pymem_on;
-
-static void *pm_malloc(void *ctx, size_t size) {
-    domain_hook *d = ctx;
-    int guard = cytrace_guard_enter();
-    void *p = d->original.malloc(d->original.ctx, size);
-    cytrace_guard_exit(guard);
-    if (!guard) cytrace_record(d->alloc_kind, (uintptr_t)p, size, __builtin_return_address(0));
-    return p;
-}
-
-static void *pm_calloc(void *ctx, size_t n, size_t size) {
-    domain_hook *d = ctx;
-    int guard = cytrace_guard_enter();
-    void *p = d->original.calloc(d->original.ctx, n, size);
-    cytrace_guard_exit(guard);
-    if (!guard) cytrace_record(d->alloc_kind, (uintptr_t)p, n * size, __builtin_return_address(0));
-    return p;
-}
-
-static void *pm_realloc(void *ctx, void *old, size_t size) {
-    domain_hook *d = ctx;
-    uintptr_t old_address = (uintptr_t)old;
-    int guard = cytrace_guard_enter();
-    void *p = d->original.realloc(d->original.ctx, old, size);
-    cytrace_guard_exit(guard);
-    if (!guard && p != NULL) {
-        if (old_address) cytrace_record(d->free_kind, old_address, 0, NULL);
-        cytrace_record(d->alloc_kind, (uintptr_t)p, size, __builtin_return_address(0));
-    }
-    return p;
-}
-
-static void pm_free(void *ctx, void *p) {
-    domain_hook *d = ctx;
-    if (p != NULL) cytrace_record(d->free_kind, (uintptr_t)p, 0, NULL);
-    int guard = cytrace_guard_enter();
-    d->original.free(d->original.ctx, p);
-    cytrace_guard_exit(guard);
-}
-
-static void pymem_start(void) {
-    for (int i = 0; i < 3; i++) {
-        PyMem_GetAllocator(domains[i].domain, &domains[i].original);
-        PyMemAllocatorEx mine = {&domains[i], pm_malloc, pm_calloc, pm_realloc, pm_free};
-        PyMem_SetAllocator(domains[i].domain, &mine);
-    }
-    pymem_on = 1;
-}
-
-static void pymem_stop(void) {
-    if (!pymem_on) return;
-    for (int i = 0; i < 3; i++) PyMem_SetAllocator(domains[i].domain, &domains[i].original);
-    pymem_on = 0;
-}
-
 /* ---- the module ---------------------------------------------------------------------- */
 
 static PyObject *stats_dict(void) {
@@ -406,9 +337,14 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(path_obj);
         return NULL;
     }
-    if (pymem) pymem_start();
+    if (pymem && cytrace_pymem_install() != 0) {
+        frames_stop();
+        PyErr_Format(PyExc_RuntimeError, "cannot trace the Python allocators: %s", cytrace_last_error());
+        Py_DECREF(path_obj);
+        return NULL;
+    }
     if (cytrace_start(PyBytes_AS_STRING(path_obj), options) != 0) {
-        pymem_stop();
+        cytrace_pymem_uninstall();
         frames_stop();
         PyErr_Format(PyExc_OSError, "cannot start tracing: %s", cytrace_last_error());
         Py_DECREF(path_obj);
@@ -422,7 +358,6 @@ static PyObject *py_stop(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
     int was_active = cytrace_stop() == 0;
-    pymem_stop();
     frames_stop();
     if (!was_active) Py_RETURN_NONE;
     return stats_dict();

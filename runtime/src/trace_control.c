@@ -186,6 +186,7 @@ static void stop_locked(void) {
         nanosleep(&pause, NULL);
     }
     cyt_unpatch_all();
+    cytrace_pymem_uninstall();
     cyt_threads_flush_all();
 
     struct cytrace_stats s;
@@ -268,6 +269,10 @@ __attribute__((constructor)) static void cyt_library_init(void) {
     unsigned options = 0;
     if (env_flag("CYTOOL_PROFILE_FOLLOW_FORK")) options |= CYTRACE_FOLLOW_FORK;
     if (env_flag("CYTOOL_PROFILE_NATIVE_UNWIND")) options |= CYTRACE_NATIVE_UNWIND;
+    if (env_flag("CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS")) {
+        if (cytrace_pymem_install() == 0) options |= CYTRACE_PYMEM;
+        else fprintf(stderr, "cytool: not tracing the Python allocators: %s\n", last_error);
+    }
     /* A program run under CYTOOL_PROFILE may start others that inherit it: never overwrite
      * an existing file, take <path>.<pid> instead. */
     char chosen[4096 + 32];
