@@ -19,6 +19,7 @@ from typing import Dict, Optional, Type, Union
 from cytool.errors import CytoolError
 
 _atexit_registered = False
+_follow_fork = False  # of the running session, for the fork hook below
 
 
 def _driver():
@@ -30,6 +31,19 @@ def _driver():
             hint="run `make -C runtime` and `python setup.py build_ext --inplace` (or reinstall cytool)",
         ) from None
     return _cytrace
+
+
+def _after_fork_in_child() -> None:
+    # The C tracer already stopped in a child that does not follow; drop the Python-frame
+    # profiler too, so the child does not keep paying for it.
+    if _follow_fork:
+        return
+    try:
+        from cytool import _cytrace
+
+        _cytrace.stop()
+    except Exception:
+        pass
 
 
 def _stop_at_exit() -> None:
@@ -72,7 +86,7 @@ class Tracker:
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
-        global _atexit_registered
+        global _atexit_registered, _follow_fork
         driver = _driver()
         if driver.is_active():
             raise CytoolError(
@@ -89,8 +103,11 @@ class Tracker:
             )
         except OSError as error:
             raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None
+        _follow_fork = self.follow_fork
         if not _atexit_registered:
             atexit.register(_stop_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
             _atexit_registered = True
         return self
 
