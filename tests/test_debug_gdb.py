@@ -261,7 +261,7 @@ def test_values_frames_and_set(python: str, built) -> None:
     def of(command: str) -> str:
         return run.of(commands.index(command))
 
-    assert h.stops(of("cy-run"))[-1] == ("dbgmod.pyx", M["work-return"], "work"), out
+    assert h.last_stop(of("cy-run"), out) == ("dbgmod.pyx", M["work-return"], "work"), out
     expected = {
         "cy-print n": "n = 4",
         "cy-print total": "total = 19",
@@ -298,11 +298,11 @@ def test_values_frames_and_set(python: str, built) -> None:
         assert "[py]" in bt and "run.py" in bt, out  # the Python caller (cytool's runner)
     assert "_PyEval_EvalFrameDefault" not in bt, out
 
-    assert h.stops(of("cy-up"))[-1][2] == "main", out
+    assert h.last_stop(of("cy-up"), out)[2] == "main", out
     assert "result = NULL" in of("cy-print result"), out
-    assert h.stops(of("cy-down"))[-1][2] == "work", out
-    assert h.stops(of("cy-frame 1"))[-1][2] == "main", out
-    assert h.stops(of("cy-frame 0"))[-1][2] == "work", out
+    assert h.last_stop(of("cy-down"), out)[2] == "work", out
+    assert h.last_stop(of("cy-frame 1"), out)[2] == "main", out
+    assert h.last_stop(of("cy-frame 0"), out)[2] == "work", out
     listing = of("cy-list")
     assert f">{M['work-return']:>5}    " in listing and "return total" in listing, out
     assert f"= {M['work-return']}" in of("p $cy_lineno()"), out
@@ -313,14 +313,14 @@ def test_values_frames_and_set(python: str, built) -> None:
     assert "items holds a Python object" in of("cy-set items = 3"), out
     assert "No Cython frame 9 (there are 3)" in of("cy-frame 9"), out
 
-    assert h.stops(of("cy-cont"))[-1] == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
+    assert h.last_stop(of("cy-cont"), out) == ("dbgmod.pyx", M["acc-add-body"], "Acc.add"), out
     assert "self.value = 0" in of("cy-print self.value"), out  # cdef class attributes
     assert "self.label = 'acc'" in of("cy-print self.label"), out
     assert "k = 5" in of("cy-print k"), out
     assert "k = 7" in of("cy-set k = 7"), out
     assert "<dbgmod.Acc at 0x" in of("cy-print self"), out  # any other object: type and address
 
-    assert h.stops(of("cy-cont#2"))[-1] == ("dbgmod.pyx", M["bump-body"], "make_counter.bump"), out
+    assert h.last_stop(of("cy-cont#2"), out) == ("dbgmod.pyx", M["bump-body"], "make_counter.bump"), out
     assert "count = 10" in of("cy-print count"), out  # a closure variable
     assert "by = 3" in of("cy-print by"), out
     assert "_PyEval_EvalFrameDefault" in of("cy-bt -a"), out  # -a shows everything
@@ -352,7 +352,7 @@ def test_python_frames_between_cython_frames(python: str, built) -> None:
         < position["in main()"], out  # the Python frame sits between the two Cython frames
     returned = f"returned to Python: {h.FIXTURE.parent / 'pyhelper.py'}:{helper['py-call']} in call_back()"
     assert returned in run.of(6), out  # cy-finish
-    assert h.stops(run.of(8))[-1] == ("dbgmod.pyx", M["cb-body"] + 1, "callback_target"), out
+    assert h.last_stop(run.of(8), out) == ("dbgmod.pyx", M["cb-body"] + 1, "callback_target"), out
     assert returned in run.of(9), out  # cy-next off the end of the function
     assert "helper 42" in out, out
 
