@@ -1,22 +1,82 @@
 /* symbolize_dwarf.c: one shared object's debug information through elfutils' libdwfl,
  * offline (the process is gone): the file is reported at the load bias the capture
  * recorded, its build-id is checked against the captured one, and an address becomes
- * its chain of inline frames (function, file, line), innermost first. */
+ * its chain of inline frames (function, file, line), innermost first.
+ *
+ * Cost: libdwfl's symbol lookup scans the whole symbol table and dwarf_getscopes walks
+ * the compile unit, each per address. So symbols go into a sorted table built once per
+ * object, and inline chains are expanded only in Cython modules (objects with `__pyx_`
+ * symbols), where .pyx lines live; elsewhere (libpython, libc) an address gets its
+ * symbol and its line-table entry. (Functions found through DWARF scopes carry their
+ * source names; a C++ module's symbol table holds mangled ones.) */
 #define _GNU_SOURCE
 #include <dwarf.h>
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
+#include <gelf.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "symbolize_internal.h"
 
+typedef struct sym_entry {
+    uint64_t start, size;
+    const char *name; /* owned by libdwfl */
+} sym_entry;
+
 struct sym_dwarf {
     Dwfl *dwfl;
     Dwfl_Module *module;
     int has_lines;
+    int cython;        /* has __pyx_ symbols: expand inline frames */
+    sym_entry *syms;   /* function symbols sorted by start */
+    size_t nsyms;
 };
+
+static int sym_cmp(const void *a, const void *b)
+{
+    const sym_entry *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+static void load_symbols(sym_dwarf *d)
+{
+    int n = dwfl_module_getsymtab(d->module);
+    if (n <= 0)
+        return;
+    d->syms = malloc((size_t)n * sizeof *d->syms);
+    if (!d->syms)
+        return;
+    for (int i = 1; i < n; i++) {
+        GElf_Sym sym;
+        GElf_Addr addr;
+        const char *name = dwfl_module_getsym_info(d->module, i, &sym, &addr, NULL, NULL, NULL);
+        if (!name || !*name || GELF_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_shndx == SHN_UNDEF)
+            continue;
+        if (strstr(name, "__pyx_") || strstr(name, "__Pyx_")) /* C++ modules: mangled */
+            d->cython = 1;
+        d->syms[d->nsyms++] = (sym_entry){addr, sym.st_size, name};
+    }
+    qsort(d->syms, d->nsyms, sizeof *d->syms, sym_cmp);
+}
+
+static const char *symbol_at(const sym_dwarf *d, uint64_t pc)
+{
+    size_t lo = 0, hi = d->nsyms;
+    while (lo < hi) { /* first symbol starting after pc */
+        size_t mid = (lo + hi) / 2;
+        if (d->syms[mid].start <= pc)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    /* aliases share a start: any one whose extent covers pc will do */
+    for (size_t i = lo; i-- > 0 && d->syms[i].start == d->syms[lo - 1].start;)
+        if (pc < d->syms[i].start + (d->syms[i].size ? d->syms[i].size : 1))
+            return d->syms[i].name;
+    return NULL;
+}
 
 static char *debuginfo_path = NULL;
 static const Dwfl_Callbacks callbacks = {
@@ -63,6 +123,7 @@ sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_
     }
     Dwarf_Addr dbias;
     d->has_lines = dwfl_module_getdwarf(d->module, &dbias) != NULL;
+    load_symbols(d);
     return d;
 }
 
@@ -72,6 +133,7 @@ void sym_dwarf_close(sym_dwarf *d)
         return;
     if (d->dwfl)
         dwfl_end(d->dwfl);
+    free(d->syms);
     free(d);
 }
 
@@ -113,7 +175,7 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
         file = dwfl_lineinfo(dl, NULL, &line, NULL, NULL, NULL);
     int n = 0;
     Dwarf_Addr bias = 0;
-    Dwarf_Die *cu = dwfl_module_addrdie(d->module, pc, &bias);
+    Dwarf_Die *cu = d->cython ? dwfl_module_addrdie(d->module, pc, &bias) : NULL;
     if (cu) {
         /* dwarf_getscopes follows an inlined instance into its abstract definition;
          * the concrete chain of callers comes from dwarf_getscopes_die on the
@@ -146,16 +208,12 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
         free(scopes);
     }
     if (n == 0) { /* no DWARF scope: the symbol table, and whatever line we have */
-        GElf_Off offset;
-        GElf_Sym sym;
-        out[0].cname = dwfl_module_addrinfo(d->module, pc, &offset, &sym, NULL, NULL, NULL);
+        out[0].cname = symbol_at(d, pc);
         out[0].file = file;
         out[0].line = line;
         n = out[0].cname || file ? 1 : 0;
     } else if (!out[n - 1].cname) {
-        GElf_Off offset;
-        GElf_Sym sym;
-        out[n - 1].cname = dwfl_module_addrinfo(d->module, pc, &offset, &sym, NULL, NULL, NULL);
+        out[n - 1].cname = symbol_at(d, pc);
     }
     return n;
 }
