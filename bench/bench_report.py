@@ -6,15 +6,21 @@ table) and `memray flamegraph` (its HTML). Also the HTML sizes (target: under 10
 Workload: a Cython loop (built at -O2) that keeps a ring of 1024 blocks and replaces one
 per iteration from three call sites (malloc in an inlined helper, malloc, calloc):
 N iterations = N allocations + N frees. Results: bench/results/report.md.
+Also: symbolising 20,000 distinct return addresses in libpython (native stacks), on a
+capture written by the test capture writer (tests/fixtures/reports/capture_writer.py).
 Environment: BENCH_REPORT_N (default 5,000,000), BENCH_REPEATS (default 3).
 """
 from __future__ import annotations
 
 import os
+import random
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
+import time
 from pathlib import Path
 
 from timing import machine_line, median_ms, round_robin, write_result
@@ -57,6 +63,41 @@ def run(argv, env) -> str:
     return done.stdout
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
+def symbolise_many(work: Path, count: int = 20000) -> str:
+    """Seconds to symbolise `count` random code addresses of libpython, or why not."""
+    library = Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("INSTSONAME") or "")
+    if not library.is_file():
+        return "skipped (this Python has no shared libpython)"
+    headers = subprocess.run(["readelf", "-lW", str(library)], stdout=subprocess.PIPE, text=True, check=True).stdout
+    code = [(int(m.group(1), 16), int(m.group(2), 16)) for m in
+            re.finditer(r"LOAD\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)\s+0x[0-9a-f]+\s+0x[0-9a-f]+\s+(0x[0-9a-f]+)\s+R E", headers)]
+    if not code:
+        return "skipped (no executable segment found)"
+    start, size = code[0]
+    bias = 0x7F0000000000
+    sys.path.insert(0, str(REPO / "tests" / "fixtures" / "reports"))
+    sys.path.insert(0, str(REPO))
+    from capture_writer import CaptureWriter, pc_word
+
+    from cytool.capture import read_capture
+
+    rng = random.Random(1)
+    path = work / "many-pcs.cytrace"
+    with CaptureWriter(path) as w:
+        w.object(1, bias, str(library), b"", [(bias + start, bias + start + size)])
+        for sid in range(1, count // 10 + 1):
+            w.stack(sid, [pc_word(bias + start + rng.randrange(size)) for _ in range(10)])
+        w.batch(0, 0, [("malloc", 1, 0x1000 + 16 * i, 8, i + 1) for i in range(count // 10)])
+        w.end(10)
+    begin = time.perf_counter()
+    with read_capture(path) as capture:
+        capture.symbols_handle
+    return f"{time.perf_counter() - begin:.2f} s"
+
+
 def main() -> int:
     python = sys.executable
     memray = shutil.which("memray", path=str(Path(python).parent)) or shutil.which("memray")
@@ -89,6 +130,7 @@ def main() -> int:
             "memray flamegraph (html)": [memray, "flamegraph", "-f", "-o", str(memray_html), str(memray_capture)],
         }
         samples = round_robin(commands, REPEATS, env=env, warmup=1)
+        symbolise = symbolise_many(work)
         sizes = {
             "cytool capture": capture.stat().st_size,
             "memray capture": memray_capture.stat().st_size,
@@ -113,6 +155,7 @@ def main() -> int:
     lines += ["", "| file | bytes |", "|---|---:|"]
     for name, value in sizes.items():
         lines.append(f"| {name} | {value:,} |")
+    lines += ["", f"Symbolising 20,000 distinct return addresses in libpython (read + symbolise, in-process): {symbolise}."]
     html_ratio = medians["memray flamegraph (html)"] / medians["cytool report --format html"]
     table_ratio = medians["memray summary (table)"] / medians["cytool report (table)"]
     faster = html_ratio > 1.0
