@@ -67,6 +67,10 @@ class Tracker:
         blocks then appear as pymem_* events instead of the malloc/mmap underneath.
     python_frames: record the Python frames above the native ones (a profile function).
     native_unwind: always unwind with libunwind, even through frame-pointer code.
+    time_resolution_ns: event time resolution (rounded down to a power of two; default
+        exact). Coarser times make much smaller captures, but the reader can no longer
+        order events of different threads that fall within one tick.
+    compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC).
     """
 
     def __init__(
@@ -77,12 +81,16 @@ class Tracker:
         trace_python_allocators: bool = False,
         python_frames: bool = True,
         native_unwind: bool = False,
+        time_resolution_ns: int = 1,
+        compression_level: int = 0,
     ) -> None:
         self.path = Path(path)
         self.follow_fork = follow_fork
         self.trace_python_allocators = trace_python_allocators
         self.python_frames = python_frames
         self.native_unwind = native_unwind
+        self.time_resolution_ns = time_resolution_ns
+        self.compression_level = compression_level
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
@@ -100,6 +108,8 @@ class Tracker:
                 trace_python_allocators=self.trace_python_allocators,
                 python_frames=self.python_frames,
                 native_unwind=self.native_unwind,
+                time_resolution_ns=self.time_resolution_ns,
+                compression_level=self.compression_level,
             )
         except OSError as error:
             raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None

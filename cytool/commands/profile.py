@@ -43,6 +43,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="unwind every stack with libunwind (slower; the default walks frame pointers in cytool-built code)",
     )
+    parser.add_argument(
+        "--time-resolution",
+        type=int,
+        default=1,
+        metavar="NS",
+        help="event time resolution in ns (default 1: exact); e.g. 1000000 for much smaller captures, "
+        "at the price of the order of events of different threads within one tick",
+    )
+    parser.add_argument(
+        "--compression",
+        type=int,
+        default=0,
+        choices=range(0, 13),
+        metavar="LEVEL",
+        help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC, more CPU in the writer thread)",
+    )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
     add_program_arguments(parser)
     parser.set_defaults(handler=handle)
@@ -143,6 +159,8 @@ def handle(args: argparse.Namespace) -> int:
         follow_fork=args.follow_fork,
         trace_python_allocators=args.trace_python_allocators,
         native_unwind=args.native_unwind,
+        time_resolution_ns=max(1, args.time_resolution),
+        compression_level=args.compression,
     )
     status = 0
     pid = os.getpid()

@@ -66,6 +66,15 @@ CYTRACE_API int cytrace_start(const char *path, unsigned options);
  * file. Returns 0, or -1 if not tracing. Safe to call from atexit handlers. */
 CYTRACE_API int cytrace_stop(void);
 
+/* Settings for the next cytrace_start() (the environment start reads
+ * CYTOOL_PROFILE_TIME_RESOLUTION and CYTOOL_PROFILE_COMPRESSION):
+ *  - time resolution in ns, rounded down to a power of two (default 1: exact). Coarser
+ *    times compress far better, but events of different threads within one tick can no
+ *    longer be ordered by the reader;
+ *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU). */
+CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);
+CYTRACE_API void cytrace_set_compression_level(int level);
+
 CYTRACE_API int cytrace_is_active(void);
 /* The capture path of the running (or last) session, "" if none. */
 CYTRACE_API const char *cytrace_path(void);

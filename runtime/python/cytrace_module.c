@@ -319,12 +319,16 @@ static PyObject *stats_dict(void) {
 
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
-    static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind", NULL};
+    static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind",
+                               "time_resolution_ns", "compression_level", NULL};
     PyObject *path_obj;
-    int follow = 0, pymem = 0, frames = 1, native_unwind = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|pppp", keywords, PyUnicode_FSConverter, &path_obj, &follow,
-                                     &pymem, &frames, &native_unwind))
+    int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0;
+    unsigned long long resolution = 1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKi", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+                                     &pymem, &frames, &native_unwind, &resolution, &compression))
         return NULL;
+    cytrace_set_time_resolution((uint64_t)resolution);
+    cytrace_set_compression_level(compression);
     if (cytrace_is_active()) {
         Py_DECREF(path_obj);
         PyErr_Format(PyExc_RuntimeError, "already tracing into %s", cytrace_path());
@@ -383,7 +387,8 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
-     "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False)\n"
+     "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
+     "      time_resolution_ns=1, compression_level=0)\n"
      "Start tracing every allocation of this process into the capture file `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},

@@ -22,6 +22,10 @@ _Atomic int cyt_active;
 _Atomic unsigned cyt_session;
 unsigned cyt_options;
 uint64_t cyt_start_mono;
+uint64_t cyt_time_mask;
+int cyt_compression_level;
+static uint64_t next_time_resolution = 1;
+static int next_compression_level;
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;
 
@@ -103,6 +107,10 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     if (options & CYTRACE_PYTHON_FRAMES) flags |= 4u;
     if (parent_pid) flags |= 8u;
     cyt_options = options;
+    uint64_t resolution = 1;
+    while (resolution * 2 <= next_time_resolution) resolution *= 2;
+    cyt_time_mask = resolution - 1;
+    cyt_compression_level = next_compression_level;
     atomic_store(&dropped, 0);
     cyt_threads_reset_counters();
     if (cyt_stacks_init() != 0) {
@@ -204,6 +212,12 @@ static void stop_locked(void) {
     current_stats(&last_stats);
 }
 
+CYTRACE_API void cytrace_set_time_resolution(uint64_t ns) { next_time_resolution = ns ? ns : 1; }
+
+CYTRACE_API void cytrace_set_compression_level(int level) {
+    next_compression_level = level < 0 ? 0 : level > 12 ? 12 : level;
+}
+
 CYTRACE_API int cytrace_is_active(void) { return atomic_load(&cyt_active); }
 CYTRACE_API const char *cytrace_path(void) { return capture_path; }
 CYTRACE_API const char *cytrace_last_error(void) { return last_error; }
@@ -269,6 +283,10 @@ __attribute__((constructor)) static void cyt_library_init(void) {
     unsigned options = 0;
     if (env_flag("CYTOOL_PROFILE_FOLLOW_FORK")) options |= CYTRACE_FOLLOW_FORK;
     if (env_flag("CYTOOL_PROFILE_NATIVE_UNWIND")) options |= CYTRACE_NATIVE_UNWIND;
+    const char *value = getenv("CYTOOL_PROFILE_TIME_RESOLUTION");
+    if (value != NULL && value[0] != 0) cytrace_set_time_resolution(strtoull(value, NULL, 10));
+    value = getenv("CYTOOL_PROFILE_COMPRESSION");
+    if (value != NULL && value[0] != 0) cytrace_set_compression_level(atoi(value));
     if (env_flag("CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS")) {
         if (cytrace_pymem_install() == 0) options |= CYTRACE_PYMEM;
         else fprintf(stderr, "cytool: not tracing the Python allocators: %s\n", last_error);

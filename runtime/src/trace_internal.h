@@ -71,6 +71,8 @@ extern _Atomic int cyt_active;       /* events are being recorded */
 extern _Atomic unsigned cyt_session; /* bumped at every start; thread states compare it */
 extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
 extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
+extern uint64_t cyt_time_mask;       /* low bits cleared from event times (resolution) */
+extern int cyt_compression_level;    /* LZ4F level of the running session */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */
 

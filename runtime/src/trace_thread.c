@@ -215,7 +215,7 @@ static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, m
 /* Reserve room for one event; start a batch if needed. Returns the write position. */
 static inline uint8_t *event_begin(cyt_thread *ts, int kind, uintptr_t address) {
     if (CYT_UNLIKELY(ts->ev_len + CYT_EVENT_MAX > EV_CAP)) flush_thread(ts);
-    uint64_t now = cyt_since_start();
+    uint64_t now = cyt_since_start() & ~cyt_time_mask;
     if (ts->nevents == 0) {
         ts->t0 = now;
         ts->last_t = now;

@@ -63,6 +63,7 @@ static int write_frame(const uint8_t *data, size_t len) {
     prefs.frameInfo.blockSizeID = LZ4F_max256KB;
     prefs.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled;
     prefs.frameInfo.contentSize = len;
+    prefs.compressionLevel = cyt_compression_level;
     size_t bound = LZ4F_compressFrameBound(len, &prefs);
     if (bound > zcap) {
         uint8_t *n = realloc(zbuf, bound);
