@@ -95,7 +95,7 @@ static void run_threads(size_t n, size_t size, int nthreads) {
     free(threads);
 }
 
-static void mode_edge(void) {
+__attribute__((noinline)) static void mode_edge(void) {
     void *zero = malloc(0);
     printf("zero %p\n", zero);
     void *huge = malloc(SIZE_MAX / 2);
@@ -144,7 +144,7 @@ static void mode_edge(void) {
     free(ra);
 }
 
-static void mode_fork(int follow) {
+__attribute__((noinline)) static void mode_fork(int follow) {
     start(follow ? CYTRACE_FOLLOW_FORK : 0);
     void *kept[3];
     for (int i = 0; i < 3; i++) kept[i] = keep(malloc(1111));
@@ -174,7 +174,7 @@ static void on_timer(int sig) {
     handled++;
 }
 
-static void mode_signal(size_t n) {
+__attribute__((noinline)) static void mode_signal(size_t n) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_timer;
