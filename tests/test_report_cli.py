@@ -160,3 +160,12 @@ def test_deep_recursion_in_every_format(tmp_path: Path, run_cytool) -> None:
         assert out.stat().st_size > 0
     document = json.loads((tmp_path / "deep.json").read_text())
     assert len(document["stacks"][0]["frames"]) == depth
+
+
+def test_bad_paths(capture: Path, tmp_path: Path, run_cytool) -> None:
+    result = run_cytool("report", tmp_path)
+    assert result.returncode == 2 and f"{tmp_path}: is a directory, not a capture" in result.stderr
+    result = run_cytool("report", capture, "-o", tmp_path / "missing" / "r.html")
+    assert result.returncode == 2 and "no such directory" in result.stderr and "Traceback" not in result.stderr
+    result = run_cytool("report", capture, "-o", tmp_path)
+    assert result.returncode == 2 and "is a directory" in result.stderr

@@ -87,6 +87,10 @@ def handle(args: argparse.Namespace) -> int:
         raise CytoolError(f"{args.output}: this is the capture itself; refusing to overwrite it", exit_code=2)
     if args.limit < 1 or args.temporary_window < 1:
         raise CytoolError("--limit and --temporary-window take a number of at least 1", exit_code=2)
+    if args.output is not None and not args.output.resolve().parent.is_dir():
+        raise CytoolError(f"{args.output.parent}: no such directory", hint="create it or choose another -o path", exit_code=2)
+    if args.output is not None and args.output.is_dir():
+        raise CytoolError(f"{args.output}: is a directory", hint="give -o a file name", exit_code=2)
 
     with read_capture(args.capture) as capture:
         profile = analyze(
@@ -105,8 +109,11 @@ def handle(args: argparse.Namespace) -> int:
         if args.output is None:
             print_table(profile, Console(), mode=mode, limit=args.limit)
             return 0
-        with open(args.output, "w", encoding="utf-8") as stream:
-            print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit)
+        try:
+            with open(args.output, "w", encoding="utf-8") as stream:
+                print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit)
+        except OSError as error:
+            raise CytoolError(f"{args.output}: cannot write the report: {error.strerror}", exit_code=2) from None
         return 0
     if fmt == "html":
         from cytool.reports import html
@@ -129,7 +136,10 @@ def handle(args: argparse.Namespace) -> int:
             raise CytoolError("the HTML report is a whole page", hint="give it a file: -o report.html", exit_code=2)
         sys.stdout.write(text)
     else:
-        args.output.write_text(text, encoding="utf-8")
+        try:
+            args.output.write_text(text, encoding="utf-8")
+        except OSError as error:
+            raise CytoolError(f"{args.output}: cannot write the report: {error.strerror}", exit_code=2) from None
         if profile.truncated:
             print(f"cytool: warning: {profile.truncation_message}", file=sys.stderr)
         print(f"cytool: wrote {args.output}", file=sys.stderr)

@@ -16,15 +16,20 @@ def html_path_for(capture_path: Path) -> Path:
     return capture_path.with_suffix(".html") if capture_path.suffix else capture_path.with_name(capture_path.name + ".html")
 
 
-def print_profile_summary(capture_path: Union[str, Path], console: Optional[Console] = None, *, limit: int = 10) -> Path:
+def print_profile_summary(capture_path: Union[str, Path], console: Optional[Console] = None, *, limit: int = 10) -> Optional[Path]:
     """Print the top lines of a capture and write its HTML report beside it; returns the
-    HTML path. Raises CytoolError for an unreadable capture."""
+    HTML path (None when it could not be written: said on the console). Raises
+    CytoolError for an unreadable capture."""
     capture_path = Path(capture_path)
     console = console or Console()
     profile = load_profile(capture_path)
     print_table(profile, console, limit=limit)
     out = html_path_for(capture_path)
-    out.write_text(html.render(profile), encoding="utf-8")
+    try:
+        out.write_text(html.render(profile), encoding="utf-8")
+    except OSError as error:
+        console.print(f"warning: cannot write the HTML report {out}: {error.strerror}")
+        return None
     console.print(f"HTML report: {out}")
     console.print(f"more: cytool report {capture_path} --format html|json|speedscope|collapsed [--leaks|--peak]")
     return out

@@ -640,7 +640,7 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
     struct stat st;
     if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
         *error = CYA_E_IO;
-        snprintf(errbuf, errlen, "%s: not a regular file", path);
+        snprintf(errbuf, errlen, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a directory, not a capture" : "not a regular file");
         close(fd);
         return NULL;
     }
