@@ -22,7 +22,16 @@ run "$work/exit.cytrace" exit 10000
 run "$work/uexit.cytrace" _exit 10000
 run "$work/restart.cytrace" restart 8 4
 run "$work/dlopen.cytrace" dlopen "$(cd "$dir" && pwd)/libtest_trace_lib.so" 1000
-for f in "$work"/*.cytrace; do
+for f in "$work"/*.cytrace*; do
     head -c 8 "$f" | grep -q CYTRACE || { echo "sanitize: $f is not a capture"; exit 1; }
 done
+# read every capture back with the sanitized reader (libcyanalyze's driver), if built
+if [ -x "$dir/test_analyze_driver" ]; then
+    ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 "$dir/test_analyze_driver" "$work"/*.cytrace* > "$work/read.txt"
+    if grep -v ' ok ' "$work/read.txt"; then
+        echo "sanitize: a capture did not read back complete"
+        exit 1
+    fi
+    echo "sanitize: $(wc -l < "$work/read.txt") captures read back by the sanitized reader"
+fi
 echo "sanitize: all modes passed"
