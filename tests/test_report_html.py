@@ -80,3 +80,19 @@ def test_opens_without_errors_and_shows_hottest_line(report: Path, tmp_path: Pat
     # and the top table starts with the hottest line
     top = re.search(r'<tr id="top-hottest">(.*?)</tr>', dom, re.S)
     assert top and "groundtruth.pyx:10" in top.group(1)
+
+
+@pytest.mark.parametrize("mode", ["--peak", "--leaks"])
+def test_other_modes_open_without_errors(report: Path, tmp_path: Path, mode: str) -> None:
+    capture = report.with_name("run.cytrace")
+    page = tmp_path / f"report{mode}.html"
+    result = subprocess.run([sys.executable, "-m", "cytool", "report", str(capture), mode, "-o", str(page)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    dom, console = open_in_chromium(page, tmp_path)
+    assert console == [], console
+    marked = re.search(r'<body[^>]*data-hottest-line="([^"]+)"', dom)
+    assert marked
+    if mode == "--leaks":  # the only leaking .pyx line is the calloc
+        row = re.search(r'<tr id="%s"[^>]*>(.*?)</tr>' % re.escape(marked.group(1)), dom, re.S)
+        assert row and "g_leak = calloc(10, 32)" in row.group(1)
