@@ -319,6 +319,8 @@ class EventList(Sequence[Event]):
         return self._count
 
     def _decode(self, start: int, stop: int) -> List[Event]:
+        if self._count and self._capture._handle is None:
+            raise ValueError("the capture is closed")
         size = _EVENT_STRUCT.size
         raw = ctypes.string_at(self._address + start * size, (stop - start) * size)
         names = KIND_NAMES

@@ -223,3 +223,14 @@ def test_cut_header_is_rejected(tmp_path: Path) -> None:
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(CytoolError, match="No such file"):
         read_capture(tmp_path / "nope.cytrace")
+
+
+def test_events_of_a_closed_capture(tmp_path: Path) -> None:
+    path = tmp_path / "simple.cytrace"
+    write_simple(path)
+    capture = read_capture(path)
+    events = capture.events
+    capture.close()
+    with pytest.raises(ValueError, match="closed"):
+        list(events)
+    assert len(capture.events) == 0
