@@ -127,6 +127,7 @@ class Profile:
     python_version: str
     truncated: bool
     truncation_message: str
+    dropped_events: int  # events the tracer could not record (its STATS record)
     symbol_warnings: List[str]
     totals: Metrics
     peak_time_ns: int
@@ -159,6 +160,14 @@ class Profile:
                 table[stack.self_location.line_key].self.add(stack.metrics)
             self._lines = sorted(table.values(), key=lambda s: (-s.self.bytes, -s.inclusive.bytes, s.file, s.line))
         return self._lines
+
+    def notes(self) -> List[str]:
+        """What a reader of any report must know first: truncation, lost events,
+        frames that could not be symbolised."""
+        notes = [self.truncation_message] if self.truncated else []
+        if self.dropped_events:
+            notes.append(f"the tracer could not record {self.dropped_events} events: the figures are a lower bound")
+        return notes + list(self.symbol_warnings)
 
     def source_files(self) -> List[str]:
         """The .pyx (and Python) files that have allocating lines, biggest first."""
@@ -260,6 +269,7 @@ def analyze(
         python_version=capture.header.python_version,
         truncated=capture.truncated,
         truncation_message=capture.truncation_message(),
+        dropped_events=capture.stats.dropped if capture.stats else 0,
         symbol_warnings=capture.symbol_warnings,
         totals=Metrics.from_list(data["totals"]),
         peak_time_ns=data["peak_time_ns"],

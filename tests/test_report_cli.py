@@ -169,3 +169,15 @@ def test_bad_paths(capture: Path, tmp_path: Path, run_cytool) -> None:
     assert result.returncode == 2 and "no such directory" in result.stderr and "Traceback" not in result.stderr
     result = run_cytool("report", capture, "-o", tmp_path)
     assert result.returncode == 2 and "is a directory" in result.stderr
+
+
+def test_dropped_events_are_reported(tmp_path: Path, run_cytool) -> None:
+    path = tmp_path / "dropped.cytrace"
+    with CaptureWriter(path) as w:
+        w.batch(0, 0, [("malloc", 1, 0x10, 8, 0)])
+        w.stats(10, 9, 0, 1)
+        w.end(5)
+    document = json.loads(run_cytool("report", path, "-f", "json").stdout)
+    assert document["capture"]["dropped_events"] == 9
+    table = run_cytool("report", path).stdout
+    assert "warning: the tracer could not record 9 events: the figures are a lower bound" in table

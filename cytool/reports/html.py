@@ -134,7 +134,7 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
 
     frames, nodes = compact_tree(build_tree(profile))
     flame_json = json.dumps({"frames": frames, "nodes": nodes}, separators=(",", ":")).replace("</", "<\\/")
-    notes = ([profile.truncation_message] if profile.truncated else []) + list(profile.symbol_warnings)
+    notes = profile.notes()
     t = profile.totals
     template = _environment().get_template("report.html.j2")
     return template.render(

@@ -49,6 +49,7 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             "python_version": profile.python_version,
             "truncated": profile.truncated,
             "truncation_message": profile.truncation_message,
+            "dropped_events": profile.dropped_events,
             "warnings": list(profile.symbol_warnings),
         },
         "totals": totals,

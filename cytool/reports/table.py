@@ -23,11 +23,10 @@ def _where(line: LineStats) -> str:
 
 
 def print_notes(profile: Profile, console: Console) -> None:
-    """Truncation and symbol warnings, said once, above the numbers (never wrapped)."""
-    if profile.truncated:
-        console.print(Text(f"warning: {profile.truncation_message}", style="yellow"), soft_wrap=True)
-    for warning in profile.symbol_warnings:
-        console.print(Text(f"warning: {warning}", style="yellow"), soft_wrap=True)
+    """Truncation, lost events and symbol warnings, said once, above the numbers (never
+    wrapped)."""
+    for note in profile.notes():
+        console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
 
 
 def print_totals(profile: Profile, console: Console) -> None:
