@@ -181,3 +181,19 @@ def test_dropped_events_are_reported(tmp_path: Path, run_cytool) -> None:
     assert document["capture"]["dropped_events"] == 9
     table = run_cytool("report", path).stdout
     assert "warning: the tracer could not record 9 events: the figures are a lower bound" in table
+
+
+def test_temporary_mode(tmp_path: Path, run_cytool) -> None:
+    path = tmp_path / "temp.cytrace"
+    with CaptureWriter(path) as w:
+        w.pyframe(1, 7, "churn", "/src/t.py")
+        w.pyframe(2, 9, "keep", "/src/t.py")
+        w.stack(1, [py_word(1)])
+        w.stack(2, [py_word(2)])
+        w.batch(0, 0, [("malloc", 1, 0x10, 100, 1), ("free", 1, 0x10, 0, 0),
+                       ("malloc", 1, 0x20, 500, 2), ("malloc", 1, 0x30, 100, 1), ("free", 1, 0x30, 0, 0)])
+        w.end(10)
+    document = json.loads(run_cytool("report", path, "-f", "json", "--temporary").stdout)
+    assert document["mode"] == "temporary_bytes"
+    assert [(l["line"], l["temporary_bytes"], l["temporary_count"]) for l in document["lines"]] == [(7, 200, 2)]
+    assert run_cytool("report", path, "-f", "collapsed", "--temporary").stdout == "churn (t.py:7) 200\n"

@@ -33,6 +33,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--leaks", action="store_true", help="rank by bytes still live at the end (leaked)")
     which.add_argument("--peak", action="store_true", help="rank by bytes live at the high-water mark")
+    which.add_argument(
+        "--temporary",
+        action="store_true",
+        help="rank by temporary allocations (freed by their thread within --temporary-window events)",
+    )
     parser.add_argument(
         "--threads",
         metavar="IDS",
@@ -82,7 +87,7 @@ def handle(args: argparse.Namespace) -> int:
         name = args.output.name
         fmt = "speedscope" if name.endswith(".speedscope.json") else SUFFIX_FORMATS.get(args.output.suffix, "table")
     fmt = fmt or "table"
-    mode = "leaked_bytes" if args.leaks else "peak_bytes" if args.peak else "bytes"
+    mode = "leaked_bytes" if args.leaks else "peak_bytes" if args.peak else "temporary_bytes" if args.temporary else "bytes"
     if args.output is not None and args.output.exists() and args.capture.exists() and args.output.resolve() == args.capture.resolve():
         raise CytoolError(f"{args.output}: this is the capture itself; refusing to overwrite it", exit_code=2)
     if args.limit < 1 or args.temporary_window < 1:

@@ -4,5 +4,6 @@ from __future__ import annotations
 
 FORMATS = ("table", "html", "json", "speedscope", "collapsed")
 
-# What a report ranks by: allocated bytes, bytes live at the peak, or leaked bytes.
-MODES = {"bytes": "allocated", "peak_bytes": "live at peak", "leaked_bytes": "leaked"}
+# What a report ranks by: allocated bytes, bytes live at the peak, leaked bytes, or bytes
+# of temporary allocations (freed right after being made).
+MODES = {"bytes": "allocated", "peak_bytes": "live at peak", "leaked_bytes": "leaked", "temporary_bytes": "temporary"}

@@ -101,7 +101,12 @@ def render_speedscope(profile: Profile, mode: str = "bytes") -> str:
             frames.append(entry)
         return index[location]
 
-    titles = {"bytes": "allocated bytes", "peak_bytes": "bytes live at peak", "leaked_bytes": "leaked bytes"}
+    titles = {
+        "bytes": "allocated bytes",
+        "peak_bytes": "bytes live at peak",
+        "leaked_bytes": "leaked bytes",
+        "temporary_bytes": "temporary allocations (bytes)",
+    }
     order = [mode] + [m for m in titles if m != mode]
     profiles = []
     for metric in order:

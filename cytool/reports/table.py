@@ -51,7 +51,7 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
     print_totals(profile, console)
     lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)][:limit]
     if not lines:
-        console.print(f"no allocations {'leaked' if mode == 'leaked_bytes' else 'recorded'}")
+        console.print({"leaked_bytes": "no leaks", "temporary_bytes": "no temporary allocations"}.get(mode, "no allocations"))
         return
     table = Table(title=f"Top lines by {MODES[mode]} (self)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
     table.add_column("line / source", ratio=1, overflow="ellipsis")
