@@ -238,3 +238,25 @@ def test_start_stop_while_threads_allocate(helpers: Path, tmp_path: Path) -> Non
                     live.add(event.address)
                 else:
                     live.discard(event.address)
+
+
+def test_a_slowly_allocating_process_killed_loses_at_most_a_second(helpers: Path, tmp_path: Path) -> None:
+    """A thread that allocates rarely never fills its buffer; the writer asks each thread to
+    flush once a second, so SIGKILL loses only the last second or so."""
+    path = tmp_path / "trickle.cytrace"
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    proc = subprocess.Popen([str(helpers / "test_trace_helper"), str(path), "trickle"], stdout=subprocess.PIPE, text=True, env=env)
+    ticks = 0
+    try:
+        while ticks < 30:  # about 3 s
+            line = proc.stdout.readline()
+            assert line.startswith("tick"), line
+            ticks = int(line.split()[1])
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with read_capture(path) as capture:
+        assert capture.truncated
+        recorded = len([e for e in capture.events if e.kind == "malloc" and e.size == 4242])
+        assert ticks - 25 <= recorded <= ticks, (ticks, recorded)

@@ -24,6 +24,7 @@ unsigned cyt_options;
 uint64_t cyt_start_mono;
 uint64_t cyt_time_mask;
 int cyt_compression_level;
+_Atomic unsigned cyt_flush_epoch;
 static uint64_t next_time_resolution = 1;
 static int next_compression_level;
 CYT_TLS int cyt_guard;

@@ -36,6 +36,7 @@ struct cyt_thread {
     uint64_t t0, last_t;
     uint64_t last_addr;
     uint64_t nevents, events_total;
+    unsigned flush_epoch;
     uint8_t *ev;
     size_t ev_len;
     cyt_buf defs;
@@ -175,6 +176,7 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->tid = (pid_t)syscall(SYS_gettid);
     ts->last_addr = 0;
     ts->t0 = ts->last_t = 0;
+    ts->flush_epoch = atomic_load(&cyt_flush_epoch);
     char name[32] = "";
     prctl(PR_GET_NAME, name, 0, 0, 0);
     name[sizeof name - 1] = 0;
@@ -233,7 +235,11 @@ static inline uint8_t *event_begin(cyt_thread *ts, int kind, uintptr_t address) 
 static inline void event_end(cyt_thread *ts, uint8_t *p) {
     ts->ev_len = (size_t)(p - ts->ev);
     ts->nevents++;
-    if (CYT_UNLIKELY(ts->defs.len > (1u << 20))) flush_thread(ts);
+    unsigned epoch = atomic_load_explicit(&cyt_flush_epoch, memory_order_relaxed);
+    if (CYT_UNLIKELY(ts->defs.len > (1u << 20) || epoch != ts->flush_epoch)) {
+        ts->flush_epoch = epoch;
+        flush_thread(ts);
+    }
 }
 
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {

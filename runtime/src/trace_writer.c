@@ -96,7 +96,15 @@ static void *writer_main(void *arg) {
     cyt_guard = 1; /* nothing this thread allocates is traced */
     pthread_mutex_lock(&queue_lock);
     for (;;) {
-        while (queue_head == NULL && !writer_closing) pthread_cond_wait(&queue_nonempty, &queue_lock);
+        while (queue_head == NULL && !writer_closing) {
+            /* once a second, ask every thread to flush what it holds at its next event, so a
+             * killed process loses at most about a second of events */
+            struct timespec deadline;
+            clock_gettime(CLOCK_REALTIME, &deadline);
+            deadline.tv_sec += 1;
+            if (pthread_cond_timedwait(&queue_nonempty, &queue_lock, &deadline) == ETIMEDOUT)
+                atomic_fetch_add(&cyt_flush_epoch, 1);
+        }
         chunk *list = queue_head;
         queue_head = queue_tail = NULL;
         if (list == NULL && writer_closing) break;

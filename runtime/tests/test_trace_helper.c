@@ -11,6 +11,7 @@
  *   exit N / _exit N   N mallocs of 444 bytes, then exit(0) or _exit(0) without stopping
  *   dlopen LIB N       dlopen LIB, call its lib_alloc(N, 555), dlclose it
  *   forever            allocate and free until killed (prints "ready" once frames exist)
+ *   trickle            one malloc of 4242 bytes every 100 ms until killed, printing "tick I"
  *   restart R T        T threads allocate (and start short-lived threads) while the main
  *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
  *
@@ -291,6 +292,15 @@ int main(int argc, char **argv) {
         stop();
     } else if (strcmp(mode, "restart") == 0 && argc == 5) {
         mode_restart(atoi(argv[3]), atoi(argv[4]));
+    } else if (strcmp(mode, "trickle") == 0) {
+        start(0);
+        struct timespec pause = {0, 100000000};
+        for (long i = 1;; i++) {
+            keep(malloc(4242));
+            printf("tick %ld\n", i);
+            fflush(stdout);
+            nanosleep(&pause, NULL);
+        }
     } else if (strcmp(mode, "forever") == 0) {
         start(0);
         pthread_t t;
