@@ -73,6 +73,11 @@ def test_exact_counts_in_threads(helpers: Path, tmp_path: Path, n: int, size: in
         # the block arrays: one calloc of n pointers per thread
         callocs = [e for e in capture.events if e.kind == "calloc" and e.size == n * 8]
         assert len(callocs) == nthreads
+        # reentrancy: the tracer's own allocations (its writer thread, LZ4, libunwind) are
+        # never recorded: only the main thread and the workers appear, and no stack starts
+        # inside libcytrace
+        assert len(capture.threads) == nthreads + 1
+        assert not any(frames and "libcytrace" in frames[0].object for frames in capture.stacks.values())
 
 
 def test_threads_starting_and_ending(helpers: Path, tmp_path: Path) -> None:
@@ -260,3 +265,17 @@ def test_a_slowly_allocating_process_killed_loses_at_most_a_second(helpers: Path
         assert capture.truncated
         recorded = len([e for e in capture.events if e.kind == "malloc" and e.size == 4242])
         assert ticks - 25 <= recorded <= ticks, (ticks, recorded)
+
+
+def test_sanitizers(tmp_path: Path) -> None:
+    """`make -C runtime sanitize`: the tracer and its C tests under ASan + UBSan, every
+    capture read back by the sanitized reader."""
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(REPO / "runtime"), "sanitize", f"SAN_DIR={tmp_path / 'san'}"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert "sanitize: all modes passed" in proc.stdout
