@@ -182,3 +182,16 @@ def test_environment_start_with_python_allocators(run_cytool, tmp_path: Path) ->
         kinds = Counter(e.kind for e in capture.events)
         assert kinds["pymem_obj"] > 0 and kinds["pymem_raw"] > 0
         assert len(line_allocations(capture, 2000)) == 300  # native mallocs are still traced
+
+
+@pytest.mark.parametrize("how,status", [("raise", 1), ("3", 3), ("0", 0)])
+def test_profile_keeps_the_program_status_and_finishes_the_capture(run_cytool, tmp_path: Path, how: str, status: int) -> None:
+    capture_path = tmp_path / "exits.cytrace"
+    proc = run_cytool("profile", FIXTURES / "exits.pyx", "-o", capture_path, "--", how, cwd=tmp_path)
+    assert proc.returncode == status, proc.stderr
+    if how == "raise":
+        assert "ValueError: on purpose" in proc.stderr
+    assert f"capture: {capture_path}" in proc.stdout
+    with read_capture(capture_path) as capture:
+        assert capture.complete
+        assert len([e for e in capture.events if e.kind == "malloc" and e.size == 31337]) == 1

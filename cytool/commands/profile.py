@@ -128,8 +128,8 @@ def child_captures(capture: Path) -> List[Path]:
 def print_summary(capture: Path, stats: Optional[Dict[str, int]]) -> None:
     from rich.console import Console
 
+    print(f"capture: {capture}", flush=True)  # plain: a long path must stay on one line
     console = Console(file=sys.stdout)
-    console.print(f"capture: {capture}")
     try:
         from cytool.reports.summary import print_profile_summary
     except ImportError:
