@@ -109,6 +109,10 @@ class LineStats:
     object: str
     self: Metrics = field(default_factory=Metrics)
     inclusive: Metrics = field(default_factory=Metrics)
+    # .pyx lines only: allocations whose innermost .pyx frame is this line, including
+    # those made by the Python or library code the line called (what a Cython
+    # developer can act on at this line)
+    attributed: Metrics = field(default_factory=Metrics)
 
 
 @dataclass
@@ -143,8 +147,9 @@ class Profile:
     _lines: Optional[List[LineStats]] = None
 
     def lines(self) -> List[LineStats]:
-        """Per source line, self and inclusive, biggest self bytes first. A line counts
-        once per stack for inclusive figures, however often it appears in it."""
+        """Per source line, self, inclusive and (for .pyx lines) attributed, biggest
+        self bytes first. A line counts once per stack for inclusive figures, however
+        often it appears in it."""
         if self._lines is None:
             table: Dict[Tuple[str, int, str], LineStats] = {}
             for stack in self.stacks:
@@ -158,6 +163,9 @@ class Profile:
                     seen.add(key)
                     table[key].inclusive.add(stack.metrics)
                 table[stack.self_location.line_key].self.add(stack.metrics)
+                pyx = next((f for f in [stack.self_location, *stack.frames] if f.kind == "pyx"), None)
+                if pyx is not None:
+                    table[pyx.line_key].attributed.add(stack.metrics)
             self._lines = sorted(table.values(), key=lambda s: (-s.self.bytes, -s.inclusive.bytes, s.file, s.line))
         return self._lines
 

@@ -10,11 +10,12 @@ from typing import Any, Dict, List, Optional
 import jinja2
 from markupsafe import Markup
 
-from cytool.analysis import LineStats, Profile
+from cytool.analysis import LineStats, Metrics, Profile
 from cytool.reports import MODES
 from cytool.reports.flame import build_tree, compact_tree
 from cytool.reports.ranking import ranked_lines
 from cytool.reports.source import SourceCache
+from cytool.reports.table import table_rows
 from cytool.reports.units import human_bytes, human_count, human_duration
 
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -63,9 +64,32 @@ def _bytes(n: int) -> str:
     return human_bytes(n) if n else ""
 
 
+def _figures(line: LineStats) -> Metrics:
+    """What a line is charged with on this page: for a .pyx line, everything it caused
+    (attributed: its own allocations and those of the code it called); otherwise self."""
+    return line.attributed if line.kind == "pyx" else line.self
+
+
+def _top_row(line: LineStats, m: Metrics, sources: SourceCache, file_ids: Dict[str, int]) -> Dict[str, Any]:
+    user = line.kind in ("pyx", "python") and bool(line.file)
+    return dict(
+        where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
+        if user
+        else Path(line.object).name,
+        anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
+        function=line.function,
+        source=sources.line(line.file, line.line) if user else "",
+        bytes=human_bytes(m.bytes),
+        count=human_count(m.count),
+        peak=_bytes(m.peak_bytes) or "-",
+        leaked=_bytes(m.leaked_bytes) or "-",
+        temporary=_count(m.temporary_count) or "-",
+        inclusive=human_bytes(line.inclusive.bytes),
+    )
+
+
 def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
     sources = SourceCache()
-    lines = ranked_lines(profile, mode)
     pyx_files = [f for f in profile.source_files() if f.endswith((".pyx", ".pxd", ".pxi"))]
     py_files = [f for f in profile.source_files() if not f.endswith((".pyx", ".pxd", ".pxi"))][:MAX_PYTHON_FILES]
     file_ids = {f: i for i, f in enumerate(pyx_files + py_files)}
@@ -74,63 +98,53 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         if line.file in file_ids:
             by_file.setdefault(line.file, {})[line.line] = line
 
-    hottest: Optional[LineStats] = next((l for l in lines if l.kind == "pyx" and l.self.value(mode)), None)
-    if hottest is None:
-        hottest = next((l for l in lines if l.file in file_ids and l.self.value(mode)), None)
-
-    top_rows: List[Dict[str, Any]] = []
-    for line in [l for l in lines if l.self.value(mode)][:top]:
-        user = line.kind in ("pyx", "python") and bool(line.file)
-        top_rows.append(
-            dict(
-                where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
-                if user
-                else Path(line.object).name,
-                anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
-                function=line.function,
-                source=sources.line(line.file, line.line) if user else "",
-                bytes=human_bytes(line.self.bytes),
-                count=human_count(line.self.count),
-                peak=_bytes(line.self.peak_bytes) or "-",
-                leaked=_bytes(line.self.leaked_bytes) or "-",
-                temporary=_count(line.self.temporary_count) or "-",
-                inclusive=human_bytes(line.inclusive.bytes),
-            )
-        )
+    # the top table: .pyx lines by what they caused (as on the terminal), and the lines of
+    # other code by their own allocations
+    title, rows = table_rows(profile, mode, top)
+    top_rows = [_top_row(line, m, sources, file_ids) for line, m in rows]
+    charged_pyx = bool(rows) and rows[0][0].kind == "pyx" and rows[0][1] is rows[0][0].attributed
+    hottest: Optional[LineStats] = rows[0][0] if rows and rows[0][0].file in file_ids else None
+    other_rows: List[Dict[str, Any]] = []
+    if charged_pyx:
+        others = [l for l in ranked_lines(profile, mode) if l.kind != "pyx" and l.self.value(mode)][:top]
+        other_rows = [_top_row(line, line.self, sources, file_ids) for line in others]
 
     files: List[Dict[str, Any]] = []
     for file in pyx_files + py_files:
         stats = by_file.get(file, {})
         text = sources.lines(file)
         full = text is not None and file in pyx_files
-        numbers = range(1, len(text) + 1) if full and text is not None else sorted(stats)
+        numbers = range(1, len(text) + 1) if full and text is not None else sorted(n for n in stats if n > 0)
+        figures = {n: _figures(l) for n, l in stats.items()}
         tops = {
-            "bytes": max((s.self.bytes for s in stats.values()), default=0),
-            "count": max((s.self.count for s in stats.values()), default=0),
-            "leaked": max((s.self.leaked_bytes for s in stats.values()), default=0),
-            "inclusive": max((s.inclusive.bytes for s in stats.values()), default=0),
+            "bytes": max((m.bytes for m in figures.values()), default=0),
+            "count": max((m.count for m in figures.values()), default=0),
+            "leaked": max((m.leaked_bytes for m in figures.values()), default=0),
+            "inclusive": max((l.inclusive.bytes for l in stats.values()), default=0),
         }
-        rows = []
+        file_rows = []
         for number in numbers:
             s = stats.get(number)
-            rows.append(
+            m = figures.get(number)
+            file_rows.append(
                 dict(
                     number=number,
                     anchor=_anchor(file, number, file_ids),
                     text=(text[number - 1] if text and number <= len(text) else ""),
-                    bytes=_bytes(s.self.bytes) if s else "",
-                    count=_count(s.self.count) if s else "",
-                    leaked=_bytes(s.self.leaked_bytes) if s else "",
+                    bytes=_bytes(m.bytes) if m else "",
+                    count=_count(m.count) if m else "",
+                    leaked=_bytes(m.leaked_bytes) if m else "",
                     inclusive=_bytes(s.inclusive.bytes) if s else "",
-                    heat_bytes=_heat(s.self.bytes, tops["bytes"], 18) if s else "",
-                    heat_count=_heat(s.self.count, tops["count"], 38) if s else "",
-                    heat_leaked=_heat(s.self.leaked_bytes, tops["leaked"], 350) if s else "",
+                    heat_bytes=_heat(m.bytes, tops["bytes"], 18) if m else "",
+                    heat_count=_heat(m.count, tops["count"], 38) if m else "",
+                    heat_leaked=_heat(m.leaked_bytes, tops["leaked"], 350) if m else "",
                     heat_inclusive=_heat(s.inclusive.bytes, tops["inclusive"], 200) if s else "",
-                    hot=bool(s and s.self.value(mode)),
+                    hot=bool(m and m.value(mode)),
                     hottest=bool(hottest is not None and s is hottest),
                 )
             )
-        files.append(dict(name=Path(file).name, path=file, rows=rows, missing=text is None))
+        files.append(dict(name=Path(file).name, path=file, rows=file_rows, missing=text is None,
+                          charged="with what they called" if file in pyx_files else "self"))
 
     frames, nodes = compact_tree(build_tree(profile))
     flame_json = json.dumps({"frames": frames, "nodes": nodes}, separators=(",", ":")).replace("</", "<\\/")
@@ -157,6 +171,8 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         ),
         timeline=_timeline(profile),
         top=top_rows,
+        top_title=title,
+        other=other_rows,
         files=files,
         flame_json=Markup(flame_json),
     )

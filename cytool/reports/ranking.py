@@ -15,3 +15,10 @@ def ranked_lines(profile: Profile, mode: str = "bytes") -> List[LineStats]:
 def ranked_stacks(profile: Profile, mode: str = "bytes") -> List[StackStats]:
     stacks = [s for s in profile.stacks if s.metrics.value(mode) or (mode == "bytes" and s.metrics.count)]
     return sorted(stacks, key=lambda s: -s.metrics.value(mode))
+
+
+def ranked_pyx_lines(profile: Profile, mode: str = "bytes") -> List[LineStats]:
+    """.pyx lines by what they are responsible for (attributed: their own allocations
+    and those of the Python and library code they called), biggest first."""
+    lines = [l for l in profile.lines() if l.kind == "pyx" and (l.attributed.value(mode) or (mode == "bytes" and l.attributed.count))]
+    return sorted(lines, key=lambda l: (-l.attributed.value(mode), -l.self.value(mode), l.file, l.line))

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional, Tuple
 
-from rich import box
 from rich.console import Console
-from rich.table import Table
 from rich.text import Text
 
-from cytool.analysis import LineStats, Profile
+from cytool.analysis import LineStats, Metrics, Profile
 from cytool.reports import MODES
-from cytool.reports.ranking import ranked_lines
+from cytool.reports.ranking import ranked_lines, ranked_pyx_lines
 from cytool.reports.source import SourceCache
 from cytool.reports.units import human_bytes, human_count, human_duration, share
 
@@ -34,44 +32,57 @@ def print_totals(profile: Profile, console: Console) -> None:
     console.print(
         Text.assemble(
             ("allocated ", "bold"), f"{human_bytes(t.bytes)} in {human_count(t.count)} allocations · ",
-            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} at {human_duration(profile.peak_time_ns)} · ",
+            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} at {human_duration(profile.peak_time_ns)}\n",
             ("leaked ", "bold"), f"{human_bytes(t.leaked_bytes)} in {human_count(t.leaked_count)} blocks · ",
             ("temporary ", "bold"), f"{human_count(t.temporary_count)}",
         )
     )
 
 
+def table_rows(profile: Profile, mode: str, limit: int) -> Tuple[str, List[Tuple[LineStats, Metrics]]]:
+    """(title, [(line, its figures)]) for the top lines: the .pyx lines by what they
+    are responsible for (attributed) when the capture has any, else every line by self."""
+    pyx = [l for l in ranked_pyx_lines(profile, mode) if l.attributed.value(mode)]
+    if pyx:
+        return f"Top .pyx lines by {MODES[mode]} (with what they called)", [(l, l.attributed) for l in pyx[:limit]]
+    lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)]
+    return f"Top lines by {MODES[mode]} (self)", [(l, l.self) for l in lines[:limit]]
+
+
+NUMBERS = ((10, "bytes"), (9, "count"), (10, "peak"), (6, "%peak"), (10, "leaked"))
+
+
 def print_table(profile: Profile, console: Optional[Console] = None, *, mode: str = "bytes", limit: int = 15) -> None:
-    """The top `limit` lines by self `mode`: where (file:line, function) with the line's
-    source below it, then bytes and count allocated, bytes live at the peak and their
-    share of the peak, and bytes leaked."""
+    """The top `limit` lines (see table_rows), two rows each: the figures (bytes and
+    count allocated, bytes live at the peak and their share of it, bytes leaked) then
+    where (file:line, function); below, the line's source across the whole width."""
     console = console or Console()
     sources = SourceCache()
     print_notes(profile, console)
     print_totals(profile, console)
-    lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)][:limit]
-    if not lines:
+    title, rows = table_rows(profile, mode, limit)
+    if not rows:
         console.print({"leaked_bytes": "no leaks", "temporary_bytes": "no temporary allocations"}.get(mode, "no allocations"))
         return
-    table = Table(title=f"Top lines by {MODES[mode]} (self)", title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1))
-    table.add_column("line / source", ratio=1, overflow="ellipsis")
-    table.add_column("bytes", justify="right", no_wrap=True)
-    table.add_column("count", justify="right", no_wrap=True)
-    table.add_column("peak", justify="right", no_wrap=True)
-    table.add_column("% peak", justify="right", no_wrap=True)
-    table.add_column("leaked", justify="right", no_wrap=True)
-    for line in lines:
-        where = Text.assemble((_where(line), "cyan"), "  " if _where(line) else "", (line.function, "dim"), no_wrap=True, overflow="ellipsis")
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
-        cell = Text("\n").join([where, Text("  " + text, style="bold" if line.kind == "pyx" else "")]) if text else where
-        cell.no_wrap = True
-        cell.overflow = "ellipsis"
-        table.add_row(
-            cell,
-            human_bytes(line.self.bytes),
-            human_count(line.self.count),
-            human_bytes(line.self.peak_bytes),
-            share(line.self.peak_bytes, profile.totals.peak_bytes),
-            human_bytes(line.self.leaked_bytes) if line.self.leaked_bytes else "-",
+    width = max(60, console.width)
+    console.print(Text(title, style="bold"))
+    header = " ".join(f"{name:>{w}}" for w, name in NUMBERS) + "  line"
+    console.print(Text(header, style="dim"), no_wrap=True, overflow="ellipsis")
+    for line, m in rows:
+        figures = (
+            human_bytes(m.bytes),
+            human_count(m.count),
+            human_bytes(m.peak_bytes),
+            share(m.peak_bytes, profile.totals.peak_bytes),
+            human_bytes(m.leaked_bytes) if m.leaked_bytes else "-",
         )
-    console.print(table)
+        numbers = " ".join(f"{value:>{w}}" for (w, _), value in zip(NUMBERS, figures))
+        where = _where(line)
+        row = Text.assemble(numbers, "  ", (where, "cyan"), "  " if where else "", (line.function, "dim"))
+        row.truncate(width, overflow="ellipsis")
+        console.print(row, no_wrap=True)
+        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
+        if text:
+            source = Text("      " + text, style="bold" if line.kind == "pyx" else "")
+            source.truncate(width, overflow="ellipsis")
+            console.print(source, no_wrap=True)
