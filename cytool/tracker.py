@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
+import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Dict, Optional, Type, Union
@@ -101,12 +103,17 @@ class Tracker:
                 f"already tracing into {driver.path()}",
                 hint="one tracer per process: stop the other Tracker (or unset CYTOOL_PROFILE) first",
             )
+        python_frames = self.python_frames
+        if python_frames and sys.getprofile() is not None:
+            # Python frames come from a profile function; do not displace the user's profiler
+            warnings.warn("a profiler is installed (sys.setprofile): tracing without Python frames", stacklevel=2)
+            python_frames = False
         try:
             driver.start(
                 os.fspath(self.path),
                 follow_fork=self.follow_fork,
                 trace_python_allocators=self.trace_python_allocators,
-                python_frames=self.python_frames,
+                python_frames=python_frames,
                 native_unwind=self.native_unwind,
                 time_resolution_ns=self.time_resolution_ns,
                 compression_level=self.compression_level,
