@@ -7,7 +7,14 @@
  *
  * It starts three ways: cytrace_start() (the cytool._cytrace Python extension calls it
  * for cytool.Tracker and `cytool profile`), or CYTOOL_PROFILE=path in the environment
- * when the library is loaded (with CYTOOL_PROFILE_FOLLOW_FORK=1 to follow forks).
+ * when the library is loaded. The environment start also reads:
+ *   CYTOOL_PROFILE_FOLLOW_FORK=1              forked children write <path>.<pid>
+ *   CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS=1  the PyMem domains too (alias CYTOOL_TRACE_PYTHON_ALLOCATORS)
+ *   CYTOOL_PROFILE_NATIVE_UNWIND=1            libunwind for every stack
+ *   CYTOOL_PROFILE_TIME_RESOLUTION=NS, CYTOOL_PROFILE_COMPRESSION=LEVEL (see below)
+ * If `path` exists already, the capture goes to <path>.<pid> (children inherit the
+ * environment: nothing is overwritten). Python frames need the cytool._cytrace extension
+ * (cytool.Tracker, `cytool profile`); the environment start records native frames only.
  */
 #ifndef CYTRACE_H
 #define CYTRACE_H

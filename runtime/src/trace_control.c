@@ -288,7 +288,7 @@ __attribute__((constructor)) static void cyt_library_init(void) {
     if (value != NULL && value[0] != 0) cytrace_set_time_resolution(strtoull(value, NULL, 10));
     value = getenv("CYTOOL_PROFILE_COMPRESSION");
     if (value != NULL && value[0] != 0) cytrace_set_compression_level(atoi(value));
-    if (env_flag("CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS")) {
+    if (env_flag("CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS") || env_flag("CYTOOL_TRACE_PYTHON_ALLOCATORS")) {
         if (cytrace_pymem_install() == 0) options |= CYTRACE_PYMEM;
         else fprintf(stderr, "cytool: not tracing the Python allocators: %s\n", last_error);
     }
