@@ -59,6 +59,8 @@ def test_c_allocations_land_on_their_lines(groundtruth: BuildResult, tmp_path: P
     # the caller of the inlined helper holds it inclusively, nothing by itself
     caller = lines[("groundtruth.pyx", 18)]
     assert (caller["bytes"], caller["inclusive"]["bytes"], caller["inclusive"]["count"]) == (0, 6400, 100)
+    # attributed: innermost .pyx line; the helper's line keeps its own malloc
+    assert caller["attributed"]["count"] == 0 and lines[("groundtruth.pyx", 10)]["attributed"]["count"] == 100
     assert caller["source"] == "ptrs[i] = helper(64)                          # line 18: caller of line 10"
     assert lines[("groundtruth.pyx", 10)]["source"].startswith("return <char*>malloc(n)")
     # at the peak everything allocated was live except the block realloc replaced
@@ -168,6 +170,8 @@ def test_python_callback_sits_inside_its_cython_caller(tmp_path_factory: pytest.
     assert alloc["bytes"] >= sum(5000 + i for i in range(20))
     (caller,) = [l for l in document["lines"] if l["file"].endswith("callback.pyx") and l["line"] == 10]
     assert caller["bytes"] == 0 and caller["inclusive"]["count"] >= 20
+    # the .pyx line is charged with what the Python code it called allocated
+    assert caller["attributed"]["count"] >= 20 and caller["attributed"]["bytes"] >= alloc["bytes"]
     stacks = [s for s in document["stacks"] if s["self"]["line"] == 5 and s["self"]["file"].endswith("cbhelper.py")]
     assert [(f["function"], f["line"]) for f in stacks[0]["frames"][:2]] == [("alloc", 5), ("callback.run", 10)]
 

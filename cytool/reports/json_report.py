@@ -29,6 +29,8 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
         }
         entry.update(line.self.as_dict())
         entry["inclusive"] = line.inclusive.as_dict()
+        if line.kind == "pyx":
+            entry["attributed"] = line.attributed.as_dict()
         lines.append(entry)
     totals: Dict[str, Any] = profile.totals.as_dict()
     totals.update(
