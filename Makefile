@@ -8,7 +8,7 @@ CYTOOL := $(VENV)/bin/cytool
 
 # Debian packages: compiler, gdb, the C runtime's libraries, and what the tests drive.
 APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
-                libunwind-dev chromium
+                libunwind-dev chromium python3-dbg
 
 .PHONY: all deps venv install demo test bench sanitize clean
 
