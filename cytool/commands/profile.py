@@ -140,7 +140,10 @@ def print_summary(capture: Path, stats: Optional[Dict[str, int]]) -> None:
             )
         console.print(f"read it with cytool.capture.read_capture({str(capture)!r})")
         return
-    print_profile_summary(capture, console)
+    try:
+        print_profile_summary(capture, console)
+    except CytoolError as error:  # the capture is written; the program's status stands
+        print(error.render(), file=sys.stderr)
 
 
 def handle(args: argparse.Namespace) -> int:
