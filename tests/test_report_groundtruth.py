@@ -193,3 +193,16 @@ def test_threads_filter_on_a_real_capture(tmp_path: Path, run_cytool) -> None:
     (hot,) = [l for l in one["lines"] if l["kind"] == "pyx" and l["line"] == line]
     assert (hot["count"], hot["bytes"]) == (300, 300 * 5000)
     assert [t["id"] for t in one["threads"]] == [workers[0]["id"]]
+
+
+def test_native_frames_on_request(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:
+    capture = tmp_path / "native.cytrace"
+    profile(groundtruth.module_path, capture, "run", 10)
+    plain = report_json(run_cytool, capture)
+    native = report_json(run_cytool, capture, "--native")
+    with_pyx = [s for s in plain["stacks"] if any(f["kind"] == "pyx" for f in s["frames"])]
+    assert with_pyx and not [f for s in with_pyx for f in s["frames"] if f["kind"] == "native"]  # user frames only
+    helper = [s for s in native["stacks"] if s["self"]["line"] == 10 and s["self"]["kind"] == "pyx"]
+    assert helper and any(f["kind"] == "native" for f in helper[0]["frames"])
+    # the figures per line do not depend on which frames a stack shows
+    assert pyx_lines(plain)[("groundtruth.pyx", 10)]["bytes"] == pyx_lines(native)[("groundtruth.pyx", 10)]["bytes"] == 640
