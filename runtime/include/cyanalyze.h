@@ -143,7 +143,8 @@ CYA_API const cya_stack *cya_get_stacks(const cya_capture *capture, size_t *coun
 /* Lookups by id; NULL when the id was never defined. */
 CYA_API const cya_stack *cya_find_stack(const cya_capture *capture, uint64_t id);
 CYA_API const cya_pyframe *cya_find_pyframe(const cya_capture *capture, uint64_t id);
-/* The object whose segments contain addr at time t (ns since start), or NULL. */
+/* The object whose segments contain addr, or NULL. (Objects unloaded and replaced at
+ * the same addresses are not told apart: the one with the latest-starting segment wins.) */
 CYA_API const cya_object *cya_find_object(const cya_capture *capture, uint64_t addr);
 
 /* ---- symboliser ---------------------------------------------------------------- */
@@ -190,12 +191,19 @@ typedef struct cya_analyze_options {
                                     thread is temporary (0: default 1) */
     uint32_t nthreads;           /* > 0: only events of these thread ids */
     const uint64_t *threads;
-    int include_native_frames;   /* keep non-.pyx native frames in the stacks output */
+    int include_native_frames;   /* 1: stacks keep every frame; 0: only .pyx, Python and
+                                    unsymbolisable-module frames (the innermost frame
+                                    when there is none of those) */
 } cya_analyze_options;
 
-/* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document (schema in
- * docs/report-json.md, "raw" part) to be released with cya_free, or NULL on error with
- * a message in errbuf. */
+/* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released
+ * with cya_free, or NULL on error with a message in errbuf. The document (read by
+ * cytool/analysis.py, not a public format; docs/report-json.md describes the report
+ * built from it): metric_names, totals, peak_time_ns, end_time_ns, events, frees,
+ * unmatched_frees, replaced_blocks, temporary_window, kinds {name: [count, bytes]},
+ * locations [[function, file, line, kind, object]], self and inclusive
+ * [[location, metrics...]], stacks [[self location, [locations innermost first],
+ * metrics]], timeline [[time, live bytes]], threads [[id, metrics]]. */
 CYA_API char *cya_analyze_json(const cya_capture *capture, const cya_symbols *symbols,
                                const cya_analyze_options *options, char *errbuf, size_t errlen);
 CYA_API void cya_free(void *pointer);
