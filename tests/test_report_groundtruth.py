@@ -206,3 +206,17 @@ def test_native_frames_on_request(groundtruth: BuildResult, tmp_path: Path, run_
     assert helper and any(f["kind"] == "native" for f in helper[0]["frames"])
     # the figures per line do not depend on which frames a stack shows
     assert pyx_lines(plain)[("groundtruth.pyx", 10)]["bytes"] == pyx_lines(native)[("groundtruth.pyx", 10)]["bytes"] == 640
+
+
+def test_other_allocators(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, run_cytool) -> None:
+    module = build("gtalloc", tmp_path_factory)
+    capture = tmp_path / "alloc.cytrace"
+    profile(module.module_path, capture, "run", 0)
+    document = report_json(run_cytool, capture)
+    got = {key[1]: (l["bytes"], l["count"], l["leaked_bytes"]) for key, l in pyx_lines(document).items() if key[1] in (17, 18, 19, 20)}
+    assert got == {17: (1000, 1, 0), 18: (2048, 1, 0), 19: (512, 1, 0), 20: (1 << 20, 1, 0)}
+    kinds = document["kinds"]
+    assert kinds["posix_memalign"] == {"count": 1, "bytes": 1000}
+    assert kinds["aligned_alloc"] == {"count": 1, "bytes": 2048}
+    assert kinds["memalign"] == {"count": 1, "bytes": 512}
+    assert kinds["mmap"]["count"] >= 1 and kinds["munmap"]["count"] >= 1
