@@ -220,3 +220,19 @@ def test_other_allocators(tmp_path_factory: pytest.TempPathFactory, tmp_path: Pa
     assert kinds["aligned_alloc"] == {"count": 1, "bytes": 2048}
     assert kinds["memalign"] == {"count": 1, "bytes": 512}
     assert kinds["mmap"]["count"] >= 1 and kinds["munmap"]["count"] >= 1
+
+
+def test_python_allocator_domains(tmp_path: Path, run_cytool) -> None:
+    """With --trace-python-allocators, pymalloc's objects land on the lines that made them."""
+    source = tmp_path / "gtpymem.pyx"
+    source.write_text((FIXTURES / "groundtruth.pyx").read_text() + "\n\nbuild_python(1000)\n")
+    capture = tmp_path / "pymem.cytrace"
+    result = run_cytool("profile", source, "-o", capture, "--no-summary", "--trace-python-allocators", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    document = report_json(run_cytool, capture)
+    assert document["kinds"]["pymem_obj"]["count"] > 0
+    lines = pyx_lines(document)
+    items, table = lines[("gtpymem.pyx", 36)], lines[("gtpymem.pyx", 37)]
+    # i * 3 makes a new int object for every i >= 86 (CPython caches -5..256)
+    assert items["count"] >= 1000 - 86
+    assert table["count"] >= 1000 - 257  # the loop variable's ints, shared by key and value
