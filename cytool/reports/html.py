@@ -170,6 +170,11 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
             temporary=human_count(t.temporary_count),
         ),
         timeline=_timeline(profile),
+        threads=[
+            dict(id=t.id, tid=t.tid, name=t.name, bytes=human_bytes(t.metrics.bytes), count=human_count(t.metrics.count),
+                 leaked=_bytes(t.metrics.leaked_bytes) or "-")
+            for t in sorted(profile.threads, key=lambda t: -t.metrics.bytes)
+        ] if len(profile.threads) > 1 else [],
         top=top_rows,
         top_title=title,
         other=other_rows,
