@@ -175,10 +175,14 @@ def test_underscore_exit_finishes_the_capture(helpers: Path, tmp_path: Path) -> 
         assert len(allocations_from(capture, "main")) == 50000
 
 
-def test_dlopen_while_tracing(helpers: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("by_name", [False, True])
+def test_dlopen_while_tracing(helpers: Path, tmp_path: Path, by_name: bool) -> None:
+    """dlopen while tracing: the new library is patched and described. By bare name, the
+    helper's own RUNPATH ($ORIGIN) must still be searched, although the real dlopen is now
+    called from libcytrace."""
     path = tmp_path / "dlopen.cytrace"
     lib = helpers / "libtest_trace_lib.so"
-    run_helper(helpers, path, "dlopen", lib, 250)
+    run_helper(helpers, path, "dlopen", lib.name if by_name else lib, 250)
     with read_capture(path) as capture:
         assert capture.complete
         from_lib = allocations_from(capture, "lib_alloc")

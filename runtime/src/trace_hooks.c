@@ -8,6 +8,9 @@
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <link.h>
+#include <stdio.h>
+#include <string.h>
 #include <errno.h>
 #include <malloc.h>
 #include <stdarg.h>
@@ -186,8 +189,58 @@ static void objects_changed(void) {
     cyt_guard = saved;
 }
 
+/* dlopen searches the DT_RUNPATH/DT_RPATH of its *caller*, which is now libcytrace (none).
+ * When a bare name is not found, search the real caller's paths as it would have. */
+static void *dlopen_from_caller_paths(const char *file, int mode, const void *caller) {
+    struct link_map *lm = NULL;
+    Dl_info info;
+    if (dladdr1(caller, &info, (void **)&lm, RTLD_DL_LINKMAP) == 0 || lm == NULL || lm->l_ld == NULL) return NULL;
+    const char *strtab = NULL, *runpath = NULL, *rpath = NULL;
+    uintptr_t runpath_off = 0, rpath_off = 0;
+    int has_runpath = 0, has_rpath = 0;
+    for (const ElfW(Dyn) *d = lm->l_ld; d->d_tag != DT_NULL; d++) {
+        if (d->d_tag == DT_STRTAB) strtab = (const char *)(d->d_un.d_ptr < lm->l_addr ? lm->l_addr + d->d_un.d_ptr : d->d_un.d_ptr);
+        if (d->d_tag == DT_RUNPATH) has_runpath = 1, runpath_off = d->d_un.d_val;
+        if (d->d_tag == DT_RPATH) has_rpath = 1, rpath_off = d->d_un.d_val;
+    }
+    if (strtab == NULL) return NULL;
+    if (has_runpath) runpath = strtab + runpath_off;
+    if (has_rpath) rpath = strtab + rpath_off;
+    const char *paths = runpath ? runpath : rpath;
+    if (paths == NULL) return NULL;
+    char origin[4096];
+    const char *name = lm->l_name && lm->l_name[0] ? lm->l_name : info.dli_fname;
+    snprintf(origin, sizeof origin, "%s", name ? name : "");
+    char *slash = strrchr(origin, '/');
+    if (slash) *slash = 0;
+    else strcpy(origin, ".");
+    while (*paths) {
+        size_t n = strcspn(paths, ":");
+        char dir[4096], candidate[8192];
+        snprintf(dir, sizeof dir, "%.*s", (int)n, paths);
+        char *o = strstr(dir, "$ORIGIN");
+        if (o != NULL) {
+            char rest[4096];
+            snprintf(rest, sizeof rest, "%s", o + 7);
+            *o = 0;
+            snprintf(candidate, sizeof candidate, "%s%s%s/%s", dir, origin, rest, file);
+        } else {
+            snprintf(candidate, sizeof candidate, "%s/%s", dir, file);
+        }
+        void *h = dlopen(candidate, mode);
+        if (h != NULL) return h;
+        paths += n;
+        if (*paths == ':') paths++;
+    }
+    return NULL;
+}
+
 static void *hook_dlopen(const char *file, int mode) {
     void *h = dlopen(file, mode);
+    if (h == NULL && file != NULL && strchr(file, '/') == NULL) {
+        h = dlopen_from_caller_paths(file, mode, __builtin_return_address(0));
+        if (h == NULL) dlopen(file, mode); /* leave the original dlerror() text */
+    }
     if (h != NULL) objects_changed();
     return h;
 }
