@@ -283,3 +283,21 @@ def test_sanitizers(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert "sanitize: all modes passed" in proc.stdout
+
+
+def test_an_idle_thread_is_flushed_by_the_writer(helpers: Path, tmp_path: Path) -> None:
+    """A thread that allocates and then blocks holds its events in its buffer; the writer
+    flushes it after a second or two of silence, so SIGKILL does not lose them."""
+    path = tmp_path / "idle.cytrace"
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    proc = subprocess.Popen([str(helpers / "test_trace_helper"), str(path), "idle"], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "allocated"
+        time.sleep(3.5)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    with read_capture(path) as capture:
+        assert capture.truncated
+        assert len([e for e in capture.events if e.kind == "malloc" and e.size == 4343]) == 10

@@ -158,6 +158,14 @@ CYTRACE_API int cytrace_start(const char *path, unsigned options) {
     return r;
 }
 
+void cyt_membarrier(void) {
+    if (syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
+        /* cannot happen once registered; if it does, wait out any thread in the hot path */
+        struct timespec pause = {0, 50000000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 static void stop_locked(void);
 
 CYTRACE_API int cytrace_stop(void) {
@@ -189,11 +197,7 @@ void cyt_stop_for_exit(void) {
 static void stop_locked(void) {
     atomic_store(&cyt_active, 0);
     atomic_thread_fence(memory_order_seq_cst);
-    if (cyt_asymmetric_fence && syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0) {
-        /* cannot happen once registered; if it does, wait out any thread in the hot path */
-        struct timespec pause = {0, 50000000};
-        nanosleep(&pause, NULL);
-    }
+    if (cyt_asymmetric_fence) cyt_membarrier();
     cyt_unpatch_all();
     cytrace_pymem_uninstall();
     cyt_threads_flush_all();

@@ -103,6 +103,9 @@ void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_add
 void cyt_record_free(int kind, uintptr_t address);
 void cyt_record_munmap(uintptr_t address, size_t size);
 void cyt_threads_flush_all(void);            /* at stop: every thread's buffer to the writer */
+void cyt_threads_flush_idle(void);           /* writer, each second: buffers of idle threads */
+void cyt_membarrier(void);                   /* a full barrier on every thread (membarrier) */
+extern CYT_TLS int cyt_is_writer;            /* this thread is the writer */
 void cyt_threads_after_fork_child(void);     /* forget the parent's threads */
 uint64_t cyt_threads_events(void);
 int cyt_thread_defs(cyt_buf **defs_out);     /* the current thread's definition buffer */

@@ -29,6 +29,7 @@ struct cyt_thread {
     cyt_thread *next;     /* all states (threads_lock) */
     cyt_thread *next_free;
     _Atomic int busy;
+    _Atomic int claimed; /* the writer is flushing this idle thread's buffers */
     unsigned session;
     int in_list;
     uint32_t index;
@@ -36,7 +37,7 @@ struct cyt_thread {
     uint64_t t0, last_t;
     uint64_t last_addr;
     uint64_t nevents, events_total;
-    unsigned flush_epoch;
+    _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
     uint8_t *ev;
     size_t ev_len;
     cyt_buf defs;
@@ -176,7 +177,8 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->tid = (pid_t)syscall(SYS_gettid);
     ts->last_addr = 0;
     ts->t0 = ts->last_t = 0;
-    ts->flush_epoch = atomic_load(&cyt_flush_epoch);
+    atomic_store(&ts->flush_epoch, atomic_load(&cyt_flush_epoch));
+    atomic_store(&ts->claimed, 0);
     char name[32] = "";
     prctl(PR_GET_NAME, name, 0, 0, 0);
     name[sizeof name - 1] = 0;
@@ -199,6 +201,7 @@ cyt_thread *cyt_thread_get(void) {
 /* ---- the hot path -------------------------------------------------------------------- */
 
 static inline int enter(cyt_thread *ts) {
+retry:
     atomic_store_explicit(&ts->busy, 1, memory_order_relaxed);
     /* With membarrier(2), cytrace_stop() makes every thread execute the full fence for us
      * (asymmetric fence): here a compiler barrier is enough. */
@@ -208,6 +211,12 @@ static inline int enter(cyt_thread *ts) {
                      ts->session != atomic_load_explicit(&cyt_session, memory_order_relaxed))) {
         atomic_store_explicit(&ts->busy, 0, memory_order_release);
         return 0;
+    }
+    if (CYT_UNLIKELY(atomic_load_explicit(&ts->claimed, memory_order_acquire))) {
+        /* the writer is flushing our buffers (we were idle): wait for it, then start over */
+        atomic_store_explicit(&ts->busy, 0, memory_order_release);
+        while (atomic_load_explicit(&ts->claimed, memory_order_acquire)) sched_yield();
+        goto retry;
     }
     return 1;
 }
@@ -236,8 +245,8 @@ static inline void event_end(cyt_thread *ts, uint8_t *p) {
     ts->ev_len = (size_t)(p - ts->ev);
     ts->nevents++;
     unsigned epoch = atomic_load_explicit(&cyt_flush_epoch, memory_order_relaxed);
-    if (CYT_UNLIKELY(ts->defs.len > (1u << 20) || epoch != ts->flush_epoch)) {
-        ts->flush_epoch = epoch;
+    if (CYT_UNLIKELY(ts->defs.len > (1u << 20) || epoch != atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed))) {
+        atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
         flush_thread(ts);
     }
 }
@@ -356,6 +365,36 @@ void cyt_threads_flush_all(void) {
         flush_thread(ts);
         release_buffers(ts);
         ts->session = 0;
+    }
+    pthread_mutex_unlock(&threads_lock);
+}
+
+/* The writer, once a second: flush the buffers of threads that recorded nothing for a
+ * whole second (a thread that is idle, or blocked, would otherwise hold its events until
+ * it ends). A thread is claimed, then checked not to be inside the hot path (the same
+ * Dekker pairing as at stop); if it enters meanwhile, it waits for the claim to go. */
+#define MAX_IDLE_CLAIMS 256
+void cyt_threads_flush_idle(void) {
+    unsigned epoch = atomic_load(&cyt_flush_epoch);
+    unsigned session = atomic_load(&cyt_session);
+    cyt_thread *claimed[MAX_IDLE_CLAIMS];
+    int n = 0;
+    pthread_mutex_lock(&threads_lock);
+    for (cyt_thread *ts = all_threads; ts != NULL && n < MAX_IDLE_CLAIMS; ts = ts->next) {
+        if (ts->session != session || epoch - atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed) < 2) continue;
+        atomic_store_explicit(&ts->claimed, 1, memory_order_relaxed);
+        claimed[n++] = ts;
+    }
+    if (n > 0) {
+        atomic_thread_fence(memory_order_seq_cst);
+        if (cyt_asymmetric_fence) cyt_membarrier();
+        for (int i = 0; i < n; i++) {
+            cyt_thread *ts = claimed[i];
+            if (atomic_load_explicit(&ts->busy, memory_order_acquire)) continue;
+            if (ts->ev != NULL) flush_thread(ts);
+            atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
+        }
+        for (int i = 0; i < n; i++) atomic_store_explicit(&claimed[i]->claimed, 0, memory_order_release);
     }
     pthread_mutex_unlock(&threads_lock);
 }

@@ -37,6 +37,7 @@ static LZ4F_cctx *cctx;
 static uint8_t *zbuf;
 static size_t zcap;
 static _Atomic uint64_t frames_written, bytes_written;
+CYT_TLS int cyt_is_writer;
 
 uint64_t cyt_writer_frames(void) { return atomic_load(&frames_written); }
 uint64_t cyt_writer_bytes(void) { return atomic_load(&bytes_written); }
@@ -94,6 +95,7 @@ int cyt_writer_write_now(const uint8_t *data, size_t len) {
 static void *writer_main(void *arg) {
     (void)arg;
     cyt_guard = 1; /* nothing this thread allocates is traced */
+    cyt_is_writer = 1;
     pthread_mutex_lock(&queue_lock);
     for (;;) {
         while (queue_head == NULL && !writer_closing) {
@@ -102,8 +104,12 @@ static void *writer_main(void *arg) {
             struct timespec deadline;
             clock_gettime(CLOCK_REALTIME, &deadline);
             deadline.tv_sec += 1;
-            if (pthread_cond_timedwait(&queue_nonempty, &queue_lock, &deadline) == ETIMEDOUT)
+            if (pthread_cond_timedwait(&queue_nonempty, &queue_lock, &deadline) == ETIMEDOUT) {
                 atomic_fetch_add(&cyt_flush_epoch, 1);
+                pthread_mutex_unlock(&queue_lock);
+                cyt_threads_flush_idle(); /* its chunks are written right here (cyt_is_writer) */
+                pthread_mutex_lock(&queue_lock);
+            }
         }
         chunk *list = queue_head;
         queue_head = queue_tail = NULL;
@@ -142,7 +148,8 @@ void cyt_writer_submit(uint8_t *data, size_t len) {
     c->data = data;
     c->len = len;
     pthread_mutex_lock(&queue_lock);
-    if (!writer_running) { /* no writer (stopping, or a child that does not follow): write here */
+    if (!writer_running || cyt_is_writer) { /* no writer (stopping, a child that does not follow), or
+                                              * the writer itself (idle flushes): write here */
         pthread_mutex_unlock(&queue_lock);
         cyt_writer_write_now(data, len);
         free(data);

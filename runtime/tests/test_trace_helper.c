@@ -12,6 +12,8 @@
  *   dlopen LIB N       dlopen LIB, call its lib_alloc(N, 555), dlclose it
  *   forever            allocate and free until killed (prints "ready" once frames exist)
  *   trickle            one malloc of 4242 bytes every 100 ms until killed, printing "tick I"
+ *   idle               a thread mallocs 10x 4343 bytes and blocks; main prints "allocated"
+ *                      and sleeps, allocating nothing, until killed
  *   restart R T        T threads allocate (and start short-lived threads) while the main
  *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
  *
@@ -240,6 +242,15 @@ static void mode_restart(int rounds, int nthreads) {
     printf("rounds %d\n", rounds);
 }
 
+static void *idle_thread(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 10; i++) keep(malloc(4343));
+    printf("allocated\n");
+    fflush(stdout);
+    for (;;) pause();
+    return NULL;
+}
+
 static void *forever_thread(void *arg) {
     (void)arg;
     for (;;) free(keep(malloc(99)));
@@ -292,6 +303,11 @@ int main(int argc, char **argv) {
         stop();
     } else if (strcmp(mode, "restart") == 0 && argc == 5) {
         mode_restart(atoi(argv[3]), atoi(argv[4]));
+    } else if (strcmp(mode, "idle") == 0) {
+        start(0);
+        pthread_t t;
+        pthread_create(&t, NULL, idle_thread, NULL);
+        for (;;) pause();
     } else if (strcmp(mode, "trickle") == 0) {
         start(0);
         struct timespec pause = {0, 100000000};
