@@ -301,3 +301,14 @@ def test_an_idle_thread_is_flushed_by_the_writer(helpers: Path, tmp_path: Path) 
     with read_capture(path) as capture:
         assert capture.truncated
         assert len([e for e in capture.events if e.kind == "malloc" and e.size == 4343]) == 10
+
+
+def test_bursts_between_idle_flushes_are_exact(helpers: Path, tmp_path: Path) -> None:
+    """Eight threads allocate in bursts separated by pauses of up to 2.5 s, so the writer
+    flushes idle threads while others wake up: not one event is lost or doubled."""
+    path = tmp_path / "bursts.cytrace"
+    out = run_helper(helpers, path, "bursts", 8, 6)
+    with read_capture(path) as capture:
+        assert capture.complete and capture.stats.dropped == 0
+        assert len([e for e in capture.events if e.kind == "malloc" and e.size == 5151]) == int(out["total"])
+        assert len([e for e in capture.events if e.kind == "free"]) >= int(out["total"])

@@ -14,6 +14,8 @@
  *   trickle            one malloc of 4242 bytes every 100 ms until killed, printing "tick I"
  *   idle               a thread mallocs 10x 4343 bytes and blocks; main prints "allocated"
  *                      and sleeps, allocating nothing, until killed
+ *   bursts T SECONDS   T threads allocate bursts of 5151-byte blocks between pauses of up to
+ *                      2.5 s (so the writer flushes them while idle), prints "total N"
  *   restart R T        T threads allocate (and start short-lived threads) while the main
  *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
  *
@@ -31,6 +33,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/time.h>
+#include <stdatomic.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -242,6 +245,37 @@ static void mode_restart(int rounds, int nthreads) {
     printf("rounds %d\n", rounds);
 }
 
+static _Atomic long bursts_total;
+static volatile int bursts_running = 1;
+
+static void *bursts_thread(void *arg) {
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    while (bursts_running) {
+        int n = 1 + (int)(rand_r(&seed) % 500);
+        for (int i = 0; i < n; i++) free(keep(malloc(5151)));
+        atomic_fetch_add(&bursts_total, n);
+        struct timespec pause = {0, (long)(rand_r(&seed) % 2500) * 1000000L};
+        while (pause.tv_nsec >= 1000000000L) {
+            pause.tv_sec++;
+            pause.tv_nsec -= 1000000000L;
+        }
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
+static void mode_bursts(int nthreads, int seconds) {
+    pthread_t threads[64];
+    if (nthreads > 64) nthreads = 64;
+    start(0);
+    for (int t = 0; t < nthreads; t++) pthread_create(&threads[t], NULL, bursts_thread, (void *)(uintptr_t)(t + 7));
+    sleep((unsigned)seconds);
+    bursts_running = 0;
+    for (int t = 0; t < nthreads; t++) pthread_join(threads[t], NULL);
+    stop();
+    printf("total %ld\n", (long)atomic_load(&bursts_total));
+}
+
 static void *idle_thread(void *arg) {
     (void)arg;
     for (int i = 0; i < 10; i++) keep(malloc(4343));
@@ -303,6 +337,8 @@ int main(int argc, char **argv) {
         stop();
     } else if (strcmp(mode, "restart") == 0 && argc == 5) {
         mode_restart(atoi(argv[3]), atoi(argv[4]));
+    } else if (strcmp(mode, "bursts") == 0 && argc == 5) {
+        mode_bursts(atoi(argv[3]), atoi(argv[4]));
     } else if (strcmp(mode, "idle") == 0) {
         start(0);
         pthread_t t;

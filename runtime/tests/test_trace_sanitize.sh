@@ -21,6 +21,7 @@ run "$work/signal.cytrace" signal 100000
 run "$work/exit.cytrace" exit 10000
 run "$work/uexit.cytrace" _exit 10000
 run "$work/restart.cytrace" restart 8 4
+run "$work/bursts.cytrace" bursts 4 4
 run "$work/dlopen.cytrace" dlopen "$(cd "$dir" && pwd)/libtest_trace_lib.so" 1000
 for f in "$work"/*.cytrace*; do
     head -c 8 "$f" | grep -q CYTRACE || { echo "sanitize: $f is not a capture"; exit 1; }
