@@ -46,8 +46,18 @@ class Metrics:
         return cls(*values)
 
     def add(self, other: "Metrics") -> None:
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        self.bytes += other.bytes
+        self.count += other.count
+        self.peak_bytes += other.peak_bytes
+        self.peak_count += other.peak_count
+        self.leaked_bytes += other.leaked_bytes
+        self.leaked_count += other.leaked_count
+        self.temporary_bytes += other.temporary_bytes
+        self.temporary_count += other.temporary_count
+
+    def as_tuple(self) -> Tuple[int, ...]:
+        return (self.bytes, self.count, self.peak_bytes, self.peak_count, self.leaked_bytes, self.leaked_count,
+                self.temporary_bytes, self.temporary_count)
 
     def as_dict(self) -> Dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -144,29 +154,16 @@ class Profile:
     stacks: List[StackStats]
     timeline: List[Tuple[int, int]]  # (time ns, live bytes)
     threads: List[ThreadStats]
-    _lines: Optional[List[LineStats]] = None
+    locations: List[Location] = field(default_factory=list)
+    # the flame graph's tree: [location index (-1: root), parent node (-1: root), bytes,
+    # peak bytes, leaked bytes, count], parents first (built and pruned in C)
+    flame: List[List[int]] = field(default_factory=list)
+    _lines: List[LineStats] = field(default_factory=list)
 
     def lines(self) -> List[LineStats]:
-        """Per source line, self, inclusive and (for .pyx lines) attributed, biggest
-        self bytes first. A line counts once per stack for inclusive figures, however
-        often it appears in it."""
-        if self._lines is None:
-            table: Dict[Tuple[str, int, str], LineStats] = {}
-            for stack in self.stacks:
-                seen = set()
-                for location in [stack.self_location, *stack.frames]:
-                    key = location.line_key
-                    if key not in table:
-                        table[key] = LineStats(location.file, location.line, location.function, location.kind, location.object)
-                    if key in seen:
-                        continue
-                    seen.add(key)
-                    table[key].inclusive.add(stack.metrics)
-                table[stack.self_location.line_key].self.add(stack.metrics)
-                pyx = next((f for f in [stack.self_location, *stack.frames] if f.kind == "pyx"), None)
-                if pyx is not None:
-                    table[pyx.line_key].attributed.add(stack.metrics)
-            self._lines = sorted(table.values(), key=lambda s: (-s.self.bytes, -s.inclusive.bytes, s.file, s.line))
+        """Per source line (grouped in C): self, inclusive and (for .pyx lines)
+        attributed, biggest self bytes first. A line counts once per stack for inclusive
+        figures, however often it appears in it."""
         return self._lines
 
     def notes(self) -> List[str]:
@@ -187,37 +184,9 @@ class Profile:
 
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
-RUNNER = Location("(cytool runner)", "", 0, "unknown", "")
-
-
-def is_runner_frame(location: Location) -> bool:
-    """A frame of the launcher rather than of the profiled program: cytool's own Python
-    code, runpy, and the frozen import machinery that runs a module's init."""
-    if location.kind != "python":
-        return False
-    file = location.file
-    return file.startswith(PACKAGE_DIR) or file.startswith("<frozen runpy") or file.startswith("<frozen importlib")
-
-
-def _program_frame(location: Location) -> bool:
-    return location.kind == "pyx" or (location.kind == "unknown" and bool(location.object))
-
-
-def trim_runner(stack: StackStats) -> StackStats:
-    """Cut the launcher's frames outside the program: everything from the first runner
-    frame beyond the outermost .pyx frame. (Runner-like frames inside the program, such
-    as the import machinery of an `import` statement, stay.) What the launcher did on
-    its own, with no .pyx frame at all, becomes one `(cytool runner)` frame."""
-    frames = stack.frames
-    outermost = max((i for i, f in enumerate(frames) if _program_frame(f)), default=-1)
-    cut = next((i for i in range(outermost + 1, len(frames)) if is_runner_frame(frames[i])), None)
-    if cut is None:
-        return stack
-    if outermost < 0:
-        return StackStats([RUNNER], RUNNER, stack.metrics)
-    kept = frames[:cut]
-    self_location = stack.self_location if stack.self_location in kept else kept[0]
-    return StackStats(kept, self_location, stack.metrics)
+# The launcher's Python frames: cytool's own code, runpy, and the frozen import machinery
+# that runs a module's init. Stacks are cut there (in C), so they start at the program.
+RUNNER_PREFIXES = (PACKAGE_DIR, "<frozen runpy", "<frozen importlib")
 
 
 def analyze(
@@ -229,8 +198,8 @@ def analyze(
     runner_frames: bool = False,
 ) -> Profile:
     """Symbolise and aggregate an open capture (heavy lifting in C). Unless
-    runner_frames, the frames of whatever launched the program (cytool's runner, runpy,
-    the import machinery) are cut from the outer end of every stack."""
+    runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
+    outermost .pyx frame; what the launcher allocated on its own is `(cytool runner)`."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -249,6 +218,7 @@ def analyze(
         nthreads=len(wanted),
         threads=ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64)),
         include_native_frames=1 if native_frames else 0,
+        runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES).encode(),
     )
     errbuf = ctypes.create_string_buffer(512)
     raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))
@@ -264,8 +234,14 @@ def analyze(
         StackStats([locations[i] for i in frames], locations[self_index], Metrics.from_list(metrics))
         for self_index, frames, metrics in data["stacks"]
     ]
-    if not runner_frames:
-        stacks = [trim_runner(stack) for stack in stacks]
+    lines = []
+    for location, own, inclusive, attributed in data["lines"]:
+        where = locations[location]
+        lines.append(
+            LineStats(where.file, where.line, where.function, where.kind, where.object, Metrics.from_list(own),
+                      Metrics.from_list(inclusive), Metrics.from_list(attributed))
+        )
+    lines.sort(key=lambda s: (-s.self.bytes, -s.inclusive.bytes, s.file, s.line))
     thread_stats = []
     for tid, metrics in data["threads"]:
         info = capture.threads.get(tid)
@@ -290,6 +266,9 @@ def analyze(
         stacks=stacks,
         timeline=[(t, b) for t, b in data["timeline"]],
         threads=thread_stats,
+        locations=locations,
+        flame=data["flame"],
+        _lines=lines,
     )
 
 

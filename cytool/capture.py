@@ -142,6 +142,7 @@ class _AnalyzeOptions(ctypes.Structure):
         ("nthreads", _u32),
         ("threads", ctypes.POINTER(_u64)),
         ("include_native_frames", ctypes.c_int),
+        ("runner_prefixes", _cstr),
     ]
 
 

@@ -1,71 +1,29 @@
-"""Stacks as a tree (outermost frame at the root) for flame graphs, and the two text
-exports built from stacks: collapsed stacks and speedscope JSON."""
+"""Flame graphs: the tree for the HTML page (built in C), and the two text exports built
+from stacks: collapsed stacks and speedscope JSON."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from typing import Any, Dict, List, Tuple
 
 from cytool.analysis import Location, Profile
 
-# the values each flame node carries, in this order
-FLAME_METRICS = ("bytes", "peak_bytes", "leaked_bytes", "count")
 
-
-@dataclass
-class FlameNode:
-    location: Location
-    values: List[int] = field(default_factory=lambda: [0] * len(FLAME_METRICS))
-    children: Dict[Location, "FlameNode"] = field(default_factory=dict)
-
-
-def build_tree(profile: Profile) -> FlameNode:
-    root = FlameNode(Location("all", "", 0, "unknown", ""))
-    for stack in profile.stacks:
-        values = [stack.metrics.value(m) for m in FLAME_METRICS]
-        node = root
-        for i, v in enumerate(values):
-            node.values[i] += v
-        for location in reversed(stack.frames or [stack.self_location]):
-            child = node.children.get(location)
-            if child is None:
-                child = node.children[location] = FlameNode(location)
-            for i, v in enumerate(values):
-                child.values[i] += v
-            node = child
-    return root
-
-
-def compact_tree(root: FlameNode, max_nodes: int = 50000) -> Tuple[List[List[Any]], List[List[int]]]:
-    """(frames, nodes) for the HTML page: frames = [[function, file, line, kind]], nodes
-    = [[frame index, parent node index (-1 for the root), *values]] in depth-first
-    order, children biggest first. Flat, so that deep recursion stays cheap to encode.
-    Nodes too small to see are left out when the tree has more than max_nodes (their
-    values stay in their parent's)."""
-    frames: List[List[Any]] = []
-    index: Dict[Location, int] = {}
-
-    def frame_id(location: Location) -> int:
-        if location not in index:
-            index[location] = len(frames)
-            frames.append([location.function, location.file, location.line, location.kind])
-        return index[location]
-
-    count, todo = 0, [root]
-    while todo:
-        node = todo.pop()
-        count += 1
-        todo.extend(node.children.values())
-    threshold = max(1, max(root.values[:3])) / 20000.0 if count > max_nodes else 0.0
-
+def compact_tree(profile: Profile) -> Tuple[List[List[Any]], List[List[int]]]:
+    """(frames, nodes) for the HTML page, from the tree libcyanalyze built (outermost
+    frame at the root, small nodes of big trees pruned): frames = [[function, file,
+    line, kind]]; nodes = [[frame index, parent node index (-1 for the root), bytes,
+    peak bytes, leaked bytes, count]], parents before children."""
+    frames: List[List[Any]] = [["all", "", 0, "unknown"]]
+    index: Dict[int, int] = {-1: 0}
     nodes: List[List[int]] = []
-    stack: List[Tuple[FlameNode, int]] = [(root, -1)]
-    while stack:
-        node, parent = stack.pop()
-        me = len(nodes)
-        nodes.append([frame_id(node.location), parent, *node.values])
-        kids = sorted(node.children.values(), key=lambda c: -c.values[0])
-        stack.extend((c, me) for c in reversed(kids) if max(c.values[:3]) >= threshold)
+    for location, parent, *values in profile.flame:
+        if location not in index:
+            where = profile.locations[location]
+            index[location] = len(frames)
+            frames.append([where.function, where.file, where.line, where.kind])
+        nodes.append([index[location], parent, *values])
+    if not nodes:
+        nodes.append([0, -1, 0, 0, 0, 0])
     return frames, nodes
 
 

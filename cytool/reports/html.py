@@ -12,7 +12,7 @@ from markupsafe import Markup
 
 from cytool.analysis import LineStats, Metrics, Profile
 from cytool.reports import MODES
-from cytool.reports.flame import build_tree, compact_tree
+from cytool.reports.flame import compact_tree
 from cytool.reports.ranking import ranked_lines
 from cytool.reports.source import SourceCache
 from cytool.reports.table import table_rows
@@ -146,7 +146,7 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         files.append(dict(name=Path(file).name, path=file, rows=file_rows, missing=text is None,
                           charged="with what they called" if file in pyx_files else "self"))
 
-    frames, nodes = compact_tree(build_tree(profile))
+    frames, nodes = compact_tree(profile)
     flame_json = json.dumps({"frames": frames, "nodes": nodes}, separators=(",", ":")).replace("</", "<\\/")
     notes = profile.notes()
     t = profile.totals

@@ -194,6 +194,11 @@ typedef struct cya_analyze_options {
     int include_native_frames;   /* 1: stacks keep every frame; 0: only .pyx, Python and
                                     unsymbolisable-module frames (the innermost frame
                                     when there is none of those) */
+    const char *runner_prefixes; /* newline-separated file prefixes of the launcher's
+                                    Python frames (cytool's runner, runpy, importlib):
+                                    stacks are cut at the first such frame outside the
+                                    outermost .pyx frame; a stack with no .pyx frame but
+                                    one of these becomes "(cytool runner)". NULL: none */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released
@@ -203,7 +208,10 @@ typedef struct cya_analyze_options {
  * unmatched_frees, replaced_blocks, temporary_window, kinds {name: [count, bytes]},
  * locations [[function, file, line, kind, object]], self and inclusive
  * [[location, metrics...]], stacks [[self location, [locations innermost first],
- * metrics]], timeline [[time, live bytes]], threads [[id, metrics]]. */
+ * metrics]], lines [[location, self metrics, inclusive metrics, attributed metrics]]
+ * (one per source line: .pyx and Python locations on the same file:line are one line;
+ * inclusive counts a line once per stack; attributed charges each stack to its
+ * innermost .pyx line), timeline [[time, live bytes]], threads [[id, metrics]]. */
 CYA_API char *cya_analyze_json(const cya_capture *capture, const cya_symbols *symbols,
                                const cya_analyze_options *options, char *errbuf, size_t errlen);
 CYA_API void cya_free(void *pointer);

@@ -12,6 +12,18 @@ typedef struct cya_metrics {
     uint64_t temp_bytes, temp_count;   /* freed within the temporary window */
 } cya_metrics;
 
+#define CYA_METRICS_ADD(dst, src)                                                          \
+    do {                                                                                   \
+        (dst).bytes += (src).bytes;                                                        \
+        (dst).count += (src).count;                                                        \
+        (dst).peak_bytes += (src).peak_bytes;                                              \
+        (dst).peak_count += (src).peak_count;                                              \
+        (dst).leaked_bytes += (src).leaked_bytes;                                          \
+        (dst).leaked_count += (src).leaked_count;                                          \
+        (dst).temp_bytes += (src).temp_bytes;                                              \
+        (dst).temp_count += (src).temp_count;                                              \
+    } while (0)
+
 typedef struct cya_pstack {
     uint64_t offset, count; /* frames in profile->frames, innermost first */
     uint32_t self;          /* location the stack's allocations are attributed to */
@@ -29,7 +41,15 @@ typedef struct cya_thread_metrics {
 
 #define CYA_PSEUDO_NO_STACK 0
 #define CYA_PSEUDO_UNKNOWN_STACK 1
-#define CYA_NPSEUDO 2
+#define CYA_PSEUDO_RUNNER 2
+#define CYA_NPSEUDO 3
+
+typedef struct cya_flame_node {
+    uint32_t location; /* UINT32_MAX for the root */
+    uint32_t parent;   /* UINT32_MAX for the root; always before the node */
+    uint64_t values[4]; /* bytes, peak bytes, leaked bytes, count */
+    int kept;          /* 0: pruned (too small to see in a big tree) */
+} cya_flame_node;
 
 typedef struct cya_profile {
     const cya_capture *capture;
@@ -46,6 +66,12 @@ typedef struct cya_profile {
 
     cya_metrics totals;
     cya_metrics *self, *inclusive; /* per location (nsymlocs + CYA_NPSEUDO) */
+    /* per source line: the location shown for it, and its self, inclusive, attributed */
+    cya_flame_node *flame;
+    size_t nflame;
+    uint32_t *line_location;
+    cya_metrics *line_self, *line_inclusive, *line_attributed;
+    size_t nlines;
     uint64_t peak_time_ns, peak_event;
     uint64_t frees, unmatched_frees, replaced_blocks;
     uint64_t kind_count[64], kind_bytes[64];
@@ -66,5 +92,7 @@ static inline const cya_location *cya_profile_location(const cya_profile *p, uin
 int cya_profile_build(cya_profile *p, const cya_capture *capture, const cya_symbols *symbols,
                       const cya_analyze_options *options, char *errbuf, size_t errlen);
 void cya_profile_free(cya_profile *p);
+/* analyze_flame.c: fill p->flame from p->stacks; 0 when out of memory. */
+int cya_flame_build(cya_profile *p);
 
 #endif

@@ -149,6 +149,39 @@ static void serialise(out *o, const cya_profile *p)
         put(o, "]", 1);
         first = 0;
     }
+    puts_(o, "],\n\"lines\":[");
+    first = 1;
+    for (size_t i = 0; i < p->nlines; i++) {
+        if (!interesting(&p->line_self[i]) && !interesting(&p->line_inclusive[i]))
+            continue;
+        putf(o, "%s\n[%u,", first ? "" : ",", p->line_location[i]);
+        put_metrics(o, &p->line_self[i]);
+        put(o, ",", 1);
+        put_metrics(o, &p->line_inclusive[i]);
+        put(o, ",", 1);
+        put_metrics(o, &p->line_attributed[i]);
+        put(o, "]", 1);
+        first = 0;
+    }
+    puts_(o, "],\n\"flame\":[");
+    /* kept nodes only, renumbered; parents keep coming before children */
+    uint32_t *renumber = malloc((p->nflame ? p->nflame : 1) * sizeof *renumber);
+    if (!renumber) {
+        o->failed = 1;
+        return;
+    }
+    uint32_t next = 0;
+    for (size_t i = 0; i < p->nflame; i++) {
+        const cya_flame_node *f = &p->flame[i];
+        if (!f->kept)
+            continue;
+        renumber[i] = next;
+        putf(o, "%s[%ld,%ld,%" PRIu64 ",%" PRIu64 ",%" PRIu64 ",%" PRIu64 "]", next ? ",\n" : "\n",
+             f->location == UINT32_MAX ? -1L : (long)f->location, f->parent == UINT32_MAX ? -1L : (long)renumber[f->parent],
+             f->values[0], f->values[1], f->values[2], f->values[3]);
+        next++;
+    }
+    free(renumber);
     puts_(o, "],\n\"timeline\":[");
     for (size_t i = 0; i < p->ntimeline; i++)
         putf(o, "%s[%" PRIu64 ",%" PRIu64 "]", i ? "," : "", p->timeline[i].time_ns, p->timeline[i].live_bytes);

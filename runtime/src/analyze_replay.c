@@ -75,12 +75,44 @@ static uint32_t intern_stack(cya_profile *p, const uint32_t *f, size_t n)
     return (uint32_t)(p->nstacks - 1);
 }
 
-/* Fold every capture stack into a profile stack (user frames only unless asked). */
-static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_native)
+static int program_frame(const cya_location *l)
+{
+    return l->kind == CYA_FRAME_PYX || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
+}
+
+/* Per location: 1 when it is a Python frame of the launcher (file starts with one of
+ * the newline-separated prefixes). NULL when there are no prefixes. */
+static uint8_t *runner_flags(const cya_profile *p, const char *prefixes)
+{
+    if (!prefixes || !*prefixes)
+        return NULL;
+    uint8_t *flags = calloc(p->nsymlocs + 1, 1);
+    if (!flags)
+        return NULL;
+    for (size_t i = 0; i < p->nsymlocs; i++) {
+        const cya_location *l = &p->locs[i];
+        if (l->kind != CYA_FRAME_PYTHON || !l->file)
+            continue;
+        for (const char *q = prefixes; *q;) {
+            size_t len = strcspn(q, "\n");
+            if (len && strncmp(l->file, q, len) == 0)
+                flags[i] = 1;
+            q += len;
+            if (*q == '\n')
+                q++;
+        }
+    }
+    return flags;
+}
+
+/* Fold every capture stack into a profile stack (user frames only unless asked), cut
+ * at the launcher's frames when `runner` flags are given. */
+static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_native, const uint8_t *runner)
 {
     const cya_capture *c = p->capture;
     uint32_t *buf = NULL;
     size_t cap = 0;
+    uint32_t runner_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_RUNNER);
     for (size_t i = 0; i < c->nstacks; i++) {
         size_t n = 0;
         const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
@@ -94,6 +126,26 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
                 buf[m++] = f[j];
         if (!m && n) /* no user frame at all: keep the innermost one */
             buf[m++] = f[0];
+        if (runner) {
+            /* cut from the first launcher frame outside the outermost .pyx frame */
+            size_t outer = 0;
+            int any = 0;
+            for (size_t j = 0; j < m; j++)
+                if (program_frame(&p->locs[buf[j]])) {
+                    outer = j;
+                    any = 1;
+                }
+            for (size_t j = any ? outer + 1 : 0; j < m; j++)
+                if (runner[buf[j]]) {
+                    if (any) {
+                        m = j;
+                    } else { /* the launcher's own allocation */
+                        buf[0] = runner_loc;
+                        m = 1;
+                    }
+                    break;
+                }
+        }
         uint32_t s = intern_stack(p, buf, m);
         if (s == UINT32_MAX || !cya_map_put(&p->raw_to_stack, c->stacks[i].id, s)) {
             free(buf);
@@ -101,6 +153,90 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
         }
     }
     free(buf);
+    return 1;
+}
+
+static uint64_t line_hash(const cya_location *l)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *q = l->file; *q; q++)
+        h = (h ^ (uint8_t)*q) * 1099511628211ULL;
+    h = cya_hash64(h ^ l->line);
+    return h == CYA_MAP_EMPTY ? 0 : h;
+}
+
+/* Group locations into source lines (a .pyx or Python file:line is one line whatever
+ * function or object names it) and sum self, inclusive and attributed per line. */
+static int group_lines(cya_profile *p)
+{
+    size_t nl = p->nsymlocs + CYA_NPSEUDO;
+    uint32_t *line_of = malloc(nl * sizeof *line_of);
+    p->line_location = malloc(nl * sizeof *p->line_location);
+    if (!line_of || !p->line_location) {
+        free(line_of);
+        return 0;
+    }
+    cya_map by_key = {0};
+    for (size_t i = 0; i < nl; i++) {
+        const cya_location *l = cya_profile_location(p, (uint32_t)i);
+        if ((l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON) && l->file && l->file[0]) {
+            uint64_t h = line_hash(l);
+            uint32_t *slot;
+            for (;; h++) { /* probe past hash collisions */
+                if (h == CYA_MAP_EMPTY)
+                    continue;
+                slot = cya_map_get(&by_key, h);
+                if (!slot)
+                    break;
+                const cya_location *o = cya_profile_location(p, p->line_location[*slot]);
+                if (o->line == l->line && strcmp(o->file, l->file) == 0)
+                    break;
+            }
+            if (slot) {
+                line_of[i] = *slot;
+                continue;
+            }
+            if (!cya_map_put(&by_key, h, (uint32_t)p->nlines)) {
+                cya_map_free(&by_key);
+                free(line_of);
+                return 0;
+            }
+        }
+        line_of[i] = (uint32_t)p->nlines;
+        p->line_location[p->nlines++] = (uint32_t)i;
+    }
+    cya_map_free(&by_key);
+    p->line_self = calloc(p->nlines + 1, sizeof *p->line_self);
+    p->line_inclusive = calloc(p->nlines + 1, sizeof *p->line_inclusive);
+    p->line_attributed = calloc(p->nlines + 1, sizeof *p->line_attributed);
+    uint32_t *mark = calloc(p->nlines + 1, sizeof *mark);
+    if (!p->line_self || !p->line_inclusive || !p->line_attributed || !mark) {
+        free(mark);
+        free(line_of);
+        return 0;
+    }
+    for (size_t s = 0; s < p->nstacks; s++) {
+        const cya_pstack *st = &p->stacks[s];
+        uint32_t self = line_of[st->self];
+        CYA_METRICS_ADD(p->line_self[self], st->m);
+        CYA_METRICS_ADD(p->line_inclusive[self], st->m);
+        mark[self] = (uint32_t)(s + 1);
+        int attributed = 0;
+        for (uint64_t j = 0; j < st->count; j++) {
+            uint32_t loc = p->frames[st->offset + j];
+            uint32_t line = line_of[loc];
+            if (!attributed && cya_profile_location(p, loc)->kind == CYA_FRAME_PYX) {
+                CYA_METRICS_ADD(p->line_attributed[line], st->m);
+                attributed = 1;
+            }
+            if (mark[line] == s + 1)
+                continue;
+            mark[line] = (uint32_t)(s + 1);
+            CYA_METRICS_ADD(p->line_inclusive[line], st->m);
+        }
+    }
+    free(mark);
+    free(line_of);
     return 1;
 }
 
@@ -153,6 +289,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->locs = cya_symbols_locations(symbols, &p->nsymlocs);
     p->pseudo[CYA_PSEUDO_NO_STACK] = (cya_location){"<no stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
+    p->pseudo[CYA_PSEUDO_RUNNER] = (cya_location){"(cytool runner)", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
@@ -167,7 +304,10 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         goto done;                                                                         \
     } while (0)
 
-    if (!map_stacks(p, symbols, keep_native))
+    uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL);
+    int folded = map_stacks(p, symbols, keep_native, runner);
+    free(runner);
+    if (!folded)
         FAIL("out of memory while folding stacks");
     uint32_t no_stack = pseudo_stack(p, CYA_PSEUDO_NO_STACK);
     uint32_t unknown_stack = pseudo_stack(p, CYA_PSEUDO_UNKNOWN_STACK);
@@ -313,17 +453,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         free(mark);
         FAIL("out of memory");
     }
-#define ADD(dst, src)                                                                      \
-    do {                                                                                   \
-        (dst).bytes += (src).bytes;                                                        \
-        (dst).count += (src).count;                                                        \
-        (dst).peak_bytes += (src).peak_bytes;                                              \
-        (dst).peak_count += (src).peak_count;                                              \
-        (dst).leaked_bytes += (src).leaked_bytes;                                          \
-        (dst).leaked_count += (src).leaked_count;                                          \
-        (dst).temp_bytes += (src).temp_bytes;                                              \
-        (dst).temp_count += (src).temp_count;                                              \
-    } while (0)
+#define ADD(dst, src) CYA_METRICS_ADD(dst, src)
     for (size_t s = 0; s < p->nstacks; s++) {
         const cya_pstack *st = &p->stacks[s];
         ADD(p->totals, st->m);
@@ -341,6 +471,10 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     }
 #undef ADD
     free(mark);
+    if (!group_lines(p))
+        FAIL("out of memory while grouping lines");
+    if (!cya_flame_build(p))
+        FAIL("out of memory while building the flame graph");
     ok = 1;
 done:
 #undef FAIL
@@ -366,5 +500,10 @@ void cya_profile_free(cya_profile *p)
     free(p->inclusive);
     free(p->timeline);
     free(p->threads);
+    free(p->flame);
+    free(p->line_location);
+    free(p->line_self);
+    free(p->line_inclusive);
+    free(p->line_attributed);
     memset(p, 0, sizeof *p);
 }

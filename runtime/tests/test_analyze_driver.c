@@ -38,7 +38,7 @@ int main(int argc, char **argv)
                     return 1;
                 }
         }
-        cya_analyze_options options = {0, 0, NULL, 1};
+        cya_analyze_options options = {.include_native_frames = 1, .runner_prefixes = "<frozen runpy\n/nonexistent/"};
         char *json = cya_analyze_json(c, s, &options, message, sizeof message);
         if (!json) {
             printf("%s analyze failed: %s\n", argv[i], message);
