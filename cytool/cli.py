@@ -28,8 +28,15 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Everything after the first `--` belongs to the program being run, untouched;
+    # cytool's own options may stand anywhere before it (also after FILE.pyx).
+    program_args: list = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, program_args = argv[:cut], argv[cut + 1 :]
     parser = make_parser()
     args = parser.parse_args(argv)
+    args.program_args = program_args
     try:
         return int(args.handler(args) or 0)
     except CytoolError as error:

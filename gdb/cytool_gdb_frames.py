@@ -198,6 +198,15 @@ def _python_source(filename: str, line: int) -> str:
     return state.source_line(filename, line).strip()
 
 
+# The frames of `python -m cytool run`, which loads the module: the user did not write
+# them, so cy-bt hides them like CPython's internals (cy-bt -a shows them).
+_LAUNCHER_SUFFIXES = ("/cytool/__main__.py", "/cytool/cli.py", "/cytool/commands/run.py", "/cytool/run.py")
+
+
+def _is_launcher(filename: str) -> bool:
+    return filename.startswith("<frozen") or filename.endswith(_LAUNCHER_SUFFIXES)
+
+
 def backtrace(show_all: bool = False) -> None:
     """Print cy-bt: Cython frames numbered, Python frames between them, C internals hidden."""
     if newest_frame() is None:
@@ -222,7 +231,7 @@ def backtrace(show_all: bool = False) -> None:
             pass
         python = python_frames_in(frame) if "EvalFrame" in name else []
         for filename, line, func in python:
-            if filename.startswith("<frozen") and not show_all:
+            if _is_launcher(filename) and not show_all:
                 continue
             print(f"    [py] {filename}:{line} in {func}()")
             text = _python_source(filename, line)

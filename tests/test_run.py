@@ -122,3 +122,16 @@ def test_version_and_help(run_cytool) -> None:
     assert done.returncode == 0 and done.stdout.startswith("cytool ")
     done = run_cytool("run", "--help")
     assert done.returncode == 0 and "FILE.pyx" in done.stdout
+
+
+def test_cytool_options_after_the_file(script: Path, run_cytool) -> None:
+    done = run_cytool("run", script, "-O", "0", "-v", "--force", "--", "-x", "--flag")
+    assert done.returncode == 0, done.stderr
+    assert "argv: ['-x', '--flag']" in done.stdout
+    assert " -O0 " in done.stderr  # -v shows the compile command, at the level asked for
+
+
+def test_program_option_without_separator_is_refused(script: Path, run_cytool) -> None:
+    done = run_cytool("run", script, "--not-ours")
+    assert done.returncode == 2
+    assert "unrecognized arguments: --not-ours" in done.stderr

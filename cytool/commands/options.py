@@ -32,7 +32,12 @@ def add_build_arguments(parser: argparse.ArgumentParser, *, default_opt: str = D
 
 
 def add_program_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("args", nargs=argparse.REMAINDER, metavar="-- ARGS", help="arguments for the module (sys.argv[1:])")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="ARGS",
+        help="arguments for the module (its sys.argv[1:]); put them after `--` when they start with '-'",
+    )
 
 
 def build_options(args: argparse.Namespace, **overrides: object) -> BuildOptions:
@@ -48,7 +53,5 @@ def build_options(args: argparse.Namespace, **overrides: object) -> BuildOptions
 
 
 def program_arguments(args: argparse.Namespace) -> List[str]:
-    rest = list(args.args or [])
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    return rest
+    """The module's arguments: those before `--` that are not cytool's, then all after it."""
+    return list(args.args or []) + list(getattr(args, "program_args", []) or [])
