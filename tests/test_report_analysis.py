@@ -133,3 +133,20 @@ def test_null_addresses_are_not_blocks(tmp_path: Path) -> None:
     profile = load_profile(path)
     assert (profile.totals.count, profile.totals.bytes) == (1, 8)
     assert profile.unmatched_frees == 0 and profile.totals.peak_bytes == 8
+
+
+def test_one_line_under_two_names_counts_once(tmp_path: Path) -> None:
+    """Locations that are the same file:line are one line, even under different names,
+    and a stack passing through it twice (recursion) counts once inclusively."""
+    path = tmp_path / "names.cytrace"
+    with CaptureWriter(path) as w:
+        w.pyframe(1, 5, "inner", "/src/r.py")
+        w.pyframe(2, 9, "recurse", "/src/r.py")
+        w.pyframe(3, 9, "recurse_alias", "/src/r.py")
+        w.stack(1, [py_word(1), py_word(2), py_word(3), py_word(2)])
+        w.batch(0, 0, [("malloc", 1, 0x10, 100, 1), ("malloc", 1, 0x20, 50, 1)])
+        w.end(10)
+    lines = {(l.file, l.line): l for l in load_profile(path).lines()}
+    assert set(lines) == {("/src/r.py", 5), ("/src/r.py", 9)}
+    assert (lines[("/src/r.py", 9)].inclusive.bytes, lines[("/src/r.py", 9)].inclusive.count) == (150, 2)
+    assert (lines[("/src/r.py", 5)].self.bytes, lines[("/src/r.py", 9)].self.bytes) == (150, 0)
