@@ -1,5 +1,7 @@
-/* analyze_replay.c: replays a capture's events to aggregate them per stack and per
- * location (self and inclusive).
+/* analyze_replay.c: folds the symbolised stacks into report stacks (user frames only
+ * unless asked; cut at the launcher's frames outside the program), replays the events
+ * to aggregate them per stack, then per location and per source line (self, inclusive,
+ * and attributed: each stack charged to its innermost .pyx line).
  *
  * Owns the metrics' definitions:
  *  - allocated: every allocation event (realloc counts its new block);
