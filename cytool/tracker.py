@@ -72,7 +72,8 @@ class Tracker:
     time_resolution_ns: event time resolution (rounded down to a power of two; default
         exact). Coarser times make much smaller captures, but the reader can no longer
         order events of different threads that fall within one tick.
-    compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC).
+    compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC,
+        with 1 MiB of event buffer per thread instead of 128 KiB).
     """
 
     def __init__(

@@ -57,7 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         choices=range(0, 13),
         metavar="LEVEL",
-        help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC, more CPU in the writer thread)",
+        help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC: more CPU in the writer thread, "
+        "1 MiB of buffer per thread)",
     )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
     add_program_arguments(parser)

@@ -78,7 +78,9 @@ CYTRACE_API int cytrace_stop(void);
  *  - time resolution in ns, rounded down to a power of two (default 1: exact). Coarser
  *    times compress far better, but events of different threads within one tick can no
  *    longer be ordered by the reader;
- *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU). */
+ *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU);
+ *    with LZ4HC each thread buffers 1 MiB of events instead of 128 KiB (longer frames
+ *    compress better). */
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);
 CYTRACE_API void cytrace_set_compression_level(int level);
 

@@ -24,6 +24,7 @@ unsigned cyt_options;
 uint64_t cyt_start_mono;
 uint64_t cyt_time_mask;
 int cyt_compression_level;
+size_t cyt_buffer_size = 128u << 10;
 _Atomic unsigned cyt_flush_epoch;
 static uint64_t next_time_resolution = 1;
 static int next_compression_level;
@@ -112,6 +113,9 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     while (resolution * 2 <= next_time_resolution) resolution *= 2;
     cyt_time_mask = resolution - 1;
     cyt_compression_level = next_compression_level;
+    /* LZ4HC is asked for small captures: give it 1 MiB frames (each frame starts with an
+     * empty dictionary, so longer frames compress much better); else 128 KiB per thread */
+    cyt_buffer_size = cyt_compression_level > 0 ? (1024u << 10) : (128u << 10);
     atomic_store(&dropped, 0);
     cyt_threads_reset_counters();
     if (cyt_stacks_init() != 0) {

@@ -73,6 +73,7 @@ extern unsigned cyt_options;         /* CYTRACE_* options of the running session
 extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
 extern uint64_t cyt_time_mask;       /* low bits cleared from event times (resolution) */
 extern int cyt_compression_level;    /* LZ4F level of the running session */
+extern size_t cyt_buffer_size;       /* per-thread event buffer (one LZ4 frame) */
 extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each second: flush soon */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */

@@ -21,7 +21,6 @@
 
 #include "trace_internal.h"
 
-#define EV_CAP (128u << 10)
 #define TCACHE_SIZE 512
 #define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
 
@@ -39,7 +38,7 @@ struct cyt_thread {
     uint64_t nevents, events_total;
     _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
     uint8_t *ev;
-    size_t ev_len;
+    size_t ev_len, ev_cap;
     cyt_buf defs;
     struct {
         uint64_t hash;
@@ -171,7 +170,8 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     }
     release_buffers(ts);
     memset(ts->tcache, 0, sizeof ts->tcache);
-    ts->ev = malloc(EV_CAP);
+    ts->ev_cap = cyt_buffer_size;
+    ts->ev = malloc(ts->ev_cap);
     ts->session = ts->ev ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
@@ -186,9 +186,11 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     cyt_buf_varint(&ts->defs, ts->index);
     cyt_buf_varint(&ts->defs, (uint64_t)ts->tid);
     cyt_buf_string(&ts->defs, name, strlen(name));
+    /* decided under the lock: a stop may clear ts->session as soon as it is released */
+    cyt_thread *result = ts->session ? ts : NULL;
     pthread_mutex_unlock(&threads_lock);
     tls_state = ts;
-    return ts->session ? ts : NULL;
+    return result;
 }
 
 cyt_thread *cyt_thread_get(void) {
@@ -225,7 +227,7 @@ static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, m
 
 /* Reserve room for one event; start a batch if needed. Returns the write position. */
 static inline uint8_t *event_begin(cyt_thread *ts, int kind, uintptr_t address) {
-    if (CYT_UNLIKELY(ts->ev_len + CYT_EVENT_MAX > EV_CAP)) flush_thread(ts);
+    if (CYT_UNLIKELY(ts->ev_len + CYT_EVENT_MAX > ts->ev_cap)) flush_thread(ts);
     uint64_t now = cyt_since_start() & ~cyt_time_mask;
     if (ts->nevents == 0) {
         ts->t0 = now;
