@@ -21,7 +21,6 @@ from typing import Dict, Optional, Type, Union
 from cytool.errors import CytoolError
 
 _atexit_registered = False
-_follow_fork = False  # of the running session, for the fork hook below
 
 
 def _driver():
@@ -36,14 +35,12 @@ def _driver():
 
 
 def _after_fork_in_child() -> None:
-    # The C tracer already stopped in a child that does not follow; drop the Python-frame
-    # profiler too, so the child does not keep paying for it.
-    if _follow_fork:
-        return
+    # Forget the parent's other threads; a child that does not follow also drops the
+    # Python-frame profiler (the C tracer stopped itself already).
     try:
         from cytool import _cytrace
 
-        _cytrace.stop()
+        _cytrace._after_fork_child()
     except Exception:
         pass
 
@@ -97,7 +94,7 @@ class Tracker:
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
-        global _atexit_registered, _follow_fork
+        global _atexit_registered
         driver = _driver()
         if driver.is_active():
             raise CytoolError(
@@ -121,7 +118,6 @@ class Tracker:
             )
         except OSError as error:
             raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None
-        _follow_fork = self.follow_fork
         if not _atexit_registered:
             atexit.register(_stop_at_exit)
             if hasattr(os, "register_at_fork"):

@@ -126,11 +126,23 @@ static inline int frame_lasti(PyFrameObject *frame) {
 #endif
 }
 
-typedef struct {
+typedef struct shadow_stack {
     shadow_entry *entries;
     int n, cap;
     unsigned generation;
+    struct shadow_stack *next; /* all shadow stacks (touched with the GIL) */
 } shadow_stack;
+
+static shadow_stack *all_shadows;
+
+/* Entries hold a reference to their frame: a frame we missed the RETURN of (a greenlet
+ * switch, say) stays alive instead of being read after it is freed. */
+static void shadow_pop_to(shadow_stack *s, int n) {
+    int old = s->n;
+    if (n >= old) return;
+    __atomic_store_n(&s->n, n, __ATOMIC_RELEASE);
+    for (int i = old - 1; i >= n; i--) Py_DECREF(s->entries[i].frame);
+}
 
 static __thread __attribute__((tls_model("initial-exec"))) shadow_stack *tls_shadow;
 static unsigned frames_generation; /* bumped at each start; 0 = not recording frames */
@@ -149,6 +161,7 @@ static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
     Py_DECREF(code);
     if (s->n > 0) s->entries[s->n - 1].cached_id = 0; /* its line is now fixed: recompute once */
     shadow_entry *e = &s->entries[s->n];
+    Py_INCREF(frame);
     e->frame = frame;
     e->code = index;
     e->cached_id = 0;
@@ -159,7 +172,7 @@ static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
 
 /* Make the shadow stack describe `frame` and its callers (outermost first). */
 static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
-    s->n = 0;
+    shadow_pop_to(s, 0);
     PyFrameObject *chain[256];
     int depth = 0;
     Py_XINCREF(frame);
@@ -170,7 +183,7 @@ static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
     Py_XDECREF(frame);
     for (int i = depth - 1; i >= 0; i--) {
         shadow_push(s, chain[i]);
-        Py_DECREF(chain[i]); /* its interpreter frame keeps it alive while it runs */
+        Py_DECREF(chain[i]); /* the shadow stack holds its own reference */
     }
 }
 
@@ -179,6 +192,8 @@ static shadow_stack *thread_shadow(PyFrameObject *seed_from) {
     if (s == NULL) {
         s = PyMem_RawCalloc(1, sizeof *s);
         if (s == NULL) return NULL;
+        s->next = all_shadows;
+        all_shadows = s;
         tls_shadow = s;
     }
     if (s->generation != frames_generation) {
@@ -200,13 +215,13 @@ static int profile_fn(PyObject *obj, PyFrameObject *frame, int what, PyObject *a
         s = thread_shadow(back);
         Py_XDECREF(back);
         if (s != NULL && what == PyTrace_CALL) shadow_push(s, frame);
-        else if (s != NULL && s->n > 0) __atomic_store_n(&s->n, s->n - 1, __ATOMIC_RELEASE);
+        else if (s != NULL && s->n > 0) shadow_pop_to(s, s->n - 1);
     } else if (what == PyTrace_CALL) {
         shadow_push(s, frame);
     } else {
         int i = s->n - 1;
         while (i >= 0 && s->entries[i].frame != frame) i--;
-        if (i >= 0) __atomic_store_n(&s->n, i, __ATOMIC_RELEASE); /* pops frames we missed too */
+        if (i >= 0) shadow_pop_to(s, i); /* pops frames we missed too */
     }
     cytrace_guard_exit(guard);
     return 0;
@@ -305,6 +320,14 @@ static void frames_stop(void) {
     frames_on = 0;
     set_profile_all_threads(NULL);
     if (call_threading("setprofile", Py_None) != 0) PyErr_Clear();
+    /* The tracer has stopped: no allocation hook reads a shadow stack any more. Release
+     * the frames they hold, in every thread (a thread re-seeds at the next start). */
+    int guard = cytrace_guard_enter();
+    for (shadow_stack *s = all_shadows; s != NULL; s = s->next) {
+        shadow_pop_to(s, 0);
+        s->generation = 0;
+    }
+    cytrace_guard_exit(guard);
 }
 
 /* ---- the module ---------------------------------------------------------------------- */
@@ -367,6 +390,20 @@ static PyObject *py_stop(PyObject *self, PyObject *args) {
     return stats_dict();
 }
 
+/* os.register_at_fork(after_in_child=...): only this thread exists in the child. The
+ * other threads' shadow stacks point at frames the child's interpreter tears down:
+ * forget them without touching their references. Then, unless the tracer follows the
+ * fork (it is still active), drop the profiler too. */
+static PyObject *py_after_fork_child(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    shadow_stack *mine = tls_shadow;
+    all_shadows = mine;
+    if (mine != NULL) mine->next = NULL;
+    if (!cytrace_is_active()) frames_stop();
+    Py_RETURN_NONE;
+}
+
 static PyObject *py_is_active(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -392,6 +429,7 @@ static PyMethodDef methods[] = {
      "Start tracing every allocation of this process into the capture file `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},
+    {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes"},
     {NULL, NULL, 0, NULL},
