@@ -109,7 +109,6 @@ void cyt_membarrier(void);                   /* a full barrier on every thread (
 extern CYT_TLS int cyt_is_writer;            /* this thread is the writer */
 void cyt_threads_after_fork_child(void);     /* forget the parent's threads */
 uint64_t cyt_threads_events(void);
-int cyt_thread_defs(cyt_buf **defs_out);     /* the current thread's definition buffer */
 
 /* ---- stacks (trace_stack.c) ------------------------------------------------------- */
 
@@ -128,7 +127,6 @@ extern cytrace_pyframes_fn cyt_pyframes_cb;
 int cyt_patch_all(cyt_buf *objects_out);   /* patch new objects; append their OBJECT records */
 void cyt_unpatch_all(void);                /* restore every slot we wrote */
 void cyt_objects_rescan(cyt_buf *out);     /* after dlopen/dlclose: patch new, UNLOAD gone */
-void cyt_patch_reset_after_fork(void);
 void cyt_patch_lock(void);
 void cyt_patch_unlock(void);
 

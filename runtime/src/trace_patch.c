@@ -320,7 +320,3 @@ void cyt_unpatch_all(void) {
     cyt_fp_objects_reset();
     pthread_mutex_unlock(&patch_lock);
 }
-
-void cyt_patch_reset_after_fork(void) {
-    pthread_mutex_init(&patch_lock, NULL);
-}
