@@ -134,7 +134,11 @@ static void thread_exit(void *arg) {
     int saved = cyt_guard;
     cyt_guard = 1;
     pthread_mutex_lock(&threads_lock);
-    if (ts->session == atomic_load(&cyt_session) && atomic_load(&cyt_active) && ts->ev) flush_thread(ts);
+    /* Not gated on cyt_active: Thread.join() returns before the OS thread has run its key
+     * destructors, so a stop may be under way (active already 0) while we get here. Holding
+     * threads_lock, either the stop's flush_all has taken our buffer already (our session is
+     * then 0) or it has not, and the writer is still open: flush. */
+    if (ts->session == atomic_load(&cyt_session) && ts->ev) flush_thread(ts);
     release_buffers(ts);
     ts->session = 0;
     ts->next_free = free_threads;
