@@ -5,7 +5,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from cytool.commands.options import add_build_arguments, add_program_arguments, build_options, program_arguments
 from cytool.errors import CytoolError
@@ -63,28 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
     add_program_arguments(parser)
     parser.set_defaults(handler=handle)
-    global _parser
-    _parser = parser
-
-
-_parser: Optional[argparse.ArgumentParser] = None
-
-
-def options_after_file(args: argparse.Namespace) -> argparse.Namespace:
-    """`cytool profile FILE.pyx -o out.cytrace -- ARGS`: argparse hands everything after
-    FILE.pyx to the program; take back our own options, which end at `--`."""
-    rest = list(args.args or [])
-    if _parser is None or not rest or not rest[0].startswith("-") or rest[0] == "--":
-        return args
-    ours, program = (rest[: rest.index("--")], rest[rest.index("--") + 1 :]) if "--" in rest else (rest, [])
-    # with only options before FILE.pyx, the program's REMAINDER stays empty
-    reparsed = _parser.parse_args([*ours, str(args.file)])
-    defaults = _parser.parse_args([str(args.file)])
-    for name, value in vars(reparsed).items():
-        if value != getattr(defaults, name):  # given after FILE.pyx: wins over the default
-            setattr(args, name, value)
-    args.args = program
-    return args
 
 
 def is_capture(path: Path) -> bool:
@@ -126,21 +104,13 @@ def child_captures(capture: Path) -> List[Path]:
     return sorted(p for p in capture.parent.glob(capture.name + ".*") if p.suffix[1:].isdigit())
 
 
-def print_summary(capture: Path, stats: Optional[Dict[str, int]]) -> None:
+def print_summary(capture: Path) -> None:
     from rich.console import Console
 
     print(f"capture: {capture}", flush=True)  # plain: a long path must stay on one line
+    from cytool.reports.summary import print_profile_summary
+
     console = Console(file=sys.stdout)
-    try:
-        from cytool.reports.summary import print_profile_summary
-    except ImportError:
-        if stats:
-            console.print(
-                f"{stats['events']} events recorded ({stats['dropped']} dropped), {stats['stacks']} distinct stacks, "
-                f"{stats['bytes']} bytes of capture"
-            )
-        console.print(f"read it with cytool.capture.read_capture({str(capture)!r})")
-        return
     try:
         print_profile_summary(capture, console)
     except CytoolError as error:  # the capture is written; the program's status stands
@@ -155,7 +125,6 @@ def handle(args: argparse.Namespace) -> int:
     os.environ.pop("CYTOOL_PROFILE", None)
     from cytool.tracker import Tracker
 
-    args = options_after_file(args)
     result = build_module(args.file, build_options(args))
     capture = choose_capture_path(args.output, result.module_name)
     tracker = Tracker(
@@ -181,12 +150,12 @@ def handle(args: argparse.Namespace) -> int:
             print(code, file=sys.stderr)
             status = 1
     finally:
-        stats = tracker.stop()  # in a forked child: finishes its own capture, if it follows
+        tracker.stop()  # in a forked child: finishes its own capture, if it follows
     sys.stdout.flush()
     if os.getpid() != pid:  # a forked child that returned here: the summary is the parent's
         return status
     if not args.no_summary:
-        print_summary(capture, stats)
+        print_summary(capture)
         for child in child_captures(capture):
             print(f"forked child capture: {child}")
     return status
