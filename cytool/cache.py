@@ -61,10 +61,18 @@ class BuildCache:
         self.root = root or cache_root()
 
     def prepare(self) -> None:
-        ensure_private_dir(self.root)
-        os.chmod(self.root, 0o700)
-        for sub in ("manifests", "entries", "tmp", "locks"):
-            ensure_private_dir(self.root / sub)
+        try:
+            ensure_private_dir(self.root)
+            os.chmod(self.root, 0o700)
+            for sub in ("manifests", "entries", "tmp", "locks"):
+                ensure_private_dir(self.root / sub)
+        except OSError as error:
+            from cytool.errors import CytoolError
+
+            raise CytoolError(
+                f"cannot use the build cache at {self.root}: {error.strerror or error}",
+                hint="point $CYTOOL_CACHE_DIR (or $XDG_CACHE_HOME) at a directory you can write",
+            ) from error
 
     def entry_dir(self, entry_key: str) -> Path:
         return self.root / "entries" / entry_key

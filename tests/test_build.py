@@ -283,3 +283,13 @@ def test_failed_build_leaves_nothing_behind(tmp_path: Path, fresh_cache: Path) -
     assert list((fresh_cache / "tmp").iterdir()) == []
     assert source.read_text() == "def f(:\n  pass\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.pyx", "cache"]
+
+
+def test_unusable_cache_dir(project: Path, tmp_path: Path, run_cytool) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory\n")
+    done = run_cytool("build", project / "mod.pyx", env={"CYTOOL_CACHE_DIR": str(blocker / "cache")})
+    assert done.returncode != 0
+    assert f"cannot use the build cache at {blocker / 'cache'}" in done.stderr
+    assert "CYTOOL_CACHE_DIR" in done.stderr and "Traceback" not in done.stderr
+    assert blocker.read_text() == "not a directory\n"
