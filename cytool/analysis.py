@@ -149,6 +149,7 @@ class Profile:
     events: int
     frees: int
     unmatched_frees: int
+    replaced_blocks: int  # allocations at an address still live (its free was not seen)
     temporary_window: int
     kinds: Dict[str, Tuple[int, int]]  # kind -> (events, bytes)
     stacks: List[StackStats]
@@ -261,6 +262,7 @@ def analyze(
         events=data["events"],
         frees=data["frees"],
         unmatched_frees=data["unmatched_frees"],
+        replaced_blocks=data["replaced_blocks"],
         temporary_window=data["temporary_window"],
         kinds={k: (v[0], v[1]) for k, v in data["kinds"].items()},
         stacks=stacks,

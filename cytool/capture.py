@@ -84,6 +84,8 @@ class _Header(ctypes.Structure):
         ("executable", _cstr),
         ("argc", _u64),
         ("argv", ctypes.POINTER(_cstr)),
+        ("time_resolution_ns", _u64),
+        ("clock", _u32),
     ]
 
 
@@ -260,6 +262,8 @@ class CaptureHeader:
     python_version: str
     executable: str
     argv: Tuple[str, ...]
+    time_resolution_ns: int = 0  # events' time unit (format 2); 0: not recorded
+    ticking_clock: bool = False  # format 2: times came from the clock thread's ticks
 
     @property
     def native_traced(self) -> bool:
@@ -372,6 +376,8 @@ class Capture:
             python_version=_text(h.python_version),
             executable=_text(h.executable),
             argv=tuple(_text(h.argv[i]) for i in range(h.argc)),
+            time_resolution_ns=h.time_resolution_ns,
+            ticking_clock=h.clock == 1,
         )
         s = lib.cya_get_status(handle).contents
         self.truncated = bool(s.truncated)

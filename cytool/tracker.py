@@ -66,11 +66,13 @@ class Tracker:
         blocks then appear as pymem_* events instead of the malloc/mmap underneath.
     python_frames: record the Python frames above the native ones (a profile function).
     native_unwind: always unwind with libunwind, even through frame-pointer code.
-    time_resolution_ns: event time resolution (rounded down to a power of two; default
-        exact). Coarser times make much smaller captures, but the reader can no longer
-        order events of different threads that fall within one tick.
+    time_resolution_ns: event time resolution (default 1 ms). From 100 us up a clock
+        thread ticks and an event costs one memory read for its time; events of different
+        threads within one tick are interleaved evenly, every address keeping a possible
+        history of allocations and frees. Below 100 us each event reads the TSC (rounded
+        down to a power of two of ns): exact order across threads, larger captures.
     compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC,
-        with 1 MiB of event buffer per thread instead of 128 KiB).
+        with 1 MiB of event buffer per thread instead of 256 KiB).
     """
 
     def __init__(
@@ -81,7 +83,7 @@ class Tracker:
         trace_python_allocators: bool = False,
         python_frames: bool = True,
         native_unwind: bool = False,
-        time_resolution_ns: int = 1,
+        time_resolution_ns: int = 1_000_000,
         compression_level: int = 0,
     ) -> None:
         self.path = Path(path)

@@ -1,5 +1,7 @@
-"""The capture reader (runtime/src/capture_read.c through cytool.capture) on files written
-by the test writer: exact events, merge by time, ids defined late, and bad files."""
+"""The capture reader (runtime/src/capture_read.c and capture_merge.c through
+cytool.capture) on files written by the test writer: exact events in formats 1 and 2,
+merge by time, the per-address repair of events in one tick, ids defined late, and bad
+files."""
 from __future__ import annotations
 
 import sys
@@ -15,8 +17,8 @@ from cytool.capture import read_capture  # noqa: E402
 from cytool.errors import CytoolError  # noqa: E402
 
 
-def write_simple(path: Path) -> None:
-    with CaptureWriter(path) as w:
+def write_simple(path: Path, version: int = 2) -> None:
+    with CaptureWriter(path, version=version) as w:
         w.object(1, 0x7F0000000000, "/tmp/mod.so", b"\xde\xad\xbe\xef", [(0x7F0000001000, 0x7F0000002000)])
         w.thread(0, 1234, "MainThread")
         w.pyframe(7, 12, "main", "/tmp/run.py")
@@ -39,14 +41,16 @@ def write_simple(path: Path) -> None:
         w.end(1000)
 
 
-def test_reads_every_event_field(tmp_path: Path) -> None:
+@pytest.mark.parametrize("version", [1, 2])
+def test_reads_every_event_field(tmp_path: Path, version: int) -> None:
     path = tmp_path / "simple.cytrace"
-    write_simple(path)
+    write_simple(path, version)
     with read_capture(path) as capture:
         assert capture.complete and not capture.truncated
         assert capture.recovered_bytes == capture.file_bytes == path.stat().st_size
         h = capture.header
-        assert (h.version, h.pid, h.python_version, h.executable) == (1, 4242, "3.11.2 (test)", "/usr/bin/python3")
+        assert (h.version, h.pid, h.python_version, h.executable) == (version, 4242, "3.11.2 (test)", "/usr/bin/python3")
+        assert h.time_resolution_ns == (1 if version == 2 else 0) and not h.ticking_clock
         assert h.argv == ("prog.pyx", "--n", "3")
         assert h.native_traced and h.python_frames and not h.pymem_traced and not h.forked_child
         events = list(capture.events)
@@ -93,14 +97,130 @@ def test_threads_merge_by_time_and_ids_resolve_late(tmp_path: Path) -> None:
         assert capture.missing_stacks == 0 and capture.complete
 
 
-def test_out_of_order_batches_of_one_thread_are_sorted(tmp_path: Path) -> None:
+def test_format1_batches_of_one_thread_are_ordered_by_time(tmp_path: Path) -> None:
     path = tmp_path / "order.cytrace"
-    with CaptureWriter(path) as w:
+    with CaptureWriter(path, version=1) as w:
         w.batch(0, 100, [("malloc", 0, 0x10, 1, 0)])
         w.batch(0, 50, [("malloc", 0, 0x20, 2, 0)])
         w.end(200)
     with read_capture(path) as capture:
         assert [e.size for e in capture.events] == [2, 1]
+
+
+def test_format2_batches_of_one_thread_are_ordered_by_sequence(tmp_path: Path) -> None:
+    # the sequence number wins even within one tick, where times cannot tell
+    path = tmp_path / "order.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(0, 5000, [("malloc", 0, 0x30, 3, 0)], seq=2)
+        w.batch(0, 5000, [("malloc", 0, 0x10, 1, 0)], seq=0)
+        w.batch(0, 5000, [("malloc", 0, 0x20, 2, 0)], seq=1)
+        w.end(9000)
+    with read_capture(path) as capture:
+        assert [e.size for e in capture.events] == [1, 2, 3]
+
+
+def test_format2_columns_time_units_and_same_stack_flags(tmp_path: Path) -> None:
+    path = tmp_path / "columns.cytrace"
+    events = [("malloc", 0, 0x5000, 10, 3), ("malloc", 0, 0x5100, 20, 3), ("free", 2000, 0x5000, 0, 0),
+              ("calloc", 0, 0x5200, 30, 3), ("malloc", 1000, 0x5300, 40, 4), ("munmap", 0, 0x7F00000000, 8192, 0),
+              ("malloc", 3000, 0x5400, 50, 4)]
+    with CaptureWriter(path, time_resolution_ns=1000, clock=1) as w:
+        w.batch(1, 7000, events)
+        w.end(20000)
+    raw = path.read_bytes()
+    with read_capture(path) as capture:
+        h = capture.header
+        assert h.time_resolution_ns == 1000 and h.ticking_clock
+        got = [(e.kind, e.time_ns, e.address, e.size, e.stack_id) for e in capture.events]
+        assert got == [("malloc", 7000, 0x5000, 10, 3), ("malloc", 7000, 0x5100, 20, 3), ("free", 9000, 0x5000, 0, 0),
+                       ("calloc", 9000, 0x5200, 30, 3), ("malloc", 10000, 0x5300, 40, 4),
+                       ("munmap", 10000, 0x7F00000000, 8192, 0), ("malloc", 13000, 0x5400, 50, 4)]
+    # the repeated stack ids were written once each: flags, not ids
+    with CaptureWriter(tmp_path / "plain.cytrace", time_resolution_ns=1000, clock=1) as w:
+        w.batch(1, 7000, events, same_stack=False)
+        w.end(20000)
+    assert len((tmp_path / "plain.cytrace").read_bytes()) > len(raw) - 8
+
+
+def batch_record(heads: bytes, times: bytes = b"", addrs: bytes = b"", sizes: bytes = b"", stacks: bytes = b"",
+                 nevents: int = -1) -> bytes:
+    from capture_writer import varint
+
+    n = len(heads) if nevents < 0 else nevents
+    return (b"\x10" + varint(0) + varint(0) + varint(0) + varint(1) + varint(n) + varint(len(times))
+            + varint(len(addrs)) + varint(len(sizes)) + varint(len(stacks)) + heads + times + addrs + sizes + stacks)
+
+
+@pytest.mark.parametrize(
+    "record, why",
+    [
+        (batch_record(b"\x81", addrs=b"\x20", sizes=b"\x08"), "same stack before any stack"),
+        (batch_record(b"\x01", addrs=b"\x20", sizes=b"\x08", stacks=b"\x01\x02"), "a column with bytes left over"),
+        (batch_record(b"\x01\x01", addrs=b"\x20\x20", sizes=b"\x08", stacks=b"\x01"), "a column cut short"),
+        (batch_record(b"\xa0", addrs=b"\x20"), "a free flagged with a stack"),
+        (batch_record(b"\x17", addrs=b"\x20"), "an unknown kind"),
+        (batch_record(b"\x01", addrs=b"\x20", sizes=b"\x08", stacks=b"\x01")[:-3], "a record cut short"),
+    ],
+)
+def test_malformed_format2_batches_stop_the_reading(tmp_path: Path, record: bytes, why: str) -> None:
+    path = tmp_path / "bad.cytrace"
+    with CaptureWriter(path) as w:
+        w.batch(0, 0, [("malloc", 0, 0x10, 8, 1)])
+        w.flush()
+        w.raw(record)
+        w.flush()
+        w.end(10)
+    with read_capture(path) as capture:
+        assert capture.truncated, why
+        assert "malformed record" in capture.problem
+        assert [e.address for e in capture.events] == [0x10]  # the good frame before it stays
+
+
+def test_threads_in_one_tick_are_interleaved_evenly(tmp_path: Path) -> None:
+    path = tmp_path / "even.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(1, 0, [("malloc", 0, 0x1000 + 16 * i, 1, 0) for i in range(4)])
+        w.batch(2, 0, [("malloc", 0, 0x9000 + 16 * i, 2, 0) for i in range(2)])
+        w.end(5000)
+    with read_capture(path) as capture:
+        # thread 1's events sit at 1/8, 3/8, 5/8, 7/8 of the tick, thread 2's at 1/4, 3/4
+        assert [e.thread_id for e in capture.events] == [1, 2, 1, 1, 2, 1]
+
+
+def test_a_block_handed_to_another_thread_in_one_tick_is_freed_after_it_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "handoff.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        # by its place in the tick, thread 2's free would come first (1/4 vs 5/6)
+        w.batch(1, 0, [("malloc", 0, 0x100, 1, 0), ("malloc", 0, 0x200, 2, 0), ("malloc", 0, 0xA000, 64, 0)])
+        w.batch(2, 0, [("free", 0, 0xA000, 0, 0), ("malloc", 0, 0x300, 3, 0)])
+        w.end(5000)
+    with read_capture(path) as capture:
+        order = [(e.kind, e.address) for e in capture.events]
+        assert order.index(("malloc", 0xA000)) < order.index(("free", 0xA000))
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 0 and profile.totals.leaked_bytes == 1 + 2 + 3
+
+
+def test_a_reused_address_in_one_tick_is_freed_before_it_is_made_again(tmp_path: Path) -> None:
+    path = tmp_path / "reuse.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(2, 0, [("malloc", 0, 0xA000, 64, 0)])  # an earlier tick: 0xA000 is live
+        # in the next tick thread 1 is handed 0xA000 again, thread 2 frees it; by place in the
+        # tick the new malloc (1/2) would come before the free (3/4)
+        w.batch(1, 1000, [("malloc", 0, 0xA000, 32, 0)])
+        w.batch(2, 1000, [("malloc", 0, 0x300, 3, 0), ("free", 0, 0xA000, 0, 0)])
+        w.end(5000)
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        order = [(e.kind, e.address, e.size) for e in capture.events]
+        assert order.index(("free", 0xA000, 0)) < order.index(("malloc", 0xA000, 32))
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 0 and profile.replaced_blocks == 0
+        assert profile.totals.leaked_bytes == 32 + 3
 
 
 def test_truncated_capture_keeps_complete_frames(tmp_path: Path) -> None:
@@ -202,12 +322,12 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_newer_version_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "v2.cytrace"
-    with CaptureWriter(path, version=2) as w:
+    path = tmp_path / "v3.cytrace"
+    with CaptureWriter(path, version=3) as w:
         w.end(0)
     with pytest.raises(CytoolError) as info:
         read_capture(path)
-    assert "written by a newer cytool: format 2, this reader knows 1" in info.value.message
+    assert "written by a newer cytool: format 3, this reader knows 2" in info.value.message
     assert "upgrade" in info.value.hint
 
 

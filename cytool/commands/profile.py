@@ -46,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--time-resolution",
         type=int,
-        default=1,
+        default=1_000_000,
         metavar="NS",
-        help="event time resolution in ns (default 1: exact); e.g. 1000000 for much smaller captures, "
-        "at the price of the order of events of different threads within one tick",
+        help="event time resolution in ns (default 1000000: 1 ms ticks of a clock thread; events of different "
+        "threads within one tick are interleaved evenly, each address keeping a possible history). "
+        "Below 100000 every event reads the TSC: exact order across threads, larger captures, more overhead",
     )
     parser.add_argument(
         "--compression",
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=range(0, 13),
         metavar="LEVEL",
         help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC: more CPU in the writer thread, "
-        "1 MiB of buffer per thread)",
+        "1 MiB of event buffer per thread instead of 256 KiB)",
     )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
     add_program_arguments(parser)

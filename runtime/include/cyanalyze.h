@@ -22,7 +22,7 @@ extern "C" {
 #define CYA_API __attribute__((visibility("default")))
 
 /* The format version this reader understands (FORMAT.md). */
-#define CYA_FORMAT_VERSION 1
+#define CYA_FORMAT_VERSION 2
 
 /* Event kinds, as in FORMAT.md section 3. */
 enum cya_kind {
@@ -77,6 +77,8 @@ typedef struct cya_header {
     const char *executable;
     uint64_t argc;
     const char *const *argv;
+    uint64_t time_resolution_ns; /* format 2: events' time unit; 0: not recorded (format 1) */
+    uint32_t clock;              /* format 2: 0 exact (per-event clock read), 1 ticking */
 } cya_header;
 
 typedef struct cya_object {
@@ -134,7 +136,8 @@ CYA_API void cya_close(cya_capture *capture);
 
 CYA_API const cya_header *cya_get_header(const cya_capture *capture);
 CYA_API const cya_status *cya_get_status(const cya_capture *capture);
-/* All events of all threads, merged by time (stable per thread). */
+/* All events of all threads: each thread's in its recorded order, threads merged by time;
+ * within one tick, interleaved evenly and kept consistent per address (capture_merge.c). */
 CYA_API const cya_event *cya_get_events(const cya_capture *capture, size_t *count);
 CYA_API const cya_object *cya_get_objects(const cya_capture *capture, size_t *count);
 CYA_API const cya_thread *cya_get_threads(const cya_capture *capture, size_t *count);

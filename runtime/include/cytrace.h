@@ -75,11 +75,13 @@ CYTRACE_API int cytrace_stop(void);
 
 /* Settings for the next cytrace_start() (the environment start reads
  * CYTOOL_PROFILE_TIME_RESOLUTION and CYTOOL_PROFILE_COMPRESSION):
- *  - time resolution in ns, rounded down to a power of two (default 1: exact). Coarser
- *    times compress far better, but events of different threads within one tick can no
- *    longer be ordered by the reader;
+ *  - time resolution in ns (default 1000000). From 100 us up, a clock thread ticks at that
+ *    period and an event's time costs one memory read; events of different threads within
+ *    one tick are interleaved by the reader, each address keeping a possible history
+ *    (FORMAT.md, "Order"). Below 100 us, each event reads the TSC, rounded down to a power
+ *    of two of ns: exact order across threads, at some ns per event and larger captures;
  *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU);
- *    with LZ4HC each thread buffers 1 MiB of events instead of 128 KiB (longer frames
+ *    with LZ4HC each thread buffers 1 MiB of events instead of 256 KiB (longer frames
  *    compress better). */
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);
 CYTRACE_API void cytrace_set_compression_level(int level);

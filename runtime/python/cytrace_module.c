@@ -346,7 +346,7 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
                                "time_resolution_ns", "compression_level", NULL};
     PyObject *path_obj;
     int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0;
-    unsigned long long resolution = 1;
+    unsigned long long resolution = 1000000;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKi", keywords, PyUnicode_FSConverter, &path_obj, &follow,
                                      &pymem, &frames, &native_unwind, &resolution, &compression))
         return NULL;
@@ -425,7 +425,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
      "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
-     "      time_resolution_ns=1, compression_level=0)\n"
+     "      time_resolution_ns=1000000, compression_level=0)\n"
      "Start tracing every allocation of this process into the capture file `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},

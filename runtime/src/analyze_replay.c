@@ -262,27 +262,6 @@ static cya_thread_metrics *thread_metrics(cya_profile *p, cya_map *index, uint64
     return &p->threads[p->nthreads - 1];
 }
 
-/* Which address space an event's block lives in (top byte of the block key). */
-static uint64_t domain_of(unsigned kind)
-{
-    switch (kind) {
-    case CYA_MMAP:
-    case CYA_MUNMAP:
-        return 1;
-    case CYA_PYMEM_RAW:
-    case CYA_PYMEM_RAW_FREE:
-        return 2;
-    case CYA_PYMEM_MEM:
-    case CYA_PYMEM_MEM_FREE:
-        return 3;
-    case CYA_PYMEM_OBJ:
-    case CYA_PYMEM_OBJ_FREE:
-        return 4;
-    default:
-        return 0;
-    }
-}
-
 int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *symbols,
                       const cya_analyze_options *options, char *errbuf, size_t errlen)
 {
@@ -354,7 +333,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         uint64_t ord = ++ordinals[tslot];
         if (!e->address) /* a failed allocation, or free(NULL) / realloc(NULL, n)'s free */
             goto sample;
-        uint64_t key = e->address | domain_of(e->kind) << 56;
+        uint64_t key = cya_block_key(e->kind, e->address);
         if (e->kind < CYA_FREE) {
             if (e->stack_id != last_raw_stack) {
                 uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;

@@ -142,6 +142,54 @@ static inline int cya_map_del(cya_map *m, uint64_t key)
     return 1;
 }
 
+/* Which address space an event's block lives in: the top byte of its block key. */
+static inline uint64_t cya_domain_of(unsigned kind)
+{
+    switch (kind) {
+    case CYA_MMAP:
+    case CYA_MUNMAP:
+        return 1;
+    case CYA_PYMEM_RAW:
+    case CYA_PYMEM_RAW_FREE:
+        return 2;
+    case CYA_PYMEM_MEM:
+    case CYA_PYMEM_MEM_FREE:
+        return 3;
+    case CYA_PYMEM_OBJ:
+    case CYA_PYMEM_OBJ_FREE:
+        return 4;
+    default:
+        return 0;
+    }
+}
+
+/* The key of the block an event allocates or frees. */
+static inline uint64_t cya_block_key(unsigned kind, uint64_t address)
+{
+    return address | cya_domain_of(kind) << 56;
+}
+
+/* Where one BATCH's events start in its thread's run, and its place in the thread's
+ * order (format 2: the batch sequence number; format 1: its start time). */
+typedef struct cya_batch_ref {
+    uint64_t seq;
+    size_t start, len;
+} cya_batch_ref;
+
+/* The events of one thread as read (capture_read.c), before the merge. */
+typedef struct cya_run {
+    cya_event *events;
+    size_t len, cap;
+    cya_batch_ref *batches;
+    size_t nbatches, cap_batches;
+} cya_run;
+
+typedef struct cya_capture cya_capture;
+
+/* Merge the runs (one per c->threads entry) into c->events (capture_merge.c). Takes the
+ * runs' event arrays. 0 when out of memory. */
+int cya_merge_runs(cya_capture *c, cya_run *runs);
+
 struct cya_capture {
     cya_header header;
     char **argv;

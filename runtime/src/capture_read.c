@@ -1,7 +1,7 @@
-/* capture_read.c: the capture file reader (format v1, runtime/FORMAT.md).
+/* capture_read.c: the capture file reader (formats 1 and 2, runtime/FORMAT.md).
  *
  * Owns: checking the header (magic, version), walking the body's LZ4 frames, decoding
- * records, keeping per-thread event runs and merging them by time, resolving ids once
+ * records into per-thread event runs (merged by capture_merge.c), resolving ids once
  * the whole file is read, and saying how much of a truncated file was recovered.
  * The file is mapped read-only; everything handed out is copied into the capture.
  */
@@ -92,17 +92,9 @@ static char *get_string(cursor *c, size_t *length)
     return s;
 }
 
-/* Events of one thread, in file order, before the merge. */
-typedef struct run {
-    cya_event *events;
-    size_t len, cap;
-    uint64_t last_time;
-    int unsorted;
-} run;
-
 typedef struct reader {
     cya_capture *cap;
-    run *runs; /* parallel to cap->threads */
+    cya_run *runs; /* parallel to cap->threads */
     size_t cap_runs;
     int out_of_memory;
 } reader;
@@ -129,7 +121,7 @@ static long thread_slot(reader *r, uint64_t id)
         return -1;
     if (!cya_grow((void **)&r->runs, &r->cap_runs, c->nthreads, sizeof *r->runs))
         return -1;
-    memset(&r->runs[c->nthreads - 1], 0, sizeof(run));
+    memset(&r->runs[c->nthreads - 1], 0, sizeof(cya_run));
     if (!cya_map_put(&c->thread_index, id, (uint32_t)(c->nthreads - 1)))
         return -1;
     return (long)(c->nthreads - 1);
@@ -138,27 +130,39 @@ static long thread_slot(reader *r, uint64_t id)
 static int is_alloc_kind(unsigned kind) { return kind >= CYA_MALLOC && kind <= CYA_PYMEM_OBJ; }
 static int is_free_kind(unsigned kind) { return kind >= CYA_FREE && kind <= CYA_PYMEM_OBJ_FREE; }
 
-static int decode_batch(reader *r, cursor *cur)
+/* Format 2 event head byte: kind in the low 6 bits, then flags. */
+#define EV_KIND_MASK 0x3Fu
+#define EV_TIME 0x40u       /* a time delta (in the batch's unit) follows */
+#define EV_SAME_STACK 0x80u /* an allocation with the previous allocation's stack id */
+
+enum { COL_HEAD, COL_TIME, COL_ADDR, COL_SIZE, COL_STACK, NCOLS }; /* format 2 BATCH columns */
+
+/* Reserve room for n more events in a run, capped by what `bytes` of input can hold
+ * (every event takes at least `per_event` bytes). */
+static int reserve_events(reader *r, cya_run *rn, uint64_t n, size_t bytes, size_t per_event)
 {
-    uint64_t tid = get_varint(cur);
-    uint64_t t = get_varint(cur);
-    uint64_t n = get_varint(cur);
-    if (cur->bad)
-        return 0;
-    long slot = thread_slot(r, tid);
-    if (slot < 0) {
-        r->out_of_memory = 1;
-        return 0;
-    }
-    run *rn = &r->runs[slot];
-    /* every event is at least 2 bytes: cap the reservation by what the frame can hold */
-    uint64_t most = (uint64_t)(cur->end - cur->p) / 2;
+    uint64_t most = bytes / per_event;
     if (!cya_grow((void **)&rn->events, &rn->cap, rn->len + (n < most ? n : most), sizeof(cya_event))) {
         r->out_of_memory = 1;
         return 0;
     }
-    if (t < rn->last_time)
-        rn->unsorted = 1;
+    return 1;
+}
+
+static int push_event(reader *r, cya_run *rn, const cya_event *e)
+{
+    if (!CYA_PUSH(rn->events, rn->len, rn->cap, *e)) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* Format 1: one row per event (kind, time delta in ns, address delta, size, stack). */
+static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t n)
+{
+    if (!reserve_events(r, rn, n, (size_t)(cur->end - cur->p), 2))
+        return 0;
     uint64_t addr = 0;
     for (uint64_t i = 0; i < n; i++) {
         cya_event e;
@@ -180,12 +184,91 @@ static int decode_batch(reader *r, cursor *cur)
         e.address = addr;
         e.kind = (uint8_t)kind;
         e.thread_id = (uint32_t)tid;
-        if (!CYA_PUSH(rn->events, rn->len, rn->cap, e)) {
-            r->out_of_memory = 1;
+        if (!push_event(r, rn, &e))
             return 0;
-        }
     }
-    rn->last_time = t;
+    return 1;
+}
+
+/* Format 2: five columns (heads, times, addresses, sizes, stacks); every column must be
+ * used up exactly. */
+static int decode_events_v2(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t unit, uint64_t n)
+{
+    uint64_t len[NCOLS];
+    len[COL_HEAD] = n;
+    for (int c = COL_TIME; c < NCOLS; c++)
+        len[c] = get_varint(cur);
+    cursor col[NCOLS];
+    for (int c = 0; c < NCOLS; c++) {
+        if (cur->bad || len[c] > (uint64_t)(cur->end - cur->p))
+            return 0;
+        col[c] = (cursor){cur->p, cur->p + len[c], 0};
+        cur->p += len[c];
+    }
+    if (!reserve_events(r, rn, n, (size_t)len[COL_HEAD], 1))
+        return 0;
+    uint64_t addr = 0, stack = UINT64_MAX;
+    for (uint64_t i = 0; i < n; i++) {
+        cya_event e;
+        memset(&e, 0, sizeof e);
+        unsigned head = get_u8(&col[COL_HEAD]), kind = head & EV_KIND_MASK;
+        if (head & EV_TIME)
+            t += get_varint(&col[COL_TIME]) * unit;
+        addr += (uint64_t)get_svarint(&col[COL_ADDR]);
+        if (is_alloc_kind(kind)) {
+            e.size = get_varint(&col[COL_SIZE]);
+            if (!(head & EV_SAME_STACK))
+                stack = get_varint(&col[COL_STACK]);
+            else if (stack == UINT64_MAX) /* "the same stack" before any stack */
+                return 0;
+            e.stack_id = (uint32_t)stack;
+        } else if (!is_free_kind(kind) || (head & EV_SAME_STACK)) {
+            return 0;
+        } else if (kind == CYA_MUNMAP) {
+            e.size = get_varint(&col[COL_SIZE]);
+        }
+        for (int c = 0; c < NCOLS; c++)
+            if (col[c].bad)
+                return 0;
+        e.time_ns = t;
+        e.address = addr;
+        e.kind = (uint8_t)kind;
+        e.thread_id = (uint32_t)tid;
+        if (!push_event(r, rn, &e))
+            return 0;
+    }
+    for (int c = 0; c < NCOLS; c++)
+        if (col[c].p != col[c].end)
+            return 0;
+    return 1;
+}
+
+static int decode_batch(reader *r, cursor *cur)
+{
+    int v2 = r->cap->header.version >= 2;
+    uint64_t tid = get_varint(cur);
+    uint64_t seq = v2 ? get_varint(cur) : 0;
+    uint64_t t = get_varint(cur);
+    uint64_t unit = v2 ? get_varint(cur) : 1;
+    uint64_t n = get_varint(cur);
+    if (cur->bad || unit == 0)
+        return 0;
+    long slot = thread_slot(r, tid);
+    if (slot < 0) {
+        r->out_of_memory = 1;
+        return 0;
+    }
+    cya_run *rn = &r->runs[slot];
+    cya_batch_ref ref = {v2 ? seq : t, rn->len, 0};
+    if (!(v2 ? decode_events_v2(r, cur, rn, tid, t, unit, n) : decode_events_v1(r, cur, rn, tid, t, n))) {
+        rn->len = ref.start; /* a malformed batch is dropped whole */
+        return 0;
+    }
+    ref.len = rn->len - ref.start;
+    if (!CYA_PUSH(rn->batches, rn->nbatches, rn->cap_batches, ref)) {
+        r->out_of_memory = 1;
+        return 0;
+    }
     return 1;
 }
 
@@ -379,6 +462,10 @@ static int parse_header(cya_capture *c, const uint8_t *buf, size_t len, size_t *
     }
     hd->executable = get_string(&h, NULL);
     hd->parent_pid = get_varint(&h);
+    if (version >= 2) {
+        hd->time_resolution_ns = get_varint(&h);
+        hd->clock = (uint32_t)get_varint(&h);
+    }
     /* bytes after the known fields are future fields: skipped */
     if (h.bad) {
         *error = CYA_E_HEADER;
@@ -453,108 +540,6 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
     }
 }
 
-/* Stable merge sort of one run by time. */
-static int sort_run(run *rn)
-{
-    cya_event *tmp = malloc(rn->len * sizeof *tmp);
-    if (!tmp)
-        return 0;
-    cya_event *a = rn->events, *b = tmp;
-    for (size_t width = 1; width < rn->len; width *= 2) {
-        for (size_t lo = 0; lo < rn->len; lo += 2 * width) {
-            size_t mid = lo + width < rn->len ? lo + width : rn->len;
-            size_t hi = lo + 2 * width < rn->len ? lo + 2 * width : rn->len;
-            size_t i = lo, j = mid, k = lo;
-            while (i < mid && j < hi)
-                b[k++] = a[j].time_ns < a[i].time_ns ? a[j++] : a[i++];
-            while (i < mid)
-                b[k++] = a[i++];
-            while (j < hi)
-                b[k++] = a[j++];
-        }
-        cya_event *t = a;
-        a = b;
-        b = t;
-    }
-    if (a != rn->events)
-        memcpy(rn->events, a, rn->len * sizeof *a);
-    free(tmp);
-    return 1;
-}
-
-/* Merge the per-thread runs into c->events by (time, thread order). */
-static int merge_runs(reader *r)
-{
-    cya_capture *c = r->cap;
-    size_t k = c->nthreads, total = 0;
-    for (size_t i = 0; i < k; i++) {
-        if (r->runs[i].unsorted && !sort_run(&r->runs[i]))
-            return 0;
-        total += r->runs[i].len;
-        c->threads[i].nevents = r->runs[i].len;
-    }
-    c->nevents = total;
-    if (k == 1) { /* the common case: no copy */
-        c->events = r->runs[0].events;
-        r->runs[0].events = NULL;
-        return 1;
-    }
-    c->events = malloc((total ? total : 1) * sizeof *c->events);
-    size_t *pos = calloc(k ? k : 1, sizeof *pos);
-    size_t *heap = malloc((k ? k : 1) * sizeof *heap);
-    if (!c->events || !pos || !heap) {
-        free(pos);
-        free(heap);
-        return 0;
-    }
-    /* binary min-heap of run indices keyed by (next event time, run index) */
-#define KEY_LESS(x, y)                                                                    \
-    (r->runs[x].events[pos[x]].time_ns < r->runs[y].events[pos[y]].time_ns ||              \
-     (r->runs[x].events[pos[x]].time_ns == r->runs[y].events[pos[y]].time_ns && (x) < (y)))
-    size_t hn = 0;
-    for (size_t i = 0; i < k; i++) {
-        if (!r->runs[i].len)
-            continue;
-        size_t j = hn++;
-        heap[j] = i;
-        while (j && KEY_LESS(heap[j], heap[(j - 1) / 2])) {
-            size_t t = heap[j];
-            heap[j] = heap[(j - 1) / 2];
-            heap[(j - 1) / 2] = t;
-            j = (j - 1) / 2;
-        }
-    }
-    size_t out = 0;
-    while (hn) {
-        size_t top = heap[0];
-        c->events[out++] = r->runs[top].events[pos[top]++];
-        if (pos[top] == r->runs[top].len)
-            heap[0] = heap[--hn];
-        size_t j = 0;
-        for (;;) {
-            size_t l = 2 * j + 1, m = j;
-            if (l < hn && KEY_LESS(heap[l], heap[m]))
-                m = l;
-            if (l + 1 < hn && KEY_LESS(heap[l + 1], heap[m]))
-                m = l + 1;
-            if (m == j)
-                break;
-            size_t t = heap[j];
-            heap[j] = heap[m];
-            heap[m] = t;
-            j = m;
-        }
-    }
-#undef KEY_LESS
-    free(pos);
-    free(heap);
-    for (size_t i = 0; i < k; i++) {
-        free(r->runs[i].events);
-        r->runs[i].events = NULL;
-    }
-    return 1;
-}
-
 static int segref_cmp(const void *a, const void *b)
 {
     const struct cya_segment_ref *x = a, *y = b;
@@ -564,7 +549,7 @@ static int segref_cmp(const void *a, const void *b)
 static int finish(reader *r)
 {
     cya_capture *c = r->cap;
-    if (!merge_runs(r))
+    if (!cya_merge_runs(c, r->runs))
         return 0;
     if (!c->status.complete && c->nevents)
         c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
@@ -673,8 +658,10 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
         }
     }
     if (r.runs) {
-        for (size_t i = 0; c && i < c->nthreads; i++)
+        for (size_t i = 0; c && i < c->nthreads; i++) {
             free(r.runs[i].events);
+            free(r.runs[i].batches);
+        }
         free(r.runs);
     }
     if (buf)

@@ -5,6 +5,7 @@
  *   trace_hooks.c    the replacement allocation functions (and dlopen/dlclose)
  *   trace_thread.c   per-thread state, event encoding, buffer flushes
  *   trace_stack.c    native stack capture and the lock-free intern tables
+ *   trace_clock.c    event time: the ticking clock thread, or the exact TSC clock
  *   trace_writer.c   the capture file: header, writer thread, LZ4 frames
  */
 #ifndef CYTRACE_INTERNAL_H
@@ -22,6 +23,16 @@
 #define CYT_LIKELY(x) __builtin_expect(!!(x), 1)
 #define CYT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CYT_TLS __thread __attribute__((tls_model("initial-exec")))
+
+#define CYT_FORMAT_VERSION 2
+
+/* Header: how event times were taken (FORMAT.md section 1). */
+enum { CLOCK_KIND_EXACT = 0, CLOCK_KIND_TICKING = 1 };
+
+/* Event head byte (FORMAT.md, "Events inside a BATCH"): kind in the low 6 bits. */
+#define EV_KIND_MASK 0x3Fu
+#define EV_TIME 0x40u       /* a time delta follows */
+#define EV_SAME_STACK 0x80u /* an allocation with the previous allocation's stack id */
 
 /* Record types (FORMAT.md section 3). */
 enum {
@@ -70,20 +81,25 @@ int cyt_buf_string(cyt_buf *b, const char *s, size_t len);
 extern _Atomic int cyt_active;       /* events are being recorded */
 extern _Atomic unsigned cyt_session; /* bumped at every start; thread states compare it */
 extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
-extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
-extern uint64_t cyt_time_mask;       /* low bits cleared from event times (resolution) */
 extern int cyt_compression_level;    /* LZ4F level of the running session */
 extern size_t cyt_buffer_size;       /* per-thread event buffer (one LZ4 frame) */
 extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each second: flush soon */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */
 
-uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
+/* ---- event time (trace_clock.c) --------------------------------------------------- */
 
-/* Event time, ns since the capture started: from the TSC when the kernel itself uses it as
- * its clock source (a few ns instead of a clock_gettime call), else CLOCK_MONOTONIC. */
+#define CYT_TICKING_MIN_NS 100000ull      /* from 100 us up, a clock thread ticks */
+#define CYT_TICKING_MAX_NS 1000000000ull  /* at most once a second */
+#define CYT_DEFAULT_RESOLUTION_NS 1000000ull
+
+uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
+extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
 extern int cyt_tsc_ok;
-extern uint64_t cyt_tsc0, cyt_tsc_mult; /* mult: ns per tick, 32.32 fixed point */
+extern uint64_t cyt_tsc0, cyt_tsc_mult; /* mult: ns per TSC tick, 32.32 fixed point */
+
+/* Exact time since the capture started: from the TSC when the kernel itself uses it as its
+ * clock source (a few ns instead of a clock_gettime call), else CLOCK_MONOTONIC. */
 static inline uint64_t cyt_since_start(void) {
     if (CYT_LIKELY(cyt_tsc_ok)) {
         uint64_t ticks = __builtin_ia32_rdtsc() - cyt_tsc0;
@@ -91,6 +107,28 @@ static inline uint64_t cyt_since_start(void) {
     }
     return cyt_now() - cyt_start_mono;
 }
+
+extern int cyt_clock_ticking;          /* the clock thread keeps cyt_clock_now */
+extern _Atomic uint64_t cyt_clock_now; /* ns since start, whole ticks */
+extern uint64_t cyt_time_unit;         /* ns per unit of an event's time delta */
+extern uint64_t cyt_time_mask;         /* exact clock: low bits cleared */
+extern unsigned cyt_time_shift;        /* exact clock: log2(cyt_time_unit) */
+
+/* An event's time: a multiple of cyt_time_unit. */
+static inline uint64_t cyt_event_time(void) {
+    if (CYT_LIKELY(cyt_clock_ticking)) return atomic_load_explicit(&cyt_clock_now, memory_order_relaxed);
+    return cyt_since_start() & ~cyt_time_mask;
+}
+
+/* A time difference in units of cyt_time_unit. */
+static inline uint64_t cyt_time_units(uint64_t dt) {
+    return cyt_clock_ticking ? dt / cyt_time_unit : dt >> cyt_time_shift;
+}
+
+int cyt_clock_start(uint64_t resolution_ns); /* 0, or -1 with the error set */
+void cyt_clock_stop(void);
+void cyt_clock_after_fork_child(void);
+
 void cyt_count_dropped(uint64_t n);
 void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
 void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -214,11 +214,13 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
     ssize_t n = readlink("/proc/self/exe", exe, sizeof exe);
     cyt_buf_string(&body, exe, n > 0 ? (size_t)n : 0);
     cyt_buf_varint(&body, (uint64_t)parent_pid);
+    cyt_buf_varint(&body, cyt_time_unit);
+    cyt_buf_varint(&body, cyt_clock_ticking ? CLOCK_KIND_TICKING : CLOCK_KIND_EXACT);
     if (body.data == NULL) return -1;
 
     uint8_t fixed[16];
     memcpy(fixed, "CYTRACE\0", 8);
-    uint32_t version_le = 1, len_le = (uint32_t)body.len; /* little-endian host (x86-64) */
+    uint32_t version_le = CYT_FORMAT_VERSION, len_le = (uint32_t)body.len; /* little-endian host (x86-64) */
     memcpy(fixed + 8, &version_le, 4);
     memcpy(fixed + 12, &len_le, 4);
     int r = cyt_buf_bytes(h, fixed, sizeof fixed) | cyt_buf_bytes(h, body.data, body.len);
