@@ -195,3 +195,29 @@ def test_profile_keeps_the_program_status_and_finishes_the_capture(run_cytool, t
     with read_capture(capture_path) as capture:
         assert capture.complete
         assert len([e for e in capture.events if e.kind == "malloc" and e.size == 31337]) == 1
+
+
+def test_tracker_threads_end_with_the_capture(tmp_path: Path) -> None:
+    """Tracing adds exactly two threads (the writer and the 1 ms clock), both gone after
+    stop, also across several sessions; an exact-time session adds only the writer."""
+    code = """
+        import os
+        import cytool
+        def threads():
+            return len(os.listdir("/proc/self/task"))
+        before = threads()
+        for round in range(3):
+            with cytool.Tracker(f"t{round}.cytrace"):
+                during = threads()
+            print("ticking", during - before, threads() - before)
+        with cytool.Tracker("exact.cytrace", time_resolution_ns=1):
+            during = threads()
+        print("exact", during - before, threads() - before)
+    """
+    proc = run_python(code, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["ticking 2 0"] * 3 + ["exact 1 0"]
+    with read_capture(tmp_path / "t2.cytrace") as capture:
+        assert capture.complete and capture.header.ticking_clock and capture.header.time_resolution_ns == 1_000_000
+    with read_capture(tmp_path / "exact.cytrace") as capture:
+        assert capture.complete and not capture.header.ticking_clock and capture.header.time_resolution_ns == 1

@@ -18,7 +18,11 @@
  *                      2.5 s (so the writer flushes them while idle), prints "total N"
  *   restart R T        T threads allocate (and start short-lived threads) while the main
  *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
+ *   handoff N          a producer thread mallocs N blocks of 1717 bytes and hands each to a
+ *                      consumer thread that frees it (through a small locked ring)
  *
+ * CYTOOL_PROFILE_TIME_RESOLUTION=NS in the environment sets the time resolution of the
+ * started capture (as for the environment start).
  * It prints "KEY VALUE" lines the tests compare with the capture.
  */
 #define _GNU_SOURCE
@@ -51,6 +55,8 @@ static void *keep(void *p) {
 
 static void start(unsigned options) {
     if (strcmp(capture, "-") == 0) return;
+    const char *resolution = getenv("CYTOOL_PROFILE_TIME_RESOLUTION");
+    if (resolution != NULL && resolution[0] != 0) cytrace_set_time_resolution(strtoull(resolution, NULL, 10));
     if (cytrace_start(capture, options) != 0) {
         fprintf(stderr, "cytrace_start: %s\n", cytrace_last_error());
         exit(3);
@@ -291,6 +297,54 @@ static void *forever_thread(void *arg) {
     return NULL;
 }
 
+/* ---- handoff: blocks made in one thread and freed in another ---------------------- */
+
+#define RING 64
+static struct {
+    pthread_mutex_t lock;
+    pthread_cond_t changed;
+    void *slots[RING];
+    size_t head, tail; /* head: next to take; tail: next to fill */
+} handoff = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, {0}, 0, 0};
+
+__attribute__((noinline)) static void *handoff_make(void) { return keep(malloc(1717)); }
+
+static void *handoff_producer(void *arg) {
+    size_t n = *(size_t *)arg;
+    for (size_t i = 0; i < n; i++) {
+        void *p = handoff_make();
+        pthread_mutex_lock(&handoff.lock);
+        while (handoff.tail - handoff.head == RING) pthread_cond_wait(&handoff.changed, &handoff.lock);
+        handoff.slots[handoff.tail++ % RING] = p;
+        pthread_cond_broadcast(&handoff.changed);
+        pthread_mutex_unlock(&handoff.lock);
+    }
+    return NULL;
+}
+
+static void *handoff_consumer(void *arg) {
+    size_t n = *(size_t *)arg;
+    for (size_t i = 0; i < n; i++) {
+        pthread_mutex_lock(&handoff.lock);
+        while (handoff.tail == handoff.head) pthread_cond_wait(&handoff.changed, &handoff.lock);
+        void *p = handoff.slots[handoff.head++ % RING];
+        pthread_cond_broadcast(&handoff.changed);
+        pthread_mutex_unlock(&handoff.lock);
+        free(p);
+    }
+    return NULL;
+}
+
+static void mode_handoff(size_t n) {
+    start(0);
+    pthread_t producer, consumer;
+    pthread_create(&consumer, NULL, handoff_consumer, &n);
+    pthread_create(&producer, NULL, handoff_producer, &n);
+    pthread_join(producer, NULL);
+    pthread_join(consumer, NULL);
+    stop();
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s CAPTURE MODE [ARGS]\n", argv[0]);
@@ -335,6 +389,8 @@ int main(int argc, char **argv) {
         dlclose(lib);
         free(keep(malloc(556))); /* after dlclose: still traced, no crash */
         stop();
+    } else if (strcmp(mode, "handoff") == 0 && argc == 4) {
+        mode_handoff(strtoul(argv[3], NULL, 10));
     } else if (strcmp(mode, "restart") == 0 && argc == 5) {
         mode_restart(atoi(argv[3]), atoi(argv[4]));
     } else if (strcmp(mode, "bursts") == 0 && argc == 5) {

@@ -22,6 +22,9 @@ run "$work/exit.cytrace" exit 10000
 run "$work/uexit.cytrace" _exit 10000
 run "$work/restart.cytrace" restart 8 4
 run "$work/bursts.cytrace" bursts 4 4
+run "$work/handoff.cytrace" handoff 20000
+CYTOOL_PROFILE_TIME_RESOLUTION=1 run "$work/handoff-exact.cytrace" handoff 20000
+CYTOOL_PROFILE_TIME_RESOLUTION=1 run "$work/threads-exact.cytrace" threads 20000 64 4
 run "$work/dlopen.cytrace" dlopen "$(cd "$dir" && pwd)/libtest_trace_lib.so" 1000
 for f in "$work"/*.cytrace*; do
     head -c 8 "$f" | grep -q CYTRACE || { echo "sanitize: $f is not a capture"; exit 1; }
