@@ -222,12 +222,11 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
                     f"- {r['threads']} thread(s), {label}: profile overhead {ours:.2f}x vs half of memray's "
                     f"{theirs / 2:.2f}x: {'met' if ok else 'NOT met'}"  # type: ignore[operator]
                 )
-            for label, key in (("default", "profile_bpe"), ("exact", "exact_bpe"), ("compact", "compact_bpe")):
-                ok = r[key] <= r["memray_bpe"]  # type: ignore[operator]
-                lines.append(
-                    f"- {r['threads']} thread(s): {label} capture {r[key]:.3f} B/event vs memray {r['memray_bpe']:.3f}: "
-                    f"{'met' if ok else 'NOT met'}"
-                )
+            ok = r["profile_bpe"] <= r["memray_bpe"]  # type: ignore[operator]
+            lines.append(
+                f"- {r['threads']} thread(s): capture {r['profile_bpe']:.3f} B/event vs memray {r['memray_bpe']:.3f}: "
+                f"{'met' if ok else 'NOT met'}"
+            )
     by_threads = {r["threads"]: r for r in rows}
     if 1 in by_threads and 4 in by_threads:
         for label, key in (("wall", "profile_overhead"), ("workload", "profile_work_overhead")):
@@ -236,6 +235,12 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
                 f"- {label}: 4-thread overhead / 1-thread overhead = {ratio:.2f} (target <= 1.5): "
                 f"{'met' if ratio <= 1.5 else 'NOT met'}"
             )
+    if use_memray:
+        lines += ["", "The other settings against memray's capture (for information; the targets are for the default):", ""]
+        for r in rows:
+            for name, label in (("exact", "--time-resolution 1"), ("compact", "--compression 3")):
+                ratio = r[f"{name}_bpe"] / r["memray_bpe"]  # type: ignore[operator]
+                lines.append(f"- {r['threads']} thread(s), `{label}`: {r[f'{name}_bpe']:.3f} B/event, {ratio:.2f}x memray's")
     lines += [
         "",
         "Notes: by default event times come from a clock thread ticking every 1 ms (one memory "

@@ -292,8 +292,9 @@ static inline void event_end(cyt_thread *ts) {
 }
 
 /* 64-bit hash of a stack (its intern key). Each word is salted by its position and mixed
- * on its own, then the mixes are summed: no dependency chain from word to word, so the
- * multiplies of a 10-frame stack overlap (about 2 cycles a word instead of 8). */
+ * on its own (a bijection), then the mixes are summed: no dependency chain from word to
+ * word, so the multiplies overlap. (Measured against a chained hash on bench_alloc, 8M
+ * allocations, 11 interleaved runs: 0.583 s against 0.622 s median wall.) */
 static inline uint64_t stack_hash(const uint64_t *words, int n) {
     uint64_t h = 0x9e3779b97f4a7c15ULL * (uint64_t)(n + 1), salt = 0;
     for (int i = 0; i < n; i++) {
@@ -315,12 +316,7 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     if (cyt_pyframes_cb != NULL && (cyt_options & CYTRACE_PYTHON_FRAMES) && n < CYT_MAX_FRAMES)
         n += cyt_pyframes_cb(words + n, CYT_MAX_FRAMES - n);
     if (n == 0) return 0;
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
-    for (int i = 0; i < n; i++) {
-        h ^= words[i] + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
-        h *= 0xff51afd7ed558ccdULL;
-    }
-    h ^= h >> 31;
+    uint64_t h = stack_hash(words, n);
     unsigned slot = (unsigned)(h ^ (h >> 17)) & (TCACHE_SIZE - 1);
     if (ts->tcache[slot].hash == h && ts->tcache[slot].id) return ts->tcache[slot].id;
     int is_new = 0;
