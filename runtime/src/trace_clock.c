@@ -17,7 +17,6 @@
  * order the events of one address across threads (capture_merge.c).
  */
 #define _GNU_SOURCE
-#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,19 +85,24 @@ static void *ticker_main(void *arg) {
     return NULL;
 }
 
+/* The exact clock, rounded down to a power of two of ns at most resolution_ns. */
+static void use_exact_clock(uint64_t resolution_ns) {
+    uint64_t unit = 1;
+    unsigned shift = 0;
+    while (unit * 2 <= resolution_ns) unit *= 2, shift++;
+    cyt_time_unit = unit;
+    cyt_time_shift = shift;
+    cyt_time_mask = unit - 1;
+    cyt_clock_ticking = 0;
+}
+
 int cyt_clock_start(uint64_t resolution_ns) {
     calibrate_tsc();
     cyt_start_mono = cyt_now();
     cyt_tsc0 = __builtin_ia32_rdtsc();
     atomic_store(&cyt_clock_now, 0);
     if (resolution_ns < CYT_TICKING_MIN_NS) {
-        uint64_t unit = 1;
-        unsigned shift = 0;
-        while (unit * 2 <= resolution_ns) unit *= 2, shift++;
-        cyt_time_unit = unit;
-        cyt_time_shift = shift;
-        cyt_time_mask = unit - 1;
-        cyt_clock_ticking = 0;
+        use_exact_clock(resolution_ns);
         return 0;
     }
     cyt_time_unit = resolution_ns > CYT_TICKING_MAX_NS ? CYT_TICKING_MAX_NS : resolution_ns;
@@ -111,8 +115,11 @@ int cyt_clock_start(uint64_t resolution_ns) {
     pthread_condattr_destroy(&attr);
     ticker_stopping = 0;
     if (pthread_create(&ticker_thread, NULL, ticker_main, NULL) != 0) {
-        cyt_set_error("cannot start the clock thread: %s", strerror(errno));
-        return -1;
+        /* no thread to spare (RLIMIT_NPROC, say): time every event exactly instead; the
+         * header says which clock was used */
+        pthread_cond_destroy(&tick_wake);
+        use_exact_clock(resolution_ns);
+        return 0;
     }
     pthread_setname_np(ticker_thread, "cytool-clock");
     ticker_running = 1;

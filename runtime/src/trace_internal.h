@@ -125,7 +125,9 @@ static inline uint64_t cyt_time_units(uint64_t dt) {
     return cyt_clock_ticking ? dt / cyt_time_unit : dt >> cyt_time_shift;
 }
 
-int cyt_clock_start(uint64_t resolution_ns); /* 0, or -1 with the error set */
+/* Start the event clock: ticking from CYT_TICKING_MIN_NS up (exact if no thread can be
+ * started), else exact. Returns 0. */
+int cyt_clock_start(uint64_t resolution_ns);
 void cyt_clock_stop(void);
 void cyt_clock_after_fork_child(void);
 
