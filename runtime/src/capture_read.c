@@ -149,8 +149,14 @@ static int reserve_events(reader *r, cya_run *rn, uint64_t n, size_t bytes, size
     return 1;
 }
 
-static int push_event(reader *r, cya_run *rn, const cya_event *e)
+/* Complete an event (size and stack already set) and append it to its thread's run. */
+static int push_event(reader *r, cya_run *rn, cya_event *e, uint64_t time, uint64_t address, unsigned kind,
+                      uint64_t tid)
 {
+    e->time_ns = time;
+    e->address = address;
+    e->kind = (uint8_t)kind;
+    e->thread_id = (uint32_t)tid;
     if (!CYA_PUSH(rn->events, rn->len, rn->cap, *e)) {
         r->out_of_memory = 1;
         return 0;
@@ -180,11 +186,7 @@ static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, u
         }
         if (cur->bad)
             return 0;
-        e.time_ns = t;
-        e.address = addr;
-        e.kind = (uint8_t)kind;
-        e.thread_id = (uint32_t)tid;
-        if (!push_event(r, rn, &e))
+        if (!push_event(r, rn, &e, t, addr, kind, tid))
             return 0;
     }
     return 1;
@@ -230,11 +232,7 @@ static int decode_events_v2(reader *r, cursor *cur, cya_run *rn, uint64_t tid, u
         for (int c = 0; c < NCOLS; c++)
             if (col[c].bad)
                 return 0;
-        e.time_ns = t;
-        e.address = addr;
-        e.kind = (uint8_t)kind;
-        e.thread_id = (uint32_t)tid;
-        if (!push_event(r, rn, &e))
+        if (!push_event(r, rn, &e, t, addr, kind, tid))
             return 0;
     }
     for (int c = 0; c < NCOLS; c++)
