@@ -139,8 +139,12 @@ def test_fork(helpers: Path, tmp_path: Path, follow: bool) -> None:
             assert child.complete
             assert child.header.forked_child and child.header.pid == child_pid
             assert child.header.parent_pid == parent.header.pid
-            sizes = Counter(e.size for e in allocations_from(child, "mode_fork"))
-            assert sizes == Counter({2222: 5})
+            made = allocations_from(child, "mode_fork")
+            assert Counter(e.size for e in made) == Counter({2222: 5, 3333: 1})
+            # the child runs a clock of its own: the late block is timed 5 ms on
+            assert child.header.ticking_clock
+            late = next(e for e in made if e.size == 3333)
+            assert late.time_ns >= 4_000_000 and late.time_ns > max(e.time_ns for e in made if e.size == 2222)
 
 
 def test_signals_inside_malloc(helpers: Path, tmp_path: Path) -> None:

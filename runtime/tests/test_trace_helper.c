@@ -6,7 +6,8 @@
  *   threads N S T      T threads each malloc N blocks of S bytes, then free them
  *   churn N T          T threads start, allocate N blocks of 777 bytes, end; repeated 5 times
  *   edge               zero-size, huge, realloc(NULL, n), realloc(p, 0), every allocator
- *   fork FOLLOW        parent mallocs 3x 1111 bytes, child mallocs 5x 2222 bytes
+ *   fork FOLLOW        parent mallocs 3x 1111 bytes, child mallocs 5x 2222 bytes and, 5 ms
+ *                      later, 1x 3333 bytes
  *   signal N           N mallocs of 333 bytes while a 50 us timer's handler mmaps/munmaps
  *   exit N / _exit N   N mallocs of 444 bytes, then exit(0) or _exit(0) without stopping
  *   dlopen LIB N       dlopen LIB, call its lib_alloc(N, 555), dlclose it
@@ -166,6 +167,9 @@ __attribute__((noinline)) static void mode_fork(int follow) {
         void *child[5];
         for (int i = 0; i < 5; i++) child[i] = keep(malloc(2222));
         for (int i = 0; i < 5; i++) free(child[i]);
+        struct timespec pause = {0, 5000000}; /* then 5 ms later, one more: the child's clock ticks */
+        nanosleep(&pause, NULL);
+        free(keep(malloc(3333)));
         printf("child_pid %d\ntracing_in_child %d\n", (int)getpid(), cytrace_is_active());
         fflush(stdout);
         exit(0); /* atexit stops the child's own capture when following */
