@@ -139,6 +139,8 @@ class Profile:
     argv: Tuple[str, ...]
     pid: int
     python_version: str
+    time_resolution_ns: int  # events' time unit (0: not recorded, format 1)
+    clock: str  # "ticking" (a clock thread's ticks), "exact" (read per event), "" (format 1)
     truncated: bool
     truncation_message: str
     dropped_events: int  # events the tracer could not record (its STATS record)
@@ -252,6 +254,8 @@ def analyze(
         argv=capture.header.argv,
         pid=capture.header.pid,
         python_version=capture.header.python_version,
+        time_resolution_ns=capture.header.time_resolution_ns,
+        clock=("ticking" if capture.header.ticking_clock else "exact") if capture.header.version >= 2 else "",
         truncated=capture.truncated,
         truncation_message=capture.truncation_message(),
         dropped_events=capture.stats.dropped if capture.stats else 0,

@@ -71,8 +71,10 @@ def test_c_allocations_land_on_their_lines(groundtruth: BuildResult, tmp_path: P
     assert kinds["calloc"] == {"count": 1, "bytes": 320}
     assert kinds["realloc"] == {"count": 5, "bytes": 992}
     assert document["capture"]["warnings"] == [] and not document["capture"]["truncated"]
+    assert document["capture"]["clock"] == "ticking" and document["capture"]["time_resolution_ns"] == 1_000_000
     totals = document["totals"]
     assert totals["leaked_bytes"] >= 320 and totals["count"] >= 108
+    assert totals["replaced_blocks"] == 0
 
 
 def test_leaks_mode_keeps_only_leaking_lines(groundtruth: BuildResult, tmp_path: Path, run_cytool) -> None:

@@ -39,6 +39,7 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
         events=profile.events,
         frees=profile.frees,
         unmatched_frees=profile.unmatched_frees,
+        replaced_blocks=profile.replaced_blocks,
         temporary_window=profile.temporary_window,
     )
     return {
@@ -49,6 +50,8 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             "pid": profile.pid,
             "argv": list(profile.argv),
             "python_version": profile.python_version,
+            "clock": profile.clock,
+            "time_resolution_ns": profile.time_resolution_ns,
             "truncated": profile.truncated,
             "truncation_message": profile.truncation_message,
             "dropped_events": profile.dropped_events,
