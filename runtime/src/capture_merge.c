@@ -17,6 +17,14 @@
 
 enum { BLOCK_DEAD = 0, BLOCK_LIVE = 1 }; /* values of the block map; absent: never seen */
 
+static int batch_cmp(const void *a, const void *b)
+{
+    const cya_batch_ref *x = a, *y = b;
+    if (x->seq != y->seq)
+        return x->seq < y->seq ? -1 : 1;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
 /* Put a run's batches in sequence order (stable), and make its times non-decreasing. */
 static int order_run(cya_run *rn)
 {
@@ -24,16 +32,8 @@ static int order_run(cya_run *rn)
     for (size_t i = 1; i < rn->nbatches && sorted; i++)
         sorted = rn->batches[i - 1].seq <= rn->batches[i].seq;
     if (!sorted) {
-        /* insertion sort of the batch references (stable; a run has few batches) */
-        for (size_t i = 1; i < rn->nbatches; i++) {
-            cya_batch_ref b = rn->batches[i];
-            size_t j = i;
-            while (j > 0 && rn->batches[j - 1].seq > b.seq) {
-                rn->batches[j] = rn->batches[j - 1];
-                j--;
-            }
-            rn->batches[j] = b;
-        }
+        /* by sequence, then file order (start): a stable order even for a hostile file */
+        qsort(rn->batches, rn->nbatches, sizeof *rn->batches, batch_cmp);
         cya_event *ordered = malloc((rn->len ? rn->len : 1) * sizeof *ordered);
         if (!ordered)
             return 0;
