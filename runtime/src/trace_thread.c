@@ -5,10 +5,10 @@
  * columns (FORMAT.md: heads, times, addresses, sizes, stacks), each in its own region
  * as large as the whole budget, so no column can overflow before the total reaches the
  * budget (untouched pages cost nothing). When the total fills up, the definitions and the
- * columns become one chunk for the writer. No lock is taken per event: the only shared-memory write is the
- * thread's own `busy` flag, which lets cytrace_stop() wait until no thread is inside the
- * hot path before it flushes everyone's buffers (Dekker-style: busy=1, fence, read
- * active / active=0, fence, read busy).
+ * columns become one chunk for the writer. No lock is taken per event: the only
+ * shared-memory write is the thread's own `busy` flag, which lets cytrace_stop() wait
+ * until no thread is inside the hot path before it flushes everyone's buffers
+ * (Dekker-style: busy=1, fence, read active / active=0, fence, read busy).
  *
  * The states live in one list guarded by `threads_lock`, taken only when a thread starts
  * or ends and at stop. A pthread key destructor flushes a thread's buffer when it exits
