@@ -15,12 +15,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "capture_format.h"
 #include "capture_internal.h"
 
 static const char MAGIC[8] = {'C', 'Y', 'T', 'R', 'A', 'C', 'E', '\0'};
 
-enum { REC_OBJECT = 0x01, REC_UNLOAD = 0x02, REC_PYFRAME = 0x03, REC_STACK = 0x04,
-       REC_THREAD = 0x05, REC_BATCH = 0x10, REC_STATS = 0x7E, REC_END = 0x7F };
+_Static_assert(CYA_FORMAT_VERSION == CAPTURE_FORMAT_VERSION, "the reader knows the format the tracer writes");
 
 /* A bounded cursor over bytes; `bad` is set on the first read past the end. */
 typedef struct cursor {
@@ -129,13 +129,6 @@ static long thread_slot(reader *r, uint64_t id)
 
 static int is_alloc_kind(unsigned kind) { return kind >= CYA_MALLOC && kind <= CYA_PYMEM_OBJ; }
 static int is_free_kind(unsigned kind) { return kind >= CYA_FREE && kind <= CYA_PYMEM_OBJ_FREE; }
-
-/* Format 2 event head byte: kind in the low 6 bits, then flags. */
-#define EV_KIND_MASK 0x3Fu
-#define EV_TIME 0x40u       /* a time delta (in the batch's unit) follows */
-#define EV_SAME_STACK 0x80u /* an allocation with the previous allocation's stack id */
-
-enum { COL_HEAD, COL_TIME, COL_ADDR, COL_SIZE, COL_STACK, NCOLS }; /* format 2 BATCH columns */
 
 /* Reserve room for n more events in a run, capped by what `bytes` of input can hold
  * (every event takes at least `per_event` bytes). */

@@ -96,14 +96,14 @@ static void use_exact_clock(uint64_t resolution_ns) {
     cyt_clock_ticking = 0;
 }
 
-int cyt_clock_start(uint64_t resolution_ns) {
+void cyt_clock_start(uint64_t resolution_ns) {
     calibrate_tsc();
     cyt_start_mono = cyt_now();
     cyt_tsc0 = __builtin_ia32_rdtsc();
     atomic_store(&cyt_clock_now, 0);
     if (resolution_ns < CYT_TICKING_MIN_NS) {
         use_exact_clock(resolution_ns);
-        return 0;
+        return;
     }
     cyt_time_unit = resolution_ns > CYT_TICKING_MAX_NS ? CYT_TICKING_MAX_NS : resolution_ns;
     cyt_time_mask = 0;
@@ -119,12 +119,11 @@ int cyt_clock_start(uint64_t resolution_ns) {
          * header says which clock was used */
         pthread_cond_destroy(&tick_wake);
         use_exact_clock(resolution_ns);
-        return 0;
+        return;
     }
     pthread_setname_np(ticker_thread, "cytool-clock");
     ticker_running = 1;
     cyt_clock_ticking = 1;
-    return 0;
 }
 
 void cyt_clock_stop(void) {

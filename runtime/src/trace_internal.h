@@ -18,33 +18,12 @@
 #include <string.h>
 #include <sys/types.h>
 
+#include "capture_format.h"
 #include "cytrace.h"
 
 #define CYT_LIKELY(x) __builtin_expect(!!(x), 1)
 #define CYT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CYT_TLS __thread __attribute__((tls_model("initial-exec")))
-
-#define CYT_FORMAT_VERSION 2
-
-/* Header: how event times were taken (FORMAT.md section 1). */
-enum { CLOCK_KIND_EXACT = 0, CLOCK_KIND_TICKING = 1 };
-
-/* Event head byte (FORMAT.md, "Events inside a BATCH"): kind in the low 6 bits. */
-#define EV_KIND_MASK 0x3Fu
-#define EV_TIME 0x40u       /* a time delta follows */
-#define EV_SAME_STACK 0x80u /* an allocation with the previous allocation's stack id */
-
-/* Record types (FORMAT.md section 3). */
-enum {
-    REC_OBJECT = 0x01,
-    REC_UNLOAD = 0x02,
-    REC_PYFRAME = 0x03,
-    REC_STACK = 0x04,
-    REC_THREAD = 0x05,
-    REC_BATCH = 0x10,
-    REC_STATS = 0x7E,
-    REC_END = 0x7F,
-};
 
 #define CYT_MAX_FRAMES 128     /* native + Python frames kept per stack */
 #define CYT_EVENT_MAX 48       /* worst-case bytes of one encoded event */
@@ -126,8 +105,8 @@ static inline uint64_t cyt_time_units(uint64_t dt) {
 }
 
 /* Start the event clock: ticking from CYT_TICKING_MIN_NS up (exact if no thread can be
- * started), else exact. Returns 0. */
-int cyt_clock_start(uint64_t resolution_ns);
+ * started), else exact. */
+void cyt_clock_start(uint64_t resolution_ns);
 void cyt_clock_stop(void);
 void cyt_clock_after_fork_child(void);
 

@@ -27,8 +27,6 @@
 #define TCACHE_SIZE 512
 #define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
 
-enum { COL_HEAD, COL_TIME, COL_ADDR, COL_SIZE, COL_STACK, NCOLS }; /* FORMAT.md order */
-
 struct cyt_thread {
     cyt_thread *next;     /* all states (threads_lock) */
     cyt_thread *next_free;

@@ -220,7 +220,7 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
 
     uint8_t fixed[16];
     memcpy(fixed, "CYTRACE\0", 8);
-    uint32_t version_le = CYT_FORMAT_VERSION, len_le = (uint32_t)body.len; /* little-endian host (x86-64) */
+    uint32_t version_le = CAPTURE_FORMAT_VERSION, len_le = (uint32_t)body.len; /* little-endian host (x86-64) */
     memcpy(fixed + 8, &version_le, 4);
     memcpy(fixed + 12, &len_le, 4);
     int r = cyt_buf_bytes(h, fixed, sizeof fixed) | cyt_buf_bytes(h, body.data, body.len);
