@@ -36,7 +36,7 @@ uint64_t cyt_tsc0, cyt_tsc_mult;
 static pthread_mutex_t tick_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t tick_wake;
 static int ticker_running, ticker_stopping;
-static pthread_t ticker_thread;
+static pthread_t ticker_thread; /* stored by pthread_create before the thread runs; 0: none */
 
 uint64_t cyt_now(void) {
     struct timespec ts;
@@ -117,6 +117,7 @@ void cyt_clock_start(uint64_t resolution_ns) {
     if (pthread_create(&ticker_thread, NULL, ticker_main, NULL) != 0) {
         /* no thread to spare (RLIMIT_NPROC, say): time every event exactly instead; the
          * header says which clock was used */
+        __atomic_store_n(&ticker_thread, 0, __ATOMIC_RELAXED);
         pthread_cond_destroy(&tick_wake);
         use_exact_clock(resolution_ns);
         return;
@@ -133,15 +134,22 @@ void cyt_clock_stop(void) {
     pthread_cond_signal(&tick_wake);
     pthread_mutex_unlock(&tick_lock);
     pthread_join(ticker_thread, NULL);
+    __atomic_store_n(&ticker_thread, 0, __ATOMIC_RELAXED); /* its id may be reused by a new thread */
     pthread_cond_destroy(&tick_wake);
     ticker_running = 0;
     /* events recorded from now on (none: tracing is off) would read the exact clock */
     cyt_clock_ticking = 0;
 }
 
+int cyt_clock_is_self(void) {
+    pthread_t t = __atomic_load_n(&ticker_thread, __ATOMIC_RELAXED);
+    return t != 0 && pthread_equal(t, pthread_self());
+}
+
 void cyt_clock_after_fork_child(void) {
     /* the clock thread did not survive the fork; its lock may have been held */
     pthread_mutex_init(&tick_lock, NULL);
+    __atomic_store_n(&ticker_thread, 0, __ATOMIC_RELAXED);
     ticker_running = 0;
     ticker_stopping = 0;
     cyt_clock_ticking = 0;

@@ -28,6 +28,7 @@ static uint64_t next_time_resolution = CYT_DEFAULT_RESOLUTION_NS;
 static int next_compression_level;
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;
+_Atomic int cyt_forking;
 
 void cyt_threads_reset_counters(void);
 
@@ -205,9 +206,16 @@ CYTRACE_API void cytrace_get_stats(struct cytrace_stats *out) {
 
 /* ---- fork ---------------------------------------------------------------------------- */
 
+/* No thread may be inside libunwind when the process forks: its locks would stay held in
+ * the child (trace_stack.c). Raise cyt_forking, make every thread see it, wait for those
+ * already inside; until fork_parent, the others keep just the return address. */
 static void fork_prepare(void) {
     int saved = cyt_guard;
     cyt_guard = 1;
+    atomic_fetch_add(&cyt_forking, 1);
+    atomic_thread_fence(memory_order_seq_cst);
+    if (cyt_asymmetric_fence) cyt_membarrier();
+    cyt_threads_wait_unwinders();
     pthread_mutex_lock(&control_lock);
     cyt_patch_lock();
     cyt_guard = saved;
@@ -216,11 +224,13 @@ static void fork_prepare(void) {
 static void fork_parent(void) {
     cyt_patch_unlock();
     pthread_mutex_unlock(&control_lock);
+    atomic_fetch_sub(&cyt_forking, 1);
 }
 
 static void fork_child(void) {
     int saved = cyt_guard;
     cyt_guard = 1;
+    atomic_store(&cyt_forking, 0); /* the only thread here */
     cyt_patch_unlock();
     pthread_mutex_unlock(&control_lock);
     if (!atomic_load(&cyt_active)) {

@@ -65,6 +65,7 @@ extern size_t cyt_buffer_size;       /* per-thread event buffer (one LZ4 frame) 
 extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each second: flush soon */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */
+extern _Atomic int cyt_forking;      /* forks under way: nobody may enter libunwind */
 
 /* ---- event time (trace_clock.c) --------------------------------------------------- */
 
@@ -109,6 +110,7 @@ static inline uint64_t cyt_time_units(uint64_t dt) {
 void cyt_clock_start(uint64_t resolution_ns);
 void cyt_clock_stop(void);
 void cyt_clock_after_fork_child(void);
+int cyt_clock_is_self(void); /* the calling thread is the clock thread */
 
 void cyt_count_dropped(uint64_t n);
 void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
@@ -118,7 +120,8 @@ void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 typedef struct cyt_thread cyt_thread;
 void cyt_threads_init(void);                 /* once, at library load */
-cyt_thread *cyt_thread_get(void);            /* the calling thread's state, created on demand */
+cyt_thread *cyt_thread_get(void);            /* the calling thread's state, created on demand;
+                                              * NULL: do not record */
 void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_address);
 void cyt_record_free(int kind, uintptr_t address);
 void cyt_record_munmap(uintptr_t address, size_t size);
@@ -127,14 +130,16 @@ void cyt_threads_flush_idle(void);           /* writer, each second: buffers of 
 void cyt_membarrier(void);                   /* a full barrier on every thread (membarrier) */
 extern CYT_TLS int cyt_is_writer;            /* this thread is the writer */
 void cyt_threads_after_fork_child(void);     /* forget the parent's threads */
+void cyt_threads_wait_unwinders(void);       /* fork: until no other thread is in libunwind */
 uint64_t cyt_threads_events(void);
 
 /* ---- stacks (trace_stack.c) ------------------------------------------------------- */
 
 int cyt_stacks_init(void);           /* (re)create the intern tables for a session */
 void cyt_stacks_release(void);
-/* Capture the stack of the allocation whose hook returns to `return_address`. */
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address);
+/* Capture the stack of the allocation whose hook returns to `return_address`; `unwinding`
+ * is the calling thread's flag that it is inside libunwind (see cyt_threads_wait_unwinders). */
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address, _Atomic int *unwinding);
 uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new);
 uint64_t cyt_stacks_count(void);
 void cyt_fp_objects_reset(void);
@@ -159,6 +164,7 @@ void cyt_writer_submit(uint8_t *data, size_t len);
 int cyt_writer_write_now(const uint8_t *data, size_t len);
 void cyt_writer_close(void);               /* drain the queue, join the thread, close */
 void cyt_writer_abandon_after_fork(void);  /* child: drop the parent's writer without writing */
+int cyt_writer_is_self(void);              /* the calling thread is the writer thread */
 uint64_t cyt_writer_frames(void);
 uint64_t cyt_writer_bytes(void);
 

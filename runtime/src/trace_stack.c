@@ -8,6 +8,13 @@
  * kept and the walk stops there (the Python frames above come from the shadow stack).
  * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI).
  *
+ * libunwind takes locks of its own (its caches, the first unwinds of a thread). A fork while
+ * another thread holds one would leave it held forever in the child, and a followed child
+ * hangs at its first unwind. So a thread raises its `unwinding` flag before it enters
+ * libunwind and then checks cyt_forking (Dekker-style, as enter() in trace_thread.c does
+ * against cyt_active); while a fork is under way it keeps just the return address. The fork
+ * raises cyt_forking, then waits for every raised flag to drop (trace_control.c).
+ *
  * Interning: an open-addressing table of (64-bit key, id) slots. A thread claims an empty
  * slot with a compare-and-swap on the key, then publishes the id; readers that find the
  * key wait for the id. No lock is taken. The first inserter emits the definition record.
@@ -160,7 +167,17 @@ static inline int in_fp_object(uintptr_t pc) {
  * step goes up the stack by less than MAX_FRAME_SIZE. */
 #define MAX_FRAME_SIZE ((uintptr_t)1 << 20)
 
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address) {
+/* Announce this thread inside libunwind; 0 if a fork is under way (then stay out). */
+static inline int unwind_begin(_Atomic int *unwinding) {
+    atomic_store_explicit(unwinding, 1, memory_order_relaxed);
+    if (CYT_LIKELY(cyt_asymmetric_fence)) atomic_signal_fence(memory_order_seq_cst);
+    else atomic_thread_fence(memory_order_seq_cst);
+    if (CYT_LIKELY(atomic_load_explicit(&cyt_forking, memory_order_relaxed) == 0)) return 1;
+    atomic_store_explicit(unwinding, 0, memory_order_release);
+    return 0;
+}
+
+int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address, _Atomic int *unwinding) {
     uintptr_t ret = (uintptr_t)return_address;
     int n = 0;
     if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
@@ -179,14 +196,18 @@ int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *fram
         return n;
     }
     void *ips[CYT_MAX_FRAMES + 8];
-    int got = unw_backtrace(ips, CYT_MAX_FRAMES + 8);
+    int got = 0;
+    if (unwind_begin(unwinding)) {
+        got = unw_backtrace(ips, CYT_MAX_FRAMES + 8);
+        atomic_store_explicit(unwinding, 0, memory_order_release);
+    }
     int start = -1;
     for (int i = 0; i < got && i < 8; i++)
         if ((uintptr_t)ips[i] == ret) {
             start = i;
             break;
         }
-    if (start < 0) { /* could not find the hook's caller: keep just the return address */
+    if (start < 0) { /* no unwind, or it lost the hook's caller: keep just the return address */
         words[n++] = (uint64_t)ret << 1;
         return n;
     }

@@ -32,6 +32,7 @@ struct cyt_thread {
     cyt_thread *next_free;
     _Atomic int busy;
     _Atomic int claimed; /* the writer is flushing this idle thread's buffers */
+    _Atomic int unwinding; /* inside libunwind (trace_stack.c): a fork waits for it */
     unsigned session;
     int in_list;
     uint32_t index;
@@ -190,6 +191,7 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
             ts = calloc(1, sizeof *ts);
             if (ts == NULL) {
                 pthread_mutex_unlock(&threads_lock);
+                cyt_count_dropped(1);
                 return NULL;
             }
         }
@@ -222,13 +224,19 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     cyt_thread *result = ts->session ? ts : NULL;
     pthread_mutex_unlock(&threads_lock);
     tls_state = ts;
+    if (result == NULL) cyt_count_dropped(1); /* no memory for its buffers */
     return result;
 }
 
+/* The calling thread's state for recording an event; NULL: do not record (cytool's own
+ * thread, or no memory: then counted as dropped). */
 cyt_thread *cyt_thread_get(void) {
     cyt_thread *ts = tls_state;
     unsigned session = atomic_load_explicit(&cyt_session, memory_order_relaxed);
     if (CYT_LIKELY(ts != NULL && ts->session == session)) return ts;
+    /* The clock and the writer set their guard when they start, but the C library may
+     * allocate for them before (under ASan, pthread_getattr_np does): never trace them. */
+    if (ts == NULL && (cyt_clock_is_self() || cyt_writer_is_self())) return NULL;
     return thread_setup(ts, session);
 }
 
@@ -310,7 +318,7 @@ static inline uint64_t stack_hash(const uint64_t *words, int n) {
 
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
     uint64_t words[CYT_MAX_FRAMES];
-    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address);
+    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address, &ts->unwinding);
     if (cyt_pyframes_cb != NULL && (cyt_options & CYTRACE_PYTHON_FRAMES) && n < CYT_MAX_FRAMES)
         n += cyt_pyframes_cb(words + n, CYT_MAX_FRAMES - n);
     if (n == 0) return 0;
@@ -337,10 +345,7 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
 
 static void record_alloc(int kind, uintptr_t address, size_t size, void *return_address, void *frame_address) {
     cyt_thread *ts = cyt_thread_get();
-    if (CYT_UNLIKELY(ts == NULL)) {
-        cyt_count_dropped(1);
-        return;
-    }
+    if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     uint32_t stack = stack_id(ts, return_address, frame_address);
     uint8_t *head = event_begin(ts, (unsigned)kind, address);
@@ -366,10 +371,7 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
 
 void cyt_record_free(int kind, uintptr_t address) {
     cyt_thread *ts = cyt_thread_get();
-    if (CYT_UNLIKELY(ts == NULL)) {
-        cyt_count_dropped(1);
-        return;
-    }
+    if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     event_begin(ts, (unsigned)kind, address);
     event_end(ts);
@@ -378,10 +380,7 @@ void cyt_record_free(int kind, uintptr_t address) {
 
 void cyt_record_munmap(uintptr_t address, size_t size) {
     cyt_thread *ts = cyt_thread_get();
-    if (CYT_UNLIKELY(ts == NULL)) {
-        cyt_count_dropped(1);
-        return;
-    }
+    if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     event_begin(ts, CYTRACE_MUNMAP, address);
     ts->col[COL_SIZE] = cyt_put_varint(ts->col[COL_SIZE], size);
@@ -437,7 +436,9 @@ void cyt_threads_flush_idle(void) {
     unsigned session = atomic_load(&cyt_session);
     cyt_thread *claimed[MAX_IDLE_CLAIMS];
     int n = 0;
-    pthread_mutex_lock(&threads_lock);
+    /* Never wait for threads_lock here: its holder (a stop's flush_all, an ending thread)
+     * may be waiting for the writer to make room in its queue. Next second, then. */
+    if (pthread_mutex_trylock(&threads_lock) != 0) return;
     for (cyt_thread *ts = all_threads; ts != NULL && n < MAX_IDLE_CLAIMS; ts = ts->next) {
         if (ts->session != session || epoch - atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed) < 2) continue;
         atomic_store_explicit(&ts->claimed, 1, memory_order_relaxed);
@@ -453,6 +454,20 @@ void cyt_threads_flush_idle(void) {
             atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
         }
         for (int i = 0; i < n; i++) atomic_store_explicit(&claimed[i]->claimed, 0, memory_order_release);
+    }
+    pthread_mutex_unlock(&threads_lock);
+}
+
+/* fork_prepare, after raising cyt_forking and a full fence: wait until no other thread is
+ * inside libunwind (threads that look later see cyt_forking and stay out). A thread stuck
+ * there for 2 s (a signal handler that never returns?) is not waited for. */
+void cyt_threads_wait_unwinders(void) {
+    cyt_thread *self = tls_state;
+    pthread_mutex_lock(&threads_lock);
+    for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next) {
+        if (ts == self || !atomic_load_explicit(&ts->unwinding, memory_order_acquire)) continue;
+        uint64_t deadline = cyt_now() + STOP_WAIT_NS;
+        while (atomic_load_explicit(&ts->unwinding, memory_order_acquire) && cyt_now() < deadline) sched_yield();
     }
     pthread_mutex_unlock(&threads_lock);
 }

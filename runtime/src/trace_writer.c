@@ -30,7 +30,7 @@ static pthread_cond_t queue_space = PTHREAD_COND_INITIALIZER;
 static chunk *queue_head, *queue_tail;
 static size_t queue_bytes;
 static int writer_closing, writer_running;
-static pthread_t writer_thread;
+static pthread_t writer_thread; /* stored by pthread_create before the thread runs; 0: none */
 
 static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER; /* the compressor and the fd */
 static LZ4F_cctx *cctx;
@@ -252,6 +252,7 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
     queue_bytes = 0;
     writer_closing = 0;
     if (pthread_create(&writer_thread, NULL, writer_main, NULL) != 0) {
+        __atomic_store_n(&writer_thread, 0, __ATOMIC_RELAXED);
         cyt_set_error("cannot start the writer thread");
         goto fail;
     }
@@ -271,6 +272,7 @@ void cyt_writer_close(void) {
     pthread_cond_broadcast(&queue_space);
     pthread_mutex_unlock(&queue_lock);
     if (running) pthread_join(writer_thread, NULL);
+    __atomic_store_n(&writer_thread, 0, __ATOMIC_RELAXED); /* its id may be reused by a new thread */
     pthread_mutex_lock(&queue_lock);
     writer_running = 0;
     pthread_mutex_unlock(&queue_lock);
@@ -283,6 +285,11 @@ void cyt_writer_close(void) {
     pthread_mutex_unlock(&io_lock);
 }
 
+int cyt_writer_is_self(void) {
+    pthread_t t = __atomic_load_n(&writer_thread, __ATOMIC_RELAXED);
+    return t != 0 && pthread_equal(t, pthread_self());
+}
+
 void cyt_writer_abandon_after_fork(void) {
     /* The writer thread does not exist in the child; its queue holds the parent's events,
      * which the parent writes. Forget them (leaked: freeing half-updated lists is worse). */
@@ -290,6 +297,7 @@ void cyt_writer_abandon_after_fork(void) {
     pthread_cond_init(&queue_nonempty, NULL);
     pthread_cond_init(&queue_space, NULL);
     pthread_mutex_init(&io_lock, NULL);
+    __atomic_store_n(&writer_thread, 0, __ATOMIC_RELAXED);
     queue_head = queue_tail = NULL;
     queue_bytes = 0;
     writer_running = 0;
