@@ -147,6 +147,29 @@ def test_fork(helpers: Path, tmp_path: Path, follow: bool) -> None:
             assert late.time_ns >= 4_000_000 and late.time_ns > max(e.time_ns for e in made if e.size == 2222)
 
 
+def test_forks_while_other_threads_unwind(helpers: Path, tmp_path: Path) -> None:
+    """Forks (followed) while other threads start, allocate and unwind with libunwind without
+    pause: a lock of libunwind's held by another thread at the fork would hang the child at
+    its first unwind (the fork waits for unwinders, trace_stack.c). Every child ends, with a
+    complete capture of exactly its own allocations."""
+    path = tmp_path / "storm.cytrace"
+    forks = 120
+    out = run_helper(helpers, path, "forkstorm", forks, 3)
+    assert out["forks"] == str(forks)
+    assert out["stuck_children"] == "0" and out["failed_children"] == "0"
+    with read_capture(path) as parent:
+        assert parent.complete and parent.stats.dropped == 0
+        parent_pid = parent.header.pid
+    children = sorted(tmp_path.glob("storm.cytrace.*"))
+    assert len(children) == forks
+    for child_file in children:
+        with read_capture(child_file) as child:
+            assert child.complete, child_file
+            assert child.header.forked_child and child.header.parent_pid == parent_pid
+            made = allocations_from(child, "mode_forkstorm")
+            assert Counter(e.size for e in made) == Counter({6161: 100}), child_file
+
+
 def test_signals_inside_malloc(helpers: Path, tmp_path: Path) -> None:
     path = tmp_path / "signal.cytrace"
     out = run_helper(helpers, path, "signal", 300000)

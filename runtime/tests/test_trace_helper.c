@@ -21,15 +21,22 @@
  *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
  *   handoff N          a producer thread mallocs N blocks of 1717 bytes and hands each to a
  *                      consumer thread that frees it (through a small locked ring)
+ *   forkstorm F T      T threads start short-lived allocating threads without pause while the
+ *                      main thread forks F times, following each child, which allocates and
+ *                      exits; every stack comes from libunwind (CYTRACE_NATIVE_UNWIND); a child
+ *                      stuck for 5 s is killed and ends the storm ("forks N",
+ *                      "failed_children N", "stuck_children N")
  *
  * CYTOOL_PROFILE_TIME_RESOLUTION=NS in the environment sets the time resolution of the
  * started capture (as for the environment start).
  * It prints "KEY VALUE" lines the tests compare with the capture.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <dlfcn.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -157,11 +164,43 @@ __attribute__((noinline)) static void mode_edge(void) {
     free(ra);
 }
 
+/* Until every other thread of the process is asleep (state S in /proc: blocked in a wait),
+ * at most 2 s. */
+static void wait_until_other_threads_sleep(void) {
+    char self[32];
+    snprintf(self, sizeof self, "%d", (int)gettid());
+    for (int tries = 0; tries < 2000; tries++) {
+        int awake = 0;
+        DIR *tasks = opendir("/proc/self/task");
+        if (tasks == NULL) return;
+        struct dirent *d;
+        while ((d = readdir(tasks)) != NULL) {
+            if (d->d_name[0] == '.' || strcmp(d->d_name, self) == 0) continue;
+            char path[300], line[512] = "";
+            snprintf(path, sizeof path, "/proc/self/task/%s/stat", d->d_name);
+            FILE *f = fopen(path, "re");
+            if (f == NULL) continue;
+            if (fgets(line, sizeof line, f) == NULL) line[0] = 0;
+            fclose(f);
+            const char *end = strrchr(line, ')'); /* the name may hold spaces and parentheses */
+            if (end != NULL && end[1] == ' ' && end[2] != 'S') awake++;
+        }
+        closedir(tasks);
+        if (awake == 0) return;
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+}
+
 __attribute__((noinline)) static void mode_fork(int follow) {
     start(follow ? CYTRACE_FOLLOW_FORK : 0);
     void *kept[3];
     for (int i = 0; i < 3; i++) kept[i] = keep(malloc(1111));
     fflush(stdout);
+    /* Let the tracer's threads finish starting first: under ASan (GCC 12's has no fork
+     * interceptor) a fork while another thread is inside its allocator leaves the child's
+     * allocator locked. The tracer itself does not need this (forkstorm tests that). */
+    wait_until_other_threads_sleep();
     pid_t pid = fork();
     if (pid == 0) {
         void *child[5];
@@ -349,6 +388,97 @@ static void mode_handoff(size_t n) {
     stop();
 }
 
+/* ---- forkstorm: forks while other threads are inside the tracer ------------------------ */
+
+static volatile int storm_running = 1;
+
+/* Allocate at the bottom of a call chain DEPTH deep through 256 call sites chosen at random:
+ * more return addresses than libunwind's shared cache holds (128), so unwinds keep missing
+ * it and spend their time in its locked slow path. The distinct instruction after each call
+ * keeps the compiler from merging the call sites. */
+#define STORM_CASE(n)                                                                              \
+    case n:                                                                                        \
+        storm_descend(seed, depth - 1);                                                            \
+        __asm__ volatile("mov $" #n ", %%eax" ::: "eax");                                          \
+        break;
+#define STORM_CASES16(h)                                                                           \
+    STORM_CASE(0x##h##0) STORM_CASE(0x##h##1) STORM_CASE(0x##h##2) STORM_CASE(0x##h##3)            \
+    STORM_CASE(0x##h##4) STORM_CASE(0x##h##5) STORM_CASE(0x##h##6) STORM_CASE(0x##h##7)            \
+    STORM_CASE(0x##h##8) STORM_CASE(0x##h##9) STORM_CASE(0x##h##a) STORM_CASE(0x##h##b)            \
+    STORM_CASE(0x##h##c) STORM_CASE(0x##h##d) STORM_CASE(0x##h##e) STORM_CASE(0x##h##f)
+
+__attribute__((noinline)) static void storm_descend(unsigned *seed, int depth) {
+    if (depth == 0) {
+        free(keep(malloc(16 + rand_r(seed) % 4000)));
+        return;
+    }
+    switch (rand_r(seed) % 256) {
+        STORM_CASES16(0) STORM_CASES16(1) STORM_CASES16(2) STORM_CASES16(3)
+        STORM_CASES16(4) STORM_CASES16(5) STORM_CASES16(6) STORM_CASES16(7)
+        STORM_CASES16(8) STORM_CASES16(9) STORM_CASES16(a) STORM_CASES16(b)
+        STORM_CASES16(c) STORM_CASES16(d) STORM_CASES16(e) STORM_CASES16(f)
+    }
+}
+
+static void *storm_burst(void *arg) {
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    for (int i = 0; i < 20; i++) storm_descend(&seed, 24);
+    return NULL;
+}
+
+/* Short-lived threads: libunwind's first unwinds in a thread take its internal locks. */
+static void *storm_thread(void *arg) {
+    uintptr_t seed = (uintptr_t)arg;
+    /* lowest priority, on the main thread's CPU: whenever the main thread wakes up to fork,
+     * it preempts a storm thread wherever it is, inside libunwind included */
+    struct sched_param idle = {0};
+    pthread_setschedparam(pthread_self(), SCHED_IDLE, &idle);
+    while (storm_running) {
+        pthread_t t;
+        if (pthread_create(&t, NULL, storm_burst, (void *)seed++) == 0) pthread_join(t, NULL);
+    }
+    return NULL;
+}
+
+/* Wait up to 5 s for the child: 0 if it exited 0, 1 if it failed, 2 if it was stuck (and
+ * is killed). */
+static int reap_or_kill(pid_t pid) {
+    for (int waited_ms = 0; waited_ms < 5000; waited_ms++) {
+        int status = 0;
+        if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+        struct timespec pause = {0, 1000000};
+        nanosleep(&pause, NULL);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+    return 2;
+}
+
+__attribute__((noinline)) static void mode_forkstorm(int forks, int nthreads) {
+    pthread_t threads[64];
+    if (nthreads > 64) nthreads = 64;
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    CPU_SET(sched_getcpu() < 0 ? 0 : sched_getcpu(), &one);
+    sched_setaffinity(0, sizeof one, &one); /* the threads started below inherit it */
+    start(CYTRACE_FOLLOW_FORK | CYTRACE_NATIVE_UNWIND); /* every stack from libunwind */
+    for (int t = 0; t < nthreads; t++) pthread_create(&threads[t], NULL, storm_thread, (void *)(uintptr_t)(t + 3));
+    int outcomes[3] = {0, 0, 0};
+    for (int f = 0; f < forks; f++) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (int i = 0; i < 100; i++) free(keep(malloc(6161)));
+            _exit(0); /* the _exit hook finishes the child's capture */
+        }
+        if (pid > 0) outcomes[reap_or_kill(pid)]++;
+        if (outcomes[2] > 0) break; /* one hang is enough to know */
+    }
+    storm_running = 0;
+    for (int t = 0; t < nthreads; t++) pthread_join(threads[t], NULL);
+    stop();
+    printf("forks %d\nfailed_children %d\nstuck_children %d\n", outcomes[0] + outcomes[1] + outcomes[2], outcomes[1], outcomes[2]);
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s CAPTURE MODE [ARGS]\n", argv[0]);
@@ -393,6 +523,8 @@ int main(int argc, char **argv) {
         dlclose(lib);
         free(keep(malloc(556))); /* after dlclose: still traced, no crash */
         stop();
+    } else if (strcmp(mode, "forkstorm") == 0 && argc == 5) {
+        mode_forkstorm(atoi(argv[3]), atoi(argv[4]));
     } else if (strcmp(mode, "handoff") == 0 && argc == 4) {
         mode_handoff(strtoul(argv[3], NULL, 10));
     } else if (strcmp(mode, "restart") == 0 && argc == 5) {
