@@ -219,15 +219,16 @@ static void *dlopen_from_caller_paths(const char *file, int mode, const void *ca
         char dir[4096], candidate[8192];
         snprintf(dir, sizeof dir, "%.*s", (int)n, paths);
         char *o = strstr(dir, "$ORIGIN");
+        int len;
         if (o != NULL) {
             char rest[4096];
             snprintf(rest, sizeof rest, "%s", o + 7);
             *o = 0;
-            snprintf(candidate, sizeof candidate, "%s%s%s/%s", dir, origin, rest, file);
+            len = snprintf(candidate, sizeof candidate, "%s%s%s/%s", dir, origin, rest, file);
         } else {
-            snprintf(candidate, sizeof candidate, "%s/%s", dir, file);
+            len = snprintf(candidate, sizeof candidate, "%s/%s", dir, file);
         }
-        void *h = dlopen(candidate, mode);
+        void *h = len > 0 && (size_t)len < sizeof candidate ? dlopen(candidate, mode) : NULL; /* too long: no such file */
         if (h != NULL) return h;
         paths += n;
         if (*paths == ':') paths++;
