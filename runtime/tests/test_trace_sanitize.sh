@@ -8,9 +8,32 @@ trap 'rm -rf "$work"' EXIT
 export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:allocator_may_return_null=1
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 helper="$dir/test_trace_helper"
+# Each mode gets SANITIZE_MODE_SECONDS (120; it takes a few). A hang names its mode and
+# prints the stacks of its processes (gdb, when present) instead of running into the
+# caller's timeout.
+limit=$(( ${SANITIZE_MODE_SECONDS:-120} * 10 ))
+children_of() { awk -v parent="$1" '$4 == parent { print $1 }' /proc/[0-9]*/stat 2>/dev/null; }
 run() {
     echo "sanitize: $*"
-    "$helper" "$@" > "$work/out.txt"
+    "$helper" "$@" > "$work/out.txt" &
+    pid=$!
+    tenths=0
+    while kill -0 "$pid" 2>/dev/null; do
+        if [ "$tenths" -ge "$limit" ]; then
+            echo "sanitize: HUNG for $((limit / 10)) s: $*"
+            for p in "$pid" $(children_of "$pid"); do
+                echo "sanitize: stacks of process $p"
+                command -v gdb > /dev/null && gdb -p "$p" -batch -ex 'thread apply all bt 25' 2>/dev/null | grep '^#\|^Thread'
+            done
+            kill -9 "$pid" $(children_of "$pid") 2>/dev/null
+            exit 1
+        fi
+        sleep 0.1
+        tenths=$((tenths + 1))
+    done
+    status=0
+    wait "$pid" || status=$?
+    [ "$status" -eq 0 ] || { echo "sanitize: exit status $status: $*"; exit 1; }
 }
 run "$work/threads.cytrace" threads 20000 64 4
 run "$work/churn.cytrace" churn 200 4
