@@ -66,7 +66,8 @@ class Tracker:
         blocks then appear as pymem_* events instead of the malloc/mmap underneath.
     python_frames: record the Python frames above the native ones (a profile function).
     native_unwind: always unwind with libunwind, even through frame-pointer code.
-    time_resolution_ns: event time resolution (default 1 ms). From 100 us up a clock
+    time_resolution_ns: event time resolution (None: the tracer's default, 1 ms,
+        _cytrace.DEFAULT_TIME_RESOLUTION_NS). From 100 us up a clock
         thread ticks and an event costs one memory read for its time; events of different
         threads within one tick are interleaved evenly, every address keeping a possible
         history of allocations and frees. Below 100 us each event reads the TSC (rounded
@@ -83,7 +84,7 @@ class Tracker:
         trace_python_allocators: bool = False,
         python_frames: bool = True,
         native_unwind: bool = False,
-        time_resolution_ns: int = 1_000_000,
+        time_resolution_ns: Optional[int] = None,
         compression_level: int = 0,
     ) -> None:
         self.path = Path(path)
@@ -108,6 +109,7 @@ class Tracker:
             # Python frames come from a profile function; do not displace the user's profiler
             warnings.warn("a profiler is installed (sys.setprofile): tracing without Python frames", stacklevel=2)
             python_frames = False
+        resolution = {} if self.time_resolution_ns is None else {"time_resolution_ns": self.time_resolution_ns}
         try:
             driver.start(
                 os.fspath(self.path),
@@ -115,8 +117,8 @@ class Tracker:
                 trace_python_allocators=self.trace_python_allocators,
                 python_frames=python_frames,
                 native_unwind=self.native_unwind,
-                time_resolution_ns=self.time_resolution_ns,
                 compression_level=self.compression_level,
+                **resolution,
             )
         except OSError as error:
             raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None

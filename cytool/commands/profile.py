@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--time-resolution",
         type=int,
-        default=1_000_000,
+        default=None,
         metavar="NS",
         help="event time resolution in ns (default 1000000: 1 ms ticks of a clock thread; events of different "
         "threads within one tick are interleaved evenly, each address keeping a possible history). "
@@ -133,7 +133,7 @@ def handle(args: argparse.Namespace) -> int:
         follow_fork=args.follow_fork,
         trace_python_allocators=args.trace_python_allocators,
         native_unwind=args.native_unwind,
-        time_resolution_ns=max(1, args.time_resolution),
+        time_resolution_ns=None if args.time_resolution is None else max(1, args.time_resolution),
         compression_level=args.compression,
     )
     status = 0

@@ -83,6 +83,7 @@ CYTRACE_API int cytrace_stop(void);
  *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU);
  *    with LZ4HC each thread buffers 1 MiB of events instead of 256 KiB (longer frames
  *    compress better). */
+#define CYTRACE_DEFAULT_TIME_RESOLUTION_NS 1000000ull
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);
 CYTRACE_API void cytrace_set_compression_level(int level);
 

@@ -346,7 +346,7 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
                                "time_resolution_ns", "compression_level", NULL};
     PyObject *path_obj;
     int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0;
-    unsigned long long resolution = 1000000;
+    unsigned long long resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKi", keywords, PyUnicode_FSConverter, &path_obj, &follow,
                                      &pymem, &frames, &native_unwind, &resolution, &compression))
         return NULL;
@@ -444,5 +444,6 @@ PyMODINIT_FUNC PyInit__cytrace(void) {
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL) return NULL;
     PyModule_AddIntConstant(m, "FOLLOW_FORK", CYTRACE_FOLLOW_FORK);
+    PyModule_AddObject(m, "DEFAULT_TIME_RESOLUTION_NS", PyLong_FromUnsignedLongLong(CYTRACE_DEFAULT_TIME_RESOLUTION_NS));
     return m;
 }

@@ -24,7 +24,7 @@ unsigned cyt_options;
 int cyt_compression_level;
 size_t cyt_buffer_size = 256u << 10;
 _Atomic unsigned cyt_flush_epoch;
-static uint64_t next_time_resolution = CYT_DEFAULT_RESOLUTION_NS;
+static uint64_t next_time_resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
 static int next_compression_level;
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;

@@ -71,7 +71,6 @@ extern _Atomic int cyt_forking;      /* forks under way: nobody may enter libunw
 
 #define CYT_TICKING_MIN_NS 100000ull      /* from 100 us up, a clock thread ticks */
 #define CYT_TICKING_MAX_NS 1000000000ull  /* at most once a second */
-#define CYT_DEFAULT_RESOLUTION_NS 1000000ull
 
 uint64_t cyt_now(void); /* CLOCK_MONOTONIC ns */
 extern uint64_t cyt_start_mono;      /* CLOCK_MONOTONIC ns at start */
