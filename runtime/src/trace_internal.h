@@ -139,7 +139,7 @@ void cyt_stacks_release(void);
 /* Capture the stack of the allocation whose hook returns to `return_address`; `unwinding`
  * is the calling thread's flag that it is inside libunwind (see cyt_threads_wait_unwinders). */
 int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address, _Atomic int *unwinding);
-uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new);
+uint32_t cyt_intern_stack(uint64_t hash, int *is_new); /* hash: of the whole stack, well mixed */
 uint64_t cyt_stacks_count(void);
 void cyt_fp_objects_reset(void);
 void cyt_fp_objects_add(uintptr_t start, uintptr_t end);

@@ -110,11 +110,7 @@ static inline uint64_t mix64(uint64_t h) {
     return h;
 }
 
-uint32_t cyt_intern_stack(const uint64_t *words, int n, int *is_new) {
-    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)n;
-    for (int i = 0; i < n; i++) h = mix64(h ^ words[i]) + (uint64_t)i;
-    return table_intern(&stack_table, h, is_new);
-}
+uint32_t cyt_intern_stack(uint64_t hash, int *is_new) { return table_intern(&stack_table, hash, is_new); }
 
 CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new) {
     return table_intern(&pyframe_table, mix64(key), is_new);

@@ -326,7 +326,7 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     unsigned slot = (unsigned)(h ^ (h >> 17)) & (TCACHE_SIZE - 1);
     if (ts->tcache[slot].hash == h && ts->tcache[slot].id) return ts->tcache[slot].id;
     int is_new = 0;
-    uint32_t id = cyt_intern_stack(&h, 1, &is_new);
+    uint32_t id = cyt_intern_stack(h, &is_new);
     if (id == 0) return 0;
     if (is_new) {
         if (cyt_buf_reserve(&ts->defs, 1 + 10 + 10 + (size_t)n * 10) == 0) {
@@ -400,6 +400,17 @@ CYTRACE_API void cytrace_emit_pyframe(uint32_t id, unsigned line, const char *fu
 
 /* ---- stop, stats, fork --------------------------------------------------------------- */
 
+/* Wait until another thread clears one of its flags (it is leaving the hot path, or
+ * libunwind); 0 if it is still set after STOP_WAIT_NS (a signal handler that never returns?). */
+static int wait_cleared(_Atomic int *flag) {
+    uint64_t deadline = cyt_now() + STOP_WAIT_NS;
+    while (atomic_load_explicit(flag, memory_order_acquire)) {
+        if (cyt_now() > deadline) return 0;
+        sched_yield();
+    }
+    return 1;
+}
+
 void cyt_threads_flush_all(void) {
     unsigned session = atomic_load(&cyt_session);
     cyt_thread *self = tls_state;
@@ -407,12 +418,7 @@ void cyt_threads_flush_all(void) {
     for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next) {
         if (ts->session != session) continue;
         if (ts != self) {
-            uint64_t deadline = cyt_now() + STOP_WAIT_NS;
-            while (atomic_load_explicit(&ts->busy, memory_order_acquire)) {
-                if (cyt_now() > deadline) break;
-                sched_yield();
-            }
-            if (atomic_load(&ts->busy)) { /* stuck (a signal handler that never returns?) */
+            if (!wait_cleared(&ts->busy)) { /* stuck: its events are lost */
                 cyt_count_dropped(ts->nevents);
                 continue;
             }
@@ -459,16 +465,13 @@ void cyt_threads_flush_idle(void) {
 }
 
 /* fork_prepare, after raising cyt_forking and a full fence: wait until no other thread is
- * inside libunwind (threads that look later see cyt_forking and stay out). A thread stuck
- * there for 2 s (a signal handler that never returns?) is not waited for. */
+ * inside libunwind (threads that look later see cyt_forking and stay out); a stuck one is
+ * given up on after STOP_WAIT_NS. */
 void cyt_threads_wait_unwinders(void) {
     cyt_thread *self = tls_state;
     pthread_mutex_lock(&threads_lock);
-    for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next) {
-        if (ts == self || !atomic_load_explicit(&ts->unwinding, memory_order_acquire)) continue;
-        uint64_t deadline = cyt_now() + STOP_WAIT_NS;
-        while (atomic_load_explicit(&ts->unwinding, memory_order_acquire) && cyt_now() < deadline) sched_yield();
-    }
+    for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next)
+        if (ts != self) wait_cleared(&ts->unwinding);
     pthread_mutex_unlock(&threads_lock);
 }
 
