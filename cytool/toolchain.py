@@ -18,6 +18,18 @@ from typing import List, NamedTuple, Optional
 from cytool.errors import CytoolError
 
 
+# Environment variables that change what the compiler does (part of every cache key).
+COMPILER_ENVIRONMENT = (
+    "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS",
+    "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH",
+)
+
+
+def flags_from_environment(name: str) -> List[str]:
+    """$CFLAGS, $CPPFLAGS, $LDFLAGS ... split as a shell would (what setuptools honours)."""
+    return shlex.split(os.environ.get(name, ""))
+
+
 class Compiler(NamedTuple):
     """A compiler command line prefix (e.g. ['gcc', '-pthread']) and the binary behind it."""
 
