@@ -29,7 +29,7 @@ $(PY):
 venv: $(PY)
 
 install: deps venv
-	$(PY) -m pip install -q "Cython>=3" setuptools wheel
+	$(PY) -m pip install -q -U "Cython>=3" setuptools wheel
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
 
 demo: install
