@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from cytool.cache import BuildCache, hash_text
+from cytool.toolchain import tool_environment
 from cytool.errors import CytoolError
 
 BUILD_SCRIPT = Path(__file__).resolve().parent / "develop_build.py"
@@ -134,7 +135,7 @@ def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool 
     try:
         done = subprocess.run(
             argv, cwd=str(project), stdin=subprocess.DEVNULL, stdout=None if verbose else subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, errors="replace",
+            stderr=subprocess.STDOUT, text=True, errors="replace", env=tool_environment(),
         )
         progress.done()
         if done.returncode != 0:

@@ -81,8 +81,10 @@ def _compiles_as_cplus(target: "ModuleTarget", settings: "BuildSettings", work: 
     cplus = BuildSettings(language="c++").merged_over(settings)
     argv = cython_argv(target, cplus, probe / f"{target.location.short_name}.cpp") + [target.location.relative_source]
     try:
+        from cytool.toolchain import tool_environment
+
         done = subprocess.run(argv, cwd=str(target.location.import_root), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=600)
+                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, timeout=600, env=tool_environment())
     except (OSError, subprocess.SubprocessError):
         return False
     return done.returncode == 0

@@ -25,6 +25,12 @@ COMPILER_ENVIRONMENT = (
 )
 
 
+def tool_environment() -> dict:
+    """The environment for the tools a build runs (Cython, setup.py, the compiler):
+    ours without CYTOOL_PROFILE*, so that a traced program's build is not traced too."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CYTOOL_PROFILE")}
+
+
 def flags_from_environment(name: str) -> List[str]:
     """$CFLAGS, $CPPFLAGS, $LDFLAGS ... split as a shell would (what setuptools honours)."""
     return shlex.split(os.environ.get(name, ""))

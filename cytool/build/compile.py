@@ -82,7 +82,7 @@ def _run(argv: Sequence[str], cwd: Path, progress: "Progress") -> "subprocess.Co
     progress.command(argv, cwd=str(cwd))
     return subprocess.run(
         list(argv), cwd=str(cwd), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace",
+        text=True, errors="replace", env=toolchain.tool_environment(),
     )
 
 

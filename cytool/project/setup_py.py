@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -130,7 +129,9 @@ def _run_probe(setup_py: Path, cache: BuildCache, verbose: bool) -> SetupInfo:
     if verbose:
         print(f"cytool: reading build settings from {setup_py} (setup() intercepted)", file=sys.stderr)
     try:
-        env = dict(os.environ)
+        from cytool import toolchain
+
+        env = toolchain.tool_environment()
         env.setdefault("PYTHONDONTWRITEBYTECODE", "1")
         done = subprocess.run(
             argv,
