@@ -280,3 +280,25 @@ def test_no_program_given(run_cytool) -> None:
     assert done.returncode == 2 and "give exactly one program" in done.stderr
     done = run_cytool("run", "missing.py")
     assert done.returncode == 2 and "missing.py: no such file" in done.stderr
+
+
+@pytest.mark.parametrize("name", ["json", "pathlib", "threading", "rich"])
+def test_module_named_like_the_standard_library_or_a_dependency(tmp_path: Path, run_cytool, name: str) -> None:
+    """A json.pyx runs as `python json.py` would, and cytool keeps the real json for itself."""
+    (tmp_path / f"{name}.pyx").write_text("print('hello')\n")
+    ran = run_cytool("run", f"{name}.pyx", cwd=tmp_path)
+    assert ran.returncode == 0 and ran.stdout.strip() == "hello", ran.stderr
+    assert "Traceback" not in ran.stderr and "Exception ignored" not in ran.stderr
+    profiled = run_cytool("profile", f"{name}.pyx", "-o", "x.cytrace", cwd=tmp_path)
+    assert profiled.returncode == 0, profiled.stderr
+    assert "hello" in profiled.stdout and "allocated" in profiled.stdout and "Traceback" not in profiled.stderr
+
+
+@pytest.mark.parametrize("where", ["afile", "/dev/null", "/proc/out"])
+def test_build_output_folder_that_cannot_be(tmp_path: Path, run_cytool, where: str) -> None:
+    (tmp_path / "rom.pyx").write_text("x = 1\n")
+    (tmp_path / "afile").write_text("mine\n")
+    done = run_cytool("build", "rom.pyx", "-o", where, cwd=tmp_path)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 2 and "Traceback" not in done.stderr  # the error and a hint
+    assert (tmp_path / "afile").read_text() == "mine\n"
