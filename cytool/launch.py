@@ -86,6 +86,8 @@ def entry_from(target: Optional[str], module: Optional[str], code: Optional[str]
         if (path / "__main__.py").is_file():
             return Entry("script", str(target), list(args))
         raise CytoolError(f"{path}: is a directory without __main__.py", hint="give a .pyx, a script or -m MODULE", exit_code=2)
+    if not path.is_file():
+        raise CytoolError(f"{path}: not a regular file (a FIFO, a device?)", hint="give a script file", exit_code=2)
     return Entry("script", str(target), list(args))
 
 

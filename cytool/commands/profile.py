@@ -126,6 +126,8 @@ def handle(args: argparse.Namespace) -> int:
     os.environ.pop("CYTOOL_PROFILE", None)
     from cytool.tracker import Tracker
 
+    if args.time_resolution is not None and args.time_resolution < 1:
+        raise CytoolError("--time-resolution takes a number of nanoseconds, at least 1", exit_code=2)
     program = entry(args)
     launcher = Launcher(program, build_options(args))
     results = launcher.prepare()

@@ -77,6 +77,8 @@ def check_source(path: Path) -> Path:
         raise CytoolError(f"{path}: no such file", hint="check the path", exit_code=2)
     if path.is_dir():
         raise CytoolError(f"{path}: is a directory, not a .pyx file", exit_code=2)
+    if not path.is_file():
+        raise CytoolError(f"{path}: not a regular file (a FIFO, a device?)", hint="give a .pyx source file", exit_code=2)
     if path.suffix != SOURCE_SUFFIX:
         raise CytoolError(
             f"{path}: not a .pyx file",
@@ -97,7 +99,7 @@ def locate_module(path: Path, module_name: Optional[str] = None) -> ModuleLocati
     """
     source = check_source(Path(path))
     stem = source.name[: -len(SOURCE_SUFFIX)]
-    if module_name:
+    if module_name is not None:
         name = check_module_name(module_name, path)
         parts = name.split(".")
         root = source.parent

@@ -34,7 +34,7 @@ def resolve_module(
 ) -> ModuleTarget:
     """Locate `path` and merge its settings. Raises CytoolError for a bad path, name,
     or pyproject.toml; a setup.py that fails only adds a warning."""
-    requested_name = module_name or cli.module_name
+    requested_name = module_name if module_name is not None else cli.module_name
     location = locate_module(Path(path), requested_name)
     table = read_project_table(location.project_dir)
     warnings = []
@@ -47,7 +47,7 @@ def resolve_module(
             if info.warning:
                 warnings.append(info.warning)
             setup_layer = info.settings_for(location.source) or BuildSettings()
-    if not requested_name and setup_layer.module_name and setup_layer.module_name != location.name:
+    if requested_name is None and setup_layer.module_name and setup_layer.module_name != location.name:
         location = locate_module(location.source, setup_layer.module_name)
     settings = cli.merged_over(table.settings_for(location.name).merged_over(setup_layer))
     return ModuleTarget(location, settings, tuple(warnings))
