@@ -29,10 +29,9 @@ import sys
 import tempfile
 import traceback
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from cytool.build.options import BuildOptions, BuildResult
 from cytool.errors import CytoolError
@@ -41,14 +40,13 @@ _CYTOOL_DIR = str(Path(__file__).resolve().parent)
 KINDS = ("pyx", "script", "module", "code")
 
 
-@dataclass
-class Entry:
+class Entry(NamedTuple):
     """What to run. kind: one of KINDS; target: the file path, module name or code;
     args: the program's own arguments (its sys.argv[1:])."""
 
     kind: str
     target: str
-    args: List[str] = field(default_factory=list)
+    args: List[str] = []
 
     @property
     def label(self) -> str:

@@ -16,7 +16,6 @@ import json
 import os
 import sys
 import time
-from dataclasses import replace
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Sequence, Tuple
@@ -156,7 +155,7 @@ def _build(
         Path(f"{out_c}.dep").unlink()
         extern_dirs = tuple(d for d in extern_header_dirs(cython_deps) if d not in settings.include_dirs)
         if extern_dirs:
-            settings = replace(settings, include_dirs=settings.include_dirs + extern_dirs)
+            settings = settings._replace(include_dirs=settings.include_dirs + extern_dirs)
 
         module_file = f"{short}{toolchain.ext_suffix()}"
         progress.step(f"compiling {location.relative_source} (-O{options.opt_level})")

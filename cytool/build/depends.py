@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Iterable, List, Optional, Tuple
 
+from cytool.errors import CytoolError
 from cytool.project.layout import ModuleLocation, locate_module
 
 
@@ -86,7 +87,7 @@ def project_cimports(cython_deps: Iterable[Path], module: ModuleLocation) -> Lis
 def _locate(pyx: Path) -> Optional[ModuleLocation]:
     try:
         return locate_module(pyx)
-    except Exception:  # an odd file name: not a module we can build; Cython will say more
+    except CytoolError:  # an odd file name: not a module we can build; Cython will say more
         return None
 
 

@@ -10,9 +10,8 @@ Only stat calls here: this runs on every warm `cytool run`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from cytool.errors import CytoolError
 
@@ -22,8 +21,7 @@ BOUNDARY_MARKERS = (".git", ".hg", ".svn")
 SOURCE_SUFFIX = ".pyx"
 
 
-@dataclass(frozen=True)
-class ModuleLocation:
+class ModuleLocation(NamedTuple):
     """A Cython module on disk.
 
     source: absolute path of the .pyx (symlinks in the folder part resolved);

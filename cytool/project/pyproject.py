@@ -22,7 +22,6 @@ Unknown keys and values of the wrong type are errors naming the file and the key
 """
 from __future__ import annotations
 
-import fnmatch
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
@@ -56,6 +55,8 @@ class ProjectTable(NamedTuple):
     read_setup_py: bool
 
     def settings_for(self, module_name: str) -> BuildSettings:
+        import fnmatch
+
         layer = self.common
         for pattern, settings in self.per_module:
             if fnmatch.fnmatchcase(module_name, pattern):

@@ -12,9 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 Macro = Tuple[str, Optional[str]]
 
@@ -43,8 +42,7 @@ def _unique(items: Iterable[str]) -> List[str]:
     return list(dict.fromkeys(items))
 
 
-@dataclass(frozen=True)
-class BuildSettings:
+class BuildSettings(NamedTuple):
     """One layer of settings; every path is absolute. Empty means "not given"."""
 
     include_dirs: Tuple[str, ...] = ()
@@ -68,7 +66,7 @@ class BuildSettings:
         return self.language == "c++"
 
     def is_empty(self) -> bool:
-        return all(not getattr(self, f.name) for f in fields(self) if f.name != "origins")
+        return all(not getattr(self, name) for name in self._fields if name != "origins")
 
     def merged_over(self, lower: "BuildSettings") -> "BuildSettings":
         """This layer (higher priority) combined with `lower`."""
@@ -103,19 +101,19 @@ class BuildSettings:
         )
 
     def with_module_name(self, name: Optional[str]) -> "BuildSettings":
-        return replace(self, module_name=name)
+        return self._replace(module_name=name)
 
     def key_text(self) -> str:
         """A stable text of everything that changes what a build produces."""
-        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "origins"}
+        values = {name: getattr(self, name) for name in self._fields if name != "origins"}
         return json.dumps(values, sort_keys=True, default=list)
 
     def to_json(self) -> Dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {name: getattr(self, name) for name in self._fields}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> "BuildSettings":
-        known = {f.name for f in fields(cls)}
+        known = set(cls._fields)
         values: Dict[str, object] = {}
         for key, value in data.items():
             if key not in known:
@@ -222,4 +220,4 @@ def from_command_line(
         directives=tuple(sorted(pairs)),
         module_name=module_name,
     )
-    return settings if settings.is_empty() else replace(settings, origins=("the command line",))
+    return settings if settings.is_empty() else settings._replace(origins=("the command line",))
