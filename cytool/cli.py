@@ -15,7 +15,9 @@ COMMANDS = ("run", "build", "profile", "report", "debug", "develop")
 PROGRAM_COMMANDS = ("run", "profile", "debug")
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The whole command line, or with `only` the one subcommand being run (the others'
+    modules are then not imported: a warm `cytool run` stays light)."""
     parser = argparse.ArgumentParser(
         prog="cytool",
         description="Build, run, profile and debug Cython modules on their .pyx lines.",
@@ -24,7 +26,8 @@ def make_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMANDS:
-        importlib.import_module(f"cytool.commands.{name}").register(subparsers)
+        if only is None or name == only:
+            importlib.import_module(f"cytool.commands.{name}").register(subparsers)
     return parser
 
 
@@ -37,9 +40,9 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
     program_args: list = []
     command = next((a for a in argv if not a.startswith("-")), None)
+    parser = make_parser(command if command in COMMANDS else None)
     if command in PROGRAM_COMMANDS:
         from cytool.commands.options import options_taking_values, split_program_arguments
 

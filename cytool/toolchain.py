@@ -5,6 +5,7 @@ no import of Cython): the identities feed the cache key on every `cytool run`.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import re
@@ -82,6 +83,7 @@ def compiler_identity(cplus: bool) -> str:
 _VERSION_RE = re.compile(r"""^__version__\s*=\s*["']([^"']+)["']""", re.M)
 
 
+@functools.lru_cache(maxsize=None)
 def cython_version() -> str:
     """Cython's version, read from its Shadow.py without importing Cython (fast)."""
     spec = importlib.util.find_spec("Cython")

@@ -84,7 +84,11 @@ def _load_toml(path: Path) -> Dict[str, Any]:
 def read_project_table(project_dir: Path) -> ProjectTable:
     """[tool.cytool] of project_dir/pyproject.toml; EMPTY when there is none."""
     path = project_dir / "pyproject.toml"
-    if not path.is_file():
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return EMPTY
+    if b"cytool" not in raw:  # no [tool.cytool] table: skip the TOML parser (warm runs)
         return EMPTY
     data = _load_toml(path)
     table = data.get("tool", {}).get("cytool")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional
@@ -123,6 +122,8 @@ def read_setup_py(project_dir: Path, verbose: bool = False) -> Optional[SetupInf
 
 
 def _run_probe(setup_py: Path, cache: BuildCache, verbose: bool) -> SetupInfo:
+    import subprocess
+
     work = cache.new_build_dir()
     out = work / "probe.json"
     argv = [sys.executable, str(PROBE), str(setup_py.parent), str(out)]
