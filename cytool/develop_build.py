@@ -65,7 +65,13 @@ def main():
                     source = stem + ".pyx"
                 sources.append(source)
             ext.sources = sources
-        ext._cytool_sources = list(ext.sources)  # Cython's build_ext replaces .pyx by .c
+        # what the module is built from, before Cython's build_ext replaces .pyx by .c (and
+        # after cythonize() in setup.py did): a C file generated from a .pyx names the .pyx
+        ext._cytool_sources = [
+            os.path.splitext(s)[0] + ".pyx"
+            if os.path.splitext(s)[1] in C_SUFFIXES and os.path.isfile(os.path.splitext(s)[0] + ".pyx") else s
+            for s in ext.sources
+        ]
         ext.extra_compile_args = list(ext.extra_compile_args or []) + flags
 
     import setuptools
