@@ -100,11 +100,11 @@ def handle(args: argparse.Namespace) -> int:
     import stat
 
     try:
-        mode = args.capture.stat().st_mode
+        file_mode = args.capture.stat().st_mode
     except OSError:
-        mode = None
-    if mode is not None and not stat.S_ISREG(mode):
-        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device?)"
+        file_mode = None
+    if file_mode is not None and not stat.S_ISREG(file_mode):
+        kind = "is a directory" if stat.S_ISDIR(file_mode) else "not a regular file (a FIFO, a device?)"
         raise CytoolError(f"{args.capture}: {kind}, not a capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2)
     with read_capture(args.capture) as capture:
         profile = analyze(
