@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Optional
 
-import pytest
 
 
 def python(code: str, cwd: Path, env: Optional[Dict[str, str]] = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -6,7 +6,6 @@ errors with the cell's lines and no internal traceback, --profile, %cytool_profi
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
 

@@ -17,6 +17,7 @@ module already loaded in this process is loaded again from a private copy of its
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import linecache
 import os
 import re
@@ -120,9 +121,6 @@ def load_cell(result: BuildResult) -> types.ModuleType:
     _loaded.add(str(module_path))
     _remember_source_lines(result)
     spec = spec_for(result._replace(module_path=module_path), result.module_name)
-    module = types.ModuleType(result.module_name)  # placeholder if the init fails
-    import importlib.util
-
     module = importlib.util.module_from_spec(spec)
     previous = sys.modules.get(result.module_name)
     sys.modules[result.module_name] = module

@@ -25,7 +25,7 @@ from cytool.errors import CytoolError
 from cytool.notebook import cells
 
 
-def _build_options(args) -> "BuildOptions":  # type: ignore[name-defined, no-untyped-def]  # noqa: F821
+def _build_options(args):  # type: ignore[no-untyped-def]  # -> cytool.build.BuildOptions
     import os
 
     from cytool.build.options import OPT_LEVELS, BuildOptions
@@ -146,9 +146,9 @@ class CytoolMagics(Magics):
 
     @staticmethod
     def _show(measurement, title: str) -> None:  # type: ignore[no-untyped-def]
+        measurement.stop()  # first: what follows (imports, the report) is not the user's
         from cytool.notebook.inline import profile_bundle
 
-        measurement.stop()
         try:
             profile = measurement.profile()
         except CytoolError as error:
