@@ -10,7 +10,7 @@ from cytool import __version__
 from cytool.errors import CytoolError
 
 # Subcommands, in the order `cytool --help` lists them.
-COMMANDS = ("run", "build", "profile", "report", "debug", "develop")
+COMMANDS = ("run", "build", "profile", "report", "debug", "develop", "test")
 # Subcommands that run a program: what follows its FILE / -m MODULE / -c CODE is the program's.
 PROGRAM_COMMANDS = ("run", "profile", "debug")
 

@@ -113,7 +113,14 @@ class PyxFinder(importlib.abc.MetaPathFinder):
                 self.built.setdefault(built.module_name, built)
             result = results[0]
             if result.module_name != fullname:
-                return None  # the .pyx is another module (a package folder we did not expect)
+                # Its folders make it another module (`pkg.mod`, found as `mod` because
+                # pkg/ itself is on sys.path): build it under the name it is imported as,
+                # as Python would import a .py found there.
+                try:
+                    result = build_with_cimports(source, self.options._replace(module_name=fullname))[0]
+                except CytoolError as error:
+                    raise ImportError(f"cytool could not build {source}:\n{error.render()}", name=fullname) from None
+                self.built[fullname] = result
         return spec_for(result, fullname)
 
     def invalidate_caches(self) -> None:
@@ -123,13 +130,22 @@ class PyxFinder(importlib.abc.MetaPathFinder):
 _installed: List[PyxFinder] = []
 
 
-def install(options: BuildOptions = BuildOptions(), *, first: bool = False,
-            roots: Optional[Sequence[Path]] = None) -> PyxFinder:
-    """Make `import mod` find and build `mod.pyx` (see the module doc). `first`: consult
-    it before the standard finders (then a .pyx wins over a compiled module beside it);
-    `roots`: build only sources under these folders. Returns the finder; installing
-    again replaces the earlier one."""
-    return install_finder(PyxFinder(options, roots=roots), first=first)
+def install(options: Optional[BuildOptions] = None, *, first: bool = False,
+            roots: Optional[Sequence[Path]] = None, **build: object) -> PyxFinder:
+    """Make `import mod` find and build `mod.pyx` (see the module doc).
+
+    options: how to build (cytool.build.BuildOptions); keyword arguments set single
+    fields of it (`install(opt_level="0", force=True)`). first: consult the hook before
+    the standard finders (then a .pyx wins over a compiled module beside it; by default
+    a module built by the project itself is used). roots: build only sources under these
+    folders. Returns the finder; installing again replaces the earlier one. TypeError for
+    an unknown keyword."""
+    chosen = options if options is not None else BuildOptions()
+    unknown = sorted(set(build) - set(BuildOptions._fields))
+    if unknown:
+        raise TypeError(f"install() got unknown build options {unknown}; known: {', '.join(BuildOptions._fields)}")
+    chosen = chosen._replace(**build)  # type: ignore[arg-type]
+    return install_finder(PyxFinder(chosen, roots=roots), first=first)
 
 
 def install_finder(finder: PyxFinder, *, first: bool = False) -> PyxFinder:

@@ -14,6 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 # Fixture projects carry test files of their own (run by the tests, in copies).
 collect_ignore_glob = ["fixtures/*", "realworld/*"]
 
+# pytest's own fixture for running pytest on test files (the cytool pytest plugin's tests)
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -4,7 +4,11 @@ refuses to import it. We find that at build time, name the missing symbols and s
 to add, instead of publishing a module that can never load.
 
 How: dlopen the new module with RTLD_NOW | RTLD_LOCAL in this process (the interpreter
-defines the Python C API it needs, as it will when the module is imported). On failure,
+defines the Python C API it needs, as it will when the module is imported). The copy
+loaded is a private one, removed at once: the dynamic loader knows a loaded library by
+its inode, so loading the module itself would make a later import in this process (the
+import hook, a notebook cell, a doctest run) reuse this mapping under the build folder's
+path, which is gone once the entry is published (gdb and reports would see a deleted file). On failure,
 list every undefined, non-weak dynamic symbol of the module (binutils' `nm -D`)
 that neither this process nor the libraries the module needs define.
 """
@@ -31,13 +35,20 @@ def check_loadable(module: Path, source: Path, search: Sequence[Path], libraries
     source: the .pyx (for the message); search: folders whose C files may define a missing
     function (the module's folder, the project); libraries: the -l names it was linked with.
     """
+    probe = module.with_name(f".loadcheck-{module.name}")
     try:
-        handle = ctypes.CDLL(str(module), mode=os.RTLD_NOW | os.RTLD_LOCAL)
+        shutil.copyfile(module, probe)
+        handle = ctypes.CDLL(str(probe), mode=os.RTLD_NOW | os.RTLD_LOCAL)
     except OSError as error:
-        message = str(error)
+        message = str(error).replace(str(probe), str(module))
     else:
         del handle  # stays loaded (dlclose is not safe for every library); harmless
         return
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
     missing_lib = _MISSING_LIB_RE.search(message.split(": ", 1)[-1] if ": " in message else message)
     if missing_lib or "cannot open shared object file" in message:
         library = message.rsplit(": ", 2)[-2] if message.count(": ") >= 2 else message

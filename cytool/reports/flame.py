@@ -27,25 +27,36 @@ def compact_tree(profile: Profile) -> Tuple[List[List[Any]], List[List[int]]]:
     return frames, nodes
 
 
-def _label(location: Location) -> str:
-    return location.label().replace(";", ":")
+# The speedscope file format version whose fields we write (name, activeProfileIndex and
+# exporter came in 0.6.0); speedscope's importer requires the field.
+SPEEDSCOPE_VERSION = "0.6.0"
+SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
+
+
+def folded_frame(location: Location) -> str:
+    """A frame's name in the folded-stack format: `;` separates frames and a line ends at
+    its newline, so both are replaced (`;` by `:`, line breaks by spaces) in names."""
+    return " ".join(location.label().replace(";", ":").splitlines())
 
 
 def render_collapsed(profile: Profile, mode: str = "bytes") -> str:
-    """flamegraph.pl / inferno input: `outer;...;inner VALUE` per stack."""
+    """flamegraph.pl / inferno input: one `outer;...;inner VALUE` line per distinct stack
+    (VALUE in bytes, or a count for count modes), biggest first."""
     merged: Dict[str, int] = {}
     for stack in profile.stacks:
         value = stack.metrics.value(mode)
         if not value:
             continue
-        key = ";".join(_label(f) for f in reversed(stack.frames or [stack.self_location]))
+        key = ";".join(folded_frame(f) for f in reversed(stack.frames or [stack.self_location]))
         merged[key] = merged.get(key, 0) + value
     return "".join(f"{k} {v}\n" for k, v in sorted(merged.items(), key=lambda kv: -kv[1]))
 
 
 def render_speedscope(profile: Profile, mode: str = "bytes") -> str:
-    """A speedscope file (https://www.speedscope.app/file-format-schema.json) with one
-    sampled profile per metric, weighted in bytes; the chosen mode comes first."""
+    """A speedscope file (SPEEDSCOPE_SCHEMA; the fields of speedscope's file-format-spec)
+    with one sampled profile per metric, weighted in bytes; the chosen mode comes first.
+    A frame carries its file and its line when they are known (lines are 1-based: a
+    frame whose line is unknown has none)."""
     frames: List[Dict[str, Any]] = []
     index: Dict[Location, int] = {}
 
@@ -55,7 +66,10 @@ def render_speedscope(profile: Profile, mode: str = "bytes") -> str:
             entry: Dict[str, Any] = {"name": location.function}
             if location.file:
                 entry["file"] = location.file
-                entry["line"] = location.line
+                if location.line > 0:
+                    entry["line"] = location.line
+            elif location.object:
+                entry["file"] = location.object
             frames.append(entry)
         return index[location]
 
@@ -86,7 +100,8 @@ def render_speedscope(profile: Profile, mode: str = "bytes") -> str:
             }
         )
     document = {
-        "$schema": "https://www.speedscope.app/file-format-schema.json",
+        "version": SPEEDSCOPE_VERSION,
+        "$schema": SPEEDSCOPE_SCHEMA,
         "shared": {"frames": frames},
         "profiles": profiles,
         "name": str(profile.capture_path.name),

@@ -1,0 +1,161 @@
+"""The pytest plugin (entry point pytest11), driven by pytest's own `pytester` on real
+test files that import a real .pyx: summaries on failed tests, --cytool-all,
+--cytool-output captures, the cytool_limit_memory / cytool_limit_leaks markers (with
+and without --cytool, bad arguments), pytest-xdist workers, and a tracer already busy."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+GROWER = """\
+cdef list kept = []
+
+def grow(int n, int size):
+    out = []
+    for i in range(n):
+        out.append(bytearray(size))
+    return out
+
+def leak(int n, int size):
+    for i in range(n):
+        kept.append(bytearray(size))
+"""
+
+TESTS = """\
+import pytest
+import grower
+
+def test_fails():
+    data = grower.grow(100, 10000)
+    assert len(data) == 99
+
+def test_passes():
+    assert len(grower.grow(10, 100)) == 10
+
+@pytest.mark.cytool_limit_memory("500 KB")
+def test_too_big():
+    data = grower.grow(100, 10000)
+
+@pytest.mark.cytool_limit_memory("5 MB")
+def test_small_enough():
+    data = grower.grow(100, 10000)
+
+@pytest.mark.cytool_limit_leaks("100 KB")
+def test_leaks():
+    grower.leak(50, 10000)
+
+@pytest.mark.cytool_limit_leaks("1 MB")
+def test_no_leak():
+    data = grower.grow(50, 10000)
+"""
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester) -> pytest.Pytester:
+    pytester.makefile(".pyx", grower=GROWER)
+    pytester.makeconftest("import cytool\ncytool.install()\n")
+    pytester.makepyfile(test_grower=TESTS)
+    return pytester
+
+
+def outcomes(result: pytest.RunResult) -> dict:
+    return {k: v for k, v in result.parseoutcomes().items() if v}
+
+
+def section_of(text: str, test: str) -> str:
+    """The failure block of `test` in pytest's output."""
+    match = re.search(rf"_{{3,}} {test} _{{3,}}\n(.*?)(?=\n_{{3,}} \w|\n=+ short test summary)", text, re.S)
+    assert match, text
+    return match.group(1)
+
+
+def test_failed_tests_get_their_pyx_lines(suite: pytest.Pytester) -> None:
+    result = suite.runpytest_subprocess("--cytool", "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 3, "passed": 3}, text
+    failed = section_of(text, "test_fails")
+    assert "cytool: allocations per .pyx line" in failed
+    assert re.search(r"grower\.pyx:6\s+9\d\d\.\d KiB\s+out\.append\(bytearray\(size\)\)", failed), failed
+    assert "deleted since the capture" not in text  # the module in memory is the published one
+    # a passing test's summary is not shown without --cytool-all
+    assert "test_passes" not in text.split("short test summary")[0]
+
+
+def test_limits(suite: pytest.Pytester) -> None:
+    # the markers work without --cytool
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "-k", "big or enough or leak")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 2, "passed": 2, "deselected": 2}, text
+    big = section_of(text, "test_too_big")
+    assert re.search(r"cytool_limit_memory: the test's peak traced memory was (9\d\d|10\d\d)\.\d KiB, over its limit of "
+                     r"500\.0 KiB \('500 KB'\)\. Lines holding memory at the peak:\n  grower\.pyx:6 ", big), big
+    leaks = section_of(text, "test_leaks")
+    assert re.search(r"cytool_limit_leaks: 4\d\d\.\d KiB allocated by the test was still allocated when it ended, "
+                     r"over its limit of 100\.0 KiB \('100 KB'\)\. Lines holding it:\n  grower\.pyx:11 ", leaks), leaks
+    assert "test_small_enough" not in text.split("short test summary")[0]
+    assert "test_no_leak" not in text.split("short test summary")[0]
+
+
+def test_bad_marker_arguments(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_bad="""\
+        import pytest
+
+        @pytest.mark.cytool_limit_memory("lots")
+        def test_words():
+            pass
+
+        @pytest.mark.cytool_limit_leaks()
+        def test_nothing():
+            pass
+        """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert outcomes(result) == {"errors": 2}, text
+    assert "@pytest.mark.cytool_limit_memory('lots'): not a size: 'lots'" in text
+    assert "@pytest.mark.cytool_limit_leaks(None): a size is required" in text
+    assert "During handling" not in text and "Traceback" not in text
+    markers = pytester.runpytest_subprocess("--markers").stdout.str()
+    assert "@pytest.mark.cytool_limit_memory(size)" in markers and "@pytest.mark.cytool_limit_leaks(size)" in markers
+
+
+def test_all_and_captures_kept(suite: pytest.Pytester) -> None:
+    captures = suite.path / "captures"
+    result = suite.runpytest_subprocess("--cytool", "--cytool-all", "--cytool-output", str(captures),
+                                        "-p", "no:cacheprovider", "-k", "passes or fails")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 1, "passed": 1, "deselected": 4}, text
+    summary = text.split("cytool: allocations per test")[1]
+    assert "test_grower.py::test_passes" in summary and "test_grower.py::test_fails" in summary
+    kept = sorted(p.name for p in captures.iterdir())
+    assert kept == ["test_grower.py_test_fails.cytrace", "test_grower.py_test_passes.cytrace"]
+    report = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json", str(captures / kept[0])],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    lines = json.loads(report.stdout)["lines"]
+    assert any(l["file"].endswith("grower.pyx") and l["line"] == 6 for l in lines)
+
+
+def test_xdist_workers_trace_their_own_tests(suite: pytest.Pytester) -> None:
+    captures = suite.path / "captures"
+    result = suite.runpytest_subprocess("-p", "xdist", "-n", "2", "--cytool", "--cytool-output", str(captures),
+                                        "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 3, "passed": 3}, text
+    assert re.search(r"\[gw[01]\] linux", text)
+    assert re.search(r"grower\.pyx:6\s+9\d\d\.\d KiB", section_of(text, "test_fails")), text
+    assert len(list(captures.glob("*.cytrace"))) == 6
+
+
+def test_a_busy_tracer_is_a_clear_error(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CYTOOL_PROFILE", str(suite.path / "whole.cytrace"))
+    result = suite.runpytest_subprocess("--cytool", "-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "--cytool traces each test itself, but a cytool tracer already records this process" in result.stderr.str()
+    result = suite.runpytest_subprocess("-p", "no:cacheprovider", "-k", "too_big")
+    text = result.stdout.str()
+    assert outcomes(result) == {"errors": 1, "deselected": 5}, text
+    assert "cytool_limit_memory: cannot trace this test: a cytool tracer already records this process" in text
