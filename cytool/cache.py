@@ -134,7 +134,9 @@ class BuildCache:
             return
         try:
             if not self.root.exists():
-                self.root.mkdir(parents=True, mode=0o700)
+                # another process may create it at the same moment: then it must pass the
+                # same check as any folder that existed before
+                self.root.mkdir(parents=True, mode=0o700, exist_ok=True)
             self.check_private(self.root)
             for sub in SUBFOLDERS:
                 (self.root / sub).mkdir(mode=0o700, exist_ok=True)
