@@ -151,6 +151,10 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
         "-iex", "set pagination off",  # the start-up messages must not wait for a key
         "-ex", "set breakpoint pending on",
         "-ex", _quote_gdb(f"source {scripts / GDB_SCRIPT}"),
+    ]
+    if session.batch:  # a refused breakpoint ends the run, one that matched nothing fails it
+        argv += ["-ex", "set cy-batch on"]
+    argv += [
         "-ex", _quote_gdb(f"cy-load {session.build_dir}"),
     ]
     for spec in session.breakpoints:

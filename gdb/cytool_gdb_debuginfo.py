@@ -8,6 +8,7 @@ here touches gdb, so it can be tested on its own.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -49,6 +50,21 @@ class Function:
         # filled in by Module: {source path: set of lines} covered by this function's C body
         self.lines: Dict[str, Set[int]] = {}
         self.source: Optional[str] = None  # the file holding the def line
+
+    @property
+    def is_generator_body(self) -> bool:
+        """The C function that runs a generator's, coroutine's or async function's body
+        (Cython's `__pyx_gb_...`); its namesake `__pyx_pf_...` only creates the object."""
+        return self.cname.startswith("__pyx_gb_")
+
+    @property
+    def is_lambda(self) -> bool:
+        return self.cname.startswith("__pyx_lambda_funcdef")
+
+    def last_line(self) -> int:
+        """The last line of the def file this function has code on (its def line if none)."""
+        lines = self.lines.get(self.source or "", ())
+        return max(lines) if lines else self.lineno
 
     @property
     def display_name(self) -> str:
@@ -98,7 +114,7 @@ class Module:
         element = tree.getroot().find("Module")
         if element is None:
             raise ValueError(f"{xml_path}: not a Cython debug info file (no <Module>)")
-        self.name = element.get("module_name", "")
+        self.name = element.get("module_name", "")  # dotted for a package module: pkg.sub.mod
         self.filename = element.get("filename", "")
         self.c_filename = element.get("c_filename", "")
         self.functions: List[Function] = [Function(self, f) for f in element.iter("Function")]
@@ -119,6 +135,23 @@ class Module:
         for function in self.functions:
             self.by_cname[function.cname] = function
         self._assign_lines()
+        self._classes: Optional[Dict[str, str]] = None
+
+    @property
+    def short_name(self) -> str:
+        """`mod` for `pkg.sub.mod`: the name the shared object starts with."""
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def package(self) -> List[str]:
+        """`["pkg", "sub"]` for `pkg.sub.mod`: the directories the shared object sits in."""
+        return self.name.split(".")[:-1]
+
+    def classes(self) -> Dict[str, str]:
+        """{type name as Python shows it (`pkg.mod.Vec`): C struct of its instances}."""
+        if self._classes is None:
+            self._classes = cdef_class_structs(self.c_filename)
+        return self._classes
 
     # -- files -------------------------------------------------------------------------
 
@@ -155,8 +188,6 @@ class Module:
                 spans.append((extent[0], extent[1], function))
         spans.sort(key=lambda span: span[0])
         starts = [span[0] for span in spans]
-        import bisect
-
         for path, lines in self.line_map.items():
             for line, c_lines in lines.items():
                 for c_line in c_lines:
@@ -177,17 +208,22 @@ class Module:
         return self.filename if function.is_module_init else None
 
     def function_named(self, spec: str) -> List[Function]:
-        """Functions matching `work`, `mod.work`, `Acc.add`, `make_counter.bump`."""
+        """Functions matching `work`, `mod.work`, `pkg.sub.mod.work`, `Acc.add`,
+        `make_counter.bump`. A generator, coroutine or async function is its body."""
         spec = spec.strip()
-        matches = [f for f in self.functions if not f.is_module_init and f.qualified_name == spec]
-        if not matches:
-            matches = [f for f in self.functions if not f.is_module_init and f.display_name == spec]
-        if not matches:
-            matches = [
-                f for f in self.functions
-                if not f.is_module_init and (f.qualified_name.endswith("." + spec) or f.name == spec)
-            ]
-        return [f for f in matches if f.source is not None]
+        for prefix in (self.name + ".", self.short_name + "."):
+            if spec.startswith(prefix):
+                exact = self._named(spec[len(prefix):], exact_only=True)
+                if exact:
+                    return exact
+        return self._named(spec, exact_only=False)
+
+    def _named(self, spec: str, exact_only: bool) -> List[Function]:
+        callable_ = [f for f in self.functions if not f.is_module_init and f.source is not None]
+        matches = [f for f in callable_ if f.qualified_name == spec or f.display_name == spec]
+        if not matches and not exact_only:
+            matches = [f for f in callable_ if f.display_name.endswith("." + spec) or f.name == spec]
+        return _prefer_generator_bodies(matches)
 
     def owners(self, path: str, line: int) -> List[Function]:
         """The Cython functions whose own code is on this line (module init only if no other)."""
@@ -207,6 +243,12 @@ class Module:
             if function.is_module_init:
                 return function
         return None
+
+
+def _prefer_generator_bodies(functions: List[Function]) -> List[Function]:
+    """A generator is two C functions with one qualified name: keep the one running its body."""
+    bodies = {f.qualified_name for f in functions if f.is_generator_body}
+    return [f for f in functions if f.is_generator_body or f.qualified_name not in bodies]
 
 
 def nearest(candidates: Iterable[int], line: int) -> Optional[int]:
@@ -270,10 +312,8 @@ def find_debug_info(path: str) -> List[str]:
     if os.path.isfile(path):
         if os.path.basename(path).startswith("cython_debug_info_"):
             return [path]
-        directory = os.path.dirname(os.path.abspath(path))
-        module = os.path.basename(path).split(".", 1)[0]
-        candidate = os.path.join(directory, "cython_debug", "cython_debug_info_" + module)
-        return [candidate] if os.path.isfile(candidate) else []
+        found = debug_info_for_shared_object(path)
+        return [found] if found else []
     if os.path.isdir(path):
         directory = path
         if os.path.isdir(os.path.join(path, "cython_debug")):
@@ -284,3 +324,116 @@ def find_debug_info(path: str) -> List[str]:
             return []
         return [os.path.join(directory, n) for n in names if n.startswith("cython_debug_info_")]
     return []
+
+
+SEARCH_LEVELS = 4  # how many directories above a module's .so may hold its cython_debug/
+
+
+def debug_info_for_shared_object(so_path: str) -> Optional[str]:
+    """The debug XML of a Cython module's shared object, or None.
+
+    Cython writes `cython_debug/cython_debug_info_<module>` into its output directory:
+    beside the .so for cytool's builds, at the project root for setuptools builds of a
+    package (`pkg/sub/mod.*.so` with `cython_debug_info_pkg.sub.mod` some levels up).
+    A dotted name is taken only where the directories above the .so spell its package."""
+    so_path = os.path.abspath(so_path)
+    short = os.path.basename(so_path).split(".", 1)[0]
+    directory = os.path.dirname(so_path)
+    package: List[str] = []
+    for _ in range(SEARCH_LEVELS):
+        debug_dir = os.path.join(directory, "cython_debug")
+        dotted = ".".join(package + [short])
+        for name in ((dotted, short) if package else (short,)):
+            candidate = os.path.join(debug_dir, "cython_debug_info_" + name)
+            if os.path.isfile(candidate):
+                return candidate
+        if os.path.isdir(debug_dir):  # a dotted name with fewer package levels than we walked
+            try:
+                entries = os.listdir(debug_dir)
+            except OSError:
+                entries = []
+            for entry in sorted(entries):
+                name = entry[len("cython_debug_info_"):]
+                if entry.startswith("cython_debug_info_") and name.split(".")[-1] == short \
+                        and ("." + dotted).endswith("." + name):
+                    return os.path.join(debug_dir, entry)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        package.insert(0, os.path.basename(directory))
+        directory = parent
+    return None
+
+
+_TYPE_NAME_AND_STRUCT = re.compile(r'((?:"[\w.]*"\s*)+),[^\n]*\n\s*sizeof\(struct (__pyx_obj_\w+)\)')
+
+
+def cdef_class_structs(c_filename: str) -> Dict[str, str]:
+    """{`pkg.mod.Vec`: `__pyx_obj_3pkg_3mod_Vec`} from the type definitions of the C file
+    (a PyType_Spec since Cython 3, a static PyTypeObject before: name, then size)."""
+    try:
+        with open(c_filename, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return {}
+    found = {}
+    for match in _TYPE_NAME_AND_STRUCT.finditer(text):  # "pkg.mod.""Vec" is one C string
+        found["".join(re.findall(r'"([\w.]*)"', match.group(1)))] = match.group(2)
+    return found
+
+
+# -- the .pyx text itself ---------------------------------------------------------------
+
+_source_cache: Dict[str, List[str]] = {}
+
+
+def source_lines(path: str) -> List[str]:
+    if path not in _source_cache:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                _source_cache[path] = handle.read().split("\n")
+        except OSError:
+            _source_cache[path] = []
+    return _source_cache[path]
+
+
+def source_line(path: str, line: int) -> str:
+    lines = source_lines(path)
+    return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+
+def is_blank_or_comment(path: str, line: int) -> bool:
+    """True for a line that holds no statement (read from the source, when it can be read)."""
+    lines = source_lines(path)
+    if not 1 <= line <= len(lines):
+        return False
+    text = lines[line - 1].strip()
+    return not text or text.startswith("#")
+
+
+_BRANCH_HEADER = re.compile(r"^(if\b|elif\b|else\s*:|try\s*:|except\b|finally\s*:)")
+
+
+def is_branch_header(path: str, line: int) -> bool:
+    """`if`/`elif`/`else`/`try`/`except`/`finally` lines: Python never comes back to them
+    after running their block (unlike `for`, `while` and `with` lines)."""
+    return bool(_BRANCH_HEADER.match(source_line(path, line).strip()))
+
+
+def first_assignment_line(function: Function, local: Local) -> int:
+    """The first line of the function at or after the local's declaration that assigns
+    it (`x = `, `x += `, `for x in`, `cdef T x = `, `as x`), else its declaration line."""
+    if function.source is None:
+        return local.lineno
+    name = re.escape(local.name)
+    assigns = re.compile(
+        r"(^|[\s,(])" + name + r"\s*(\[[^\]]*\])?\s*([-+*/%&|^@]|//|<<|>>|\*\*)?=(?!=)"
+        r"|\bfor\s+(\(?\s*[\w\s,]*,\s*)?" + name + r"\b[\w\s,)]*\bin\b"
+        r"|\bas\s+" + name + r"\b"
+    )
+    start = max(local.lineno, function.lineno + 1)
+    for line in range(start, function.last_line() + 1):
+        text = source_line(function.source, line).split("#", 1)[0]
+        if assigns.search(text):
+            return line
+    return local.lineno

@@ -31,17 +31,43 @@ def cytool(*args: object, env: dict = None, timeout: float = 300) -> subprocess.
 def test_batch_session(tmp_path: Path) -> None:
     script = tmp_path / "session.gdb"
     script.write_text("cy-run\ncy-bt\ncy-next\ncy-print n\ncy-cont\n")
-    done = cytool("debug", "--batch", "-b", "work", "-b", f"dbgmod.pyx:{M['work-def'] + 1}",
-                  "-x", script, h.FIXTURE, "--", "alpha", "beta")
+    done = cytool("debug", "--batch", "-b", "work", "-x", script, h.FIXTURE, "--", "alpha", "beta")
     out = done.stdout
     assert done.returncode == 0, out
-    assert f"dbgmod.pyx:{M['work-def'] + 1} has no code" in out, out
     stops = h.stops(out)
     assert stops[0] == ("dbgmod.pyx", M["work-first"], "work"), out
     assert [s[2] for s in stops[1:4]] == ["work", "main", "<module>"], out  # cy-bt
     assert stops[4] == ("dbgmod.pyx", M["work-first"] + 1, "work"), out  # cy-next
     assert "n = 4" in out, out
     assert "argv ['alpha', 'beta']" in out, out  # program arguments after --
+
+
+@needs_gdb
+@pytest.mark.parametrize("spec, message", [
+    (f"dbgmod.pyx:{M['work-def'] + 1}", f"dbgmod.pyx:{M['work-def'] + 1} has no code"),  # a declaration
+    ("dbgmod.pyx:1", "dbgmod.pyx:1 has no code (blank or comment)"),  # a comment line
+    ("work:3", "FILE:LINE needs a Cython source file"),  # not a file
+])
+def test_batch_refused_spec_ends_the_run(tmp_path: Path, spec: str, message: str) -> None:
+    """A refused -b spec ends a --batch run at once with a non-zero exit (the program never runs)."""
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\n")
+    done = cytool("debug", "--batch", "-b", spec, "-x", script, h.FIXTURE)
+    assert done.returncode == 1, done.stdout
+    assert message in done.stdout, done.stdout
+    assert "ending the batch run" in done.stdout and "argv" not in done.stdout, done.stdout
+
+
+@needs_gdb
+@pytest.mark.parametrize("spec", ["nosuchfunc", "other.pyx:3", "pkg.other.func"])
+def test_batch_unmatched_spec_fails_at_exit(tmp_path: Path, spec: str) -> None:
+    """A spec nothing matched is pending during the run, reported at exit, and fails --batch."""
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\n")
+    done = cytool("debug", "--batch", "-b", spec, "-x", script, h.FIXTURE)
+    assert done.returncode == 1, done.stdout
+    assert "pending" in done.stdout and "argv []" in done.stdout, done.stdout  # the program ran
+    assert f"breakpoint 1 ({spec}) matched nothing in this run" in done.stdout, done.stdout
 
 
 @needs_gdb
