@@ -29,7 +29,6 @@ class Agent:
         self.thread = None  # thread ident the step belongs to
         self.frame = None  # the frame a next/finish/caller step is about
         self.last_frame = None  # the frame of the last Python stop
-        self.kept = []  # values handed to gdb ($cy_eval), kept alive
         self._lines = {}  # code object -> set of its line numbers
         self._pending_function = set()  # frames that stop at their first line
         self._tracing = False
@@ -232,6 +231,8 @@ class Agent:
         return self._run(source, mode, globals_, locals_)
 
     def _run(self, source, mode, globals_, locals_):
+        """"value:PRINTED\0KIND\0TEXT" (KIND int, float, bool, str or repr) or
+        "error:PRINTED\0TRACEBACK" with only the frames of the code that was run."""
         import io
         import traceback
         saved = sys.stdout
@@ -241,15 +242,24 @@ class Agent:
             try:
                 if mode == "eval":
                     value = eval(compile(source, "<cy-exec>", "eval"), globals_, locals_)
-                    self.kept = (self.kept + [value])[-16:]
-                    return "value:" + capture.getvalue() + "\0" + _safe_repr(value)
+                    return "value:" + capture.getvalue() + "\0" + _typed(value)
                 exec(compile(source, "<cy-exec>", "exec"), globals_, locals_)
                 return "value:" + capture.getvalue() + "\0"
             finally:
                 sys.stdout = saved
-        except BaseException:
-            text = traceback.format_exc().rstrip().split("\n")
-            return "error:" + capture.getvalue() + "\0" + "\n".join(text[-3:] if len(text) > 3 else text)
+        except BaseException as error:
+            frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename != _AGENT_FILE]
+            text = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(error), error))
+            return "error:" + capture.getvalue() + "\0" + text.rstrip()
+
+
+def _typed(value):
+    for kind in (bool, int, float):
+        if type(value) is kind:
+            return kind.__name__ + "\0" + repr(value)
+    if type(value) is str:
+        return "str\0" + value
+    return "repr\0" + _safe_repr(value)
 
 
 def _safe_repr(value):

@@ -9,6 +9,7 @@ back to pending, specs that matched nothing reported).
 """
 from __future__ import annotations
 
+import ast
 import os
 import re
 from typing import List
@@ -781,18 +782,27 @@ class CyValue(gdb.Function):
 
 class CyEval(gdb.Function):
     """$cy_eval("expr"): evaluate a Python expression in the selected frame's globals and
-locals (as cy-exec does); the result is a PyObject * (kept alive by cytool)."""
+locals (as cy-exec does). An int, bool or float comes back as a gdb number (usable in
+conditions), a str as a string, anything else as its repr (a string)."""
 
     def __init__(self) -> None:
         super().__init__("cy_eval")
 
-    def invoke(self, expression: "gdb.Value") -> "gdb.Value":
+    def invoke(self, expression: "gdb.Value"):
         ok, printed, text = run_python(expression.string(), "eval")
         if printed:
             print(printed, end="" if printed.endswith("\n") else "\n")
         if not ok:
             raise gdb.GdbError(text)
-        return pylevel.kept_value()
+        kind = pylevel.last_kind
+        if kind in ("int", "bool"):
+            number = int(text == "True") if kind == "bool" else int(text)
+            return gdb.Value(number) if -2 ** 63 <= number < 2 ** 63 else text
+        if kind == "float":
+            return gdb.Value(float(text))
+        if kind == "str":
+            return ast.literal_eval(text)  # the str itself (text is its repr)
+        return text
 
 
 # -- events ------------------------------------------------------------------------------

@@ -420,6 +420,13 @@ def is_branch_header(path: str, line: int) -> bool:
     return bool(_BRANCH_HEADER.match(source_line(path, line).strip()))
 
 
+_LOOP_HEADER = re.compile(r"^(async\s+)?(for|while)\b")
+
+
+def is_loop_header(path: str, line: int) -> bool:
+    return bool(_LOOP_HEADER.match(source_line(path, line).strip()))
+
+
 def first_assignment_line(function: Function, local: Local) -> int:
     """The first line of the function at or after the local's declaration that assigns
     it (`x = `, `x += `, `for x in`, `cdef T x = `, `as x`), else its declaration line."""

@@ -265,11 +265,13 @@ def backtrace(show_all: bool = False) -> None:
     if newest_frame() is None:
         raise state.CyError("No stack: the program is not running.")
     index = 0
+    printed = 0
     for frame in frames():
         function = cython_function(frame)
         if function is not None:
             marker = "*" if _is_selected(frame) else " "
             print(f"#{index:<2}{marker}{describe(frame)}")
+            printed += 1
             path, line = location(frame)
             if path:
                 text = state.source_line(path, line).strip()
@@ -287,6 +289,7 @@ def backtrace(show_all: bool = False) -> None:
             if is_agent_file(filename) or (_is_launcher(filename) and not show_all):
                 continue
             print(f"    [py] {filename}:{line} in {func}()")
+            printed += 1
             text = _python_source(filename, line)
             if text:
                 print(f"        {text}")
@@ -298,6 +301,9 @@ def backtrace(show_all: bool = False) -> None:
             except gdb.error:
                 pc = "?"
             print(f"    [c]  {pc} in {name or '??'}(){where}")
+    if not printed and not show_all:
+        newest = newest_frame()
+        print(f"    (no Cython or Python frames: in {newest.name() if newest else '??'}(); cy-bt full shows C frames)")
     if not python_gdb_available():
         print(f"(Python frames not shown: {python_gdb_status})")
 

@@ -20,7 +20,7 @@ import gdb  # type: ignore
 import cytool_gdb_placement as placement
 import cytool_gdb_pyobject as pyobject
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Local, Module, first_assignment_line
+from cytool_gdb_debuginfo import Function, Local, Module, first_assignment_line, is_loop_header
 from cytool_gdb_frames import cython_function, location, selected_cython_frame
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -171,10 +171,15 @@ def read_local(frame: "gdb.Frame", function: Function, local: Local) -> "gdb.Val
 
 
 def _before_first_assignment(frame: "gdb.Frame", function: Function, local: Local) -> bool:
+    """True while the frame has not run the local's first assignment: before its line,
+    or on it (a stop is at the start of its line) unless that line is a loop head."""
     path, line = location(frame)
     if path is None or function.source is None or path != function.source:
         return False
-    return line < first_assignment_line(function, local)
+    first = first_assignment_line(function, local)
+    if line == first:  # a loop head assigns its target after its first arrival only
+        return not (is_loop_header(function.source, first) and placement.is_branch_tail(function, frame.pc(), line))
+    return line < first
 
 
 def lookup(name: str) -> Tuple[str, Optional["gdb.Value"], Optional[str]]:
@@ -267,8 +272,11 @@ def format_value(value: "gdb.Value") -> str:
         if pyobject.is_pyobject_pointer(value):
             text = pyobject.format_object(value)
             return UNBOUND if text == "NULL" else text
-        if value.type.strip_typedefs().code == gdb.TYPE_CODE_BOOL:
+        code = value.type.strip_typedefs().code
+        if code == gdb.TYPE_CODE_BOOL:
             return "True" if bool(value) else "False"
+        if code == gdb.TYPE_CODE_FLT:
+            return repr(float(value))  # as Python prints a float: 3.0, not gdb's 3
         return value.format_string()
     except (gdb.error, gdb.MemoryError, RuntimeError, ValueError) as error:
         if "optimized out" in str(error):

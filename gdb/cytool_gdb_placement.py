@@ -185,7 +185,8 @@ def row_index(rows: Rows, pc: int) -> int:
 
 def is_branch_tail(function: Function, pc: int, line: int) -> bool:
     """True when pc is in code of `line` that comes after the code of the lines nested in
-    it (the jump out of an `if` branch): Python does not run that line again there."""
+    it: the jump out of an `if` branch (Python does not run that line again there), the
+    next pass of a loop head (its target is assigned by then)."""
     rows = function_rows(function)
     index = row_index(rows, pc)
     if index < 0 or rows[index][1] != line:
@@ -276,9 +277,26 @@ def place_line(path: str, line: int, owners: List[Function], first_statement: bo
                 continue  # one address per copy of the function (gdb does the same)
             seen.add(copy)
             placed.append(Placement(function, pc, inlined_into(pc, function)))
+        if not pcs and state.function_block(function) is None:
+            placed.extend(_merged_into_callers(path, line, function))
     if placed:
         return placed, None
     return [], _no_code_reason(path, line, owners)
+
+
+def _merged_into_callers(path: str, line: int, function: Function) -> List[Placement]:
+    """A function with no body of its own (inlined everywhere) whose line's code an
+    optimising build merged into its Cython callers without an inline record: the
+    line's addresses inside those callers, one per caller."""
+    placed: List[Placement] = []
+    hosts = set()
+    for pc in line_pcs(path, line):
+        host = innermost_cython(pc, function.module)
+        if host is None or host is function or host.is_module_init or host.cname in hosts:
+            continue
+        hosts.add(host.cname)
+        placed.append(Placement(function, pc, host.display_name + "()"))
+    return placed
 
 
 def _no_code_reason(path: str, line: int, owners: List[Function]) -> str:

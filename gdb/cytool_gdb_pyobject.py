@@ -383,7 +383,32 @@ def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> st
                 break
             parts.append(f"{format_object(key, depth + 1)}: {format_object(item, depth + 1)}")
         return "{" + ", ".join(parts) + "}"
+    named = _named_object(value, name)
+    if named is not None:
+        return named
     return f"<{name} object at {address:#x}>"
+
+
+def _named_object(value: "gdb.Value", name: str) -> Optional[str]:
+    """Modules and functions by their names, as Python shows them."""
+    address = _address(value)
+    if name == "module":
+        module = _as(value, "PyModuleObject")
+        if module is not None and "md_name" in _fields(module.type):
+            return f"<module {_str(module['md_name'])!r}>"
+    if name == "function":
+        function = _as(value, "PyFunctionObject")
+        if function is not None:
+            return f"<function {_str(function['func_qualname'])} at {address:#x}>"
+    if name.endswith("cython_function_or_method"):
+        function = _as(value, "__pyx_CyFunctionObject")
+        if function is not None and "func_qualname" in _fields(function.type):
+            return f"<cyfunction {_str(function['func_qualname'])} at {address:#x}>"
+    if name == "builtin_function_or_method":
+        function = _as(value, "PyCFunctionObject")
+        if function is not None:
+            return f"<built-in function {function['m_ml']['ml_name'].string()}>"
+    return None
 
 
 def dict_lookup(dict_pointer: "gdb.Value", key: str) -> Optional["gdb.Value"]:

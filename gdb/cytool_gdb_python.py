@@ -345,13 +345,13 @@ def run_code(source: str, mode: str, globals_expression: Optional[str] = None,
                 call("((void (*)(void))PyErr_Clear)()")
     status, _, rest = text.partition(":")
     printed, _, value = rest.partition("\0")
+    if status == "value" and mode == "eval":
+        kind, _, value = value.partition("\0")
+        global last_kind
+        last_kind = kind
+        if kind == "str":
+            value = repr(value)
     return status == "value", printed, value
 
 
-def kept_value() -> "gdb.Value":
-    """The PyObject * of the last value evaluated (kept alive by the agent)."""
-    result = evaluate_in(agent_namespace(), "agent.kept[-1]")
-    if result == 0:
-        raise state.CyError("no value")
-    call(f"((void (*)(PyObject *))Py_DecRef)((PyObject *){result:#x})")  # agent.kept holds it
-    return gdb.Value(result).cast(gdb.lookup_type("PyObject").pointer())
+last_kind = ""  # the type of the last value run_code evaluated: int, float, bool, str, repr

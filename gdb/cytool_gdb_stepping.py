@@ -76,6 +76,8 @@ def _user_stop(event: Optional["gdb.StopEvent"]) -> bool:
         return True
     if isinstance(event, gdb.BreakpointEvent):
         for breakpoint in event.breakpoints:
+            if not breakpoint.is_valid():
+                continue
             owner = breakpoints.owner_of(breakpoint)
             if owner is not None:
                 if not owner.internal:
@@ -105,11 +107,11 @@ def _on_stack(frame: "gdb.Frame") -> bool:
 
 
 def _is_eval_frame(frame: "gdb.Frame") -> bool:
+    """The interpreter's evaluation loop (3.9-3.13), where Python frames run."""
     try:
-        name = frame.name() or ""
+        return frame.name() == "_PyEval_EvalFrameDefault"
     except gdb.error:
         return False
-    return "EvalFrame" in name
 
 
 # -- reporting ------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class StopPoint(gdb.Breakpoint):
     there (gives the agent its Python breakpoints, ends a failed batch run) and goes on."""
 
     def __init__(self, function: str) -> None:
-        super().__init__(function, internal=True, temporary=True)
+        super().__init__(function, internal=True, temporary=False)
 
 
 def plant_stop_point(short_name: str) -> None:
@@ -215,10 +217,13 @@ def resume(command: str) -> Optional["gdb.StopEvent"]:
     event = None
     for _ in range(1000):
         event = _execute(command, capture=False)
-        _stop_points[:] = [b for b in _stop_points if b.is_valid()]
+        at_stop_point = _at_stop_point(event)
+        for point in [b for b in event.breakpoints if isinstance(b, StopPoint)] if at_stop_point else ():
+            point.delete()
+            _stop_points.remove(point)
         if state.batch_failure is not None:
             state.end_batch_if_failed()
-        if not _at_stop_point(event) or _user_stop(event) or not _alive():
+        if not at_stop_point or _user_stop(event) or not _alive():
             return event
         reason = pylevel.try_send_breakpoints()
         if reason:
