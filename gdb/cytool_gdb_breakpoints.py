@@ -34,13 +34,14 @@ class Plan:
     """Where a spec will stop: a line of a file, in these functions."""
 
     def __init__(self, module: Module, path: str, line: int, functions: List[Function], note: str = "",
-                 first_statement: bool = False) -> None:
+                 first_statement: bool = False, whole_function: bool = False) -> None:
         self.module = module
         self.path = path
         self.line = line
         self.functions = functions
         self.note = note
         self.first_statement = first_statement  # stop after the function's set-up
+        self.whole_function = whole_function  # asked for by name or def line: any first line with code
 
     def describe(self) -> str:
         names = ", ".join(f.display_name + "()" for f in self.functions)
@@ -187,7 +188,7 @@ def plan_line(module: Module, path: str, line: int) -> Plan:
         if first is not None:
             return Plan(module, path, first, [defined],
                         f"line {line} is the def line of {defined.display_name}(): stopping at its first statement, "
-                        f"line {first}", first_statement=True)
+                        f"line {first}", first_statement=True, whole_function=True)
     if is_blank_or_comment(path, line):
         _refuse_no_code(module, path, line, "blank or comment")
     owners = module.owners(path, line)
@@ -221,7 +222,8 @@ def plan_function(spec: str) -> Optional[Plan]:
     function = candidates[0]
     assert function.source is not None
     first = function.first_statement()
-    return Plan(function.module, function.source, first or function.lineno, [function], first_statement=True)
+    return Plan(function.module, function.source, first or function.lineno, [function], first_statement=True,
+                whole_function=True)
 
 
 def _pending_reason(spec: str) -> str:
@@ -246,12 +248,14 @@ def resolve(breakpoint: CyBreakpoint, announce: bool = True) -> None:
         if breakpoint.plan is None:
             breakpoint.pending_reason = _pending_reason(breakpoint.spec)
             return
+        if breakpoint.plan.note and announce and not breakpoint.internal:
+            print(f"cytool: breakpoint {breakpoint.number}: {breakpoint.plan.note}")
     if state.objfile_for(breakpoint.plan.module) is None:
         breakpoint.pending_reason = f"module {breakpoint.plan.module.name} is not loaded yet"
         return
     found, refusal = placement.place_line(breakpoint.plan.path, breakpoint.plan.line, breakpoint.plan.functions,
                                           breakpoint.plan.first_statement)
-    if refusal and breakpoint.plan.first_statement and len(breakpoint.plan.functions) == 1:
+    if refusal and breakpoint.plan.whole_function:
         found, refusal = _first_line_with_code(breakpoint, refusal)
     if refusal:
         breakpoint.error = refusal
@@ -283,7 +287,8 @@ def _first_line_with_code(breakpoint: CyBreakpoint, refusal: str):
         found, _ = placement.place_line(plan_.path, line, [function], first_statement=False)
         if found:
             breakpoint.plan = Plan(plan_.module, plan_.path, line, [function],
-                                   f"line {plan_.line} has no code in this build", first_statement=True)
+                                   f"line {plan_.line} has no code in this build", first_statement=True,
+                                   whole_function=True)
             if not breakpoint.internal:
                 print(f"cytool: {plan_.path.rsplit('/', 1)[-1]}:{plan_.line}, the first statement of "
                       f"{function.display_name}(), has no code in this build: using line {line}")
@@ -340,6 +345,8 @@ def replan_pending(module: Module) -> None:
         if breakpoint.plan is None and breakpoint.pending:
             try:
                 breakpoint.plan = plan(breakpoint.spec)
+                if breakpoint.plan is not None and breakpoint.plan.note and not breakpoint.internal:
+                    print(f"cytool: breakpoint {breakpoint.number}: {breakpoint.plan.note}")
             except gdb.GdbError as error:
                 print(f"cytool: breakpoint {breakpoint.number} ({breakpoint.spec}): {error}")
                 breakpoint.delete()
@@ -373,7 +380,8 @@ def break_at_function_entries(module: Module) -> List[CyBreakpoint]:
             continue  # a generator's factory: its body is where the code runs
         first = function.first_statement() or function.lineno
         breakpoint = CyBreakpoint(0, f"{function.qualified_name}", internal=True)
-        breakpoint.plan = Plan(module, function.source, first, [function], first_statement=True)
+        breakpoint.plan = Plan(module, function.source, first, [function], first_statement=True,
+                               whole_function=True)
         _breakpoints.append(breakpoint)
         try:
             resolve(breakpoint, announce=False)

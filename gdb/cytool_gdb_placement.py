@@ -146,16 +146,15 @@ def body_entry(function: Function) -> Optional[int]:
     """The address where the function's first statement starts once its set-up is done
     (locals initialised, closure scope loaded, arguments unpacked), in an -O0 build; None
     for an optimising build (its code is scheduled freely: gdb's own placement is used)."""
+    block = state.function_block(function)
+    if block is None or optimisation_level_at(block.start) != "-O0":
+        return None
     first = function.first_statement() or function.lineno
     rows = function_rows(function)
-    if not rows or optimisation_level_at(rows[0][0]) != "-O0":
-        return None
-    if first == function.lineno:  # a lambda or a one-line def: gdb's end of prologue
-        try:
-            sals = gdb.decode_line(function.cname)[1]
-        except gdb.error:
-            sals = None
-        return sals[0].pc if sals else rows[0][0]
+    if first == function.lineno or not rows:
+        # a lambda or a one-line def: all its rows carry the def line (gdb even merges them
+        # into the previous function's), so the line table cannot say where the set-up ends
+        return _after_argument_spills(block)
     set_up_end = -1
     region_end = len(rows)
     for index, (_, line) in enumerate(rows):
@@ -169,6 +168,39 @@ def body_entry(function: Function) -> Optional[int]:
             return pc
     candidates = [pc for pc, line in rows if line == first]
     return candidates[0] if candidates else None
+
+
+# An -O0 x86-64 prologue: frame set-up, arguments stored from their registers, locals
+# set to 0/NULL. AT&T and Intel syntax (gdb's disassembly-flavor).
+_PROLOGUE = re.compile(
+    r"^(endbr64|push\s+%?r\w+|mov\s+%rsp,%rbp|mov\s+rbp,rsp|sub\s+\$?(0x)?[0-9a-f]+,%rsp|sub\s+rsp,(0x)?[0-9a-f]+"
+    r"|mov[a-z]*\s+%(r[sd]i|[re]?[sd]i|[re]?[cd]x|r[89]d?|xmm[0-7]),-?(0x)?[0-9a-f]*\(%rbp\)"
+    r"|mov[a-z]*\s+\$0x0,-?(0x)?[0-9a-f]*\(%rbp\)"
+    r"|mov[a-z]*\s+\w+ PTR \[rbp-(0x)?[0-9a-f]+\],(r[sd]i|[re]?[sd]i|[re]?[cd]x|r[89]d?|xmm[0-7]|0x0))(\s|$)"
+)
+
+
+def _after_argument_spills(block: "gdb.Block") -> int:
+    """The first instruction after an -O0 x86-64 prologue (arguments readable from
+    there on); on other architectures, gdb's own end of prologue."""
+    try:
+        architecture = gdb.selected_frame().architecture()
+    except gdb.error:
+        architecture = None
+    if architecture is None or "x86-64" not in architecture.name():
+        try:
+            sals = gdb.decode_line(f"*{block.start:#x}")[1]
+            return gdb.decode_line(block.function.name)[1][0].pc if sals else block.start
+        except gdb.error:
+            return block.start
+    try:
+        instructions = architecture.disassemble(block.start, block.end - 1, 64)
+    except (gdb.error, gdb.MemoryError):
+        return block.start
+    for instruction in instructions:
+        if not _PROLOGUE.match(instruction["asm"].strip()):
+            return instruction["addr"]
+    return block.start
 
 
 def row_index(rows: Rows, pc: int) -> int:

@@ -340,6 +340,8 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
                 return
             if pylevel.is_stop_event(event):
                 break  # a Python breakpoint, or the Python function cy-step entered
+            if _user_stop(event) and _on_start_line(event, start, start_line):
+                continue  # a breakpoint on the line we are leaving (a loop head's other code): not a new line
             if _user_stop(event) or (into and _entry_stop(event)):
                 break
             if start_thread is not None and start_thread.is_valid() and gdb.selected_thread() != start_thread:
@@ -388,8 +390,7 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
                 start = newest_frame()
                 if start is None or cython_function(start) is not function_started:
                     break
-                start_line = function_started.lineno
-                continue
+                continue  # resumed: on to the line after the yield (its resume code carries the yield line)
             if cython_function(frame) is not None:
                 break
             event = _leave_non_cython()
@@ -402,6 +403,16 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
     if at_python_stop():
         _disarm_python()
     report()
+
+
+def _on_start_line(event: Optional["gdb.StopEvent"], start: "gdb.Frame", start_line: int) -> bool:
+    """A Cython breakpoint hit on the line the step started from, in the same frame."""
+    if not isinstance(event, gdb.BreakpointEvent) or isinstance(event, gdb.SignalEvent):
+        return False
+    if not all(breakpoints.owner_of(b) is not None for b in event.breakpoints if b.is_valid()):
+        return False
+    frame = newest_frame()
+    return frame is not None and frame == start and location(frame)[1] == start_line
 
 
 def _leave_non_cython() -> Optional["gdb.StopEvent"]:
