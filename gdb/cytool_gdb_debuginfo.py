@@ -179,8 +179,18 @@ class Module:
 
     # -- ownership -----------------------------------------------------------------------
 
+    def c_statement_lines(self, function: Function) -> List[Tuple[str, int, bool]]:
+        """The function's C statements as the line table will see them, in C order:
+        [(source basename, line, artifact)], consecutive repeats of a line merged
+        (see c_statement_lines below). Empty when the C file cannot be read."""
+        extent = self.c_extents.get(function.cname)
+        if extent is None:
+            return []
+        return c_statement_lines(self.c_filename, extent)
+
     def _assign_lines(self) -> None:
         extents = c_function_extents(self.c_filename, [f.cname for f in self.functions])
+        self.c_extents = extents
         spans: List[Tuple[int, int, Function]] = []
         for function in self.functions:
             extent = extents.get(function.cname)
@@ -292,6 +302,67 @@ def c_function_extents(c_filename: str, cnames: Iterable[str]) -> Dict[str, Tupl
                     index = body_end
         index += 1
     return result
+
+
+_DIRECTIVE = re.compile(r'^#line (\d+) "([^"]*)"')
+_NO_CODE = [
+    re.compile(r"^[{}();\s]*(else\b)?[{}();\s]*$"),  # braces, `} else {`
+    re.compile(r"^(for\s*\(\s*;\s*;|while\s*\(\s*1\s*\)\s*\{?$|do\s*\{?$)"),  # endless loops
+    re.compile(r"^__pyx_L\w+:;?$"),  # labels
+    re.compile(r"^(const\s+|static\s+|struct\s+|unsigned\s+|CYTHON_UNUSED\s+)*[A-Za-z_]\w*(\s*\*+\s*|\s+)"
+               r"[A-Za-z_]\w*(\[\w*\])?;?$"),  # a declaration without initialiser
+    re.compile(r"^(__Pyx_RefNanny\w*|__Pyx_X?GOTREF|__Pyx_X?GIVEREF|CYTHON_UNUSED_VAR|CYTHON_MAYBE_UNUSED_VAR)\b"),
+]
+
+
+def _produces_code(text: str) -> bool:
+    """Whether a line of Cython's C output compiles to machine code (a guess on syntax)."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith(("#", "/*", "*", "//")):
+        return False
+    return not any(pattern.match(stripped) for pattern in _NO_CODE)
+
+
+_c_cache: Dict[str, List[str]] = {}
+
+
+def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[Tuple[str, int, bool]]:
+    """[(source basename, line, artifact)] of the C lines with code in a function.
+
+    `#line N` gives the next C line the number N and each following C line one more,
+    so a C line that Cython wrote without a `#line` of its own (the continuation of a
+    multi-line piece of code) carries the number of the line after its statement: an
+    artifact. The line table cannot tell those rows from real ones; their order can:
+    at -O0 the code follows the C text, so the k-th code run of a line in the line
+    table is its k-th entry here."""
+    if c_filename not in _c_cache:
+        try:
+            with open(c_filename, encoding="utf-8", errors="replace") as handle:
+                _c_cache[c_filename] = handle.read().split("\n")
+        except OSError:
+            _c_cache[c_filename] = []
+    lines = _c_cache[c_filename]
+    start, end = extent[0] - 1, min(extent[1], len(lines))
+    directive = start
+    while directive > 0 and not _DIRECTIVE.match(lines[directive]):
+        directive -= 1
+    opening = _header_end(lines, start)  # the line holding the body's `{`: the prologue's line
+    if opening is None:
+        return []
+    current: Optional[Tuple[str, int]] = None
+    offset = 0
+    found: List[Tuple[str, int, bool]] = []
+    for index in range(max(directive, 0), end):
+        text = lines[index]
+        match = _DIRECTIVE.match(text)
+        if match:
+            current, offset = (os.path.basename(match.group(2)), int(match.group(1))), 0
+            continue
+        code = index == opening or (index > opening and _produces_code(text))
+        if current is not None and code:
+            found.append((current[0], current[1] + offset, offset > 0))
+        offset += 1
+    return found
 
 
 def _header_end(lines: List[str], start: int) -> Optional[int]:

@@ -25,13 +25,16 @@ import cytool_gdb_state as state
 from cytool_gdb_debuginfo import Function, Module
 
 Rows = List[Tuple[int, int]]  # (pc, line), ascending pc
+Runs = List[Tuple[int, int, bool]]  # (pc, line, artifact): where a line's code starts again
 _rows_cache: Dict[Tuple[str, str], Rows] = {}
+_runs_cache: Dict[Tuple[str, str], Runs] = {}
 _level_cache: Dict[str, str] = {}
 
 
 def forget() -> None:
     """Addresses change with every process: drop what was read from the last one."""
     _rows_cache.clear()
+    _runs_cache.clear()
     _level_cache.clear()
 
 
@@ -142,6 +145,57 @@ def function_rows(function: Function) -> Rows:
     return rows
 
 
+def function_runs(function: Function) -> Runs:
+    """The function's line-table rows merged into runs (a new run where the line
+    changes), each marked artifact or not by matching the k-th run of a line with the
+    k-th C statement of that line (cytool_gdb_debuginfo.c_statement_lines). Without the
+    C file, nothing is marked."""
+    key = (function.module.name, function.cname)
+    if key in _runs_cache:
+        return _runs_cache[key]
+    runs: List[Tuple[int, int]] = []
+    for pc, line in function_rows(function):
+        if not runs or runs[-1][1] != line:
+            runs.append((pc, line))
+    statements: List[Tuple[int, bool]] = []
+    source = os.path.basename(function.source or "")
+    for name, line, artifact in function.module.c_statement_lines(function):
+        if name != source:
+            continue
+        if statements and statements[-1][0] == line:
+            statements[-1] = (line, statements[-1][1] and artifact)
+        else:
+            statements.append((line, artifact))
+    flags: Dict[int, List[bool]] = {}
+    for line, artifact in statements:
+        flags.setdefault(line, []).append(artifact)
+    seen: Dict[int, int] = {}
+    marked: Runs = []
+    for pc, line in runs:
+        index = seen.get(line, 0)
+        seen[line] = index + 1
+        line_flags = flags.get(line, [])
+        marked.append((pc, line, line_flags[index] if index < len(line_flags) else False))
+    _runs_cache[key] = marked
+    return marked
+
+
+def is_artifact(function: Function, pc: int) -> bool:
+    """True when pc is in code that only carries its line number by accident (see
+    function_runs): stepping must not stop there."""
+    runs = function_runs(function)
+    index = row_index([(run[0], run[1]) for run in runs], pc)
+    return index >= 0 and runs[index][2]
+
+
+def first_real_run(function: Function, line: int) -> Optional[int]:
+    """The start of the first run of `line` in the function that is not an artifact."""
+    for pc, run_line, artifact in function_runs(function):
+        if run_line == line and not artifact:
+            return pc
+    return None
+
+
 def body_entry(function: Function) -> Optional[int]:
     """The address where the function's first statement starts once its set-up is done
     (locals initialised, closure scope loaded, arguments unpacked), in an -O0 build; None
@@ -155,6 +209,9 @@ def body_entry(function: Function) -> Optional[int]:
         # a lambda or a one-line def: all its rows carry the def line (gdb even merges them
         # into the previous function's), so the line table cannot say where the set-up ends
         return _after_argument_spills(block)
+    entry = first_real_run(function, first)
+    if entry is not None and function.module.c_statement_lines(function):
+        return entry  # the C file told the initialisers' rows (artifacts) apart
     set_up_end = -1
     region_end = len(rows)
     for index, (_, line) in enumerate(rows):
@@ -298,6 +355,11 @@ def place_line(path: str, line: int, owners: List[Function], first_statement: bo
             entry = body_entry(function)
             if entry is not None:
                 pcs = [entry]
+        if not pcs and state.function_block(function) is not None and \
+                optimisation_level_at(state.function_block(function).start) == "-O0":
+            real = first_real_run(function, line)
+            if real is not None:
+                pcs = [real]  # not an artifact row gdb would take for the line
         if not pcs:
             pcs = [s.pc for s in sals if function.cname in function_names_at(s.pc)]
         if not pcs:

@@ -370,6 +370,8 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
                     continue  # a line number #line left over on C-only code
                 if is_branch_header(path, line) and placement.is_branch_tail(function, frame.pc(), line):
                     continue  # the jump out of an if branch, under the if line
+                if placement.is_artifact(function, frame.pc()):
+                    continue  # code of another statement that carries this line number by accident
                 break
             if _on_stack(start):
                 # deeper than where we started (a call gdb's next did not step over, e.g.

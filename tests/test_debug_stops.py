@@ -238,7 +238,7 @@ def test_optimised_module(debug_python: str, optmod_builds) -> None:
     out = str(run)
     assert f"Cython breakpoint 5 at optmod.pyx:{O['pack-all-first']} in pack_all()" in run.of(5), out
     assert "[-O" not in out and "has no code" not in out, out
-    assert "o = [2, 3]" in run.of(6) and "nest_limit = 99" in run.of(6), out
+    assert "o = [1, [2, 3], 'x']" in run.of(6) and "nest_limit = 100" in run.of(6) and "x = 1" in run.of(6), out
 
 
 def test_package_module_loaded_later(debug_python: str, package_project: Path) -> None:
