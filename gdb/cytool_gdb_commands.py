@@ -488,6 +488,12 @@ def _scope_names(text: str, word: str) -> List[str]:
     candidates = {local.name for local in names.frame_locals(function)}
     candidates.update(function.locals)
     candidates.update(n for n in function.module.globals if not n.startswith("__"))
+    dictionary = names.module_dict(function.module)
+    if dictionary is not None:
+        try:
+            candidates.update(n for n, _ in pyobject.dict_str_items(dictionary) if not n.startswith("__"))
+        except pyobject.READ_ERRORS:
+            pass
     return _complete_from(candidates, text, word)
 
 

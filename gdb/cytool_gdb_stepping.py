@@ -125,8 +125,6 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
     if pylevel.is_stop_event(event) and pylevel.current is not None:
         print_python_stop(pylevel.current)
         return
-    if isinstance(event, gdb.SignalEvent):
-        print(f"Program received signal {event.stop_signal}.{thread_tag()}")
     if isinstance(event, gdb.BreakpointEvent) and not prefix:
         for breakpoint in event.breakpoints:
             owner = breakpoints.owner_of(breakpoint)
