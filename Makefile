@@ -10,7 +10,7 @@ CYTOOL := $(VENV)/bin/cytool
 APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
                 libunwind-dev chromium python3-dbg
 
-.PHONY: all deps venv install demo test bench sanitize clean
+.PHONY: all deps venv install demo test test-pythons bench sanitize clean
 
 all: install
 
@@ -38,6 +38,12 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q
+
+# the gdb tests on every supported Python (pyenv or PATH); the venvs are kept in .venv-pythons/
+test-pythons: install
+	CYTOOL_TEST_PYTHONS=venv,3.9,3.10,3.12,3.13 CYTOOL_TEST_VENVS=$(CURDIR)/.venv-pythons \
+	  $(PY) -m pytest -q tests/test_debug_gdb.py tests/test_debug_stops.py tests/test_debug_values.py \
+	  tests/test_debug_python.py tests/test_debug_threads.py
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

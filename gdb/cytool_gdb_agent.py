@@ -5,9 +5,10 @@ the debugged process, as module `_cytool_gdb_agent`, at a stop where the thread 
 GIL. It must run on Python 3.9-3.13 with the standard library only and never raise into
 the program: every entry point catches its own errors and returns a string.
 
-It traces Python code with sys.settrace (threading.settrace for threads started later)
-only while a Python breakpoint or a Python-level step needs it; a code object with no
-breakpoint is not traced line by line. When a Python stop is due it calls
+It watches Python code only while a Python breakpoint or a Python-level step needs it:
+with sys.monitoring on 3.12+ (a code object that cannot stop is switched off after its
+first call: near-free), with sys.settrace before (every Python call pays; see
+bench/bench_debug_agent.py). When a Python stop is due it calls
 `sys.audit("cytool.gdb.stop", reason, number, filename, line, function)`: gdb has a
 breakpoint on the interpreter's `sys_audit` and reads those arguments.
 """
@@ -27,38 +28,11 @@ class Agent:
         self.function_breaks = {}  # number -> dotted name
         self.mode = None  # None, "enter", "step", "next", "finish", "caller"
         self.thread = None  # thread ident the step belongs to
-        self.frame = None  # the frame a next/finish/caller step is about
+        self.frame = None  # the frame a step is about
         self.last_frame = None  # the frame of the last Python stop
         self._lines = {}  # code object -> set of its line numbers
-        self._pending_function = set()  # frames that stop at their first line
-        self._tracing = False
-
-    # -- switching tracing on and off --------------------------------------------------
-
-    def _needed(self):
-        return bool(self.line_breaks or self.function_breaks or self.mode)
-
-    def refresh(self, frame=None):
-        """Trace when needed: this thread, threads started later and (3.12+) all threads."""
-        if self._needed():
-            threading.settrace(self._global)
-            if hasattr(threading, "settrace_all_threads"):
-                threading.settrace_all_threads(self._global)
-            else:
-                sys.settrace(self._global)
-            self._tracing = True
-            while frame is not None:  # frames already running get line events too
-                if frame.f_code.co_filename not in _NOT_TRACED:
-                    frame.f_trace = self._local
-                frame = frame.f_back
-        elif self._tracing:
-            threading.settrace(None)
-            if hasattr(threading, "settrace_all_threads"):
-                threading.settrace_all_threads(None)
-            else:
-                sys.settrace(None)
-            self._tracing = False
-        return "ok"
+        self._first_line = set()  # frames that stop at their first line (function breakpoints)
+        self.backend = _Monitoring(self) if _Monitoring.available() else _Settrace(self)
 
     # -- matching ----------------------------------------------------------------------
 
@@ -79,114 +53,94 @@ class Agent:
             return False
         return "/" not in given or os.path.abspath(filename).endswith(os.path.normpath(given).lstrip("./"))
 
-    def _line_break_here(self, frame, line):
-        code = frame.f_code
+    def _line_break_at(self, code, line):
         for number, (given, wanted) in self.line_breaks.items():
             if wanted == line and self._same_file(given, code.co_filename):
                 return number
         return None
 
     def _has_line_breaks(self, code):
-        lines = None
         for given, wanted in self.line_breaks.values():
-            if self._same_file(given, code.co_filename):
-                lines = lines if lines is not None else self._code_lines(code)
-                if wanted in lines:
-                    return True
+            if self._same_file(given, code.co_filename) and wanted in self._code_lines(code):
+                return True
         return False
 
-    @staticmethod
-    def _qualified(frame):
+    def _function_break(self, frame):
         code = frame.f_code
         qualname = getattr(code, "co_qualname", code.co_name)
-        module = frame.f_globals.get("__name__", "") if frame.f_globals else ""
-        return module, qualname
-
-    def _function_break(self, frame):
-        module, qualname = self._qualified(frame)
+        module = frame.f_globals.get("__name__", "") if frame.f_globals is not None else ""
         full = module + "." + qualname if module else qualname
         for number, name in self.function_breaks.items():
             if name in (full, qualname) or full.endswith("." + name):
                 return number
         return None
 
-    # -- the trace functions -----------------------------------------------------------
+    def _mine(self):
+        return threading.get_ident() == self.thread
 
-    def _global(self, frame, event, arg):
-        if event != "call" or frame.f_code.co_filename in _NOT_TRACED:
-            return None
-        try:
-            mine = threading.get_ident() == self.thread
-            if mine and self.mode in ("enter", "step"):
-                if self.mode == "enter":
-                    self.mode, self.frame = "step", frame
-                return self._local
-            if self.function_breaks and self._function_break(frame) is not None:
-                self._pending_function.add(frame)
-                return self._local
-            if self.line_breaks and self._has_line_breaks(frame.f_code):
-                return self._local
-        except Exception:
-            return None
-        return None
+    # -- events (both backends) --------------------------------------------------------
 
-    def _local(self, frame, event, arg):
-        try:
-            if event == "line":
-                self._on_line(frame)
-            elif event == "return":
-                self._on_return(frame)
-        except Exception:
-            pass
-        return self._local
+    def wants(self, frame):
+        """A Python frame starts: whether its lines must be watched."""
+        code = frame.f_code
+        if code.co_filename in _NOT_TRACED:
+            return False
+        if self.mode in ("enter", "step") and self._mine():
+            if self.mode == "enter":
+                self.mode, self.frame = "step", frame
+            return True
+        if self.function_breaks and self._function_break(frame) is not None:
+            self._first_line.add(frame)
+            return True
+        return bool(self.line_breaks) and self._has_line_breaks(code)
 
-    def _on_line(self, frame):
-        mine = threading.get_ident() == self.thread
-        if frame in self._pending_function:
-            self._pending_function.discard(frame)
+    def on_line(self, frame, line):
+        if frame in self._first_line:
+            self._first_line.discard(frame)
             number = self._function_break(frame)
             if number is not None:
-                return self._stop("breakpoint", number, frame)
-        number = self._line_break_here(frame, frame.f_lineno) if self.line_breaks else None
+                return self._stop("breakpoint", number, frame, line)
+        number = self._line_break_at(frame.f_code, line) if self.line_breaks else None
         if number is not None:
-            return self._stop("breakpoint", number, frame)
-        if not mine:
-            return None
-        if self.mode == "step" or (self.mode in ("next", "caller") and frame is self.frame):
-            return self._stop("step", 0, frame)
+            return self._stop("breakpoint", number, frame, line)
+        if self._mine() and (self.mode == "step" or (self.mode in ("next", "caller") and frame is self.frame)):
+            return self._stop("step", 0, frame, line)
         return None
 
-    def _on_return(self, frame):
-        self._pending_function.discard(frame)
-        if threading.get_ident() != self.thread or self.mode is None:
+    def on_return(self, frame):
+        self._first_line.discard(frame)
+        if self.mode is None or self.mode == "enter" or not self._mine():
             return None
-        if self.mode in ("next", "finish", "caller") and frame is not self.frame:
+        if self.frame is not None and frame is not self.frame:
             return None
-        if self.mode == "step" and self.frame is not None and frame is not self.frame:
-            return None
-        return self._stop("return", 0, frame)
+        return self._stop("return", 0, frame, frame.f_lineno)
 
-    def _stop(self, reason, number, frame):
+    def _stop(self, reason, number, frame, line):
         self.last_frame = frame
         code = frame.f_code
-        sys.audit(STOP_EVENT, reason, number, code.co_filename, frame.f_lineno,
-                  getattr(code, "co_qualname", code.co_name))
+        sys.audit(STOP_EVENT, reason, number, code.co_filename, line, getattr(code, "co_qualname", code.co_name))
         return None
+
+    def needed(self):
+        return bool(self.line_breaks or self.function_breaks or self.mode)
 
     # -- called by gdb (each returns a short string) -----------------------------------
 
     def set_line_break(self, number, filename, line):
         self.line_breaks[number] = (filename, line)
-        return self.refresh(sys._getframe(1))
+        self.backend.update(running=sys._getframe(1))
+        return "ok"
 
     def set_function_break(self, number, name):
         self.function_breaks[number] = name
-        return self.refresh(sys._getframe(1))
+        self.backend.update()
+        return "ok"
 
     def delete_break(self, number):
         self.line_breaks.pop(number, None)
         self.function_breaks.pop(number, None)
-        return self.refresh()
+        self.backend.update()
+        return "ok"
 
     def arm(self, mode):
         """For the calling thread (the one gdb stopped): mode "enter" stops at the first
@@ -195,25 +149,17 @@ class Agent:
         None disarms."""
         self.mode = mode
         self.thread = threading.get_ident()
-        if mode in ("next", "finish"):
-            self.frame = self.last_frame
-        elif mode == "step":
-            self.frame = self.last_frame
+        watch = None
+        if mode in ("step", "next", "finish"):
+            self.frame = watch = self.last_frame
         elif mode == "caller":
-            self.frame = self.last_frame.f_back if self.last_frame is not None else None
+            self.frame = watch = self.last_frame.f_back if self.last_frame is not None else None
             if self.frame is None:
                 self.mode = None
         else:
             self.frame = None
-        self.refresh(self.last_frame if mode in ("step", "next", "finish", "caller") else None)
+        self.backend.update(watch=watch)
         return "ok"
-
-    def last_location(self):
-        frame = self.last_frame
-        if frame is None:
-            return ""
-        code = frame.f_code
-        return "%s\0%d\0%s" % (code.co_filename, frame.f_lineno, getattr(code, "co_qualname", code.co_name))
 
     def locals_text(self):
         frame = self.last_frame
@@ -224,15 +170,15 @@ class Agent:
     def eval_in_frame(self, source, mode):
         frame = self.last_frame
         if frame is None:
-            return "error: no Python frame"
+            return "error:\0no Python frame"
         return self._run(source, mode, frame.f_globals, frame.f_locals)
 
     def eval_with(self, source, mode, globals_, locals_):
         return self._run(source, mode, globals_, locals_)
 
     def _run(self, source, mode, globals_, locals_):
-        """"value:PRINTED\0KIND\0TEXT" (KIND int, float, bool, str or repr) or
-        "error:PRINTED\0TRACEBACK" with only the frames of the code that was run."""
+        """"value:PRINTED\\0KIND\\0TEXT" (KIND int, float, bool, str or repr) or
+        "error:PRINTED\\0TRACEBACK" with only the frames of the code that was run."""
         import io
         import traceback
         saved = sys.stdout
@@ -251,6 +197,146 @@ class Agent:
             frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename != _AGENT_FILE]
             text = "".join(traceback.format_list(frames)) + "".join(traceback.format_exception_only(type(error), error))
             return "error:" + capture.getvalue() + "\0" + text.rstrip()
+
+
+class _Settrace:
+    """Python 3.9-3.11: sys.settrace in this thread, threading.settrace for new threads."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.on = False
+
+    def update(self, watch=None, running=None):
+        agent = self.agent
+        if agent.needed():
+            threading.settrace(self._global)
+            sys.settrace(self._global)
+            self.on = True
+            for frame in _frames(watch, running):  # frames already running get line events too
+                frame.f_trace = self._local
+        elif self.on:
+            threading.settrace(None)
+            sys.settrace(None)
+            self.on = False
+
+    def _global(self, frame, event, arg):
+        try:
+            if event == "call" and self.agent.wants(frame):
+                return self._local
+        except Exception:
+            pass
+        return None
+
+    def _local(self, frame, event, arg):
+        try:
+            if event == "line":
+                self.agent.on_line(frame, frame.f_lineno)
+            elif event == "return":
+                self.agent.on_return(frame)
+        except Exception:
+            pass
+        return self._local
+
+
+class _Monitoring:
+    """Python 3.12+: sys.monitoring, for every thread. PY_START is on while anything is
+    watched and switched off for each code object that cannot stop; LINE and the return
+    events are on only for the code objects that can."""
+
+    TOOL = 0  # sys.monitoring.DEBUGGER_ID
+
+    @staticmethod
+    def available():
+        monitoring = getattr(sys, "monitoring", None)
+        if monitoring is None:
+            return False
+        try:
+            return monitoring.get_tool(_Monitoring.TOOL) in (None, "cytool")
+        except Exception:
+            return False
+
+    def __init__(self, agent):
+        self.agent = agent
+        self.monitoring = sys.monitoring
+        self.watched = set()  # code objects with local events
+        self.on = False
+
+    def _start(self):
+        m = self.monitoring
+        if m.get_tool(self.TOOL) is None:
+            m.use_tool_id(self.TOOL, "cytool")
+        events = m.events
+        m.register_callback(self.TOOL, events.PY_START, self._py_start)
+        m.register_callback(self.TOOL, events.LINE, self._line)
+        m.register_callback(self.TOOL, events.PY_RETURN, self._return)
+        m.register_callback(self.TOOL, events.PY_YIELD, self._return)
+        self.on = True
+
+    def _watch(self, code):
+        events = self.monitoring.events
+        self.monitoring.set_local_events(self.TOOL, code, events.LINE | events.PY_RETURN | events.PY_YIELD)
+        self.watched.add(code)
+
+    def update(self, watch=None, running=None):
+        m = self.monitoring
+        agent = self.agent
+        if not agent.needed():
+            if self.on:
+                m.set_events(self.TOOL, 0)
+                for code in self.watched:
+                    m.set_local_events(self.TOOL, code, 0)
+                self.watched.clear()
+            return
+        if not self.on:
+            self._start()
+        m.set_events(self.TOOL, m.events.PY_START)
+        for frame in _frames(watch, running):
+            if frame is watch or agent._has_line_breaks(frame.f_code):
+                self._watch(frame.f_code)
+        m.restart_events()  # code switched off earlier may matter now
+
+    def _py_start(self, code, offset):
+        try:
+            frame = sys._getframe(1)
+            if frame.f_code is not code:
+                return None
+            if self.agent.wants(frame):
+                self._watch(code)
+                return None
+        except Exception:
+            return None
+        if self.agent.mode in ("enter", "step"):
+            return None  # another thread's code may matter to this step later
+        return self.monitoring.DISABLE
+
+    def _line(self, code, line):
+        try:
+            frame = sys._getframe(1)
+            if frame.f_code is code:
+                self.agent.on_line(frame, line)
+        except Exception:
+            pass
+        return None
+
+    def _return(self, code, offset, value):
+        try:
+            frame = sys._getframe(1)
+            if frame.f_code is code:
+                self.agent.on_return(frame)
+        except Exception:
+            pass
+        return None
+
+
+def _frames(watch, running):
+    """The frame a step watches, and every frame running below the caller (for a line
+    breakpoint set while they run), cytool's own code left out."""
+    found = [watch] if watch is not None else []
+    frame = running
+    while frame is not None:
+        found.append(frame)
+        frame = frame.f_back
+    return [f for f in found if f.f_code.co_filename not in _NOT_TRACED]
 
 
 def _typed(value):

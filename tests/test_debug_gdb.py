@@ -332,7 +332,8 @@ def test_help_for_every_command(python: str, built) -> None:
     module_path, _ = built
     names = ["cy-break", "cy-step", "cy-next", "cy-finish", "cy-cont", "cy-run", "cy-until", "cy-bt",
              "cy-up", "cy-down", "cy-frame", "cy-list", "cy-print", "cy-locals", "cy-globals", "cy-set",
-             "cy-load", "cy-delete", "function cy_cname", "function cy_lineno", "function cy_value"]
+             "cy-load", "cy-delete", "cy-thread", "cy-exec", "function cy_cname", "function cy_lineno",
+             "function cy_value", "function cy_eval"]
     run = h.run_gdb(python, module_path, [f"help {name}" for name in names])
     for index, name in enumerate(names):
         text = run.of(index)
