@@ -310,12 +310,15 @@ class _Monitoring:
         return self.monitoring.DISABLE
 
     def _line(self, code, line):
+        agent = self.agent
         try:
             frame = sys._getframe(1)
             if frame.f_code is code:
-                self.agent.on_line(frame, line)
+                agent.on_line(frame, line)
         except Exception:
-            pass
+            return None
+        if agent.mode is None and not agent.function_breaks and agent._line_break_at(code, line) is None:
+            return self.monitoring.DISABLE  # this line cannot stop until the next step or breakpoint
         return None
 
     def _return(self, code, offset, value):
