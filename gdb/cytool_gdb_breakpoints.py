@@ -25,7 +25,7 @@ import gdb  # type: ignore
 
 import cytool_gdb_placement as placement
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Module, is_blank_or_comment, nearest, _prefer_generator_bodies
+from cytool_gdb_debuginfo import Function, Module, is_blank_or_comment, nearest, prefer_generator_bodies
 
 CYTHON_SOURCES = (".pyx", ".pxi", ".pxd")
 
@@ -202,7 +202,7 @@ def _def_line_function(module: Module, path: str, line: int) -> Optional[Functio
     """The function defined on this line (a generator's body, not its factory)."""
     defined = [f for f in module.functions
                if not f.is_module_init and f.lineno == line and f.source == path and f.first_statement() is not None]
-    defined = _prefer_generator_bodies(defined)
+    defined = prefer_generator_bodies(defined)
     return defined[0] if defined else None
 
 

@@ -233,7 +233,7 @@ class Module:
         matches = [f for f in callable_ if f.qualified_name == spec or f.display_name == spec]
         if not matches and not exact_only:
             matches = [f for f in callable_ if f.display_name.endswith("." + spec) or f.name == spec]
-        return _prefer_generator_bodies(matches)
+        return prefer_generator_bodies(matches)
 
     def owners(self, path: str, line: int) -> List[Function]:
         """The Cython functions whose own code is on this line (module init only if no other)."""
@@ -255,7 +255,7 @@ class Module:
         return None
 
 
-def _prefer_generator_bodies(functions: List[Function]) -> List[Function]:
+def prefer_generator_bodies(functions: List[Function]) -> List[Function]:
     """A generator is two C functions with one qualified name: keep the one running its body."""
     bodies = {f.qualified_name for f in functions if f.is_generator_body}
     return [f for f in functions if f.is_generator_body or f.qualified_name not in bodies]

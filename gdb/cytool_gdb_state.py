@@ -144,7 +144,6 @@ def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
     if preloaded is not None or not process_running():
         return None  # no process (gdb may still list the last run's libraries), or only the stand-in
     bound = _objfile_of.get(module.name)
-    fallback = None
     for objfile in gdb.objfiles():
         name = objfile.filename or ""
         if not name.endswith(".so") or not objfile.is_valid():
@@ -156,7 +155,7 @@ def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
             continue
         if _known_module_for(real, os.path.basename(real).split(".", 1)[0]) is module:
             return objfile
-    return fallback
+    return None
 
 
 def forget_objfiles() -> None:

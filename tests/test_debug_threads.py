@@ -53,7 +53,7 @@ def test_breakpoint_in_several_threads(debug_python: str, shapes) -> None:
     assert listing.count("work_nogil()") >= 1 and re.search(r"^\* \d+", listing, flags=re.M), out
     assert "shapes.pyx" in listing and "threaded()" in listing, out  # the main thread waits in threaded()
     everything = run.of(4)
-    assert len(re.findall(r"^[* ]Thread \d+", everything, flags=re.M)) >= 3, out
+    assert len(re.findall(r"^[* ]Thread \d+", everything, flags=re.M)) >= 2, out  # each thread there is by then
     assert everything.count("in work_nogil()") >= 1 and "in threaded.body()" in everything, out
     assert "in main()" in everything, out
     values = {run.of(2).strip(), run.of(6).strip()}
