@@ -46,7 +46,7 @@ class PythonSourceWindow:
         text = []
         for number in range(first, min(len(lines), first + height - 1) + 1):
             marker = ">" if number == line else " "
-            text.append(f"{marker}{number:>5} {lines[number - 1]}"[:width - 1])
+            text.append(f"{marker}{number:>5} {lines[number - 1]}"[:width - 1].ljust(width - 1))
         self.window.erase()
         self.window.write("\n".join(text))
 
@@ -83,6 +83,7 @@ def show_python_source(path: str, line: int) -> None:
             return
     for window in list(_windows):
         window.render()
+    _redraw()
 
 
 def show_cython_source() -> None:
@@ -93,4 +94,13 @@ def show_cython_source() -> None:
             gdb.execute("layout src", to_string=True)
         except gdb.error:
             pass
+        _redraw()
     _showing = False
+
+
+def _redraw() -> None:
+    """Repaint the whole screen: the windows a layout change leaves behind go away."""
+    try:
+        gdb.execute("refresh", to_string=True)
+    except gdb.error:
+        pass

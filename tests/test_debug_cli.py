@@ -147,3 +147,56 @@ def test_tui_in_tmux(tmp_path: Path) -> None:
         assert marker, moved
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_tui_shows_python_stops(tmp_path: Path) -> None:
+    """cy-step into Python code: the TUI shows the .py file with the stop marked, and the
+    .pyx again once control is back in Cython."""
+    shapes = h.HERE / "shapes.pyx"
+    S = h.markers(shapes)
+    Y = h.markers(h.HERE / "pysteps.py")
+    session = f"cytool-debug-py-{os.getpid()}"
+    env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
+    command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b shapes.pyx:{S['call-python-line']} {shapes}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36", command], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
+                                  text=True).stdout
+
+        def wait_for(text: str, timeout: float = 120) -> str:
+            deadline = time.monotonic() + timeout
+            shown = ""
+            while time.monotonic() < deadline:
+                shown = screen()
+                if text in shown:
+                    return shown
+                time.sleep(0.3)
+            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
+
+        def send(keys: str) -> None:
+            subprocess.run(["tmux", "send-keys", "-t", session, keys, "Enter"], check=True)
+
+        wait_for("(gdb)")
+        send("cy-run")
+        wait_for(f"Cython breakpoint 1, shapes.pyx:{S['call-python-line']} in call_python()")
+        send("cy-step")
+        shown = wait_for(f"pysteps.py:{Y['helper-first']} in helper() [Python]")
+        assert "pysteps.py (Python)" in shown, shown  # the Python source window's title
+        assert any(line.startswith("│>") and "doubled = value * 2" in line for line in shown.splitlines()), shown
+        send("cy-next")
+        shown = wait_for(f"pysteps.py:{Y['helper-call']} in helper() [Python]")
+        assert any(line.startswith("│>") and "extra = inner(doubled)" in line for line in shown.splitlines()), shown
+        send("cy-finish")
+        deadline = time.monotonic() + 60
+        shown = screen()
+        while "shapes.pyx" not in shown.split("\n")[0] and time.monotonic() < deadline:
+            time.sleep(0.3)
+            shown = screen()
+        assert "shapes.pyx" in shown.split("\n")[0] and "pysteps.py (Python)" not in shown, shown  # gdb's window
+        marker = [line for line in shown.splitlines() if ">" in line and "result = pysteps.helper(before)" in line]
+        assert marker, shown
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
