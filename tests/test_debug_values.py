@@ -41,6 +41,7 @@ def test_cdef_class_instances_and_classes(debug_python: str, shapes) -> None:
         "cy-up",  # 6: main
         "cy-print v", "cy-print Vec", "cy-print Vec3",  # 7, 8, 9
         "cy-print sys", "cy-print make_adder",  # 10, 11
+        "cy-print Plain",  # 12: a Python class defined in the module
     ]
     run = h.run_gdb(debug_python, shapes[0], commands, source=SHAPES)
     out = str(run)
@@ -59,6 +60,7 @@ def test_cdef_class_instances_and_classes(debug_python: str, shapes) -> None:
     assert "Vec3 = <class 'shapes.Vec3'>" in run.of(9), out
     assert "sys = <module 'sys'>" in run.of(10), out
     assert "make_adder = <cyfunction make_adder at 0x" in run.of(11), out
+    assert "Plain = <class 'shapes.Plain'>" in run.of(12), out
 
 
 def test_globals_show_dunders_with_a(debug_python: str, shapes) -> None:
