@@ -10,7 +10,7 @@ CYTOOL := $(VENV)/bin/cytool
 APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
                 libunwind-dev chromium python3-dbg
 
-.PHONY: all deps venv install demo test test-pythons bench sanitize clean
+.PHONY: all deps venv install demo test test-pythons bench sanitize realworld clean
 
 all: install
 
@@ -29,8 +29,10 @@ $(PY):
 venv: $(PY)
 
 install: deps venv
-	$(PY) -m pip install -q "Cython>=3" setuptools wheel
+	$(PY) -m pip install -q -U "Cython>=3" setuptools wheel
 	$(PY) -m pip install -q --no-build-isolation -e ".[test]"
+	@# an editable install does not run build_py: put the CYTOOL_PROFILE start-up hook in place
+	$(PY) -c "import shutil, sysconfig; shutil.copy('cytool-autostart.pth', sysconfig.get_paths()['purelib'])"
 
 demo: install
 	$(CYTOOL) run examples/demo.pyx -- 200000
@@ -48,6 +50,13 @@ test-pythons: install
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run_all.py
+
+# cytool on real projects' sdists from PyPI (network; not part of `make test`)
+realworld: install
+	@missing=$$(for p in libdebuginfod-dev pkg-config; do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; fi
+	tests/realworld/run.sh
 
 sanitize: deps
 	$(MAKE) -C runtime sanitize

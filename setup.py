@@ -1,11 +1,13 @@
 """Build hooks: compile the C runtime (runtime/Makefile) into cytool/_lib and the
-CPython extension that drives the tracer, linked against that same libcytrace.so."""
+CPython extension that drives the tracer, linked against that same libcytrace.so; install
+cytool-autostart.pth into site-packages (CYTOOL_PROFILE for any Python process)."""
 import os
 import subprocess
 from pathlib import Path
 
 from setuptools import Distribution, Extension, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 HERE = Path(__file__).resolve().parent
 
@@ -33,6 +35,21 @@ class BuildExtWithRuntime(build_ext):
         super().run()
 
 
+AUTOSTART_PTH = "cytool-autostart.pth"
+
+
+class BuildPyWithAutostart(build_py):
+    """Put cytool-autostart.pth at the root of what is installed (site-packages), so that
+    `CYTOOL_PROFILE=path python anything.py` starts tracing (cytool/autostart.py)."""
+
+    def run(self):
+        super().run()
+        self.copy_file(str(HERE / AUTOSTART_PTH), str(Path(self.build_lib) / AUTOSTART_PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        return super().get_outputs(include_bytecode) + [str(Path(self.build_lib) / AUTOSTART_PTH)]
+
+
 def extensions():
     source = HERE / "runtime" / "python" / "cytrace_module.c"
     if not source.exists():
@@ -51,6 +68,6 @@ def extensions():
 
 setup(
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtWithRuntime},
+    cmdclass={"build_ext": BuildExtWithRuntime, "build_py": BuildPyWithAutostart},
     distclass=BinaryDistribution,
 )

@@ -10,7 +10,9 @@ from cytool import __version__
 from cytool.errors import CytoolError
 
 # Subcommands, in the order `cytool --help` lists them.
-COMMANDS = ("run", "build", "profile", "report", "debug")
+COMMANDS = ("run", "build", "profile", "report", "debug", "develop")
+# Subcommands that run a program: what follows its FILE / -m MODULE / -c CODE is the program's.
+PROGRAM_COMMANDS = ("run", "profile", "debug")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -26,15 +28,29 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    for action in parser._actions:  # argparse keeps the subparsers in a private action
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]
+    raise KeyError(name)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # Everything after the first `--` belongs to the program being run, untouched;
-    # cytool's own options may stand anywhere before it (also after FILE.pyx).
+    parser = make_parser()
     program_args: list = []
-    if "--" in argv:
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command in PROGRAM_COMMANDS:
+        from cytool.commands.options import options_taking_values, split_program_arguments
+
+        at = argv.index(command)
+        subparser = _subparser(parser, command)
+        own, program_args = split_program_arguments(argv[at + 1 :], options_taking_values(subparser))
+        argv = argv[: at + 1] + own
+    elif "--" in argv:
+        # Everything after the first `--` is not an option of cytool's.
         cut = argv.index("--")
         argv, program_args = argv[:cut], argv[cut + 1 :]
-    parser = make_parser()
     args = parser.parse_args(argv)
     args.program_args = program_args
     try:

@@ -28,13 +28,16 @@ GDB_SCRIPT = "cytool_gdb.py"
 class DebugSession:
     """What gdb is started with: the module, the breakpoints and how gdb runs."""
 
-    module_path: Path
-    source: Path
-    build_dir: Path
+    module_path: Optional[Path]
+    source: Optional[Path]
+    build_dir: Optional[Path]
     program_args: List[str] = field(default_factory=list)
     breakpoints: List[str] = field(default_factory=list)
     command_file: Optional[Path] = None
     batch: bool = False
+    # what follows `python -m cytool run` in the inferior (None: --prebuilt MODULE SOURCE)
+    launch_args: Optional[List[str]] = None
+    build_dirs: List[Path] = field(default_factory=list)
 
 
 def find_gdb(gdb: Optional[str] = None) -> Tuple[str, Tuple[int, int]]:
@@ -154,25 +157,19 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
     ]
     if session.batch:  # a refused breakpoint ends the run, one that matched nothing fails it
         argv += ["-ex", "set cy-batch on"]
-    argv += [
-        "-ex", _quote_gdb(f"cy-load {session.build_dir}"),
-    ]
+    for build_dir in session.build_dirs or ([session.build_dir] if session.build_dir else []):
+        argv += ["-ex", _quote_gdb(f"cy-load {build_dir}")]
     for spec in session.breakpoints:
         argv += ["-ex", _quote_gdb(f"cy-break {spec}")]
     if not session.batch:
         argv += ["-ex", "layout src", "-ex", "cy-list", "-ex", "set pagination on"]
     if session.command_file is not None:
         argv += ["-x", str(session.command_file)]
-    argv += [
-        "--args",
-        sys.executable,
-        "-m",
-        "cytool",
-        "run",
-        "--prebuilt",
-        str(session.module_path),
-        str(session.source),
-    ]
+    argv += ["--args", sys.executable, "-m", "cytool", "run"]
+    if session.launch_args is not None:
+        argv += session.launch_args
+    else:
+        argv += ["--prebuilt", str(session.module_path), str(session.source)]
     if session.program_args:
         argv += ["--", *session.program_args]
     return argv

@@ -18,6 +18,24 @@ from typing import List, NamedTuple, Optional
 from cytool.errors import CytoolError
 
 
+# Environment variables that change what the compiler does (part of every cache key).
+COMPILER_ENVIRONMENT = (
+    "CC", "CXX", "CFLAGS", "CXXFLAGS", "CPPFLAGS", "LDFLAGS",
+    "CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH", "LIBRARY_PATH",
+)
+
+
+def tool_environment() -> dict:
+    """The environment for the tools a build runs (Cython, setup.py, the compiler):
+    ours without CYTOOL_PROFILE*, so that a traced program's build is not traced too."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("CYTOOL_PROFILE")}
+
+
+def flags_from_environment(name: str) -> List[str]:
+    """$CFLAGS, $CPPFLAGS, $LDFLAGS ... split as a shell would (what setuptools honours)."""
+    return shlex.split(os.environ.get(name, ""))
+
+
 class Compiler(NamedTuple):
     """A compiler command line prefix (e.g. ['gcc', '-pthread']) and the binary behind it."""
 

@@ -248,8 +248,10 @@ def _python_source(filename: str, line: int) -> str:
 
 # The frames of `python -m cytool run`, which loads the module: the user did not write
 # them, so cy-bt hides them like CPython's internals (cy-bt -a shows them).
-_LAUNCHER_SUFFIXES = ("/cytool/__main__.py", "/cytool/cli.py", "/cytool/commands/run.py", "/cytool/run.py",
-                      "/runpy.py")  # `python -m` (a frozen module since 3.11)
+_LAUNCHER_SUFFIXES = (
+    "/cytool/__main__.py", "/cytool/cli.py", "/cytool/commands/run.py", "/cytool/launch.py", "/cytool/importer.py",
+    "/runpy.py",
+)
 
 
 def _is_launcher(filename: str) -> bool:

@@ -11,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# Fixture projects carry test files of their own (run by the tests, in copies).
+collect_ignore_glob = ["fixtures/*", "realworld/*"]
+
 
 @pytest.fixture(scope="session", autouse=True)
 def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

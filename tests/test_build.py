@@ -191,7 +191,7 @@ def test_numpy_cimport_gets_numpy_headers(tmp_path: Path) -> None:
             return s
         """)
     result = build_module(source)
-    assert f"-I{numpy.get_include()}" in json.loads((result.build_dir / "build.json").read_text())["compile_command"]
+    assert f"-I{numpy.get_include()}" in json.loads((result.build_dir / "build.json").read_text())["compile_commands"][0]
     out = subprocess.run(
         [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(result.module_path.parent)!r}); import numpy, npmod; print(npmod.total(numpy.arange(5.0)))"],
         capture_output=True, text=True,

@@ -260,11 +260,11 @@ def test_values_frames_and_set(python: str, built) -> None:
     assert "result = work(4)" in bt, out  # the source line of each frame
     if "Python frames not shown" in bt:  # an interpreter without python-gdb.py
         assert "python-gdb.py" in bt, out  # says why
-    assert "run.py" not in bt and "cli.py" not in bt, out  # cytool's launcher frames are hidden
+    assert "launch.py" not in bt and "cli.py" not in bt, out  # cytool's launcher frames are hidden
     assert "_PyEval_EvalFrameDefault" not in bt, out
     full = of("cy-bt full")
     if "Python frames not shown" not in full:
-        assert "[py]" in full and "/cytool/run.py" in full, out  # ... and shown by cy-bt -a
+        assert "[py]" in full and "/cytool/launch.py" in full, out  # ... and shown by cy-bt -a
 
     assert h.last_stop(of("cy-up"), out)[2] == "main", out
     assert "result = <unbound>" in of("cy-print result"), out

@@ -34,4 +34,4 @@ def test_profile_prints_table_and_writes_html(tmp_path: Path, run_cytool) -> Non
     assert outer == ["gtmain.helper", "gtmain.run", "gtmain.<module>"]
     with_runner = json.loads(run_cytool("report", capture, "-f", "json", "--runner-frames").stdout)
     frames = [f for s in with_runner["stacks"] if s["self"]["line"] == 10 for f in s["frames"]]
-    assert any(f["file"].endswith("run.py") for f in frames)
+    assert any(f["file"].endswith("launch.py") for f in frames)

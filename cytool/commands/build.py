@@ -1,53 +1,85 @@
-"""`cytool build FILE.pyx`: compile through the cache and say where the module is."""
+"""`cytool build FILE.pyx...`: compile through the cache (with the project modules they
+cimport) and say where the modules are."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from pathlib import Path
 
-from cytool.commands.options import add_build_arguments, build_options
+from cytool.commands.options import add_build_arguments, build_options, output_dir
+from cytool.errors import CytoolError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "build",
-        help="compile a .pyx into an extension module (cached)",
-        description="Cythonize FILE.pyx with #line directives and gdb debug info, compile it "
-        "with -g, and print where the module is. Builds are cached by content.",
+        help="compile .pyx files into extension modules (cached)",
+        description="Cythonize each FILE.pyx with #line directives and gdb debug info, compile it "
+        "with -g, and print where the module is. A .pyx inside a package is built under its "
+        "dotted name, together with the project modules it cimports. Builds are cached by content.",
     )
+    parser.add_argument("files", nargs="+", type=Path, metavar="FILE.pyx", help="the Cython sources to build")
     add_build_arguments(parser)
     parser.add_argument("--annotate", action="store_true", help="also write Cython's annotated HTML")
-    parser.add_argument(
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
         "-o",
         "--output-dir",
         type=Path,
         metavar="DIR",
-        help="copy the module and its debug info (cython_debug/) into DIR",
+        help="copy each module asked for (and its debug info, cython_debug/) into DIR",
+    )
+    where.add_argument(
+        "--inplace",
+        action="store_true",
+        help="copy every module built (those asked for and those they cimport) beside its .pyx, "
+        "as `setup.py build_ext --inplace` does",
     )
     parser.set_defaults(handler=handle)
 
 
+def _copy(result, folder: Path) -> Path:  # result: BuildResult
+    target = folder / result.module_path.name
+    try:
+        tmp = folder / f".{result.module_path.name}.tmp"
+        shutil.copy2(result.module_path, tmp)
+        tmp.replace(target)  # a running process keeps the old file
+        if result.debug_info.is_file():
+            debug = folder / "cython_debug"
+            debug.mkdir(exist_ok=True)
+            shutil.copy2(result.debug_info, debug / result.debug_info.name)
+    except OSError as error:
+        raise CytoolError(f"{folder}: cannot copy {result.module_path.name} there: {error.strerror}",
+                          hint="give a folder you can write", exit_code=1) from None
+    return target
+
+
 def handle(args: argparse.Namespace) -> int:
-    import shutil
+    from cytool.build import build_with_cimports
 
-    from cytool.build import build_module
-
-    result = build_module(args.file, build_options(args))
-    module_path = result.module_path
-    annotation = result.annotation
-    if args.output_dir is not None:
-        out = args.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(result.module_path, out / result.module_path.name)
-        module_path = out / result.module_path.name
-        if result.debug_info.parent.is_dir():
-            shutil.copytree(result.debug_info.parent, out / "cython_debug", dirs_exist_ok=True)
-        if annotation is not None:
-            shutil.copy2(annotation, out / annotation.name)
-            annotation = out / annotation.name
-    state = "cached" if result.cached else "built"
-    print(f"{module_path}")
-    print(f"cytool: {state} {result.source.name} -> {module_path}", file=sys.stderr)
-    if annotation is not None:
-        print(f"cytool: annotated HTML: {annotation}", file=sys.stderr)
+    if args.module_name and len(args.files) > 1:
+        raise CytoolError("--module-name names one module; give one FILE.pyx with it", exit_code=2)
+    out = output_dir(args.output_dir)
+    options = build_options(args)
+    for path in args.files:
+        results = build_with_cimports(path, options)
+        for index, result in enumerate(results):
+            module_path = result.module_path
+            annotation = result.annotation
+            if out is not None and index == 0:
+                module_path = _copy(result, out)
+                if annotation is not None:
+                    shutil.copy2(annotation, out / annotation.name)
+                    annotation = out / annotation.name
+            elif args.inplace:
+                module_path = _copy(result, result.source.parent)
+            state = "cached" if result.cached else "built"
+            if index == 0:
+                print(f"{module_path}")
+                print(f"cytool: {state} {result.module_name} ({path}) -> {module_path}", file=sys.stderr)
+            else:
+                print(f"cytool:   {state} {result.module_name}, cimported ({result.source}) -> {module_path}", file=sys.stderr)
+            if annotation is not None:
+                print(f"cytool: annotated HTML: {annotation}", file=sys.stderr)
     return 0

@@ -1,4 +1,5 @@
-"""`cytool profile FILE.pyx [-- ARGS]`: build, run under the allocation tracer, summarise."""
+"""`cytool profile FILE.pyx | script.py | -m MODULE | -c CODE [ARGS]`: run the program
+under the allocation tracer (every Cython module, however it was built), summarise."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from cytool.commands.options import add_build_arguments, add_program_arguments, build_options, program_arguments
+from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry
 from cytool.errors import CytoolError
 
 CAPTURE_MAGIC = b"CYTRACE\0"
@@ -16,10 +17,11 @@ CAPTURE_MAGIC = b"CYTRACE\0"
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "profile",
-        help="build a .pyx, run it with every allocation traced, and summarise per .pyx line",
-        description="Build FILE.pyx (cached), run it as __main__ with the C allocation tracer on, "
-        "write the capture and print the top .pyx lines by bytes allocated.",
+        help="run a .pyx, a script or a module with every allocation traced; summarise per .pyx line",
+        description="Run FILE.pyx (built, cached), a Python script, -m MODULE or -c CODE with the C "
+        "allocation tracer on, write the capture and print the top .pyx lines by bytes allocated.",
     )
+    add_entry_arguments(parser, "profile")
     add_build_arguments(parser)
     parser.add_argument(
         "-o",
@@ -62,7 +64,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "1 MiB of event buffer per thread instead of 256 KiB)",
     )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
-    add_program_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -119,15 +120,21 @@ def print_summary(capture: Path) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cytool.build import build_module
-    from cytool.run import run_module
+    from cytool.launch import Launcher
 
     # Our own tracer session must not collide with one started from the environment.
     os.environ.pop("CYTOOL_PROFILE", None)
     from cytool.tracker import Tracker
 
-    result = build_module(args.file, build_options(args))
-    capture = choose_capture_path(args.output, result.module_name)
+    if args.time_resolution is not None and args.time_resolution < 1:
+        raise CytoolError("--time-resolution takes a number of nanoseconds, at least 1", exit_code=2)
+    program = entry(args)
+    launcher = Launcher(program, build_options(args))
+    results = launcher.prepare()
+    capture = choose_capture_path(args.output, results[0].module_name if results else program.label)
+    if not args.no_summary:  # imported now: the program's folder must not shadow what the summary needs
+        import cytool.reports.summary  # noqa: F401
+        import rich.console  # noqa: F401
     tracker = Tracker(
         capture,
         follow_fork=args.follow_fork,
@@ -140,7 +147,7 @@ def handle(args: argparse.Namespace) -> int:
     pid = os.getpid()
     tracker.start()
     try:
-        status = run_module(result, program_arguments(args))
+        status = launcher.run()
     except SystemExit as exit_request:
         code = exit_request.code
         if code is None:

@@ -97,6 +97,15 @@ def handle(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.is_dir():
         raise CytoolError(f"{args.output}: is a directory", hint="give -o a file name", exit_code=2)
 
+    import stat
+
+    try:
+        mode = args.capture.stat().st_mode
+    except OSError:
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device?)"
+        raise CytoolError(f"{args.capture}: {kind}, not a capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2)
     with read_capture(args.capture) as capture:
         profile = analyze(
             capture,

@@ -1,20 +1,23 @@
-"""`cytool run FILE.pyx [-- ARGS]`: build (cached), load into this Python, run as __main__."""
+"""`cytool run FILE.pyx | script.py | -m MODULE | -c CODE [ARGS]`: run a program the way
+python would, with every .pyx it needs built (cached) and importable."""
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cytool.commands.options import add_build_arguments, add_program_arguments, build_options, program_arguments
+from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry
 from cytool.errors import CytoolError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
-        help="build a .pyx (cached) and run it as a script",
-        description="Build FILE.pyx (or take it from the cache), load it into this Python "
-        "and run it as __main__ with sys.argv = [FILE.pyx, ARGS...].",
+        help="run a .pyx, a script or a module, building the .pyx it needs (cached)",
+        description="Run FILE.pyx (built, then run as __main__ with its package), a Python script, "
+        "-m MODULE or -c CODE, as python would. Any .pyx the program imports is built through "
+        "cytool's cache with debug information.",
     )
+    add_entry_arguments(parser, "run")
     add_build_arguments(parser)
     parser.add_argument(
         "--prebuilt",
@@ -22,19 +25,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MODULE.so",
         help="run this already built module instead of building (FILE.pyx names its source)",
     )
-    add_program_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cytool.run import run_module, run_prebuilt
+    from cytool.launch import Launcher
 
-    argv = program_arguments(args)
+    program = entry(args)
+    prebuilt = None
     if args.prebuilt is not None:
+        if program.kind != "pyx":
+            raise CytoolError("--prebuilt runs a built .pyx module: give its FILE.pyx", exit_code=2)
         if not args.prebuilt.is_file():
             raise CytoolError(f"{args.prebuilt}: no such module", exit_code=2)
-        return run_prebuilt(args.prebuilt.resolve(), args.file.resolve(), argv)
-    from cytool.build import build_module
-
-    result = build_module(args.file, build_options(args))
-    return run_module(result, argv)
+        prebuilt = args.prebuilt.resolve()
+    launcher = Launcher(program, build_options(args), prebuilt=prebuilt)
+    launcher.prepare()
+    return launcher.run()

@@ -1,0 +1,91 @@
+"""Programs, not just .pyx files: `cytool profile script.py | -m MODULE | -c CODE`,
+`CYTOOL_PROFILE=path python anything.py`, `cytool develop` on a setuptools project, and
+`cytool profile -m pytest` on its tests. The fixture is an ordinary setuptools project
+(tests/fixtures/projects/stapp: app.api cimports app.core; a script; a pytest test)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "projects"
+
+
+@pytest.fixture
+def stapp(tmp_path: Path) -> Path:
+    root = tmp_path / "stapp"
+    shutil.copytree(FIXTURES / "stapp", root)
+    return root
+
+
+def report_json(run_cytool, capture: Path, *extra: str) -> dict:
+    done = run_cytool("report", capture, "-f", "json", *extra)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def line_of(path: Path, marker: str) -> int:
+    return next(i for i, text in enumerate(path.read_text().splitlines(), 1) if marker in text)
+
+
+def test_cytool_profile_env_traces_any_python(tmp_path: Path) -> None:
+    script = tmp_path / "plain.py"
+    script.write_text("blocks = [bytearray(100000) for _ in range(20)]\nprint(len(blocks))\n")
+    capture = tmp_path / "plain.cytrace"
+    env = {**__import__("os").environ, "CYTOOL_PROFILE": str(capture)}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "20", done.stderr
+    assert capture.is_file()
+    # a second process with the same setting never overwrites the first capture
+    again = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    assert len(list(tmp_path.glob("plain.cytrace.*"))) == 1
+
+
+def test_cytool_profile_env_says_why_it_cannot_start(tmp_path: Path) -> None:
+    env = {**__import__("os").environ, "CYTOOL_PROFILE": str(tmp_path / "no" / "such" / "dir" / "x.cytrace")}
+    done = subprocess.run([sys.executable, "-c", "print('ran')"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ran"
+    assert "CYTOOL_PROFILE is set but tracing cannot start" in done.stderr
+
+
+def test_profile_script_and_module_and_code(stapp: Path, run_cytool) -> None:
+    built = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=stapp, capture_output=True, text=True, timeout=600)
+    assert built.returncode == 0, built.stdout + built.stderr
+    for args in (["script.py", "300"], ["-m", "script", "300"], ["-c", "import script; script.main(300)"]):
+        capture = stapp / "run.cytrace"
+        done = run_cytool("profile", "-o", capture, "--no-summary", *args, cwd=stapp)
+        assert done.returncode == 0, done.stderr
+        assert "kept 30" in done.stdout
+        document = report_json(run_cytool, capture)
+        assert document["totals"]["count"] >= 300
+        capture.unlink()
+
+
+def test_develop_then_profile_pytest_names_pyx_lines(stapp: Path, run_cytool) -> None:
+    done = run_cytool("develop", cwd=stapp)
+    assert done.returncode == 0, done.stderr
+    assert "built app.core" in done.stderr and "built app.api" in done.stderr
+    assert list((stapp / "app").glob("core.*.so")) and "#line" in (stapp / "app" / "core.c").read_text()
+    capture = stapp / "tests.cytrace"
+    result = run_cytool("profile", "-o", capture, "--no-summary", "-m", "pytest", "tests", "-q", "-p", "no:cacheprovider", cwd=stapp)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
+    document = report_json(run_cytool, capture)
+    core = stapp / "app" / "core.pyx"
+    hot = [l for l in document["lines"] if l["file"].endswith("app/core.pyx") and l["line"] == line_of(core, "MAKE_BLOCK")]
+    assert len(hot) == 1 and hot[0]["count"] == 100 and hot[0]["bytes"] == 100 * 1024, document["lines"][:5]
+    assert hot[0]["function"] == "app.core.make_block"
+
+
+def test_develop_refuses_other_build_backends(tmp_path: Path, run_cytool) -> None:
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["meson-python"]\nbuild-backend = "mesonpy"\n')
+    done = run_cytool("develop", tmp_path)
+    assert done.returncode != 0
+    assert "meson-python projects are not supported by `cytool develop` yet" in done.stderr
+    none = run_cytool("develop", tmp_path / "absent")
+    assert none.returncode == 2 and "no such project folder" in none.stderr
