@@ -723,6 +723,26 @@ frames only."""
         return f"cy-bt shows Python frames: {value}"
 
 
+class CyModuleIndex(gdb.Parameter):
+    """Module index folders (':'-separated) where a loaded module's debug information is
+looked up by its build-id: cytool writes `<cache>/index/<build-id>.json` for every
+module it builds and every module `cytool develop` builds (cytool debug sets this)."""
+
+    set_doc = "Set the module index folders searched by build-id."
+    show_doc = "Show the module index folders searched by build-id."
+
+    def __init__(self) -> None:
+        super().__init__("cy-module-index", gdb.COMMAND_FILES, gdb.PARAM_STRING)
+        self.value = ""
+
+    def get_set_string(self) -> str:
+        state.index_dirs[:] = [os.path.expanduser(p) for p in (self.value or "").split(":") if p]
+        return ""
+
+    def get_show_string(self, value: str) -> str:
+        return f"cy-module-index: {value or '(none)'}"
+
+
 class CyBatch(gdb.Parameter):
     """Batch mode (cytool debug --batch sets it): a refused breakpoint ends gdb at once
 with exit status 1, and a breakpoint that matched nothing when the program exits ends it
@@ -825,7 +845,7 @@ def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
     frames.load_python_gdb(name)
     if not name.endswith(".so") or not state.process_running():
         return
-    module = state.module_loaded(name)
+    module = state.module_loaded(name, getattr(objfile, "build_id", None))
     failure_before = state.batch_failure
     breakpoints.resolve_pending()
     if module is not None and ((state.batch_failure and not failure_before) or pylevel.has_unsent_breakpoints()):
@@ -879,6 +899,7 @@ def register() -> None:
     for command in _COMMANDS:
         command()
     CyPythonFrames()
+    CyModuleIndex()
     CyBatch()
     CyCname()
     CyLineno()

@@ -423,10 +423,11 @@ def debug_info_for_shared_object(so_path: str) -> Optional[str]:
                 entries = os.listdir(debug_dir)
             except OSError:
                 entries = []
-            for entry in sorted(entries):
-                name = entry[len("cython_debug_info_"):]
-                if entry.startswith("cython_debug_info_") and name.split(".")[-1] == short \
-                        and ("." + dotted).endswith("." + name):
+            beside = [e for e in sorted(entries) if e.startswith("cython_debug_info_") and e.split(".")[-1] == short]
+            if not package and len(beside) == 1:
+                return os.path.join(debug_dir, beside[0])  # cytool's cache entry: pkg.mod's XML beside mod.so
+            for entry in beside:
+                if ("." + dotted).endswith("." + entry[len("cython_debug_info_"):]):
                     return os.path.join(debug_dir, entry)
         parent = os.path.dirname(directory)
         if parent == directory:
@@ -437,6 +438,26 @@ def debug_info_for_shared_object(so_path: str) -> Optional[str]:
 
 
 _TYPE_NAME_AND_STRUCT = re.compile(r'((?:"[\w.]*"\s*)+),[^\n]*\n\s*sizeof\(struct (__pyx_obj_\w+)\)')
+
+
+def debug_info_from_index(index_dirs: Iterable[str], build_id: Optional[str]) -> Optional[str]:
+    """The debug XML the module index (cytool.module_index: `<dir>/<build-id>.json`,
+    written for every module cytool builds or `cytool develop` builds) names for a
+    shared object's GNU build-id, if it still exists."""
+    if not build_id or not re.fullmatch(r"[0-9a-f]{8,128}", build_id):
+        return None
+    import json
+
+    for directory in index_dirs:
+        try:
+            with open(os.path.join(directory, build_id + ".json"), encoding="utf-8") as handle:
+                entry = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        debug_info = entry.get("debug_info") if isinstance(entry, dict) else None
+        if isinstance(debug_info, str) and os.path.isfile(debug_info):
+            return debug_info
+    return None
 
 
 def cdef_class_structs(c_filename: str) -> Dict[str, str]:

@@ -89,7 +89,7 @@ def local_named(function: Function, name: str) -> Optional[Local]:
     local = function.locals.get(name)
     if local is not None:
         return local
-    if name == "self" or name in function.arguments:
+    if name in function.arguments:  # an argument the XML lists without a LocalVar
         return Local(name, f"__pyx_v_{name}", name, "PythonObject", function.lineno)
     return None
 

@@ -12,8 +12,8 @@ from typing import Dict, List, Optional
 
 import gdb  # type: ignore
 
-from cytool_gdb_debuginfo import (Function, Module, debug_info_for_shared_object, find_debug_info,
-                                  source_line, source_lines)
+from cytool_gdb_debuginfo import (Function, Module, debug_info_for_shared_object, debug_info_from_index,
+                                  find_debug_info, source_line, source_lines)
 
 __all__ = ["source_line", "source_lines"]
 
@@ -26,6 +26,7 @@ _modules: Dict[str, Module] = {}
 _by_cname: Dict[str, Function] = {}
 _objfile_of: Dict[str, str] = {}  # module name -> file name of its loaded shared object
 _load_listeners: List = []  # callables(Module), run when a module is registered
+index_dirs: List[str] = []  # module index folders (`set cy-module-index`), searched by build-id
 default_source: Optional[str] = None  # the file `cy-break LINE` means before anything stops
 # A module's .so whose symbols were added before the run only so that the TUI source
 # window can show its .pyx; removed as soon as the process starts (see preload_symbols).
@@ -83,13 +84,14 @@ def _read(xml_path: str, quiet: bool) -> Optional[Module]:
         return None
 
 
-def module_loaded(so_path: str) -> Optional[Module]:
+def module_loaded(so_path: str, build_id: Optional[str] = None) -> Optional[Module]:
     """A shared object was loaded: which Cython module is it? Its debug XML is looked
-    for near it (and read if new); else a known module of that name is taken."""
+    up in the module index by build-id, else near the .so (and read if new); else a
+    known module of that name is taken."""
     real = os.path.realpath(so_path)
     short = os.path.basename(real).split(".", 1)[0]
     module = None
-    xml_path = debug_info_for_shared_object(so_path)
+    xml_path = debug_info_from_index(index_dirs, build_id) or debug_info_for_shared_object(so_path)
     if xml_path is not None:
         module = _read(xml_path, quiet=True)
     if module is None:

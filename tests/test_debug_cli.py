@@ -200,3 +200,28 @@ def test_tui_shows_python_stops(tmp_path: Path) -> None:
         assert marker, shown
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+
+
+@needs_gdb
+def test_debug_a_script_whose_package_modules_load_later(tmp_path: Path) -> None:
+    """`cytool debug script.py`: the package modules the script imports are built when
+    imported (cytool's import hook) and found by build-id in the module index; dotted
+    names and FILE:LINE specs are pending until then."""
+    project = tmp_path / "stapp"
+    shutil.copytree(h.REPO / "tests" / "fixtures" / "projects" / "stapp", project)
+    core_line = next(i for i, text in enumerate((project / "app" / "core.pyx").read_text().split("\n"), 1)
+                     if "# MAKE_BLOCK" in text)
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\ncy-locals\ncy-cont\ncy-bt\ncy-delete 2\ncy-delete 3\ncy-cont\n")
+    done = cytool("debug", "--batch", "-b", "app.api.churn", "-b", "app.core.make_block", "-b", f"core.pyx:{core_line}",
+                  "-x", script, project / "script.py", "3")
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert "pending" in out and "matched nothing" not in out, out
+    stops = h.stops(out)
+    assert stops[0][0] == "api.pyx" and stops[0][2] == "churn", out
+    assert "rounds = 3" in out, out
+    assert ("core.pyx", core_line, "make_block") in stops, out
+    bt = out[out.index("cy-bt") if "cy-bt" in out else 0:]
+    assert "script.py" in out and "in main()" in bt, out  # the script's Python frames in cy-bt
+    assert "kept 1" in out and "total 5" in out, out
