@@ -93,12 +93,15 @@ def debug_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     kept = os.environ.get("CYTOOL_TEST_VENVS")
     venv = Path(kept) / request.param if kept else tmp_path_factory.mktemp(f"python{request.param}")
     interpreter = venv / "bin" / "python"
-    probe = [str(interpreter), "-c", f"import Cython, sys; sys.exit(Cython.__version__ != {Cython.__version__!r})"]
+    # what cytool's build imports (tomli before 3.11: pyproject.toml), and this Cython
+    probe = [str(interpreter), "-c", "import Cython, packaging, sys\nif sys.version_info < (3, 11): import tomli\n"
+             f"sys.exit(Cython.__version__ != {Cython.__version__!r})"]
     if interpreter.exists() and subprocess.run(probe, stderr=subprocess.DEVNULL).returncode == 0:
         return str(interpreter)
     subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
     pip = subprocess.run(
-        [str(interpreter), "-m", "pip", "install", "-q", f"Cython=={Cython.__version__}", "setuptools"],
+        [str(interpreter), "-m", "pip", "install", "-q", f"Cython=={Cython.__version__}", "setuptools", "packaging",
+         "tomli>=1.1; python_version < '3.11'"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     if pip.returncode != 0:
