@@ -65,6 +65,8 @@ def run_cytool() -> RunCytool:
 # Each version gets a venv with this Cython, made once per session, or kept under
 # CYTOOL_TEST_VENVS to be reused by the next run.
 DEBUG_PYTHONS = [p.strip() for p in os.environ.get("CYTOOL_TEST_PYTHONS", "venv,3.13").split(",") if p.strip()]
+if "venv" in DEBUG_PYTHONS:  # this interpreter's version is covered by "venv"
+    DEBUG_PYTHONS = [p for p in DEBUG_PYTHONS if p != "%d.%d" % sys.version_info[:2]]
 
 
 def _find_interpreter(version: str) -> str:
