@@ -10,7 +10,7 @@ CYTOOL := $(VENV)/bin/cytool
 APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
                 libunwind-dev chromium python3-dbg
 
-.PHONY: all deps venv install demo test bench sanitize realworld clean
+.PHONY: all deps venv install demo test test-pythons bench sanitize realworld clean
 
 all: install
 
@@ -38,8 +38,18 @@ demo: install
 	$(CYTOOL) run examples/demo.pyx -- 200000
 	$(CYTOOL) profile examples/demo.pyx -o demo.cytrace -- 200000
 
+# The gdb tests run on every supported Python found (pyenv or PATH; a missing one is
+# skipped), each in a venv kept in .venv-pythons/; `pytest` alone runs them on venv,3.13.
+TEST_PYTHONS ?= venv,3.9,3.10,3.11,3.12,3.13
+DEBUG_TESTS := tests/test_debug_gdb.py tests/test_debug_stops.py tests/test_debug_values.py \
+               tests/test_debug_python.py tests/test_debug_threads.py
+
 test: install
-	$(PY) -m pytest -q
+	CYTOOL_TEST_PYTHONS=$(TEST_PYTHONS) CYTOOL_TEST_VENVS=$(CURDIR)/.venv-pythons $(PY) -m pytest -q
+
+# only the gdb tests, on every supported Python
+test-pythons: install
+	CYTOOL_TEST_PYTHONS=$(TEST_PYTHONS) CYTOOL_TEST_VENVS=$(CURDIR)/.venv-pythons $(PY) -m pytest -q $(DEBUG_TESTS)
 
 bench: install
 	$(PY) -m pip install -q -e ".[bench]"

@@ -155,6 +155,9 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
         "-ex", "set breakpoint pending on",
         "-ex", _quote_gdb(f"source {scripts / GDB_SCRIPT}"),
     ]
+    if session.batch:  # a refused breakpoint ends the run, one that matched nothing fails it
+        argv += ["-ex", "set cy-batch on"]
+    argv += ["-ex", _quote_gdb(f"set cy-module-index {_module_index()}")]  # modules built later, by build-id
     for build_dir in session.build_dirs or ([session.build_dir] if session.build_dir else []):
         argv += ["-ex", _quote_gdb(f"cy-load {build_dir}")]
     for spec in session.breakpoints:
@@ -171,6 +174,12 @@ def gdb_command(session: DebugSession, gdb: str) -> List[str]:
     if session.program_args:
         argv += ["--", *session.program_args]
     return argv
+
+
+def _module_index() -> str:
+    from cytool.module_index import index_dir
+
+    return str(index_dir())
 
 
 def exec_gdb(argv: Sequence[str]) -> None:

@@ -3,34 +3,45 @@
 Owns cy-break's resolution. A `.pyx` line can have code in several C functions (the
 `def` wrapper, argument parsing, module init, cached constants) and gdb, asked for a
 line without code, silently slides to the next one. So a spec is first planned from
-the debug XML (which Cython function owns the line; a def line means the function's
-first statement; a line no function owns is refused, naming the nearest line that has
-code), then, once the module's shared object is loaded (`gdb.events.new_objfile`), its
-addresses are taken from the line table and kept only inside the owner's C function.
-Each location becomes an address breakpoint; when the process exits they are deleted
-and the Cython breakpoint goes back to pending, to be resolved again on the next run.
+the debug XML (which Cython function owns the line; a def line or a function name means
+the function's first statement; a line no function owns is refused, naming the nearest
+line that has code), then, once the module's shared object is loaded
+(`gdb.events.new_objfile`), its addresses are taken from the line table inside the owner
+(or inside the callers it was inlined into: cytool_gdb_placement). Each address becomes
+an internal gdb breakpoint; when the process exits they are deleted and the Cython
+breakpoint goes back to pending, to be placed again on the next run.
+
+A spec no known module matches yet (a module the program imports later, a file of a
+package not loaded yet) stays pending and is planned again whenever a module's debug
+information becomes known; one that never matched is reported when the program exits.
 """
 from __future__ import annotations
 
 import os
 import re
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import gdb  # type: ignore
 
+import cytool_gdb_placement as placement
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Module, nearest
+from cytool_gdb_debuginfo import Function, Module, is_blank_or_comment, nearest, prefer_generator_bodies
+
+CYTHON_SOURCES = (".pyx", ".pxi", ".pxd")
 
 
 class Plan:
     """Where a spec will stop: a line of a file, in these functions."""
 
-    def __init__(self, module: Module, path: str, line: int, functions: List[Function], note: str = "") -> None:
+    def __init__(self, module: Module, path: str, line: int, functions: List[Function], note: str = "",
+                 first_statement: bool = False, whole_function: bool = False) -> None:
         self.module = module
         self.path = path
         self.line = line
         self.functions = functions
         self.note = note
+        self.first_statement = first_statement  # stop after the function's set-up
+        self.whole_function = whole_function  # asked for by name or def line: any first line with code
 
     def describe(self) -> str:
         names = ", ".join(f.display_name + "()" for f in self.functions)
@@ -38,12 +49,14 @@ class Plan:
 
 
 class Location(gdb.Breakpoint):
-    """One address of a Cython breakpoint."""
+    """One address of a Cython breakpoint (internal: cytool reports its stops itself)."""
 
-    def __init__(self, address: int, owner: "CyBreakpoint", function: Function, internal: bool) -> None:
-        super().__init__(f"*{address:#x}", internal=internal, temporary=False)
+    def __init__(self, address: int, owner: "CyBreakpoint", function: Function, inlined: Optional[str]) -> None:
+        super().__init__(f"*{address:#x}", internal=True, temporary=False)
         self.owner = owner
         self.function = function
+        self.inlined = inlined
+        self.address = address
 
 
 class CyBreakpoint:
@@ -54,6 +67,8 @@ class CyBreakpoint:
         self.plan: Optional[Plan] = None
         self.locations: List[Location] = []
         self.error: Optional[str] = None
+        self.pending_reason = ""  # why it is not placed yet (shown by cy-break, reported at exit)
+        self.placed_in_run = False
 
     @property
     def pending(self) -> bool:
@@ -73,10 +88,22 @@ class CyBreakpoint:
         if self in _breakpoints:
             _breakpoints.remove(self)
 
+    def status(self) -> str:
+        if self.locations:
+            parts = []
+            for location in self.locations:
+                text = f"{location.address:#x}"
+                if location.inlined:
+                    text += f" (inlined into {location.inlined})"
+                parts.append(text)
+            return ", ".join(parts)
+        return "pending" + (f": {self.pending_reason}" if self.pending_reason else "")
+
 
 _breakpoints: List[CyBreakpoint] = []
 _next_number = 1
 _LINE_SPEC = re.compile(r"^(?:(?P<file>.+):)?(?P<line>\d+)$")
+_FUNCTION_SPEC = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
 
 def breakpoints() -> List[CyBreakpoint]:
@@ -85,6 +112,13 @@ def breakpoints() -> List[CyBreakpoint]:
 
 def owner_of(breakpoint: "gdb.Breakpoint") -> Optional[CyBreakpoint]:
     return breakpoint.owner if isinstance(breakpoint, Location) else None
+
+
+def next_number() -> int:
+    global _next_number
+    number = _next_number
+    _next_number += 1
+    return number
 
 
 # -- planning (needs only the XML) --------------------------------------------------------
@@ -101,9 +135,26 @@ def _current_source() -> Optional[str]:
     return state.default_source
 
 
+def check_syntax(spec: str) -> None:
+    """CyError for a spec that cannot name a .pyx line or a Cython function."""
+    match = _LINE_SPEC.match(spec)
+    if match:
+        file_name = match.group("file")
+        if file_name and not file_name.endswith(CYTHON_SOURCES):
+            raise state.CyError(
+                f"{spec!r}: FILE:LINE needs a Cython source file ({', '.join(CYTHON_SOURCES)}; "
+                f"a .py file for Python code), not {file_name!r}; a function is named without a line")
+        return
+    if not _FUNCTION_SPEC.match(spec):
+        raise state.CyError(
+            f"{spec!r} is neither FILE.pyx:LINE, LINE nor a function name (work, mod.work, Class.method, "
+            "outer.inner, pkg.mod.func)")
+
+
 def plan(spec: str) -> Optional[Plan]:
-    """A Plan, None if no loaded debug info knows the spec yet, or CyError if it is wrong."""
+    """A Plan, None if no known module has the spec yet (pending), or CyError if it is wrong."""
     spec = spec.strip()
+    check_syntax(spec)
     match = _LINE_SPEC.match(spec)
     if match:
         file_name = match.group("file") or _current_source()
@@ -120,140 +171,136 @@ def plan(spec: str) -> Optional[Plan]:
     return plan_function(spec)
 
 
-def plan_line(module: Module, path: str, line: int) -> Plan:
+def _refuse_no_code(module: Module, path: str, line: int, what: str) -> None:
     name = os.path.basename(path)
-    defined = module.def_line_function(path, line)
+    covered = set()
+    for function in module.functions:
+        covered.update(l for l in function.lines.get(path, ()) if not is_blank_or_comment(path, l))
+    near = nearest(covered, line)
+    hint = f"; the nearest line with code is {name}:{near}" if near else ""
+    raise state.CyError(f"{name}:{line} has no code ({what}){hint}")
+
+
+def plan_line(module: Module, path: str, line: int) -> Plan:
+    defined = _def_line_function(module, path, line)
     if defined is not None:
         first = defined.first_statement()
         if first is not None:
             return Plan(module, path, first, [defined],
-                        f"line {line} is the def line of {defined.display_name}(): stopping at its first statement, line {first}")
-        return Plan(module, path, line, [defined])
+                        f"line {line} is the def line of {defined.display_name}(): stopping at its first statement, "
+                        f"line {first}", first_statement=True, whole_function=True)
+    if is_blank_or_comment(path, line):
+        _refuse_no_code(module, path, line, "blank or comment")
     owners = module.owners(path, line)
     if not owners:
-        covered = set()
-        for function in module.functions:
-            covered.update(function.lines.get(path, ()))
-        near = nearest(covered, line)
-        hint = f"; the nearest line with code is {name}:{near}" if near else ""
-        raise state.CyError(f"{name}:{line} has no code (blank, comment or declaration){hint}")
-    return Plan(module, path, line, owners)
+        _refuse_no_code(module, path, line, "blank, comment or declaration")
+    first = [f for f in owners if f.first_statement() == line]
+    return Plan(module, path, line, owners, first_statement=len(first) == len(owners))
+
+
+def _def_line_function(module: Module, path: str, line: int) -> Optional[Function]:
+    """The function defined on this line (a generator's body, not its factory)."""
+    defined = [f for f in module.functions
+               if not f.is_module_init and f.lineno == line and f.source == path and f.first_statement() is not None]
+    defined = prefer_generator_bodies(defined)
+    return defined[0] if defined else None
 
 
 def plan_function(spec: str) -> Optional[Plan]:
     candidates: List[Function] = []
-    modules = state.modules()
-    if not modules:
-        return None
-    for module in modules:
-        name = spec
-        if "." in spec and spec.split(".", 1)[0] == module.name:
-            name = spec.split(".", 1)[1]
-        candidates.extend(module.function_named(name))
+    for module in state.modules():
+        candidates.extend(module.function_named(spec))
     if not candidates:
-        raise state.CyError(
-            f"No Cython function named {spec!r} in {', '.join(m.name for m in modules)}",
-            )
+        return None
     if len(candidates) > 1:
         exact = [f for f in candidates if f.display_name == spec or f.qualified_name == spec]
         if len(exact) == 1:
             candidates = exact
         else:
             names = ", ".join(f.qualified_name for f in candidates)
-            raise state.CyError(f"{spec!r} is ambiguous: {names}; qualify it (Class.method, outer.inner)")
+            raise state.CyError(f"{spec!r} is ambiguous: {names}; qualify it (Class.method, outer.inner, mod.func)")
     function = candidates[0]
     assert function.source is not None
     first = function.first_statement()
-    return Plan(function.module, function.source, first or function.lineno, [function])
+    return Plan(function.module, function.source, first or function.lineno, [function], first_statement=True,
+                whole_function=True)
+
+
+def _pending_reason(spec: str) -> str:
+    known = ", ".join(sorted(m.name for m in state.modules())) or "none yet"
+    match = _LINE_SPEC.match(spec)
+    if match:
+        file_name = match.group("file") or "the current file"
+        return f"no module loaded so far has {file_name} among its sources (known: {known})"
+    return f"no Cython function named {spec!r} in the modules known so far ({known})"
 
 
 # -- resolution (needs the loaded shared object) ----------------------------------------
 
 
-def _sals(path: str, line: int) -> list:
-    for spec in (f"{path}:{line}", f"{os.path.basename(path)}:{line}"):
-        try:
-            sals = gdb.decode_line(spec)[1]
-        except gdb.error:
-            continue
-        if sals:
-            return list(sals)
-    return []
-
-
-def addresses(plan_: Plan) -> Tuple[List[Tuple[Function, int]], Optional[str]]:
-    """[(function, pc)] for the plan, or ([], refusal message) when the line has no code there."""
-    sals = _sals(plan_.path, plan_.line)
-    symtab = sals[0].symtab if sals else None
-    entries = []
-    if symtab is not None:
-        try:
-            entries = list(symtab.linetable().line(plan_.line) or ())
-        except (gdb.error, AttributeError):
-            entries = []
-    result = []
-    ranges = []
-    for function in plan_.functions:
-        span = state.function_range(function)
-        if span is None:
-            continue
-        ranges.append(span)
-        pcs = [s.pc for s in sals if s.line == plan_.line and span[0] <= s.pc < span[1]]
-        if not pcs:
-            pcs = [e.pc for e in entries if span[0] <= e.pc < span[1]]
-        if pcs:
-            result.append((function, min(pcs)))
-    if result:
-        return result, None
-    name = os.path.basename(plan_.path)
-    lines = set()
-    if symtab is not None:
-        try:
-            for entry in symtab.linetable():
-                if any(start <= entry.pc < end for start, end in ranges):
-                    lines.add(entry.line)
-        except gdb.error:
-            pass
-    xml_lines = set()
-    for function in plan_.functions:
-        xml_lines.update(function.lines.get(plan_.path, ()))
-    near = nearest((lines & xml_lines) or lines or xml_lines, plan_.line)
-    hint = f"; the nearest line with code is {name}:{near}" if near else ""
-    owners = ", ".join(f.display_name + "()" for f in plan_.functions)
-    return [], f"{name}:{plan_.line} has no code in {owners}{hint}"
-
-
 def resolve(breakpoint: CyBreakpoint, announce: bool = True) -> None:
-    """Plan (if not yet) and place the breakpoint if its module is loaded."""
+    """Plan (if not yet) and place the breakpoint if its module is loaded. A refusal (no
+    code there in the loaded module) deletes it and, in batch mode, ends the run."""
     if breakpoint.locations:
         return
     if breakpoint.plan is None:
         breakpoint.plan = plan(breakpoint.spec)
         if breakpoint.plan is None:
+            breakpoint.pending_reason = _pending_reason(breakpoint.spec)
             return
+        if breakpoint.plan.note and announce and not breakpoint.internal:
+            print(f"cytool: breakpoint {breakpoint.number}: {breakpoint.plan.note}")
     if state.objfile_for(breakpoint.plan.module) is None:
+        breakpoint.pending_reason = f"module {breakpoint.plan.module.name} is not loaded yet"
         return
-    found, refusal = addresses(breakpoint.plan)
+    found, refusal = placement.place_line(breakpoint.plan.path, breakpoint.plan.line, breakpoint.plan.functions,
+                                          breakpoint.plan.first_statement)
+    if refusal and breakpoint.plan.whole_function:
+        found, refusal = _first_line_with_code(breakpoint, refusal)
     if refusal:
         breakpoint.error = refusal
         if announce:
             print(f"cytool: breakpoint {breakpoint.number} ({breakpoint.spec}) not set: {refusal}")
         breakpoint.delete()
+        if not breakpoint.internal:
+            state.fail_batch(f"breakpoint {breakpoint.number} ({breakpoint.spec}) was refused")
         return
-    for function, pc in found:
-        breakpoint.locations.append(Location(pc, breakpoint, function, breakpoint.internal))
+    for where in found:
+        breakpoint.locations.append(Location(where.pc, breakpoint, where.function, where.inlined))
+    breakpoint.placed_in_run = True
+    breakpoint.pending_reason = ""
     if announce and not breakpoint.internal:
-        print(f"Cython breakpoint {breakpoint.number} at {breakpoint.plan.describe()}")
+        inlined = sorted({w.inlined for w in found if w.inlined})
+        extra = f" (inlined into {', '.join(inlined)})" if inlined else ""
+        print(f"Cython breakpoint {breakpoint.number} at {breakpoint.plan.describe()}{extra}")
+
+
+def _first_line_with_code(breakpoint: CyBreakpoint, refusal: str):
+    """A function's first statement has no code (an optimising build folded it away):
+    its first later line that has code inside the function is where its body starts."""
+    plan_ = breakpoint.plan
+    assert plan_ is not None
+    function = plan_.functions[0]
+    for line in sorted(l for l in function.lines.get(plan_.path, ()) if l > plan_.line):
+        if is_blank_or_comment(plan_.path, line):
+            continue
+        found, _ = placement.place_line(plan_.path, line, [function], first_statement=False)
+        if found:
+            breakpoint.plan = Plan(plan_.module, plan_.path, line, [function],
+                                   f"line {plan_.line} has no code in this build", first_statement=True,
+                                   whole_function=True)
+            if not breakpoint.internal:
+                print(f"cytool: {plan_.path.rsplit('/', 1)[-1]}:{plan_.line}, the first statement of "
+                      f"{function.display_name}(), has no code in this build: using line {line}")
+            return found, None
+    return [], refusal
 
 
 def create(spec: str, internal: bool = False) -> CyBreakpoint:
     """cy-break: refuse what is wrong now, place it if possible, else keep it pending."""
-    global _next_number
+    spec = spec.strip()
     planned = plan(spec)
-    number = 0
-    if not internal:
-        number = _next_number
-        _next_number += 1
+    number = 0 if internal else next_number()
     breakpoint = CyBreakpoint(number, spec, internal)
     breakpoint.plan = planned
     _breakpoints.append(breakpoint)
@@ -264,7 +311,11 @@ def create(spec: str, internal: bool = False) -> CyBreakpoint:
         raise state.CyError(breakpoint.error)
     if breakpoint.pending and not internal:
         where = planned.describe() if planned else spec
-        print(f"Cython breakpoint {number} ({where}) pending until its module is loaded")
+        reason = breakpoint.pending_reason
+        if planned is None:
+            print(f"Cython breakpoint {number} ({where}) pending: {reason}; it is placed when such a module loads")
+        else:
+            print(f"Cython breakpoint {number} ({where}) pending until its module is loaded")
     return breakpoint
 
 
@@ -284,25 +335,53 @@ def resolve_pending() -> None:
             except gdb.GdbError as error:
                 print(f"cytool: breakpoint {breakpoint.number} ({breakpoint.spec}): {error}")
                 breakpoint.delete()
+                if not breakpoint.internal:
+                    state.fail_batch(f"breakpoint {breakpoint.number} ({breakpoint.spec}) was refused")
 
 
-def forget_locations() -> None:
-    """The process is gone: its addresses mean nothing in the next one."""
+def replan_pending(module: Module) -> None:
+    """New debug information: pending specs with no plan may match it now."""
     for breakpoint in list(_breakpoints):
-        breakpoint.clear()
+        if breakpoint.plan is None and breakpoint.pending:
+            try:
+                breakpoint.plan = plan(breakpoint.spec)
+                if breakpoint.plan is not None and breakpoint.plan.note and not breakpoint.internal:
+                    print(f"cytool: breakpoint {breakpoint.number}: {breakpoint.plan.note}")
+            except gdb.GdbError as error:
+                print(f"cytool: breakpoint {breakpoint.number} ({breakpoint.spec}): {error}")
+                breakpoint.delete()
+                state.fail_batch(f"breakpoint {breakpoint.number} ({breakpoint.spec}) was refused")
+
+
+def process_exited() -> None:
+    """The process is gone: report the specs that never matched anything in it, and turn
+    every breakpoint back to pending (its addresses mean nothing in the next process)."""
+    for breakpoint in list(_breakpoints):
         if breakpoint.internal:
             breakpoint.delete()
+            continue
+        if not breakpoint.placed_in_run:
+            reason = breakpoint.pending_reason or _pending_reason(breakpoint.spec)
+            print(f"cytool: breakpoint {breakpoint.number} ({breakpoint.spec}) matched nothing in this run: {reason}")
+            state.fail_batch(f"breakpoint {breakpoint.number} ({breakpoint.spec}) matched nothing")
+        breakpoint.clear()
+        breakpoint.placed_in_run = False
 
 
 def break_at_function_entries(module: Module) -> List[CyBreakpoint]:
-    """Internal breakpoints at the first statement of every function of a module (cy-step)."""
+    """Internal breakpoints at the first statement of every function of a module (cy-step),
+    after each function's set-up."""
     placed = []
     for function in module.functions:
         if function.is_module_init or function.source is None:
             continue
+        if not function.is_generator_body and any(f.is_generator_body and f.qualified_name == function.qualified_name
+                                                  for f in module.functions):
+            continue  # a generator's factory: its body is where the code runs
         first = function.first_statement() or function.lineno
         breakpoint = CyBreakpoint(0, f"{function.qualified_name}", internal=True)
-        breakpoint.plan = Plan(module, function.source, first, [function])
+        breakpoint.plan = Plan(module, function.source, first, [function], first_statement=True,
+                               whole_function=True)
         _breakpoints.append(breakpoint)
         try:
             resolve(breakpoint, announce=False)

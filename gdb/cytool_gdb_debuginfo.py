@@ -8,6 +8,7 @@ here touches gdb, so it can be tested on its own.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import xml.etree.ElementTree as ElementTree
@@ -49,6 +50,21 @@ class Function:
         # filled in by Module: {source path: set of lines} covered by this function's C body
         self.lines: Dict[str, Set[int]] = {}
         self.source: Optional[str] = None  # the file holding the def line
+
+    @property
+    def is_generator_body(self) -> bool:
+        """The C function that runs a generator's, coroutine's or async function's body
+        (Cython's `__pyx_gb_...`); its namesake `__pyx_pf_...` only creates the object."""
+        return self.cname.startswith("__pyx_gb_")
+
+    @property
+    def is_lambda(self) -> bool:
+        return self.cname.startswith("__pyx_lambda_funcdef")
+
+    def last_line(self) -> int:
+        """The last line of the def file this function has code on (its def line if none)."""
+        lines = self.lines.get(self.source or "", ())
+        return max(lines) if lines else self.lineno
 
     @property
     def display_name(self) -> str:
@@ -98,7 +114,7 @@ class Module:
         element = tree.getroot().find("Module")
         if element is None:
             raise ValueError(f"{xml_path}: not a Cython debug info file (no <Module>)")
-        self.name = element.get("module_name", "")
+        self.name = element.get("module_name", "")  # dotted for a package module: pkg.sub.mod
         self.filename = element.get("filename", "")
         self.c_filename = element.get("c_filename", "")
         self.functions: List[Function] = [Function(self, f) for f in element.iter("Function")]
@@ -119,6 +135,23 @@ class Module:
         for function in self.functions:
             self.by_cname[function.cname] = function
         self._assign_lines()
+        self._classes: Optional[Dict[str, str]] = None
+
+    @property
+    def short_name(self) -> str:
+        """`mod` for `pkg.sub.mod`: the name the shared object starts with."""
+        return self.name.rsplit(".", 1)[-1]
+
+    @property
+    def package(self) -> List[str]:
+        """`["pkg", "sub"]` for `pkg.sub.mod`: the directories the shared object sits in."""
+        return self.name.split(".")[:-1]
+
+    def classes(self) -> Dict[str, str]:
+        """{type name as Python shows it (`pkg.mod.Vec`): C struct of its instances}."""
+        if self._classes is None:
+            self._classes = cdef_class_structs(self.c_filename)
+        return self._classes
 
     # -- files -------------------------------------------------------------------------
 
@@ -146,8 +179,18 @@ class Module:
 
     # -- ownership -----------------------------------------------------------------------
 
+    def c_statement_lines(self, function: Function) -> List[Tuple[str, int, bool]]:
+        """The function's C statements as the line table will see them, in C order:
+        [(source basename, line, artifact)], consecutive repeats of a line merged
+        (see c_statement_lines below). Empty when the C file cannot be read."""
+        extent = self.c_extents.get(function.cname)
+        if extent is None:
+            return []
+        return c_statement_lines(self.c_filename, extent)
+
     def _assign_lines(self) -> None:
         extents = c_function_extents(self.c_filename, [f.cname for f in self.functions])
+        self.c_extents = extents
         spans: List[Tuple[int, int, Function]] = []
         for function in self.functions:
             extent = extents.get(function.cname)
@@ -155,8 +198,6 @@ class Module:
                 spans.append((extent[0], extent[1], function))
         spans.sort(key=lambda span: span[0])
         starts = [span[0] for span in spans]
-        import bisect
-
         for path, lines in self.line_map.items():
             for line, c_lines in lines.items():
                 for c_line in c_lines:
@@ -177,17 +218,22 @@ class Module:
         return self.filename if function.is_module_init else None
 
     def function_named(self, spec: str) -> List[Function]:
-        """Functions matching `work`, `mod.work`, `Acc.add`, `make_counter.bump`."""
+        """Functions matching `work`, `mod.work`, `pkg.sub.mod.work`, `Acc.add`,
+        `make_counter.bump`. A generator, coroutine or async function is its body."""
         spec = spec.strip()
-        matches = [f for f in self.functions if not f.is_module_init and f.qualified_name == spec]
-        if not matches:
-            matches = [f for f in self.functions if not f.is_module_init and f.display_name == spec]
-        if not matches:
-            matches = [
-                f for f in self.functions
-                if not f.is_module_init and (f.qualified_name.endswith("." + spec) or f.name == spec)
-            ]
-        return [f for f in matches if f.source is not None]
+        for prefix in (self.name + ".", self.short_name + "."):
+            if spec.startswith(prefix):
+                exact = self._named(spec[len(prefix):], exact_only=True)
+                if exact:
+                    return exact
+        return self._named(spec, exact_only=False)
+
+    def _named(self, spec: str, exact_only: bool) -> List[Function]:
+        callable_ = [f for f in self.functions if not f.is_module_init and f.source is not None]
+        matches = [f for f in callable_ if f.qualified_name == spec or f.display_name == spec]
+        if not matches and not exact_only:
+            matches = [f for f in callable_ if f.display_name.endswith("." + spec) or f.name == spec]
+        return prefer_generator_bodies(matches)
 
     def owners(self, path: str, line: int) -> List[Function]:
         """The Cython functions whose own code is on this line (module init only if no other)."""
@@ -207,6 +253,12 @@ class Module:
             if function.is_module_init:
                 return function
         return None
+
+
+def prefer_generator_bodies(functions: List[Function]) -> List[Function]:
+    """A generator is two C functions with one qualified name: keep the one running its body."""
+    bodies = {f.qualified_name for f in functions if f.is_generator_body}
+    return [f for f in functions if f.is_generator_body or f.qualified_name not in bodies]
 
 
 def nearest(candidates: Iterable[int], line: int) -> Optional[int]:
@@ -252,6 +304,67 @@ def c_function_extents(c_filename: str, cnames: Iterable[str]) -> Dict[str, Tupl
     return result
 
 
+_DIRECTIVE = re.compile(r'^#line (\d+) "([^"]*)"')
+_NO_CODE = [
+    re.compile(r"^[{}();\s]*(else\b)?[{}();\s]*$"),  # braces, `} else {`
+    re.compile(r"^(for\s*\(\s*;\s*;|while\s*\(\s*1\s*\)\s*\{?$|do\s*\{?$)"),  # endless loops
+    re.compile(r"^__pyx_L\w+:;?$"),  # labels
+    re.compile(r"^(const\s+|static\s+|struct\s+|unsigned\s+|CYTHON_UNUSED\s+)*[A-Za-z_]\w*(\s*\*+\s*|\s+)"
+               r"[A-Za-z_]\w*(\[\w*\])?;?$"),  # a declaration without initialiser
+    re.compile(r"^(__Pyx_RefNanny\w*|__Pyx_X?GOTREF|__Pyx_X?GIVEREF|CYTHON_UNUSED_VAR|CYTHON_MAYBE_UNUSED_VAR)\b"),
+]
+
+
+def _produces_code(text: str) -> bool:
+    """Whether a line of Cython's C output compiles to machine code (a guess on syntax)."""
+    stripped = text.strip()
+    if not stripped or stripped.startswith(("#", "/*", "*", "//")):
+        return False
+    return not any(pattern.match(stripped) for pattern in _NO_CODE)
+
+
+_c_cache: Dict[str, List[str]] = {}
+
+
+def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[Tuple[str, int, bool]]:
+    """[(source basename, line, artifact)] of the C lines with code in a function.
+
+    `#line N` gives the next C line the number N and each following C line one more,
+    so a C line that Cython wrote without a `#line` of its own (the continuation of a
+    multi-line piece of code) carries the number of the line after its statement: an
+    artifact. The line table cannot tell those rows from real ones; their order can:
+    at -O0 the code follows the C text, so the k-th code run of a line in the line
+    table is its k-th entry here."""
+    if c_filename not in _c_cache:
+        try:
+            with open(c_filename, encoding="utf-8", errors="replace") as handle:
+                _c_cache[c_filename] = handle.read().split("\n")
+        except OSError:
+            _c_cache[c_filename] = []
+    lines = _c_cache[c_filename]
+    start, end = extent[0] - 1, min(extent[1], len(lines))
+    directive = start
+    while directive > 0 and not _DIRECTIVE.match(lines[directive]):
+        directive -= 1
+    opening = _header_end(lines, start)  # the line holding the body's `{`: the prologue's line
+    if opening is None:
+        return []
+    current: Optional[Tuple[str, int]] = None
+    offset = 0
+    found: List[Tuple[str, int, bool]] = []
+    for index in range(max(directive, 0), end):
+        text = lines[index]
+        match = _DIRECTIVE.match(text)
+        if match:
+            current, offset = (os.path.basename(match.group(2)), int(match.group(1))), 0
+            continue
+        code = index == opening or (index > opening and _produces_code(text))
+        if current is not None and code:
+            found.append((current[0], current[1] + offset, offset > 0))
+        offset += 1
+    return found
+
+
 def _header_end(lines: List[str], start: int) -> Optional[int]:
     """Index of the line ending a function definition's header, or None for a prototype."""
     for index in range(start, min(start + 40, len(lines))):
@@ -270,10 +383,8 @@ def find_debug_info(path: str) -> List[str]:
     if os.path.isfile(path):
         if os.path.basename(path).startswith("cython_debug_info_"):
             return [path]
-        directory = os.path.dirname(os.path.abspath(path))
-        module = os.path.basename(path).split(".", 1)[0]
-        candidate = os.path.join(directory, "cython_debug", "cython_debug_info_" + module)
-        return [candidate] if os.path.isfile(candidate) else []
+        found = debug_info_for_shared_object(path)
+        return [found] if found else []
     if os.path.isdir(path):
         directory = path
         if os.path.isdir(os.path.join(path, "cython_debug")):
@@ -284,3 +395,144 @@ def find_debug_info(path: str) -> List[str]:
             return []
         return [os.path.join(directory, n) for n in names if n.startswith("cython_debug_info_")]
     return []
+
+
+SEARCH_LEVELS = 4  # how many directories above a module's .so may hold its cython_debug/
+
+
+def debug_info_for_shared_object(so_path: str) -> Optional[str]:
+    """The debug XML of a Cython module's shared object, or None.
+
+    Cython writes `cython_debug/cython_debug_info_<module>` into its output directory:
+    beside the .so for cytool's builds, at the project root for setuptools builds of a
+    package (`pkg/sub/mod.*.so` with `cython_debug_info_pkg.sub.mod` some levels up).
+    A dotted name is taken only where the directories above the .so spell its package."""
+    so_path = os.path.abspath(so_path)
+    short = os.path.basename(so_path).split(".", 1)[0]
+    directory = os.path.dirname(so_path)
+    package: List[str] = []
+    for _ in range(SEARCH_LEVELS):
+        debug_dir = os.path.join(directory, "cython_debug")
+        dotted = ".".join(package + [short])
+        for name in ((dotted, short) if package else (short,)):
+            candidate = os.path.join(debug_dir, "cython_debug_info_" + name)
+            if os.path.isfile(candidate):
+                return candidate
+        if os.path.isdir(debug_dir):  # a dotted name with fewer package levels than we walked
+            try:
+                entries = os.listdir(debug_dir)
+            except OSError:
+                entries = []
+            beside = [e for e in sorted(entries) if e.startswith("cython_debug_info_") and e.split(".")[-1] == short]
+            if not package and len(beside) == 1:
+                return os.path.join(debug_dir, beside[0])  # cytool's cache entry: pkg.mod's XML beside mod.so
+            for entry in beside:
+                if ("." + dotted).endswith("." + entry[len("cython_debug_info_"):]):
+                    return os.path.join(debug_dir, entry)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            break
+        package.insert(0, os.path.basename(directory))
+        directory = parent
+    return None
+
+
+_TYPE_NAME_AND_STRUCT = re.compile(r'((?:"[\w.]*"\s*)+),[^\n]*\n\s*sizeof\(struct (__pyx_obj_\w+)\)')
+
+
+def debug_info_from_index(index_dirs: Iterable[str], build_id: Optional[str]) -> Optional[str]:
+    """The debug XML the module index (cytool.module_index: `<dir>/<build-id>.json`,
+    written for every module cytool builds or `cytool develop` builds) names for a
+    shared object's GNU build-id, if it still exists."""
+    if not build_id or not re.fullmatch(r"[0-9a-f]{8,128}", build_id):
+        return None
+    import json
+
+    for directory in index_dirs:
+        try:
+            with open(os.path.join(directory, build_id + ".json"), encoding="utf-8") as handle:
+                entry = json.load(handle)
+        except (OSError, ValueError):
+            continue
+        debug_info = entry.get("debug_info") if isinstance(entry, dict) else None
+        if isinstance(debug_info, str) and os.path.isfile(debug_info):
+            return debug_info
+    return None
+
+
+def cdef_class_structs(c_filename: str) -> Dict[str, str]:
+    """{`pkg.mod.Vec`: `__pyx_obj_3pkg_3mod_Vec`} from the type definitions of the C file
+    (a PyType_Spec since Cython 3, a static PyTypeObject before: name, then size)."""
+    try:
+        with open(c_filename, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()
+    except OSError:
+        return {}
+    found = {}
+    for match in _TYPE_NAME_AND_STRUCT.finditer(text):  # "pkg.mod.""Vec" is one C string
+        found["".join(re.findall(r'"([\w.]*)"', match.group(1)))] = match.group(2)
+    return found
+
+
+# -- the .pyx text itself ---------------------------------------------------------------
+
+_source_cache: Dict[str, List[str]] = {}
+
+
+def source_lines(path: str) -> List[str]:
+    if path not in _source_cache:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as handle:
+                _source_cache[path] = handle.read().split("\n")
+        except OSError:
+            _source_cache[path] = []
+    return _source_cache[path]
+
+
+def source_line(path: str, line: int) -> str:
+    lines = source_lines(path)
+    return lines[line - 1] if 1 <= line <= len(lines) else ""
+
+
+def is_blank_or_comment(path: str, line: int) -> bool:
+    """True for a line that holds no statement (read from the source, when it can be read)."""
+    lines = source_lines(path)
+    if not 1 <= line <= len(lines):
+        return False
+    text = lines[line - 1].strip()
+    return not text or text.startswith("#")
+
+
+_BRANCH_HEADER = re.compile(r"^(if\b|elif\b|else\s*:|try\s*:|except\b|finally\s*:)")
+
+
+def is_branch_header(path: str, line: int) -> bool:
+    """`if`/`elif`/`else`/`try`/`except`/`finally` lines: Python never comes back to them
+    after running their block (unlike `for`, `while` and `with` lines)."""
+    return bool(_BRANCH_HEADER.match(source_line(path, line).strip()))
+
+
+_LOOP_HEADER = re.compile(r"^(async\s+)?(for|while)\b")
+
+
+def is_loop_header(path: str, line: int) -> bool:
+    return bool(_LOOP_HEADER.match(source_line(path, line).strip()))
+
+
+def first_assignment_line(function: Function, local: Local) -> int:
+    """The first line of the function at or after the local's declaration that assigns
+    it (`x = `, `x += `, `for x in`, `cdef T x = `, `as x`), else its declaration line."""
+    if function.source is None:
+        return local.lineno
+    name = re.escape(local.name)
+    assigns = re.compile(
+        r"(^|[\s,(])" + name + r"\s*(\[[^\]]*\])?\s*([-+*/%&|^@]|//|<<|>>|\*\*)?=(?!=)"
+        r"|\bfor\s+(\(?\s*[\w\s,]*,\s*)?" + name + r"\b[\w\s,)]*\bin\b"
+        r"|\bas\s+" + name + r"\b"
+    )
+    start = max(local.lineno, function.lineno + 1)
+    for line in range(start, function.last_line() + 1):
+        text = source_line(function.source, line).split("#", 1)[0]
+        if assigns.search(text):
+            return line
+    return local.lineno

@@ -2,8 +2,9 @@
 
 Owns: telling Cython frames from C frames, their `.pyx` location, the selected Cython
 frame, the Python frames of the interpreter (through the interpreter's own
-python-gdb.py, sourced explicitly when gdb's auto-load refuses it), and printing
-locations and backtraces.
+python-gdb.py, sourced explicitly when gdb's auto-load refuses it), printing locations
+(with the thread when there are several, and the build's optimisation level when it is
+not -O0) and backtraces, of one thread or of all.
 """
 from __future__ import annotations
 
@@ -98,13 +99,60 @@ def describe(frame: "gdb.Frame") -> str:
     return f"{where} in {name}()"
 
 
-def print_location(frame: "gdb.Frame", prefix: str = "") -> None:
+_hinted_modules: set = set()
+
+
+def thread_count() -> int:
+    try:
+        return len(gdb.selected_inferior().threads())
+    except (gdb.error, RuntimeError):
+        return 1
+
+
+def thread_tag() -> str:
+    """` [thread 3]` when the process has several threads, else nothing."""
+    if thread_count() < 2:
+        return ""
+    try:
+        thread = gdb.selected_thread()
+    except gdb.error:
+        return ""
+    return f" [thread {thread.num}]" if thread is not None else ""
+
+
+def print_location(frame: "gdb.Frame", prefix: str = "", stop: bool = False) -> None:
+    """`PREFIXmod.pyx:LINE in func()` and the source line. A stop (stop=True) also names
+    the thread when there are several and the optimisation level of an optimised build."""
+    import cytool_gdb_placement as placement
+
     path, line = location(frame)
-    print(f"{prefix}{describe(frame)}")
+    suffix = ""
+    hint = ""
+    function = cython_function(frame)
+    if stop:
+        if function is not None:
+            try:
+                level = placement.optimisation_level_at(frame.pc())
+            except gdb.error:
+                level = "-O0"
+            if level != "-O0":
+                suffix += f" [{level} build]"
+                if function.module.name not in _hinted_modules:
+                    _hinted_modules.add(function.module.name)
+                    hint = (f"cytool: {function.module.name} was built at {level}: values may be <optimised out> and "
+                            f"lines may run out of order; {placement.REBUILD_HINT}")
+        suffix += thread_tag()
+    print(f"{prefix}{describe(frame)}{suffix}")
     if path:
         text = state.source_line(path, line)
         if text:
             print(f"{line:>6}    {text.strip()}")
+    if hint:
+        print(hint)
+    if stop:
+        from cytool_gdb_tui import show_cython_source
+
+        show_cython_source()
 
 
 # -- Python frames ------------------------------------------------------------------------
@@ -210,16 +258,23 @@ def _is_launcher(filename: str) -> bool:
     return filename.startswith("<frozen") or filename.endswith(_LAUNCHER_SUFFIXES)
 
 
+def is_agent_file(filename: str) -> bool:
+    """cytool's own agent inside the program (cytool_gdb_python), and the code gdb ran."""
+    return filename.endswith("/cytool_gdb_agent.py") or filename in ("<cytool-gdb>", "<cy-exec>")
+
+
 def backtrace(show_all: bool = False) -> None:
     """Print cy-bt: Cython frames numbered, Python frames between them, C internals hidden."""
     if newest_frame() is None:
         raise state.CyError("No stack: the program is not running.")
     index = 0
+    printed = 0
     for frame in frames():
         function = cython_function(frame)
         if function is not None:
             marker = "*" if _is_selected(frame) else " "
             print(f"#{index:<2}{marker}{describe(frame)}")
+            printed += 1
             path, line = location(frame)
             if path:
                 text = state.source_line(path, line).strip()
@@ -234,9 +289,10 @@ def backtrace(show_all: bool = False) -> None:
             pass
         python = python_frames_in(frame) if "EvalFrame" in name else []
         for filename, line, func in python:
-            if _is_launcher(filename) and not show_all:
+            if is_agent_file(filename) or (_is_launcher(filename) and not show_all):
                 continue
             print(f"    [py] {filename}:{line} in {func}()")
+            printed += 1
             text = _python_source(filename, line)
             if text:
                 print(f"        {text}")
@@ -248,6 +304,9 @@ def backtrace(show_all: bool = False) -> None:
             except gdb.error:
                 pc = "?"
             print(f"    [c]  {pc} in {name or '??'}(){where}")
+    if not printed and not show_all:
+        newest = newest_frame()
+        print(f"    (no Cython or Python frames: in {newest.name() if newest else '??'}(); cy-bt full shows C frames)")
     if not python_gdb_available():
         print(f"(Python frames not shown: {python_gdb_status})")
 
@@ -257,3 +316,59 @@ def _is_selected(frame: "gdb.Frame") -> bool:
         return frame == gdb.selected_frame()
     except gdb.error:
         return False
+
+
+# -- threads ------------------------------------------------------------------------------
+
+
+def threads() -> List["gdb.InferiorThread"]:
+    try:
+        return sorted(gdb.selected_inferior().threads(), key=lambda t: t.num)
+    except (gdb.error, RuntimeError):
+        return []
+
+
+def thread_summary(thread: "gdb.InferiorThread") -> str:
+    """Where a thread is, for cy-thread: its innermost Cython frame, else its C frame."""
+    selected = gdb.selected_thread()
+    try:
+        frame = gdb.selected_frame() if selected == thread else None
+    except gdb.error:
+        frame = None
+    thread.switch()
+    try:
+        cython = cython_frames()
+        if cython:
+            return describe(cython[0])
+        newest = newest_frame()
+        return f"in {newest.name() or '??'}() (no Cython frame)" if newest is not None else "(no frames)"
+    finally:
+        if selected is not None and selected.is_valid():
+            selected.switch()
+            if frame is not None and frame.is_valid():
+                frame.select()
+
+
+def all_backtraces(show_all: bool = False) -> None:
+    """cy-bt -a: the backtrace of every thread, the selected one marked."""
+    selected = gdb.selected_thread()
+    if selected is None:
+        raise state.CyError("No stack: the program is not running.")
+    try:
+        current_frame = gdb.selected_frame()
+    except gdb.error:
+        current_frame = None
+    try:
+        for thread in threads():
+            thread.switch()
+            marker = "*" if thread == selected else " "
+            name = thread.name or ""
+            print(f"{marker}Thread {thread.num} {name}".rstrip())
+            try:
+                backtrace(show_all)
+            except gdb.GdbError as error:
+                print(f"    ({error})")
+    finally:
+        selected.switch()
+        if current_frame is not None and current_frame.is_valid():
+            current_frame.select()

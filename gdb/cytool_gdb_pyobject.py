@@ -4,8 +4,10 @@ Owns the repr of a `PyObject *`: int, bool, float, str, bytes, list, tuple, dict
 None are decoded from their memory layout (found through the DWARF types of the
 interpreter or of the module, so the per-version differences - PyLongObject's
 `long_value` since 3.12, the dict keys layout since 3.11 - come from the types
-themselves); any other object prints as `<type at 0x...>`. Also looks up names in a
-module's dict (Python-level globals of a Cython module).
+themselves); a class prints as `<class 'pkg.mod.Name'>` and any other object as Python's
+default repr, `<pkg.mod.Vec object at 0x...>`. Also looks up names in a module's dict
+(Python-level globals of a Cython module). Nothing here raises on a bad pointer: an
+unreadable object prints as `<unreadable: reason>`.
 """
 from __future__ import annotations
 
@@ -80,6 +82,18 @@ def type_name(value: "gdb.Value") -> str:
     if obj is None:
         raise gdb.error("the PyObject type is not known to gdb")
     return obj["ob_type"]["tp_name"].string()
+
+
+def read_str(value: "gdb.Value") -> str:
+    return _str(value)
+
+
+def read_int(value: "gdb.Value") -> int:
+    return _int(value)
+
+
+def address_of(value: "gdb.Value") -> int:
+    return _address(value)
 
 
 def _read(address: int, size: int) -> bytes:
@@ -268,19 +282,71 @@ def dict_items(value: "gdb.Value") -> Iterator[Tuple["gdb.Value", "gdb.Value"]]:
         yield key, item
 
 
+_Py_TPFLAGS_HEAPTYPE = 1 << 9
+_Py_TPFLAGS_TYPE_SUBCLASS = 1 << 31
+READ_ERRORS = (gdb.error, gdb.MemoryError, KeyError, ValueError, OverflowError, UnicodeDecodeError, RuntimeError,
+               TypeError, IndexError)
+
+
 def format_object(value: "gdb.Value", depth: int = 0) -> str:
-    """The repr of a PyObject pointer, or `<type at 0x...>` for kinds we do not decode."""
-    address = _address(value)
+    """The repr of a PyObject pointer ("NULL" for a null pointer), never raising."""
+    try:
+        address = _address(value)
+    except READ_ERRORS as error:
+        return f"<unreadable: {_reason(error)}>"
     if address == 0:
         return "NULL"
     try:
         name = type_name(value)
-    except (gdb.error, gdb.MemoryError, UnicodeDecodeError) as error:
-        return f"<object at {address:#x} (unreadable: {error})>"
+    except READ_ERRORS as error:
+        return f"<unreadable: object at {address:#x}: {_reason(error)}>"
     try:
+        if is_type_object(value):
+            return f"<class '{class_name(value)}'>"
         return _format_known(value, name, depth, address)
-    except (gdb.error, gdb.MemoryError, KeyError, ValueError, OverflowError):
-        return f"<{name} at {address:#x}>"
+    except READ_ERRORS:
+        return f"<{name} object at {address:#x}>"
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.rstrip(".")
+
+
+def is_type_object(value: "gdb.Value") -> bool:
+    obj = _as(value, "PyObject")
+    if obj is None:
+        return False
+    return bool(int(obj["ob_type"]["tp_flags"]) & _Py_TPFLAGS_TYPE_SUBCLASS)
+
+
+def class_name(value: "gdb.Value") -> str:
+    """`pkg.mod.Name` of a class object: its module and qualified name."""
+    type_object = _as(value, "PyTypeObject")
+    if type_object is None:
+        raise gdb.error("PyTypeObject not known")
+    name = type_object["tp_name"].string()
+    if not int(type_object["tp_flags"]) & _Py_TPFLAGS_HEAPTYPE:
+        return name  # a static type: tp_name is `module.Name` (or just `int` for builtins)
+    heap = _as(value, "PyHeapTypeObject")
+    qualified = name
+    if heap is not None:
+        try:
+            qualified = _str(heap["ht_qualname"])
+        except READ_ERRORS:
+            qualified = name
+    if "." in name and name.endswith("." + qualified):
+        return name  # Cython's types carry `pkg.mod.Name` in tp_name already
+    module = None
+    try:
+        dictionary = type_object["tp_dict"]
+        if _address(dictionary):
+            found = dict_lookup(dictionary, "__module__")
+            if found is not None and type_name(found) == "str":
+                module = _str(found)
+    except READ_ERRORS:
+        module = None
+    return f"{module}.{qualified}" if module and module != "builtins" else qualified
 
 
 def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> str:
@@ -298,9 +364,11 @@ def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> st
     if name == "bytes":
         return repr(_bytes(value))
     if depth >= MAX_DEPTH and name in ("list", "tuple", "dict"):
-        return f"<{name} at {address:#x}>"
+        return f"<{name} object at {address:#x}>"
     if name in ("list", "tuple"):
         items, size = _sequence_items(value, name)
+        if size < 0:
+            raise gdb.error("negative size")
         parts = [format_object(item, depth + 1) for item in items]
         if size > len(items):
             parts.append("...")
@@ -315,7 +383,32 @@ def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> st
                 break
             parts.append(f"{format_object(key, depth + 1)}: {format_object(item, depth + 1)}")
         return "{" + ", ".join(parts) + "}"
-    return f"<{name} at {address:#x}>"
+    named = _named_object(value, name)
+    if named is not None:
+        return named
+    return f"<{name} object at {address:#x}>"
+
+
+def _named_object(value: "gdb.Value", name: str) -> Optional[str]:
+    """Modules and functions by their names, as Python shows them."""
+    address = _address(value)
+    if name == "module":
+        module = _as(value, "PyModuleObject")
+        if module is not None and "md_name" in _fields(module.type):
+            return f"<module {_str(module['md_name'])!r}>"
+    if name == "function":
+        function = _as(value, "PyFunctionObject")
+        if function is not None:
+            return f"<function {_str(function['func_qualname'])} at {address:#x}>"
+    if name.endswith("cython_function_or_method"):
+        function = _as(value, "__pyx_CyFunctionObject")
+        if function is not None and "func_qualname" in _fields(function.type):
+            return f"<cyfunction {_str(function['func_qualname'])} at {address:#x}>"
+    if name == "builtin_function_or_method":
+        function = _as(value, "PyCFunctionObject")
+        if function is not None:
+            return f"<built-in function {function['m_ml']['ml_name'].string()}>"
+    return None
 
 
 def dict_lookup(dict_pointer: "gdb.Value", key: str) -> Optional["gdb.Value"]:
@@ -324,7 +417,7 @@ def dict_lookup(dict_pointer: "gdb.Value", key: str) -> Optional["gdb.Value"]:
         try:
             if type_name(key_object) == "str" and _str(key_object) == key:
                 return item
-        except (gdb.error, gdb.MemoryError):
+        except READ_ERRORS:
             continue
     return None
 
@@ -334,5 +427,5 @@ def dict_str_items(dict_pointer: "gdb.Value") -> Iterator[Tuple[str, "gdb.Value"
         try:
             if type_name(key_object) == "str":
                 yield _str(key_object), item
-        except (gdb.error, gdb.MemoryError):
+        except READ_ERRORS:
             continue

@@ -1,8 +1,9 @@
 """The debugger's memory: which Cython modules are known, and where they live in gdb.
 
-Owns the registry of modules read from debug XML (by `cy-load` or found beside a
-module's .so when gdb loads it), the lookups from C function names to Cython functions
-and from Cython modules to gdb objfiles, and reading .pyx source lines.
+Owns the registry of modules read from debug XML (by `cy-load`, or found near a module's
+.so when gdb loads it: `gdb.events.new_objfile`), which loaded shared object is which
+module (dotted package names included), the lookups from C function names to Cython
+functions, the session's settings (batch mode) and the failures a batch run must end on.
 """
 from __future__ import annotations
 
@@ -11,7 +12,10 @@ from typing import Dict, List, Optional
 
 import gdb  # type: ignore
 
-from cytool_gdb_debuginfo import Function, Module, find_debug_info
+from cytool_gdb_debuginfo import (Function, Module, debug_info_for_shared_object, debug_info_from_index,
+                                  find_debug_info, source_line, source_lines)
+
+__all__ = ["source_line", "source_lines"]
 
 
 class CyError(gdb.GdbError):
@@ -20,12 +24,18 @@ class CyError(gdb.GdbError):
 
 _modules: Dict[str, Module] = {}
 _by_cname: Dict[str, Function] = {}
+_objfile_of: Dict[str, str] = {}  # module name -> file name of its loaded shared object
 _load_listeners: List = []  # callables(Module), run when a module is registered
-_source_cache: Dict[str, List[str]] = {}
+index_dirs: List[str] = []  # module index folders (`set cy-module-index`), searched by build-id
 default_source: Optional[str] = None  # the file `cy-break LINE` means before anything stops
 # A module's .so whose symbols were added before the run only so that the TUI source
 # window can show its .pyx; removed as soon as the process starts (see preload_symbols).
 preloaded: Optional[str] = None
+
+# `set cy-batch on` (cytool debug --batch): a refused breakpoint ends gdb at once and a
+# breakpoint that matched nothing makes its exit status non-zero.
+batch = False
+batch_failure: Optional[str] = None
 
 
 def modules() -> List[Module]:
@@ -36,31 +46,77 @@ def on_module_registered(callback) -> None:
     _load_listeners.append(callback)
 
 
+def register(module: Module) -> Module:
+    """Add a module read from its XML (a newer XML of the same module replaces the old)."""
+    global default_source
+    known = _modules.get(module.name)
+    if known is not None and known.xml_path == module.xml_path:
+        return known
+    _modules[module.name] = module
+    for function in module.functions:
+        _by_cname[function.cname] = function
+    if default_source is None:
+        default_source = module.filename
+    for callback in list(_load_listeners):
+        callback(module)
+    return module
+
+
 def load_debug_info(path: str, quiet: bool = False) -> List[Module]:
     """Read the debug XML found at `path` (build dir, cython_debug dir, .so or XML)."""
-    global default_source
-    found = find_debug_info(path)
     loaded: List[Module] = []
-    for xml_path in found:
-        try:
-            module = Module(xml_path)
-        except Exception as error:  # a broken XML must not break gdb
-            if not quiet:
-                print(f"cytool: cannot read {xml_path}: {error}")
-            continue
-        known = _modules.get(module.name)
-        if known is not None and known.xml_path == module.xml_path:
-            loaded.append(known)
-            continue
-        _modules[module.name] = module
-        for function in module.functions:
-            _by_cname[function.cname] = function
-        if default_source is None:
-            default_source = module.filename
-        loaded.append(module)
-        for callback in list(_load_listeners):
-            callback(module)
+    for xml_path in find_debug_info(path):
+        module = _read(xml_path, quiet)
+        if module is not None:
+            loaded.append(register(module))
     return loaded
+
+
+def _read(xml_path: str, quiet: bool) -> Optional[Module]:
+    for module in _modules.values():
+        if module.xml_path == os.path.abspath(xml_path):
+            return module
+    try:
+        return Module(xml_path)
+    except Exception as error:  # a broken XML must not break gdb
+        if not quiet:
+            print(f"cytool: cannot read {xml_path}: {error}")
+        return None
+
+
+def module_loaded(so_path: str, build_id: Optional[str] = None) -> Optional[Module]:
+    """A shared object was loaded: which Cython module is it? Its debug XML is looked
+    up in the module index by build-id, else near the .so (and read if new); else a
+    known module of that name is taken."""
+    real = os.path.realpath(so_path)
+    short = os.path.basename(real).split(".", 1)[0]
+    module = None
+    xml_path = debug_info_from_index(index_dirs, build_id) or debug_info_for_shared_object(so_path)
+    if xml_path is not None:
+        module = _read(xml_path, quiet=True)
+    if module is None:
+        module = _known_module_for(real, short)
+    if module is None:
+        return None
+    _objfile_of[module.name] = real
+    return register(module)
+
+
+def _known_module_for(real: str, short: str) -> Optional[Module]:
+    """A module read earlier (cy-load) that this .so is: same short name, and its
+    package spelled by the directories above the .so when it is dotted."""
+    directories = os.path.dirname(real).split(os.sep)
+    matches = []
+    for module in _modules.values():
+        if module.short_name != short:
+            continue
+        if module.package and directories[-len(module.package):] != module.package:
+            continue
+        matches.append(module)
+    if len(matches) > 1:  # one built in this directory wins
+        same = [m for m in matches if os.path.dirname(os.path.dirname(m.xml_path)) == os.path.dirname(real)]
+        matches = same or matches
+    return matches[0] if matches else None
 
 
 def function_for_cname(name: Optional[str]) -> Optional[Function]:
@@ -78,26 +134,35 @@ def module_for_source(path: str) -> List[Module]:
     return [m for m in _modules.values() if m.find_source(path) is not None]
 
 
+def process_running() -> bool:
+    try:
+        return gdb.selected_inferior().pid != 0
+    except gdb.error:
+        return False
+
+
 def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
     """The loaded shared object of this module, or None before Python imports it."""
-    if preloaded is not None:
-        return None  # only the stand-in is there: the module is not loaded in the process
-    try:
-        if gdb.selected_inferior().pid == 0:
-            return None  # no process: gdb may still list the last run's libraries
-    except gdb.error:
-        return None
-    build_dir = os.path.dirname(os.path.dirname(module.xml_path))
-    fallback = None
+    if preloaded is not None or not process_running():
+        return None  # no process (gdb may still list the last run's libraries), or only the stand-in
+    bound = _objfile_of.get(module.name)
     for objfile in gdb.objfiles():
         name = objfile.filename or ""
-        base = os.path.basename(name)
-        if not base.startswith(module.name + ".") or not base.endswith(".so"):
+        if not name.endswith(".so") or not objfile.is_valid():
             continue
-        if os.path.dirname(os.path.realpath(name)) == os.path.realpath(build_dir):
+        real = os.path.realpath(name)
+        if bound is not None:
+            if real == bound:
+                return objfile
+            continue
+        if _known_module_for(real, os.path.basename(real).split(".", 1)[0]) is module:
             return objfile
-        fallback = fallback or objfile
-    return fallback
+    return None
+
+
+def forget_objfiles() -> None:
+    """The process exited: the next run loads (and binds) its shared objects again."""
+    _objfile_of.clear()
 
 
 def lookup_static(module: Module, name: str) -> Optional["gdb.Symbol"]:
@@ -113,51 +178,40 @@ def lookup_static(module: Module, name: str) -> Optional["gdb.Symbol"]:
     return symbol
 
 
-def function_range(function: Function) -> Optional[tuple]:
-    """(start, end) pc range of the function's C body, once its module is loaded."""
+def function_block(function: Function) -> Optional["gdb.Block"]:
+    """The block of the function's out-of-line C body, or None (not loaded, or inlined
+    into its callers everywhere by an optimising build)."""
     symbol = lookup_static(function.module, function.cname)
     if symbol is None or symbol.addr_class != gdb.SYMBOL_LOC_BLOCK:
         return None
-    block = symbol.value().address
     try:
-        start = int(block)
+        start = int(symbol.value().address)
         body = gdb.block_for_pc(start)
     except (gdb.error, RuntimeError):
         return None
     while body is not None and body.function is None:
         body = body.superblock
-    if body is None:
-        return None
-    return (body.start, body.end)
+    return body
 
 
-def source_lines(path: str) -> List[str]:
-    if path not in _source_cache:
-        try:
-            with open(path, encoding="utf-8", errors="replace") as handle:
-                _source_cache[path] = handle.read().split("\n")
-        except OSError:
-            _source_cache[path] = []
-    return _source_cache[path]
-
-
-def source_line(path: str, line: int) -> str:
-    lines = source_lines(path)
-    if 1 <= line <= len(lines):
-        return lines[line - 1]
-    return ""
+def function_range(function: Function) -> Optional[tuple]:
+    """(start, end) pc range of the function's C body, once its module is loaded."""
+    body = function_block(function)
+    return None if body is None else (body.start, body.end)
 
 
 def module_so(module: Module) -> Optional[str]:
     """The built shared object next to the module's cython_debug directory."""
     build_dir = os.path.dirname(os.path.dirname(module.xml_path))
-    try:
-        names = sorted(os.listdir(build_dir))
-    except OSError:
-        return None
-    for name in names:
-        if name.startswith(module.name + ".") and name.endswith(".so"):
-            return os.path.join(build_dir, name)
+    candidates = [build_dir, os.path.join(build_dir, *module.package)] if module.package else [build_dir]
+    for directory in candidates:
+        try:
+            names = sorted(os.listdir(directory))
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(module.short_name + ".") and name.endswith(".so"):
+                return os.path.join(directory, name)
     return None
 
 
@@ -167,10 +221,7 @@ def preload_symbols(module: Module) -> bool:
     global preloaded
     if preloaded is not None:
         return True
-    try:
-        if gdb.selected_inferior().pid != 0:
-            return False
-    except gdb.error:
+    if process_running():
         return False
     path = module_so(module)
     if path is None:
@@ -193,3 +244,18 @@ def drop_preloaded() -> None:
         gdb.execute(f"remove-symbol-file {path}", to_string=True)
     except gdb.error:
         pass
+
+
+def fail_batch(reason: str) -> None:
+    """Remember why a batch run must end with a non-zero status (first reason wins)."""
+    global batch_failure
+    if batch and batch_failure is None:
+        batch_failure = reason
+
+
+def end_batch_if_failed() -> None:
+    """In batch mode, after a failure: end gdb now with exit status 1."""
+    if batch and batch_failure is not None:
+        print(f"cytool: ending the batch run: {batch_failure}")
+        gdb.execute("set confirm off", to_string=True)
+        gdb.execute("quit 1")

@@ -60,3 +60,55 @@ def run_cytool() -> RunCytool:
         )
 
     return run
+
+
+# -- interpreters for the gdb tests (cytool debug) ----------------------------------------
+# CYTOOL_TEST_PYTHONS lists the interpreters the gdb tests run on: "venv" (this one) and
+# versions found in pyenv or on PATH ("3.9,3.10,3.11,3.12,3.13": `make test-pythons`).
+# Each version gets a venv with this Cython, made once per session, or kept under
+# CYTOOL_TEST_VENVS to be reused by the next run.
+DEBUG_PYTHONS = [p.strip() for p in os.environ.get("CYTOOL_TEST_PYTHONS", "venv,3.13").split(",") if p.strip()]
+if "venv" in DEBUG_PYTHONS:  # this interpreter's version is covered by "venv"
+    DEBUG_PYTHONS = [p for p in DEBUG_PYTHONS if p != "%d.%d" % sys.version_info[:2]]
+
+
+def _find_interpreter(version: str) -> str:
+    import glob
+    import shutil
+
+    found = sorted(glob.glob(f"{os.path.expanduser('~')}/.pyenv/versions/{version}.*/bin/python{version}"))
+    found += sorted(glob.glob(f"/root/.pyenv/versions/{version}.*/bin/python{version}"))
+    found += [p for p in (shutil.which(f"python{version}"),) if p and "/shims/" not in p]
+    for candidate in found:
+        if subprocess.run([candidate, "--version"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0:
+            return candidate
+    return ""
+
+
+@pytest.fixture(scope="session", params=DEBUG_PYTHONS)
+def debug_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """An interpreter for the gdb tests: this venv's, or a version with Cython in its own venv."""
+    if request.param == "venv":
+        return sys.executable
+    base = _find_interpreter(request.param)
+    if not base:
+        pytest.skip(f"Python {request.param} not found in pyenv or on PATH")
+    import Cython
+
+    kept = os.environ.get("CYTOOL_TEST_VENVS")
+    venv = Path(kept) / request.param if kept else tmp_path_factory.mktemp(f"python{request.param}")
+    interpreter = venv / "bin" / "python"
+    # what cytool's build imports (tomli before 3.11: pyproject.toml), and this Cython
+    probe = [str(interpreter), "-c", "import Cython, packaging, sys\nif sys.version_info < (3, 11): import tomli\n"
+             f"sys.exit(Cython.__version__ != {Cython.__version__!r})"]
+    if interpreter.exists() and subprocess.run(probe, stderr=subprocess.DEVNULL).returncode == 0:
+        return str(interpreter)
+    subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
+    pip = subprocess.run(
+        [str(interpreter), "-m", "pip", "install", "-q", f"Cython=={Cython.__version__}", "setuptools", "packaging",
+         "tomli>=1.1; python_version < '3.11'"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
+    )
+    if pip.returncode != 0:
+        pytest.skip(f"cannot install Cython for {base}: {pip.stdout[-500:]}")
+    return str(interpreter)

@@ -31,17 +31,43 @@ def cytool(*args: object, env: dict = None, timeout: float = 300) -> subprocess.
 def test_batch_session(tmp_path: Path) -> None:
     script = tmp_path / "session.gdb"
     script.write_text("cy-run\ncy-bt\ncy-next\ncy-print n\ncy-cont\n")
-    done = cytool("debug", "--batch", "-b", "work", "-b", f"dbgmod.pyx:{M['work-def'] + 1}",
-                  "-x", script, h.FIXTURE, "--", "alpha", "beta")
+    done = cytool("debug", "--batch", "-b", "work", "-x", script, h.FIXTURE, "--", "alpha", "beta")
     out = done.stdout
     assert done.returncode == 0, out
-    assert f"dbgmod.pyx:{M['work-def'] + 1} has no code" in out, out
     stops = h.stops(out)
     assert stops[0] == ("dbgmod.pyx", M["work-first"], "work"), out
     assert [s[2] for s in stops[1:4]] == ["work", "main", "<module>"], out  # cy-bt
     assert stops[4] == ("dbgmod.pyx", M["work-first"] + 1, "work"), out  # cy-next
     assert "n = 4" in out, out
     assert "argv ['alpha', 'beta']" in out, out  # program arguments after --
+
+
+@needs_gdb
+@pytest.mark.parametrize("spec, message", [
+    (f"dbgmod.pyx:{M['work-def'] + 1}", f"dbgmod.pyx:{M['work-def'] + 1} has no code"),  # a declaration
+    ("dbgmod.pyx:1", "dbgmod.pyx:1 has no code (blank or comment)"),  # a comment line
+    ("work:3", "FILE:LINE needs a Cython source file"),  # not a file
+])
+def test_batch_refused_spec_ends_the_run(tmp_path: Path, spec: str, message: str) -> None:
+    """A refused -b spec ends a --batch run at once with a non-zero exit (the program never runs)."""
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\n")
+    done = cytool("debug", "--batch", "-b", spec, "-x", script, h.FIXTURE)
+    assert done.returncode == 1, done.stdout
+    assert message in done.stdout, done.stdout
+    assert "ending the batch run" in done.stdout and "argv" not in done.stdout, done.stdout
+
+
+@needs_gdb
+@pytest.mark.parametrize("spec", ["nosuchfunc", "other.pyx:3", "pkg.other.func"])
+def test_batch_unmatched_spec_fails_at_exit(tmp_path: Path, spec: str) -> None:
+    """A spec nothing matched is pending during the run, reported at exit, and fails --batch."""
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\n")
+    done = cytool("debug", "--batch", "-b", spec, "-x", script, h.FIXTURE)
+    assert done.returncode == 1, done.stdout
+    assert "pending" in done.stdout and "argv []" in done.stdout, done.stdout  # the program ran
+    assert f"breakpoint 1 ({spec}) matched nothing in this run" in done.stdout, done.stdout
 
 
 @needs_gdb
@@ -121,3 +147,81 @@ def test_tui_in_tmux(tmp_path: Path) -> None:
         assert marker, moved
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+
+
+@needs_gdb
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_tui_shows_python_stops(tmp_path: Path) -> None:
+    """cy-step into Python code: the TUI shows the .py file with the stop marked, and the
+    .pyx again once control is back in Cython."""
+    shapes = h.HERE / "shapes.pyx"
+    S = h.markers(shapes)
+    Y = h.markers(h.HERE / "pysteps.py")
+    session = f"cytool-debug-py-{os.getpid()}"
+    env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
+    command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b shapes.pyx:{S['call-python-line']} {shapes}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36", command], check=True)
+    try:
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
+                                  text=True).stdout
+
+        def wait_for(text: str, timeout: float = 120) -> str:
+            deadline = time.monotonic() + timeout
+            shown = ""
+            while time.monotonic() < deadline:
+                shown = screen()
+                if text in shown:
+                    return shown
+                time.sleep(0.3)
+            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
+
+        def send(keys: str) -> None:
+            subprocess.run(["tmux", "send-keys", "-t", session, keys, "Enter"], check=True)
+
+        wait_for("(gdb)")
+        send("cy-run")
+        wait_for(f"Cython breakpoint 1, shapes.pyx:{S['call-python-line']} in call_python()")
+        send("cy-step")
+        shown = wait_for(f"pysteps.py:{Y['helper-first']} in helper() [Python]")
+        assert "pysteps.py (Python)" in shown, shown  # the Python source window's title
+        assert any(line.startswith("│>") and "doubled = value * 2" in line for line in shown.splitlines()), shown
+        send("cy-next")
+        shown = wait_for(f"pysteps.py:{Y['helper-call']} in helper() [Python]")
+        assert any(line.startswith("│>") and "extra = inner(doubled)" in line for line in shown.splitlines()), shown
+        send("cy-finish")
+        deadline = time.monotonic() + 60
+        shown = screen()
+        while "shapes.pyx" not in shown.split("\n")[0] and time.monotonic() < deadline:
+            time.sleep(0.3)
+            shown = screen()
+        assert "shapes.pyx" in shown.split("\n")[0] and "pysteps.py (Python)" not in shown, shown  # gdb's window
+        marker = [line for line in shown.splitlines() if ">" in line and "result = pysteps.helper(before)" in line]
+        assert marker, shown
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+
+
+@needs_gdb
+def test_debug_a_script_whose_package_modules_load_later(tmp_path: Path) -> None:
+    """`cytool debug script.py`: the package modules the script imports are built when
+    imported (cytool's import hook) and found by build-id in the module index; dotted
+    names and FILE:LINE specs are pending until then."""
+    project = tmp_path / "stapp"
+    shutil.copytree(h.REPO / "tests" / "fixtures" / "projects" / "stapp", project)
+    core_line = next(i for i, text in enumerate((project / "app" / "core.pyx").read_text().split("\n"), 1)
+                     if "# MAKE_BLOCK" in text)
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\ncy-locals\ncy-cont\ncy-bt\ncy-delete 2\ncy-delete 3\ncy-cont\n")
+    done = cytool("debug", "--batch", "-b", "app.api.churn", "-b", "app.core.make_block", "-b", f"core.pyx:{core_line}",
+                  "-x", script, project / "script.py", "3")
+    out = done.stdout
+    assert done.returncode == 0, out
+    assert "pending" in out and "matched nothing" not in out, out
+    stops = h.stops(out)
+    assert stops[0][0] == "api.pyx" and stops[0][2] == "churn", out
+    assert "rounds = 3" in out, out
+    assert ("core.pyx", core_line, "make_block") in stops, out
+    bt = out[out.index("cy-bt") if "cy-bt" in out else 0:]
+    assert "script.py" in out and "in main()" in bt, out  # the script's Python frames in cy-bt
+    assert "kept 1" in out and "total 5" in out, out

@@ -1,0 +1,420 @@
+"""Where a `.pyx` line or a Cython function's body is in the machine code.
+
+Owns reading the line table of a loaded module for the cy-* commands: which addresses a
+line has inside a given Cython function (out of line, or inlined into a caller by an
+optimising build), where a function's body starts once its set-up is done, the build's
+optimisation level (from the compiler's DW_AT_producer), and honest reasons when a line
+has no address where it was asked for.
+
+Why the set-up matters: Cython emits the initialisers of a function's locals
+(`PyObject *__pyx_v_y = NULL`) under the `#line` of the first body line, then the set-up
+(closure scope, argument unpacking, reference-nanny context) under the def line, then the
+first statement under its own line again. Stopping at the lowest address of the first
+body line stops before the locals exist. So the body's entry is the first row of that
+line after the last def-line row of the set-up.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Dict, List, Optional, Tuple
+
+import gdb  # type: ignore
+
+import cytool_gdb_state as state
+from cytool_gdb_debuginfo import Function, Module
+
+Rows = List[Tuple[int, int]]  # (pc, line), ascending pc
+Runs = List[Tuple[int, int, bool]]  # (pc, line, artifact): where a line's code starts again
+_rows_cache: Dict[Tuple[str, str], Rows] = {}
+_runs_cache: Dict[Tuple[str, str], Runs] = {}
+_level_cache: Dict[str, str] = {}
+
+
+def forget() -> None:
+    """Addresses change with every process: drop what was read from the last one."""
+    _rows_cache.clear()
+    _runs_cache.clear()
+    _level_cache.clear()
+
+
+# -- blocks -------------------------------------------------------------------------------
+
+
+def function_names_at(pc: int) -> List[str]:
+    """C function names around pc, innermost first, inlined functions included."""
+    names: List[str] = []
+    try:
+        block = gdb.block_for_pc(pc)
+    except (gdb.error, RuntimeError):
+        return names
+    while block is not None:
+        if block.function is not None:
+            names.append(block.function.name)
+        block = block.superblock
+    return names
+
+
+def innermost_cython(pc: int, module: Module) -> Optional[Function]:
+    for name in function_names_at(pc):
+        function = module.by_cname.get(name)
+        if function is not None:
+            return function
+    return None
+
+
+def inlined_into(pc: int, function: Function) -> Optional[str]:
+    """The Cython function that `function`'s code at pc is inlined into, or None when pc
+    is in its own out-of-line body (or only in Cython's own Python wrapper of it)."""
+    names = function_names_at(pc)
+    if function.cname not in names:
+        return None
+    for name in names[names.index(function.cname) + 1:]:
+        caller = function.module.by_cname.get(name)
+        if caller is not None and caller is not function:
+            return caller.display_name + "()"
+    return None
+
+
+def _copy_of(pc: int, cname: str) -> int:
+    """The start of the block of this copy of the function (out of line or one inlined copy)."""
+    try:
+        block = gdb.block_for_pc(pc)
+    except (gdb.error, RuntimeError):
+        return 0
+    while block is not None:
+        if block.function is not None and block.function.name == cname:
+            return block.start
+        block = block.superblock
+    return 0
+
+
+# -- the line table -------------------------------------------------------------------------
+
+
+def _symtab(path: str, line: int) -> Optional["gdb.Symtab"]:
+    for spec in (f"{path}:{line}", f"{os.path.basename(path)}:{line}"):
+        try:
+            sals = gdb.decode_line(spec)[1]
+        except gdb.error:
+            continue
+        for sal in sals or ():
+            if sal.symtab is not None:
+                return sal.symtab
+    return None
+
+
+def sals_for_line(path: str, line: int) -> list:
+    """gdb's own placement of `break path:line` (one address per function or inlined copy)."""
+    for spec in (f"{path}:{line}", f"{os.path.basename(path)}:{line}"):
+        try:
+            sals = gdb.decode_line(spec)[1]
+        except gdb.error:
+            continue
+        if sals:
+            return [s for s in sals if s.line == line]
+    return []
+
+
+def line_pcs(path: str, line: int) -> List[int]:
+    """Every address the line table gives this line (all functions)."""
+    symtab = _symtab(path, line)
+    if symtab is None:
+        return []
+    try:
+        return sorted({entry.pc for entry in (symtab.linetable().line(line) or ())})
+    except (gdb.error, AttributeError, RuntimeError):
+        return []
+
+
+def function_rows(function: Function) -> Rows:
+    """(pc, line) rows of the function's def file inside its out-of-line body."""
+    key = (function.module.name, function.cname)
+    if key in _rows_cache:
+        return _rows_cache[key]
+    rows: Rows = []
+    block = state.function_block(function)
+    symbol = block.function if block is not None else None
+    if block is not None and symbol is not None and symbol.symtab is not None:
+        try:
+            rows = sorted((entry.pc, entry.line) for entry in symbol.symtab.linetable()
+                          if block.start <= entry.pc < block.end)
+        except (gdb.error, RuntimeError):
+            rows = []
+    _rows_cache[key] = rows
+    return rows
+
+
+def function_runs(function: Function) -> Runs:
+    """The function's line-table rows merged into runs (a new run where the line
+    changes), each marked artifact or not by matching the k-th run of a line with the
+    k-th C statement of that line (cytool_gdb_debuginfo.c_statement_lines). Without the
+    C file, nothing is marked."""
+    key = (function.module.name, function.cname)
+    if key in _runs_cache:
+        return _runs_cache[key]
+    runs: List[Tuple[int, int]] = []
+    for pc, line in function_rows(function):
+        if not runs or runs[-1][1] != line:
+            runs.append((pc, line))
+    statements: List[Tuple[int, bool]] = []
+    source = os.path.basename(function.source or "")
+    for name, line, artifact in function.module.c_statement_lines(function):
+        if name != source:
+            continue
+        if statements and statements[-1][0] == line:
+            statements[-1] = (line, statements[-1][1] and artifact)
+        else:
+            statements.append((line, artifact))
+    flags: Dict[int, List[bool]] = {}
+    for line, artifact in statements:
+        flags.setdefault(line, []).append(artifact)
+    seen: Dict[int, int] = {}
+    marked: Runs = []
+    for pc, line in runs:
+        index = seen.get(line, 0)
+        seen[line] = index + 1
+        line_flags = flags.get(line, [])
+        marked.append((pc, line, line_flags[index] if index < len(line_flags) else False))
+    _runs_cache[key] = marked
+    return marked
+
+
+def is_artifact(function: Function, pc: int) -> bool:
+    """True when pc is in code that only carries its line number by accident (see
+    function_runs): stepping must not stop there."""
+    runs = function_runs(function)
+    index = row_index([(run[0], run[1]) for run in runs], pc)
+    return index >= 0 and runs[index][2]
+
+
+def first_real_run(function: Function, line: int) -> Optional[int]:
+    """The start of the first run of `line` in the function that is not an artifact."""
+    for pc, run_line, artifact in function_runs(function):
+        if run_line == line and not artifact:
+            return pc
+    return None
+
+
+def body_entry(function: Function) -> Optional[int]:
+    """The address where the function's first statement starts once its set-up is done
+    (locals initialised, closure scope loaded, arguments unpacked), in an -O0 build; None
+    for an optimising build (its code is scheduled freely: gdb's own placement is used)."""
+    block = state.function_block(function)
+    if block is None or optimisation_level_at(block.start) != "-O0":
+        return None
+    first = function.first_statement() or function.lineno
+    rows = function_rows(function)
+    if first == function.lineno or not rows:
+        # a lambda or a one-line def: all its rows carry the def line (gdb even merges them
+        # into the previous function's), so the line table cannot say where the set-up ends
+        return _after_argument_spills(block)
+    entry = first_real_run(function, first)
+    if entry is not None and function.module.c_statement_lines(function):
+        return entry  # the C file told the initialisers' rows (artifacts) apart
+    set_up_end = -1
+    region_end = len(rows)
+    for index, (_, line) in enumerate(rows):
+        if line < function.lineno or line > first:
+            region_end = index  # the body's later lines: the set-up is over
+            break
+        if line == function.lineno:
+            set_up_end = index
+    for pc, line in rows[set_up_end + 1:region_end]:
+        if line == first:
+            return pc
+    candidates = [pc for pc, line in rows if line == first]
+    return candidates[0] if candidates else None
+
+
+# An -O0 x86-64 prologue: frame set-up, arguments stored from their registers, locals
+# set to 0/NULL. AT&T and Intel syntax (gdb's disassembly-flavor).
+_PROLOGUE = re.compile(
+    r"^(endbr64|push\s+%?r\w+|mov\s+%rsp,%rbp|mov\s+rbp,rsp|sub\s+\$?(0x)?[0-9a-f]+,%rsp|sub\s+rsp,(0x)?[0-9a-f]+"
+    r"|mov[a-z]*\s+%(r[sd]i|[re]?[sd]i|[re]?[cd]x|r[89]d?|xmm[0-7]),-?(0x)?[0-9a-f]*\(%rbp\)"
+    r"|mov[a-z]*\s+\$0x0,-?(0x)?[0-9a-f]*\(%rbp\)"
+    r"|mov[a-z]*\s+\w+ PTR \[rbp-(0x)?[0-9a-f]+\],(r[sd]i|[re]?[sd]i|[re]?[cd]x|r[89]d?|xmm[0-7]|0x0))(\s|$)"
+)
+
+
+def _after_argument_spills(block: "gdb.Block") -> int:
+    """The first instruction after an -O0 x86-64 prologue (arguments readable from
+    there on); on other architectures, gdb's own end of prologue."""
+    try:
+        architecture = gdb.selected_frame().architecture()
+    except gdb.error:
+        architecture = None
+    if architecture is None or "x86-64" not in architecture.name():
+        try:
+            sals = gdb.decode_line(f"*{block.start:#x}")[1]
+            return gdb.decode_line(block.function.name)[1][0].pc if sals else block.start
+        except gdb.error:
+            return block.start
+    try:
+        instructions = architecture.disassemble(block.start, block.end - 1, 64)
+    except (gdb.error, gdb.MemoryError):
+        return block.start
+    for instruction in instructions:
+        if not _PROLOGUE.match(instruction["asm"].strip()):
+            return instruction["addr"]
+    return block.start
+
+
+def row_index(rows: Rows, pc: int) -> int:
+    """Index of the row whose code holds pc (the last row starting at or before it)."""
+    low, high = 0, len(rows)
+    while low < high:
+        middle = (low + high) // 2
+        if rows[middle][0] <= pc:
+            low = middle + 1
+        else:
+            high = middle
+    return low - 1
+
+
+def is_branch_tail(function: Function, pc: int, line: int) -> bool:
+    """True when pc is in code of `line` that comes after the code of the lines nested in
+    it: the jump out of an `if` branch (Python does not run that line again there), the
+    next pass of a loop head (its target is assigned by then)."""
+    rows = function_rows(function)
+    index = row_index(rows, pc)
+    if index < 0 or rows[index][1] != line:
+        return False
+    seen_nested = False
+    for _, earlier in reversed(rows[:index]):
+        if earlier > line:
+            seen_nested = True
+        elif earlier == line and seen_nested:
+            return True
+    return False
+
+
+# -- optimisation level ---------------------------------------------------------------------
+
+_LEVEL = re.compile(r"(?:^|\s)-O(\d|s|z|g|fast)?(?=\s|$)")
+
+
+def optimisation_level(producer: Optional[str]) -> str:
+    """`-O2` from `GNU C17 12.2.0 -mtune=generic -g -O2 ...` (the last -O wins; -O0 if none)."""
+    found = _LEVEL.findall(producer or "")
+    if not found:
+        return "-O0"
+    level = found[-1]
+    return "-O" + (level if level != "" else "1")
+
+
+def optimisation_level_at(pc: int) -> str:
+    try:
+        symtab = gdb.find_pc_line(pc).symtab
+    except (gdb.error, RuntimeError):
+        symtab = None
+    if symtab is None:
+        return "-O0"
+    key = symtab.objfile.filename if symtab.objfile else symtab.filename
+    if key not in _level_cache:
+        try:
+            _level_cache[key] = optimisation_level(symtab.producer)
+        except (gdb.error, AttributeError, RuntimeError):
+            _level_cache[key] = "-O0"
+    return _level_cache[key]
+
+
+def module_level(module: Module) -> Optional[str]:
+    """The optimisation level the loaded module was compiled at, or None if not loaded."""
+    for function in module.functions:
+        block = state.function_block(function)
+        if block is not None:
+            return optimisation_level_at(block.start)
+    return None
+
+
+REBUILD_HINT = ("rebuild it at -O0 to debug every line (`cytool build -O0`, `cytool debug` on the file "
+                "itself, or `cytool develop --debug` for a project)")
+
+
+# -- placing a line in its owner --------------------------------------------------------------
+
+
+class Placement:
+    """Where one line of one Cython function was placed: its address and, for code an
+    optimising build inlined elsewhere, the function it was inlined into."""
+
+    def __init__(self, function: Function, pc: int, inlined: Optional[str]) -> None:
+        self.function = function
+        self.pc = pc
+        self.inlined = inlined
+
+
+def place_line(path: str, line: int, owners: List[Function], first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
+    """Addresses of path:line inside each owner function, or ([], the reason it has none)."""
+    placed: List[Placement] = []
+    sals = sals_for_line(path, line)
+    for function in owners:
+        pcs: List[int] = []
+        if first_statement:
+            entry = body_entry(function)
+            if entry is not None:
+                pcs = [entry]
+        if not pcs and state.function_block(function) is not None and \
+                optimisation_level_at(state.function_block(function).start) == "-O0":
+            real = first_real_run(function, line)
+            if real is not None:
+                pcs = [real]  # not an artifact row gdb would take for the line
+        if not pcs:
+            pcs = [s.pc for s in sals if function.cname in function_names_at(s.pc)]
+        if not pcs:
+            pcs = [pc for pc in line_pcs(path, line) if function.cname in function_names_at(pc)]
+        seen = set()
+        for pc in sorted(pcs):
+            copy = _copy_of(pc, function.cname)
+            if copy in seen:
+                continue  # one address per copy of the function (gdb does the same)
+            seen.add(copy)
+            placed.append(Placement(function, pc, inlined_into(pc, function)))
+        if not pcs and state.function_block(function) is None:
+            placed.extend(_merged_into_callers(path, line, function))
+    if placed:
+        return placed, None
+    return [], _no_code_reason(path, line, owners)
+
+
+def _merged_into_callers(path: str, line: int, function: Function) -> List[Placement]:
+    """A function with no body of its own (inlined everywhere) whose line's code an
+    optimising build merged into its Cython callers without an inline record: the
+    line's addresses inside those callers, one per caller."""
+    placed: List[Placement] = []
+    hosts = set()
+    for pc in line_pcs(path, line):
+        host = innermost_cython(pc, function.module)
+        if host is None or host is function or host.is_module_init or host.cname in hosts:
+            continue
+        hosts.add(host.cname)
+        placed.append(Placement(function, pc, host.display_name + "()"))
+    return placed
+
+
+def _no_code_reason(path: str, line: int, owners: List[Function]) -> str:
+    name = os.path.basename(path)
+    owner_names = ", ".join(f.display_name + "()" for f in owners)
+    module = owners[0].module if owners else None
+    level = module_level(module) if module is not None else None
+    elsewhere: List[str] = []
+    for pc in line_pcs(path, line):
+        names = function_names_at(pc)
+        if names and names[0] not in elsewhere:
+            elsewhere.append(names[0])
+    if level and level != "-O0":
+        if elsewhere:
+            where = ", ".join(_describe_c_function(module, n) for n in elsewhere[:3])
+            return (f"{name}:{line} has code only in {where} in this {level} build of {module.name}, "
+                    f"none in {owner_names}: the compiler moved or merged it; {REBUILD_HINT}")
+        return (f"{name}:{line} has no code left in this {level} build of {module.name} "
+                f"(the compiler optimised it away); {REBUILD_HINT}")
+    return f"{name}:{line} has no code in {owner_names}"
+
+
+def _describe_c_function(module: Optional[Module], cname: str) -> str:
+    function = module.by_cname.get(cname) if module is not None else None
+    if function is not None:
+        return function.display_name + "()"
+    return cname + "()"
