@@ -84,8 +84,13 @@ class PyxFinder(importlib.abc.MetaPathFinder):
         return any(real == root or real.startswith(root + os.sep) for root in self.roots)
 
     def _source_for(self, fullname: str, path: Optional[Sequence[str]]) -> Optional[Path]:
+        """The .pyx for `fullname` in the first folder of the path that has the module in
+        any form: a folder earlier on the path that holds a compiled or Python module wins,
+        as it would without the hook (a driver that puts lib/ first gets lib/'s build); in
+        one folder the .pyx wins over a module compiled from it earlier."""
         last = fullname.rpartition(".")[2]
         folders = list(path) if path is not None else list(sys.path)
+        suffixes = importlib.machinery.all_suffixes()
         for folder in folders:
             if not isinstance(folder, str):
                 continue
@@ -93,6 +98,8 @@ class PyxFinder(importlib.abc.MetaPathFinder):
             for candidate in (base / f"{last}{SOURCE_SUFFIX}", base / last / f"__init__{SOURCE_SUFFIX}"):
                 if candidate.is_file() and self._allowed(candidate):
                     return candidate
+            if (base / last).is_dir() or any((base / f"{last}{suffix}").is_file() for suffix in suffixes):
+                return None  # the standard finders find it here
         return None
 
     def find_spec(self, fullname: str, path: Optional[Sequence[str]], target=None):  # type: ignore[no-untyped-def]
