@@ -302,3 +302,23 @@ def test_build_output_folder_that_cannot_be(tmp_path: Path, run_cytool, where: s
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 2 and "Traceback" not in done.stderr  # the error and a hint
     assert (tmp_path / "afile").read_text() == "mine\n"
+
+
+def test_import_hook_follows_the_path_order(tmp_path: Path, run_cytool) -> None:
+    """The first folder on sys.path that holds the module decides, as without the hook;
+    within one folder the .pyx wins over a module compiled from an older version of it."""
+    (tmp_path / "opt.pyx").write_text("VERSION = 'v1'\n")
+    assert run_cytool("build", "--inplace", "opt.pyx", cwd=tmp_path).returncode == 0
+    (tmp_path / "opt.pyx").write_text("VERSION = 'v2'\n")
+    (tmp_path / "driver.pyx").write_text("import opt\nprint(opt.VERSION, opt.__file__.endswith('.pyx'))\n")
+    assert run_cytool("run", "driver.pyx", cwd=tmp_path).stdout.strip() == "v2 True"
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "opt.pyx").write_text("VERSION = 'lib'\n")
+    assert run_cytool("build", "-o", "lib", "lib/opt.pyx", cwd=tmp_path).returncode == 0
+    (tmp_path / "lib" / "opt.pyx").unlink()
+    (tmp_path / "driver.pyx").write_text(
+        "import os, sys\nsys.path.insert(0, os.path.join(sys.path[0], 'lib'))\nimport opt\nprint(opt.VERSION, opt.__file__)\n")
+    done = run_cytool("run", "driver.pyx", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    version, where = done.stdout.split()
+    assert version == "lib" and Path(where).parent == tmp_path / "lib"
