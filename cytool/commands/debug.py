@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry
+from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry, settings_arguments
 from cytool.errors import CytoolError
 
 
@@ -55,16 +55,7 @@ def handle(args: argparse.Namespace) -> int:
     options = build_options(args)
     results = Launcher(program, options).prepare()
     # The inferior runs the same launcher; its builds are cache hits of the ones made here.
-    inferior = ["-O", options.opt_level]
-    if not options.read_setup_py:
-        inferior.append("--no-setup-py")
-    for flag, values in (("-I", args.include_dirs), ("-L", args.library_dirs), ("-l", args.libraries),
-                         ("-D", args.macros), ("--source", args.sources), ("-X", args.directives)):
-        for value in values:
-            inferior += [flag, str(Path(value).resolve()) if flag in ("-I", "-L", "--source") else value]
-    inferior += [f"--compile-arg={a}" for a in args.compile_args] + [f"--link-arg={a}" for a in args.link_args]
-    if args.cplus:
-        inferior.append("--cplus")
+    inferior = ["-O", options.opt_level] + settings_arguments(args)
     if args.module_name:
         inferior += ["--module-name", args.module_name]
     if program.kind == "pyx":

@@ -162,6 +162,22 @@ def build_options(args: argparse.Namespace, **overrides: object) -> BuildOptions
     return BuildOptions(**values)  # type: ignore[arg-type]
 
 
+def settings_arguments(args: argparse.Namespace) -> List[str]:
+    """This command line's build settings as arguments for another cytool command (the
+    `cytool run` that `cytool debug` starts in gdb): paths made absolute."""
+    out: List[str] = []
+    for flag, values in (("-I", args.include_dirs), ("-L", args.library_dirs), ("-l", args.libraries),
+                         ("-D", args.macros), ("--source", args.sources), ("-X", args.directives)):
+        for value in values:
+            out += [flag, str(Path(value).resolve()) if flag in ("-I", "-L", "--source") else value]
+    out += [f"--compile-arg={a}" for a in args.compile_args] + [f"--link-arg={a}" for a in args.link_args]
+    if args.cplus:
+        out.append("--cplus")
+    if not args.read_setup_py:
+        out.append("--no-setup-py")
+    return out
+
+
 def program_arguments(args: argparse.Namespace) -> List[str]:
     """The program's arguments: positional words not cytool's, then those after the split."""
     return list(args.args or []) + list(getattr(args, "program_args", []) or [])

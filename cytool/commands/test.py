@@ -8,7 +8,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cytool.commands.options import add_build_arguments, build_options
+from cytool.commands.options import add_build_arguments, build_options, settings_arguments
 from cytool.errors import CytoolError
 
 
@@ -35,21 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch", action="store_true", help="with --debug: no TUI, run the -x commands and exit")
     add_build_arguments(parser)
     parser.set_defaults(handler=handle)
-
-
-def _gdb_settings_arguments(args: argparse.Namespace):  # -> List[str]
-    """The build settings of this command line, for the `cytool debug` it starts."""
-    out = []
-    for flag, values in (("-I", args.include_dirs), ("-L", args.library_dirs), ("-l", args.libraries),
-                         ("-D", args.macros), ("--source", args.sources), ("-X", args.directives)):
-        for value in values:
-            out += [flag, str(Path(value).resolve()) if flag in ("-I", "-L", "--source") else value]
-    out += [f"--compile-arg={a}" for a in args.compile_args] + [f"--link-arg={a}" for a in args.link_args]
-    if args.cplus:
-        out.append("--cplus")
-    if not args.read_setup_py:
-        out.append("--no-setup-py")
-    return out
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -116,7 +101,7 @@ def _debug(args: argparse.Namespace, failure, item) -> int:  # failure: doctests
         argv += ["-x", str(args.command_file.resolve())]
     if args.batch:
         argv.append("--batch")
-    argv += _gdb_settings_arguments(args)
+    argv += settings_arguments(args)
     if args.verbose:
         argv.append("-v")
     argv.append(str(script))
