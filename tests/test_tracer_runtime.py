@@ -115,7 +115,7 @@ def test_edge_cases(helpers: Path, tmp_path: Path) -> None:
             assert ("free", address[kind]) in frees
         assert not any(kind == "realloc" and size == 77 for kind, _, size in allocs)  # reallocarray counted once
         assert ("mmap", address["mmap"], 65536) in allocs
-        assert ("mmap", address["mremap"], 131072) in allocs
+        assert ("mremap", address["mremap"], 131072) in allocs
         munmaps = [(e.address, e.size) for e in capture.events if e.kind == "munmap"]
         assert (address["mmap"], 65536) in munmaps and (address["mremap"], 131072) in munmaps
         assert ("free", 0) not in frees

@@ -1,15 +1,31 @@
-/* trace_writer.c: the capture file. Writes the uncompressed header, then compresses each
- * submitted chunk of records into one independent LZ4 frame (with content checksum) and
- * appends it. Chunks come from threads whose buffers filled up; a background thread does
- * the compression and the write(2)s so the traced threads only queue a pointer.
- * The queue has a byte limit: producers wait when the disk cannot keep up (the writer never
- * waits for a traced thread, so this cannot deadlock). */
+/* trace_writer.c: the capture file. Creates it under an exclusive lock, writes the
+ * uncompressed header, then compresses each submitted chunk of records into one
+ * independent LZ4 frame (with content checksum) and appends it. Chunks come from threads
+ * whose buffers filled up; a background thread does the compression and the write(2)s so
+ * the traced threads only queue a pointer. The queue has a byte limit: producers wait when
+ * the disk cannot keep up (the writer never waits for a traced thread, so this cannot
+ * deadlock).
+ *
+ * The writer also keeps time: every CYT_FLUSH_INTERVAL_NS it asks every thread to flush
+ * at its next event, a moment later flushes the threads that stayed idle and writes a
+ * PROGRESS record, and every tenth tick checks that our hooks are still in place
+ * (TAKEOVER records). So SIGKILL loses at most the last ~10 ms of events.
+ *
+ * A failed write (disk full, file size limit, I/O error) never stops the program: the
+ * file is cut back to its last complete frame, stderr says what happened, the chunks that
+ * cannot be written are dropped and counted, and writing is tried again (at most every
+ * RETRY_NS); the first frame written after an outage is a LOSS record.
+ */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <lz4frame.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,11 +35,16 @@ typedef struct chunk {
     struct chunk *next;
     uint8_t *data;
     size_t len;
+    uint64_t nevents;
 } chunk;
 
-#define QUEUE_LIMIT (64u << 20) /* bytes queued before producers wait */
+#define QUEUE_LIMIT (64u << 20)     /* bytes queued before producers wait */
+#define IDLE_GRACE_NS 1000000ull    /* after an epoch bump, busy threads flush themselves */
+#define CHECK_EVERY_TICKS 10        /* takeover checks: every 100 ms */
+#define RETRY_NS 50000000ull        /* after a failed write, try again at most this often */
 
 static int out_fd = -1;
+static char out_path[4096];
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_nonempty = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t queue_space = PTHREAD_COND_INITIALIZER;
@@ -32,15 +53,39 @@ static size_t queue_bytes;
 static int writer_closing, writer_running;
 static pthread_t writer_thread; /* stored by pthread_create before the thread runs; 0: none */
 
-static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER; /* the compressor and the fd */
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER; /* the compressor, the fd, the outage */
 static LZ4F_cctx *cctx;
 static uint8_t *zbuf;
 static size_t zcap;
+static uint64_t file_end; /* where the last complete frame ends */
 static _Atomic uint64_t frames_written, bytes_written;
 CYT_TLS int cyt_is_writer;
 
+/* The outage in progress (io_lock). */
+static struct {
+    int failing;
+    uint64_t since_ns, retry_at; /* cyt_now() */
+    uint64_t since_capture_ns;   /* the same, since the capture started */
+    uint64_t events, frames;
+    char reason[128];
+} outage;
+
 uint64_t cyt_writer_frames(void) { return atomic_load(&frames_written); }
 uint64_t cyt_writer_bytes(void) { return atomic_load(&bytes_written); }
+
+/* A line on stderr without stdio (its lock may be held by a thread waiting for us). */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return;
+    if ((size_t)n >= sizeof line) n = sizeof line - 1;
+    ssize_t ignored = write(STDERR_FILENO, line, (size_t)n);
+    (void)ignored;
+}
 
 static int write_all(int fd, const uint8_t *p, size_t n) {
     while (n > 0) {
@@ -49,16 +94,23 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
             if (errno == EINTR) continue;
             return -1;
         }
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
         p += w;
         n -= (size_t)w;
-        atomic_fetch_add(&bytes_written, (uint64_t)w);
     }
     return 0;
 }
 
-/* Compress one chunk into one frame and append it. Caller holds io_lock. */
+/* Compress one chunk into one frame and append it; on failure cut the file back to its
+ * last complete frame (errno kept). Caller holds io_lock. */
 static int write_frame(const uint8_t *data, size_t len) {
-    if (out_fd < 0 || cctx == NULL) return -1;
+    if (out_fd < 0 || cctx == NULL) {
+        errno = EBADF;
+        return -1;
+    }
     LZ4F_preferences_t prefs;
     memset(&prefs, 0, sizeof prefs);
     prefs.frameInfo.blockSizeID = LZ4F_max256KB;
@@ -68,58 +120,156 @@ static int write_frame(const uint8_t *data, size_t len) {
     size_t bound = LZ4F_compressFrameBound(len, &prefs);
     if (bound > zcap) {
         uint8_t *n = realloc(zbuf, bound);
-        if (n == NULL) return -1;
+        if (n == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
         zbuf = n;
         zcap = bound;
     }
     size_t pos = LZ4F_compressBegin(cctx, zbuf, zcap, &prefs);
-    if (LZ4F_isError(pos)) return -1;
+    if (LZ4F_isError(pos)) goto compress_failed;
     size_t r = LZ4F_compressUpdate(cctx, zbuf + pos, zcap - pos, data, len, NULL);
-    if (LZ4F_isError(r)) return -1;
+    if (LZ4F_isError(r)) goto compress_failed;
     pos += r;
     r = LZ4F_compressEnd(cctx, zbuf + pos, zcap - pos, NULL);
-    if (LZ4F_isError(r)) return -1;
+    if (LZ4F_isError(r)) goto compress_failed;
     pos += r;
-    if (write_all(out_fd, zbuf, pos) != 0) return -1;
+    if (write_all(out_fd, zbuf, pos) != 0) {
+        int saved = errno;
+        /* never leave a partial frame in the middle of the file */
+        if (ftruncate(out_fd, (off_t)file_end) == 0) lseek(out_fd, (off_t)file_end, SEEK_SET);
+        errno = saved;
+        return -1;
+    }
+    file_end += pos;
+    atomic_fetch_add(&bytes_written, (uint64_t)pos);
     atomic_fetch_add(&frames_written, 1);
     return 0;
+compress_failed:
+    errno = EINVAL;
+    return -1;
 }
 
-int cyt_writer_write_now(const uint8_t *data, size_t len) {
+/* Write one chunk, or count it lost (and say so) while the file cannot be written: 0 or
+ * -1. `force`: try even before the retry time (the last chunks, at stop). Caller holds
+ * io_lock. */
+static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents, int force) {
+    uint64_t now = cyt_now();
+    if (outage.failing) {
+        if (now < outage.retry_at && !force) goto lost;
+        cyt_buf loss = {0};
+        cyt_buf_varint(&loss, REC_LOSS);
+        cyt_buf_varint(&loss, outage.since_capture_ns);
+        cyt_buf_varint(&loss, cyt_since_start());
+        cyt_buf_varint(&loss, outage.events);
+        cyt_buf_varint(&loss, outage.frames);
+        cyt_buf_string(&loss, outage.reason, strlen(outage.reason));
+        int ok = loss.data != NULL && write_frame(loss.data, loss.len) == 0;
+        cyt_buf_free(&loss);
+        if (!ok) {
+            outage.retry_at = now + RETRY_NS;
+            goto lost;
+        }
+        say("cytool: writing the capture %s again: %llu events (%llu frames) could not be written in %.2f s (%s)\n",
+            out_path, (unsigned long long)outage.events, (unsigned long long)outage.frames,
+            (double)(now - outage.since_ns) / 1e9, outage.reason);
+        outage.failing = 0;
+    }
+    if (write_frame(data, len) == 0) return 0;
+    if (!outage.failing) {
+        int error = errno;
+        outage.failing = 1;
+        outage.since_ns = now;
+        outage.since_capture_ns = cyt_since_start();
+        outage.events = outage.frames = 0;
+        snprintf(outage.reason, sizeof outage.reason, "%s", strerror(error));
+        say("cytool: cannot write the capture %s: %s; its events are lost until it can be written again "
+            "(the program goes on)\n", out_path, outage.reason);
+    }
+    outage.retry_at = now + RETRY_NS;
+lost:
+    outage.events += nevents;
+    outage.frames++;
+    cyt_count_lost(nevents);
+    return -1;
+}
+
+/* The writer thread blocks every signal; another thread writing blocks SIGXFSZ for the
+ * while: a write past RLIMIT_FSIZE then fails with EFBIG instead of killing a program that
+ * did not ask for that signal. */
+static int write_chunk(const uint8_t *data, size_t len, uint64_t nevents, int force) {
+    sigset_t block, saved;
+    if (!cyt_is_writer) {
+        sigemptyset(&block);
+        sigaddset(&block, SIGXFSZ);
+        pthread_sigmask(SIG_BLOCK, &block, &saved);
+    }
     pthread_mutex_lock(&io_lock);
-    int r = write_frame(data, len);
+    int r = write_chunk_locked(data, len, nevents, force);
     pthread_mutex_unlock(&io_lock);
+    if (!cyt_is_writer) pthread_sigmask(SIG_SETMASK, &saved, NULL);
     return r;
+}
+
+int cyt_writer_write_now(const uint8_t *data, size_t len) { return write_chunk(data, len, 0, 1); }
+
+/* ---- the writer thread --------------------------------------------------------------- */
+
+static void tick_checks(void) {
+    cyt_buf out = {0};
+    cyt_patch_check(&out, 0);
+    cyt_pymem_check(&out);
+    if (out.len > 0) write_chunk(out.data, out.len, 0, 0);
+    cyt_buf_free(&out);
 }
 
 static void *writer_main(void *arg) {
     (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* no handler runs here; SIGXFSZ stays pending */
     cyt_guard = 1; /* nothing this thread allocates is traced */
     cyt_is_writer = 1;
+    uint64_t next_tick = cyt_now() + CYT_FLUSH_INTERVAL_NS, next_claim = UINT64_MAX;
+    unsigned ticks = 0;
     pthread_mutex_lock(&queue_lock);
     for (;;) {
         while (queue_head == NULL && !writer_closing) {
-            /* once a second, ask every thread to flush what it holds at its next event, so a
-             * killed process loses at most about a second of events */
-            struct timespec deadline;
-            clock_gettime(CLOCK_REALTIME, &deadline);
-            deadline.tv_sec += 1;
-            if (pthread_cond_timedwait(&queue_nonempty, &queue_lock, &deadline) == ETIMEDOUT) {
-                atomic_fetch_add(&cyt_flush_epoch, 1);
+            uint64_t now = cyt_now(), deadline = next_tick < next_claim ? next_tick : next_claim;
+            if (now >= deadline) break;
+            struct timespec until = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+            pthread_cond_timedwait(&queue_nonempty, &queue_lock, &until);
+        }
+        uint64_t now = cyt_now();
+        if (now >= next_tick && !writer_closing) {
+            /* every thread flushes at its next event; the idle ones, a moment later */
+            atomic_fetch_add(&cyt_flush_epoch, 1);
+            next_tick = now + CYT_FLUSH_INTERVAL_NS;
+            next_claim = now + IDLE_GRACE_NS;
+            if (++ticks % CHECK_EVERY_TICKS == 0) {
                 pthread_mutex_unlock(&queue_lock);
-                cyt_threads_flush_idle(); /* its chunks are written right here (cyt_is_writer) */
+                tick_checks();
                 pthread_mutex_lock(&queue_lock);
             }
+        } else if (now >= next_claim && !writer_closing) {
+            next_claim = UINT64_MAX;
+            int queued = queue_head != NULL;
+            pthread_mutex_unlock(&queue_lock);
+            cyt_buf progress = {0};
+            cyt_threads_tick(&progress, queued); /* idle flushes are written right here (cyt_is_writer) */
+            if (progress.len > 0) write_chunk(progress.data, progress.len, 0, 0);
+            cyt_buf_free(&progress);
+            pthread_mutex_lock(&queue_lock);
         }
         chunk *list = queue_head;
         queue_head = queue_tail = NULL;
         if (list == NULL && writer_closing) break;
+        int closing = writer_closing;
         pthread_mutex_unlock(&queue_lock);
         while (list != NULL) {
             chunk *next = list->next;
-            pthread_mutex_lock(&io_lock);
-            if (write_frame(list->data, list->len) != 0) cyt_count_dropped(0);
-            pthread_mutex_unlock(&io_lock);
+            write_chunk(list->data, list->len, list->nevents, closing);
             pthread_mutex_lock(&queue_lock);
             queue_bytes -= list->len;
             pthread_cond_broadcast(&queue_space);
@@ -134,24 +284,25 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-void cyt_writer_submit(uint8_t *data, size_t len) {
+void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents) {
     int saved = cyt_guard;
     cyt_guard = 1;
     chunk *c = malloc(sizeof *c);
     if (c == NULL) {
         free(data);
-        cyt_count_dropped(1);
+        cyt_count_lost(nevents);
         cyt_guard = saved;
         return;
     }
     c->next = NULL;
     c->data = data;
     c->len = len;
+    c->nevents = nevents;
     pthread_mutex_lock(&queue_lock);
     if (!writer_running || cyt_is_writer) { /* no writer (stopping, a child that does not follow), or
                                               * the writer itself (idle flushes): write here */
         pthread_mutex_unlock(&queue_lock);
-        cyt_writer_write_now(data, len);
+        write_chunk(data, len, nevents, !cyt_is_writer);
         free(data);
         free(c);
         cyt_guard = saved;
@@ -216,6 +367,7 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
     cyt_buf_varint(&body, (uint64_t)parent_pid);
     cyt_buf_varint(&body, cyt_time_unit);
     cyt_buf_varint(&body, cyt_clock_ticking ? CLOCK_KIND_TICKING : CLOCK_KIND_EXACT);
+    cyt_buf_varint(&body, (uint64_t)cyt_max_frames);
     if (body.data == NULL) return -1;
 
     uint8_t fixed[16];
@@ -229,33 +381,68 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
 }
 
 int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
-    out_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Not O_TRUNC: the file may be another live tracer's capture. Lock it first, then
+     * empty it; the lock goes with the process, however it ends. */
+    out_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (out_fd < 0) {
         cyt_set_error("cannot create %s: %s", path, strerror(errno));
         return -1;
     }
+    if (flock(out_fd, LOCK_EX | LOCK_NB) != 0) {
+        int error = errno;
+        close(out_fd);
+        out_fd = -1;
+        if (error == EWOULDBLOCK) {
+            cyt_set_error("%s is being written by another process's tracer", path);
+            errno = EAGAIN;
+        } else {
+            cyt_set_error("cannot lock %s: %s", path, strerror(error));
+            errno = error;
+        }
+        return -1;
+    }
+    snprintf(out_path, sizeof out_path, "%s", path);
     atomic_store(&frames_written, 0);
     atomic_store(&bytes_written, 0);
+    memset(&outage, 0, sizeof outage);
+    file_end = 0;
     if (cctx == NULL && LZ4F_isError(LZ4F_createCompressionContext(&cctx, LZ4F_VERSION))) {
         cctx = NULL;
         cyt_set_error("cannot create an LZ4 compression context");
         goto fail;
     }
     cyt_buf header = {0};
-    if (build_header(&header, header_flags, parent_pid) != 0 || write_all(out_fd, header.data, header.len) != 0) {
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    int written = ftruncate(out_fd, 0) == 0 && build_header(&header, header_flags, parent_pid) == 0 &&
+                  write_all(out_fd, header.data, header.len) == 0;
+    int error = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (!written) {
         cyt_buf_free(&header);
-        cyt_set_error("cannot write the header of %s: %s", path, strerror(errno));
+        cyt_set_error("cannot write the header of %s: %s", path, strerror(error));
+        errno = error;
         goto fail;
     }
+    file_end = header.len;
+    atomic_store(&bytes_written, header.len);
     cyt_buf_free(&header);
     queue_head = queue_tail = NULL;
     queue_bytes = 0;
     writer_closing = 0;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* the writer's deadlines are cyt_now() */
+    pthread_cond_init(&queue_nonempty, &attr);
+    pthread_condattr_destroy(&attr);
     if (pthread_create(&writer_thread, NULL, writer_main, NULL) != 0) {
         __atomic_store_n(&writer_thread, 0, __ATOMIC_RELAXED);
         cyt_set_error("cannot start the writer thread");
         goto fail;
     }
+    pthread_setname_np(writer_thread, "cytool-writer");
     writer_running = 1;
     return 0;
 fail:
@@ -277,9 +464,12 @@ void cyt_writer_close(void) {
     writer_running = 0;
     pthread_mutex_unlock(&queue_lock);
     pthread_mutex_lock(&io_lock);
+    if (outage.failing)
+        say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
+            (unsigned long long)outage.events, outage.reason);
     if (out_fd >= 0) {
         fsync(out_fd);
-        close(out_fd);
+        close(out_fd); /* (releases the lock) */
     }
     out_fd = -1;
     pthread_mutex_unlock(&io_lock);
@@ -302,7 +492,7 @@ void cyt_writer_abandon_after_fork(void) {
     queue_bytes = 0;
     writer_running = 0;
     writer_closing = 0;
-    if (out_fd >= 0) close(out_fd);
+    if (out_fd >= 0) close(out_fd); /* (the parent's lock stays with the parent's descriptor) */
     out_fd = -1;
     cctx = NULL; /* may have been in use by the parent's writer: make a new one */
     zbuf = NULL;
