@@ -632,7 +632,7 @@ class Capture:
             causes.append("it is still being written by a running process")
         elif not self.complete:
             last = max(self.end_time_ns, self.last_progress_ns)
-            causes.append(f"it has no end: the traced process stopped writing it at {last / 1e9:.3f} s, killed or crashed?")
+            causes.append(f"it has no end: the traced process was killed or crashed after {last / 1e9:.3f} s, its last sign of life")
         if self.damaged_frames:
             causes.append(f"{self.damaged_frames} damaged frame{'s' if self.damaged_frames != 1 else ''} skipped")
         if self.missing_batches:

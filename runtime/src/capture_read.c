@@ -101,6 +101,8 @@ typedef struct reader {
     cya_run *runs; /* parallel to cap->threads */
     size_t cap_runs;
     int out_of_memory;
+    uint64_t repeats;       /* definitions of the current frame read before (a repeated frame) */
+    uint64_t stats_objects; /* STATS (format 3): OBJECT records the tracer wrote */
 } reader;
 
 static void set_problem(cya_capture *c, const char *fmt, ...)
@@ -320,6 +322,7 @@ static int decode_object(reader *r, cursor *cur)
     o.load_generation = c->header.version >= 3 ? get_varint(cur) : 0;
     o.unload_generation = UINT64_MAX;
     if (!cur->bad && cya_map_get(&c->object_index, o.id)) { /* a repeated frame: read once */
+        r->repeats++;
         free((void *)o.path);
         free((void *)o.build_id);
         free(segs);
@@ -362,6 +365,7 @@ static int decode_record(reader *r, cursor *cur)
         f.function = get_string(cur, NULL);
         f.file = get_string(cur, NULL);
         if (!cur->bad && cya_map_get(&c->pyframe_index, f.id)) { /* repeated: read once */
+            r->repeats++;
             free((void *)f.function);
             free((void *)f.file);
             return 1;
@@ -395,6 +399,7 @@ static int decode_record(reader *r, cursor *cur)
                 cur->bad = 1;
         }
         if (!cur->bad && cya_map_get(&c->stack_index, s.id)) { /* repeated: read once */
+            r->repeats++;
             free(words);
             return 1;
         }
@@ -456,6 +461,7 @@ static int decode_record(reader *r, cursor *cur)
             for (size_t i = 0; i < c->nlosses; i++)
                 if (c->losses[i].from_ns == l.from_ns && c->losses[i].until_ns == l.until_ns &&
                     c->losses[i].events == l.events) {
+                    r->repeats++;
                     free((void *)l.reason);
                     return 1;
                 }
@@ -480,6 +486,7 @@ static int decode_record(reader *r, cursor *cur)
                 const cya_takeover *o = &c->takeovers[i];
                 if (o->time_ns == t.time_ns && o->what == t.what && o->object == t.object && o->state == t.state &&
                     strcmp(o->function, t.function) == 0) {
+                    r->repeats++;
                     free((void *)t.function);
                     free((void *)t.target);
                     return 1;
@@ -495,14 +502,17 @@ static int decode_record(reader *r, cursor *cur)
     case REC_BATCH:
         return decode_batch(r, cur);
     case REC_STATS:
+        r->repeats += c->status.has_stats;
         c->status.stats_events = get_varint(cur);
         c->status.stats_dropped = get_varint(cur);
         c->status.stats_stacks = get_varint(cur);
         c->status.stats_frames = get_varint(cur);
         c->status.stats_lost = v3 ? get_varint(cur) : 0;
+        r->stats_objects = v3 ? get_varint(cur) : 0;
         c->status.has_stats = !cur->bad;
         return !cur->bad;
     case REC_END:
+        r->repeats += c->status.complete;
         c->status.end_time_ns = get_varint(cur);
         c->status.complete = !cur->bad;
         return !cur->bad;
@@ -518,6 +528,7 @@ static int decode_record(reader *r, cursor *cur)
 static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame_offset)
 {
     cursor cur = {data, data + len, 0};
+    r->repeats = 0;
     while (cur.p < cur.end) {
         const uint8_t *start = cur.p;
         if (!decode_record(r, &cur)) {
@@ -535,6 +546,9 @@ static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame
         }
         r->cap->status.records++;
     }
+    if (r->repeats)
+        add_note(r->cap, "the frame at byte %zu repeats %llu record%s read before (a repeated frame?): read once",
+                 frame_offset, (unsigned long long)r->repeats, r->repeats == 1 ? "" : "s");
     return 1;
 }
 
@@ -742,9 +756,9 @@ static int check_runs(reader *r)
         c->status.missing_events += f.missing_events;
         unsigned long long id = (unsigned long long)c->threads[i].id;
         if (f.duplicates)
-            add_note(c, "thread %llu (%s): %llu batches read twice (%llu events; a repeated frame?): the copies "
+            add_note(c, "thread %llu (%s): %llu batch%s read twice (%llu events; a repeated frame?): the copies "
                         "were ignored", id, thread_name(c, i), (unsigned long long)f.duplicates,
-                     (unsigned long long)f.duplicate_events);
+                     f.duplicates == 1 ? "" : "es", (unsigned long long)f.duplicate_events);
         if (f.missing_batches) {
             char events[64] = "";
             if (ordinals)
@@ -767,12 +781,28 @@ static int check_runs(reader *r)
         if (c->status.stats_events > accounted) {
             uint64_t more = c->status.stats_events - accounted;
             c->status.missing_events += more;
-            add_note(c, "the tracer recorded %llu events and %llu of them are in the file: %llu more are missing",
+            char why[96] = " (a frame lost?)";
+            if (c->status.stats_lost)
+                snprintf(why, sizeof why, " (it could not write %llu)", (unsigned long long)c->status.stats_lost);
+            add_note(c, "the tracer recorded %llu events but %llu of them are in the file: %llu are missing%s",
                      (unsigned long long)c->status.stats_events, (unsigned long long)present,
-                     (unsigned long long)(c->status.stats_events - present));
+                     (unsigned long long)(c->status.stats_events - present), why);
         } else if (c->status.stats_events < present) {
             add_note(c, "the file holds %llu events but the tracer recorded only %llu",
                      (unsigned long long)present, (unsigned long long)c->status.stats_events);
+        }
+    }
+    /* object ids are 1, 2, 3 ... in a format 3 capture: a hole, or fewer than STATS says,
+     * is a frame of OBJECT records lost (those objects' frames show as raw addresses) */
+    if (c->header.version >= 3) {
+        uint64_t most = r->stats_objects;
+        for (size_t i = 0; i < c->nobjects; i++)
+            if (c->objects[i].id > most)
+                most = c->objects[i].id;
+        if (most > c->nobjects) {
+            add_note(c, "%llu of the %llu loaded objects the tracer described are missing (a frame lost?): their "
+                        "frames show as raw addresses", (unsigned long long)(most - c->nobjects), (unsigned long long)most);
+            c->status.truncated = 1;
         }
     }
     if (c->status.missing_batches || c->status.missing_events)
@@ -890,7 +920,7 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
     }
     close(fd);
     cya_capture *c = calloc(1, sizeof *c);
-    reader r = {c, NULL, 0, 0};
+    reader r = {c, NULL, 0, 0, 0, 0};
     size_t body = 0;
     if (!c) {
         *error = CYA_E_NOMEM;

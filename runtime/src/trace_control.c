@@ -179,6 +179,7 @@ static void stop_locked(void) {
     cyt_buf tail = {0};
     cyt_patch_check(&tail, 1); /* the last word on takeovers, before the slots are restored */
     cyt_pymem_check(&tail);
+    uint64_t objects = cyt_objects_described();
     cyt_unpatch_all();
     cytrace_pymem_uninstall();
     cyt_threads_flush_all();
@@ -192,6 +193,7 @@ static void stop_locked(void) {
     cyt_buf_varint(&tail, s.stacks);
     cyt_buf_varint(&tail, s.frames_flushed + 1);
     cyt_buf_varint(&tail, s.lost); /* (chunks still queued that fail to be written: not yet) */
+    cyt_buf_varint(&tail, objects);
     cyt_buf_varint(&tail, REC_END);
     cyt_buf_varint(&tail, cyt_since_start());
     if (tail.data) cyt_writer_submit(tail.data, tail.len, 0);

@@ -171,6 +171,7 @@ void cyt_objects_rescan(cyt_buf *out, uint64_t generation);
  * `blocking`: wait for the patch lock (at stop) rather than skip this round. */
 void cyt_patch_check(cyt_buf *out, int blocking);
 void cyt_pymem_check(cyt_buf *out);        /* the same for the PyMem domains */
+uint64_t cyt_objects_described(void);      /* OBJECT records written this session */
 void cyt_patch_lock(void);
 void cyt_patch_unlock(void);
 

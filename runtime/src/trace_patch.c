@@ -379,6 +379,13 @@ void cyt_patch_check(cyt_buf *out, int blocking) {
     free(ctx.changes);
 }
 
+uint64_t cyt_objects_described(void) {
+    pthread_mutex_lock(&patch_lock);
+    uint64_t n = next_object_id;
+    pthread_mutex_unlock(&patch_lock);
+    return n;
+}
+
 void cyt_unpatch_all(void) {
     pthread_mutex_lock(&patch_lock);
     scan(NULL, 0, 0); /* drop objects unloaded behind our back: their slots are gone */

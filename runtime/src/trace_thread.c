@@ -80,12 +80,15 @@ static CYT_TLS cyt_thread *tls_state;
 /* ---- thread names ------------------------------------------------------------------ */
 
 /* Names given by the Python extension (threading.Thread.name), by OS thread id. A thread
- * picks its own up when it starts recording or flushes (names_version tells it changed). */
+ * picks its own up when it starts recording or flushes (names_version tells it changed).
+ * An entry outlives its thread (what it frees while it ends is still its own); when the
+ * table is full the oldest entry goes (OS thread ids come back only after pid_max more). */
 #define MAX_NAMED 1024
 static struct {
     pid_t tid;
     char name[NAME_MAX_LEN];
 } named[MAX_NAMED];
+static unsigned named_next; /* the oldest entry, replaced when the table is full */
 static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
 static _Atomic unsigned names_version = 1;
 
@@ -94,23 +97,20 @@ CYTRACE_API void cytrace_name_thread(long tid, const char *name) {
     int saved = cyt_guard;
     cyt_guard = 1;
     pthread_mutex_lock(&names_lock);
-    int slot = -1;
-    for (int i = 0; i < MAX_NAMED; i++) {
-        if (named[i].tid == (pid_t)tid) {
-            slot = i;
-            break;
-        }
-        if (slot < 0 && named[i].tid == 0) slot = i; /* (keep looking for the tid itself) */
+    int slot = -1, empty = -1;
+    for (int i = 0; i < MAX_NAMED && slot < 0; i++) {
+        if (named[i].tid == (pid_t)tid) slot = i;
+        else if (empty < 0 && named[i].tid == 0) empty = i;
     }
-    if (slot >= 0) {
-        if (name == NULL || name[0] == 0) {
-            named[slot].tid = 0;
-        } else {
-            named[slot].tid = (pid_t)tid;
-            snprintf(named[slot].name, sizeof named[slot].name, "%s", name);
-        }
-        atomic_fetch_add(&names_version, 1);
+    if (name == NULL || name[0] == 0) {
+        if (slot >= 0) named[slot].tid = 0;
+    } else {
+        if (slot < 0) slot = empty;
+        if (slot < 0) slot = (int)(named_next++ % MAX_NAMED);
+        named[slot].tid = (pid_t)tid;
+        snprintf(named[slot].name, sizeof named[slot].name, "%s", name);
     }
+    atomic_fetch_add(&names_version, 1);
     pthread_mutex_unlock(&names_lock);
     cyt_guard = saved;
 }
@@ -281,7 +281,6 @@ static void thread_exit(void *arg) {
     /* it stays in all_threads (with session 0 nobody flushes it) until reused */
     pthread_mutex_unlock(&threads_lock);
     tls_state = NULL;
-    cytrace_name_thread((long)ts->tid, NULL); /* its tid may be given to another thread */
     cyt_guard = saved;
 }
 

@@ -8,8 +8,9 @@
  *
  * The writer also keeps time: every CYT_FLUSH_INTERVAL_NS it asks every thread to flush
  * at its next event, a moment later flushes the threads that stayed idle and writes a
- * PROGRESS record, and every tenth tick checks that our hooks are still in place
- * (TAKEOVER records). So SIGKILL loses at most the last ~10 ms of events.
+ * PROGRESS record (at least once a second: a sign of life), and every tenth tick checks
+ * that our hooks are still in place (TAKEOVER records). So SIGKILL loses at most the last
+ * ~10 ms of events, and a reader knows when the process was last alive.
  *
  * A failed write (disk full, file size limit, I/O error) never stops the program: the
  * file is cut back to its last complete frame, stderr says what happened, the chunks that
@@ -42,6 +43,7 @@ typedef struct chunk {
 #define IDLE_GRACE_NS 1000000ull    /* after an epoch bump, busy threads flush themselves */
 #define CHECK_EVERY_TICKS 10        /* takeover checks: every 100 ms */
 #define RETRY_NS 50000000ull        /* after a failed write, try again at most this often */
+#define ALIVE_NS 1000000000ull      /* an idle process still writes a PROGRESS mark this often */
 
 static int out_fd = -1;
 static char out_path[4096];
@@ -61,14 +63,20 @@ static uint64_t file_end; /* where the last complete frame ends */
 static _Atomic uint64_t frames_written, bytes_written;
 CYT_TLS int cyt_is_writer;
 
-/* The outage in progress (io_lock). */
+/* The outage in progress, and what stderr was told (io_lock). */
 static struct {
     int failing;
     uint64_t since_ns, retry_at; /* cyt_now() */
     uint64_t since_capture_ns;   /* the same, since the capture started */
-    uint64_t events, frames;
+    uint64_t events, frames;     /* lost in this outage */
     char reason[128];
+    uint64_t said_ns;            /* the last failure message (0: none yet) */
+    int said_failing;            /* this outage's failure was told: its end will be too */
+    uint64_t total_events;       /* lost in every outage of the session */
+    uint64_t unsaid_events;      /* lost in outages no message told of yet */
 } outage;
+
+#define SAY_EVERY_NS 1000000000ull /* stderr hears of a new outage at most once a second */
 
 uint64_t cyt_writer_frames(void) { return atomic_load(&frames_written); }
 uint64_t cyt_writer_bytes(void) { return atomic_load(&bytes_written); }
@@ -152,45 +160,55 @@ compress_failed:
 }
 
 /* Write one chunk, or count it lost (and say so) while the file cannot be written: 0 or
- * -1. `force`: try even before the retry time (the last chunks, at stop). Caller holds
- * io_lock. */
+ * -1. During an outage only chunks holding events (or `force`: the last chunks, at stop)
+ * are tried, at most every RETRY_NS, each behind the LOSS record in one frame: so a small
+ * frame that happens to fit does not end the outage. Caller holds io_lock. */
 static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents, int force) {
     uint64_t now = cyt_now();
     if (outage.failing) {
-        if (now < outage.retry_at && !force) goto lost;
-        cyt_buf loss = {0};
-        cyt_buf_varint(&loss, REC_LOSS);
-        cyt_buf_varint(&loss, outage.since_capture_ns);
-        cyt_buf_varint(&loss, cyt_since_start());
-        cyt_buf_varint(&loss, outage.events);
-        cyt_buf_varint(&loss, outage.frames);
-        cyt_buf_string(&loss, outage.reason, strlen(outage.reason));
-        int ok = loss.data != NULL && write_frame(loss.data, loss.len) == 0;
-        cyt_buf_free(&loss);
+        if (!force && (now < outage.retry_at || nevents == 0)) goto lost;
+        cyt_buf both = {0};
+        cyt_buf_varint(&both, REC_LOSS);
+        cyt_buf_varint(&both, outage.since_capture_ns);
+        cyt_buf_varint(&both, cyt_since_start());
+        cyt_buf_varint(&both, outage.events);
+        cyt_buf_varint(&both, outage.frames);
+        cyt_buf_string(&both, outage.reason, strlen(outage.reason));
+        cyt_buf_bytes(&both, data, len);
+        int ok = both.data != NULL && write_frame(both.data, both.len) == 0;
+        cyt_buf_free(&both);
         if (!ok) {
             outage.retry_at = now + RETRY_NS;
             goto lost;
         }
-        say("cytool: writing the capture %s again: %llu events (%llu frames) could not be written in %.2f s (%s)\n",
-            out_path, (unsigned long long)outage.events, (unsigned long long)outage.frames,
-            (double)(now - outage.since_ns) / 1e9, outage.reason);
         outage.failing = 0;
+        if (outage.said_failing) {
+            say("cytool: writing the capture %s again: %llu events could not be written (%s)\n", out_path,
+                (unsigned long long)outage.unsaid_events, outage.reason);
+            outage.said_failing = 0;
+            outage.unsaid_events = 0;
+        }
+        return 0;
     }
     if (write_frame(data, len) == 0) return 0;
-    if (!outage.failing) {
-        int error = errno;
-        outage.failing = 1;
-        outage.since_ns = now;
-        outage.since_capture_ns = cyt_since_start();
-        outage.events = outage.frames = 0;
-        snprintf(outage.reason, sizeof outage.reason, "%s", strerror(error));
-        say("cytool: cannot write the capture %s: %s; its events are lost until it can be written again "
+    int error = errno;
+    outage.failing = 1;
+    outage.since_ns = now;
+    outage.since_capture_ns = cyt_since_start();
+    outage.events = outage.frames = 0;
+    snprintf(outage.reason, sizeof outage.reason, "%s", strerror(error));
+    if (outage.said_ns == 0 || now - outage.said_ns >= SAY_EVERY_NS) { /* (flapping: once a second) */
+        say("cytool: cannot write the capture %s: %s; events are lost until it can be written again "
             "(the program goes on)\n", out_path, outage.reason);
+        outage.said_ns = now;
+        outage.said_failing = 1;
     }
     outage.retry_at = now + RETRY_NS;
 lost:
     outage.events += nevents;
     outage.frames++;
+    outage.total_events += nevents;
+    outage.unsaid_events += nevents;
     cyt_count_lost(nevents);
     return -1;
 }
@@ -231,7 +249,7 @@ static void *writer_main(void *arg) {
     pthread_sigmask(SIG_BLOCK, &all, NULL); /* no handler runs here; SIGXFSZ stays pending */
     cyt_guard = 1; /* nothing this thread allocates is traced */
     cyt_is_writer = 1;
-    uint64_t next_tick = cyt_now() + CYT_FLUSH_INTERVAL_NS, next_claim = UINT64_MAX;
+    uint64_t next_tick = cyt_now() + CYT_FLUSH_INTERVAL_NS, next_claim = UINT64_MAX, last_mark = cyt_now();
     unsigned ticks = 0;
     pthread_mutex_lock(&queue_lock);
     for (;;) {
@@ -258,7 +276,15 @@ static void *writer_main(void *arg) {
             pthread_mutex_unlock(&queue_lock);
             cyt_buf progress = {0};
             cyt_threads_tick(&progress, queued); /* idle flushes are written right here (cyt_is_writer) */
-            if (progress.len > 0) write_chunk(progress.data, progress.len, 0, 0);
+            if (progress.len == 0 && now - last_mark >= ALIVE_NS) { /* a sign of life: time only */
+                cyt_buf_varint(&progress, REC_PROGRESS);
+                cyt_buf_varint(&progress, cyt_since_start());
+                cyt_buf_varint(&progress, 0);
+            }
+            if (progress.len > 0) {
+                write_chunk(progress.data, progress.len, 0, 0);
+                last_mark = now;
+            }
             cyt_buf_free(&progress);
             pthread_mutex_lock(&queue_lock);
         }
@@ -464,9 +490,9 @@ void cyt_writer_close(void) {
     writer_running = 0;
     pthread_mutex_unlock(&queue_lock);
     pthread_mutex_lock(&io_lock);
-    if (outage.failing)
+    if (outage.failing || outage.unsaid_events)
         say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
-            (unsigned long long)outage.events, outage.reason);
+            (unsigned long long)outage.total_events, outage.reason);
     if (out_fd >= 0) {
         fsync(out_fd);
         close(out_fd); /* (releases the lock) */
