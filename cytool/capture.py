@@ -533,14 +533,29 @@ class Capture:
             f = pyframes[i]
             self.pyframes[f.id] = PyFrame(f.id, f.line, _text(f.function), _text(f.file))
 
-        stacks = lib.cya_get_stacks(handle, ctypes.byref(count))
-        self.raw_stacks: Dict[int, List[int]] = {}  # stack id -> frame words
-        self.stack_info: Dict[int, RawStack] = {}  # stack id -> words, generation and cut
-        for i in range(count.value):
-            st = stacks[i]
-            words = st.frames[: st.nframes] if st.nframes else []
-            self.raw_stacks[st.id] = words
-            self.stack_info[st.id] = RawStack(tuple(words), st.generation, st.cut, st.cut_at)
+        self._raw_stacks: Optional[Dict[int, RawStack]] = None  # read on first use
+
+    @property
+    def stack_info(self) -> Dict[int, RawStack]:
+        """stack id -> its frame words, load generation and cut (as recorded)."""
+        if self._raw_stacks is None:
+            count = ctypes.c_size_t()
+            stacks = library().cya_get_stacks(self.handle, ctypes.byref(count))
+            info: Dict[int, RawStack] = {}
+            for i in range(count.value):
+                st = stacks[i]
+                words: Tuple[int, ...] = ()
+                if st.nframes:
+                    address = ctypes.cast(st.frames, ctypes.c_void_p).value or 0
+                    words = tuple((_u64 * st.nframes).from_address(address))
+                info[st.id] = RawStack(words, st.generation, st.cut, st.cut_at)
+            self._raw_stacks = info
+        return self._raw_stacks
+
+    @property
+    def raw_stacks(self) -> Dict[int, List[int]]:
+        """stack id -> frame words, innermost first (FORMAT.md)."""
+        return {sid: list(st.words) for sid, st in self.stack_info.items()}
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -614,7 +629,7 @@ class Capture:
             locations = self.locations()
             count = ctypes.c_size_t()
             stacks: Dict[int, List[Frame]] = {}
-            for stack_id in self.raw_stacks:
+            for stack_id in self.stack_info:
                 indices = lib.cya_symbols_stack(self.symbols_handle, stack_id, ctypes.byref(count))
                 stacks[stack_id] = [locations[indices[i]] for i in range(count.value)]
             self._stacks = stacks

@@ -807,11 +807,6 @@ static int check_runs(reader *r)
     }
     if (c->status.missing_batches || c->status.missing_events)
         c->status.truncated = 1;
-    if (c->nnotes > MAX_NOTES) {
-        size_t more = c->nnotes - MAX_NOTES;
-        c->nnotes = MAX_NOTES;
-        add_note(c, "... and %zu more such notes", more);
-    }
     return 1;
 }
 
@@ -849,6 +844,17 @@ static int finish(reader *r)
             }
         }
     cya_map_free(&seen);
+    if (c->status.missing_stacks || c->status.missing_pyframes) {
+        add_note(c, "%llu stacks and %llu Python frames used are never defined (a frame lost, or the process was "
+                    "killed?): they show as <unknown>", (unsigned long long)c->status.missing_stacks,
+                 (unsigned long long)c->status.missing_pyframes);
+        c->status.truncated = 1;
+    }
+    if (c->nnotes > MAX_NOTES) {
+        size_t more = c->nnotes - MAX_NOTES;
+        c->nnotes = MAX_NOTES;
+        add_note(c, "... and %zu more such notes", more);
+    }
     for (size_t i = 0; i < c->nthreads; i++)
         if (!c->threads[i].name) {
             char *unnamed = strdup("");

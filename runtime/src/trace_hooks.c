@@ -284,28 +284,32 @@ static void hook__exit(int status) {
 typedef struct hook_entry {
     const char *name;
     void *hook;
+    void *real; /* the function itself (through libcytrace's own GOT) */
 } hook_entry;
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* pvalloc */
 const hook_entry cyt_hook_table[] = {
-    {"malloc", (void *)hook_malloc},
-    {"calloc", (void *)hook_calloc},
-    {"realloc", (void *)hook_realloc},
-    {"reallocarray", (void *)hook_reallocarray},
-    {"free", (void *)hook_free},
-    {"posix_memalign", (void *)hook_posix_memalign},
-    {"aligned_alloc", (void *)hook_aligned_alloc},
-    {"memalign", (void *)hook_memalign},
-    {"valloc", (void *)hook_valloc},
-    {"pvalloc", (void *)hook_pvalloc},
-    {"mmap", (void *)hook_mmap},
-    {"mmap64", (void *)hook_mmap64},
-    {"munmap", (void *)hook_munmap},
-    {"mremap", (void *)hook_mremap},
-    {"dlopen", (void *)hook_dlopen},
-    {"dlclose", (void *)hook_dlclose},
-    {"_exit", (void *)hook__exit},
-    {"_Exit", (void *)hook__exit},
+    {"malloc", (void *)hook_malloc, (void *)malloc},
+    {"calloc", (void *)hook_calloc, (void *)calloc},
+    {"realloc", (void *)hook_realloc, (void *)realloc},
+    {"reallocarray", (void *)hook_reallocarray, (void *)reallocarray},
+    {"free", (void *)hook_free, (void *)free},
+    {"posix_memalign", (void *)hook_posix_memalign, (void *)posix_memalign},
+    {"aligned_alloc", (void *)hook_aligned_alloc, (void *)aligned_alloc},
+    {"memalign", (void *)hook_memalign, (void *)memalign},
+    {"valloc", (void *)hook_valloc, (void *)valloc},
+    {"pvalloc", (void *)hook_pvalloc, (void *)pvalloc},
+    {"mmap", (void *)hook_mmap, (void *)mmap},
+    {"mmap64", (void *)hook_mmap64, (void *)mmap64},
+    {"munmap", (void *)hook_munmap, (void *)munmap},
+    {"mremap", (void *)hook_mremap, (void *)mremap},
+    {"dlopen", (void *)hook_dlopen, (void *)dlopen},
+    {"dlclose", (void *)hook_dlclose, (void *)dlclose},
+    {"_exit", (void *)hook__exit, (void *)_exit},
+    {"_Exit", (void *)hook__exit, (void *)_Exit},
 };
+#pragma GCC diagnostic pop
 const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];
 
 /* ---- entry points for the Python extension ----------------------------------------- */

@@ -17,6 +17,8 @@
  * Another tracer may rewrite the same slots (memray, heaptrack attach): cyt_patch_check,
  * run by the writer every 100 ms and at stop, notes every slot that stopped leading to our
  * hook (or leads to it again) as a TAKEOVER record, naming the object it now leads into.
+ * A slot given back (it holds the real function again: the other tracer stopped and
+ * restored what it had found) is patched again.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -32,6 +34,7 @@
 typedef struct hook_entry {
     const char *name;
     void *hook;
+    void *real;
 } hook_entry;
 
 extern const hook_entry cyt_hook_table[];
@@ -41,7 +44,7 @@ typedef struct patched_slot {
     uintptr_t *slot;
     uintptr_t original;
     void *hook;
-    const char *name;  /* the function */
+    const hook_entry *entry; /* the function's name, hook and real address */
     uintptr_t foreign; /* what the slot held when last seen not leading to us (0: ours) */
 } patched_slot;
 
@@ -117,7 +120,7 @@ static void add_slot(object *o, uintptr_t *slot, const hook_entry *hook) {
     patched_slot *n = realloc(o->slots, (o->nslots + 1) * sizeof *n);
     if (n == NULL) return;
     o->slots = n;
-    o->slots[o->nslots] = (patched_slot){slot, *slot, hook->hook, hook->name, 0};
+    o->slots[o->nslots] = (patched_slot){slot, *slot, hook->hook, hook, 0};
     o->nslots++;
 }
 
@@ -322,6 +325,7 @@ void cyt_objects_rescan(cyt_buf *out, uint64_t generation) {
 
 typedef struct check_ctx {
     cyt_buf *out;
+    int repatch; /* tracing goes on: take back slots given back */
     struct change {
         uint32_t object;
         const char *name;
@@ -340,6 +344,14 @@ static int check_one(struct dl_phdr_info *info, size_t size, void *arg) {
     for (size_t i = 0; i < o->nslots; i++) {
         patched_slot *s = &o->slots[i];
         uintptr_t now = __atomic_load_n(s->slot, __ATOMIC_RELAXED);
+        if (now != (uintptr_t)s->hook && s->foreign != 0 && ctx->repatch &&
+            (now == s->original || now == (uintptr_t)s->entry->real)) {
+            /* given back: the other tracer put the real function back; ours again */
+            set_relro_writable(o, 1);
+            __atomic_store_n(s->slot, (uintptr_t)s->hook, __ATOMIC_RELAXED);
+            set_relro_writable(o, 0);
+            now = (uintptr_t)s->hook;
+        }
         uintptr_t foreign = now == (uintptr_t)s->hook ? 0 : now;
         if (foreign == s->foreign) continue;
         s->foreign = foreign;
@@ -350,7 +362,7 @@ static int check_one(struct dl_phdr_info *info, size_t size, void *arg) {
             ctx->changes = n;
             ctx->cap = cap;
         }
-        ctx->changes[ctx->nchanges++] = (struct change){o->id, s->name, foreign};
+        ctx->changes[ctx->nchanges++] = (struct change){o->id, s->entry->name, foreign};
     }
     return 0;
 }
@@ -358,7 +370,7 @@ static int check_one(struct dl_phdr_info *info, size_t size, void *arg) {
 void cyt_patch_check(cyt_buf *out, int blocking) {
     if (blocking) pthread_mutex_lock(&patch_lock);
     else if (pthread_mutex_trylock(&patch_lock) != 0) return; /* a dlopen is under way: next time */
-    check_ctx ctx = {out, NULL, 0, 0};
+    check_ctx ctx = {out, atomic_load(&cyt_active), NULL, 0, 0};
     if (nobjects > 0) dl_iterate_phdr(check_one, &ctx);
     pthread_mutex_unlock(&patch_lock);
     /* dladdr takes the loader's other lock: only outside dl_iterate_phdr */
