@@ -565,8 +565,8 @@ static uintptr_t *own_got_slot(const char *name) {
     return NULL;
 }
 
-extern void *__libc_malloc(size_t size);
-static void *other_tracer_malloc(size_t size) { return __libc_malloc(size); }
+static void *(*real_malloc)(size_t); /* what the slot would lead to without any tracer */
+static void *other_tracer_malloc(size_t size) { return real_malloc(size); }
 
 static void write_slot(uintptr_t *slot, uintptr_t value) {
     uintptr_t page = (uintptr_t)slot & ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
@@ -584,10 +584,11 @@ static void mode_takeover(const char *how) {
         exit(6);
     }
     uintptr_t ours = *slot;
+    real_malloc = (void *(*)(size_t))dlsym(RTLD_DEFAULT, "malloc");
     write_slot(slot, (uintptr_t)other_tracer_malloc);
     nanosleep(&pause, NULL);
     for (int i = 0; i < 100; i++) free(keep(malloc(7002)));
-    write_slot(slot, strcmp(how, "real") == 0 ? (uintptr_t)dlsym(RTLD_NEXT, "malloc") : ours);
+    write_slot(slot, strcmp(how, "real") == 0 ? (uintptr_t)real_malloc : ours);
     nanosleep(&pause, NULL);
     for (int i = 0; i < 100; i++) free(keep(malloc(7003)));
     stop();
