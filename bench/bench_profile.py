@@ -45,6 +45,15 @@ def baseline_env(baseline: Optional[Path], cache: Path) -> Dict[str, str]:
     return env
 
 
+def build_baseline(ref: str, into: Path) -> Path:
+    """The git revision `ref` of this repository, with its runtime and extension built in place."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=subprocess.PIPE, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return into
+
+
 def timed(argv: List[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> float:
     env = dict(env or os.environ)
     env.pop("CYTOOL_PROFILE", None)
@@ -84,9 +93,15 @@ def main() -> int:
     parser.add_argument("--threads", default="1,4")
     parser.add_argument("--no-memray", action="store_true")
     parser.add_argument("--baseline", type=Path, help="an earlier cytool source tree, built in place, to compare with")
+    parser.add_argument("--baseline-ref", metavar="REF",
+                        help="build the git revision REF of this repository (e.g. main) as the baseline")
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs per workload for the loss window")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    baseline_tmp = None
+    if args.baseline_ref:
+        baseline_tmp = tempfile.TemporaryDirectory(prefix="cytool-baseline-")
+        args.baseline = build_baseline(args.baseline_ref, Path(baseline_tmp.name))
     if args.baseline is not None and not (args.baseline / "cytool" / "_lib" / "libcytrace.so").exists():
         raise SystemExit(f"{args.baseline}: not a built cytool tree (no cytool/_lib/libcytrace.so)")
 
@@ -204,7 +219,7 @@ def measure_kills(py: str, work: Path, mode: str, count: int, env: Optional[Dict
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         with read_capture(capture) as c:
-            last = max((e.time_ns for e in c.events), default=0)
+            last = c.events[-1].time_ns if len(c.events) else 0  # (in time order)
             found.append({
                 "window_ms": max(0.0, (killed_at - c.header.start_time_ns - last) / 1e6),
                 "events": float(len(c.events)),
@@ -370,8 +385,10 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
         "Notes: by default event times come from a clock thread ticking every 1 ms (one memory "
         "read per event; the time field is a flag bit that is almost never set), events are "
         "stored by column (heads, times, addresses, sizes, stacks) in independent LZ4 frames of "
-        "256 KiB per thread, and the reader orders the events of different threads within a tick "
-        "so that every address keeps a possible history (runtime/FORMAT.md, \"Order\"). memray "
+        "up to 256 KiB per thread, handed to the writer at least every 10 ms (its tick; the idle "
+        "threads by the writer itself, with a progress mark), and the reader orders the events of "
+        "different threads within a tick so that every address keeps a possible history "
+        "(runtime/FORMAT.md, \"Order\"). memray "
         "keeps no per-event time (one lock orders all threads) and compresses its file after "
         "the run, inside its wall time. Sizes are of the files as left on disk. The machine is "
         "shared, so single runs are noisy: compare within one table.",

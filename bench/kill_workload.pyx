@@ -8,6 +8,13 @@ import time
 
 from libc.stdlib cimport free, malloc
 
+cdef extern from *:
+    """
+    static void *volatile kill_workload_sink;
+    static void *kill_workload_keep(void *p) { kill_workload_sink = p; return p; }
+    """
+    void *kill_workload_keep(void *p) nogil  # (so that the compiler cannot drop a malloc/free pair)
+
 
 cdef void busy() noexcept nogil:
     cdef void *ring[256]
@@ -26,8 +33,7 @@ def paced():
     cdef void *p
     cdef long i = 0
     while True:
-        p = malloc(16 + (i * 7919) % 1024)
-        (<char *>p)[0] = 1
+        p = kill_workload_keep(malloc(16 + (i * 7919) % 1024))
         free(p)
         i += 1
         time.sleep(0.0001)

@@ -176,6 +176,8 @@ static inline int unwind_begin(_Atomic int *unwinding) {
     return 0;
 }
 
+#define MAX_UNWIND_FRAMES (1u << 16) /* a walk stops after this many frames (the cut is then a lower bound) */
+
 /* Frame number t of a walk goes to words[slot(t)]: the first `head` in place, the rest
  * round a ring of `tail` slots after them, which ends up holding the latest `tail`. */
 static inline void put_frame(uint64_t *words, int head, int tail, uint64_t t, uint64_t word)
@@ -202,7 +204,6 @@ static void unroll_ring(uint64_t *words, int head, int tail, uint64_t total)
     }
 }
 
-#define MAX_UNWIND_FRAMES (1u << 16) /* libunwind walks at most this many frames */
 
 uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
                            _Atomic int *unwinding, cyt_scratch *scratch)
@@ -215,7 +216,7 @@ uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_addr
         uintptr_t fp = (uintptr_t)frame_address;
         put_frame(words, head, tail, n++, (uint64_t)ret << 1);
         uintptr_t pc = ret;
-        while (in_fp_object(pc)) {
+        while (in_fp_object(pc) && n < MAX_UNWIND_FRAMES) {
             uintptr_t next = ((uintptr_t *)fp)[0];
             if (next <= fp || next - fp > MAX_FRAME_SIZE || (next & 7) != 0) break;
             fp = next;

@@ -414,19 +414,13 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
         cyt_set_error("cannot create %s: %s", path, strerror(errno));
         return -1;
     }
-    if (flock(out_fd, LOCK_EX | LOCK_NB) != 0) {
-        int error = errno;
+    if (flock(out_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
         close(out_fd);
         out_fd = -1;
-        if (error == EWOULDBLOCK) {
-            cyt_set_error("%s is being written by another process's tracer", path);
-            errno = EAGAIN;
-        } else {
-            cyt_set_error("cannot lock %s: %s", path, strerror(error));
-            errno = error;
-        }
+        cyt_set_error("%s is being written by another process's tracer", path);
+        errno = EAGAIN;
         return -1;
-    }
+    } /* (a file system without locks: written unlocked) */
     snprintf(out_path, sizeof out_path, "%s", path);
     atomic_store(&frames_written, 0);
     atomic_store(&bytes_written, 0);
