@@ -328,7 +328,9 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
     if args.baseline is not None:
         lines += [
             "",
-            f"The default settings against the baseline cytool ({args.baseline}), same runs, same workload:",
+            "The default settings against the baseline cytool ("
+            + (f"git revision `{args.baseline_ref}`" if args.baseline_ref else str(args.baseline))
+            + "), same runs, same workload:",
             "",
             "| threads | baseline s | this s | baseline overhead | this overhead | baseline work overhead | "
             "this work overhead | baseline B/event | this B/event |",

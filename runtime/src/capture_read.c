@@ -845,9 +845,17 @@ static int finish(reader *r)
         }
     cya_map_free(&seen);
     if (c->status.missing_stacks || c->status.missing_pyframes) {
-        add_note(c, "%llu stacks and %llu Python frames used are never defined (a frame lost, or the process was "
-                    "killed?): they show as <unknown>", (unsigned long long)c->status.missing_stacks,
-                 (unsigned long long)c->status.missing_pyframes);
+        char what[128];
+        if (c->status.missing_stacks && c->status.missing_pyframes)
+            snprintf(what, sizeof what, "%llu stacks and %llu Python frames", (unsigned long long)c->status.missing_stacks,
+                     (unsigned long long)c->status.missing_pyframes);
+        else if (c->status.missing_stacks)
+            snprintf(what, sizeof what, "%llu stack%s", (unsigned long long)c->status.missing_stacks,
+                     c->status.missing_stacks == 1 ? "" : "s");
+        else
+            snprintf(what, sizeof what, "%llu Python frame%s", (unsigned long long)c->status.missing_pyframes,
+                     c->status.missing_pyframes == 1 ? "" : "s");
+        add_note(c, "%s used but never defined (a frame lost, or the process killed?) show as <unknown>", what);
         c->status.truncated = 1;
     }
     if (c->nnotes > MAX_NOTES) {
