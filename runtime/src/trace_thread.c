@@ -2,7 +2,8 @@
  *
  * Each thread owns an event buffer (one BATCH in the making) and a definitions buffer
  * (its THREAD, STACK and PYFRAME records). Batches carry the thread's sequence number and
- * the ordinal of their first event, so a reader finds the ones missing (FORMAT.md). The event buffer holds the batch's five
+ * the ordinal of their first event, so a reader finds the ones missing (FORMAT.md). The
+ * event buffer holds the batch's five
  * columns (FORMAT.md: heads, times, addresses, sizes, stacks), each in its own region
  * as large as the whole budget, so no column can overflow before the total reaches the
  * budget (untouched pages cost nothing). When the total fills up, the definitions and the
@@ -56,7 +57,6 @@ struct cyt_thread {
     uint64_t *words;           /* cyt_max_frames frame words: the stack being captured */
     int words_cap;
     cyt_scratch scratch;       /* libunwind's buffer for deep stacks */
-    pthread_t self;
     unsigned names_seen;       /* names_version when the name was last looked up */
     int python_named;          /* the name came from cytrace_name_thread */
     char name[NAME_MAX_LEN];   /* the name of the last THREAD record */
@@ -139,9 +139,7 @@ static void refresh_name(cyt_thread *ts, int own) {
     } else if (ts->python_named) {
         return; /* unchanged */
     }
-    if (ts->python_named) {
-        if (!lookup_name(ts->tid, name)) return;
-    } else {
+    if (!ts->python_named) {
         if (!own) return;
         memset(name, 0, sizeof name);
         prctl(PR_GET_NAME, name, 0, 0, 0); /* 16 bytes at most */
@@ -322,7 +320,6 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
-    ts->self = pthread_self();
     ts->t0 = ts->last_t = 0;
     ts->batch_seq = 0;
     atomic_store(&ts->ordinal, 0);
