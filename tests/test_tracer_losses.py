@@ -111,6 +111,41 @@ def test_a_file_size_limit_is_said_counted_and_outlived(tmp_path: Path) -> None:
     assert f"{stats['lost']:,} that the tracer recorded are missing" in profile.truncation_message
 
 
+FULL_TO_THE_END = """
+import json, os, resource, sys, time, cytool
+path = sys.argv[1]
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+tracker = cytool.Tracker(path)
+tracker.start()
+for _ in range(20000):
+    bytearray(1001)
+time.sleep(0.1)
+resource.setrlimit(resource.RLIMIT_FSIZE, (os.path.getsize(path), hard))  # and never more
+for _ in range(20000):
+    bytearray(1002)
+print(json.dumps(tracker.stop()))
+"""
+
+
+def test_a_capture_full_to_its_end_still_ends_with_its_account(tmp_path: Path) -> None:
+    """The file cannot grow by one byte until the program ends: the tracer gives up its
+    last frame of events to write the LOSS, STATS and END records, so the capture still
+    says exactly how many events are missing, and why."""
+    path = tmp_path / "full.cytrace"
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(FULL_TO_THE_END), str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    stats = json.loads(proc.stdout.splitlines()[-1])
+    assert f"cytool: the capture {path} is incomplete: {stats['lost']} events could not be written (File too large)" \
+        in proc.stderr
+    with read_capture(path) as capture:
+        assert capture.complete and capture.stats is not None  # its end was written
+        assert len(capture.events) + capture.missing_events == stats["events"]
+        assert capture.missing_events == stats["lost"] >= 20000
+        (loss,) = capture.write_losses
+        assert loss.events == stats["lost"] and loss.reason == "File too large"
+
+
 FULL_DISK = """
 import json, os, sys, threading, time, cytool
 path, filler = sys.argv[1], sys.argv[2]

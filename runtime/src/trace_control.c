@@ -196,8 +196,8 @@ static void stop_locked(void) {
     cyt_buf_varint(&tail, objects);
     cyt_buf_varint(&tail, REC_END);
     cyt_buf_varint(&tail, cyt_since_start());
-    if (tail.data) cyt_writer_submit(tail.data, tail.len, 0);
-    cyt_writer_close();
+    cyt_writer_close(tail.data, tail.len);
+    cyt_buf_free(&tail);
     current_stats(&last_stats);
 }
 

@@ -185,7 +185,8 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid);
 void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents);
 /* Compress and write synchronously from the calling thread (start, stop). */
 int cyt_writer_write_now(const uint8_t *data, size_t len);
-void cyt_writer_close(void);               /* drain the queue, join the thread, close */
+/* Drain the queue, join the thread, write `final` (the last records; NULL: none), close. */
+void cyt_writer_close(const uint8_t *final, size_t len);
 void cyt_writer_abandon_after_fork(void);  /* child: drop the parent's writer without writing */
 int cyt_writer_is_self(void);              /* the calling thread is the writer thread */
 uint64_t cyt_writer_frames(void);

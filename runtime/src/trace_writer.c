@@ -60,6 +60,7 @@ static LZ4F_cctx *cctx;
 static uint8_t *zbuf;
 static size_t zcap;
 static uint64_t file_end; /* where the last complete frame ends */
+static uint64_t header_end, last_frame_start, last_frame_events; /* the last frame written */
 static _Atomic uint64_t frames_written, bytes_written;
 CYT_TLS int cyt_is_writer;
 
@@ -74,6 +75,7 @@ static struct {
     int said_failing;            /* this outage's failure was told: its end will be too */
     uint64_t total_events;       /* lost in every outage of the session */
     uint64_t unsaid_events;      /* lost in outages no message told of yet */
+    int closing;                 /* the last records are being written: the summary tells */
 } outage;
 
 #define SAY_EVERY_NS 1000000000ull /* stderr hears of a new outage at most once a second */
@@ -175,14 +177,19 @@ static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents,
         cyt_buf_varint(&both, outage.frames);
         cyt_buf_string(&both, outage.reason, strlen(outage.reason));
         cyt_buf_bytes(&both, data, len);
+        uint64_t start = file_end;
         int ok = both.data != NULL && write_frame(both.data, both.len) == 0;
         cyt_buf_free(&both);
+        if (ok) {
+            last_frame_start = start;
+            last_frame_events = nevents;
+        }
         if (!ok) {
             outage.retry_at = now + RETRY_NS;
             goto lost;
         }
         outage.failing = 0;
-        if (outage.said_failing) {
+        if (outage.said_failing && !outage.closing) {
             say("cytool: writing the capture %s again: %llu events could not be written (%s)\n", out_path,
                 (unsigned long long)outage.unsaid_events, outage.reason);
             outage.said_failing = 0;
@@ -190,7 +197,12 @@ static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents,
         }
         return 0;
     }
-    if (write_frame(data, len) == 0) return 0;
+    uint64_t start = file_end;
+    if (write_frame(data, len) == 0) {
+        last_frame_start = start;
+        last_frame_events = nevents;
+        return 0;
+    }
     int error = errno;
     outage.failing = 1;
     outage.since_ns = now;
@@ -446,7 +458,8 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
         errno = error;
         goto fail;
     }
-    file_end = header.len;
+    file_end = header_end = last_frame_start = header.len;
+    last_frame_events = 0;
     atomic_store(&bytes_written, header.len);
     cyt_buf_free(&header);
     queue_head = queue_tail = NULL;
@@ -471,7 +484,11 @@ fail:
     return -1;
 }
 
-void cyt_writer_close(void) {
+/* Drain the queue, join the writer, then write the capture's last records (`final`:
+ * STATS and END) here. If even they cannot be written (the file is at its size limit, the
+ * disk full), the last frame of events is given up for them: an exact account of what is
+ * missing is worth more than that frame's events (counted lost, like the others). */
+void cyt_writer_close(const uint8_t *final, size_t len) {
     pthread_mutex_lock(&queue_lock);
     int running = writer_running;
     writer_closing = 1;
@@ -483,7 +500,24 @@ void cyt_writer_close(void) {
     pthread_mutex_lock(&queue_lock);
     writer_running = 0;
     pthread_mutex_unlock(&queue_lock);
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
     pthread_mutex_lock(&io_lock);
+    outage.closing = 1;
+    if (final != NULL && write_chunk_locked(final, len, 0, 1) != 0 && last_frame_events > 0 &&
+        last_frame_start >= header_end && out_fd >= 0 && ftruncate(out_fd, (off_t)last_frame_start) == 0) {
+        lseek(out_fd, (off_t)last_frame_start, SEEK_SET);
+        file_end = last_frame_start;
+        outage.events += last_frame_events;
+        outage.total_events += last_frame_events;
+        outage.unsaid_events += last_frame_events;
+        outage.frames++;
+        cyt_count_lost(last_frame_events);
+        last_frame_events = 0;
+        write_chunk_locked(final, len, 0, 1);
+    }
     if (outage.failing || outage.unsaid_events)
         say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
             (unsigned long long)outage.total_events, outage.reason);
@@ -493,6 +527,7 @@ void cyt_writer_close(void) {
     }
     out_fd = -1;
     pthread_mutex_unlock(&io_lock);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
 }
 
 int cyt_writer_is_self(void) {
