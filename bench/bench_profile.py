@@ -161,8 +161,17 @@ def main() -> int:
             idle_times: Dict[str, List[float]] = {name: [] for name in commands}
             for name, argv in commands.items():  # warm-up: caches, page cache
                 timed(argv, work, envs[name])
-            for _ in range(args.runs):
-                for name, argv in commands.items():
+            order = list(commands)
+            if "baseline" in order:  # the two defaults back to back, in turns first (drift hits both alike)
+                order.remove("baseline")
+                order.insert(order.index("profile") + 1, "baseline")
+            for round_ in range(args.runs):
+                names = list(order)
+                if round_ % 2 and "baseline" in names:
+                    i = names.index("profile")
+                    names[i], names[i + 1] = names[i + 1], names[i]
+                for name in names:
+                    argv = commands[name]
                     times[name].append(timed(argv, work, envs[name], label=f"{nthreads}:{name}"))
                     idle_times[name].append(timed(idle[name], work, envs[name]))
                     print(f"threads={nthreads} {name}: {times[name][-1]:.3f} s (idle {idle_times[name][-1]:.3f} s)", file=sys.stderr)

@@ -287,7 +287,7 @@ static void *writer_main(void *arg) {
             int queued = queue_head != NULL;
             pthread_mutex_unlock(&queue_lock);
             cyt_buf progress = {0};
-            cyt_threads_tick(&progress, queued); /* idle flushes are written right here (cyt_is_writer) */
+            cyt_threads_tick(&progress, queued); /* (its idle flushes go to the queue) */
             if (progress.len == 0 && now - last_mark >= ALIVE_NS) { /* a sign of life: time only */
                 cyt_buf_varint(&progress, REC_PROGRESS);
                 cyt_buf_varint(&progress, cyt_since_start());
@@ -337,16 +337,17 @@ void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents) {
     c->len = len;
     c->nevents = nevents;
     pthread_mutex_lock(&queue_lock);
-    if (!writer_running || cyt_is_writer) { /* no writer (stopping, a child that does not follow), or
-                                              * the writer itself (idle flushes): write here */
+    if (!writer_running) { /* no writer (stopping, a child that does not follow): write here */
         pthread_mutex_unlock(&queue_lock);
-        write_chunk(data, len, nevents, !cyt_is_writer);
+        write_chunk(data, len, nevents, 1);
         free(data);
         free(c);
         cyt_guard = saved;
         return;
     }
-    while (queue_bytes > QUEUE_LIMIT && writer_running && !writer_closing)
+    /* (the writer's own idle flushes are queued too, never waited for: it writes them right
+     * after, without keeping the threads it flushed waiting meanwhile) */
+    while (queue_bytes > QUEUE_LIMIT && writer_running && !writer_closing && !cyt_is_writer)
         pthread_cond_wait(&queue_space, &queue_lock);
     queue_bytes += len;
     if (queue_tail) queue_tail->next = c;
