@@ -26,7 +26,11 @@
 #define CYT_TLS __thread __attribute__((tls_model("initial-exec")))
 
 #define CYT_EVENT_MAX 48       /* worst-case bytes of one encoded event */
-#define CYT_FLUSH_INTERVAL_NS 10000000ull /* the writer's tick: threads flush at least this often */
+/* Buffers go to the writer when full, and at the writer's tick (every CYT_FLUSH_INTERVAL_NS)
+ * when their oldest event is CYT_FLUSH_AGE_NS old or more: no event waits much longer than
+ * 10 ms, and a thread that fills its buffer faster than that never flushes part of one. */
+#define CYT_FLUSH_INTERVAL_NS 5000000ull
+#define CYT_FLUSH_AGE_NS 5000000ull
 
 /* ---- byte buffers and varints --------------------------------------------------- */
 
@@ -128,9 +132,10 @@ void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_add
 void cyt_record_free(int kind, uintptr_t address);
 void cyt_record_munmap(uintptr_t address, size_t size);
 void cyt_threads_flush_all(void);            /* at stop: every thread's buffer to the writer */
-/* The writer, each tick: flush the buffers of threads idle since the last epoch bump, and
- * append a PROGRESS record to `progress` when events are not written yet (some thread
- * holds unflushed events, or `queued`: chunks wait in the writer's queue). */
+/* The writer, each tick: flush the buffers of threads that hold events CYT_FLUSH_AGE_NS old
+ * or more (idle, blocked or descheduled threads); with `progress`, append a PROGRESS record
+ * when events are not written yet (some thread holds unflushed events, or `queued`: chunks
+ * wait in the writer's queue). */
 void cyt_threads_tick(cyt_buf *progress, int queued);
 void cyt_membarrier(void);                   /* a full barrier on every thread (membarrier) */
 extern CYT_TLS int cyt_is_writer;            /* this thread is the writer */

@@ -46,7 +46,8 @@ struct cyt_thread {
     int in_list;
     uint32_t index;
     pid_t tid;
-    uint64_t t0, last_t;
+    _Atomic uint64_t t0;       /* time of the batch's first event (read by the writer's tick) */
+    uint64_t last_t;
     uint64_t last_addr;
     uint32_t last_stack;  /* stack id of the batch's previous allocation (UINT32_MAX: none) */
     uint64_t batch_seq;   /* batches this thread has flushed in this session */
@@ -233,7 +234,7 @@ static void flush_thread(cyt_thread *ts, int own) {
             p = cyt_put_varint(p, ts->index);
             p = cyt_put_varint(p, ts->batch_seq++);
             p = cyt_put_varint(p, first);
-            p = cyt_put_varint(p, ts->t0);
+            p = cyt_put_varint(p, atomic_load_explicit(&ts->t0, memory_order_relaxed));
             p = cyt_put_varint(p, cyt_time_unit);
             p = cyt_put_varint(p, n);
             for (int c = COL_TIME; c < NCOLS; c++) p = cyt_put_varint(p, (uint64_t)(ts->col[c] - col_start(ts, c)));
@@ -320,7 +321,8 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
-    ts->t0 = ts->last_t = 0;
+    atomic_store_explicit(&ts->t0, 0, memory_order_relaxed);
+    ts->last_t = 0;
     ts->batch_seq = 0;
     atomic_store(&ts->ordinal, 0);
     ts->progress_reported = 0;
@@ -382,7 +384,7 @@ static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t addr
     if (CYT_UNLIKELY(columns_used(ts) + CYT_EVENT_MAX > cyt_buffer_size)) flush_thread(ts, 1);
     uint64_t now = cyt_event_time();
     if (nevents_of(ts) == 0) {
-        ts->t0 = now;
+        atomic_store_explicit(&ts->t0, now, memory_order_relaxed);
         ts->last_t = now;
         ts->last_addr = 0;
         ts->last_stack = UINT32_MAX;
@@ -402,8 +404,11 @@ static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t addr
 static inline void event_end(cyt_thread *ts) {
     atomic_store_explicit(&ts->nevents, nevents_of(ts) + 1, memory_order_relaxed); /* only its owner writes it */
     unsigned epoch = atomic_load_explicit(&cyt_flush_epoch, memory_order_relaxed);
-    if (CYT_UNLIKELY(ts->defs.len > (1u << 20) || epoch != atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed))) {
+    if (CYT_UNLIKELY(epoch != atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed))) {
+        /* a tick: flush the batch if its first event is old enough (else it fills up first) */
         atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
+        if (ts->last_t - atomic_load_explicit(&ts->t0, memory_order_relaxed) >= CYT_FLUSH_AGE_NS) flush_thread(ts, 1);
+    } else if (CYT_UNLIKELY(ts->defs.len > (1u << 20))) {
         flush_thread(ts, 1);
     }
 }
@@ -598,25 +603,27 @@ void cyt_threads_flush_all(void) {
     pthread_mutex_unlock(&threads_lock);
 }
 
-/* The writer, a moment after each tick's epoch bump: flush the buffers of threads that
- * recorded nothing since (a thread that is idle, or blocked, would otherwise hold its
- * events until it ends; busy threads flush themselves at their next event). A thread is
- * claimed, then checked not to be inside the hot path (the same Dekker pairing as at
- * stop); if it enters meanwhile, it waits for the claim to go. Then the PROGRESS record:
- * what every thread has recorded so far, when some of it is not flushed yet. */
+/* The writer, a moment after each tick's epoch bump: flush the buffers of threads holding
+ * events CYT_FLUSH_AGE_NS old or more (a thread that is idle, blocked or descheduled would
+ * otherwise hold them until it runs again; running threads flushed themselves at the
+ * bump). A thread is claimed, then checked not to be inside the hot path (the same Dekker
+ * pairing as at stop); if it enters meanwhile, it waits for the claim to go. Then, when
+ * asked, the PROGRESS record: what every thread has recorded so far, when some of it is
+ * not written yet. */
 #define MAX_IDLE_CLAIMS 256
 void cyt_threads_tick(cyt_buf *progress, int queued) {
     unsigned epoch = atomic_load(&cyt_flush_epoch);
     unsigned session = atomic_load(&cyt_session);
+    uint64_t now = cyt_event_time();
     cyt_thread *claimed[MAX_IDLE_CLAIMS];
     int n = 0;
     /* Never wait for threads_lock here: its holder (a stop's flush_all, an ending thread)
      * may be waiting for the writer to make room in its queue. Next tick, then. */
     if (pthread_mutex_trylock(&threads_lock) != 0) return;
     for (cyt_thread *ts = all_threads; ts != NULL && n < MAX_IDLE_CLAIMS; ts = ts->next) {
-        if (ts->session != session || atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed) == epoch ||
-            nevents_of(ts) == 0)
-            continue;
+        if (ts->session != session || nevents_of(ts) == 0) continue;
+        uint64_t t0 = atomic_load_explicit(&ts->t0, memory_order_relaxed);
+        if (now < t0 || now - t0 < CYT_FLUSH_AGE_NS) continue; /* young: it fills up, or is flushed next tick */
         atomic_store_explicit(&ts->claimed, 1, memory_order_relaxed);
         claimed[n++] = ts;
     }
@@ -634,7 +641,7 @@ void cyt_threads_tick(cyt_buf *progress, int queued) {
     cyt_buf entries = {0};
     uint64_t count = 0;
     int unflushed = queued;
-    for (cyt_thread *ts = all_threads; ts != NULL; ts = ts->next) {
+    for (cyt_thread *ts = all_threads; progress != NULL && ts != NULL; ts = ts->next) {
         if (ts->session != session) continue;
         uint64_t ordinal = atomic_load_explicit(&ts->ordinal, memory_order_acquire);
         uint64_t pending = nevents_of(ts);
@@ -646,7 +653,7 @@ void cyt_threads_tick(cyt_buf *progress, int queued) {
         count++;
     }
     pthread_mutex_unlock(&threads_lock);
-    if (count > 0 && unflushed && entries.data != NULL) {
+    if (progress != NULL && count > 0 && unflushed && entries.data != NULL) {
         cyt_buf_varint(progress, REC_PROGRESS);
         cyt_buf_varint(progress, cyt_since_start());
         cyt_buf_varint(progress, count);

@@ -6,11 +6,12 @@
  * the disk cannot keep up (the writer never waits for a traced thread, so this cannot
  * deadlock).
  *
- * The writer also keeps time: every CYT_FLUSH_INTERVAL_NS it asks every thread to flush
- * at its next event, a moment later flushes the threads that stayed idle and writes a
- * PROGRESS record (at least once a second: a sign of life), and every tenth tick checks
- * that our hooks are still in place (TAKEOVER records). So SIGKILL loses at most the last
- * ~10 ms of events, and a reader knows when the process was last alive.
+ * The writer also keeps time: every CYT_FLUSH_INTERVAL_NS (5 ms) it asks every thread to
+ * flush at its next event what it holds since CYT_FLUSH_AGE_NS (5 ms) or more, a moment
+ * later flushes such events of the threads that did not run, every other tick writes a
+ * PROGRESS record (at least once a second: a sign of life), and every 20th tick checks that
+ * our hooks are still in place (TAKEOVER records). So SIGKILL loses at most the last ~10 ms
+ * of events, and a reader knows when the process was last alive.
  *
  * A failed write (disk full, file size limit, I/O error) never stops the program: the
  * file is cut back to its last complete frame, stderr says what happened, the chunks that
@@ -41,7 +42,8 @@ typedef struct chunk {
 
 #define QUEUE_LIMIT (64u << 20)     /* bytes queued before producers wait */
 #define IDLE_GRACE_NS 1000000ull    /* after an epoch bump, busy threads flush themselves */
-#define CHECK_EVERY_TICKS 10        /* takeover checks: every 100 ms */
+#define CHECK_EVERY_TICKS 20        /* takeover checks: every 100 ms */
+#define PROGRESS_EVERY_TICKS 2      /* progress marks: every 10 ms */
 #define RETRY_NS 50000000ull        /* after a failed write, try again at most this often */
 #define ALIVE_NS 1000000000ull      /* an idle process still writes a PROGRESS mark this often */
 
@@ -287,7 +289,8 @@ static void *writer_main(void *arg) {
             int queued = queue_head != NULL;
             pthread_mutex_unlock(&queue_lock);
             cyt_buf progress = {0};
-            cyt_threads_tick(&progress, queued); /* (its idle flushes go to the queue) */
+            /* (its idle flushes go to the queue) */
+            cyt_threads_tick(ticks % PROGRESS_EVERY_TICKS == 0 ? &progress : NULL, queued);
             if (progress.len == 0 && now - last_mark >= ALIVE_NS) { /* a sign of life: time only */
                 cyt_buf_varint(&progress, REC_PROGRESS);
                 cyt_buf_varint(&progress, cyt_since_start());
