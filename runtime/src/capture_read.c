@@ -819,10 +819,13 @@ static int finish(reader *r)
         c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
     else if (c->status.complete && c->nevents && c->events[c->nevents - 1].time_ns > c->status.end_time_ns)
         c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
-    /* ids used but never defined */
+    /* ids used but never defined; allocations without a stack (format 3: the tracer's
+     * stack table was full, it always has at least the caller's address otherwise) */
     cya_map seen = {0};
+    uint64_t stackless = 0;
     for (size_t i = 0; i < c->nevents; i++) {
         uint32_t id = c->events[i].stack_id;
+        stackless += !id && c->events[i].kind < CYA_FREE && c->events[i].address;
         if (id && !cya_map_get(&c->stack_index, id) && !cya_map_get(&seen, id)) {
             if (!cya_map_put(&seen, id, 1)) {
                 cya_map_free(&seen);
@@ -832,6 +835,8 @@ static int finish(reader *r)
         }
     }
     cya_map_free(&seen);
+    if (stackless && c->header.version >= 3)
+        add_note(c, "%llu allocations have no stack: the tracer's stack table was full", (unsigned long long)stackless);
     for (size_t i = 0; i < c->nstacks; i++)
         for (uint64_t j = 0; j < c->stacks[i].nframes; j++) {
             uint64_t w = c->stacks[i].frames[j];

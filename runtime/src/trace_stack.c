@@ -214,17 +214,22 @@ uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_addr
     if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
         /* frame_address is the hook's frame: [0] = caller's saved frame pointer, [1] = ret */
         uintptr_t fp = (uintptr_t)frame_address;
-        put_frame(words, head, tail, n++, (uint64_t)ret << 1);
+        words[n++] = (uint64_t)ret << 1;
         uintptr_t pc = ret;
-        while (in_fp_object(pc) && n < MAX_UNWIND_FRAMES) {
+        while (in_fp_object(pc)) {
             uintptr_t next = ((uintptr_t *)fp)[0];
             if (next <= fp || next - fp > MAX_FRAME_SIZE || (next & 7) != 0) break;
             fp = next;
             pc = ((uintptr_t *)fp)[1];
             if (pc == 0) break;
-            put_frame(words, head, tail, n++, (uint64_t)pc << 1);
+            if (CYT_UNLIKELY(n >= (uint64_t)max)) { /* deeper than the limit: the rest round the ring */
+                if (n >= MAX_UNWIND_FRAMES) break;
+                put_frame(words, head, tail, n++, (uint64_t)pc << 1);
+                continue;
+            }
+            words[n++] = (uint64_t)pc << 1;
         }
-        unroll_ring(words, head, tail, n);
+        if (CYT_UNLIKELY(n > (uint64_t)max)) unroll_ring(words, head, tail, n);
         return n;
     }
     int got = 0;
@@ -257,8 +262,11 @@ uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_addr
         words[0] = (uint64_t)ret << 1;
         return 1;
     }
-    for (int i = start; i < got; i++) put_frame(words, head, tail, n++, (uint64_t)(uintptr_t)scratch->ips[i] << 1);
-    unroll_ring(words, head, tail, n);
+    for (int i = start; i < got && n < (uint64_t)max; i++) words[n++] = (uint64_t)(uintptr_t)scratch->ips[i] << 1;
+    if (CYT_UNLIKELY(got - start > max)) { /* deeper than the limit: the rest round the ring */
+        for (int i = start + max; i < got; i++) put_frame(words, head, tail, n++, (uint64_t)(uintptr_t)scratch->ips[i] << 1);
+        unroll_ring(words, head, tail, n);
+    }
     return n;
 }
 
