@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from cytool.capture import Capture, _AnalyzeOptions, library, read_capture
+from cytool.capture import Capture, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
 from cytool.errors import CytoolError
 
 METRIC_NAMES = (
@@ -71,7 +71,7 @@ class Location:
     function: str
     file: str
     line: int
-    kind: str  # "pyx", "native", "python", "unknown"
+    kind: str  # "pyx", "native", "python", "unknown", "cut" (the middle of a deep stack)
     object: str
 
     @property
@@ -158,6 +158,16 @@ class Profile:
     timeline: List[Tuple[int, int]]  # (time ns, live bytes)
     threads: List[ThreadStats]
     locations: List[Location] = field(default_factory=list)
+    # what is missing or doubtful, and why (format 3 captures say most of it)
+    missing_events: int = 0  # events the tracer recorded that are not in the file
+    lost_events: int = 0  # of the tracer's events, recorded but never written (its STATS record)
+    capture_notes: List[str] = field(default_factory=list)  # damaged frames, gaps, repeats
+    write_losses: List[WriteLoss] = field(default_factory=list)
+    takeovers: List[Takeover] = field(default_factory=list)
+    max_frames: int = 0  # frames a stack kept at most (0: not recorded)
+    cut_events: int = 0  # allocations whose stack was cut in the middle
+    cut_bytes: int = 0
+    cut_most: int = 0  # the most frames cut from one stack
     # the flame graph's tree: [location index (-1: root), parent node (-1: root), bytes,
     # peak bytes, leaked bytes, count], parents first (built and pruned in C)
     flame: List[List[int]] = field(default_factory=list)
@@ -170,11 +180,31 @@ class Profile:
         return self._lines
 
     def notes(self) -> List[str]:
-        """What a reader of any report must know first: truncation, lost events,
-        frames that could not be symbolised."""
+        """What a reader of any report must know first: truncation and missing events,
+        write errors, another tracer taking over, stacks cut, frames that could not be
+        symbolised."""
         notes = [self.truncation_message] if self.truncated else []
+        return notes + self.warnings()
+
+    def warnings(self) -> List[str]:
+        """notes() but the truncation message (the JSON report's `warnings`)."""
+        notes = list(self.capture_notes)
+        for loss in self.write_losses:
+            notes.append(
+                f"the capture could not be written from {loss.from_ns / 1e9:.3f} s to {loss.until_ns / 1e9:.3f} s "
+                f"({loss.reason}): {loss.events:,} events were lost"
+            )
         if self.dropped_events:
-            notes.append(f"the tracer could not record {self.dropped_events} events: the figures are a lower bound")
+            notes.append(f"the tracer could not record {self.dropped_events:,} events: the figures are a lower bound")
+        if self.missing_events and not self.truncated:
+            notes.append(f"{self.missing_events:,} events the tracer recorded are missing: the figures are a lower bound")
+        notes += takeover_notes(self.takeovers)
+        if self.cut_events:
+            limit = f"{self.max_frames} frames" if self.max_frames else "the frame limit"
+            notes.append(
+                f"{self.cut_events:,} allocations had stacks deeper than {limit}: up to {self.cut_most:,} frames were "
+                f"cut from the middle of each (shown as \"… frames cut\"); raise --max-frames to keep them"
+            )
         return notes + list(self.symbol_warnings)
 
     def source_files(self) -> List[str]:
@@ -184,6 +214,32 @@ class Profile:
             if line.kind in ("pyx", "python") and line.file:
                 totals[line.file] = totals.get(line.file, 0) + line.inclusive.bytes
         return sorted(totals, key=lambda f: -totals[f])
+
+
+def takeover_notes(takeovers: Sequence[Takeover]) -> List[str]:
+    """One line per moment another tracer took over (or gave back) the tracer's hooks:
+    which functions, of how many objects, and where they now lead."""
+    groups: Dict[Tuple[int, str, str, str], List[Takeover]] = {}
+    for t in takeovers:
+        groups.setdefault((t.time_ns, t.what, t.state, t.target), []).append(t)
+    notes = []
+    for (time_ns, what, state, target), items in sorted(groups.items()):
+        functions = ", ".join(sorted({t.function for t in items}))
+        if what == "pymem":
+            where = f"the Python allocator domains {', '.join(sorted({t.object for t in items}))}"
+        else:
+            objects = sorted({Path(t.object).name for t in items})
+            shown = ", ".join(objects[:3]) + (f" and {len(objects) - 3} more" if len(objects) > 3 else "")
+            where = f"{functions} in {len(objects)} object{'s' if len(objects) != 1 else ''} ({shown})"
+        if state == "taken":
+            into = f", now leading into {target}" if target else ""
+            notes.append(
+                f"another tracer took over {where} at {time_ns / 1e9:.3f} s{into}: allocations through them were not "
+                "recorded from then on"
+            )
+        else:
+            notes.append(f"{where} lead to cytool's tracer again from {time_ns / 1e9:.3f} s")
+    return notes
 
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
@@ -275,7 +331,36 @@ def analyze(
         locations=locations,
         flame=data["flame"],
         _lines=lines,
+        missing_events=capture.missing_events,
+        lost_events=capture.stats.lost if capture.stats else 0,
+        capture_notes=list(capture.notes),
+        write_losses=list(capture.write_losses),
+        takeovers=list(capture.takeovers),
+        max_frames=capture.header.max_frames,
+        cut_events=data.get("cut_events", 0),
+        cut_bytes=data.get("cut_bytes", 0),
+        cut_most=data.get("cut_most", 0),
     )
+
+
+def select_threads(spec: Optional[str], capture: Capture) -> Optional[List[int]]:
+    """The thread ids that `--threads` names: comma-separated thread names (the Python
+    thread's name, else its native name; every thread of that name) or ids. None for no
+    filter. Raises CytoolError for a name no thread has."""
+    if not spec:
+        return None
+    wanted: List[int] = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        ids = [t.id for t in capture.threads.values() if t.name == item]
+        if not ids and item.isdigit():
+            ids = [int(item)]
+        if not ids:
+            names = ", ".join(f"{t.id} ({t.name or '?'})" for t in capture.threads.values()) or "none"
+            raise CytoolError(f"{capture.path}: no thread named {item!r}", hint=f"threads recorded: {names}", exit_code=2)
+        wanted.extend(ids)
+    return wanted
 
 
 def load_profile(path: Union[str, Path], **options: object) -> Profile:

@@ -35,6 +35,7 @@ KIND_NAMES: Dict[int, str] = {
     11: "pymem_raw",
     12: "pymem_mem",
     13: "pymem_obj",
+    14: "mremap",
     32: "free",
     33: "realloc_free",
     34: "munmap",
@@ -86,6 +87,7 @@ class _Header(ctypes.Structure):
         ("argv", ctypes.POINTER(_cstr)),
         ("time_resolution_ns", _u64),
         ("clock", _u32),
+        ("max_frames", _u64),
     ]
 
 
@@ -99,6 +101,8 @@ class _Object(ctypes.Structure):
         ("nsegments", _u64),
         ("segments", ctypes.POINTER(_u64)),
         ("unload_time_ns", ctypes.c_int64),
+        ("load_generation", _u64),
+        ("unload_generation", _u64),
     ]
 
 
@@ -111,7 +115,29 @@ class _PyFrame(ctypes.Structure):
 
 
 class _Stack(ctypes.Structure):
-    _fields_ = [("id", _u64), ("nframes", _u64), ("frames", ctypes.POINTER(_u64))]
+    _fields_ = [
+        ("id", _u64),
+        ("nframes", _u64),
+        ("frames", ctypes.POINTER(_u64)),
+        ("generation", _u64),
+        ("cut", _u64),
+        ("cut_at", _u64),
+    ]
+
+
+class _Loss(ctypes.Structure):
+    _fields_ = [("from_ns", _u64), ("until_ns", _u64), ("events", _u64), ("frames", _u64), ("reason", _cstr)]
+
+
+class _Takeover(ctypes.Structure):
+    _fields_ = [
+        ("time_ns", _u64),
+        ("what", _u32),
+        ("state", _u32),
+        ("object", _u64),
+        ("function", _cstr),
+        ("target", _cstr),
+    ]
 
 
 class _Status(ctypes.Structure):
@@ -131,6 +157,14 @@ class _Status(ctypes.Structure):
         ("missing_stacks", _u64),
         ("missing_pyframes", _u64),
         ("problem", _cstr),
+        ("damaged_frames", _u64),
+        ("missing_batches", _u64),
+        ("duplicate_batches", _u64),
+        ("missing_events", _u64),
+        ("stats_lost", _u64),
+        ("last_progress_ns", _u64),
+        ("live", ctypes.c_int),
+        ("notes", _cstr),
     ]
 
 
@@ -175,6 +209,8 @@ def library() -> ctypes.CDLL:
         "cya_get_threads": (ctypes.POINTER(_Thread), [ctypes.c_void_p, size_p]),
         "cya_get_pyframes": (ctypes.POINTER(_PyFrame), [ctypes.c_void_p, size_p]),
         "cya_get_stacks": (ctypes.POINTER(_Stack), [ctypes.c_void_p, size_p]),
+        "cya_get_losses": (ctypes.POINTER(_Loss), [ctypes.c_void_p, size_p]),
+        "cya_get_takeovers": (ctypes.POINTER(_Takeover), [ctypes.c_void_p, size_p]),
         "cya_free": (None, [ctypes.c_void_p]),
     }
     optional = {
@@ -229,7 +265,8 @@ class Event(NamedTuple):
 
 class Frame(NamedTuple):
     """One symbolised frame. kind: "pyx" (native code on a .pyx line), "native",
-    "python" (interpreter frame) or "unknown"."""
+    "python" (interpreter frame), "unknown", or "cut" (where the middle of a deep stack
+    was dropped: "… frames cut")."""
 
     function: str
     file: str
@@ -242,7 +279,7 @@ class Frame(NamedTuple):
         return f"{self.function} ({where})"
 
 
-FRAME_KINDS = ("pyx", "native", "python", "unknown")
+FRAME_KINDS = ("pyx", "native", "python", "unknown", "cut")
 
 
 class PyFrame(NamedTuple):
@@ -264,6 +301,7 @@ class CaptureHeader:
     argv: Tuple[str, ...]
     time_resolution_ns: int = 0  # events' time unit (format 2); 0: not recorded
     ticking_clock: bool = False  # format 2: times came from the clock thread's ticks
+    max_frames: int = 0  # format 3: frames a stack keeps at most (deeper: cut in the middle); 0: not recorded
 
     @property
     def native_traced(self) -> bool:
@@ -298,16 +336,55 @@ class LoadedObject:
     build_id: str  # hex
     segments: Tuple[Tuple[int, int], ...]
     unload_time_ns: Optional[int]
+    load_generation: int = 0  # format 3 (FORMAT.md, "Load generations")
+    unload_generation: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class RawStack:
+    """A stack as recorded: frame words innermost first (FORMAT.md), its load generation,
+    and how many frames were dropped from its middle (cut) after the first `cut_at`."""
+
+    words: Tuple[int, ...]
+    generation: int = 0
+    cut: int = 0
+    cut_at: int = 0
+
+
+@dataclass(frozen=True)
+class WriteLoss:
+    """The capture could not be written for a while (a LOSS record)."""
+
+    from_ns: int
+    until_ns: int
+    events: int
+    frames: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """Another tracer replaced one of the tracer's hooks (state "taken") or gave it back
+    ("restored"): a GOT/PLT slot of `object` or a PyMem domain ("raw", "mem", "obj")."""
+
+    time_ns: int
+    what: str  # "got" or "pymem"
+    object: str  # the object's path (what "got") or the domain name
+    function: str
+    target: str  # the object the slot now leads into ("" unknown)
+    state: str  # "taken" or "restored"
 
 
 @dataclass(frozen=True)
 class CaptureStats:
-    """The tracer's own counts (STATS record, written when tracing stops)."""
+    """The tracer's own counts (STATS record, written when tracing stops): events
+    recorded, dropped (could not be recorded), lost (recorded but never written)."""
 
     events: int
     dropped: int
     stacks: int
     frames: int
+    lost: int = 0
 
 
 class EventList(Sequence[Event]):
@@ -378,6 +455,7 @@ class Capture:
             argv=tuple(_text(h.argv[i]) for i in range(h.argc)),
             time_resolution_ns=h.time_resolution_ns,
             ticking_clock=h.clock == 1,
+            max_frames=h.max_frames,
         )
         s = lib.cya_get_status(handle).contents
         self.truncated = bool(s.truncated)
@@ -391,8 +469,18 @@ class Capture:
         self.missing_pyframes = s.missing_pyframes
         self.problem = _text(s.problem)
         self.stats: Optional[CaptureStats] = (
-            CaptureStats(s.stats_events, s.stats_dropped, s.stats_stacks, s.stats_frames) if s.has_stats else None
+            CaptureStats(s.stats_events, s.stats_dropped, s.stats_stacks, s.stats_frames, s.stats_lost)
+            if s.has_stats
+            else None
         )
+        self.damaged_frames = s.damaged_frames  # frames skipped (damaged or malformed)
+        self.missing_batches = s.missing_batches  # batches absent (sequence gaps)
+        self.duplicate_batches = s.duplicate_batches  # batches read twice (copies ignored)
+        self.missing_events = s.missing_events  # recorded by the tracer, not in the file
+        self.last_progress_ns = s.last_progress_ns  # the tracer's last sign of life (0: none)
+        self.live = bool(s.live)  # still being written by a running process
+        # one line per damaged frame, gap, repeat ... (capped)
+        self.notes: List[str] = [line for line in _text(s.notes).splitlines() if line]
         count = ctypes.c_size_t()
         address = lib.cya_get_events(handle, ctypes.byref(count))
         self.events = EventList(self, address or 0, count.value)
@@ -415,7 +503,28 @@ class Capture:
                     build_id=bytes(o.build_id[: o.build_id_len]).hex() if o.build_id_len else "",
                     segments=tuple((o.segments[2 * j], o.segments[2 * j + 1]) for j in range(o.nsegments)),
                     unload_time_ns=None if o.unload_time_ns < 0 else o.unload_time_ns,
+                    load_generation=o.load_generation,
+                    unload_generation=None if o.unload_generation == 2**64 - 1 else o.unload_generation,
                 )
+            )
+        paths = {o.id: o.path for o in self.objects}
+
+        losses = lib.cya_get_losses(handle, ctypes.byref(count))
+        self.write_losses: List[WriteLoss] = [
+            WriteLoss(l.from_ns, l.until_ns, l.events, l.frames, _text(l.reason))
+            for l in (losses[i] for i in range(count.value))
+        ]
+        takeovers = lib.cya_get_takeovers(handle, ctypes.byref(count))
+        domains = ("raw", "mem", "obj")
+        self.takeovers: List[Takeover] = []
+        for i in range(count.value):
+            t = takeovers[i]
+            if t.what == 0:
+                what, where = "got", paths.get(t.object, f"object {t.object}")
+            else:
+                what, where = "pymem", domains[t.object] if t.object < 3 else f"domain {t.object}"
+            self.takeovers.append(
+                Takeover(t.time_ns, what, where, _text(t.function), _text(t.target), "taken" if t.state else "restored")
             )
 
         pyframes = lib.cya_get_pyframes(handle, ctypes.byref(count))
@@ -424,11 +533,29 @@ class Capture:
             f = pyframes[i]
             self.pyframes[f.id] = PyFrame(f.id, f.line, _text(f.function), _text(f.file))
 
-        stacks = lib.cya_get_stacks(handle, ctypes.byref(count))
-        self.raw_stacks: Dict[int, List[int]] = {}
-        for i in range(count.value):
-            st = stacks[i]
-            self.raw_stacks[st.id] = st.frames[: st.nframes] if st.nframes else []
+        self._raw_stacks: Optional[Dict[int, RawStack]] = None  # read on first use
+
+    @property
+    def stack_info(self) -> Dict[int, RawStack]:
+        """stack id -> its frame words, load generation and cut (as recorded)."""
+        if self._raw_stacks is None:
+            count = ctypes.c_size_t()
+            stacks = library().cya_get_stacks(self.handle, ctypes.byref(count))
+            info: Dict[int, RawStack] = {}
+            for i in range(count.value):
+                st = stacks[i]
+                words: Tuple[int, ...] = ()
+                if st.nframes:
+                    address = ctypes.cast(st.frames, ctypes.c_void_p).value or 0
+                    words = tuple((_u64 * st.nframes).from_address(address))
+                info[st.id] = RawStack(words, st.generation, st.cut, st.cut_at)
+            self._raw_stacks = info
+        return self._raw_stacks
+
+    @property
+    def raw_stacks(self) -> Dict[int, List[int]]:
+        """stack id -> frame words, innermost first (FORMAT.md)."""
+        return {sid: list(st.words) for sid, st in self.stack_info.items()}
 
     # -- lifetime ------------------------------------------------------------------
 
@@ -489,7 +616,7 @@ class Capture:
         count = ctypes.c_size_t()
         table = lib.cya_symbols_locations(self.symbols_handle, ctypes.byref(count))
         return [
-            Frame(_text(loc.function), _text(loc.file), loc.line, FRAME_KINDS[min(loc.kind, 3)], _text(loc.object))
+            Frame(_text(loc.function), _text(loc.file), loc.line, FRAME_KINDS[loc.kind if loc.kind < len(FRAME_KINDS) else 3], _text(loc.object))
             for loc in (table[i] for i in range(count.value))
         ]
 
@@ -502,7 +629,7 @@ class Capture:
             locations = self.locations()
             count = ctypes.c_size_t()
             stacks: Dict[int, List[Frame]] = {}
-            for stack_id in self.raw_stacks:
+            for stack_id in self.stack_info:
                 indices = lib.cya_symbols_stack(self.symbols_handle, stack_id, ctypes.byref(count))
                 stacks[stack_id] = [locations[indices[i]] for i in range(count.value)]
             self._stacks = stacks
@@ -511,15 +638,30 @@ class Capture:
     # -- summaries -----------------------------------------------------------------
 
     def truncation_message(self) -> str:
-        """One sentence on what was recovered ("" for a complete capture)."""
+        """One sentence on what is missing and why ("" for a complete capture): the
+        events read, and the events the tracer recorded that are not in the file."""
         if not self.truncated:
             return ""
-        share = 100.0 * self.recovered_bytes / self.file_bytes if self.file_bytes else 0.0
-        return (
-            f"{self.path}: the capture is truncated ({self.problem}); recovered "
-            f"{self.recovered_bytes} of {self.file_bytes} bytes ({share:.1f}%), {len(self.events)} events"
-        )
-
+        causes = []
+        if self.live:
+            causes.append("it is still being written by a running process")
+        elif not self.complete:
+            last = max(self.end_time_ns, self.last_progress_ns)
+            causes.append(f"it has no end: the traced process was killed or crashed after {last / 1e9:.3f} s, its last sign of life")
+        if self.damaged_frames:
+            causes.append(f"{self.damaged_frames} damaged frame{'s' if self.damaged_frames != 1 else ''} skipped")
+        if self.missing_batches:
+            causes.append(f"{self.missing_batches} batch{'es' if self.missing_batches != 1 else ''} of events missing")
+        if not causes:
+            causes.append(self.problem or "events are missing")
+        read = len(self.events)
+        message = f"{self.path}: the capture is truncated ({'; '.join(causes)}): {read:,} event{'s' if read != 1 else ''} read"
+        if self.missing_events:
+            message += f", {self.missing_events:,} that the tracer recorded are missing"
+        if not self.complete and not self.live:
+            window = "~10 ms" if self.header.version >= 3 else "1-2 s"
+            message += f"; events of its last {window} may be missing as well"
+        return message
 
 def symbol_search_path() -> str:
     """Where the symboliser looks, by build-id, for a module deleted or rebuilt since

@@ -11,6 +11,7 @@ pure-Python callers show above the native ones. The capture is read back with
 from __future__ import annotations
 
 import atexit
+import errno
 import os
 import sys
 import warnings
@@ -21,6 +22,18 @@ from typing import Dict, Optional, Type, Union
 from cytool.errors import CytoolError
 
 _atexit_registered = False
+
+
+class CaptureInUseError(CytoolError):
+    """Another process is tracing into the capture path (it holds the file's lock)."""
+
+    def __init__(self, path: Path):
+        super().__init__(
+            f"{path}: another process is writing a capture there right now",
+            hint="choose another path, or wait for that process to finish",
+            exit_code=2,
+        )
+        self.path = path
 
 
 def _driver():
@@ -74,6 +87,13 @@ class Tracker:
         down to a power of two of ns): exact order across threads, larger captures.
     compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC,
         with 1 MiB of event buffer per thread instead of 256 KiB).
+    max_frames: the most frames a stack keeps (native and Python together; default
+        _cytrace.DEFAULT_MAX_FRAMES, 1024; 16 to 65536). A deeper stack keeps its innermost
+        and outermost frames, and reports say how many were cut from its middle.
+
+    The capture is locked while tracing: start() raises CaptureInUseError when another
+    process is tracing into the same path. Write errors (disk full, ...) never stop the
+    program: they are said on stderr, counted (stats "lost") and recorded in the capture.
     """
 
     def __init__(
@@ -86,6 +106,7 @@ class Tracker:
         native_unwind: bool = False,
         time_resolution_ns: Optional[int] = None,
         compression_level: int = 0,
+        max_frames: Optional[int] = None,
     ) -> None:
         self.path = Path(path)
         self.follow_fork = follow_fork
@@ -94,6 +115,7 @@ class Tracker:
         self.native_unwind = native_unwind
         self.time_resolution_ns = time_resolution_ns
         self.compression_level = compression_level
+        self.max_frames = max_frames
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
@@ -109,7 +131,13 @@ class Tracker:
             # Python frames come from a profile function; do not displace the user's profiler
             warnings.warn("a profiler is installed (sys.setprofile): tracing without Python frames", stacklevel=2)
             python_frames = False
-        resolution = {} if self.time_resolution_ns is None else {"time_resolution_ns": self.time_resolution_ns}
+        settings: Dict[str, int] = {} if self.time_resolution_ns is None else {"time_resolution_ns": self.time_resolution_ns}
+        if self.max_frames is not None:
+            if not driver.MIN_MAX_FRAMES <= self.max_frames <= driver.MAX_MAX_FRAMES:
+                raise CytoolError(
+                    f"max_frames must be between {driver.MIN_MAX_FRAMES} and {driver.MAX_MAX_FRAMES}, not {self.max_frames}"
+                )
+            settings["max_frames"] = self.max_frames
         try:
             driver.start(
                 os.fspath(self.path),
@@ -118,10 +146,12 @@ class Tracker:
                 python_frames=python_frames,
                 native_unwind=self.native_unwind,
                 compression_level=self.compression_level,
-                **resolution,
+                **settings,
             )
         except OSError as error:
-            raise CytoolError(f"{self.path}: {error}", hint="check that the directory exists and is writable") from None
+            if error.errno == errno.EAGAIN:
+                raise CaptureInUseError(self.path) from None
+            raise CytoolError(f"{self.path}: {error.strerror or error}", hint="check that the directory exists and is writable") from None
         if not _atexit_registered:
             atexit.register(_stop_at_exit)
             if hasattr(os, "register_at_fork"):
@@ -130,7 +160,8 @@ class Tracker:
         return self
 
     def stop(self) -> Optional[Dict[str, int]]:
-        """Finish the capture; returns the tracer's counts (events, dropped, stacks, frames, bytes)."""
+        """Finish the capture; returns the tracer's counts: events (recorded), dropped (could
+        not be recorded), lost (recorded but not written), stacks, frames, bytes."""
         stats = _driver().stop()
         if stats is not None:
             self.stats = dict(stats)

@@ -41,7 +41,7 @@ def write_simple(path: Path, version: int = 2) -> None:
         w.end(1000)
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_reads_every_event_field(tmp_path: Path, version: int) -> None:
     path = tmp_path / "simple.cytrace"
     write_simple(path, version)
@@ -50,7 +50,8 @@ def test_reads_every_event_field(tmp_path: Path, version: int) -> None:
         assert capture.recovered_bytes == capture.file_bytes == path.stat().st_size
         h = capture.header
         assert (h.version, h.pid, h.python_version, h.executable) == (version, 4242, "3.11.2 (test)", "/usr/bin/python3")
-        assert h.time_resolution_ns == (1 if version == 2 else 0) and not h.ticking_clock
+        assert h.time_resolution_ns == (1 if version >= 2 else 0) and not h.ticking_clock
+        assert h.max_frames == (1024 if version >= 3 else 0)
         assert h.argv == ("prog.pyx", "--n", "3")
         assert h.native_traced and h.python_frames and not h.pymem_traced and not h.forked_child
         events = list(capture.events)
@@ -144,10 +145,11 @@ def test_format2_columns_time_units_and_same_stack_flags(tmp_path: Path) -> None
 
 def batch_record(heads: bytes, times: bytes = b"", addrs: bytes = b"", sizes: bytes = b"", stacks: bytes = b"",
                  nevents: int = -1) -> bytes:
+    """A format 3 BATCH of thread 0, sequence 1, first event ordinal 1, by hand."""
     from capture_writer import varint
 
     n = len(heads) if nevents < 0 else nevents
-    return (b"\x10" + varint(0) + varint(0) + varint(0) + varint(1) + varint(n) + varint(len(times))
+    return (b"\x10" + varint(0) + varint(1) + varint(1) + varint(0) + varint(1) + varint(n) + varint(len(times))
             + varint(len(addrs)) + varint(len(sizes)) + varint(len(stacks)) + heads + times + addrs + sizes + stacks)
 
 
@@ -162,18 +164,23 @@ def batch_record(heads: bytes, times: bytes = b"", addrs: bytes = b"", sizes: by
         (batch_record(b"\x01", addrs=b"\x20", sizes=b"\x08", stacks=b"\x01")[:-3], "a record cut short"),
     ],
 )
-def test_malformed_format2_batches_stop_the_reading(tmp_path: Path, record: bytes, why: str) -> None:
+def test_a_malformed_batch_skips_the_rest_of_its_frame(tmp_path: Path, record: bytes, why: str) -> None:
     path = tmp_path / "bad.cytrace"
     with CaptureWriter(path) as w:
         w.batch(0, 0, [("malloc", 0, 0x10, 8, 1)])
         w.flush()
         w.raw(record)
         w.flush()
+        w.batch(0, 0, [("malloc", 0, 0x30, 8, 1)], seq=2, first=2)
         w.end(10)
     with read_capture(path) as capture:
         assert capture.truncated, why
+        assert capture.complete  # the frames after it were read
         assert "malformed record" in capture.problem
-        assert [e.address for e in capture.events] == [0x10]  # the good frame before it stays
+        assert capture.damaged_frames == 1
+        assert [e.address for e in capture.events] == [0x10, 0x30]  # the good frames around it stay
+        assert capture.missing_batches == 1 and capture.missing_events == 1
+        assert any("batch 1 is missing: 1 events lost" in note for note in capture.notes)
 
 
 def test_threads_in_one_tick_are_interleaved_evenly(tmp_path: Path) -> None:
@@ -241,8 +248,8 @@ def test_truncated_capture_keeps_complete_frames(tmp_path: Path) -> None:
         assert capture.recovered_bytes == third
         assert capture.file_bytes == third + 40
         message = capture.truncation_message()
-        assert "truncated" in message and f"recovered {third} of {third + 40} bytes" in message
-        assert "200 events" in message and f"byte {third}" in message
+        assert "truncated" in message and "200 events read" in message and "no end" in message
+        assert f"the file ends inside the frame starting at byte {third}" in capture.notes[0]
 
 
 def test_missing_end_record_is_truncation(tmp_path: Path) -> None:
@@ -253,10 +260,11 @@ def test_missing_end_record_is_truncation(tmp_path: Path) -> None:
         assert capture.truncated and not capture.complete
         assert len(capture.events) == 1
         assert capture.recovered_bytes == capture.file_bytes
-        assert "no END record" in capture.truncation_message()
+        assert "no END record" in capture.problem
+        assert "it has no end" in capture.truncation_message()
 
 
-def test_damaged_frame_stops_reading_there(tmp_path: Path) -> None:
+def test_damaged_frame_is_skipped_and_reading_goes_on(tmp_path: Path) -> None:
     path = tmp_path / "damaged.cytrace"
     w = CaptureWriter(path)
     for frame in range(3):
@@ -265,14 +273,18 @@ def test_damaged_frame_stops_reading_there(tmp_path: Path) -> None:
     w.end(5000)
     w.close()
     data = bytearray(path.read_bytes())
-    second = w.frame_offsets[1]
+    second, third = w.frame_offsets[1], w.frame_offsets[2]
     data[second + 20] ^= 0xFF
     path.write_bytes(bytes(data))
     with read_capture(path) as capture:
-        assert capture.truncated
-        assert len(capture.events) == 50
-        assert capture.recovered_bytes == second
+        assert capture.truncated and capture.complete
+        assert len(capture.events) == 100
+        assert [e.time_ns for e in capture.events][49:51] == [49 * 50 // 2, 2000]
+        assert capture.recovered_bytes == len(data) - (third - second)
         assert f"starting at byte {second} is damaged" in capture.problem
+        assert capture.damaged_frames == 1 and capture.missing_batches == 1 and capture.missing_events == 50
+        assert capture.notes[0].startswith(f"the frame at byte {second} is damaged")
+        assert "thread 0 (?): batch 1 is missing: 50 events lost" in capture.notes
 
 
 def test_undefined_stack_ids_are_counted(tmp_path: Path) -> None:
@@ -322,12 +334,12 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_newer_version_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "v3.cytrace"
-    with CaptureWriter(path, version=3) as w:
+    path = tmp_path / "v4.cytrace"
+    with CaptureWriter(path, version=4) as w:
         w.end(0)
     with pytest.raises(CytoolError) as info:
         read_capture(path)
-    assert "written by a newer cytool: format 3, this reader knows 2" in info.value.message
+    assert "written by a newer cytool: format 4, this reader knows 3" in info.value.message
     assert "upgrade" in info.value.hint
 
 

@@ -115,7 +115,7 @@ def test_truncated_capture_is_analysed(tmp_path: Path) -> None:
     with CaptureWriter(path) as w:
         w.batch(0, 0, [("malloc", 1, 0x10, 8, 5)])
     profile = load_profile(path)
-    assert profile.truncated and "no END record" in profile.truncation_message
+    assert profile.truncated and "it has no end" in profile.truncation_message
     (line,) = profile.lines()
     assert line.function == "<unknown stack>" and line.self.leaked_bytes == 8
 

@@ -115,7 +115,7 @@ def test_edge_cases(helpers: Path, tmp_path: Path) -> None:
             assert ("free", address[kind]) in frees
         assert not any(kind == "realloc" and size == 77 for kind, _, size in allocs)  # reallocarray counted once
         assert ("mmap", address["mmap"], 65536) in allocs
-        assert ("mmap", address["mremap"], 131072) in allocs
+        assert ("mremap", address["mremap"], 131072) in allocs
         munmaps = [(e.address, e.size) for e in capture.events if e.kind == "munmap"]
         assert (address["mmap"], 65536) in munmaps and (address["mremap"], 131072) in munmaps
         assert ("free", 0) not in frees
@@ -276,9 +276,10 @@ def test_start_stop_while_threads_allocate(helpers: Path, tmp_path: Path) -> Non
                     live.discard(event.address)
 
 
-def test_a_slowly_allocating_process_killed_loses_at_most_a_second(helpers: Path, tmp_path: Path) -> None:
-    """A thread that allocates rarely never fills its buffer; the writer asks each thread to
-    flush once a second, so SIGKILL loses only the last second or so."""
+def test_a_slowly_allocating_process_killed_loses_only_its_last_moments(helpers: Path, tmp_path: Path) -> None:
+    """A thread that allocates rarely never fills its buffer; the writer flushes the threads
+    that stay idle every 10 ms, so SIGKILL loses only the last moments (a tick of 100 ms
+    here, at most, with room for a loaded machine)."""
     path = tmp_path / "trickle.cytrace"
     env = dict(os.environ)
     env.pop("CYTOOL_PROFILE", None)
@@ -295,7 +296,7 @@ def test_a_slowly_allocating_process_killed_loses_at_most_a_second(helpers: Path
     with read_capture(path) as capture:
         assert capture.truncated
         recorded = len([e for e in capture.events if e.kind == "malloc" and e.size == 4242])
-        assert ticks - 25 <= recorded <= ticks, (ticks, recorded)
+        assert ticks - 2 <= recorded <= ticks, (ticks, recorded)
 
 
 def test_sanitizers(tmp_path: Path) -> None:
@@ -314,14 +315,14 @@ def test_sanitizers(tmp_path: Path) -> None:
 
 def test_an_idle_thread_is_flushed_by_the_writer(helpers: Path, tmp_path: Path) -> None:
     """A thread that allocates and then blocks holds its events in its buffer; the writer
-    flushes it after a second or two of silence, so SIGKILL does not lose them."""
+    flushes it within a tick (10 ms), so SIGKILL does not lose them."""
     path = tmp_path / "idle.cytrace"
     env = dict(os.environ)
     env.pop("CYTOOL_PROFILE", None)
     proc = subprocess.Popen([str(helpers / "test_trace_helper"), str(path), "idle"], stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout.readline().strip() == "allocated"
-        time.sleep(3.5)
+        time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

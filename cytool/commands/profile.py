@@ -63,6 +63,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC: more CPU in the writer thread, "
         "1 MiB of event buffer per thread instead of 256 KiB)",
     )
+    parser.add_argument(
+        "--max-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the most frames a stack keeps, native and Python together (default 1024; 16..65536); a deeper stack "
+        "keeps its innermost and outermost frames and reports say how many were cut from its middle",
+    )
+    parser.add_argument(
+        "--threads",
+        metavar="NAMES",
+        help="the summary covers only these threads: comma-separated thread names (Python's, or the native "
+        "name) or ids; the capture holds them all",
+    )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
     parser.set_defaults(handler=handle)
 
@@ -106,7 +120,7 @@ def child_captures(capture: Path) -> List[Path]:
     return sorted(p for p in capture.parent.glob(capture.name + ".*") if p.suffix[1:].isdigit())
 
 
-def print_summary(capture: Path) -> None:
+def print_summary(capture: Path, threads: Optional[str] = None) -> None:
     from rich.console import Console
 
     print(f"capture: {capture}", flush=True)  # plain: a long path must stay on one line
@@ -114,9 +128,26 @@ def print_summary(capture: Path) -> None:
 
     console = Console(file=sys.stdout)
     try:
-        print_profile_summary(capture, console)
+        print_profile_summary(capture, console, threads=threads)
     except CytoolError as error:  # the capture is written; the program's status stands
         print(error.render(), file=sys.stderr)
+
+
+def start_tracker(tracker, requested: Optional[Path]):  # -> cytool.tracker.Tracker
+    """Start tracing; when another process is writing the capture path given with -o
+    (another `cytool profile -o` at the same time), write <stem>.<pid>.cytrace beside it
+    instead and say so. Neither capture is lost."""
+    from cytool.tracker import CaptureInUseError
+
+    try:
+        return tracker.start()
+    except CaptureInUseError:
+        if requested is None or requested.is_dir():
+            raise
+        busy = tracker.path
+        tracker.path = default_capture_path(busy.stem if busy.suffix == ".cytrace" else busy.name, busy.parent, os.getpid())
+        print(f"cytool: {busy} is being written by another process; this capture goes to {tracker.path}", file=sys.stderr)
+        return tracker.start()
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -128,6 +159,8 @@ def handle(args: argparse.Namespace) -> int:
 
     if args.time_resolution is not None and args.time_resolution < 1:
         raise CytoolError("--time-resolution takes a number of nanoseconds, at least 1", exit_code=2)
+    if args.max_frames is not None and not 16 <= args.max_frames <= 65536:
+        raise CytoolError(f"--max-frames takes 16 to 65536 frames, not {args.max_frames}", exit_code=2)
     program = entry(args)
     launcher = Launcher(program, build_options(args))
     results = launcher.prepare()
@@ -142,10 +175,12 @@ def handle(args: argparse.Namespace) -> int:
         native_unwind=args.native_unwind,
         time_resolution_ns=None if args.time_resolution is None else max(1, args.time_resolution),
         compression_level=args.compression,
+        max_frames=args.max_frames,
     )
     status = 0
     pid = os.getpid()
-    tracker.start()
+    start_tracker(tracker, args.output)
+    capture = tracker.path
     try:
         status = launcher.run()
     except SystemExit as exit_request:
@@ -163,7 +198,7 @@ def handle(args: argparse.Namespace) -> int:
     if os.getpid() != pid:  # a forked child that returned here: the summary is the parent's
         return status
     if not args.no_summary:
-        print_summary(capture)
+        print_summary(capture, args.threads)
         for child in child_captures(capture):
             print(f"forked child capture: {child}")
     return status

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
 
 from cytool.errors import CytoolError
 from cytool.reports import FORMATS
@@ -40,8 +39,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--threads",
-        metavar="IDS",
-        help="only allocations of these threads: comma-separated thread ids or names (see the json report)",
+        metavar="THREADS",
+        help="only allocations of these threads: comma-separated thread names (the Python thread's name, else its "
+        "native name) or ids (see the json report)",
     )
     parser.add_argument("--limit", type=int, default=15, metavar="N", help="lines in the table (default 15)")
     parser.add_argument(
@@ -60,26 +60,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
-def _threads(spec: Optional[str], capture) -> Optional[List[int]]:  # capture: cytool.capture.Capture
-    if not spec:
-        return None
-    wanted: List[int] = []
-    for item in (s.strip() for s in spec.split(",")):
-        if not item:
-            continue
-        if item.isdigit():
-            wanted.append(int(item))
-            continue
-        ids = [t.id for t in capture.threads.values() if t.name == item]
-        if not ids:
-            names = ", ".join(f"{t.id} ({t.name or '?'})" for t in capture.threads.values()) or "none"
-            raise CytoolError(f"{capture.path}: no thread named {item!r}", hint=f"threads recorded: {names}", exit_code=2)
-        wanted.extend(ids)
-    return wanted
-
-
 def handle(args: argparse.Namespace) -> int:
-    from cytool.analysis import analyze
+    from cytool.analysis import analyze, select_threads
     from cytool.capture import read_capture
 
     fmt = args.format
@@ -109,7 +91,7 @@ def handle(args: argparse.Namespace) -> int:
     with read_capture(args.capture) as capture:
         profile = analyze(
             capture,
-            threads=_threads(args.threads, capture),
+            threads=select_threads(args.threads, capture),
             temporary_window=args.temporary_window,
             native_frames=args.native,
             runner_frames=args.runner_frames,

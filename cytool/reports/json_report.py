@@ -55,7 +55,20 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             "truncated": profile.truncated,
             "truncation_message": profile.truncation_message,
             "dropped_events": profile.dropped_events,
-            "warnings": list(profile.symbol_warnings),
+            "missing_events": profile.missing_events,
+            "lost_events": profile.lost_events,
+            "write_losses": [
+                {"from_ns": l.from_ns, "until_ns": l.until_ns, "events": l.events, "frames": l.frames, "reason": l.reason}
+                for l in profile.write_losses
+            ],
+            "takeovers": [
+                {"time_ns": t.time_ns, "what": t.what, "object": t.object, "function": t.function, "target": t.target,
+                 "state": t.state}
+                for t in profile.takeovers
+            ],
+            "max_frames": profile.max_frames,
+            "cut_stacks": {"events": profile.cut_events, "bytes": profile.cut_bytes, "most_frames_cut": profile.cut_most},
+            "warnings": profile.warnings(),
         },
         "totals": totals,
         "kinds": {kind: {"count": count, "bytes": nbytes} for kind, (count, nbytes) in sorted(profile.kinds.items())},

@@ -6,7 +6,8 @@ from typing import Optional, Union
 
 from rich.console import Console
 
-from cytool.analysis import load_profile
+from cytool.analysis import analyze, select_threads
+from cytool.capture import read_capture
 from cytool.reports import html
 from cytool.reports.table import print_table
 
@@ -16,13 +17,17 @@ def html_path_for(capture_path: Path) -> Path:
     return capture_path.with_suffix(".html") if capture_path.suffix else capture_path.with_name(capture_path.name + ".html")
 
 
-def print_profile_summary(capture_path: Union[str, Path], console: Optional[Console] = None, *, limit: int = 10) -> Optional[Path]:
+def print_profile_summary(
+    capture_path: Union[str, Path], console: Optional[Console] = None, *, limit: int = 10, threads: Optional[str] = None
+) -> Optional[Path]:
     """Print the top lines of a capture and write its HTML report beside it; returns the
-    HTML path (None when it could not be written: said on the console). Raises
-    CytoolError for an unreadable capture."""
+    HTML path (None when it could not be written: said on the console). `threads`: only
+    those (comma-separated names or ids, as `cytool report --threads`). Raises
+    CytoolError for an unreadable capture or an unknown thread."""
     capture_path = Path(capture_path)
     console = console or Console()
-    profile = load_profile(capture_path)
+    with read_capture(capture_path) as capture:
+        profile = analyze(capture, threads=select_threads(threads, capture))
     print_table(profile, console, limit=limit)
     out = html_path_for(capture_path)
     try:

@@ -22,7 +22,7 @@ extern "C" {
 #define CYA_API __attribute__((visibility("default")))
 
 /* The format version this reader understands (FORMAT.md). */
-#define CYA_FORMAT_VERSION 2
+#define CYA_FORMAT_VERSION 3
 
 /* Event kinds, as in FORMAT.md section 3. */
 enum cya_kind {
@@ -39,6 +39,7 @@ enum cya_kind {
     CYA_PYMEM_RAW = 11,
     CYA_PYMEM_MEM = 12,
     CYA_PYMEM_OBJ = 13,
+    CYA_MREMAP = 14, /* the new mapping of an mremap (format 3) */
     CYA_FREE = 32,
     CYA_REALLOC_FREE = 33,
     CYA_MUNMAP = 34,
@@ -60,7 +61,7 @@ enum cya_error {
 typedef struct cya_event {
     uint64_t time_ns;   /* since capture start */
     uint64_t address;
-    uint64_t size;      /* 0 for frees; MUNMAP: the length released */
+    uint64_t size;      /* 0 for frees; MUNMAP: the length of the range released */
     uint32_t stack_id;  /* 0: no stack (and always 0 for frees) */
     uint32_t thread_id; /* the tracer's thread index (cya_thread.id) */
     uint8_t kind;       /* enum cya_kind */
@@ -79,6 +80,7 @@ typedef struct cya_header {
     const char *const *argv;
     uint64_t time_resolution_ns; /* format 2: events' time unit; 0: not recorded (format 1) */
     uint32_t clock;              /* format 2: 0 exact (per-event clock read), 1 ticking */
+    uint64_t max_frames;         /* format 3: frames a stack keeps at most; 0: not recorded */
 } cya_header;
 
 typedef struct cya_object {
@@ -90,6 +92,8 @@ typedef struct cya_object {
     uint64_t nsegments;
     const uint64_t *segments; /* nsegments pairs (start, end), absolute addresses */
     int64_t unload_time_ns;   /* -1 while loaded */
+    uint64_t load_generation;   /* format 3: the load generation from which it may be mapped (0 before) */
+    uint64_t unload_generation; /* the generation from which it may be gone; UINT64_MAX while loaded */
 } cya_object;
 
 typedef struct cya_thread {
@@ -110,10 +114,31 @@ typedef struct cya_stack {
     uint64_t id;
     uint64_t nframes;
     const uint64_t *frames; /* frame words, innermost first (FORMAT.md) */
+    uint64_t generation;    /* load generation in force when captured (format 3; else 0) */
+    uint64_t cut;           /* frames dropped from the middle of a deep stack (0: none) */
+    uint64_t cut_at;        /* when cut: kept frames before the gap (the innermost ones) */
 } cya_stack;
 
+/* A LOSS record: the capture could not be written for a while (format 3). */
+typedef struct cya_loss {
+    uint64_t from_ns, until_ns; /* first failed write, first write that worked again */
+    uint64_t events, frames;    /* what was lost in between */
+    const char *reason;         /* strerror text */
+} cya_loss;
+
+/* A TAKEOVER record: another tracer replaced (or gave back) one of the tracer's hooks. */
+typedef struct cya_takeover {
+    uint64_t time_ns;
+    uint32_t what;        /* 0: a GOT/PLT slot of object `object`; 1: PyMem domain `object` (0 RAW, 1 MEM, 2 OBJ) */
+    uint32_t state;       /* 1: taken over by someone else; 0: leads to the tracer again */
+    uint64_t object;      /* object id (what 0) or domain (what 1) */
+    const char *function; /* "malloc", ... */
+    const char *target;   /* the object the slot now leads into ("" unknown) */
+} cya_takeover;
+
 typedef struct cya_status {
-    int truncated;            /* the body ended inside a frame, or a frame was unreadable */
+    int truncated;            /* events are missing: the body ends inside a frame or has no END,
+                                 a frame was damaged, batches or events are missing */
     int complete;             /* an END record was read */
     int has_stats;            /* a STATS record was read */
     uint64_t file_bytes;      /* size of the file */
@@ -124,7 +149,16 @@ typedef struct cya_status {
     uint64_t stats_events, stats_dropped, stats_stacks, stats_frames;
     uint64_t missing_stacks;    /* stack ids used by events but never defined */
     uint64_t missing_pyframes;  /* pyframe ids used by stacks but never defined */
-    const char *problem;        /* what stopped the reading early, "" when nothing */
+    const char *problem;        /* the first problem met while reading, "" when nothing */
+    /* format 3 integrity (batch gaps and repeats are found in format 2 too) */
+    uint64_t damaged_frames;    /* frames skipped: damaged, or holding a malformed record */
+    uint64_t missing_batches;   /* batches absent between the ones read (sequence gaps) */
+    uint64_t duplicate_batches; /* batches read more than once (the copies were ignored) */
+    uint64_t missing_events;    /* events the tracer recorded that are not in the file */
+    uint64_t stats_lost;        /* STATS: events recorded but never written (write errors) */
+    uint64_t last_progress_ns;  /* time of the last PROGRESS record (0: none) */
+    int live;                   /* another process holds the capture's lock: still being written */
+    const char *notes;          /* newline-separated: each damaged frame, gap, repeat ("" none) */
 } cya_status;
 
 typedef struct cya_capture cya_capture;
@@ -143,12 +177,18 @@ CYA_API const cya_object *cya_get_objects(const cya_capture *capture, size_t *co
 CYA_API const cya_thread *cya_get_threads(const cya_capture *capture, size_t *count);
 CYA_API const cya_pyframe *cya_get_pyframes(const cya_capture *capture, size_t *count);
 CYA_API const cya_stack *cya_get_stacks(const cya_capture *capture, size_t *count);
+CYA_API const cya_loss *cya_get_losses(const cya_capture *capture, size_t *count);
+CYA_API const cya_takeover *cya_get_takeovers(const cya_capture *capture, size_t *count);
 /* Lookups by id; NULL when the id was never defined. */
 CYA_API const cya_stack *cya_find_stack(const cya_capture *capture, uint64_t id);
 CYA_API const cya_pyframe *cya_find_pyframe(const cya_capture *capture, uint64_t id);
-/* The object whose segments contain addr, or NULL. (Objects unloaded and replaced at
- * the same addresses are not told apart: the one with the latest-starting segment wins.) */
+/* The object whose segments contain addr, or NULL; of several (objects unloaded and
+ * replaced at the same addresses), the one loaded last. */
 CYA_API const cya_object *cya_find_object(const cya_capture *capture, uint64_t addr);
+/* The object that held addr at load generation `generation` (FORMAT.md, "Load
+ * generations"): of the objects whose segments contain addr and that were loaded then,
+ * the latest loaded; when none was, cya_find_object's answer. */
+CYA_API const cya_object *cya_find_object_at(const cya_capture *capture, uint64_t addr, uint64_t generation);
 
 /* ---- symboliser ---------------------------------------------------------------- */
 
@@ -158,6 +198,7 @@ enum cya_frame_kind {
     CYA_FRAME_NATIVE = 1,  /* other native code with a symbol (libc, libpython, C files) */
     CYA_FRAME_PYTHON = 2,  /* an interpreter frame (PYFRAME record) */
     CYA_FRAME_UNKNOWN = 3, /* no symbol: raw address, or an undefined id */
+    CYA_FRAME_CUT = 4,     /* "… frames cut": where the middle of a deep stack was dropped */
 };
 
 typedef struct cya_location {
@@ -182,7 +223,9 @@ CYA_API void cya_symbols_close(cya_symbols *symbols);
 /* The location table. */
 CYA_API const cya_location *cya_symbols_locations(const cya_symbols *symbols, size_t *count);
 /* The symbolised frames of stack `stack_id`, innermost first, inline frames expanded,
- * Cython helper frames folded away: location indices. *count = 0 for an unknown stack. */
+ * Cython helper frames folded away, native frames resolved in the objects loaded at the
+ * stack's load generation, and one CYA_FRAME_CUT location where a deep stack's middle
+ * was dropped: location indices. *count = 0 for an unknown stack. */
 CYA_API const uint32_t *cya_symbols_stack(const cya_symbols *symbols, uint64_t stack_id, size_t *count);
 /* Newline-separated warnings (missing or changed modules), "" when none. */
 CYA_API const char *cya_symbols_warnings(const cya_symbols *symbols);
@@ -208,7 +251,9 @@ typedef struct cya_analyze_options {
  * with cya_free, or NULL on error with a message in errbuf. The document (read by
  * cytool/analysis.py, not a public format; docs/report-json.md describes the report
  * built from it): metric_names, totals, peak_time_ns, end_time_ns, events, frees,
- * unmatched_frees, replaced_blocks, temporary_window, kinds {name: [count, bytes]},
+ * unmatched_frees, replaced_blocks, temporary_window, cut_events, cut_bytes, cut_most
+ * (allocations whose stack was cut, their bytes, the most frames cut from one stack),
+ * kinds {name: [count, bytes]} (bytes: allocated; for munmap, released),
  * locations [[function, file, line, kind, object]], self and inclusive
  * [[location, metrics...]], stacks [[self location, [locations innermost first],
  * metrics]], lines [[location, self metrics, inclusive metrics, attributed metrics]]

@@ -11,10 +11,16 @@
  *   CYTOOL_PROFILE_FOLLOW_FORK=1              forked children write <path>.<pid>
  *   CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS=1  the PyMem domains too (alias CYTOOL_TRACE_PYTHON_ALLOCATORS)
  *   CYTOOL_PROFILE_NATIVE_UNWIND=1            libunwind for every stack
- *   CYTOOL_PROFILE_TIME_RESOLUTION=NS, CYTOOL_PROFILE_COMPRESSION=LEVEL (see below)
- * If `path` exists already, the capture goes to <path>.<pid> (children inherit the
- * environment: nothing is overwritten). Python frames need the cytool._cytrace extension
- * (cytool.Tracker, `cytool profile`); the environment start records native frames only.
+ *   CYTOOL_PROFILE_TIME_RESOLUTION=NS, CYTOOL_PROFILE_COMPRESSION=LEVEL,
+ *   CYTOOL_PROFILE_MAX_FRAMES=N (see below)
+ * If `path` exists already, or another process is writing it, the capture goes to
+ * <path>.<pid> (children inherit the environment: nothing is overwritten). Python frames
+ * need the cytool._cytrace extension (cytool.Tracker, `cytool profile`); the environment
+ * start records native frames only.
+ *
+ * Nothing is lost without saying so: events that cannot be recorded (no memory) or written
+ * (disk full, file size limit, I/O error: said on stderr when it happens, and writing
+ * resumes when it can) are counted in the stats and the capture (runtime/FORMAT.md).
  */
 #ifndef CYTRACE_H
 #define CYTRACE_H
@@ -49,6 +55,7 @@ enum cytrace_kind {
     CYTRACE_PYMEM_RAW = 11,
     CYTRACE_PYMEM_MEM = 12,
     CYTRACE_PYMEM_OBJ = 13,
+    CYTRACE_MREMAP = 14,
     CYTRACE_FREE = 32,
     CYTRACE_REALLOC_FREE = 33,
     CYTRACE_MUNMAP = 34,
@@ -59,14 +66,16 @@ enum cytrace_kind {
 
 struct cytrace_stats {
     uint64_t events;          /* events recorded */
-    uint64_t dropped;         /* events lost (out of memory, stack table full, stop timeout) */
+    uint64_t dropped;         /* events that could not be recorded (out of memory) */
     uint64_t stacks;          /* distinct stacks defined */
     uint64_t frames_flushed;  /* LZ4 frames written */
     uint64_t bytes_written;   /* capture bytes written so far */
+    uint64_t lost;            /* events recorded but not written (write errors, stop timeout) */
 };
 
-/* Start tracing into `path` (created or truncated). Returns 0, or -1 with errno set
- * (EBUSY when already tracing); cytrace_last_error() then says why. */
+/* Start tracing into `path` (created, or emptied: it is locked while tracing). Returns 0,
+ * or -1 with errno set (EBUSY when already tracing, EAGAIN when another process is tracing
+ * into `path`); cytrace_last_error() then says why. */
 CYTRACE_API int cytrace_start(const char *path, unsigned options);
 
 /* Stop tracing: restore the GOT slots, flush every thread, write STATS and END, close the
@@ -86,6 +95,13 @@ CYTRACE_API int cytrace_stop(void);
 #define CYTRACE_DEFAULT_TIME_RESOLUTION_NS 1000000ull
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);
 CYTRACE_API void cytrace_set_compression_level(int level);
+/* The most frames a stack keeps (native and Python together; 16 .. 65536, default 1024).
+ * A deeper stack keeps its innermost frames and its outermost quarter; the capture says
+ * how many were cut (FORMAT.md, STACK). */
+#define CYTRACE_DEFAULT_MAX_FRAMES 1024
+#define CYTRACE_MIN_MAX_FRAMES 16
+#define CYTRACE_MAX_MAX_FRAMES 65536
+CYTRACE_API void cytrace_set_max_frames(int frames);
 
 CYTRACE_API int cytrace_is_active(void);
 /* The capture path of the running (or last) session, "" if none. */
@@ -105,11 +121,17 @@ CYTRACE_API void cytrace_guard_exit(int previous);
  * is the caller's return address (the innermost frame). No-op when not tracing or guarded. */
 CYTRACE_API void cytrace_record(int kind, uintptr_t address, size_t size, void *return_address);
 
-/* Python frames: the callback fills `words` with frame words (pyframe_id << 1 | 1),
- * innermost first, and returns how many. It runs inside the allocation hook with the
+/* Python frames: the callback sets *depth to the number of Python frames of the calling
+ * thread, fills `words` with at most `max` of their frame words (pyframe_id << 1 | 1),
+ * innermost first, after skipping the `skip` innermost ones, and returns how many it
+ * wrote (`words` may be NULL when max is 0). It runs inside the allocation hook with the
  * guard held and must neither block nor call into Python. */
-typedef int (*cytrace_pyframes_fn)(uint64_t *words, int max);
-CYTRACE_API void cytrace_set_pyframes_callback(cytrace_pyframes_fn fn);
+typedef int (*cytrace_pyframes_fn)(uint64_t *words, int max, int skip, int *depth);
+CYTRACE_API void cytrace_set_pyframes_source(cytrace_pyframes_fn fn);
+
+/* The name of the thread with OS thread id `tid` (Python's threading name), used instead
+ * of its native name from its next flush on; NULL or "" forgets it. */
+CYTRACE_API void cytrace_name_thread(long tid, const char *name);
 
 /* Map a caller-chosen 64-bit key (non-zero) to a small pyframe id, lock-free. *is_new is
  * set when this call created the id: the caller must then define it with

@@ -6,14 +6,19 @@
  *    calls pyframes() to turn it into frame words. That callback never calls into the
  *    interpreter: it reads the shadow stack of its own thread and the line of a suspended
  *    frame (PyFrame_GetLineNumber, a pure read), so it is safe without the GIL.
+ *  - thread names: every Python thread's name (threading.Thread.name) is handed to the
+ *    tracer by its OS thread id, at start, when a thread starts, and at stop (renames);
  *  - the PyMem domains (trace_python_allocators) are wrapped by libcytrace itself
  *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <errno.h>
 #include <frameobject.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "cytrace.h"
 
@@ -170,13 +175,20 @@ static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
     return 0;
 }
 
-/* Make the shadow stack describe `frame` and its callers (outermost first). */
+/* Make the shadow stack describe `frame` and its callers (outermost first), however deep. */
 static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
     shadow_pop_to(s, 0);
-    PyFrameObject *chain[256];
-    int depth = 0;
+    int depth = 0, cap = 0;
+    PyFrameObject **chain = NULL;
     Py_XINCREF(frame);
-    while (frame != NULL && depth < 256) {
+    while (frame != NULL) {
+        if (depth == cap) {
+            int more = cap ? cap * 2 : 256;
+            PyFrameObject **n = PyMem_RawRealloc(chain, (size_t)more * sizeof *n);
+            if (n == NULL) break;
+            chain = n;
+            cap = more;
+        }
         chain[depth++] = frame;
         frame = PyFrame_GetBack(frame);
     }
@@ -185,6 +197,7 @@ static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
         shadow_push(s, chain[i]);
         Py_DECREF(chain[i]); /* the shadow stack holds its own reference */
     }
+    PyMem_RawFree(chain);
 }
 
 static shadow_stack *thread_shadow(PyFrameObject *seed_from) {
@@ -227,13 +240,16 @@ static int profile_fn(PyObject *obj, PyFrameObject *frame, int what, PyObject *a
     return 0;
 }
 
-/* The tracer's callback: runs inside an allocation hook, guard held, maybe without the GIL. */
-static int pyframes(uint64_t *words, int max) {
+/* The tracer's callback (cytrace_pyframes_fn): runs inside an allocation hook, guard
+ * held, maybe without the GIL. */
+static int pyframes(uint64_t *words, int max, int skip, int *depth) {
     shadow_stack *s = tls_shadow;
+    *depth = 0;
     if (s == NULL || !frames_on || s->generation != frames_generation) return 0;
     int n = __atomic_load_n(&s->n, __ATOMIC_ACQUIRE);
+    *depth = n;
     int k = 0;
-    for (int i = n - 1; i >= 0 && k < max; i--) {
+    for (int i = n - 1 - skip; i >= 0 && k < max; i--) {
         shadow_entry *e = &s->entries[i];
         if (i != n - 1 && e->cached_id != 0) {
             words[k++] = ((uint64_t)e->cached_id << 1) | 1;
@@ -258,11 +274,53 @@ static int pyframes(uint64_t *words, int max) {
     return k;
 }
 
+/* ---- thread names ---------------------------------------------------------------------- */
+
+/* Hand the tracer the name of Python thread object `thread` (its native_id names it). */
+static void name_thread(PyObject *thread, long fallback_tid) {
+    PyObject *name = PyObject_GetAttrString(thread, "name");
+    PyObject *native = PyObject_GetAttrString(thread, "native_id");
+    long tid = native != NULL && PyLong_Check(native) ? PyLong_AsLong(native) : fallback_tid;
+    const char *text = name != NULL && PyUnicode_Check(name) ? PyUnicode_AsUTF8(name) : NULL;
+    if (text != NULL && tid > 0) cytrace_name_thread(tid, text);
+    Py_XDECREF(name);
+    Py_XDECREF(native);
+    PyErr_Clear();
+}
+
+/* Every Python thread's name (threading._active: the threads threading knows as started). */
+static void name_all_threads(void) {
+    int guard = cytrace_guard_enter();
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *active = threading ? PyObject_GetAttrString(threading, "_active") : NULL;
+    PyObject *threads = active && PyDict_Check(active) ? PyDict_Values(active) : NULL;
+    for (Py_ssize_t i = 0; threads != NULL && i < PyList_GET_SIZE(threads); i++)
+        name_thread(PyList_GET_ITEM(threads, i), 0);
+    Py_XDECREF(threads);
+    Py_XDECREF(active);
+    Py_XDECREF(threading);
+    PyErr_Clear();
+    cytrace_guard_exit(guard);
+}
+
+/* The calling thread's name, as threading knows it (a thread that is starting). */
+static void name_current_thread(void) {
+    int guard = cytrace_guard_enter();
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *current = threading ? PyObject_CallMethod(threading, "current_thread", NULL) : NULL;
+    if (current != NULL) name_thread(current, (long)syscall(SYS_gettid));
+    Py_XDECREF(current);
+    Py_XDECREF(threading);
+    PyErr_Clear();
+    cytrace_guard_exit(guard);
+}
+
 /* threading.setprofile() hook: the first event of a new thread installs the C profiler. */
 static PyObject *thread_bootstrap(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *frame, *event, *arg;
     if (!PyArg_ParseTuple(args, "OOO", &frame, &event, &arg)) return NULL;
+    if (cytrace_is_active()) name_current_thread();
     if (frames_on) {
         PyEval_SetProfile(profile_fn, NULL);
         if (PyFrame_Check(frame)) {
@@ -301,7 +359,7 @@ static int frames_start(void) {
     frames_generation++;
     if (frames_generation == 0) frames_generation = 1;
     frames_on = 1;
-    cytrace_set_pyframes_callback(pyframes);
+    cytrace_set_pyframes_source(pyframes);
     PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
     if (hook == NULL) return -1;
     int r = call_threading("setprofile", hook);
@@ -335,23 +393,25 @@ static void frames_stop(void) {
 static PyObject *stats_dict(void) {
     struct cytrace_stats s;
     cytrace_get_stats(&s);
-    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K}", "events", (unsigned long long)s.events, "dropped",
+    return Py_BuildValue("{s:K,s:K,s:K,s:K,s:K,s:K}", "events", (unsigned long long)s.events, "dropped",
                          (unsigned long long)s.dropped, "stacks", (unsigned long long)s.stacks, "frames",
-                         (unsigned long long)s.frames_flushed, "bytes", (unsigned long long)s.bytes_written);
+                         (unsigned long long)s.frames_flushed, "bytes", (unsigned long long)s.bytes_written, "lost",
+                         (unsigned long long)s.lost);
 }
 
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind",
-                               "time_resolution_ns", "compression_level", NULL};
+                               "time_resolution_ns", "compression_level", "max_frames", NULL};
     PyObject *path_obj;
-    int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0;
+    int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0, max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
     unsigned long long resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKi", keywords, PyUnicode_FSConverter, &path_obj, &follow,
-                                     &pymem, &frames, &native_unwind, &resolution, &compression))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKii", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+                                     &pymem, &frames, &native_unwind, &resolution, &compression, &max_frames))
         return NULL;
     cytrace_set_time_resolution((uint64_t)resolution);
     cytrace_set_compression_level(compression);
+    cytrace_set_max_frames(max_frames);
     if (cytrace_is_active()) {
         Py_DECREF(path_obj);
         PyErr_Format(PyExc_RuntimeError, "already tracing into %s", cytrace_path());
@@ -370,10 +430,17 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
         Py_DECREF(path_obj);
         return NULL;
     }
+    name_all_threads();
     if (cytrace_start(PyBytes_AS_STRING(path_obj), options) != 0) {
+        int error = errno;
         cytrace_pymem_uninstall();
         frames_stop();
-        PyErr_Format(PyExc_OSError, "cannot start tracing: %s", cytrace_last_error());
+        /* OSError(errno, message): EAGAIN when another process traces into the path */
+        PyObject *value = Py_BuildValue("(is)", error, cytrace_last_error());
+        if (value != NULL) {
+            PyErr_SetObject(PyExc_OSError, value);
+            Py_DECREF(value);
+        }
         Py_DECREF(path_obj);
         return NULL;
     }
@@ -384,6 +451,7 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
 static PyObject *py_stop(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
+    if (cytrace_is_active()) name_all_threads(); /* names given since they started */
     int was_active = cytrace_stop() == 0;
     frames_stop();
     if (!was_active) Py_RETURN_NONE;
@@ -425,13 +493,14 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
      "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
-     "      time_resolution_ns=1000000, compression_level=0)\n"
-     "Start tracing every allocation of this process into the capture file `path`."},
+     "      time_resolution_ns=1000000, compression_level=0, max_frames=1024)\n"
+     "Start tracing every allocation of this process into the capture file `path`.\n"
+     "OSError(EAGAIN) when another process is tracing into `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},
     {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
-    {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes"},
+    {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes, lost"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -445,5 +514,8 @@ PyMODINIT_FUNC PyInit__cytrace(void) {
     if (m == NULL) return NULL;
     PyModule_AddIntConstant(m, "FOLLOW_FORK", CYTRACE_FOLLOW_FORK);
     PyModule_AddObject(m, "DEFAULT_TIME_RESOLUTION_NS", PyLong_FromUnsignedLongLong(CYTRACE_DEFAULT_TIME_RESOLUTION_NS));
+    PyModule_AddIntConstant(m, "DEFAULT_MAX_FRAMES", CYTRACE_DEFAULT_MAX_FRAMES);
+    PyModule_AddIntConstant(m, "MIN_MAX_FRAMES", CYTRACE_MIN_MAX_FRAMES);
+    PyModule_AddIntConstant(m, "MAX_MAX_FRAMES", CYTRACE_MAX_MAX_FRAMES);
     return m;
 }

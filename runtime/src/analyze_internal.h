@@ -74,6 +74,7 @@ typedef struct cya_profile {
     size_t nlines;
     uint64_t peak_time_ns, peak_event;
     uint64_t frees, unmatched_frees, replaced_blocks;
+    uint64_t cut_events, cut_bytes, cut_most; /* allocations whose stack was cut, and the most frames cut */
     uint64_t kind_count[64], kind_bytes[64];
     uint32_t temporary_window;
 
@@ -87,6 +88,18 @@ static inline const cya_location *cya_profile_location(const cya_profile *p, uin
 {
     return index < p->nsymlocs ? &p->locs[index] : &p->pseudo[index - p->nsymlocs];
 }
+
+/* analyze_mappings.c: the live mappings by address range. A release reports each piece
+ * it covers through a cya_release_fn (0 from it: out of memory). */
+typedef struct cya_mappings cya_mappings;
+typedef int (*cya_release_fn)(void *ctx, uint32_t alloc, uint64_t bytes);
+cya_mappings *cya_mappings_new(void);
+void cya_mappings_free(cya_mappings *m);
+size_t cya_mappings_count(const cya_mappings *m);
+/* Release [start, end): 1 if it covered anything, 0 if nothing, -1 out of memory. */
+int cya_mappings_release(cya_mappings *m, uint64_t start, uint64_t end, cya_release_fn fn, void *ctx);
+/* Map [start, end) for allocation `alloc`, releasing what it covers first (as release). */
+int cya_mappings_add(cya_mappings *m, uint64_t start, uint64_t end, uint32_t alloc, cya_release_fn fn, void *ctx);
 
 /* analyze_replay.c: 1 on success, 0 with a message in errbuf. */
 int cya_profile_build(cya_profile *p, const cya_capture *capture, const cya_symbols *symbols,

@@ -14,13 +14,13 @@ static const char *const KIND_NAMES[64] = {
     [CYA_MALLOC] = "malloc", [CYA_CALLOC] = "calloc", [CYA_REALLOC] = "realloc",
     [CYA_REALLOCARRAY] = "reallocarray", [CYA_POSIX_MEMALIGN] = "posix_memalign",
     [CYA_ALIGNED_ALLOC] = "aligned_alloc", [CYA_MEMALIGN] = "memalign", [CYA_VALLOC] = "valloc",
-    [CYA_PVALLOC] = "pvalloc", [CYA_MMAP] = "mmap", [CYA_PYMEM_RAW] = "pymem_raw",
+    [CYA_PVALLOC] = "pvalloc", [CYA_MMAP] = "mmap", [CYA_MREMAP] = "mremap", [CYA_PYMEM_RAW] = "pymem_raw",
     [CYA_PYMEM_MEM] = "pymem_mem", [CYA_PYMEM_OBJ] = "pymem_obj", [CYA_FREE] = "free",
     [CYA_REALLOC_FREE] = "realloc_free", [CYA_MUNMAP] = "munmap", [CYA_PYMEM_RAW_FREE] = "pymem_raw_free",
     [CYA_PYMEM_MEM_FREE] = "pymem_mem_free", [CYA_PYMEM_OBJ_FREE] = "pymem_obj_free",
 };
 
-static const char *const FRAME_KIND_NAMES[] = {"pyx", "native", "python", "unknown"};
+static const char *const FRAME_KIND_NAMES[] = {"pyx", "native", "python", "unknown", "cut"};
 
 typedef struct out {
     char *buf;
@@ -111,6 +111,8 @@ static void serialise(out *o, const cya_profile *p)
     putf(o, ",\"frees\":%" PRIu64 ",\"unmatched_frees\":%" PRIu64 ",\"replaced_blocks\":%" PRIu64
             ",\"temporary_window\":%u",
          p->frees, p->unmatched_frees, p->replaced_blocks, p->temporary_window);
+    putf(o, ",\n\"cut_events\":%" PRIu64 ",\"cut_bytes\":%" PRIu64 ",\"cut_most\":%" PRIu64, p->cut_events,
+         p->cut_bytes, p->cut_most);
     puts_(o, ",\n\"kinds\":{");
     int first = 1;
     for (int k = 0; k < 64; k++) {
@@ -128,7 +130,7 @@ static void serialise(out *o, const cya_profile *p)
         put_string(o, l->function);
         put(o, ",", 1);
         put_string(o, l->file);
-        putf(o, ",%u,\"%s\",", l->line, FRAME_KIND_NAMES[l->kind < 4 ? l->kind : 3]);
+        putf(o, ",%u,\"%s\",", l->line, FRAME_KIND_NAMES[l->kind <= CYA_FRAME_CUT ? l->kind : CYA_FRAME_UNKNOWN]);
         put_string(o, l->object);
         put(o, "]", 1);
     }

@@ -6,7 +6,9 @@
  * Owns the metrics' definitions:
  *  - allocated: every allocation event (realloc counts its new block);
  *  - peak: blocks live at the moment total live bytes (of the selected threads) was
- *    highest; a second, linear pass over the allocations finds which ones;
+ *    highest; a second, linear pass over the allocations finds which ones. When live
+ *    bytes reach the same high-water mark again later, the first moment wins (the peak
+ *    is the first event after which live bytes were at their maximum);
  *  - leaked: blocks still live when the capture ends;
  *  - temporary: blocks freed by the thread that allocated them within
  *    `temporary_window` of that thread's later events (a block that realloc moves
@@ -14,8 +16,9 @@
  * Events at address 0 (failed allocations, free(NULL)) are skipped.
  * Heap, mmap and each PyMem domain are separate address spaces. A free of an unknown
  * address (allocated before tracing) is counted and ignored; an allocation over a live
- * block ends that block (its free was not seen). munmap of a mapping's start releases
- * the whole mapping.
+ * block ends that block (its free was not seen). Mappings are accounted by address range
+ * (analyze_mappings.c): a munmap releases exactly the bytes it covers, so a mapping may
+ * be live, at the peak and leaked in part; it counts as freed once nothing of it is left.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -122,12 +125,20 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
             free(buf);
             return 0;
         }
-        size_t m = 0;
-        for (size_t j = 0; j < n; j++)
-            if (keep_native || user_frame(&p->locs[f[j]]))
+        size_t m = 0, users = 0;
+        for (size_t j = 0; j < n; j++) {
+            int user = user_frame(&p->locs[f[j]]);
+            users += user;
+            if (keep_native || user || p->locs[f[j]].kind == CYA_FRAME_CUT)
                 buf[m++] = f[j];
-        if (!m && n) /* no user frame at all: keep the innermost one */
+        }
+        if (!users && n && !keep_native) { /* no user frame at all: the innermost one (and any cut) */
+            size_t cuts = m;
+            m = 0;
             buf[m++] = f[0];
+            if (cuts && f[0] != buf[cuts - 1])
+                buf[m++] = buf[cuts - 1];
+        }
         if (runner) {
             /* cut from the first launcher frame outside the outermost .pyx frame */
             size_t outer = 0;
@@ -262,6 +273,90 @@ static cya_thread_metrics *thread_metrics(cya_profile *p, cya_map *index, uint64
     return &p->threads[p->nthreads - 1];
 }
 
+/* ---- mappings: released by address range (analyze_mappings.c) -------------------- */
+
+static int is_mapping(unsigned kind) { return kind == CYA_MMAP || kind == CYA_MREMAP || kind == CYA_MUNMAP; }
+
+typedef struct mapping_info {
+    uint32_t alloc;
+    uint64_t remaining;        /* bytes of it still mapped */
+    uint64_t released_by_peak; /* pass 2 */
+} mapping_info;
+
+typedef struct release_entry {
+    uint32_t info, event;
+    uint64_t bytes;
+} release_entry;
+
+/* The replay's state that a released piece of a mapping updates. */
+typedef struct replay {
+    cya_profile *p;
+    const cya_capture *c;
+    const cya_map *selected;
+    int filter;
+    const uint32_t *alloc_event, *alloc_ord, *alloc_stack;
+    uint32_t *alloc_free;
+    cya_map info_index; /* allocation -> mapping_info */
+    mapping_info *infos;
+    size_t ninfos, cap_infos;
+    release_entry *log;
+    size_t nlog, cap_log;
+    uint64_t *live;
+    /* the releasing event */
+    uint32_t event, thread;
+    uint64_t ord, released;
+    int may_be_temporary;
+} replay;
+
+static int thread_selected(const replay *r, uint64_t thread)
+{
+    return !r->filter || cya_map_get(r->selected, thread) != NULL;
+}
+
+static int on_release(void *ctx, uint32_t alloc, uint64_t bytes)
+{
+    replay *r = ctx;
+    uint32_t *slot = cya_map_get(&r->info_index, alloc);
+    if (!slot || !bytes)
+        return 1;
+    mapping_info *info = &r->infos[*slot];
+    if (bytes > info->remaining)
+        bytes = info->remaining;
+    info->remaining -= bytes;
+    release_entry entry = {*slot, r->event, bytes};
+    if (!CYA_PUSH(r->log, r->nlog, r->cap_log, entry))
+        return 0;
+    const cya_event *ae = &r->c->events[r->alloc_event[alloc]];
+    if (!thread_selected(r, ae->thread_id))
+        return 1;
+    *r->live -= bytes;
+    r->released += bytes;
+    if (info->remaining == 0) { /* nothing of it is left */
+        r->alloc_free[alloc] = r->event;
+        r->p->frees++;
+        if (r->may_be_temporary && ae->thread_id == r->thread && r->ord - r->alloc_ord[alloc] <= r->p->temporary_window) {
+            cya_metrics *m = &r->p->stacks[r->alloc_stack[alloc]].m;
+            m->temp_count++;
+            m->temp_bytes += ae->size;
+        }
+    }
+    return 1;
+}
+
+/* Is the munmap at event i the first half of an mremap (its thread's next event)? */
+static int before_mremap(const cya_capture *c, size_t i)
+{
+    for (size_t j = i + 1; j < c->nevents && j < i + 16; j++)
+        if (c->events[j].thread_id == c->events[i].thread_id)
+            return c->events[j].kind == CYA_MREMAP;
+    return 0;
+}
+
+static uint64_t range_end(uint64_t start, uint64_t size)
+{
+    return size > UINT64_MAX - start ? UINT64_MAX : start + size;
+}
+
 int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *symbols,
                       const cya_analyze_options *options, char *errbuf, size_t errlen)
 {
@@ -276,6 +371,9 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
 
     cya_map selected = {0}, thread_slots = {0}, blocks = {0}, tstate = {0};
     uint32_t *alloc_event = NULL, *alloc_ord = NULL, *alloc_free = NULL, *alloc_stack = NULL;
+    cya_mappings *mappings = cya_mappings_new();
+    replay rp;
+    memset(&rp, 0, sizeof rp);
     uint64_t *ordinals = NULL;
     size_t nordinals = 0, cap_ordinals = 0;
     int ok = 0;
@@ -308,14 +406,16 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     alloc_ord = malloc((nallocs ? nallocs : 1) * sizeof *alloc_ord);
     alloc_free = malloc((nallocs ? nallocs : 1) * sizeof *alloc_free);
     alloc_stack = malloc((nallocs ? nallocs : 1) * sizeof *alloc_stack);
-    if (!alloc_event || !alloc_ord || !alloc_free || !alloc_stack)
+    if (!alloc_event || !alloc_ord || !alloc_free || !alloc_stack || !mappings)
         FAIL("out of memory for the allocation table");
 
     uint64_t live = 0, peak = 0, step = c->nevents / TIMELINE_POINTS + 1;
     size_t k = 0;
-    uint64_t last_thread = UINT64_MAX, last_raw_stack = UINT64_MAX;
+    uint64_t last_thread = UINT64_MAX, last_raw_stack = UINT64_MAX, last_cut = 0;
     uint32_t tslot = 0, last_stack = 0;
     int last_selected = 1;
+    rp = (replay){.p = p, .c = c, .selected = &selected, .filter = filter, .alloc_event = alloc_event,
+                  .alloc_ord = alloc_ord, .alloc_stack = alloc_stack, .alloc_free = alloc_free, .live = &live};
     for (size_t i = 0; i < c->nevents; i++) {
         const cya_event *e = &c->events[i];
         if (e->thread_id != last_thread) {
@@ -334,14 +434,28 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         if (!e->address) /* a failed allocation, or free(NULL) / realloc(NULL, n)'s free */
             goto sample;
         uint64_t key = cya_block_key(e->kind, e->address);
+        uint32_t *old;
         if (e->kind < CYA_FREE) {
             if (e->stack_id != last_raw_stack) {
                 uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
                 last_stack = slot ? *slot : e->stack_id ? unknown_stack : no_stack;
                 last_raw_stack = e->stack_id;
+                const cya_stack *raw = slot ? cya_find_stack(c, e->stack_id) : NULL;
+                last_cut = raw ? raw->cut : 0;
             }
-            uint32_t *old = cya_map_get(&blocks, key);
-            if (old) { /* its free was never seen */
+            if (is_mapping(e->kind)) {
+                mapping_info info = {(uint32_t)k, e->size, 0};
+                if (!CYA_PUSH(rp.infos, rp.ninfos, rp.cap_infos, info) ||
+                    !cya_map_put(&rp.info_index, (uint32_t)k, (uint32_t)(rp.ninfos - 1)))
+                    FAIL("out of memory for the mapping table");
+                rp.event = (uint32_t)i;
+                rp.thread = e->thread_id;
+                rp.ord = ord;
+                rp.may_be_temporary = 0; /* a mapping over a live range: not a free of the program's */
+                if (cya_mappings_add(mappings, e->address, range_end(e->address, e->size), (uint32_t)k, on_release,
+                                     &rp) < 0)
+                    FAIL("out of memory for the mapping table");
+            } else if ((old = cya_map_get(&blocks, key))) { /* its free was never seen */
                 const cya_event *oe = &c->events[alloc_event[*old]];
                 alloc_free[*old] = (uint32_t)i;
                 p->replaced_blocks++;
@@ -360,6 +474,12 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
                 cya_metrics *m = &p->stacks[last_stack].m;
                 m->bytes += e->size;
                 m->count++;
+                if (last_cut) {
+                    p->cut_events++;
+                    p->cut_bytes += e->size;
+                    if (last_cut > p->cut_most)
+                        p->cut_most = last_cut;
+                }
                 p->kind_count[e->kind & 63]++;
                 p->kind_bytes[e->kind & 63] += e->size;
                 live += e->size;
@@ -368,6 +488,21 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
                     p->peak_event = i;
                     p->peak_time_ns = e->time_ns;
                 }
+            }
+        } else if (is_mapping(e->kind)) {
+            rp.event = (uint32_t)i;
+            rp.thread = e->thread_id;
+            rp.ord = ord;
+            rp.released = 0;
+            rp.may_be_temporary = !before_mremap(c, i);
+            int found = cya_mappings_release(mappings, e->address, range_end(e->address, e->size), on_release, &rp);
+            if (found < 0)
+                FAIL("out of memory for the mapping table");
+            if (!found)
+                p->unmatched_frees++;
+            if (last_selected) {
+                p->kind_count[e->kind & 63]++;
+                p->kind_bytes[e->kind & 63] += rp.released;
             }
         } else {
             uint32_t *slot = cya_map_get(&blocks, key);
@@ -400,18 +535,38 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         }
     }
 
-    /* second pass: who was live at the peak, and at the end */
+    /* second pass: who was live at the peak, and at the end (a mapping: how much of it) */
+    for (size_t j = 0; j < rp.nlog; j++)
+        if (rp.log[j].event <= p->peak_event)
+            rp.infos[rp.log[j].info].released_by_peak += rp.log[j].bytes;
     for (size_t a = 0; a < k; a++) {
         const cya_event *e = &c->events[alloc_event[a]];
         if (filter && !cya_map_get(&selected, e->thread_id))
             continue;
         cya_metrics *m = &p->stacks[alloc_stack[a]].m;
-        if (peak && alloc_event[a] <= p->peak_event && (alloc_free[a] == NEVER || alloc_free[a] > p->peak_event)) {
-            m->peak_bytes += e->size;
+        uint64_t peak_bytes, end_bytes;
+        int at_peak, at_end;
+        if (is_mapping(e->kind)) {
+            uint32_t *slot = cya_map_get(&rp.info_index, (uint32_t)a);
+            const mapping_info *info = slot ? &rp.infos[*slot] : NULL;
+            peak_bytes = info && peak && alloc_event[a] <= p->peak_event
+                             ? e->size - (info->released_by_peak < e->size ? info->released_by_peak : e->size)
+                             : 0;
+            end_bytes = info ? info->remaining : 0;
+            at_peak = peak_bytes > 0;
+            at_end = end_bytes > 0;
+        } else {
+            at_peak = peak && alloc_event[a] <= p->peak_event && (alloc_free[a] == NEVER || alloc_free[a] > p->peak_event);
+            at_end = alloc_free[a] == NEVER;
+            peak_bytes = at_peak ? e->size : 0;
+            end_bytes = at_end ? e->size : 0;
+        }
+        if (at_peak) {
+            m->peak_bytes += peak_bytes;
             m->peak_count++;
         }
-        if (alloc_free[a] == NEVER) {
-            m->leaked_bytes += e->size;
+        if (at_end) {
+            m->leaked_bytes += end_bytes;
             m->leaked_count++;
         }
         cya_thread_metrics *t = thread_metrics(p, &thread_slots, e->thread_id);
@@ -419,8 +574,8 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
             FAIL("out of memory");
         t->m.bytes += e->size;
         t->m.count++;
-        if (alloc_free[a] == NEVER) {
-            t->m.leaked_bytes += e->size;
+        if (at_end) {
+            t->m.leaked_bytes += end_bytes;
             t->m.leaked_count++;
         }
     }
@@ -463,6 +618,10 @@ done:
     cya_map_free(&thread_slots);
     cya_map_free(&blocks);
     cya_map_free(&tstate);
+    cya_map_free(&rp.info_index);
+    free(rp.infos);
+    free(rp.log);
+    cya_mappings_free(mappings);
     free(alloc_event);
     free(alloc_ord);
     free(alloc_free);

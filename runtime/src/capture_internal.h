@@ -147,6 +147,7 @@ static inline uint64_t cya_domain_of(unsigned kind)
 {
     switch (kind) {
     case CYA_MMAP:
+    case CYA_MREMAP:
     case CYA_MUNMAP:
         return 1;
     case CYA_PYMEM_RAW:
@@ -170,9 +171,10 @@ static inline uint64_t cya_block_key(unsigned kind, uint64_t address)
 }
 
 /* Where one BATCH's events start in its thread's run, and its place in the thread's
- * order (format 2: the batch sequence number; format 1: its start time). */
+ * order (formats 2 and 3: the batch sequence number; format 1: its start time). */
 typedef struct cya_batch_ref {
     uint64_t seq;
+    uint64_t first; /* format 3: the thread's ordinal of the batch's first event */
     size_t start, len;
 } cya_batch_ref;
 
@@ -182,12 +184,28 @@ typedef struct cya_run {
     size_t len, cap;
     cya_batch_ref *batches;
     size_t nbatches, cap_batches;
+    uint64_t progress; /* the most events a PROGRESS record says the thread had recorded */
 } cya_run;
+
+/* What putting a run's batches in order found (capture_merge.c). */
+typedef struct cya_run_order {
+    uint64_t duplicates, duplicate_events; /* batches read again (dropped) */
+    uint64_t gaps, missing_batches;        /* runs of absent sequence numbers, batches in them */
+    uint64_t missing_events;               /* format 3: events in the gaps, before the first
+                                              batch and after the last (PROGRESS) */
+    uint64_t tail_events;                  /* of those, after the last batch */
+    uint64_t first_gap_from, first_gap_to; /* the first gap: sequence numbers [from, to] */
+} cya_run_order;
 
 typedef struct cya_capture cya_capture;
 
-/* Merge the runs (one per c->threads entry) into c->events (capture_merge.c). Takes the
- * runs' event arrays. 0 when out of memory. */
+/* Put a run's batches in their recorded order, drop repeated batches and find the gaps
+ * (formats 2 and 3: by sequence number; `ordinals`: format 3, events counted too).
+ * 0 when out of memory. */
+int cya_order_run(cya_run *rn, int by_sequence, int ordinals, cya_run_order *found);
+
+/* Merge the ordered runs (one per c->threads entry) into c->events (capture_merge.c).
+ * Takes the runs' event arrays. 0 when out of memory. */
 int cya_merge_runs(cya_capture *c, cya_run *runs);
 
 struct cya_capture {
@@ -207,6 +225,12 @@ struct cya_capture {
     size_t npyframes, cap_pyframes;
     cya_stack *stacks;
     size_t nstacks, cap_stacks;
+    cya_loss *losses;
+    size_t nlosses, cap_losses;
+    cya_takeover *takeovers;
+    size_t ntakeovers, cap_takeovers;
+    char *notes; /* newline-separated (status.notes) */
+    size_t notes_len, notes_cap, nnotes;
 
     cya_map object_index;  /* object id -> index in objects */
     cya_map thread_index;  /* thread id -> index in threads */
@@ -216,6 +240,7 @@ struct cya_capture {
     /* objects sorted by segment start, for address lookups */
     struct cya_segment_ref { uint64_t start, end; uint32_t object; } *segrefs;
     size_t nsegrefs;
+    uint64_t longest_segment; /* bounds the look-back of address lookups */
 };
 
 #endif

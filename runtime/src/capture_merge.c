@@ -1,7 +1,8 @@
 /* capture_merge.c: one order for the events of all threads.
  *
- * Owns: putting each thread's batches in their recorded order, then merging the threads
- * into c->events. Threads are merged by time; events of several threads in one tick (the
+ * Owns: putting each thread's batches in their recorded order (dropping a batch read
+ * twice, finding the sequence numbers and event ordinals that are missing), then merging
+ * the threads into c->events. Threads are merged by time; events of several threads in one tick (the
  * ticking clock's 1 ms by default, FORMAT.md) are interleaved in proportion to their
  * position in the tick, as if each thread allocated at an even pace through it, and then
  * repaired so that every address keeps a possible history: an allocation waits for
@@ -25,26 +26,62 @@ static int batch_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
-/* Put a run's batches in sequence order (stable), and make its times non-decreasing. */
-static int order_run(cya_run *rn)
+int cya_order_run(cya_run *rn, int by_sequence, int ordinals, cya_run_order *found)
 {
+    memset(found, 0, sizeof *found);
     int sorted = 1;
     for (size_t i = 1; i < rn->nbatches && sorted; i++)
-        sorted = rn->batches[i - 1].seq <= rn->batches[i].seq;
+        sorted = by_sequence ? rn->batches[i - 1].seq < rn->batches[i].seq : rn->batches[i - 1].seq <= rn->batches[i].seq;
+    int rebuild = 0;
     if (!sorted) {
         /* by sequence, then file order (start): a stable order even for a hostile file */
         qsort(rn->batches, rn->nbatches, sizeof *rn->batches, batch_cmp);
+        rebuild = 1;
+    }
+    if (by_sequence) {
+        uint64_t next_seq = 0, next_first = 0;
+        for (size_t i = 0; i < rn->nbatches; i++) {
+            cya_batch_ref *b = &rn->batches[i];
+            if (i > 0 && b->seq == rn->batches[i - 1].seq) { /* read again: keep the first copy */
+                found->duplicates++;
+                found->duplicate_events += b->len;
+                b->start = SIZE_MAX; /* dropped below */
+                rebuild = 1;
+                continue;
+            }
+            if (b->seq > next_seq) {
+                if (!found->gaps) {
+                    found->first_gap_from = next_seq;
+                    found->first_gap_to = b->seq - 1;
+                }
+                found->gaps++;
+                found->missing_batches += b->seq - next_seq;
+            }
+            if (ordinals && b->first > next_first)
+                found->missing_events += b->first - next_first;
+            next_seq = b->seq + 1;
+            next_first = b->first + b->len;
+        }
+        if (ordinals && rn->progress > next_first) {
+            found->tail_events = rn->progress - next_first;
+            found->missing_events += found->tail_events;
+        }
+    }
+    if (rebuild) {
         cya_event *ordered = malloc((rn->len ? rn->len : 1) * sizeof *ordered);
         if (!ordered)
             return 0;
         size_t out = 0;
         for (size_t i = 0; i < rn->nbatches; i++) {
+            if (rn->batches[i].start == SIZE_MAX)
+                continue;
             memcpy(ordered + out, rn->events + rn->batches[i].start, rn->batches[i].len * sizeof *ordered);
             out += rn->batches[i].len;
         }
         free(rn->events);
         rn->events = ordered;
-        rn->cap = rn->len;
+        rn->len = out;
+        rn->cap = out ? out : 1;
     }
     for (size_t i = 1; i < rn->len; i++)
         if (rn->events[i].time_ns < rn->events[i - 1].time_ns)
@@ -198,8 +235,6 @@ int cya_merge_runs(cya_capture *c, cya_run *runs)
 {
     size_t k = c->nthreads, total = 0, nonempty = 0, only = 0;
     for (size_t i = 0; i < k; i++) {
-        if (!order_run(&runs[i]))
-            return 0;
         total += runs[i].len;
         c->threads[i].nevents = runs[i].len;
         if (runs[i].len)

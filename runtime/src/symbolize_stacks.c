@@ -13,7 +13,10 @@
  *    after the last #line directive inherits it) keeps the function with line 0;
  *  - an object that is gone or changed since the capture is looked for, by build-id,
  *    among other builds (cytool's cache keeps them); failing that its frames show raw
- *    addresses. Either way the warnings say so.
+ *    addresses. Either way the warnings say so;
+ *  - a native pc is looked up in the object mapped there at the stack's load generation
+ *    (a library unloaded and another loaded at its address are told apart);
+ *  - where the tracer dropped the middle of a deep stack, one "… frames cut" location.
  */
 #define _GNU_SOURCE
 #include <glob.h>
@@ -215,15 +218,18 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
     return st;
 }
 
-/* The location indices of a native pc's inline chain (cached). */
-static span lookup_pc(cya_symbols *s, uint64_t pc)
+/* The location indices of a native pc's inline chain in the object mapped there at load
+ * generation `generation` (cached per pc and object). */
+static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
 {
-    uint32_t *slot = cya_map_get(&s->pc_index, pc);
+    const cya_object *o = cya_find_object_at(s->capture, pc, generation);
+    uint32_t oi = o ? (uint32_t)(o - s->capture->objects) : NO_OBJECT;
+    /* user-space pcs fit in 48 bits: the object goes above (a pc beyond misses the cache) */
+    uint64_t key = pc < ((uint64_t)1 << 48) ? pc | (uint64_t)((oi + 1) & 0x7fff) << 48 : CYA_MAP_EMPTY;
+    uint32_t *slot = key != CYA_MAP_EMPTY ? cya_map_get(&s->pc_index, key) : NULL;
     if (slot)
         return s->pc_spans[*slot];
     span sp = {s->npc_frames, 0};
-    const cya_object *o = cya_find_object(s->capture, pc);
-    uint32_t oi = o ? (uint32_t)(o - s->capture->objects) : NO_OBJECT;
     raw_frame raw[MAX_INLINE];
     int n = 0;
     obj_state *st = NULL;
@@ -286,7 +292,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc)
     }
     sp.count = s->npc_frames - sp.offset;
     if (!CYA_PUSH(s->pc_spans, s->npc_spans, s->cap_pc_spans, sp) ||
-        !cya_map_put(&s->pc_index, pc, (uint32_t)(s->npc_spans - 1)))
+        (key != CYA_MAP_EMPTY && !cya_map_put(&s->pc_index, key, (uint32_t)(s->npc_spans - 1))))
         s->failed = 1;
     return sp;
 }
@@ -299,11 +305,47 @@ static uint32_t python_location(cya_symbols *s, uint64_t id)
     return intern(s, f->function, f->file, (uint32_t)f->line, CYA_FRAME_PYTHON, "", NO_OBJECT, 0);
 }
 
+/* The one location that stands for the frames dropped from the middle of deep stacks
+ * (how many: cya_stack.cut). */
+static uint32_t cut_location(cya_symbols *s)
+{
+    return intern(s, "\xe2\x80\xa6 frames cut", "", 0, CYA_FRAME_CUT, "", NO_OBJECT, 0);
+}
+
+typedef struct expansion {
+    cya_symbols *s;
+    const cya_stack *st;
+    uint32_t **tmp;
+    size_t *tmp_cap, n;
+    int cut_done;
+} expansion;
+
+static void push_location(expansion *x, uint32_t li)
+{
+    if (li == UINT32_MAX || !CYA_PUSH(*x->tmp, x->n, *x->tmp_cap, li))
+        x->s->failed = 1;
+}
+
+/* Before raw frame `i` is expanded: the cut marker, if the gap lies just before it. */
+static void before_raw(expansion *x, uint64_t i)
+{
+    if (x->st->cut && !x->cut_done && i >= x->st->cut_at) {
+        x->cut_done = 1;
+        push_location(x, cut_location(x->s));
+    }
+}
+
+static void push_python(expansion *x, uint64_t i)
+{
+    before_raw(x, i);
+    push_location(x, python_location(x->s, x->st->frames[i] >> 1));
+}
+
 /* Expand one stack into `tmp`, then fold it into s->frames. */
 static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size_t *tmp_cap, uint32_t *seen,
                        uint32_t generation)
 {
-    size_t n = 0;
+    expansion x = {s, st, tmp, tmp_cap, 0, 0};
     /* Python frames whose position the tracer did not know follow all native frames.
      * When the native frames show the interpreter's eval loop, put them back inside it:
      * each _PyEval_EvalFrameDefault runs one Python frame (exact before 3.11, where
@@ -322,7 +364,7 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
     size_t evals = 0;
     if (tail_layout)
         for (uint64_t i = 0; i < first_py; i++) {
-            span sp = lookup_pc(s, st->frames[i] >> 1);
+            span sp = lookup_pc(s, st->frames[i] >> 1, st->generation);
             for (uint64_t j = 0; j < sp.count; j++)
                 if (s->extra[s->pc_frames[sp.offset + j]].eval) {
                     evals++;
@@ -334,33 +376,27 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
     for (uint64_t i = 0; i < nat_end && !s->failed; i++) {
         uint64_t w = st->frames[i];
         if (w & 1) {
-            uint32_t li = python_location(s, w >> 1);
-            if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
-                s->failed = 1;
+            push_python(&x, i);
             continue;
         }
-        span sp = lookup_pc(s, w >> 1);
+        before_raw(&x, i);
+        span sp = lookup_pc(s, w >> 1, st->generation);
         int eval = 0;
         for (uint64_t j = 0; j < sp.count; j++)
             eval |= s->extra[s->pc_frames[sp.offset + j]].eval;
         if (evals && eval && next_py < st->nframes) {
             /* the Python frame(s) this eval loop was running sit inside it */
             uint64_t take = ++eval_seen == evals ? st->nframes - next_py : 1;
-            for (uint64_t k = 0; k < take && !s->failed; k++) {
-                uint32_t li = python_location(s, st->frames[next_py++] >> 1);
-                if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
-                    s->failed = 1;
-            }
+            for (uint64_t k = 0; k < take && !s->failed; k++)
+                push_python(&x, next_py++);
         }
         for (uint64_t j = 0; j < sp.count; j++)
-            if (!CYA_PUSH(*tmp, n, *tmp_cap, s->pc_frames[sp.offset + j]))
-                s->failed = 1;
+            push_location(&x, s->pc_frames[sp.offset + j]);
     }
-    for (uint64_t i = next_py; evals && i < st->nframes && !s->failed; i++) {
-        uint32_t li = python_location(s, st->frames[i] >> 1);
-        if (li == UINT32_MAX || !CYA_PUSH(*tmp, n, *tmp_cap, li))
-            s->failed = 1;
-    }
+    for (uint64_t i = next_py; evals && i < st->nframes && !s->failed; i++)
+        push_python(&x, i);
+    before_raw(&x, st->nframes);
+    size_t n = x.n;
     if (s->failed)
         return;
     /* helper frames fold into a .pyx frame of the same object further out */

@@ -23,9 +23,11 @@ _Atomic unsigned cyt_session;
 unsigned cyt_options;
 int cyt_compression_level;
 size_t cyt_buffer_size = 256u << 10;
+int cyt_max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
 _Atomic unsigned cyt_flush_epoch;
 static uint64_t next_time_resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
 static int next_compression_level;
+static int next_max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;
 _Atomic int cyt_forking;
@@ -35,12 +37,13 @@ void cyt_threads_reset_counters(void);
 static pthread_mutex_t control_lock = PTHREAD_MUTEX_INITIALIZER;
 static char capture_path[4096];
 static char last_error[512];
-static _Atomic uint64_t dropped;
+static _Atomic uint64_t dropped, lost;
 static struct cytrace_stats last_stats;
 static int handlers_installed;
 static pid_t session_pid;
 
 void cyt_count_dropped(uint64_t n) { atomic_fetch_add(&dropped, n); }
+void cyt_count_lost(uint64_t n) { atomic_fetch_add(&lost, n); }
 
 void cyt_set_error(const char *fmt, ...) {
     va_list ap;
@@ -55,6 +58,7 @@ static void current_stats(struct cytrace_stats *s) {
     s->stacks = cyt_stacks_count();
     s->frames_flushed = cyt_writer_frames();
     s->bytes_written = cyt_writer_bytes();
+    s->lost = atomic_load(&lost);
 }
 
 static void at_exit(void) {
@@ -82,7 +86,10 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
      * of events per thread (measured on bench_alloc: 0.030 B/event at 128 KiB, 0.022 at
      * 256, 0.019 at 512), and 1 MiB when LZ4HC is asked for small captures */
     cyt_buffer_size = cyt_compression_level > 0 ? (1024u << 10) : (256u << 10);
+    cyt_max_frames = next_max_frames;
+    atomic_store(&cyt_load_generation, 0);
     atomic_store(&dropped, 0);
+    atomic_store(&lost, 0);
     cyt_threads_reset_counters();
     if (cyt_stacks_init() != 0) {
         cyt_set_error("cannot allocate the stack table");
@@ -169,6 +176,10 @@ static void stop_locked(void) {
     atomic_store(&cyt_active, 0);
     atomic_thread_fence(memory_order_seq_cst);
     if (cyt_asymmetric_fence) cyt_membarrier();
+    cyt_buf tail = {0};
+    cyt_patch_check(&tail, 1); /* the last word on takeovers, before the slots are restored */
+    cyt_pymem_check(&tail);
+    uint64_t objects = cyt_objects_described();
     cyt_unpatch_all();
     cytrace_pymem_uninstall();
     cyt_threads_flush_all();
@@ -176,16 +187,17 @@ static void stop_locked(void) {
 
     struct cytrace_stats s;
     current_stats(&s);
-    cyt_buf tail = {0};
     cyt_buf_varint(&tail, REC_STATS);
     cyt_buf_varint(&tail, s.events);
     cyt_buf_varint(&tail, s.dropped);
     cyt_buf_varint(&tail, s.stacks);
     cyt_buf_varint(&tail, s.frames_flushed + 1);
+    cyt_buf_varint(&tail, s.lost); /* (chunks still queued that fail to be written: not yet) */
+    cyt_buf_varint(&tail, objects);
     cyt_buf_varint(&tail, REC_END);
     cyt_buf_varint(&tail, cyt_since_start());
-    if (tail.data) cyt_writer_submit(tail.data, tail.len);
-    cyt_writer_close();
+    cyt_writer_close(tail.data, tail.len);
+    cyt_buf_free(&tail);
     current_stats(&last_stats);
 }
 
@@ -193,6 +205,12 @@ CYTRACE_API void cytrace_set_time_resolution(uint64_t ns) { next_time_resolution
 
 CYTRACE_API void cytrace_set_compression_level(int level) {
     next_compression_level = level < 0 ? 0 : level > 12 ? 12 : level;
+}
+
+CYTRACE_API void cytrace_set_max_frames(int frames) {
+    next_max_frames = frames < CYTRACE_MIN_MAX_FRAMES   ? CYTRACE_MIN_MAX_FRAMES
+                      : frames > CYTRACE_MAX_MAX_FRAMES ? CYTRACE_MAX_MAX_FRAMES
+                                                        : frames;
 }
 
 CYTRACE_API int cytrace_is_active(void) { return atomic_load(&cyt_active); }
@@ -274,18 +292,19 @@ __attribute__((constructor)) static void cyt_library_init(void) {
     if (value != NULL && value[0] != 0) cytrace_set_time_resolution(strtoull(value, NULL, 10));
     value = getenv("CYTOOL_PROFILE_COMPRESSION");
     if (value != NULL && value[0] != 0) cytrace_set_compression_level(atoi(value));
+    value = getenv("CYTOOL_PROFILE_MAX_FRAMES");
+    if (value != NULL && value[0] != 0) cytrace_set_max_frames(atoi(value));
     if (env_flag("CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS") || env_flag("CYTOOL_TRACE_PYTHON_ALLOCATORS")) {
         if (cytrace_pymem_install() == 0) options |= CYTRACE_PYMEM;
         else fprintf(stderr, "cytool: not tracing the Python allocators: %s\n", last_error);
     }
     /* A program run under CYTOOL_PROFILE may start others that inherit it: never overwrite
-     * an existing file, take <path>.<pid> instead. */
+     * an existing file (nor one another process is writing), take <path>.<pid> instead. */
     char chosen[4096 + 32];
     struct stat st;
-    if (stat(path, &st) == 0) {
-        snprintf(chosen, sizeof chosen, "%s.%d", path, (int)getpid());
-        path = chosen;
-    }
-    if (cytrace_start(path, options) != 0)
-        fprintf(stderr, "cytool: cannot start tracing into %s: %s\n", path, last_error);
+    snprintf(chosen, sizeof chosen, "%s.%d", path, (int)getpid());
+    const char *target = stat(path, &st) == 0 ? chosen : path;
+    int r = cytrace_start(target, options);
+    if (r != 0 && errno == EAGAIN && target != chosen) r = cytrace_start(target = chosen, options);
+    if (r != 0) fprintf(stderr, "cytool: cannot start tracing into %s: %s\n", target, last_error);
 }

@@ -4,7 +4,8 @@
  * patched), then records the event unless the thread's reentrancy guard is held (the
  * tracer's own allocations, or a signal handler interrupting the tracer) or tracing is
  * off. Frees are recorded before the memory is released, so that no other thread can
- * record a new block at that address first. dlopen/dlclose rescan the loaded objects.
+ * record a new block at that address first. dlopen/dlclose open a new load generation
+ * (FORMAT.md) before they run, and rescan the loaded objects after.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -145,17 +146,29 @@ static void *hook_mmap64(void *addr, size_t length, int prot, int flags, int fd,
     return p;
 }
 
+/* munmap is recorded before the range is released (see the top); one the kernel refuses
+ * (EINVAL: an address off a page boundary, length 0) is not recorded. */
 static int hook_munmap(void *addr, size_t length) {
     int saved_errno = errno;
+    static size_t page_mask;
     if (RECORDING()) {
-        cyt_guard = 1;
-        cyt_record_munmap((uintptr_t)addr, length);
-        cyt_guard = 0;
+        if (page_mask == 0) page_mask = (size_t)sysconf(_SC_PAGESIZE) - 1;
+        if (length != 0 && ((uintptr_t)addr & page_mask) == 0) {
+            cyt_guard = 1;
+            cyt_record_munmap((uintptr_t)addr, length);
+            cyt_guard = 0;
+        }
     }
     errno = saved_errno;
     return REAL(munmap(addr, length));
 }
 
+#ifndef MREMAP_DONTUNMAP
+#define MREMAP_DONTUNMAP 4
+#endif
+
+/* The old range is released (MUNMAP, unless MREMAP_DONTUNMAP keeps it) and the new one
+ * mapped (MREMAP): both after the call, which moves or resizes atomically. */
 static void *hook_mremap(void *old, size_t old_size, size_t new_size, int flags, ...) {
     void *new_address = NULL;
     if (flags & MREMAP_FIXED) {
@@ -168,23 +181,29 @@ static void *hook_mremap(void *old, size_t old_size, size_t new_size, int flags,
                                      : REAL(mremap(old, old_size, new_size, flags));
     if (p != MAP_FAILED && RECORDING()) {
         int saved_errno = errno;
-        cyt_guard = 1;
-        cyt_record_munmap((uintptr_t)old, old_size);
-        cyt_guard = 0;
-        RECORD_ALLOC(CYTRACE_MMAP, p, new_size);
+        if (!(flags & MREMAP_DONTUNMAP) && old_size != 0) {
+            cyt_guard = 1;
+            cyt_record_munmap((uintptr_t)old, old_size);
+            cyt_guard = 0;
+        }
+        RECORD_ALLOC(CYTRACE_MREMAP, p, new_size);
         errno = saved_errno;
     }
     return p;
 }
 
+/* Before dlopen or dlclose runs: a new load generation (the stacks captured from now on
+ * may see objects mapped, or gone, by it). */
+static uint64_t new_generation(void) { return atomic_fetch_add(&cyt_load_generation, 1) + 1; }
+
 /* After the set of loaded objects changed: patch the new ones, note the gone ones. */
-static void objects_changed(void) {
+static void objects_changed(uint64_t generation) {
     if (!atomic_load(&cyt_active)) return;
     int saved = cyt_guard;
     cyt_guard = 1;
     cyt_buf out = {0};
-    cyt_objects_rescan(&out);
-    if (out.len > 0) cyt_writer_submit(out.data, out.len);
+    cyt_objects_rescan(&out, generation);
+    if (out.len > 0) cyt_writer_submit(out.data, out.len, 0);
     else cyt_buf_free(&out);
     cyt_guard = saved;
 }
@@ -237,18 +256,20 @@ static void *dlopen_from_caller_paths(const char *file, int mode, const void *ca
 }
 
 static void *hook_dlopen(const char *file, int mode) {
+    uint64_t generation = new_generation();
     void *h = dlopen(file, mode);
     if (h == NULL && file != NULL && strchr(file, '/') == NULL) {
         h = dlopen_from_caller_paths(file, mode, __builtin_return_address(0));
         if (h == NULL) dlopen(file, mode); /* leave the original dlerror() text */
     }
-    if (h != NULL) objects_changed();
+    if (h != NULL) objects_changed(generation);
     return h;
 }
 
 static int hook_dlclose(void *handle) {
+    uint64_t generation = new_generation();
     int r = dlclose(handle);
-    objects_changed();
+    objects_changed(generation);
     return r;
 }
 
@@ -263,28 +284,32 @@ static void hook__exit(int status) {
 typedef struct hook_entry {
     const char *name;
     void *hook;
+    void *real; /* the function itself (through libcytrace's own GOT) */
 } hook_entry;
 
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* pvalloc */
 const hook_entry cyt_hook_table[] = {
-    {"malloc", (void *)hook_malloc},
-    {"calloc", (void *)hook_calloc},
-    {"realloc", (void *)hook_realloc},
-    {"reallocarray", (void *)hook_reallocarray},
-    {"free", (void *)hook_free},
-    {"posix_memalign", (void *)hook_posix_memalign},
-    {"aligned_alloc", (void *)hook_aligned_alloc},
-    {"memalign", (void *)hook_memalign},
-    {"valloc", (void *)hook_valloc},
-    {"pvalloc", (void *)hook_pvalloc},
-    {"mmap", (void *)hook_mmap},
-    {"mmap64", (void *)hook_mmap64},
-    {"munmap", (void *)hook_munmap},
-    {"mremap", (void *)hook_mremap},
-    {"dlopen", (void *)hook_dlopen},
-    {"dlclose", (void *)hook_dlclose},
-    {"_exit", (void *)hook__exit},
-    {"_Exit", (void *)hook__exit},
+    {"malloc", (void *)hook_malloc, (void *)malloc},
+    {"calloc", (void *)hook_calloc, (void *)calloc},
+    {"realloc", (void *)hook_realloc, (void *)realloc},
+    {"reallocarray", (void *)hook_reallocarray, (void *)reallocarray},
+    {"free", (void *)hook_free, (void *)free},
+    {"posix_memalign", (void *)hook_posix_memalign, (void *)posix_memalign},
+    {"aligned_alloc", (void *)hook_aligned_alloc, (void *)aligned_alloc},
+    {"memalign", (void *)hook_memalign, (void *)memalign},
+    {"valloc", (void *)hook_valloc, (void *)valloc},
+    {"pvalloc", (void *)hook_pvalloc, (void *)pvalloc},
+    {"mmap", (void *)hook_mmap, (void *)mmap},
+    {"mmap64", (void *)hook_mmap64, (void *)mmap64},
+    {"munmap", (void *)hook_munmap, (void *)munmap},
+    {"mremap", (void *)hook_mremap, (void *)mremap},
+    {"dlopen", (void *)hook_dlopen, (void *)dlopen},
+    {"dlclose", (void *)hook_dlclose, (void *)dlclose},
+    {"_exit", (void *)hook__exit, (void *)_exit},
+    {"_Exit", (void *)hook__exit, (void *)_Exit},
 };
+#pragma GCC diagnostic pop
 const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];
 
 /* ---- entry points for the Python extension ----------------------------------------- */

@@ -25,8 +25,12 @@
 #define CYT_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define CYT_TLS __thread __attribute__((tls_model("initial-exec")))
 
-#define CYT_MAX_FRAMES 128     /* native + Python frames kept per stack */
 #define CYT_EVENT_MAX 48       /* worst-case bytes of one encoded event */
+/* Buffers go to the writer when full, and at the writer's tick (every CYT_FLUSH_INTERVAL_NS)
+ * when their oldest event is CYT_FLUSH_AGE_NS old or more: no event waits much longer than
+ * 10 ms, and a thread that fills its buffer faster than that never flushes part of one. */
+#define CYT_FLUSH_INTERVAL_NS 5000000ull
+#define CYT_FLUSH_AGE_NS 5000000ull
 
 /* ---- byte buffers and varints --------------------------------------------------- */
 
@@ -62,7 +66,9 @@ extern _Atomic unsigned cyt_session; /* bumped at every start; thread states com
 extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
 extern int cyt_compression_level;    /* LZ4F level of the running session */
 extern size_t cyt_buffer_size;       /* per-thread event buffer (one LZ4 frame) */
-extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each second: flush soon */
+extern int cyt_max_frames;           /* frames a stack keeps (deeper: cut in the middle) */
+extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each tick: flush soon */
+extern _Atomic uint64_t cyt_load_generation; /* FORMAT.md "Load generations" */
 extern CYT_TLS int cyt_guard;        /* reentrancy guard of this thread */
 extern int cyt_asymmetric_fence;     /* membarrier(2) is available: see enter() */
 extern _Atomic int cyt_forking;      /* forks under way: nobody may enter libunwind */
@@ -111,7 +117,8 @@ void cyt_clock_stop(void);
 void cyt_clock_after_fork_child(void);
 int cyt_clock_is_self(void); /* the calling thread is the clock thread */
 
-void cyt_count_dropped(uint64_t n);
+void cyt_count_dropped(uint64_t n); /* events that could not be recorded */
+void cyt_count_lost(uint64_t n);    /* events recorded but never written */
 void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
 void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
@@ -125,7 +132,11 @@ void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_add
 void cyt_record_free(int kind, uintptr_t address);
 void cyt_record_munmap(uintptr_t address, size_t size);
 void cyt_threads_flush_all(void);            /* at stop: every thread's buffer to the writer */
-void cyt_threads_flush_idle(void);           /* writer, each second: buffers of idle threads */
+/* The writer, each tick: flush the buffers of threads that hold events CYT_FLUSH_AGE_NS old
+ * or more (idle, blocked or descheduled threads); with `progress`, append a PROGRESS record
+ * when events are not written yet (some thread holds unflushed events, or `queued`: chunks
+ * wait in the writer's queue). */
+void cyt_threads_tick(cyt_buf *progress, int queued);
 void cyt_membarrier(void);                   /* a full barrier on every thread (membarrier) */
 extern CYT_TLS int cyt_is_writer;            /* this thread is the writer */
 void cyt_threads_after_fork_child(void);     /* forget the parent's threads */
@@ -136,9 +147,18 @@ uint64_t cyt_threads_events(void);
 
 int cyt_stacks_init(void);           /* (re)create the intern tables for a session */
 void cyt_stacks_release(void);
-/* Capture the stack of the allocation whose hook returns to `return_address`; `unwinding`
- * is the calling thread's flag that it is inside libunwind (see cyt_threads_wait_unwinders). */
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address, _Atomic int *unwinding);
+/* Capture the native stack of the allocation whose hook returns to `return_address`,
+ * innermost first, into words[0..max). Returns how many frames the stack has (more than
+ * max when it is deeper: then words holds its innermost `max - tail` frames followed by
+ * its outermost `tail` ones, in order). `unwinding` is the calling thread's flag that it
+ * is inside libunwind (see cyt_threads_wait_unwinders); `scratch` is the thread's buffer
+ * for deep libunwind stacks (grown with malloc, the guard being held). */
+typedef struct cyt_scratch {
+    void **ips;
+    size_t cap;
+} cyt_scratch;
+uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
+                           _Atomic int *unwinding, cyt_scratch *scratch);
 uint32_t cyt_intern_stack(uint64_t hash, int *is_new); /* hash: of the whole stack, well mixed */
 uint64_t cyt_stacks_count(void);
 void cyt_fp_objects_reset(void);
@@ -149,19 +169,29 @@ extern cytrace_pyframes_fn cyt_pyframes_cb;
 
 int cyt_patch_all(cyt_buf *objects_out);   /* patch new objects; append their OBJECT records */
 void cyt_unpatch_all(void);                /* restore every slot we wrote */
-void cyt_objects_rescan(cyt_buf *out);     /* after dlopen/dlclose: patch new, UNLOAD gone */
+/* After dlopen/dlclose: patch new objects (load generation `generation`), UNLOAD the gone
+ * ones (from `generation` on). */
+void cyt_objects_rescan(cyt_buf *out, uint64_t generation);
+/* Append TAKEOVER records for slots that stopped (or started again) leading to our hooks;
+ * `blocking`: wait for the patch lock (at stop) rather than skip this round. */
+void cyt_patch_check(cyt_buf *out, int blocking);
+void cyt_pymem_check(cyt_buf *out);        /* the same for the PyMem domains */
+uint64_t cyt_objects_described(void);      /* OBJECT records written this session */
 void cyt_patch_lock(void);
 void cyt_patch_unlock(void);
 
 /* ---- the writer (trace_writer.c) -------------------------------------------------- */
 
+/* Create (or take over) the capture file under an exclusive lock; -1 with errno EAGAIN
+ * when another process holds it. */
 int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid);
-/* Hand a chunk of complete records to the writer thread (it becomes one LZ4 frame).
- * Takes ownership of `data` (malloc'ed). */
-void cyt_writer_submit(uint8_t *data, size_t len);
+/* Hand a chunk of complete records, holding `nevents` events, to the writer thread (it
+ * becomes one LZ4 frame). Takes ownership of `data` (malloc'ed). */
+void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents);
 /* Compress and write synchronously from the calling thread (start, stop). */
 int cyt_writer_write_now(const uint8_t *data, size_t len);
-void cyt_writer_close(void);               /* drain the queue, join the thread, close */
+/* Drain the queue, join the thread, write `final` (the last records; NULL: none), close. */
+void cyt_writer_close(const uint8_t *final, size_t len);
 void cyt_writer_abandon_after_fork(void);  /* child: drop the parent's writer without writing */
 int cyt_writer_is_self(void);              /* the calling thread is the writer thread */
 uint64_t cyt_writer_frames(void);

@@ -8,9 +8,17 @@
  * the new objects and notes the ones that went away (UNLOAD; their slots are forgotten,
  * never written). Stop restores every slot that still holds our hook.
  *
- * Each object seen gets an OBJECT record (path, build-id, load bias, PT_LOAD ranges) so
- * reports can symbolise offline. Objects that link libcytrace (cytool-built modules,
- * compiled with frame pointers) register their code with the frame-pointer unwinder.
+ * Each object seen gets an OBJECT record (path, build-id, load bias, PT_LOAD ranges, the
+ * load generation from which it may be mapped) so reports can symbolise offline, and
+ * telling apart a library unloaded and another loaded at its address. Objects that link
+ * libcytrace (cytool-built modules, compiled with frame pointers) register their code
+ * with the frame-pointer unwinder.
+ *
+ * Another tracer may rewrite the same slots (memray, heaptrack attach): cyt_patch_check,
+ * run by the writer every 100 ms and at stop, notes every slot that stopped leading to our
+ * hook (or leads to it again) as a TAKEOVER record, naming the object it now leads into.
+ * A slot given back (it holds the real function again: the other tracer stopped and
+ * restored what it had found) is patched again.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -26,6 +34,7 @@
 typedef struct hook_entry {
     const char *name;
     void *hook;
+    void *real;
 } hook_entry;
 
 extern const hook_entry cyt_hook_table[];
@@ -35,6 +44,8 @@ typedef struct patched_slot {
     uintptr_t *slot;
     uintptr_t original;
     void *hook;
+    const hook_entry *entry; /* the function's name, hook and real address */
+    uintptr_t foreign; /* what the slot held when last seen not leading to us (0: ours) */
 } patched_slot;
 
 typedef struct object {
@@ -55,6 +66,7 @@ static object *objects;
 static size_t nobjects, objects_cap;
 static uint32_t next_object_id;
 static size_t page_size;
+_Atomic uint64_t cyt_load_generation;
 
 void cyt_patch_lock(void) { pthread_mutex_lock(&patch_lock); }
 void cyt_patch_unlock(void) { pthread_mutex_unlock(&patch_lock); }
@@ -89,9 +101,9 @@ static uintptr_t dyn_ptr(const struct dl_phdr_info *info, ElfW(Addr) value) {
     return value < info->dlpi_addr ? info->dlpi_addr + value : value;
 }
 
-static void *hook_for(const char *name) {
+static const hook_entry *hook_for(const char *name) {
     for (size_t i = 0; i < cyt_hook_count; i++)
-        if (strcmp(name, cyt_hook_table[i].name) == 0) return cyt_hook_table[i].hook;
+        if (strcmp(name, cyt_hook_table[i].name) == 0) return &cyt_hook_table[i];
     return NULL;
 }
 
@@ -102,15 +114,13 @@ static void set_relro_writable(object *o, int writable) {
     mprotect((void *)start, end - start, writable ? PROT_READ | PROT_WRITE : PROT_READ);
 }
 
-static void add_slot(object *o, uintptr_t *slot, void *hook) {
+static void add_slot(object *o, uintptr_t *slot, const hook_entry *hook) {
     for (size_t i = 0; i < o->nslots; i++)
         if (o->slots[i].slot == slot) return;
     patched_slot *n = realloc(o->slots, (o->nslots + 1) * sizeof *n);
     if (n == NULL) return;
     o->slots = n;
-    o->slots[o->nslots].slot = slot;
-    o->slots[o->nslots].original = *slot;
-    o->slots[o->nslots].hook = hook;
+    o->slots[o->nslots] = (patched_slot){slot, *slot, hook->hook, hook, 0};
     o->nslots++;
 }
 
@@ -122,7 +132,7 @@ static void collect_relocs(const struct dl_phdr_info *info, object *o, const Elf
         if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) continue;
         unsigned long sym = ELF64_R_SYM(rel[i].r_info);
         if (sym == 0) continue;
-        void *hook = hook_for(strtab + symtab[sym].st_name);
+        const hook_entry *hook = hook_for(strtab + symtab[sym].st_name);
         if (hook != NULL) add_slot(o, (uintptr_t *)(info->dlpi_addr + rel[i].r_offset), hook);
     }
 }
@@ -196,7 +206,7 @@ static void read_build_id(const struct dl_phdr_info *info, cyt_buf *out) {
     cyt_buf_string(out, "", 0);
 }
 
-static void object_record(const struct dl_phdr_info *info, uint32_t id, cyt_buf *out) {
+static void object_record(const struct dl_phdr_info *info, uint32_t id, uint64_t generation, cyt_buf *out) {
     if (out == NULL) return;
     cyt_buf_varint(out, REC_OBJECT);
     cyt_buf_varint(out, id);
@@ -219,6 +229,7 @@ static void object_record(const struct dl_phdr_info *info, uint32_t id, cyt_buf 
         cyt_buf_varint(out, info->dlpi_addr + ph->p_vaddr);
         cyt_buf_varint(out, info->dlpi_addr + ph->p_vaddr + ph->p_memsz);
     }
+    cyt_buf_varint(out, generation);
 }
 
 static object *find_object(uintptr_t base, const void *phdr) {
@@ -230,6 +241,7 @@ static object *find_object(uintptr_t base, const void *phdr) {
 typedef struct scan_ctx {
     cyt_buf *out;
     int patch;
+    uint64_t generation;
 } scan_ctx;
 
 static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
@@ -255,7 +267,7 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
     o->phdr = info->dlpi_phdr;
     o->id = ++next_object_id;
     o->present = 1;
-    object_record(info, o->id, ctx->out);
+    object_record(info, o->id, ctx->generation, ctx->out);
     if (is_dynamic_linker(info) || contains_self(info)) return 0;
     patch_object(info, o);
     if (o->fp) {
@@ -272,10 +284,10 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
 
 /* Mark which known objects are still loaded; patch and describe new ones when `patch`;
  * forget the ones that went away (UNLOAD records when `out`). Caller holds patch_lock. */
-static void scan(cyt_buf *out, int patch) {
+static void scan(cyt_buf *out, int patch, uint64_t generation) {
     if (page_size == 0) page_size = (size_t)sysconf(_SC_PAGESIZE);
     for (size_t i = 0; i < nobjects; i++) objects[i].present = 0;
-    scan_ctx ctx = {out, patch};
+    scan_ctx ctx = {out, patch, generation};
     dl_iterate_phdr(scan_one, &ctx);
     size_t kept = 0;
     for (size_t i = 0; i < nobjects; i++) {
@@ -288,6 +300,7 @@ static void scan(cyt_buf *out, int patch) {
             cyt_buf_varint(out, REC_UNLOAD);
             cyt_buf_varint(out, o->id);
             cyt_buf_varint(out, cyt_since_start());
+            cyt_buf_varint(out, generation);
         }
         for (int k = 0; k < o->nexec; k++) cyt_fp_objects_add(o->exec_start[k], o->exec_start[k]);
         free(o->slots);
@@ -297,20 +310,97 @@ static void scan(cyt_buf *out, int patch) {
 
 int cyt_patch_all(cyt_buf *objects_out) {
     pthread_mutex_lock(&patch_lock);
-    scan(objects_out, 1);
+    scan(objects_out, 1, atomic_load(&cyt_load_generation));
     pthread_mutex_unlock(&patch_lock);
     return 0;
 }
 
-void cyt_objects_rescan(cyt_buf *out) {
+void cyt_objects_rescan(cyt_buf *out, uint64_t generation) {
     pthread_mutex_lock(&patch_lock);
-    if (atomic_load(&cyt_active)) scan(out, 1);
+    if (atomic_load(&cyt_active)) scan(out, 1, generation);
     pthread_mutex_unlock(&patch_lock);
+}
+
+/* ---- takeovers ------------------------------------------------------------------------ */
+
+typedef struct check_ctx {
+    cyt_buf *out;
+    int repatch; /* tracing goes on: take back slots given back */
+    struct change {
+        uint32_t object;
+        const char *name;
+        uintptr_t target; /* 0: ours again */
+    } *changes;
+    size_t nchanges, cap;
+} check_ctx;
+
+/* Inside dl_iterate_phdr the loader's lock is held: no object can be unloaded while its
+ * slots are read. */
+static int check_one(struct dl_phdr_info *info, size_t size, void *arg) {
+    (void)size;
+    check_ctx *ctx = arg;
+    object *o = find_object(info->dlpi_addr, info->dlpi_phdr);
+    if (o == NULL) return 0;
+    for (size_t i = 0; i < o->nslots; i++) {
+        patched_slot *s = &o->slots[i];
+        uintptr_t now = __atomic_load_n(s->slot, __ATOMIC_RELAXED);
+        if (now != (uintptr_t)s->hook && s->foreign != 0 && ctx->repatch &&
+            (now == s->original || now == (uintptr_t)s->entry->real)) {
+            /* given back: the other tracer put the real function back; ours again */
+            set_relro_writable(o, 1);
+            __atomic_store_n(s->slot, (uintptr_t)s->hook, __ATOMIC_RELAXED);
+            set_relro_writable(o, 0);
+            now = (uintptr_t)s->hook;
+        }
+        uintptr_t foreign = now == (uintptr_t)s->hook ? 0 : now;
+        if (foreign == s->foreign) continue;
+        s->foreign = foreign;
+        if (ctx->nchanges == ctx->cap) {
+            size_t cap = ctx->cap ? ctx->cap * 2 : 32;
+            struct change *n = realloc(ctx->changes, cap * sizeof *n);
+            if (n == NULL) return 0;
+            ctx->changes = n;
+            ctx->cap = cap;
+        }
+        ctx->changes[ctx->nchanges++] = (struct change){o->id, s->entry->name, foreign};
+    }
+    return 0;
+}
+
+void cyt_patch_check(cyt_buf *out, int blocking) {
+    if (blocking) pthread_mutex_lock(&patch_lock);
+    else if (pthread_mutex_trylock(&patch_lock) != 0) return; /* a dlopen is under way: next time */
+    check_ctx ctx = {out, atomic_load(&cyt_active), NULL, 0, 0};
+    if (nobjects > 0) dl_iterate_phdr(check_one, &ctx);
+    pthread_mutex_unlock(&patch_lock);
+    /* dladdr takes the loader's other lock: only outside dl_iterate_phdr */
+    uint64_t now = cyt_since_start();
+    for (size_t i = 0; i < ctx.nchanges; i++) {
+        Dl_info where;
+        const char *target = "";
+        if (ctx.changes[i].target && dladdr((void *)ctx.changes[i].target, &where) && where.dli_fname)
+            target = where.dli_fname;
+        cyt_buf_varint(out, REC_TAKEOVER);
+        cyt_buf_varint(out, now);
+        cyt_buf_varint(out, TAKEOVER_GOT_SLOT);
+        cyt_buf_varint(out, ctx.changes[i].object);
+        cyt_buf_string(out, ctx.changes[i].name, strlen(ctx.changes[i].name));
+        cyt_buf_string(out, target, strlen(target));
+        cyt_buf_varint(out, ctx.changes[i].target ? 1 : 0);
+    }
+    free(ctx.changes);
+}
+
+uint64_t cyt_objects_described(void) {
+    pthread_mutex_lock(&patch_lock);
+    uint64_t n = next_object_id;
+    pthread_mutex_unlock(&patch_lock);
+    return n;
 }
 
 void cyt_unpatch_all(void) {
     pthread_mutex_lock(&patch_lock);
-    scan(NULL, 0); /* drop objects unloaded behind our back: their slots are gone */
+    scan(NULL, 0, 0); /* drop objects unloaded behind our back: their slots are gone */
     for (size_t i = 0; i < nobjects; i++) {
         unpatch_object(&objects[i]);
         free(objects[i].slots);

@@ -6,6 +6,10 @@
  * link libpython: the few functions needed are looked up with dlsym, and installing is
  * refused unless the interpreter is initialised and the calling thread holds the GIL.
  * PyMemAllocatorEx is {ctx, malloc, calloc, realloc, free} in every CPython since 3.5.
+ *
+ * Another tracer may install its own allocators over ours (memray's
+ * trace_python_allocators): cyt_pymem_check notes it as a TAKEOVER record, and stopping
+ * leaves a domain that is no longer ours alone.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -33,6 +37,9 @@ static domain_hook domains[3] = {
 };
 static int installed;
 static void (*set_allocator)(int domain, pymem_allocator *allocator);
+static void (*get_allocator)(int domain, pymem_allocator *allocator);
+static int check_without_gil; /* reading the allocators takes no lock before 3.13 */
+static int foreign[3];        /* the domain's allocator was last seen not to be ours */
 
 static void *pm_malloc(void *ctx, size_t size) {
     domain_hook *d = ctx;
@@ -73,9 +80,11 @@ static void pm_free(void *ctx, void *p) {
     cytrace_guard_exit(guard);
 }
 
+static int is_ours(int i, const pymem_allocator *a) { return a->ctx == &domains[i] && a->malloc == pm_malloc; }
+
 CYTRACE_API int cytrace_pymem_install(void) {
     if (installed) return 0;
-    void (*get_allocator)(int, pymem_allocator *) = (void (*)(int, pymem_allocator *))dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
+    get_allocator = (void (*)(int, pymem_allocator *))dlsym(RTLD_DEFAULT, "PyMem_GetAllocator");
     set_allocator = (void (*)(int, pymem_allocator *))dlsym(RTLD_DEFAULT, "PyMem_SetAllocator");
     int (*is_initialized)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "Py_IsInitialized");
     int (*gil_check)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "PyGILState_Check");
@@ -91,13 +100,47 @@ CYTRACE_API int cytrace_pymem_install(void) {
         get_allocator(domains[i].domain, &domains[i].original);
         pymem_allocator mine = {&domains[i], pm_malloc, pm_calloc, pm_realloc, pm_free};
         set_allocator(domains[i].domain, &mine);
+        foreign[i] = 0;
     }
+    /* Python 3.13 guards the allocators with a mutex of the runtime's: only with the GIL */
+    const unsigned long *version = (const unsigned long *)dlsym(RTLD_DEFAULT, "Py_Version");
+    check_without_gil = version == NULL || *version < 0x030D0000;
     installed = 1;
     return 0;
 }
 
+/* Caller holds the GIL (stop), or reading without it is safe (check_without_gil). */
+static void check_domains(cyt_buf *out) {
+    static const char *const names[3] = {"PyMem_RawMalloc", "PyMem_Malloc", "PyObject_Malloc"};
+    for (int i = 0; i < 3; i++) {
+        pymem_allocator now;
+        get_allocator(domains[i].domain, &now);
+        int theirs = !is_ours(i, &now);
+        if (theirs == foreign[i]) continue;
+        foreign[i] = theirs;
+        Dl_info where;
+        const char *target = "";
+        if (theirs && dladdr((void *)now.malloc, &where) && where.dli_fname) target = where.dli_fname;
+        cyt_buf_varint(out, REC_TAKEOVER);
+        cyt_buf_varint(out, cyt_since_start());
+        cyt_buf_varint(out, TAKEOVER_PYMEM);
+        cyt_buf_varint(out, (uint64_t)domains[i].domain);
+        cyt_buf_string(out, names[i], strlen(names[i]));
+        cyt_buf_string(out, target, strlen(target));
+        cyt_buf_varint(out, (uint64_t)theirs);
+    }
+}
+
+void cyt_pymem_check(cyt_buf *out) {
+    if (installed && (check_without_gil || cyt_writer_is_self() == 0)) check_domains(out);
+}
+
 CYTRACE_API void cytrace_pymem_uninstall(void) {
     if (!installed) return;
-    for (int i = 0; i < 3; i++) set_allocator(domains[i].domain, &domains[i].original);
+    for (int i = 0; i < 3; i++) {
+        pymem_allocator now;
+        get_allocator(domains[i].domain, &now);
+        if (is_ours(i, &now)) set_allocator(domains[i].domain, &domains[i].original); /* else not ours to undo */
+    }
     installed = 0;
 }

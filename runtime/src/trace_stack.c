@@ -6,7 +6,9 @@
  * here), walk the frame-pointer chain while the return addresses stay inside such
  * objects; the first address outside (the interpreter, which omits frame pointers) is
  * kept and the walk stops there (the Python frames above come from the shadow stack).
- * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI).
+ * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI). A stack deeper than the
+ * frame limit keeps its innermost frames and its outermost ones (a ring buffer holds the
+ * latest frames seen while the walk goes on), and says how deep it was.
  *
  * libunwind takes locks of its own (its caches, the first unwinds of a thread). A fork while
  * another thread holds one would leave it held forever in the child, and a followed child
@@ -22,6 +24,7 @@
 #define _GNU_SOURCE
 #define UNW_LOCAL_ONLY
 #include <libunwind.h>
+#include <stdlib.h>
 #include <sys/mman.h>
 
 #include "trace_internal.h"
@@ -173,42 +176,98 @@ static inline int unwind_begin(_Atomic int *unwinding) {
     return 0;
 }
 
-int cyt_capture_stack(uint64_t *words, int max, void *return_address, void *frame_address, _Atomic int *unwinding) {
+#define MAX_UNWIND_FRAMES (1u << 16) /* a walk stops after this many frames (the cut is then a lower bound) */
+
+/* Frame number t of a walk goes to words[slot(t)]: the first `head` in place, the rest
+ * round a ring of `tail` slots after them, which ends up holding the latest `tail`. */
+static inline void put_frame(uint64_t *words, int head, int tail, uint64_t t, uint64_t word)
+{
+    words[t < (uint64_t)head ? t : (uint64_t)head + (t - (uint64_t)head) % (uint64_t)tail] = word;
+}
+
+/* After a walk of `total` frames: put the ring in order (oldest first). */
+static void unroll_ring(uint64_t *words, int head, int tail, uint64_t total)
+{
+    if (total <= (uint64_t)head + (uint64_t)tail)
+        return;
+    uint64_t *ring = words + head;
+    size_t shift = (size_t)((total - (uint64_t)head) % (uint64_t)tail); /* index of the oldest */
+    if (shift == 0)
+        return;
+    uint64_t tmp[64];
+    while (shift > 0) { /* rotate left by `shift`, at most 64 words at a time */
+        size_t step = shift < 64 ? shift : 64;
+        memcpy(tmp, ring, step * sizeof *ring);
+        memmove(ring, ring + step, ((size_t)tail - step) * sizeof *ring);
+        memcpy(ring + tail - step, tmp, step * sizeof *ring);
+        shift -= step;
+    }
+}
+
+
+uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
+                           _Atomic int *unwinding, cyt_scratch *scratch)
+{
     uintptr_t ret = (uintptr_t)return_address;
-    int n = 0;
+    int head = max - tail;
+    uint64_t n = 0;
     if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
         /* frame_address is the hook's frame: [0] = caller's saved frame pointer, [1] = ret */
         uintptr_t fp = (uintptr_t)frame_address;
         words[n++] = (uint64_t)ret << 1;
         uintptr_t pc = ret;
-        while (n < max && in_fp_object(pc)) {
+        while (in_fp_object(pc)) {
             uintptr_t next = ((uintptr_t *)fp)[0];
             if (next <= fp || next - fp > MAX_FRAME_SIZE || (next & 7) != 0) break;
             fp = next;
             pc = ((uintptr_t *)fp)[1];
             if (pc == 0) break;
+            if (CYT_UNLIKELY(n >= (uint64_t)max)) { /* deeper than the limit: the rest round the ring */
+                if (n >= MAX_UNWIND_FRAMES) break;
+                put_frame(words, head, tail, n++, (uint64_t)pc << 1);
+                continue;
+            }
             words[n++] = (uint64_t)pc << 1;
         }
+        if (CYT_UNLIKELY(n > (uint64_t)max)) unroll_ring(words, head, tail, n);
         return n;
     }
-    void *ips[CYT_MAX_FRAMES + 8];
     int got = 0;
-    if (unwind_begin(unwinding)) {
-        got = unw_backtrace(ips, CYT_MAX_FRAMES + 8);
+    for (;;) {
+        if (scratch->cap < (size_t)max + 8) {
+            size_t cap = (size_t)max + 8;
+            void **ips = realloc(scratch->ips, cap * sizeof *ips);
+            if (ips == NULL) break;
+            scratch->ips = ips;
+            scratch->cap = cap;
+        }
+        if (!unwind_begin(unwinding)) break;
+        got = unw_backtrace(scratch->ips, (int)scratch->cap);
         atomic_store_explicit(unwinding, 0, memory_order_release);
+        if ((size_t)got < scratch->cap || scratch->cap >= MAX_UNWIND_FRAMES) break;
+        /* deeper than the buffer: again with a bigger one, to see the outermost frames */
+        size_t cap = scratch->cap * 4 > MAX_UNWIND_FRAMES ? MAX_UNWIND_FRAMES : scratch->cap * 4;
+        void **ips = realloc(scratch->ips, cap * sizeof *ips);
+        if (ips == NULL) break;
+        scratch->ips = ips;
+        scratch->cap = cap;
     }
     int start = -1;
     for (int i = 0; i < got && i < 8; i++)
-        if ((uintptr_t)ips[i] == ret) {
+        if ((uintptr_t)scratch->ips[i] == ret) {
             start = i;
             break;
         }
     if (start < 0) { /* no unwind, or it lost the hook's caller: keep just the return address */
-        words[n++] = (uint64_t)ret << 1;
-        return n;
+        words[0] = (uint64_t)ret << 1;
+        return 1;
     }
-    for (int i = start; i < got && n < max; i++) words[n++] = (uint64_t)(uintptr_t)ips[i] << 1;
+    for (int i = start; i < got && n < (uint64_t)max; i++) words[n++] = (uint64_t)(uintptr_t)scratch->ips[i] << 1;
+    if (CYT_UNLIKELY(got - start > max)) { /* deeper than the limit: the rest round the ring */
+        for (int i = start + max; i < got; i++) put_frame(words, head, tail, n++, (uint64_t)(uintptr_t)scratch->ips[i] << 1);
+        unroll_ring(words, head, tail, n);
+    }
     return n;
 }
 
-CYTRACE_API void cytrace_set_pyframes_callback(cytrace_pyframes_fn fn) { cyt_pyframes_cb = fn; }
+CYTRACE_API void cytrace_set_pyframes_source(cytrace_pyframes_fn fn) { cyt_pyframes_cb = fn; }

@@ -1,7 +1,9 @@
 /* trace_thread.c: per-thread state and the event hot path.
  *
  * Each thread owns an event buffer (one BATCH in the making) and a definitions buffer
- * (its THREAD, STACK and PYFRAME records). The event buffer holds the batch's five
+ * (its THREAD, STACK and PYFRAME records). Batches carry the thread's sequence number and
+ * the ordinal of their first event, so a reader finds the ones missing (FORMAT.md). The
+ * event buffer holds the batch's five
  * columns (FORMAT.md: heads, times, addresses, sizes, stacks), each in its own region
  * as large as the whole budget, so no column can overflow before the total reaches the
  * budget (untouched pages cost nothing). When the total fills up, the definitions and the
@@ -13,12 +15,18 @@
  * The states live in one list guarded by `threads_lock`, taken only when a thread starts
  * or ends and at stop. A pthread key destructor flushes a thread's buffer when it exits
  * and recycles its state; states are never freed, so a stale pointer stays harmless.
+ *
+ * Also here: the stack of an event (native frames, then the Python frames from the
+ * extension's callback; a stack deeper than cyt_max_frames loses its middle), and thread
+ * names (the name the extension gives a Python thread, else the native name; a THREAD
+ * record again when it changes).
  */
 #define _GNU_SOURCE
 #include <sched.h>
 #include <stdlib.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <stdio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +34,7 @@
 
 #define TCACHE_SIZE 512
 #define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
+#define NAME_MAX_LEN 64
 
 struct cyt_thread {
     cyt_thread *next;     /* all states (threads_lock) */
@@ -37,12 +46,21 @@ struct cyt_thread {
     int in_list;
     uint32_t index;
     pid_t tid;
-    uint64_t t0, last_t;
+    _Atomic uint64_t t0;       /* time of the batch's first event (read by the writer's tick) */
+    uint64_t last_t;
     uint64_t last_addr;
     uint32_t last_stack;  /* stack id of the batch's previous allocation (UINT32_MAX: none) */
     uint64_t batch_seq;   /* batches this thread has flushed in this session */
-    uint64_t nevents, events_total;
+    _Atomic uint64_t nevents;  /* in the batch in the making (read by the writer's tick) */
+    _Atomic uint64_t ordinal;  /* events of this thread's earlier batches (this session) */
+    uint64_t progress_reported; /* what the last PROGRESS record said (writer) */
     _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
+    uint64_t *words;           /* cyt_max_frames frame words: the stack being captured */
+    int words_cap;
+    cyt_scratch scratch;       /* libunwind's buffer for deep stacks */
+    unsigned names_seen;       /* names_version when the name was last looked up */
+    int python_named;          /* the name came from cytrace_name_thread */
+    char name[NAME_MAX_LEN];   /* the name of the last THREAD record */
     uint8_t *ev;               /* NCOLS regions of cyt_buffer_size bytes */
     uint8_t *col[NCOLS];       /* write position in each column */
     uintptr_t col_base;        /* sum of the columns' starts: used = sum(col) - col_base */
@@ -59,6 +77,82 @@ static pthread_key_t exit_key;
 static _Atomic uint32_t next_index;
 static _Atomic uint64_t flushed_events;
 static CYT_TLS cyt_thread *tls_state;
+
+/* ---- thread names ------------------------------------------------------------------ */
+
+/* Names given by the Python extension (threading.Thread.name), by OS thread id. A thread
+ * picks its own up when it starts recording or flushes (names_version tells it changed).
+ * An entry outlives its thread (what it frees while it ends is still its own); when the
+ * table is full the oldest entry goes (OS thread ids come back only after pid_max more). */
+#define MAX_NAMED 1024
+static struct {
+    pid_t tid;
+    char name[NAME_MAX_LEN];
+} named[MAX_NAMED];
+static unsigned named_next; /* the oldest entry, replaced when the table is full */
+static pthread_mutex_t names_lock = PTHREAD_MUTEX_INITIALIZER;
+static _Atomic unsigned names_version = 1;
+
+CYTRACE_API void cytrace_name_thread(long tid, const char *name) {
+    if (tid <= 0) return;
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    pthread_mutex_lock(&names_lock);
+    int slot = -1, empty = -1;
+    for (int i = 0; i < MAX_NAMED && slot < 0; i++) {
+        if (named[i].tid == (pid_t)tid) slot = i;
+        else if (empty < 0 && named[i].tid == 0) empty = i;
+    }
+    if (name == NULL || name[0] == 0) {
+        if (slot >= 0) named[slot].tid = 0;
+    } else {
+        if (slot < 0) slot = empty;
+        if (slot < 0) slot = (int)(named_next++ % MAX_NAMED);
+        named[slot].tid = (pid_t)tid;
+        snprintf(named[slot].name, sizeof named[slot].name, "%s", name);
+    }
+    atomic_fetch_add(&names_version, 1);
+    pthread_mutex_unlock(&names_lock);
+    cyt_guard = saved;
+}
+
+static int lookup_name(pid_t tid, char *out) {
+    int found = 0;
+    pthread_mutex_lock(&names_lock);
+    for (int i = 0; i < MAX_NAMED; i++)
+        if (named[i].tid == tid) {
+            memcpy(out, named[i].name, NAME_MAX_LEN);
+            found = 1;
+            break;
+        }
+    pthread_mutex_unlock(&names_lock);
+    return found;
+}
+
+/* Append a THREAD record when the thread's name changed: the Python name if it has one,
+ * else (when `own`: called by the thread itself) its native name. */
+static void refresh_name(cyt_thread *ts, int own) {
+    char name[NAME_MAX_LEN];
+    unsigned version = atomic_load_explicit(&names_version, memory_order_acquire);
+    if (version != ts->names_seen) {
+        ts->names_seen = version;
+        ts->python_named = lookup_name(ts->tid, name);
+    } else if (ts->python_named) {
+        return; /* unchanged */
+    }
+    if (!ts->python_named) {
+        if (!own) return;
+        memset(name, 0, sizeof name);
+        prctl(PR_GET_NAME, name, 0, 0, 0); /* 16 bytes at most */
+    }
+    name[NAME_MAX_LEN - 1] = 0;
+    if (strcmp(name, ts->name) == 0) return;
+    memcpy(ts->name, name, NAME_MAX_LEN);
+    cyt_buf_varint(&ts->defs, REC_THREAD);
+    cyt_buf_varint(&ts->defs, ts->index);
+    cyt_buf_varint(&ts->defs, (uint64_t)ts->tid);
+    cyt_buf_string(&ts->defs, name, strlen(name));
+}
 
 /* ---- byte buffers (shared helpers) ------------------------------------------------ */
 
@@ -116,44 +210,55 @@ static inline size_t columns_used(const cyt_thread *ts) {
     return (size_t)(sum - ts->col_base);
 }
 
-/* Turn the thread's definitions and events into one chunk for the writer. */
-static void flush_thread(cyt_thread *ts) {
-    if (ts->nevents == 0 && ts->defs.len == 0) return;
+static inline uint64_t nevents_of(cyt_thread *ts) { return atomic_load_explicit(&ts->nevents, memory_order_relaxed); }
+
+/* Turn the thread's definitions and events into one chunk for the writer. `own`: called
+ * by the thread itself (else by the writer for an idle thread, or at stop). */
+static void flush_thread(cyt_thread *ts, int own) {
+    uint64_t n = nevents_of(ts);
+    if (n == 0 && ts->defs.len == 0) return;
+    refresh_name(ts, own);
     size_t used = ts->ev ? columns_used(ts) : 0;
-    size_t size = ts->defs.len + 16 + 10 * (6 + NCOLS) + used;
+    size_t size = ts->defs.len + 16 + 10 * (7 + NCOLS) + used;
+    uint64_t first = atomic_load_explicit(&ts->ordinal, memory_order_relaxed);
     uint8_t *chunk = malloc(size);
     if (chunk == NULL) {
-        cyt_count_dropped(ts->nevents);
+        cyt_count_lost(n);
+        if (n) ts->batch_seq++; /* its sequence number and ordinals stay taken: a gap */
     } else {
         uint8_t *p = chunk;
         if (ts->defs.len) memcpy(p, ts->defs.data, ts->defs.len);
         p += ts->defs.len;
-        if (ts->nevents > 0) {
+        if (n > 0) {
             *p++ = REC_BATCH;
             p = cyt_put_varint(p, ts->index);
             p = cyt_put_varint(p, ts->batch_seq++);
-            p = cyt_put_varint(p, ts->t0);
+            p = cyt_put_varint(p, first);
+            p = cyt_put_varint(p, atomic_load_explicit(&ts->t0, memory_order_relaxed));
             p = cyt_put_varint(p, cyt_time_unit);
-            p = cyt_put_varint(p, ts->nevents);
+            p = cyt_put_varint(p, n);
             for (int c = COL_TIME; c < NCOLS; c++) p = cyt_put_varint(p, (uint64_t)(ts->col[c] - col_start(ts, c)));
             for (int c = 0; c < NCOLS; c++) {
-                size_t n = (size_t)(ts->col[c] - col_start(ts, c));
-                memcpy(p, col_start(ts, c), n);
-                p += n;
+                size_t len = (size_t)(ts->col[c] - col_start(ts, c));
+                memcpy(p, col_start(ts, c), len);
+                p += len;
             }
         }
-        atomic_fetch_add(&flushed_events, ts->nevents);
-        cyt_writer_submit(chunk, (size_t)(p - chunk));
+        cyt_writer_submit(chunk, (size_t)(p - chunk), n);
     }
+    atomic_fetch_add(&flushed_events, n);
     ts->defs.len = 0;
     if (ts->ev) reset_columns(ts);
-    ts->nevents = 0;
+    /* nevents first, then the ordinal (release): the writer's tick reads the ordinal
+     * (acquire), then nevents, and so never counts more events than were recorded */
+    atomic_store_explicit(&ts->nevents, 0, memory_order_relaxed);
+    atomic_store_explicit(&ts->ordinal, first + n, memory_order_release);
 }
 
 static void release_buffers(cyt_thread *ts) {
     free(ts->ev);
     ts->ev = NULL;
-    ts->nevents = 0;
+    atomic_store(&ts->nevents, 0);
     cyt_buf_free(&ts->defs);
 }
 
@@ -167,7 +272,7 @@ static void thread_exit(void *arg) {
      * destructors, so a stop may be under way (active already 0) while we get here. Holding
      * threads_lock, either the stop's flush_all has taken our buffer already (our session is
      * then 0) or it has not, and the writer is still open: flush. */
-    if (ts->session == atomic_load(&cyt_session) && ts->ev) flush_thread(ts);
+    if (ts->session == atomic_load(&cyt_session) && ts->ev) flush_thread(ts, 1);
     release_buffers(ts);
     ts->session = 0;
     ts->next_free = free_threads;
@@ -206,20 +311,28 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     memset(ts->tcache, 0, sizeof ts->tcache);
     ts->ev = malloc(NCOLS * cyt_buffer_size);
     if (ts->ev) reset_columns(ts);
-    ts->session = ts->ev ? session : 0;
+    if (ts->words_cap < cyt_max_frames) {
+        uint64_t *words = realloc(ts->words, (size_t)cyt_max_frames * sizeof *words);
+        if (words != NULL) {
+            ts->words = words;
+            ts->words_cap = cyt_max_frames;
+        }
+    }
+    ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
-    ts->t0 = ts->last_t = 0;
+    atomic_store_explicit(&ts->t0, 0, memory_order_relaxed);
+    ts->last_t = 0;
     ts->batch_seq = 0;
+    atomic_store(&ts->ordinal, 0);
+    ts->progress_reported = 0;
     atomic_store(&ts->flush_epoch, atomic_load(&cyt_flush_epoch));
     atomic_store(&ts->claimed, 0);
-    char name[32] = "";
-    prctl(PR_GET_NAME, name, 0, 0, 0);
-    name[sizeof name - 1] = 0;
-    cyt_buf_varint(&ts->defs, REC_THREAD);
-    cyt_buf_varint(&ts->defs, ts->index);
-    cyt_buf_varint(&ts->defs, (uint64_t)ts->tid);
-    cyt_buf_string(&ts->defs, name, strlen(name));
+    ts->names_seen = 0;
+    ts->python_named = 0;
+    ts->name[0] = 1; /* matches no name: the first refresh writes the THREAD record */
+    ts->name[1] = 0;
+    refresh_name(ts, 1);
     /* decided under the lock: a stop may clear ts->session as soon as it is released */
     cyt_thread *result = ts->session ? ts : NULL;
     pthread_mutex_unlock(&threads_lock);
@@ -268,10 +381,10 @@ static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, m
 /* Start one event: flush a full batch, start a new one if needed, write the event's time
  * and address. Returns the event's head byte, to be completed by the caller. */
 static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t address) {
-    if (CYT_UNLIKELY(columns_used(ts) + CYT_EVENT_MAX > cyt_buffer_size)) flush_thread(ts);
+    if (CYT_UNLIKELY(columns_used(ts) + CYT_EVENT_MAX > cyt_buffer_size)) flush_thread(ts, 1);
     uint64_t now = cyt_event_time();
-    if (ts->nevents == 0) {
-        ts->t0 = now;
+    if (nevents_of(ts) == 0) {
+        atomic_store_explicit(&ts->t0, now, memory_order_relaxed);
         ts->last_t = now;
         ts->last_addr = 0;
         ts->last_stack = UINT32_MAX;
@@ -289,20 +402,24 @@ static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t addr
 }
 
 static inline void event_end(cyt_thread *ts) {
-    ts->nevents++;
+    atomic_store_explicit(&ts->nevents, nevents_of(ts) + 1, memory_order_relaxed); /* only its owner writes it */
     unsigned epoch = atomic_load_explicit(&cyt_flush_epoch, memory_order_relaxed);
-    if (CYT_UNLIKELY(ts->defs.len > (1u << 20) || epoch != atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed))) {
+    if (CYT_UNLIKELY(epoch != atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed))) {
+        /* a tick: flush the batch if its first event is old enough (else it fills up first) */
         atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
-        flush_thread(ts);
+        if (ts->last_t - atomic_load_explicit(&ts->t0, memory_order_relaxed) >= CYT_FLUSH_AGE_NS) flush_thread(ts, 1);
+    } else if (CYT_UNLIKELY(ts->defs.len > (1u << 20))) {
+        flush_thread(ts, 1);
     }
 }
 
-/* 64-bit hash of a stack (its intern key). Each word is salted by its position and mixed
+/* 64-bit hash of a stack (its intern key); `seed` tells apart the same frames in another
+ * load generation or with another cut. Each word is salted by its position and mixed
  * on its own (a bijection), then the mixes are summed: no dependency chain from word to
  * word, so the multiplies overlap. (Measured against a chained hash on bench_alloc, 8M
  * allocations, 11 interleaved runs: 0.583 s against 0.622 s median wall.) */
-static inline uint64_t stack_hash(const uint64_t *words, int n) {
-    uint64_t h = 0x9e3779b97f4a7c15ULL * (uint64_t)(n + 1), salt = 0;
+static inline uint64_t stack_hash(const uint64_t *words, int n, uint64_t seed) {
+    uint64_t h = 0x9e3779b97f4a7c15ULL * (uint64_t)(n + 1) + seed, salt = 0;
     for (int i = 0; i < n; i++) {
         salt += 0x9e3779b97f4a7c15ULL;
         uint64_t x = words[i] ^ salt;
@@ -316,25 +433,74 @@ static inline uint64_t stack_hash(const uint64_t *words, int n) {
     return h ^ (h >> 29);
 }
 
+/* Python frames of the calling thread into words[0..max), skipping the `skip` innermost;
+ * *depth: how many it has. */
+static inline int python_frames(uint64_t *words, int max, int skip, int *depth) {
+    *depth = 0;
+    if (cyt_pyframes_cb == NULL || !(cyt_options & CYTRACE_PYTHON_FRAMES)) return 0;
+    int n = cyt_pyframes_cb(words, max, skip, depth);
+    return n < 0 ? 0 : n;
+}
+
+/* The stack of the event being recorded, in ts->words: native frames then Python frames.
+ * One deeper than cyt_max_frames keeps its innermost frames and its outermost quarter;
+ * *cut and *cut_at say how many were dropped, and where (FORMAT.md, STACK). */
+static inline int capture_words(cyt_thread *ts, void *return_address, void *frame_address, uint64_t *cut, uint64_t *cut_at) {
+    int max = cyt_max_frames, tail = max / 4, head = max - tail;
+    uint64_t *words = ts->words;
+    uint64_t native = cyt_capture_stack(words, max, tail, return_address, frame_address, &ts->unwinding, &ts->scratch);
+    int depth = 0;
+    *cut = *cut_at = 0;
+    if (native <= (uint64_t)max) {
+        int n = (int)native + python_frames(words + native, max - (int)native, 0, &depth);
+        if (native + (uint64_t)depth <= (uint64_t)max) return n;
+    } else {
+        python_frames(NULL, 0, 0, &depth);
+    }
+    /* too deep: words[0..head) the innermost frames, words[head..max) the outermost */
+    uint64_t total = native + (uint64_t)depth;
+    if (native < (uint64_t)head) {
+        int d;
+        python_frames(words + native, head - (int)native, 0, &d);
+    }
+    int python_part = depth < tail ? depth : tail, native_part = tail - python_part;
+    if (native_part > 0) {
+        /* the outermost native frames: the end of the ring (native > max) or in place */
+        const uint64_t *from = native > (uint64_t)max ? words + head + (tail - native_part) : words + native - native_part;
+        memmove(words + head, from, (size_t)native_part * sizeof *words);
+    }
+    if (python_part > 0) {
+        int d;
+        python_frames(words + head + native_part, python_part, depth - python_part, &d);
+    }
+    *cut = total - (uint64_t)max;
+    *cut_at = (uint64_t)head;
+    return max;
+}
+
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
-    uint64_t words[CYT_MAX_FRAMES];
-    int n = cyt_capture_stack(words, CYT_MAX_FRAMES, return_address, frame_address, &ts->unwinding);
-    if (cyt_pyframes_cb != NULL && (cyt_options & CYTRACE_PYTHON_FRAMES) && n < CYT_MAX_FRAMES)
-        n += cyt_pyframes_cb(words + n, CYT_MAX_FRAMES - n);
+    uint64_t generation = atomic_load_explicit(&cyt_load_generation, memory_order_relaxed);
+    uint64_t cut, cut_at;
+    int n = capture_words(ts, return_address, frame_address, &cut, &cut_at);
     if (n == 0) return 0;
-    uint64_t h = stack_hash(words, n);
+    const uint64_t *words = ts->words;
+    /* (multiplied: stacks that differ only there must still spread over the tables) */
+    uint64_t h = stack_hash(words, n, generation * 0xd6e8feb86659fd93ULL ^ cut * 0xa0761d6478bd642fULL ^ cut_at);
     unsigned slot = (unsigned)(h ^ (h >> 17)) & (TCACHE_SIZE - 1);
     if (ts->tcache[slot].hash == h && ts->tcache[slot].id) return ts->tcache[slot].id;
     int is_new = 0;
     uint32_t id = cyt_intern_stack(h, &is_new);
     if (id == 0) return 0;
     if (is_new) {
-        if (cyt_buf_reserve(&ts->defs, 1 + 10 + 10 + (size_t)n * 10) == 0) {
+        if (cyt_buf_reserve(&ts->defs, 1 + 10 * 5 + (size_t)n * 10) == 0) {
             uint8_t *p = ts->defs.data + ts->defs.len;
             *p++ = REC_STACK;
             p = cyt_put_varint(p, id);
+            p = cyt_put_varint(p, generation);
             p = cyt_put_varint(p, (uint64_t)n);
             for (int i = 0; i < n; i++) p = cyt_put_varint(p, words[i]);
+            p = cyt_put_varint(p, cut);
+            if (cut) p = cyt_put_varint(p, cut_at);
             ts->defs.len = (size_t)(p - ts->defs.data);
         }
     }
@@ -419,34 +585,42 @@ void cyt_threads_flush_all(void) {
         if (ts->session != session) continue;
         if (ts != self) {
             if (!wait_cleared(&ts->busy)) { /* stuck: its events are lost */
-                cyt_count_dropped(ts->nevents);
+                uint64_t n = nevents_of(ts);
+                atomic_fetch_add(&flushed_events, n);
+                cyt_count_lost(n);
                 continue;
             }
         } else if (atomic_load(&ts->busy)) {
             continue; /* stopping from a signal handler that interrupted our own hook */
         }
-        flush_thread(ts);
+        flush_thread(ts, ts == self);
         release_buffers(ts);
         ts->session = 0;
     }
     pthread_mutex_unlock(&threads_lock);
 }
 
-/* The writer, once a second: flush the buffers of threads that recorded nothing for a
- * whole second (a thread that is idle, or blocked, would otherwise hold its events until
- * it ends). A thread is claimed, then checked not to be inside the hot path (the same
- * Dekker pairing as at stop); if it enters meanwhile, it waits for the claim to go. */
+/* The writer, a moment after each tick's epoch bump: flush the buffers of threads holding
+ * events CYT_FLUSH_AGE_NS old or more (a thread that is idle, blocked or descheduled would
+ * otherwise hold them until it runs again; running threads flushed themselves at the
+ * bump). A thread is claimed, then checked not to be inside the hot path (the same Dekker
+ * pairing as at stop); if it enters meanwhile, it waits for the claim to go. Then, when
+ * asked, the PROGRESS record: what every thread has recorded so far, when some of it is
+ * not written yet. */
 #define MAX_IDLE_CLAIMS 256
-void cyt_threads_flush_idle(void) {
+void cyt_threads_tick(cyt_buf *progress, int queued) {
     unsigned epoch = atomic_load(&cyt_flush_epoch);
     unsigned session = atomic_load(&cyt_session);
+    uint64_t now = cyt_event_time();
     cyt_thread *claimed[MAX_IDLE_CLAIMS];
     int n = 0;
     /* Never wait for threads_lock here: its holder (a stop's flush_all, an ending thread)
-     * may be waiting for the writer to make room in its queue. Next second, then. */
+     * may be waiting for the writer to make room in its queue. Next tick, then. */
     if (pthread_mutex_trylock(&threads_lock) != 0) return;
     for (cyt_thread *ts = all_threads; ts != NULL && n < MAX_IDLE_CLAIMS; ts = ts->next) {
-        if (ts->session != session || epoch - atomic_load_explicit(&ts->flush_epoch, memory_order_relaxed) < 2) continue;
+        if (ts->session != session || nevents_of(ts) == 0) continue;
+        uint64_t t0 = atomic_load_explicit(&ts->t0, memory_order_relaxed);
+        if (now < t0 || now - t0 < CYT_FLUSH_AGE_NS) continue; /* young: it fills up, or is flushed next tick */
         atomic_store_explicit(&ts->claimed, 1, memory_order_relaxed);
         claimed[n++] = ts;
     }
@@ -456,12 +630,33 @@ void cyt_threads_flush_idle(void) {
         for (int i = 0; i < n; i++) {
             cyt_thread *ts = claimed[i];
             if (atomic_load_explicit(&ts->busy, memory_order_acquire)) continue;
-            if (ts->ev != NULL) flush_thread(ts);
+            if (ts->ev != NULL) flush_thread(ts, 0);
             atomic_store_explicit(&ts->flush_epoch, epoch, memory_order_relaxed);
         }
         for (int i = 0; i < n; i++) atomic_store_explicit(&claimed[i]->claimed, 0, memory_order_release);
     }
+    cyt_buf entries = {0};
+    uint64_t count = 0;
+    int unflushed = queued;
+    for (cyt_thread *ts = all_threads; progress != NULL && ts != NULL; ts = ts->next) {
+        if (ts->session != session) continue;
+        uint64_t ordinal = atomic_load_explicit(&ts->ordinal, memory_order_acquire);
+        uint64_t pending = nevents_of(ts);
+        if (ordinal + pending <= ts->progress_reported) continue;
+        ts->progress_reported = ordinal + pending;
+        unflushed |= pending > 0;
+        cyt_buf_varint(&entries, ts->index);
+        cyt_buf_varint(&entries, ordinal + pending);
+        count++;
+    }
     pthread_mutex_unlock(&threads_lock);
+    if (progress != NULL && count > 0 && unflushed && entries.data != NULL) {
+        cyt_buf_varint(progress, REC_PROGRESS);
+        cyt_buf_varint(progress, cyt_since_start());
+        cyt_buf_varint(progress, count);
+        cyt_buf_bytes(progress, entries.data, entries.len);
+    }
+    cyt_buf_free(&entries);
 }
 
 /* fork_prepare, after raising cyt_forking and a full fence: wait until no other thread is
@@ -486,14 +681,15 @@ void cyt_threads_after_fork_child(void) {
     /* Only the forking thread exists in the child. The other states belong to threads that
      * are gone: keep them out of the list (leaked, their buffers may be mid-update). */
     pthread_mutex_init(&threads_lock, NULL);
+    pthread_mutex_init(&names_lock, NULL);
     cyt_thread *self = tls_state;
     all_threads = NULL;
     free_threads = NULL;
     if (self != NULL) {
         /* its buffered events belong to the parent, which writes them */
         self->defs.len = 0;
+        atomic_store(&self->nevents, 0);
         if (self->ev) reset_columns(self);
-        self->nevents = 0;
         self->session = 0;
         atomic_store(&self->busy, 0);
         self->next = NULL;

@@ -1,15 +1,33 @@
-/* trace_writer.c: the capture file. Writes the uncompressed header, then compresses each
- * submitted chunk of records into one independent LZ4 frame (with content checksum) and
- * appends it. Chunks come from threads whose buffers filled up; a background thread does
- * the compression and the write(2)s so the traced threads only queue a pointer.
- * The queue has a byte limit: producers wait when the disk cannot keep up (the writer never
- * waits for a traced thread, so this cannot deadlock). */
+/* trace_writer.c: the capture file. Creates it under an exclusive lock, writes the
+ * uncompressed header, then compresses each submitted chunk of records into one
+ * independent LZ4 frame (with content checksum) and appends it. Chunks come from threads
+ * whose buffers filled up; a background thread does the compression and the write(2)s so
+ * the traced threads only queue a pointer. The queue has a byte limit: producers wait when
+ * the disk cannot keep up (the writer never waits for a traced thread, so this cannot
+ * deadlock).
+ *
+ * The writer also keeps time: every CYT_FLUSH_INTERVAL_NS (5 ms) it asks every thread to
+ * flush at its next event what it holds since CYT_FLUSH_AGE_NS (5 ms) or more, a moment
+ * later flushes such events of the threads that did not run, every other tick writes a
+ * PROGRESS record (at least once a second: a sign of life), and every 20th tick checks that
+ * our hooks are still in place (TAKEOVER records). So SIGKILL loses at most the last ~10 ms
+ * of events, and a reader knows when the process was last alive.
+ *
+ * A failed write (disk full, file size limit, I/O error) never stops the program: the
+ * file is cut back to its last complete frame, stderr says what happened, the chunks that
+ * cannot be written are dropped and counted, and writing is tried again (at most every
+ * RETRY_NS); the first frame written after an outage is a LOSS record.
+ */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <lz4frame.h>
+#include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,11 +37,18 @@ typedef struct chunk {
     struct chunk *next;
     uint8_t *data;
     size_t len;
+    uint64_t nevents;
 } chunk;
 
-#define QUEUE_LIMIT (64u << 20) /* bytes queued before producers wait */
+#define QUEUE_LIMIT (64u << 20)     /* bytes queued before producers wait */
+#define IDLE_GRACE_NS 1000000ull    /* after an epoch bump, busy threads flush themselves */
+#define CHECK_EVERY_TICKS 20        /* takeover checks: every 100 ms */
+#define PROGRESS_EVERY_TICKS 2      /* progress marks: every 10 ms */
+#define RETRY_NS 50000000ull        /* after a failed write, try again at most this often */
+#define ALIVE_NS 1000000000ull      /* an idle process still writes a PROGRESS mark this often */
 
 static int out_fd = -1;
+static char out_path[4096];
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_nonempty = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t queue_space = PTHREAD_COND_INITIALIZER;
@@ -32,15 +57,47 @@ static size_t queue_bytes;
 static int writer_closing, writer_running;
 static pthread_t writer_thread; /* stored by pthread_create before the thread runs; 0: none */
 
-static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER; /* the compressor and the fd */
+static pthread_mutex_t io_lock = PTHREAD_MUTEX_INITIALIZER; /* the compressor, the fd, the outage */
 static LZ4F_cctx *cctx;
 static uint8_t *zbuf;
 static size_t zcap;
+static uint64_t file_end; /* where the last complete frame ends */
+static uint64_t header_end, last_frame_start, last_frame_events; /* the last frame written */
 static _Atomic uint64_t frames_written, bytes_written;
 CYT_TLS int cyt_is_writer;
 
+/* The outage in progress, and what stderr was told (io_lock). */
+static struct {
+    int failing;
+    uint64_t since_ns, retry_at; /* cyt_now() */
+    uint64_t since_capture_ns;   /* the same, since the capture started */
+    uint64_t events, frames;     /* lost in this outage */
+    char reason[128];
+    uint64_t said_ns;            /* the last failure message (0: none yet) */
+    int said_failing;            /* this outage's failure was told: its end will be too */
+    uint64_t total_events;       /* lost in every outage of the session */
+    uint64_t unsaid_events;      /* lost in outages no message told of yet */
+    int closing;                 /* the last records are being written: the summary tells */
+} outage;
+
+#define SAY_EVERY_NS 1000000000ull /* stderr hears of a new outage at most once a second */
+
 uint64_t cyt_writer_frames(void) { return atomic_load(&frames_written); }
 uint64_t cyt_writer_bytes(void) { return atomic_load(&bytes_written); }
+
+/* A line on stderr without stdio (its lock may be held by a thread waiting for us). */
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void say(const char *fmt, ...) {
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return;
+    if ((size_t)n >= sizeof line) n = sizeof line - 1;
+    ssize_t ignored = write(STDERR_FILENO, line, (size_t)n);
+    (void)ignored;
+}
 
 static int write_all(int fd, const uint8_t *p, size_t n) {
     while (n > 0) {
@@ -49,77 +106,217 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
             if (errno == EINTR) continue;
             return -1;
         }
+        if (w == 0) {
+            errno = EIO;
+            return -1;
+        }
         p += w;
         n -= (size_t)w;
-        atomic_fetch_add(&bytes_written, (uint64_t)w);
     }
     return 0;
 }
 
-/* Compress one chunk into one frame and append it. Caller holds io_lock. */
+/* Compress one chunk into one frame and append it; on failure cut the file back to its
+ * last complete frame (errno kept). Caller holds io_lock. */
 static int write_frame(const uint8_t *data, size_t len) {
-    if (out_fd < 0 || cctx == NULL) return -1;
+    if (out_fd < 0 || cctx == NULL) {
+        errno = EBADF;
+        return -1;
+    }
     LZ4F_preferences_t prefs;
     memset(&prefs, 0, sizeof prefs);
     prefs.frameInfo.blockSizeID = LZ4F_max256KB;
     prefs.frameInfo.contentChecksumFlag = LZ4F_contentChecksumEnabled;
     prefs.frameInfo.contentSize = len;
     prefs.compressionLevel = cyt_compression_level;
+    /* The whole chunk goes in one update, compressed straight from it (autoFlush): liblz4
+     * then needs no staging buffer, which 1.9.4 allocates and zeroes anew for every frame
+     * (384 KiB a frame, measured). Blocks are independent by default (a chunk is one 256 KiB
+     * block or barely more); LZ4HC's 1 MiB chunks keep linked blocks, for their ratio. */
+    prefs.autoFlush = 1;
+    prefs.frameInfo.blockMode = cyt_compression_level > 0 ? LZ4F_blockLinked : LZ4F_blockIndependent;
     size_t bound = LZ4F_compressFrameBound(len, &prefs);
     if (bound > zcap) {
         uint8_t *n = realloc(zbuf, bound);
-        if (n == NULL) return -1;
+        if (n == NULL) {
+            errno = ENOMEM;
+            return -1;
+        }
         zbuf = n;
         zcap = bound;
     }
     size_t pos = LZ4F_compressBegin(cctx, zbuf, zcap, &prefs);
-    if (LZ4F_isError(pos)) return -1;
+    if (LZ4F_isError(pos)) goto compress_failed;
     size_t r = LZ4F_compressUpdate(cctx, zbuf + pos, zcap - pos, data, len, NULL);
-    if (LZ4F_isError(r)) return -1;
+    if (LZ4F_isError(r)) goto compress_failed;
     pos += r;
     r = LZ4F_compressEnd(cctx, zbuf + pos, zcap - pos, NULL);
-    if (LZ4F_isError(r)) return -1;
+    if (LZ4F_isError(r)) goto compress_failed;
     pos += r;
-    if (write_all(out_fd, zbuf, pos) != 0) return -1;
+    if (write_all(out_fd, zbuf, pos) != 0) {
+        int saved = errno;
+        /* never leave a partial frame in the middle of the file */
+        if (ftruncate(out_fd, (off_t)file_end) == 0) lseek(out_fd, (off_t)file_end, SEEK_SET);
+        errno = saved;
+        return -1;
+    }
+    file_end += pos;
+    atomic_fetch_add(&bytes_written, (uint64_t)pos);
     atomic_fetch_add(&frames_written, 1);
     return 0;
+compress_failed:
+    errno = EINVAL;
+    return -1;
 }
 
-int cyt_writer_write_now(const uint8_t *data, size_t len) {
+/* Write one chunk, or count it lost (and say so) while the file cannot be written: 0 or
+ * -1. During an outage only chunks holding events (or `force`: the last chunks, at stop)
+ * are tried, at most every RETRY_NS, each behind the LOSS record in one frame: so a small
+ * frame that happens to fit does not end the outage. Caller holds io_lock. */
+static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents, int force) {
+    uint64_t now = cyt_now();
+    if (outage.failing) {
+        if (!force && (now < outage.retry_at || nevents == 0)) goto lost;
+        cyt_buf both = {0};
+        cyt_buf_varint(&both, REC_LOSS);
+        cyt_buf_varint(&both, outage.since_capture_ns);
+        cyt_buf_varint(&both, cyt_since_start());
+        cyt_buf_varint(&both, outage.events);
+        cyt_buf_varint(&both, outage.frames);
+        cyt_buf_string(&both, outage.reason, strlen(outage.reason));
+        cyt_buf_bytes(&both, data, len);
+        uint64_t start = file_end;
+        int ok = both.data != NULL && write_frame(both.data, both.len) == 0;
+        cyt_buf_free(&both);
+        if (ok) {
+            last_frame_start = start;
+            last_frame_events = nevents;
+        }
+        if (!ok) {
+            outage.retry_at = now + RETRY_NS;
+            goto lost;
+        }
+        outage.failing = 0;
+        if (outage.said_failing && !outage.closing) {
+            say("cytool: writing the capture %s again: %llu events could not be written (%s)\n", out_path,
+                (unsigned long long)outage.unsaid_events, outage.reason);
+            outage.said_failing = 0;
+            outage.unsaid_events = 0;
+        }
+        return 0;
+    }
+    uint64_t start = file_end;
+    if (write_frame(data, len) == 0) {
+        last_frame_start = start;
+        last_frame_events = nevents;
+        return 0;
+    }
+    int error = errno;
+    outage.failing = 1;
+    outage.since_ns = now;
+    outage.since_capture_ns = cyt_since_start();
+    outage.events = outage.frames = 0;
+    snprintf(outage.reason, sizeof outage.reason, "%s", strerror(error));
+    if (outage.said_ns == 0 || now - outage.said_ns >= SAY_EVERY_NS) { /* (flapping: once a second) */
+        say("cytool: cannot write the capture %s: %s; events are lost until it can be written again "
+            "(the program goes on)\n", out_path, outage.reason);
+        outage.said_ns = now;
+        outage.said_failing = 1;
+    }
+    outage.retry_at = now + RETRY_NS;
+lost:
+    outage.events += nevents;
+    outage.frames++;
+    outage.total_events += nevents;
+    outage.unsaid_events += nevents;
+    cyt_count_lost(nevents);
+    return -1;
+}
+
+/* The writer thread blocks every signal; another thread writing blocks SIGXFSZ for the
+ * while: a write past RLIMIT_FSIZE then fails with EFBIG instead of killing a program that
+ * did not ask for that signal. */
+static int write_chunk(const uint8_t *data, size_t len, uint64_t nevents, int force) {
+    sigset_t block, saved;
+    if (!cyt_is_writer) {
+        sigemptyset(&block);
+        sigaddset(&block, SIGXFSZ);
+        pthread_sigmask(SIG_BLOCK, &block, &saved);
+    }
     pthread_mutex_lock(&io_lock);
-    int r = write_frame(data, len);
+    int r = write_chunk_locked(data, len, nevents, force);
     pthread_mutex_unlock(&io_lock);
+    if (!cyt_is_writer) pthread_sigmask(SIG_SETMASK, &saved, NULL);
     return r;
+}
+
+int cyt_writer_write_now(const uint8_t *data, size_t len) { return write_chunk(data, len, 0, 1); }
+
+/* ---- the writer thread --------------------------------------------------------------- */
+
+static void tick_checks(void) {
+    cyt_buf out = {0};
+    cyt_patch_check(&out, 0);
+    cyt_pymem_check(&out);
+    if (out.len > 0) write_chunk(out.data, out.len, 0, 0);
+    cyt_buf_free(&out);
 }
 
 static void *writer_main(void *arg) {
     (void)arg;
+    sigset_t all;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, NULL); /* no handler runs here; SIGXFSZ stays pending */
     cyt_guard = 1; /* nothing this thread allocates is traced */
     cyt_is_writer = 1;
+    uint64_t next_tick = cyt_now() + CYT_FLUSH_INTERVAL_NS, next_claim = UINT64_MAX, last_mark = cyt_now();
+    unsigned ticks = 0;
     pthread_mutex_lock(&queue_lock);
     for (;;) {
         while (queue_head == NULL && !writer_closing) {
-            /* once a second, ask every thread to flush what it holds at its next event, so a
-             * killed process loses at most about a second of events */
-            struct timespec deadline;
-            clock_gettime(CLOCK_REALTIME, &deadline);
-            deadline.tv_sec += 1;
-            if (pthread_cond_timedwait(&queue_nonempty, &queue_lock, &deadline) == ETIMEDOUT) {
-                atomic_fetch_add(&cyt_flush_epoch, 1);
+            uint64_t now = cyt_now(), deadline = next_tick < next_claim ? next_tick : next_claim;
+            if (now >= deadline) break;
+            struct timespec until = {(time_t)(deadline / 1000000000u), (long)(deadline % 1000000000u)};
+            pthread_cond_timedwait(&queue_nonempty, &queue_lock, &until);
+        }
+        uint64_t now = cyt_now();
+        if (now >= next_tick && !writer_closing) {
+            /* every thread flushes at its next event; the idle ones, a moment later */
+            atomic_fetch_add(&cyt_flush_epoch, 1);
+            next_tick = now + CYT_FLUSH_INTERVAL_NS;
+            next_claim = now + IDLE_GRACE_NS;
+            if (++ticks % CHECK_EVERY_TICKS == 0) {
                 pthread_mutex_unlock(&queue_lock);
-                cyt_threads_flush_idle(); /* its chunks are written right here (cyt_is_writer) */
+                tick_checks();
                 pthread_mutex_lock(&queue_lock);
             }
+        } else if (now >= next_claim && !writer_closing) {
+            next_claim = UINT64_MAX;
+            int queued = queue_head != NULL;
+            pthread_mutex_unlock(&queue_lock);
+            cyt_buf progress = {0};
+            /* (its idle flushes go to the queue) */
+            cyt_threads_tick(ticks % PROGRESS_EVERY_TICKS == 0 ? &progress : NULL, queued);
+            if (progress.len == 0 && now - last_mark >= ALIVE_NS) { /* a sign of life: time only */
+                cyt_buf_varint(&progress, REC_PROGRESS);
+                cyt_buf_varint(&progress, cyt_since_start());
+                cyt_buf_varint(&progress, 0);
+            }
+            if (progress.len > 0) {
+                write_chunk(progress.data, progress.len, 0, 0);
+                last_mark = now;
+            }
+            cyt_buf_free(&progress);
+            pthread_mutex_lock(&queue_lock);
         }
         chunk *list = queue_head;
         queue_head = queue_tail = NULL;
         if (list == NULL && writer_closing) break;
+        int closing = writer_closing;
         pthread_mutex_unlock(&queue_lock);
         while (list != NULL) {
             chunk *next = list->next;
-            pthread_mutex_lock(&io_lock);
-            if (write_frame(list->data, list->len) != 0) cyt_count_dropped(0);
-            pthread_mutex_unlock(&io_lock);
+            write_chunk(list->data, list->len, list->nevents, closing);
             pthread_mutex_lock(&queue_lock);
             queue_bytes -= list->len;
             pthread_cond_broadcast(&queue_space);
@@ -134,30 +331,32 @@ static void *writer_main(void *arg) {
     return NULL;
 }
 
-void cyt_writer_submit(uint8_t *data, size_t len) {
+void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents) {
     int saved = cyt_guard;
     cyt_guard = 1;
     chunk *c = malloc(sizeof *c);
     if (c == NULL) {
         free(data);
-        cyt_count_dropped(1);
+        cyt_count_lost(nevents);
         cyt_guard = saved;
         return;
     }
     c->next = NULL;
     c->data = data;
     c->len = len;
+    c->nevents = nevents;
     pthread_mutex_lock(&queue_lock);
-    if (!writer_running || cyt_is_writer) { /* no writer (stopping, a child that does not follow), or
-                                              * the writer itself (idle flushes): write here */
+    if (!writer_running) { /* no writer (stopping, a child that does not follow): write here */
         pthread_mutex_unlock(&queue_lock);
-        cyt_writer_write_now(data, len);
+        write_chunk(data, len, nevents, 1);
         free(data);
         free(c);
         cyt_guard = saved;
         return;
     }
-    while (queue_bytes > QUEUE_LIMIT && writer_running && !writer_closing)
+    /* (the writer's own idle flushes are queued too, never waited for: it writes them right
+     * after, without keeping the threads it flushed waiting meanwhile) */
+    while (queue_bytes > QUEUE_LIMIT && writer_running && !writer_closing && !cyt_is_writer)
         pthread_cond_wait(&queue_space, &queue_lock);
     queue_bytes += len;
     if (queue_tail) queue_tail->next = c;
@@ -216,6 +415,7 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
     cyt_buf_varint(&body, (uint64_t)parent_pid);
     cyt_buf_varint(&body, cyt_time_unit);
     cyt_buf_varint(&body, cyt_clock_ticking ? CLOCK_KIND_TICKING : CLOCK_KIND_EXACT);
+    cyt_buf_varint(&body, (uint64_t)cyt_max_frames);
     if (body.data == NULL) return -1;
 
     uint8_t fixed[16];
@@ -229,33 +429,63 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
 }
 
 int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
-    out_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    /* Not O_TRUNC: the file may be another live tracer's capture. Lock it first, then
+     * empty it; the lock goes with the process, however it ends. */
+    out_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (out_fd < 0) {
         cyt_set_error("cannot create %s: %s", path, strerror(errno));
         return -1;
     }
+    if (flock(out_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
+        close(out_fd);
+        out_fd = -1;
+        cyt_set_error("%s is being written by another process's tracer", path);
+        errno = EAGAIN;
+        return -1;
+    } /* (a file system without locks: written unlocked) */
+    snprintf(out_path, sizeof out_path, "%s", path);
     atomic_store(&frames_written, 0);
     atomic_store(&bytes_written, 0);
+    memset(&outage, 0, sizeof outage);
+    file_end = 0;
     if (cctx == NULL && LZ4F_isError(LZ4F_createCompressionContext(&cctx, LZ4F_VERSION))) {
         cctx = NULL;
         cyt_set_error("cannot create an LZ4 compression context");
         goto fail;
     }
     cyt_buf header = {0};
-    if (build_header(&header, header_flags, parent_pid) != 0 || write_all(out_fd, header.data, header.len) != 0) {
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    int written = ftruncate(out_fd, 0) == 0 && build_header(&header, header_flags, parent_pid) == 0 &&
+                  write_all(out_fd, header.data, header.len) == 0;
+    int error = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    if (!written) {
         cyt_buf_free(&header);
-        cyt_set_error("cannot write the header of %s: %s", path, strerror(errno));
+        cyt_set_error("cannot write the header of %s: %s", path, strerror(error));
+        errno = error;
         goto fail;
     }
+    file_end = header_end = last_frame_start = header.len;
+    last_frame_events = 0;
+    atomic_store(&bytes_written, header.len);
     cyt_buf_free(&header);
     queue_head = queue_tail = NULL;
     queue_bytes = 0;
     writer_closing = 0;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC); /* the writer's deadlines are cyt_now() */
+    pthread_cond_init(&queue_nonempty, &attr);
+    pthread_condattr_destroy(&attr);
     if (pthread_create(&writer_thread, NULL, writer_main, NULL) != 0) {
         __atomic_store_n(&writer_thread, 0, __ATOMIC_RELAXED);
         cyt_set_error("cannot start the writer thread");
         goto fail;
     }
+    pthread_setname_np(writer_thread, "cytool-writer");
     writer_running = 1;
     return 0;
 fail:
@@ -264,7 +494,11 @@ fail:
     return -1;
 }
 
-void cyt_writer_close(void) {
+/* Drain the queue, join the writer, then write the capture's last records (`final`:
+ * STATS and END) here. If even they cannot be written (the file is at its size limit, the
+ * disk full), the last frame of events is given up for them: an exact account of what is
+ * missing is worth more than that frame's events (counted lost, like the others). */
+void cyt_writer_close(const uint8_t *final, size_t len) {
     pthread_mutex_lock(&queue_lock);
     int running = writer_running;
     writer_closing = 1;
@@ -276,13 +510,34 @@ void cyt_writer_close(void) {
     pthread_mutex_lock(&queue_lock);
     writer_running = 0;
     pthread_mutex_unlock(&queue_lock);
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
     pthread_mutex_lock(&io_lock);
+    outage.closing = 1;
+    if (final != NULL && write_chunk_locked(final, len, 0, 1) != 0 && last_frame_events > 0 &&
+        last_frame_start >= header_end && out_fd >= 0 && ftruncate(out_fd, (off_t)last_frame_start) == 0) {
+        lseek(out_fd, (off_t)last_frame_start, SEEK_SET);
+        file_end = last_frame_start;
+        outage.events += last_frame_events;
+        outage.total_events += last_frame_events;
+        outage.unsaid_events += last_frame_events;
+        outage.frames++;
+        cyt_count_lost(last_frame_events);
+        last_frame_events = 0;
+        write_chunk_locked(final, len, 0, 1);
+    }
+    if (outage.failing || outage.unsaid_events)
+        say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
+            (unsigned long long)outage.total_events, outage.reason);
     if (out_fd >= 0) {
         fsync(out_fd);
-        close(out_fd);
+        close(out_fd); /* (releases the lock) */
     }
     out_fd = -1;
     pthread_mutex_unlock(&io_lock);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
 }
 
 int cyt_writer_is_self(void) {
@@ -302,7 +557,7 @@ void cyt_writer_abandon_after_fork(void) {
     queue_bytes = 0;
     writer_running = 0;
     writer_closing = 0;
-    if (out_fd >= 0) close(out_fd);
+    if (out_fd >= 0) close(out_fd); /* (the parent's lock stays with the parent's descriptor) */
     out_fd = -1;
     cctx = NULL; /* may have been in use by the parent's writer: make a new one */
     zbuf = NULL;

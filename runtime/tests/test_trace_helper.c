@@ -26,6 +26,16 @@
  *                      exits; every stack comes from libunwind (CYTRACE_NATIVE_UNWIND); a child
  *                      stuck for 5 s is killed and ends the storm ("forks N",
  *                      "failed_children N", "stuck_children N")
+ *   deep D MAX UNWIND  deep_recurse() calls itself D levels deep and mallocs 6161 bytes at the
+ *                      bottom, with at most MAX frames kept per stack (UNWIND 1: libunwind)
+ *   names              threads named natively: "native-early" before it allocates, "renamed"
+ *                      after its first flush, and one never named (prints "tid_<name> TID")
+ *   takeover HOW       mallocs 100x 7001 bytes, then overwrites its own GOT slot of malloc
+ *                      (as another tracer would), mallocs 100x 7002, gives the slot back (HOW
+ *                      "hook": what it held, "real": libc's malloc, as memray does), mallocs
+ *                      100x 7003; 300 ms between the steps (the tracer checks every 100 ms)
+ *   steady             a thread mallocs a block of 100000 + i bytes every 1 ms (i = 0, 1, 2 ...)
+ *                      until killed, printing "made I" every 20 blocks
  *
  * CYTOOL_PROFILE_TIME_RESOLUTION=NS in the environment sets the time resolution of the
  * started capture (as for the environment start).
@@ -34,6 +44,8 @@
 #define _GNU_SOURCE
 #include <dirent.h>
 #include <dlfcn.h>
+#include <elf.h>
+#include <link.h>
 #include <malloc.h>
 #include <pthread.h>
 #include <sched.h>
@@ -43,6 +55,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <stdatomic.h>
@@ -479,6 +492,124 @@ __attribute__((noinline)) static void mode_forkstorm(int forks, int nthreads) {
     printf("forks %d\nfailed_children %d\nstuck_children %d\n", outcomes[0] + outcomes[1] + outcomes[2], outcomes[1], outcomes[2]);
 }
 
+/* ---- deep: a native stack deeper than the frame limit -------------------------------- */
+
+__attribute__((noinline)) void deep_recurse(int depth) {
+    if (depth <= 1) {
+        free(keep(malloc(6161)));
+        return;
+    }
+    deep_recurse(depth - 1);
+    __asm__ volatile("" ::: "memory"); /* not a tail call: every level keeps its frame */
+}
+
+/* ---- names: native thread names ------------------------------------------------------ */
+
+static void *named_early(void *arg) {
+    (void)arg;
+    prctl(PR_SET_NAME, "native-early", 0, 0, 0);
+    printf("tid_native-early %d\n", (int)gettid());
+    for (int i = 0; i < 10; i++) free(keep(malloc(3131)));
+    return NULL;
+}
+
+static void *named_late(void *arg) {
+    (void)arg;
+    printf("tid_renamed %d\n", (int)gettid());
+    for (int i = 0; i < 10; i++) free(keep(malloc(3232)));
+    struct timespec pause = {0, 50000000};
+    nanosleep(&pause, NULL); /* the writer flushes this idle thread, under its first name */
+    prctl(PR_SET_NAME, "renamed", 0, 0, 0);
+    for (int i = 0; i < 10; i++) free(keep(malloc(3232)));
+    return NULL;
+}
+
+static void *unnamed(void *arg) {
+    (void)arg;
+    printf("tid_unnamed %d\n", (int)gettid());
+    for (int i = 0; i < 10; i++) free(keep(malloc(3333)));
+    return NULL;
+}
+
+static void mode_names(void) {
+    prctl(PR_SET_NAME, "helper-main", 0, 0, 0);
+    start(0);
+    pthread_t t[3];
+    pthread_create(&t[0], NULL, named_early, NULL);
+    pthread_create(&t[1], NULL, named_late, NULL);
+    pthread_create(&t[2], NULL, unnamed, NULL);
+    for (int i = 0; i < 3; i++) pthread_join(t[i], NULL);
+    stop();
+}
+
+/* ---- takeover: another "tracer" rewrites our GOT slot of malloc ----------------------- */
+
+/* The address of this program's GOT/PLT slot for `name` (its JUMP_SLOT relocation). */
+static uintptr_t *own_got_slot(const char *name) {
+    struct link_map *main_map = dlopen(NULL, RTLD_NOW);
+    if (main_map == NULL) return NULL;
+    const ElfW(Sym) *symtab = NULL;
+    const char *strtab = NULL;
+    const ElfW(Rela) *jmprel = NULL;
+    size_t pltrelsz = 0;
+    for (const ElfW(Dyn) *d = main_map->l_ld; d->d_tag != DT_NULL; d++) {
+        uintptr_t ptr = d->d_un.d_ptr < main_map->l_addr ? main_map->l_addr + d->d_un.d_ptr : d->d_un.d_ptr;
+        if (d->d_tag == DT_SYMTAB) symtab = (const ElfW(Sym) *)ptr;
+        if (d->d_tag == DT_STRTAB) strtab = (const char *)ptr;
+        if (d->d_tag == DT_JMPREL) jmprel = (const ElfW(Rela) *)ptr;
+        if (d->d_tag == DT_PLTRELSZ) pltrelsz = d->d_un.d_val;
+    }
+    for (size_t i = 0; jmprel && symtab && strtab && i < pltrelsz / sizeof *jmprel; i++)
+        if (strcmp(strtab + symtab[ELF64_R_SYM(jmprel[i].r_info)].st_name, name) == 0)
+            return (uintptr_t *)(main_map->l_addr + jmprel[i].r_offset);
+    return NULL;
+}
+
+static void *(*real_malloc)(size_t); /* what the slot would lead to without any tracer */
+static void *other_tracer_malloc(size_t size) { return real_malloc(size); }
+
+static void write_slot(uintptr_t *slot, uintptr_t value) {
+    uintptr_t page = (uintptr_t)slot & ~(uintptr_t)(sysconf(_SC_PAGESIZE) - 1);
+    mprotect((void *)page, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE);
+    *slot = value;
+}
+
+static void mode_takeover(const char *how) {
+    struct timespec pause = {0, 300000000};
+    start(0);
+    for (int i = 0; i < 100; i++) free(keep(malloc(7001)));
+    uintptr_t *slot = own_got_slot("malloc");
+    if (slot == NULL) {
+        fprintf(stderr, "no GOT slot for malloc\n");
+        exit(6);
+    }
+    uintptr_t ours = *slot;
+    real_malloc = (void *(*)(size_t))dlsym(RTLD_DEFAULT, "malloc");
+    write_slot(slot, (uintptr_t)other_tracer_malloc);
+    nanosleep(&pause, NULL);
+    for (int i = 0; i < 100; i++) free(keep(malloc(7002)));
+    write_slot(slot, strcmp(how, "real") == 0 ? (uintptr_t)real_malloc : ours);
+    nanosleep(&pause, NULL);
+    for (int i = 0; i < 100; i++) free(keep(malloc(7003)));
+    stop();
+}
+
+/* ---- steady: allocations at a known pace, until killed --------------------------------- */
+
+static void *steady_thread(void *arg) {
+    (void)arg;
+    struct timespec pause = {0, 1000000};
+    for (long i = 0;; i++) {
+        keep(malloc(100000 + (size_t)i));
+        if (i % 20 == 0) {
+            printf("made %ld\n", i);
+            fflush(stdout);
+        }
+        nanosleep(&pause, NULL);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s CAPTURE MODE [ARGS]\n", argv[0]);
@@ -523,6 +654,20 @@ int main(int argc, char **argv) {
         dlclose(lib);
         free(keep(malloc(556))); /* after dlclose: still traced, no crash */
         stop();
+    } else if (strcmp(mode, "deep") == 0 && argc == 6) {
+        cytrace_set_max_frames(atoi(argv[4]));
+        start(atoi(argv[5]) ? CYTRACE_NATIVE_UNWIND : 0);
+        deep_recurse(atoi(argv[3]));
+        stop();
+    } else if (strcmp(mode, "names") == 0) {
+        mode_names();
+    } else if (strcmp(mode, "takeover") == 0 && argc == 4) {
+        mode_takeover(argv[3]);
+    } else if (strcmp(mode, "steady") == 0) {
+        start(0);
+        pthread_t t;
+        pthread_create(&t, NULL, steady_thread, NULL);
+        for (;;) pause();
     } else if (strcmp(mode, "forkstorm") == 0 && argc == 5) {
         mode_forkstorm(atoi(argv[3]), atoi(argv[4]));
     } else if (strcmp(mode, "handoff") == 0 && argc == 4) {

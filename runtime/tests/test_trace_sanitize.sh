@@ -49,6 +49,11 @@ run "$work/handoff.cytrace" handoff 20000
 CYTOOL_PROFILE_TIME_RESOLUTION=1 run "$work/handoff-exact.cytrace" handoff 20000
 CYTOOL_PROFILE_TIME_RESOLUTION=1 run "$work/threads-exact.cytrace" threads 20000 64 4
 run "$work/dlopen.cytrace" dlopen "$(cd "$dir" && pwd)/libtest_trace_lib.so" 1000
+run "$work/deep-fp.cytrace" deep 3000 1024 0
+run "$work/deep-unwind.cytrace" deep 3000 1024 1
+run "$work/names.cytrace" names
+run "$work/takeover-hook.cytrace" takeover hook
+run "$work/takeover-real.cytrace" takeover real
 # Not forkstorm: GCC 12's ASan has no fork interceptor, so a fork while other threads are in
 # its allocator can leave the child's allocator locked (seen: a child stuck in its quarantine
 # lock). The plain build runs it (tests/test_tracer_runtime.py).
