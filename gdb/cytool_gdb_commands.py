@@ -855,6 +855,8 @@ def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
     if not name.endswith(".so") or not state.process_running():
         return
     module = state.module_loaded(name, getattr(objfile, "build_id", None), objfile)
+    if module is not None:
+        state.map_source_folders(module)
     failure_before = state.batch_failure
     breakpoints.resolve_pending()
     if module is not None and ((state.batch_failure and not failure_before) or pylevel.has_unsent_breakpoints()):

@@ -48,10 +48,15 @@ def location(frame: "gdb.Frame") -> Tuple[Optional[str], int]:
 
 
 def pyx_position(function: Optional[Function], path: str, line: int) -> Tuple[str, int]:
-    """A line-table position (path, line) as .pyx: unchanged, except in a Cython function
-    of a module whose line table speaks C (cytool_gdb_foreign)."""
-    if function is None or not getattr(function.module, "c_lines", False) or not line:
+    """A line-table position (path, line) as .pyx: in a Cython function of a module whose
+    line table speaks C (cytool_gdb_foreign), the .pyx line of that C line; a .pyx the
+    line table names where it is not (`#line 12 "pkg/mod.pyx"` written relative to a
+    package root that is not the compilation directory, as in a src/ layout), the
+    module's own file of that name."""
+    if function is None or not line:
         return path, line
+    if not getattr(function.module, "c_lines", False):
+        return state.real_source(function.module, path), line
     if os.path.basename(path) != os.path.basename(function.module.c_filename):
         return path, line
     mapped = function.module.pyx_position(line)

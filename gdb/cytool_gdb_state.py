@@ -151,6 +151,65 @@ def source_text(path: str, line: int) -> str:
     return ""
 
 
+def real_source(module: Module, path: str) -> str:
+    """`path` if it exists, else the module's source file of that name (the one sharing
+    the longest tail of folders with it), else `path`."""
+    if not path or os.path.isfile(path):
+        return path
+    base = os.path.basename(path)
+    same = [s for s in module.sources if os.path.basename(s) == base and os.path.isfile(s)]
+    if not same:
+        return path
+    parts = path.split(os.sep)
+
+    def shared_tail(candidate: str) -> int:
+        count = 0
+        for mine, theirs in zip(reversed(parts), reversed(candidate.split(os.sep))):
+            if mine != theirs:
+                break
+            count += 1
+        return count
+
+    return max(same, key=shared_tail)
+
+
+def map_source_folders(module: Module) -> None:
+    """Let gdb's own `list` and TUI source window find a module's .pyx files when the line
+    table names them where they are not (a src/ layout compiled from the project root
+    with `#line "pkg/mod.pyx"`): a `set substitute-path` rule per such folder."""
+    if is_foreign(module) or not module.filename:
+        return
+    for path in module.sources:
+        if not os.path.isfile(path):
+            continue
+        try:
+            sals = gdb.decode_line(f"{os.path.basename(path)}:1")[1] or ()
+        except gdb.error:
+            continue
+        for sal in sals:
+            if sal.symtab is None:
+                continue
+            try:
+                seen = sal.symtab.fullname()
+            except gdb.error:
+                continue
+            if seen == path or os.path.isfile(seen) or os.path.basename(seen) != os.path.basename(path):
+                continue
+            if real_source(module, seen) != path:
+                continue
+            old, new = os.path.dirname(seen), os.path.dirname(path)
+            if (old, new) not in _substitutions:
+                _substitutions.add((old, new))
+                try:
+                    gdb.execute(f"set substitute-path {old} {new}", to_string=True)
+                except gdb.error:
+                    pass
+            break
+
+
+_substitutions: set = set()
+
+
 def _known_module_for(real: str, short: str) -> Optional[Module]:
     """A module read earlier (cy-load) that this .so is: same short name, and its
     package spelled by the directories above the .so when it is dotted."""
