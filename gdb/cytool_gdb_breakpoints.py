@@ -214,6 +214,8 @@ def plan_function(spec: str) -> Optional[Plan]:
     for module in state.modules():
         candidates.extend(module.function_named(spec))
     if not candidates:
+        candidates = _inlined_cdef_function(spec)
+    if not candidates:
         return None
     if len(candidates) > 1:
         exact = [f for f in candidates if f.display_name == spec or f.qualified_name == spec]
@@ -226,6 +228,26 @@ def plan_function(spec: str) -> Optional[Plan]:
     first = function.first_statement()
     return Plan(function.module, function.source or "", first or function.lineno, [function], first_statement=True,
                 whole_function=True)
+
+
+def _inlined_cdef_function(spec: str) -> List[Function]:
+    """A cdef function of a module without debug XML that has no symbol (inlined into
+    every caller): its C name written forward, if gdb's debug information knows it."""
+    for module in state.modules():
+        if not state.is_foreign(module) or state.objfile_for(module) is None:
+            continue
+        cname = module.cdef_cname(spec)
+        if cname is None:
+            continue
+        try:
+            sals = gdb.decode_line(cname)[1]
+        except gdb.error:
+            continue
+        if sals:
+            function = module.adopt(cname)
+            state.register_function(function)
+            return [function]
+    return []
 
 
 def _pending_reason(spec: str) -> str:

@@ -37,13 +37,16 @@ CDEF = "__pyx_f_"  # a cdef function (and a cpdef function's C entry)
 GENERATOR = "__pyx_gb_"  # a generator's, coroutine's or async function's body
 LAMBDA = "__pyx_lambda_funcdef_"
 MODULE_EXEC = "__pyx_pymod_exec_"
-_KINDS = (LAMBDA, BODY, WRAPPER, CDEF, GENERATOR)
+GETTER = "__pyx_getprop_"  # a property's (or cdef public attribute's) wrapper: calls its __get__
+SETTER = "__pyx_setprop_"  # ... its __set__ (and __del__)
+_KINDS = (LAMBDA, BODY, WRAPPER, CDEF, GENERATOR, GETTER, SETTER)
+_WRAPPERS = (WRAPPER, GETTER, SETTER)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*$")
 _CLONE_SUFFIX = re.compile(r"\.(?:cold|isra|constprop|part|lto_priv|localalias)(?:\.\d+)*$")
 _POSITION = re.compile(r'^\s*/\* "([^"]+)":(\d+)$')
 _MODULE_NAME_DEFINE = re.compile(r'^#define __Pyx_MODULE_NAME "([\w.]+)"', re.M)
-_DEFINITION = re.compile(r"\b((?:__pyx_(?:pf|pw|f|gb)_|__pyx_lambda_funcdef_|__pyx_pymod_exec_)\w+)\(")
+_DEFINITION = re.compile(r"\b((?:__pyx_(?:pf|pw|f|gb|getprop|setprop)_|__pyx_lambda_funcdef_|__pyx_pymod_exec_)\w+)\(")
 _DEF_NAME = re.compile(r"^\s*(?:async\s+)?(?:def|cdef|cpdef)\b[^(#]*?\b([A-Za-z_]\w*)\s*\(")
 _CLASS_SYMBOL = re.compile(r"^__pyx_(?:tp_new|tp_dealloc|type|obj|vtabstruct|vtable)_(\w+)$")
 SOURCE_SUFFIXES = (".pyx", ".pxi", ".pxd", ".py")
@@ -345,15 +348,18 @@ class ForeignModule(Module):
         all_readings: Dict[str, List[Tuple[Tuple[str, ...], str]]] = {}
         for cname, (kind, tail) in split.items():
             options = parses(tail)
+            if kind in (GETTER, SETTER):  # `3Vec_x`: the property x of Vec
+                method = "__get__" if kind == GETTER else "__set__"
+                options = [(scopes + (name,), method) for scopes, name in options]
             if not options:
                 continue
             all_readings[cname] = options
-            readings[cname] = best_reading(options, known_scopes, hints.get(cname) if kind != WRAPPER else None)
+            readings[cname] = best_reading(options, known_scopes, hints.get(cname) if kind not in _WRAPPERS else None)
         functions: Dict[str, ForeignFunction] = {}
         by_key: Dict[Tuple[Tuple[str, ...], str], ForeignFunction] = {}
         for cname in sorted(readings, key=lambda c: (not c.startswith(CDEF), c)):  # a cpdef's C body first
             kind = split[cname][0]
-            if kind == WRAPPER:
+            if kind in _WRAPPERS:
                 continue
             scopes, name = readings[cname]
             if kind in (GENERATOR, LAMBDA):
@@ -368,7 +374,7 @@ class ForeignModule(Module):
             if kind != GENERATOR:
                 by_key.setdefault(key, function)
         for cname, (kind, _) in split.items():
-            if kind != WRAPPER or cname not in readings:
+            if kind not in _WRAPPERS or cname not in readings:
                 continue
             scopes, name = readings[cname]
             if name.startswith(LAMBDA):  # a lambda's wrapper names the scope the lambda is in
@@ -455,6 +461,37 @@ class ForeignModule(Module):
                 self.by_cname[cname] = function
                 return function
         return None
+
+    def cdef_cname(self, spec: str) -> Optional[str]:
+        """The C name a cdef function `spec` (`pkg.mod.helper`, `mod.Class.method`) has
+        in this module: cdef names carry no counter, so they can be written forward (for a
+        function inlined everywhere, which has no symbol to read)."""
+        for prefix in (self.name + ".", self.short_name + "."):
+            if spec.startswith(prefix):
+                parts = spec[len(prefix):].split(".")
+                if all(_IDENTIFIER.match(part) for part in parts):
+                    return CDEF + self._prefix + "".join(f"{len(p)}{p}_" for p in parts[:-1]) + parts[-1]
+        return None
+
+    def adopt(self, cname: str) -> ForeignFunction:
+        """A function learnt later (gdb's debug information knows it; see cdef_cname)."""
+        known = self.by_cname.get(cname)
+        if known is not None:
+            return known
+        options = parses(split_cname(cname, self._prefix)[1]) if split_cname(cname, self._prefix) else []
+        scopes, name = best_reading(options, self._known) if options else ((), cname)
+        function = ForeignFunction(self, cname, ".".join((self.name,) + scopes + (name,)), name,
+                                   {".".join(s + (n,)) for s, n in options})
+        extent = self.c_extents.get(cname)
+        if extent is not None and self.c_file is not None:
+            for c_line in range(extent[0], extent[1] + 1):
+                position = self.pyx_position(c_line)
+                if position is not None:
+                    function.lines.setdefault(position[0], set()).add(position[1])
+            function.source = self._def_file(function)
+        self.functions.append(function)
+        self.by_cname[cname] = function
+        return function
 
     # -- lines from the position comments ---------------------------------------------------
 

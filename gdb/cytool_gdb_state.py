@@ -227,6 +227,11 @@ def _known_module_for(real: str, short: str) -> Optional[Module]:
     return matches[0] if matches else None
 
 
+def register_function(function: Function) -> None:
+    """A function a module learnt after it was registered (cytool_gdb_foreign.adopt)."""
+    _by_cname[function.cname] = function
+
+
 def function_for_cname(name: Optional[str]) -> Optional[Function]:
     """The Cython function a C function (a frame's name) runs, if any: its body, or for
     a module without debug XML also its Python wrapper or a clone gcc made of it."""
