@@ -239,9 +239,13 @@ def print_location(frame: "gdb.Frame", prefix: str = "", stop: bool = False) -> 
     if hint:
         print(hint)
     if stop:
-        from cytool_gdb_tui import show_cython_source
+        from cytool_gdb_tui import show_cython_source, show_python_source
 
-        show_cython_source()
+        if function is not None and getattr(function.module, "c_lines", False) and path and os.path.isfile(path) \
+                and _is_cython_source(path):
+            show_python_source(path, line, "Cython: lines from the C file's comments")
+        else:
+            show_cython_source()
 
 
 # -- Python frames ------------------------------------------------------------------------
