@@ -791,9 +791,10 @@ class CyLineno(gdb.Function):
     def invoke(self) -> int:
         frame = frames.selected_cython_frame()
         path, line = frames.location(frame)
-        if path and not path.endswith(breakpoints.CYTHON_SOURCES):  # a module without debug XML or C file
-            function = frames.cython_function(frame)
-            name = function.qualified_name if function is not None else "this frame"
+        function = frames.cython_function(frame)
+        if function is not None and state.is_foreign(function.module) and path \
+                and not path.endswith(breakpoints.CYTHON_SOURCES):  # a module without debug XML or C file
+            name = function.qualified_name
             raise gdb.GdbError(f"no .pyx line is known for {name} (it is at {os.path.basename(path)}:{line}): "
                                f"{frames.foreign_develop_hint()}")
         return line

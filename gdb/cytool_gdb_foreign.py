@@ -28,8 +28,6 @@ from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 import cytool_gdb_elf as elf
 from cytool_gdb_debuginfo import Function, Module, c_function_extents, prefer_generator_bodies
 
-DEVELOP_HINT = "rebuild it with `cytool develop` (`--debug` for -O0) and debug again"
-
 # The prefixes Cython gives the C functions of a module (Cython/Compiler/Naming.py).
 BODY = "__pyx_pf_"  # a def function's body
 WRAPPER = "__pyx_pw_"  # its Python wrapper: argument parsing, then a call of the body
@@ -79,7 +77,8 @@ def parses(tail: str) -> List[Tuple[Tuple[str, ...], str]]:
             length = int(digits.group(0))
             end = start + length
             scope = tail[start:end]
-            if 0 < length and end + 1 < len(tail) and tail[end] == "_" and _IDENTIFIER.match(scope) and scope.strip("_"):
+            if 0 < length and end + 1 < len(tail) and tail[end] == "_" and _IDENTIFIER.match(scope) \
+                    and scope.strip("_"):
                 walk(end + 1, scopes + (scope,))
         name = tail[start:]
         if _IDENTIFIER.match(name):
@@ -164,13 +163,12 @@ class CFile:
         self.module_name = found.group(1) if found else None
         self.has_line_directives = "\n#line " in text
         lines = text.split("\n")
-        self.line_count = len(lines)
         self.marker_lines: List[int] = []  # 1-based C line of each position comment
         self.markers: List[Tuple[str, int]] = []  # (source as written in the comment, line)
         self.texts: Dict[Tuple[str, int], str] = {}  # (source, line): the line's text, from the comment
         self.defined: List[str] = []
         for index, line in enumerate(lines):
-            if line.startswith("  /* ") or line.startswith("/* ") or line.lstrip().startswith('/* "'):
+            if line.lstrip().startswith('/* "'):
                 match = _POSITION.match(line)
                 if match:
                     key = (match.group(1), int(match.group(2)))
@@ -193,6 +191,9 @@ class CFile:
         return list(dict.fromkeys(source for source, _ in self.markers))
 
 
+_MARK = "# <<<<<<<<<<<<<<"
+
+
 def _marked_text(lines: List[str], start: int) -> str:
     """The source line a position comment points at: the one ending `# <<<<<<<<<<<<<<`."""
     for index in range(start, min(start + 12, len(lines))):
@@ -203,9 +204,6 @@ def _marked_text(lines: List[str], start: int) -> str:
             text = line[3:] if line.startswith(" * ") else line.lstrip(" *")
             return text.rstrip()[:-len(_MARK)].rstrip()
     return ""
-
-
-_MARK = "# <<<<<<<<<<<<<<"
 
 
 def find_c_file(so_path: str, module_name: str, dwarf_paths: Sequence[str] = ()) -> Optional[str]:
@@ -290,10 +288,6 @@ class ForeignFunction(Function):
         self.aliases = aliases  # every qualified name the C name can be read as
         self.wrappers: List[str] = []  # C names of its Python wrappers (frames of the same function)
         self.locals_read = False  # locals are filled in from a frame's variables (cytool_gdb_names)
-
-    @property
-    def is_lambda(self) -> bool:
-        return self.cname.startswith(LAMBDA)
 
 
 class ForeignModule(Module):

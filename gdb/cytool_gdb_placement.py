@@ -388,7 +388,8 @@ def past_inline_entry(pc: int) -> int:
     return entry if entry is not None else pc
 
 
-def place_line(path: str, line: int, owners: List[Function], first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
+def place_line(path: str, line: int, owners: List[Function],
+               first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
     """Addresses of path:line inside each owner function, or ([], the reason it has none)."""
     if owners and state.is_foreign(owners[0].module) and (owners[0].module.c_lines or not owners[0].lines):
         found, refusal = _place_without_line_directives(path, line, owners, first_statement)
@@ -399,7 +400,8 @@ def place_line(path: str, line: int, owners: List[Function], first_statement: bo
     return found, refusal
 
 
-def _place_line(path: str, line: int, owners: List[Function], first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
+def _place_line(path: str, line: int, owners: List[Function],
+                first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
     placed: List[Placement] = []
     sals = sals_for_line(path, line)
     for function in owners:

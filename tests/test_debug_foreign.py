@@ -210,7 +210,8 @@ def test_cytool_debug_script_and_pytest_on_a_plain_build(venv_plain_stapp: Path,
                   "churn", "-q", "-p", "no:cacheprovider", cwd=venv_plain_stapp)
     out = done.stdout
     assert done.returncode == 0, out
-    assert h.stops(out)[:3] == [("core.pyx", MAKE_BLOCK, "make_block")] * 2 + [("api.pyx", CALL_MAKE_BLOCK, "churn")], out
+    expected = [("core.pyx", MAKE_BLOCK, "make_block")] * 2 + [("api.pyx", CALL_MAKE_BLOCK, "churn")]
+    assert h.stops(out)[:3] == expected, out  # the stop, then cy-bt
     assert "test_api.py" in out and "n = 1024" in out and "1 passed" in out, out
 
 
@@ -374,7 +375,8 @@ def test_tui_shows_the_pyx_of_a_plain_build(venv_plain_stapp: Path) -> None:
         subprocess.run(["tmux", "send-keys", "-t", session, "cy-run", "Enter"], check=True)
         stopped = wait_for(f"Cython breakpoint 1, api.pyx:{CHURN_FIRST} in churn()")
         assert "api.pyx (Cython: lines from the C file's comments)" in stopped.split("\n")[0], stopped
-        assert any(line.startswith("│>") and "for k in range(rounds):" in line for line in stopped.splitlines()), stopped
+        marked = [line for line in stopped.splitlines() if line.startswith("│>")]
+        assert marked and "for k in range(rounds):" in marked[0], stopped
         subprocess.run(["tmux", "send-keys", "-t", session, "cy-next", "Enter"], check=True)
         moved = wait_for(f"api.pyx:{CALL_MAKE_BLOCK} in churn()")
         assert any(line.startswith("│>") and "p = make_block(size)" in line for line in moved.splitlines()), moved
