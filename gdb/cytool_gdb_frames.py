@@ -173,17 +173,21 @@ def foreign_hint(function: Optional[Function], frame: Optional["gdb.Frame"] = No
     _hinted_modules.add(module.name)
     head = f"cytool: {module.name} has no Cython debug information (it was not built by cytool)"
     if frame is not None and location(frame)[0] is None:
-        known = "; it has no line table either (built without -g): Cython names only, no lines, no locals"
+        known = "; it has no line table either (built without -g): Cython names only"
+        more = "For .pyx lines, stepping and locals"
     elif module.c_file is None:
         known = (f" and its generated C file {module.short_name}.c was not found (beside it, above it, or where its "
                  "debug information says it was compiled): Cython names at C lines")
+        more = "For .pyx lines, stepping and locals"
     elif module.c_lines:
         known = (f": names from its symbols, .pyx lines from the comments in {module.c_filename}, locals from "
                  "the C variables Cython named")
+        more = "For every local and global as Cython declared them"
     else:
         known = f": names from its symbols, .pyx lines from its #line directives ({module.c_filename})"
+        more = "For every local and global as Cython declared them"
     notes = "".join(f"; {note}" for note in module.notes)
-    return f"{head}{known}{notes}. For every line, stepping and every local, {foreign_develop_hint()}"
+    return f"{head}{known}{notes}. {more}, {foreign_develop_hint()}"
 
 
 def foreign_develop_hint() -> str:
