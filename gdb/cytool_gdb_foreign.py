@@ -298,6 +298,7 @@ class ForeignModule(Module):
     def __init__(self, so_path: str, name: str, symbols: Iterable[str], c_file: Optional[CFile],
                  anchors: Sequence[str] = ()) -> None:  # noqa: super().__init__ reads the XML
         self.so_path = os.path.realpath(so_path)
+        self.stamp = _stamp(self.so_path)
         self.xml_path = ""
         self.name = name
         self.c_file = c_file
@@ -432,6 +433,10 @@ class ForeignModule(Module):
             if match:
                 names[cname] = match.group(1)
         return names
+
+    def describes(self, so_path: str) -> bool:
+        """Whether this description is of that shared object as it is now (not a rebuild)."""
+        return os.path.realpath(so_path) == self.so_path and _stamp(self.so_path) == self.stamp
 
     @property
     def mangled_prefix(self) -> str:
@@ -573,6 +578,14 @@ class ForeignModule(Module):
         if self.c_file is None:
             return "names from its symbols; no .pyx lines (its generated C file was not found)"
         return f"names from its symbols, .pyx lines from the position comments in {self.c_file.path}"
+
+
+def _stamp(path: str) -> Tuple[int, int]:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return (0, 0)
+    return (info.st_mtime_ns, info.st_size)
 
 
 def describe(so_path: str, dwarf_c_paths: Sequence[str] = (), anchors: Sequence[str] = ()) -> Optional[ForeignModule]:

@@ -51,7 +51,7 @@ def register(module: Module) -> Module:
     """Add a module read from its XML (a newer XML of the same module replaces the old)."""
     global default_source
     known = _modules.get(module.name)
-    if known is not None and known.xml_path == module.xml_path:
+    if known is module or (known is not None and not is_foreign(module) and known.xml_path == module.xml_path):
         return known
     _modules[module.name] = module
     for cname, function in module.by_cname.items():
@@ -100,8 +100,8 @@ def module_loaded(so_path: str, build_id: Optional[str] = None,
         module = _read(xml_path, quiet=True)
     if module is None:
         module = _known_module_for(real, short)
-        if module is not None and is_foreign(module) and module.so_path != real:
-            module = None  # another build of that name: describe this one
+        if module is not None and is_foreign(module) and not module.describes(real):
+            module = None  # another build of that name, or a rebuild: describe this one
     if module is None:
         module = _describe_foreign(real, objfile)
     if module is None:
