@@ -44,6 +44,9 @@ class Plan:
         self.whole_function = whole_function  # asked for by name or def line: any first line with code
 
     def describe(self) -> str:
+        if not self.path:  # a module without debug XML whose C file was not found
+            names = ", ".join(f.qualified_name + "()" for f in self.functions)
+            return f"{names} (its entry: no .pyx lines known)"
         names = ", ".join(f.display_name + "()" for f in self.functions)
         return f"{os.path.basename(self.path)}:{self.line} in {names}"
 
@@ -211,6 +214,8 @@ def plan_function(spec: str) -> Optional[Plan]:
     for module in state.modules():
         candidates.extend(module.function_named(spec))
     if not candidates:
+        candidates = _inlined_cdef_function(spec)
+    if not candidates:
         return None
     if len(candidates) > 1:
         exact = [f for f in candidates if f.display_name == spec or f.qualified_name == spec]
@@ -220,10 +225,29 @@ def plan_function(spec: str) -> Optional[Plan]:
             names = ", ".join(f.qualified_name for f in candidates)
             raise state.CyError(f"{spec!r} is ambiguous: {names}; qualify it (Class.method, outer.inner, mod.func)")
     function = candidates[0]
-    assert function.source is not None
     first = function.first_statement()
-    return Plan(function.module, function.source, first or function.lineno, [function], first_statement=True,
+    return Plan(function.module, function.source or "", first or function.lineno, [function], first_statement=True,
                 whole_function=True)
+
+
+def _inlined_cdef_function(spec: str) -> List[Function]:
+    """A cdef function of a module without debug XML that has no symbol (inlined into
+    every caller): its C name written forward, if gdb's debug information knows it."""
+    for module in state.modules():
+        if not state.is_foreign(module) or state.objfile_for(module) is None:
+            continue
+        cname = module.cdef_cname(spec)
+        if cname is None:
+            continue
+        try:
+            sals = gdb.decode_line(cname)[1]
+        except gdb.error:
+            continue
+        if sals:
+            function = module.adopt(cname)
+            state.register_function(function)
+            return [function]
+    return []
 
 
 def _pending_reason(spec: str) -> str:
@@ -231,8 +255,19 @@ def _pending_reason(spec: str) -> str:
     match = _LINE_SPEC.match(spec)
     if match:
         file_name = match.group("file") or "the current file"
+        stem = os.path.basename(file_name).split(".", 1)[0]
+        blind = [m for m in state.modules() if state.is_foreign(m) and m.short_name == stem and not m.line_map]
+        if blind:
+            return (f"{blind[0].name} is loaded but its .pyx lines are unknown: it was not built by cytool and its "
+                    f"generated C file ({stem}.c) was not found; {_develop_hint()}")
         return f"no module loaded so far has {file_name} among its sources (known: {known})"
     return f"no Cython function named {spec!r} in the modules known so far ({known})"
+
+
+def _develop_hint() -> str:
+    from cytool_gdb_frames import foreign_develop_hint
+
+    return foreign_develop_hint()
 
 
 # -- resolution (needs the loaded shared object) ----------------------------------------

@@ -485,6 +485,7 @@ def _scope_names(text: str, word: str) -> List[str]:
     function = frames.cython_function(frame) if frame is not None else None
     if function is None:
         return []
+    names.ensure_locals(frame, function)
     candidates = {local.name for local in names.frame_locals(function)}
     candidates.update(function.locals)
     candidates.update(n for n in function.module.globals if not n.startswith("__"))
@@ -554,6 +555,7 @@ Every local is shown; one that cannot be read prints as <unreadable: reason>,
         frame = frames.selected_cython_frame()
         function = frames.cython_function(frame)
         assert function is not None
+        names.ensure_locals(frame, function)
         if function.is_module_init:  # module-level code: its variables are the globals
             rows, _ = names.module_globals(function.module)
             for name, text in rows:
@@ -660,6 +662,7 @@ def run_python(source: str, mode: str):
     frame = frames.selected_cython_frame()
     function = frames.cython_function(frame)
     assert function is not None
+    names.ensure_locals(frame, function)
     dictionary = names.module_dict(function.module)
     if dictionary is None:
         raise state.CyError(f"the globals of {function.module.name} cannot be found")
@@ -787,7 +790,14 @@ class CyLineno(gdb.Function):
 
     def invoke(self) -> int:
         frame = frames.selected_cython_frame()
-        return frames.location(frame)[1]
+        path, line = frames.location(frame)
+        function = frames.cython_function(frame)
+        if function is not None and state.is_foreign(function.module) and path \
+                and not path.endswith(breakpoints.CYTHON_SOURCES):  # a module without debug XML or C file
+            name = function.qualified_name
+            raise gdb.GdbError(f"no .pyx line is known for {name} (it is at {os.path.basename(path)}:{line}): "
+                               f"{frames.foreign_develop_hint()}")
+        return line
 
 
 class CyValue(gdb.Function):
@@ -845,7 +855,9 @@ def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
     frames.load_python_gdb(name)
     if not name.endswith(".so") or not state.process_running():
         return
-    module = state.module_loaded(name, getattr(objfile, "build_id", None))
+    module = state.module_loaded(name, getattr(objfile, "build_id", None), objfile)
+    if module is not None:
+        state.map_source_folders(module)
     failure_before = state.batch_failure
     breakpoints.resolve_pending()
     if module is not None and ((state.batch_failure and not failure_before) or pylevel.has_unsent_breakpoints()):

@@ -17,6 +17,7 @@ import gdb  # type: ignore
 
 import cytool_gdb_state as state
 from cytool_gdb_debuginfo import Function
+from cytool_gdb_foreign import base_name
 
 python_gdb_status = "python-gdb.py for this interpreter was not found"
 _python_gdb_loaded = False
@@ -31,7 +32,8 @@ def cython_function(frame: "gdb.Frame") -> Optional[Function]:
 
 
 def location(frame: "gdb.Frame") -> Tuple[Optional[str], int]:
-    """(source path, line) of a frame, per the line table (.pyx thanks to #line)."""
+    """(source path, line) of a frame, per the line table (.pyx thanks to #line); in a
+    module built without #line, the .pyx line the C file's position comments give."""
     try:
         sal = frame.find_sal()
     except gdb.error:
@@ -42,7 +44,23 @@ def location(frame: "gdb.Frame") -> Tuple[Optional[str], int]:
         path = sal.symtab.fullname()
     except gdb.error:
         path = sal.symtab.filename
-    return path, sal.line
+    return pyx_position(cython_function(frame), path, sal.line)
+
+
+def pyx_position(function: Optional[Function], path: str, line: int) -> Tuple[str, int]:
+    """A line-table position (path, line) as .pyx: in a Cython function of a module whose
+    line table speaks C (cytool_gdb_foreign), the .pyx line of that C line; a .pyx the
+    line table names where it is not (`#line 12 "pkg/mod.pyx"` written relative to a
+    package root that is not the compilation directory, as in a src/ layout), the
+    module's own file of that name."""
+    if function is None or not line:
+        return path, line
+    if not getattr(function.module, "c_lines", False):
+        return state.real_source(function.module, path), line
+    if os.path.basename(path) != os.path.basename(function.module.c_filename):
+        return path, line
+    mapped = function.module.pyx_position(line)
+    return mapped if mapped is not None else (path, line)
 
 
 def is_cython_frame(frame: "gdb.Frame") -> bool:
@@ -67,7 +85,42 @@ def frames() -> Iterator["gdb.Frame"]:
 
 
 def cython_frames() -> List["gdb.Frame"]:
-    return [frame for frame in frames() if is_cython_frame(frame)]
+    """The Cython frames, newest first (a Python wrapper right below its own body, in a
+    module without debug XML, is the same Cython call: left out)."""
+    found: List["gdb.Frame"] = []
+    previous = None
+    for frame in frames():
+        function = cython_function(frame)
+        if function is None:
+            previous = None
+            continue
+        if not _wrapper_of(frame, function, previous):
+            found.append(frame)
+        previous = frame
+    return found
+
+
+def is_wrapper_frame(frame: "gdb.Frame") -> bool:
+    """A frame of a Python wrapper (`__pyx_pw_`) that stands for its function only in a
+    module without debug XML: stepping out of the function goes on through it."""
+    function = cython_function(frame)
+    if function is None or not state.is_foreign(function.module):
+        return False
+    try:
+        return base_name(frame.name() or "") != function.cname
+    except gdb.error:
+        return False
+
+
+def _wrapper_of(frame: "gdb.Frame", function: Function, newer: Optional["gdb.Frame"]) -> bool:
+    """True for the frame of a Python wrapper (`__pyx_pw_`) whose body (`__pyx_pf_`) is
+    the next newer frame (a module without debug XML): cy-bt shows that call once."""
+    if newer is None or cython_function(newer) is not function or not state.is_foreign(function.module):
+        return False
+    try:
+        return base_name(frame.name() or "") != base_name(newer.name() or "")
+    except gdb.error:
+        return False
 
 
 def selected_cython_frame(required: bool = True) -> Optional["gdb.Frame"]:
@@ -91,15 +144,54 @@ def selected_cython_frame(required: bool = True) -> Optional["gdb.Frame"]:
 
 
 def describe(frame: "gdb.Frame") -> str:
-    """`dbgmod.pyx:24 in work()`"""
+    """`dbgmod.pyx:24 in work()`; in a module without debug XML whose C file is not
+    found, `api.c:2810 in app.api.churn() [C line]` (or `?? in ...` without line table)."""
     function = cython_function(frame)
     path, line = location(frame)
     name = function.display_name if function else (frame.name() or "??")
     where = f"{os.path.basename(path)}:{line}" if path else "??"
+    if function is not None and state.is_foreign(function.module) and not _is_cython_source(path):
+        suffix = " [C line]" if path else ""
+        return f"{where} in {function.qualified_name}(){suffix}"
     return f"{where} in {name}()"
 
 
+def _is_cython_source(path: Optional[str]) -> bool:
+    return bool(path) and path.endswith((".pyx", ".pxi", ".pxd"))
+
+
 _hinted_modules: set = set()
+
+
+def foreign_hint(function: Optional[Function], frame: Optional["gdb.Frame"] = None) -> str:
+    """Once per module built without cytool: what cytool knows of it, and how to know more."""
+    if function is None or not state.is_foreign(function.module):
+        return ""
+    module = function.module
+    if module.name in _hinted_modules:
+        return ""
+    _hinted_modules.add(module.name)
+    head = f"cytool: {module.name} has no Cython debug information (it was not built by cytool)"
+    if frame is not None and location(frame)[0] is None:
+        known = "; it has no line table either (built without -g): Cython names only"
+        more = "For .pyx lines, stepping and locals"
+    elif module.c_file is None:
+        known = (f" and its generated C file {module.short_name}.c was not found (beside it, above it, or where its "
+                 "debug information says it was compiled): Cython names at C lines")
+        more = "For .pyx lines, stepping and locals"
+    elif module.c_lines:
+        known = (f": names from its symbols, .pyx lines from the comments in {module.c_filename}, locals from "
+                 "the C variables Cython named")
+        more = "For every local and global as Cython declared them"
+    else:
+        known = f": names from its symbols, .pyx lines from its #line directives ({module.c_filename})"
+        more = "For every local and global as Cython declared them"
+    notes = "".join(f"; {note}" for note in module.notes)
+    return f"{head}{known}{notes}. {more}, {foreign_develop_hint()}"
+
+
+def foreign_develop_hint() -> str:
+    return "rebuild it with `cytool develop` in its project (`--debug` for -O0) and debug again"
 
 
 def thread_count() -> int:
@@ -135,6 +227,7 @@ def print_location(frame: "gdb.Frame", prefix: str = "", stop: bool = False) -> 
                 level = placement.optimisation_level_at(frame.pc())
             except gdb.error:
                 level = "-O0"
+            hint = foreign_hint(function, frame)
             if level != "-O0":
                 suffix += f" [{level} build]"
                 if function.module.name not in _hinted_modules:
@@ -144,15 +237,19 @@ def print_location(frame: "gdb.Frame", prefix: str = "", stop: bool = False) -> 
         suffix += thread_tag()
     print(f"{prefix}{describe(frame)}{suffix}")
     if path:
-        text = state.source_line(path, line)
+        text = state.source_text(path, line)
         if text:
             print(f"{line:>6}    {text.strip()}")
     if hint:
         print(hint)
     if stop:
-        from cytool_gdb_tui import show_cython_source
+        from cytool_gdb_tui import show_cython_source, show_python_source
 
-        show_cython_source()
+        if function is not None and getattr(function.module, "c_lines", False) and path and os.path.isfile(path) \
+                and _is_cython_source(path):
+            show_python_source(path, line, "Cython: lines from the C file's comments")
+        else:
+            show_cython_source()
 
 
 # -- Python frames ------------------------------------------------------------------------
@@ -269,19 +366,26 @@ def backtrace(show_all: bool = False) -> None:
         raise state.CyError("No stack: the program is not running.")
     index = 0
     printed = 0
+    previous = None
+    hints = []
     for frame in frames():
         function = cython_function(frame)
         if function is not None:
+            if _wrapper_of(frame, function, previous):
+                continue  # the Python wrapper of the body just shown
+            previous = frame
             marker = "*" if _is_selected(frame) else " "
             print(f"#{index:<2}{marker}{describe(frame)}")
             printed += 1
             path, line = location(frame)
             if path:
-                text = state.source_line(path, line).strip()
+                text = state.source_text(path, line).strip()
                 if text:
                     print(f"        {text}")
             index += 1
+            hints.append(foreign_hint(function, frame))
             continue
+        previous = None
         name = ""
         try:
             name = frame.name() or ""
@@ -309,6 +413,9 @@ def backtrace(show_all: bool = False) -> None:
         print(f"    (no Cython or Python frames: in {newest.name() if newest else '??'}(); cy-bt full shows C frames)")
     if not python_gdb_available():
         print(f"(Python frames not shown: {python_gdb_status})")
+    for hint in hints:
+        if hint:
+            print(hint)
 
 
 def _is_selected(frame: "gdb.Frame") -> bool:

@@ -65,6 +65,8 @@ def module_dict(module: Module) -> Optional["gdb.Value"]:
 def global_value(module: Module, name: str) -> Optional["gdb.Value"]:
     """A module global: the C static if Cython made one, else the entry in the module dict."""
     local = module.globals.get(name)
+    if local is None and state.is_foreign(module):  # no XML: a cdef global is a C static of this name
+        local = Local(name, "__pyx_v_" + module.mangled_prefix + name, f"{module.name}.{name}", "", 0)
     if local is not None:
         symbol = state.lookup_static(module, local.cname)
         if symbol is not None and symbol.addr_class != gdb.SYMBOL_LOC_BLOCK:
@@ -82,7 +84,58 @@ def _frame_and_function() -> Tuple["gdb.Frame", Function]:
     frame = selected_cython_frame()
     function = cython_function(frame)
     assert function is not None
+    ensure_locals(frame, function)
     return frame, function
+
+
+def ensure_locals(frame: "gdb.Frame", function: Function) -> None:
+    """A function of a module without debug XML (cytool_gdb_foreign) has no list of
+    locals: take the C variables Cython named `__pyx_v_NAME` in the frame's blocks (its
+    arguments marked as such), and the `__pyx_v_NAME` fields of its closure scope."""
+    if not state.is_foreign(function.module) or function.locals_read:
+        return
+    try:
+        block = frame.block()
+    except (gdb.error, RuntimeError):
+        return
+    found: List[Local] = []
+    arguments: List[str] = []
+    scope = None
+    while block is not None:
+        for symbol in block:
+            name = symbol.name or ""
+            if name == _SCOPE:
+                scope = symbol
+            if not name.startswith("__pyx_v_") or not (symbol.is_variable or symbol.is_argument):
+                continue
+            local = _foreign_local(function, name[len("__pyx_v_"):], name, symbol.type)
+            if local.name not in function.locals:
+                function.locals[local.name] = local
+                found.append(local)
+                if symbol.is_argument:
+                    arguments.append(local.name)
+        if block.function is not None:
+            break  # the function's own block: above it are the file's statics
+        block = block.superblock
+    if scope is not None:
+        try:
+            fields = scope.type.strip_typedefs().target().strip_typedefs().fields()
+        except (gdb.error, RuntimeError, ValueError):
+            fields = []
+        for field in fields:
+            if field.name and field.name.startswith("__pyx_v_") and field.name[8:] not in function.locals:
+                function.locals[field.name[8:]] = _foreign_local(function, field.name[8:], f"{_SCOPE}->{field.name}",
+                                                                 field.type)
+    function.arguments = arguments
+    function.locals_read = bool(function.locals)
+
+
+def _foreign_local(function: Function, name: str, cname: str, value_type: "gdb.Type") -> Local:
+    try:
+        python = str(value_type.strip_typedefs()) in ("PyObject *", "struct _object *")
+    except (gdb.error, RuntimeError):
+        python = False
+    return Local(name, cname, f"{function.qualified_name}.{name}", "PythonObject" if python else "CObject", 0)
 
 
 def local_named(function: Function, name: str) -> Optional[Local]:

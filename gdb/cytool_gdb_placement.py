@@ -141,8 +141,22 @@ def function_rows(function: Function) -> Rows:
                           if block.start <= entry.pc < block.end)
         except (gdb.error, RuntimeError):
             rows = []
+    if rows and getattr(function.module, "c_lines", False):
+        rows = _as_pyx_rows(function, rows)
     _rows_cache[key] = rows
     return rows
+
+
+def _as_pyx_rows(function: Function, rows: Rows) -> Rows:
+    """C line-table rows of a module built without #line, as rows of the .pyx lines
+    the C file's position comments give (rows of other files left out)."""
+    source = os.path.basename(function.source or "")
+    mapped: Rows = []
+    for pc, c_line in rows:
+        position = function.module.pyx_position(c_line)
+        if position is not None and os.path.basename(position[0]) == source:
+            mapped.append((pc, position[1]))
+    return mapped
 
 
 def function_runs(function: Function) -> Runs:
@@ -345,8 +359,49 @@ class Placement:
         self.inlined = inlined
 
 
-def place_line(path: str, line: int, owners: List[Function], first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
+def past_inline_entry(pc: int) -> int:
+    """An address where a stop shows the function inlined there: gdb presents a stop at
+    the first address of an inlined copy as a stop in its caller (at the call), unless a
+    user breakpoint asked for it, and cytool's breakpoints are internal ones. So the
+    first address of an inlined block becomes its next instruction (same block)."""
+    try:
+        block = gdb.block_for_pc(pc)
+    except (gdb.error, RuntimeError):
+        return pc
+    entry = None
+    while block is not None and block.function is None:
+        block = block.superblock
+    if block is None or block.start != pc:
+        return pc
+    outer = block.superblock
+    while outer is not None and outer.function is None and not (outer.is_global or outer.is_static):
+        outer = outer.superblock
+    if outer is None or outer.is_global or outer.is_static:
+        return pc  # an out-of-line function, not an inlined copy
+    try:
+        architecture = gdb.selected_inferior().architecture()
+        instructions = architecture.disassemble(pc, count=2)
+    except (gdb.error, gdb.MemoryError, RuntimeError, AttributeError):
+        return pc
+    if len(instructions) == 2 and block.start < instructions[1]["addr"] < block.end:
+        entry = instructions[1]["addr"]
+    return entry if entry is not None else pc
+
+
+def place_line(path: str, line: int, owners: List[Function],
+               first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
     """Addresses of path:line inside each owner function, or ([], the reason it has none)."""
+    if owners and state.is_foreign(owners[0].module) and (owners[0].module.c_lines or not owners[0].lines):
+        found, refusal = _place_without_line_directives(path, line, owners, first_statement)
+    else:
+        found, refusal = _place_line(path, line, owners, first_statement)
+    for placement in found:
+        placement.pc = past_inline_entry(placement.pc)
+    return found, refusal
+
+
+def _place_line(path: str, line: int, owners: List[Function],
+                first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
     placed: List[Placement] = []
     sals = sals_for_line(path, line)
     for function in owners:
@@ -376,6 +431,75 @@ def place_line(path: str, line: int, owners: List[Function], first_statement: bo
     if placed:
         return placed, None
     return [], _no_code_reason(path, line, owners)
+
+
+def _place_without_line_directives(path: str, line: int, owners: List[Function],
+                                   first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
+    """Placement in a module built without #line (cytool_gdb_foreign): the line table
+    speaks C, so a .pyx line is the C lines the position comments give it, in the owner
+    (its own body or a copy inlined elsewhere); a function without known lines (no C
+    file) is its entry, as gdb's `break` would place it."""
+    placed: List[Placement] = []
+    for function in owners:
+        module = function.module
+        pcs: List[int] = []
+        if function.lines and line:
+            for c_line in module.c_lines_of(function, path, line):
+                pcs = [pc for pc in _c_line_pcs(module.c_filename, c_line) if function.cname in function_names_at(pc)]
+                if pcs:
+                    break
+        if not pcs and first_statement and (not function.lines or not _has_line_table(function)):
+            pcs = _entry_pcs(function)  # no .pyx lines known, or no line table to find them in
+        seen = set()
+        for pc in sorted(pcs):
+            copy = _copy_of(pc, function.cname)
+            if copy in seen and copy:
+                continue
+            seen.add(copy)
+            placed.append(Placement(function, pc, inlined_into(pc, function)))
+    if placed:
+        return placed, None
+    function = owners[0] if owners else None
+    if function is not None and function.lines and not _has_line_table(function):
+        return [], (f"{function.module.name} has no line table (built without -g): only its functions' entries can "
+                    f"be broken on (cy-break {function.qualified_name}); "
+                    "rebuild it with `cytool develop` for its lines")
+    return [], _no_code_reason(path, line, owners)
+
+
+def _c_line_pcs(c_filename: str, c_line: int) -> List[int]:
+    """gdb's addresses for line `c_line` of a C file (none when it has no code there)."""
+    for spec in (f"{c_filename}:{c_line}", f"{os.path.basename(c_filename)}:{c_line}"):
+        try:
+            sals = gdb.decode_line(spec)[1]
+        except gdb.error:
+            continue
+        if sals:
+            return [s.pc for s in sals if s.line == c_line]
+    return []
+
+
+def _entry_pcs(function: Function) -> List[int]:
+    """Where gdb's `break NAME` stops: after the prologue of the function (or of each
+    copy inlined elsewhere), else of its Python wrapper."""
+    for cname in [function.cname] + list(getattr(function, "wrappers", [])):
+        try:
+            sals = gdb.decode_line(cname)[1]
+        except gdb.error:
+            continue
+        if sals:
+            return [s.pc for s in sals]
+    return []
+
+
+def _has_line_table(function: Function) -> bool:
+    for pc in _entry_pcs(function):
+        try:
+            if gdb.find_pc_line(pc).symtab is not None:
+                return True
+        except (gdb.error, RuntimeError):
+            continue
+    return False
 
 
 def _merged_into_callers(path: str, line: int, function: Function) -> List[Placement]:

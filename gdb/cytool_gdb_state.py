@@ -12,6 +12,7 @@ from typing import Dict, List, Optional
 
 import gdb  # type: ignore
 
+import cytool_gdb_foreign as foreign
 from cytool_gdb_debuginfo import (Function, Module, debug_info_for_shared_object, debug_info_from_index,
                                   find_debug_info, source_line, source_lines)
 
@@ -50,12 +51,12 @@ def register(module: Module) -> Module:
     """Add a module read from its XML (a newer XML of the same module replaces the old)."""
     global default_source
     known = _modules.get(module.name)
-    if known is not None and known.xml_path == module.xml_path:
+    if known is module or (known is not None and not is_foreign(module) and known.xml_path == module.xml_path):
         return known
     _modules[module.name] = module
-    for function in module.functions:
-        _by_cname[function.cname] = function
-    if default_source is None:
+    for cname, function in module.by_cname.items():
+        _by_cname[cname] = function
+    if default_source is None and not is_foreign(module):
         default_source = module.filename
     for callback in list(_load_listeners):
         callback(module)
@@ -84,10 +85,13 @@ def _read(xml_path: str, quiet: bool) -> Optional[Module]:
         return None
 
 
-def module_loaded(so_path: str, build_id: Optional[str] = None) -> Optional[Module]:
+def module_loaded(so_path: str, build_id: Optional[str] = None,
+                  objfile: Optional["gdb.Objfile"] = None) -> Optional[Module]:
     """A shared object was loaded: which Cython module is it? Its debug XML is looked
     up in the module index by build-id, else near the .so (and read if new); else a
-    known module of that name is taken."""
+    known module of that name is taken; else, for a Cython module built without the
+    XML (a wheel, a plain setuptools build), it is described from its symbols and its
+    generated C file (cytool_gdb_foreign)."""
     real = os.path.realpath(so_path)
     short = os.path.basename(real).split(".", 1)[0]
     module = None
@@ -96,10 +100,114 @@ def module_loaded(so_path: str, build_id: Optional[str] = None) -> Optional[Modu
         module = _read(xml_path, quiet=True)
     if module is None:
         module = _known_module_for(real, short)
+        if module is not None and is_foreign(module) and not module.describes(real):
+            module = None  # another build of that name, or a rebuild: describe this one
+    if module is None:
+        module = _describe_foreign(real, objfile)
     if module is None:
         return None
     _objfile_of[module.name] = real
     return register(module)
+
+
+def is_foreign(module: Optional[Module]) -> bool:
+    """A module known without debug XML (cytool_gdb_foreign)."""
+    return getattr(module, "foreign", False)
+
+
+def _describe_foreign(so_path: str, objfile: Optional["gdb.Objfile"]) -> Optional[Module]:
+    short = os.path.basename(so_path).split(".", 1)[0]
+    dwarf_paths = []
+    anchors = []
+    if objfile is not None:
+        try:
+            symbol = objfile.lookup_global_symbol("PyInit_" + short)
+        except (gdb.error, RuntimeError, AttributeError):
+            symbol = None
+        if symbol is not None and symbol.symtab is not None:
+            try:
+                dwarf_paths.append(symbol.symtab.fullname())
+                anchors.append(os.path.dirname(symbol.symtab.fullname()))
+            except (gdb.error, RuntimeError):
+                pass
+    try:
+        return foreign.describe(so_path, dwarf_paths, anchors)
+    except Exception as error:  # an odd file must not break gdb
+        print(f"cytool: cannot read {so_path} as a Cython module: {error}")
+        return None
+
+
+def source_text(path: str, line: int) -> str:
+    """A source line's text: from the file, else as a module without debug XML quotes it
+    in its C file's position comments (a .pyx that is not on this machine)."""
+    text = source_line(path, line)
+    if text or not path:
+        return text
+    for module in _modules.values():
+        if is_foreign(module):
+            text = module.source_text(path, line)
+            if text:
+                return text
+    return ""
+
+
+def real_source(module: Module, path: str) -> str:
+    """`path` if it exists, else the module's source file of that name (the one sharing
+    the longest tail of folders with it), else `path`."""
+    if not path or os.path.isfile(path):
+        return path
+    base = os.path.basename(path)
+    same = [s for s in module.sources if os.path.basename(s) == base and os.path.isfile(s)]
+    if not same:
+        return path
+    parts = path.split(os.sep)
+
+    def shared_tail(candidate: str) -> int:
+        count = 0
+        for mine, theirs in zip(reversed(parts), reversed(candidate.split(os.sep))):
+            if mine != theirs:
+                break
+            count += 1
+        return count
+
+    return max(same, key=shared_tail)
+
+
+def map_source_folders(module: Module) -> None:
+    """Let gdb's own `list` and TUI source window find a module's .pyx files when the line
+    table names them where they are not (a src/ layout compiled from the project root
+    with `#line "pkg/mod.pyx"`): a `set substitute-path` rule per such folder."""
+    if is_foreign(module) or not module.filename:
+        return
+    for path in module.sources:
+        if not os.path.isfile(path):
+            continue
+        try:
+            sals = gdb.decode_line(f"{os.path.basename(path)}:1")[1] or ()
+        except gdb.error:
+            continue
+        for sal in sals:
+            if sal.symtab is None:
+                continue
+            try:
+                seen = sal.symtab.fullname()
+            except gdb.error:
+                continue
+            if seen == path or os.path.isfile(seen) or os.path.basename(seen) != os.path.basename(path):
+                continue
+            if real_source(module, seen) != path:
+                continue
+            old, new = os.path.dirname(seen), os.path.dirname(path)
+            if (old, new) not in _substitutions:
+                _substitutions.add((old, new))
+                try:
+                    gdb.execute(f"set substitute-path {old} {new}", to_string=True)
+                except gdb.error:
+                    pass
+            break
+
+
+_substitutions: set = set()
 
 
 def _known_module_for(real: str, short: str) -> Optional[Module]:
@@ -119,10 +227,26 @@ def _known_module_for(real: str, short: str) -> Optional[Module]:
     return matches[0] if matches else None
 
 
+def register_function(function: Function) -> None:
+    """A function a module learnt after it was registered (cytool_gdb_foreign.adopt)."""
+    _by_cname[function.cname] = function
+
+
 def function_for_cname(name: Optional[str]) -> Optional[Function]:
+    """The Cython function a C function (a frame's name) runs, if any: its body, or for
+    a module without debug XML also its Python wrapper or a clone gcc made of it."""
     if not name:
         return None
-    return _by_cname.get(name)
+    found = _by_cname.get(name)
+    if found is not None or not name.startswith("__pyx_"):
+        return found
+    for module in _modules.values():
+        if is_foreign(module):
+            found = module.function_for(name)
+            if found is not None:
+                _by_cname[name] = found
+                return found
+    return None
 
 
 def module_named(name: str) -> Optional[Module]:

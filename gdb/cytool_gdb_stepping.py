@@ -23,8 +23,8 @@ import cytool_gdb_placement as placement
 import cytool_gdb_python as pylevel
 import cytool_gdb_state as state
 from cytool_gdb_debuginfo import is_branch_header
-from cytool_gdb_frames import (cython_function, frames, is_agent_file, location, newest_frame, print_location,
-                               python_frames_in, selected_cython_frame, thread_tag)
+from cytool_gdb_frames import (cython_function, frames, is_agent_file, is_wrapper_frame, location, newest_frame,
+                               print_location, python_frames_in, selected_cython_frame, thread_tag)
 
 MAX_STEPS = 20000
 _last_stop: Optional["gdb.StopEvent"] = None
@@ -322,8 +322,15 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
     start = _require_running()
     start.select()
     start_thread = gdb.selected_thread()
-    _, start_line = location(start)
+    start_path, start_line = location(start)
     function_started = cython_function(start)
+    if function_started is not None and state.is_foreign(function_started.module) and \
+            not (start_path or "").endswith((".pyx", ".pxi", ".pxd")):
+        from cytool_gdb_frames import foreign_develop_hint
+
+        raise state.CyError(f"cannot step by .pyx lines in {function_started.qualified_name}(): no .pyx line is known "
+                            f"there ({function_started.module.name} was not built by cytool and its C file was not "
+                            f"found); {foreign_develop_hint()}")
     generator = _generator_of(start) if function_started is not None and function_started.is_generator_body else None
     placed: List[breakpoints.CyBreakpoint] = []
     python_armed = False
@@ -391,7 +398,7 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
                 if start is None or cython_function(start) is not function_started:
                     break
                 continue  # resumed: on to the line after the yield (its resume code carries the yield line)
-            if cython_function(frame) is not None:
+            if cython_function(frame) is not None and not is_wrapper_frame(frame):
                 break
             event = _leave_non_cython()
             break
@@ -423,7 +430,8 @@ def _leave_non_cython() -> Optional["gdb.StopEvent"]:
         if not _alive():
             return event
         frame = newest_frame()
-        if frame is None or cython_function(frame) is not None or _is_eval_frame(frame):
+        if frame is None or (cython_function(frame) is not None and not is_wrapper_frame(frame)) \
+                or _is_eval_frame(frame):
             return event
         if frame.older() is None:
             return event

@@ -1,4 +1,5 @@
-"""The TUI side of Python-level stops: a source window for `.py` files.
+"""The TUI side of Python-level stops: a source window for `.py` files (and for the
+`.pyx` of a module built without #line, which gdb's own window shows as C).
 
 gdb's own source window shows only files that have a symbol table, so a Python stop
 (file, line, function) cannot be shown there. This module registers a TUI window type
@@ -17,6 +18,7 @@ import cytool_gdb_state as state
 WINDOW = "cy-python"
 _windows: List["PythonSourceWindow"] = []
 _location: Optional[Tuple[str, int]] = None
+_kind = "Python"
 _showing = False
 
 
@@ -38,7 +40,7 @@ class PythonSourceWindow:
             self.window.erase()
             return
         path, line = _location
-        self.window.title = f"{path} (Python)"
+        self.window.title = f"{path} ({_kind})"
         lines = state.source_lines(path)
         height = max(1, self.window.height)
         first = max(1, min(line - height // 2, max(1, len(lines) - height + 1)))
@@ -69,10 +71,13 @@ def tui_active() -> bool:
     return True
 
 
-def show_python_source(path: str, line: int) -> None:
-    """At a Python stop: show path:line in the TUI (when the TUI is on)."""
-    global _location, _showing
+def show_python_source(path: str, line: int, kind: str = "Python") -> None:
+    """At a Python stop: show path:line in the TUI (when the TUI is on). Also at a stop
+    in a Cython module built without #line, whose line table (and so gdb's own source
+    window) speaks C: its .pyx, at the line the C file's comments give (kind says so)."""
+    global _location, _showing, _kind
     _location = (path, line)
+    _kind = kind
     if not tui_active():
         return
     if not _showing:

@@ -75,6 +75,49 @@ if grep -q "_packer.pyx:" "$LOG/msgpack-pytest" && grep -q "_unpacker.pyx:" "$LO
   pass "the report names msgpack/_packer.pyx and msgpack/_unpacker.pyx lines"
 else fail "the report does not name _packer.pyx and _unpacker.pyx lines"; fi
 
+step "msgpack built by its own setup.py (no cytool): cytool debug stops at cy-break msgpack._cmsgpack.Packer.pack, cy-bt names it at its .pyx line"
+cd "$WORK/msgpack-plain"
+cat > "$WORK/msgpack_script.py" <<'PY'
+import msgpack
+
+data = {"numbers": list(range(50)), "text": "hello" * 10, "nested": [{"a": 1}, {"b": [1, 2, 3]}]}
+packed = msgpack.packb(data)
+print("round trip", msgpack.unpackb(packed) == data)
+PY
+printf 'cy-run\ncy-bt\ncy-locals\ncy-cont\n' > "$WORK/msgpack-plain.gdb"
+run msgpack-plain-build python setup.py build_ext --inplace || fail "python setup.py build_ext --inplace (msgpack)"
+if run msgpack-plain-debug env PYTHONPATH="$WORK/msgpack-plain" cytool debug --batch -b msgpack._cmsgpack.Packer.pack \
+     -x "$WORK/msgpack-plain.gdb" "$WORK/msgpack_script.py" \
+   && grep -Eq "^Cython breakpoint 1, _packer.pyx:[0-9]+ in Packer.pack\(\)" "$LOG/msgpack-plain-debug" \
+   && grep -Eq "^#0 \*_packer.pyx:[0-9]+ in Packer.pack\(\)" "$LOG/msgpack-plain-debug" \
+   && grep -q "round trip True" "$LOG/msgpack-plain-debug"; then
+  pass "cy-break msgpack._cmsgpack.Packer.pack and cy-bt on a plain setuptools build"
+else fail "cy-break by Cython name on msgpack built by setup.py (see $LOG/msgpack-plain-debug)"; fi
+
+step "cytool develop on memray, then cytool debug script.py: cy-break memray._memray.Tracker.__enter__ stops there and cy-bt shows it"
+cd "$WORK/memray-1.19.1"
+cat > "$WORK/memray_script.py" <<'PY'
+import os
+import tempfile
+
+import memray
+
+path = os.path.join(tempfile.mkdtemp(), "capture.bin")
+with memray.Tracker(path):
+    blocks = [bytearray(1000) for _ in range(100)]
+print("tracked", len(blocks), "blocks")
+PY
+printf 'cy-run\ncy-bt\ncy-locals\ncy-next\ncy-cont\n' > "$WORK/memray.gdb"
+if run memray-develop cytool develop -j 2; then pass "cytool develop (memray)"; else fail "cytool develop (memray)"; fi
+if run memray-debug env PYTHONPATH="$WORK/memray-1.19.1/src" cytool debug --batch -b memray._memray.Tracker.__enter__ \
+     -x "$WORK/memray.gdb" "$WORK/memray_script.py" \
+   && grep -Eq "^Cython breakpoint 1, _memray.pyx:[0-9]+ in Tracker.__enter__\(\)" "$LOG/memray-debug" \
+   && grep -Eq "^#0 \*_memray.pyx:[0-9]+ in Tracker.__enter__\(\)" "$LOG/memray-debug" \
+   && grep -q "self = <memray._memray.Tracker object at" "$LOG/memray-debug" \
+   && grep -q "tracked 100 blocks" "$LOG/memray-debug"; then
+  pass "cy-break memray._memray.Tracker.__enter__ stops there, cy-bt shows it, its locals print"
+else fail "cytool debug on memray built by cytool develop (see $LOG/memray-debug)"; fi
+
 echo
 echo "realworld: $FAILS failure(s); logs in $LOG"
 exit $FAILS
