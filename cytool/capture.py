@@ -205,6 +205,7 @@ def library() -> ctypes.CDLL:
         "cya_get_header": (ctypes.POINTER(_Header), [ctypes.c_void_p]),
         "cya_get_status": (ctypes.POINTER(_Status), [ctypes.c_void_p]),
         "cya_get_events": (ctypes.c_void_p, [ctypes.c_void_p, size_p]),
+        "cya_count_events": (ctypes.c_size_t, [ctypes.c_void_p]),
         "cya_get_objects": (ctypes.POINTER(_Object), [ctypes.c_void_p, size_p]),
         "cya_get_threads": (ctypes.POINTER(_Thread), [ctypes.c_void_p, size_p]),
         "cya_get_pyframes": (ctypes.POINTER(_PyFrame), [ctypes.c_void_p, size_p]),
@@ -392,9 +393,9 @@ class EventList(Sequence[Event]):
 
     _CHUNK = 65536
 
-    def __init__(self, capture: "Capture", address: int, count: int):
+    def __init__(self, capture: "Capture", count: int):
         self._capture = capture  # keeps the C memory alive
-        self._address = address
+        self._address: Optional[int] = None  # the C array, made on first access
         self._count = count
 
     def __len__(self) -> int:
@@ -403,6 +404,12 @@ class EventList(Sequence[Event]):
     def _decode(self, start: int, stop: int) -> List[Event]:
         if self._count and self._capture._handle is None:
             raise ValueError("the capture is closed")
+        if self._address is None:
+            count = ctypes.c_size_t()
+            address = library().cya_get_events(self._capture._handle, ctypes.byref(count)) if self._count else 0
+            if self._count and not address:
+                raise MemoryError(f"{self._capture.path}: out of memory decoding {self._count:,} events")
+            self._address = address or 0
         size = _EVENT_STRUCT.size
         raw = ctypes.string_at(self._address + start * size, (stop - start) * size)
         names = KIND_NAMES
@@ -482,8 +489,7 @@ class Capture:
         # one line per damaged frame, gap, repeat ... (capped)
         self.notes: List[str] = [line for line in _text(s.notes).splitlines() if line]
         count = ctypes.c_size_t()
-        address = lib.cya_get_events(handle, ctypes.byref(count))
-        self.events = EventList(self, address or 0, count.value)
+        self.events = EventList(self, lib.cya_count_events(handle))
 
         threads = lib.cya_get_threads(handle, ctypes.byref(count))
         self.threads: Dict[int, ThreadInfo] = {}
@@ -573,7 +579,7 @@ class Capture:
         if self._handle is not None:
             lib.cya_close(self._handle)
             self._handle = None
-            self.events = EventList(self, 0, 0)
+            self.events = EventList(self, 0)
 
     def __enter__(self) -> "Capture":
         return self

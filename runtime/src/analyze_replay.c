@@ -27,6 +27,7 @@
 
 #include "analyze_internal.h"
 
+static const cya_event *EV(const cya_capture *c) { size_t n; return cya_get_events(c, &n); }
 #define NEVER UINT32_MAX
 #define TIMELINE_POINTS 1000
 
@@ -326,7 +327,7 @@ static int on_release(void *ctx, uint32_t alloc, uint64_t bytes)
     release_entry entry = {*slot, r->event, bytes};
     if (!CYA_PUSH(r->log, r->nlog, r->cap_log, entry))
         return 0;
-    const cya_event *ae = &r->c->events[r->alloc_event[alloc]];
+    const cya_event *ae = &EV(r->c)[r->alloc_event[alloc]];
     if (!thread_selected(r, ae->thread_id))
         return 1;
     *r->live -= bytes;
@@ -347,8 +348,8 @@ static int on_release(void *ctx, uint32_t alloc, uint64_t bytes)
 static int before_mremap(const cya_capture *c, size_t i)
 {
     for (size_t j = i + 1; j < c->nevents && j < i + 16; j++)
-        if (c->events[j].thread_id == c->events[i].thread_id)
-            return c->events[j].kind == CYA_MREMAP;
+        if (EV(c)[j].thread_id == EV(c)[i].thread_id)
+            return EV(c)[j].kind == CYA_MREMAP;
     return 0;
 }
 
@@ -399,7 +400,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
 
     size_t nallocs = 0;
     for (size_t i = 0; i < c->nevents; i++)
-        nallocs += c->events[i].kind < CYA_FREE;
+        nallocs += EV(c)[i].kind < CYA_FREE;
     if (c->nevents >= NEVER)
         FAIL("too many events for one analysis (more than 4 billion)");
     alloc_event = malloc((nallocs ? nallocs : 1) * sizeof *alloc_event);
@@ -417,7 +418,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     rp = (replay){.p = p, .c = c, .selected = &selected, .filter = filter, .alloc_event = alloc_event,
                   .alloc_ord = alloc_ord, .alloc_stack = alloc_stack, .alloc_free = alloc_free, .live = &live};
     for (size_t i = 0; i < c->nevents; i++) {
-        const cya_event *e = &c->events[i];
+        const cya_event *e = &EV(c)[i];
         if (e->thread_id != last_thread) {
             uint32_t *slot = cya_map_get(&tstate, e->thread_id);
             if (!slot) {
@@ -456,7 +457,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
                                      &rp) < 0)
                     FAIL("out of memory for the mapping table");
             } else if ((old = cya_map_get(&blocks, key))) { /* its free was never seen */
-                const cya_event *oe = &c->events[alloc_event[*old]];
+                const cya_event *oe = &EV(c)[alloc_event[*old]];
                 alloc_free[*old] = (uint32_t)i;
                 p->replaced_blocks++;
                 if (!filter || cya_map_get(&selected, oe->thread_id))
@@ -510,7 +511,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
                 p->unmatched_frees++;
             } else {
                 uint32_t a = *slot;
-                const cya_event *ae = &c->events[alloc_event[a]];
+                const cya_event *ae = &EV(c)[alloc_event[a]];
                 cya_map_del(&blocks, key);
                 alloc_free[a] = (uint32_t)i;
                 p->frees++;
@@ -540,7 +541,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         if (rp.log[j].event <= p->peak_event)
             rp.infos[rp.log[j].info].released_by_peak += rp.log[j].bytes;
     for (size_t a = 0; a < k; a++) {
-        const cya_event *e = &c->events[alloc_event[a]];
+        const cya_event *e = &EV(c)[alloc_event[a]];
         if (filter && !cya_map_get(&selected, e->thread_id))
             continue;
         cya_metrics *m = &p->stacks[alloc_stack[a]].m;

@@ -1,12 +1,17 @@
 /* capture_read.c: the capture file reader (formats 1 to 3, runtime/FORMAT.md).
  *
  * Owns: checking the header (magic, version), walking the body's LZ4 frames (skipping a
- * damaged one and resynchronising on the next frame magic), decoding records into
- * per-thread event runs (ordered and merged by capture_merge.c), reading each definition
- * once however often it is repeated, resolving ids once the whole file is read, and
- * saying what is missing: the frames skipped, the batches absent or repeated, and the
- * events recorded but not in the file (from batch ordinals, PROGRESS and STATS).
- * The file is mapped read-only; everything handed out is copied into the capture.
+ * damaged one and resynchronising on the next frame magic), decoding records, reading
+ * each definition once however often it is repeated, resolving ids once the whole file is
+ * read, and saying what is missing: the frames skipped, the batches absent or repeated,
+ * and the events recorded but not in the file (from batch ordinals, PROGRESS and STATS).
+ *
+ * Events are not kept: the first reading checks every batch and notes where it lies (one
+ * cya_batch_ref per batch, per thread); a batch's events are decoded again from its frame
+ * when they are streamed (cya_batch_load, for capture_merge.c). So memory grows with the
+ * number of batches, definitions and threads, not with the number of events. The file is
+ * mapped read-only for the first reading (pages behind it dropped as it goes) and kept open
+ * for the second; everything handed out is copied into the capture.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -103,6 +108,15 @@ typedef struct reader {
     int out_of_memory;
     uint64_t repeats;       /* definitions of the current frame read before (a repeated frame) */
     uint64_t stats_objects; /* STATS (format 3): OBJECT records the tracer wrote */
+    /* the frame being decoded: where it lies in the file, its decompressed records */
+    uint64_t frame_pos, frame_len, nbatches_read;
+    const uint8_t *frame_data;
+    cya_event *scratch; /* one batch's events, checked and dropped */
+    size_t scratch_cap;
+    /* stack ids used by events: a bitmap for small ids, a map for the others */
+    uint64_t *used_bits;
+    size_t used_words;
+    cya_map used_big;
 } reader;
 
 static void set_problem(cya_capture *c, const char *fmt, ...)
@@ -161,38 +175,33 @@ static long thread_slot(reader *r, uint64_t id)
 static int is_alloc_kind(unsigned kind) { return kind >= CYA_MALLOC && kind <= CYA_MREMAP; }
 static int is_free_kind(unsigned kind) { return kind >= CYA_FREE && kind <= CYA_PYMEM_OBJ_FREE; }
 
-/* Reserve room for n more events in a run, capped by what `bytes` of input can hold
- * (every event takes at least `per_event` bytes). */
-static int reserve_events(reader *r, cya_run *rn, uint64_t n, size_t bytes, size_t per_event)
+/* Room for n more events in *ev, capped by what `bytes` of input can hold (every event
+ * takes at least `per_event` bytes). */
+static int reserve_events(cya_event **ev, size_t len, size_t *cap, uint64_t n, size_t bytes, size_t per_event)
 {
     uint64_t most = bytes / per_event;
-    if (!cya_grow((void **)&rn->events, &rn->cap, rn->len + (n < most ? n : most), sizeof(cya_event))) {
-        r->out_of_memory = 1;
-        return 0;
-    }
-    return 1;
+    return cya_grow((void **)ev, cap, len + (n < most ? n : most), sizeof(cya_event));
 }
 
-/* Complete an event (size and stack already set) and append it to its thread's run. */
-static int push_event(reader *r, cya_run *rn, cya_event *e, uint64_t time, uint64_t address, unsigned kind,
-                      uint64_t tid)
+/* The result of decoding a batch's events. */
+enum { DECODE_BAD = 0, DECODE_OK = 1, DECODE_NOMEM = -1 };
+
+static int push_event(cya_event **ev, size_t *len, size_t *cap, cya_event *e, uint64_t time, uint64_t address,
+                      unsigned kind, uint64_t tid)
 {
     e->time_ns = time;
     e->address = address;
     e->kind = (uint8_t)kind;
     e->thread_id = (uint32_t)tid;
-    if (!CYA_PUSH(rn->events, rn->len, rn->cap, *e)) {
-        r->out_of_memory = 1;
-        return 0;
-    }
-    return 1;
+    return CYA_PUSH(*ev, *len, *cap, *e);
 }
 
 /* Format 1: one row per event (kind, time delta in ns, address delta, size, stack). */
-static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t n)
+static int decode_events_v1(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
+                            uint64_t n)
 {
-    if (!reserve_events(r, rn, n, (size_t)(cur->end - cur->p), 2))
-        return 0;
+    if (!reserve_events(ev, *len, cap, n, (size_t)(cur->end - cur->p), 2))
+        return DECODE_NOMEM;
     uint64_t addr = 0;
     for (uint64_t i = 0; i < n; i++) {
         cya_event e;
@@ -209,30 +218,31 @@ static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, u
             cur->bad = 1;
         }
         if (cur->bad)
-            return 0;
-        if (!push_event(r, rn, &e, t, addr, kind, tid))
-            return 0;
+            return DECODE_BAD;
+        if (!push_event(ev, len, cap, &e, t, addr, kind, tid))
+            return DECODE_NOMEM;
     }
-    return 1;
+    return DECODE_OK;
 }
 
 /* Format 2: five columns (heads, times, addresses, sizes, stacks); every column must be
  * used up exactly. */
-static int decode_events_v2(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t unit, uint64_t n)
+static int decode_events_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
+                            uint64_t unit, uint64_t n)
 {
-    uint64_t len[NCOLS];
-    len[COL_HEAD] = n;
+    uint64_t clen[NCOLS];
+    clen[COL_HEAD] = n;
     for (int c = COL_TIME; c < NCOLS; c++)
-        len[c] = get_varint(cur);
+        clen[c] = get_varint(cur);
     cursor col[NCOLS];
     for (int c = 0; c < NCOLS; c++) {
-        if (cur->bad || len[c] > (uint64_t)(cur->end - cur->p))
-            return 0;
-        col[c] = (cursor){cur->p, cur->p + len[c], 0};
-        cur->p += len[c];
+        if (cur->bad || clen[c] > (uint64_t)(cur->end - cur->p))
+            return DECODE_BAD;
+        col[c] = (cursor){cur->p, cur->p + clen[c], 0};
+        cur->p += clen[c];
     }
-    if (!reserve_events(r, rn, n, (size_t)len[COL_HEAD], 1))
-        return 0;
+    if (!reserve_events(ev, *len, cap, n, (size_t)clen[COL_HEAD], 1))
+        return DECODE_NOMEM;
     uint64_t addr = 0, stack = UINT64_MAX;
     for (uint64_t i = 0; i < n; i++) {
         cya_event e;
@@ -246,53 +256,214 @@ static int decode_events_v2(reader *r, cursor *cur, cya_run *rn, uint64_t tid, u
             if (!(head & EV_SAME_STACK))
                 stack = get_varint(&col[COL_STACK]);
             else if (stack == UINT64_MAX) /* "the same stack" before any stack */
-                return 0;
+                return DECODE_BAD;
             e.stack_id = (uint32_t)stack;
         } else if (!is_free_kind(kind) || (head & EV_SAME_STACK)) {
-            return 0;
+            return DECODE_BAD;
         } else if (kind == CYA_MUNMAP) {
             e.size = get_varint(&col[COL_SIZE]);
         }
-        for (int c = 0; c < NCOLS; c++)
-            if (col[c].bad)
-                return 0;
-        if (!push_event(r, rn, &e, t, addr, kind, tid))
-            return 0;
+        if (col[COL_HEAD].bad | col[COL_TIME].bad | col[COL_ADDR].bad | col[COL_SIZE].bad | col[COL_STACK].bad)
+            return DECODE_BAD;
+        if (!push_event(ev, len, cap, &e, t, addr, kind, tid))
+            return DECODE_NOMEM;
     }
     for (int c = 0; c < NCOLS; c++)
         if (col[c].p != col[c].end)
-            return 0;
-    return 1;
+            return DECODE_BAD;
+    return DECODE_OK;
 }
 
+/* A BATCH record's fields (after the type byte). */
+typedef struct batch_head {
+    uint64_t tid, seq, first, t, unit, n;
+} batch_head;
+
+static int read_batch_head(cursor *cur, uint32_t version, batch_head *h)
+{
+    int v2 = version >= 2;
+    h->tid = get_varint(cur);
+    h->seq = v2 ? get_varint(cur) : 0;
+    h->first = version >= 3 ? get_varint(cur) : 0;
+    h->t = get_varint(cur);
+    h->unit = v2 ? get_varint(cur) : 1;
+    h->n = get_varint(cur);
+    return !cur->bad && h->unit != 0;
+}
+
+/* Decode a batch's events (after its head) onto *ev. */
+static int decode_batch_events(cursor *cur, uint32_t version, const batch_head *h, cya_event **ev, size_t *len,
+                               size_t *cap)
+{
+    return version >= 2 ? decode_events_v2(cur, ev, len, cap, h->tid, h->t, h->unit, h->n)
+                        : decode_events_v1(cur, ev, len, cap, h->tid, h->t, h->n);
+}
+
+#define USED_BITS_MAX (1u << 27) /* stack ids below this are noted in a bitmap (16 MiB at most) */
+
+/* Note that an event used stack id `id`. 0 when out of memory. */
+static int note_used_stack(reader *r, uint32_t id)
+{
+    if (id < USED_BITS_MAX) {
+        size_t word = id / 64;
+        if (word >= r->used_words) {
+            size_t n = r->used_words ? r->used_words : 64;
+            while (n <= word)
+                n *= 2;
+            uint64_t *bits = realloc(r->used_bits, n * sizeof *bits);
+            if (!bits)
+                return 0;
+            memset(bits + r->used_words, 0, (n - r->used_words) * sizeof *bits);
+            r->used_bits = bits;
+            r->used_words = n;
+        }
+        r->used_bits[word] |= 1ull << (id % 64);
+        return 1;
+    }
+    return cya_map_get(&r->used_big, id) || cya_map_put(&r->used_big, id, 1);
+}
+
+/* Check a batch and note where it lies; its events are dropped (read again when streamed). */
 static int decode_batch(reader *r, cursor *cur)
 {
-    int v2 = r->cap->header.version >= 2;
-    uint64_t tid = get_varint(cur);
-    uint64_t seq = v2 ? get_varint(cur) : 0;
-    uint64_t first = r->cap->header.version >= 3 ? get_varint(cur) : 0;
-    uint64_t t = get_varint(cur);
-    uint64_t unit = v2 ? get_varint(cur) : 1;
-    uint64_t n = get_varint(cur);
-    if (cur->bad || unit == 0)
+    uint32_t version = r->cap->header.version;
+    uint64_t offset = (uint64_t)(cur->p - r->frame_data);
+    batch_head h;
+    if (!read_batch_head(cur, version, &h))
         return 0;
-    long slot = thread_slot(r, tid);
+    long slot = thread_slot(r, h.tid);
     if (slot < 0) {
         r->out_of_memory = 1;
         return 0;
     }
-    cya_run *rn = &r->runs[slot];
-    cya_batch_ref ref = {v2 ? seq : t, first, rn->len, 0};
-    if (!(v2 ? decode_events_v2(r, cur, rn, tid, t, unit, n) : decode_events_v1(r, cur, rn, tid, t, n))) {
-        rn->len = ref.start; /* a malformed batch is dropped whole */
+    size_t n = 0;
+    int got = decode_batch_events(cur, version, &h, &r->scratch, &n, &r->scratch_cap);
+    if (got != DECODE_OK) { /* a malformed batch is dropped whole */
+        if (got == DECODE_NOMEM)
+            r->out_of_memory = 1;
         return 0;
     }
-    ref.len = rn->len - ref.start;
+    cya_batch_ref ref = {version >= 2 ? h.seq : h.t, h.first, r->frame_pos, r->frame_len, offset, n, 0, 0,
+                         r->nbatches_read++};
+    uint32_t last = 0;
+    for (size_t i = 0; i < n; i++) {
+        const cya_event *e = &r->scratch[i];
+        if (e->time_ns > ref.max_time)
+            ref.max_time = e->time_ns;
+        uint32_t id = e->stack_id;
+        ref.stackless += !id && e->kind < CYA_FREE && e->address;
+        if (id && id != last) {
+            if (!note_used_stack(r, id)) {
+                r->out_of_memory = 1;
+                return 0;
+            }
+            last = id;
+        }
+    }
+    cya_run *rn = &r->runs[slot];
     if (!CYA_PUSH(rn->batches, rn->nbatches, rn->cap_batches, ref)) {
         r->out_of_memory = 1;
         return 0;
     }
+    rn->len += n;
     return 1;
+}
+
+/* ---- the second reading: one batch's events, decoded again from its frame ---------- */
+
+struct cya_batch_loader {
+    const cya_capture *c;
+    LZ4F_dctx *dctx;
+    uint8_t *in, *out;
+    size_t in_cap, out_cap, out_len;
+    uint64_t frame_pos; /* the frame in `out`; UINT64_MAX: none */
+};
+
+cya_batch_loader *cya_batch_loader_new(const cya_capture *c)
+{
+    cya_batch_loader *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->c = c;
+    l->frame_pos = UINT64_MAX;
+    if (LZ4F_isError(LZ4F_createDecompressionContext(&l->dctx, LZ4F_VERSION))) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void cya_batch_loader_free(cya_batch_loader *l)
+{
+    if (!l)
+        return;
+    LZ4F_freeDecompressionContext(l->dctx);
+    free(l->in);
+    free(l->out);
+    free(l);
+}
+
+/* Read and decompress the frame at [pos, pos + len) into l->out: NULL, or what failed. */
+static const char *load_frame(cya_batch_loader *l, uint64_t pos, uint64_t len)
+{
+    if (l->frame_pos == pos)
+        return NULL;
+    l->frame_pos = UINT64_MAX;
+    if (!cya_grow((void **)&l->in, &l->in_cap, len ? len : 1, 1))
+        return "out of memory";
+    for (uint64_t got = 0; got < len;) {
+        ssize_t n = pread(l->c->fd, l->in + got, len - got, (off_t)(pos + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? strerror(errno) : "the file is shorter than when it was read";
+        got += (uint64_t)n;
+    }
+    LZ4F_resetDecompressionContext(l->dctx);
+    size_t in_off = 0;
+    l->out_len = 0;
+    for (;;) {
+        if (l->out_cap - l->out_len < (1u << 16) && !cya_grow((void **)&l->out, &l->out_cap, l->out_len + (1u << 16), 1))
+            return "out of memory";
+        size_t dsz = l->out_cap - l->out_len, ssz = len - in_off;
+        size_t ret = LZ4F_decompress(l->dctx, l->out + l->out_len, &dsz, l->in + in_off, &ssz, NULL);
+        if (LZ4F_isError(ret))
+            return "the frame no longer decodes (the file changed since it was read)";
+        in_off += ssz;
+        l->out_len += dsz;
+        if (ret == 0)
+            break;
+        if (in_off >= len && dsz == 0)
+            return "the frame is cut short (the file changed since it was read)";
+    }
+    l->frame_pos = pos;
+    return NULL;
+}
+
+int cya_batch_load(cya_batch_loader *l, const cya_batch_ref *b, uint64_t thread_id, cya_event **events,
+                   size_t *len, size_t *cap, char *errbuf, size_t errlen)
+{
+    const char *why = load_frame(l, b->frame_pos, b->frame_len);
+    if (!why) {
+        why = "the batch no longer decodes (the file changed since it was read)";
+        if (b->offset >= 1 && b->offset <= l->out_len && l->out[b->offset - 1] == REC_BATCH) {
+            cursor cur = {l->out + b->offset, l->out + l->out_len, 0};
+            batch_head h;
+            size_t before = *len;
+            uint32_t version = l->c->header.version;
+            if (read_batch_head(&cur, version, &h) && h.tid == thread_id) {
+                int got = decode_batch_events(&cur, version, &h, events, len, cap);
+                if (got == DECODE_NOMEM)
+                    why = "out of memory";
+                else if (got == DECODE_OK && *len - before == b->len)
+                    return 1;
+            }
+            *len = before;
+        }
+    }
+    snprintf(errbuf, errlen, "reading the events of the frame at byte %llu again: %s",
+             (unsigned long long)b->frame_pos, why);
+    return 0;
 }
 
 static int decode_object(reader *r, cursor *cur)
@@ -529,6 +700,7 @@ static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame
 {
     cursor cur = {data, data + len, 0};
     r->repeats = 0;
+    r->frame_data = data;
     while (cur.p < cur.end) {
         const uint8_t *start = cur.p;
         if (!decode_record(r, &cur)) {
@@ -632,6 +804,8 @@ static size_t next_magic(const uint8_t *buf, size_t len, size_t from)
     return hit ? (size_t)(hit - buf) : len;
 }
 
+#define DROP_BEHIND (16u << 20) /* bytes read between two drops of the pages behind */
+
 /* Walk the LZ4 frames of the body. A frame that cannot be decoded is skipped: reading goes
  * on at the next frame magic after its start (FORMAT.md section 2). */
 static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
@@ -644,7 +818,7 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         return;
     }
     uint8_t *out = NULL;
-    size_t out_cap = 0;
+    size_t out_cap = 0, dropped = 0;
     c->status.recovered_bytes = pos;
     while (pos < len && !r->out_of_memory) {
         size_t start = next_magic(buf, len, pos);
@@ -711,10 +885,17 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
             continue;
         }
         c->status.frames++;
+        r->frame_pos = pos;
+        r->frame_len = in_off;
         if (!decode_frame(r, out, out_len, pos))
             c->status.damaged_frames++;
         pos += in_off;
         c->status.recovered_bytes += in_off;
+        if (pos - dropped >= DROP_BEHIND) { /* read once: its pages need not stay mapped */
+            size_t upto = pos & ~(size_t)4095;
+            madvise((void *)(buf + dropped), upto - dropped, MADV_DONTNEED);
+            dropped = upto;
+        }
     }
     free(out);
     LZ4F_freeDecompressionContext(dctx);
@@ -813,28 +994,37 @@ static int check_runs(reader *r)
 static int finish(reader *r)
 {
     cya_capture *c = r->cap;
-    if (!check_runs(r) || !cya_merge_runs(c, r->runs))
+    if (!check_runs(r))
         return 0;
-    if (!c->status.complete && c->nevents)
-        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
-    else if (c->status.complete && c->nevents && c->events[c->nevents - 1].time_ns > c->status.end_time_ns)
-        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
-    /* ids used but never defined; allocations without a stack (format 3: the tracer's
-     * stack table was full, it always has at least the caller's address otherwise) */
-    cya_map seen = {0};
-    uint64_t stackless = 0;
-    for (size_t i = 0; i < c->nevents; i++) {
-        uint32_t id = c->events[i].stack_id;
-        stackless += !id && c->events[i].kind < CYA_FREE && c->events[i].address;
-        if (id && !cya_map_get(&c->stack_index, id) && !cya_map_get(&seen, id)) {
-            if (!cya_map_put(&seen, id, 1)) {
-                cya_map_free(&seen);
-                return 0;
-            }
-            c->status.missing_stacks++;
+    /* the events' count and end, and the allocations without a stack (format 3: the
+     * tracer's stack table was full, it always has at least the caller's address
+     * otherwise), from the batches kept */
+    uint64_t stackless = 0, last_time = 0;
+    c->nevents = 0;
+    for (size_t i = 0; i < c->nthreads; i++) {
+        const cya_run *rn = &r->runs[i];
+        c->threads[i].nevents = rn->len;
+        c->nevents += rn->len;
+        for (size_t j = 0; j < rn->nbatches; j++) {
+            stackless += rn->batches[j].stackless;
+            if (rn->batches[j].len && rn->batches[j].max_time > last_time)
+                last_time = rn->batches[j].max_time;
         }
     }
-    cya_map_free(&seen);
+    if (!c->status.complete && c->nevents)
+        c->status.end_time_ns = last_time;
+    else if (c->status.complete && c->nevents && last_time > c->status.end_time_ns)
+        c->status.end_time_ns = last_time;
+    /* ids used but never defined */
+    cya_map seen = {0};
+    for (size_t w = 0; w < r->used_words; w++)
+        for (uint64_t bits = r->used_bits[w]; bits; bits &= bits - 1) {
+            uint64_t id = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            c->status.missing_stacks += !cya_map_get(&c->stack_index, id);
+        }
+    for (size_t j = 0; j < r->used_big.cap; j++)
+        if (r->used_big.keys[j] != CYA_MAP_EMPTY)
+            c->status.missing_stacks += !cya_map_get(&c->stack_index, r->used_big.keys[j]);
     if (stackless && c->header.version >= 3)
         add_note(c, "%llu allocations have no stack: the tracer's stack table was full", (unsigned long long)stackless);
     for (size_t i = 0; i < c->nstacks; i++)
@@ -937,9 +1127,14 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
         madvise(m, len, MADV_SEQUENTIAL);
         buf = m;
     }
-    close(fd);
     cya_capture *c = calloc(1, sizeof *c);
-    reader r = {c, NULL, 0, 0, 0, 0};
+    if (c)
+        c->fd = fd;
+    else
+        close(fd);
+    reader r;
+    memset(&r, 0, sizeof r);
+    r.cap = c;
     size_t body = 0;
     if (!c) {
         *error = CYA_E_NOMEM;
@@ -953,13 +1148,14 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
             snprintf(errbuf, errlen, "%s: out of memory while reading the capture", path);
         }
     }
-    if (r.runs) {
-        for (size_t i = 0; c && i < c->nthreads; i++) {
-            free(r.runs[i].events);
-            free(r.runs[i].batches);
-        }
+    if (c) {
+        c->runs = r.runs; /* kept: the batches are read again when events are streamed */
+    } else if (r.runs) {
         free(r.runs);
     }
+    free(r.scratch);
+    free(r.used_bits);
+    cya_map_free(&r.used_big);
     if (buf)
         munmap((void *)buf, len);
     if (*error != CYA_OK) {
@@ -980,6 +1176,12 @@ CYA_API void cya_close(cya_capture *c)
             free(c->argv[i]);
     free(c->argv);
     free(c->events);
+    if (c->runs)
+        for (size_t i = 0; i < c->nthreads; i++)
+            free(c->runs[i].batches);
+    free(c->runs);
+    if (c->fd >= 0)
+        close(c->fd);
     for (size_t i = 0; i < c->nobjects; i++) {
         free((void *)c->objects[i].path);
         free((void *)c->objects[i].build_id);
@@ -1017,8 +1219,38 @@ CYA_API void cya_close(cya_capture *c)
 CYA_API const cya_header *cya_get_header(const cya_capture *c) { return &c->header; }
 CYA_API const cya_status *cya_get_status(const cya_capture *c) { return &c->status; }
 
-CYA_API const cya_event *cya_get_events(const cya_capture *c, size_t *count)
+typedef struct event_sink {
+    cya_event *events;
+    size_t len, cap;
+} event_sink;
+
+static int sink_events(void *ctx, const cya_event *events, size_t n)
 {
+    event_sink *s = ctx;
+    if (!cya_grow((void **)&s->events, &s->cap, s->len + n, sizeof *s->events))
+        return 0;
+    memcpy(s->events + s->len, events, n * sizeof *events);
+    s->len += n;
+    return 1;
+}
+
+CYA_API size_t cya_count_events(const cya_capture *c) { return c->nevents; }
+
+CYA_API const cya_event *cya_get_events(const cya_capture *cc, size_t *count)
+{
+    cya_capture *c = (cya_capture *)cc; /* the events are made on first use */
+    if (!c->events_made) {
+        event_sink sink = {NULL, 0, 0};
+        char err[256];
+        if (!cya_grow((void **)&sink.events, &sink.cap, c->nevents ? c->nevents : 1, sizeof *sink.events) ||
+            !cya_merge_stream(c, sink_events, &sink, err, sizeof err)) {
+            free(sink.events);
+            *count = 0;
+            return NULL;
+        }
+        c->events = sink.events;
+        c->events_made = 1;
+    }
     *count = c->nevents;
     return c->events;
 }
