@@ -284,14 +284,87 @@ typedef struct stack_live {
     uint64_t last_change;
 } stack_live;
 
-#define LOOKAHEAD 15 /* events after a munmap searched for its thread's mremap */
+/* The live heap blocks by key (open addressing, linear probing): a block's figures sit
+ * beside its key, so a malloc or a free touches one place. */
+typedef struct heap_block {
+    uint64_t key; /* CYA_MAP_EMPTY: a free entry */
+    uint64_t size;
+    uint64_t ord;     /* its thread's ordinal of the allocation */
+    uint32_t stack;   /* profile stack */
+    uint32_t thread;  /* the allocating thread's id */
+    uint32_t metrics; /* its thread's index in p->threads, or NEVER when not selected */
+} heap_block;
+
+typedef struct block_table {
+    heap_block *items;
+    size_t cap, len; /* cap: a power of two */
+    unsigned shift;  /* 64 - log2(cap) */
+} block_table;
+
+static inline size_t block_home(const block_table *t, uint64_t key)
+{
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> t->shift); /* Fibonacci hashing */
+}
+
+static int block_table_grow(block_table *t)
+{
+    size_t ncap = t->cap ? t->cap * 2 : 1024;
+    heap_block *items = malloc(ncap * sizeof *items);
+    if (!items)
+        return 0;
+    for (size_t i = 0; i < ncap; i++)
+        items[i].key = CYA_MAP_EMPTY;
+    block_table n = {items, ncap, t->len, (unsigned)(64 - __builtin_ctzll(ncap))};
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->items[i].key == CYA_MAP_EMPTY)
+            continue;
+        size_t j = block_home(&n, t->items[i].key);
+        while (items[j].key != CYA_MAP_EMPTY)
+            j = (j + 1) & (ncap - 1);
+        items[j] = t->items[i];
+    }
+    free(t->items);
+    *t = n;
+    return 1;
+}
+
+/* The entry of key, or the free entry where it goes (its key then CYA_MAP_EMPTY);
+ * NULL when out of memory. */
+static inline heap_block *block_find(block_table *t, uint64_t key)
+{
+    if ((t->len + 1) * 2 >= t->cap && !block_table_grow(t)) /* at most half full: short probes */
+        return NULL;
+    size_t mask = t->cap - 1, j = block_home(t, key);
+    while (t->items[j].key != key && t->items[j].key != CYA_MAP_EMPTY)
+        j = (j + 1) & mask;
+    return &t->items[j];
+}
+
+/* Remove an entry returned by block_find (backward-shift deletion). */
+static inline void block_remove(block_table *t, heap_block *b)
+{
+    size_t mask = t->cap - 1, hole = (size_t)(b - t->items);
+    for (size_t k = (hole + 1) & mask; t->items[k].key != CYA_MAP_EMPTY; k = (k + 1) & mask) {
+        size_t home = block_home(t, t->items[k].key);
+        int stays = hole <= k ? (home > hole && home <= k) : (home > hole || home <= k);
+        if (!stays) {
+            t->items[hole] = t->items[k];
+            hole = k;
+        }
+    }
+    t->items[hole].key = CYA_MAP_EMPTY;
+    t->len--;
+}
+
+#define LOOKAHEAD 15
+#define PREFETCH 8 /* events ahead whose block entry is prefetched */ /* events after a munmap searched for its thread's mremap */
 
 typedef struct replay {
     cya_profile *p;
     const cya_capture *c;
     cya_map selected;
     int filter;
-    cya_map blocks; /* heap block key -> slot */
+    block_table blocks; /* the live heap blocks */
     live_block *tab;
     size_t ntab, cap_tab;
     uint32_t *spare; /* free slots */
@@ -310,6 +383,12 @@ typedef struct replay {
     /* the event being replayed */
     uint64_t event;
     uint64_t last_thread, last_raw_stack, last_cut;
+    uint64_t next_sample; /* the next event index that is a multiple of step */
+    /* capture stack id -> profile stack + 1 (0: undefined) and its frames cut, for ids
+     * below ndense (the tracer numbers its stacks 1, 2, 3 ...) */
+    uint32_t *dense_stack;
+    uint64_t *dense_cut;
+    size_t ndense;
     uint32_t tslot, last_stack, last_metrics;
     int last_selected;
     /* the releasing event (mappings) */
@@ -420,11 +499,17 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
     uint64_t key = cya_block_key(e->kind, e->address);
     if (e->kind < CYA_FREE) {
         if (e->stack_id != r->last_raw_stack) {
-            uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
-            r->last_stack = slot ? *slot : e->stack_id ? r->unknown_stack : r->no_stack;
             r->last_raw_stack = e->stack_id;
-            const cya_stack *raw = slot ? cya_find_stack(c, e->stack_id) : NULL;
-            r->last_cut = raw ? raw->cut : 0;
+            if (e->stack_id < r->ndense) {
+                uint32_t s = r->dense_stack[e->stack_id];
+                r->last_stack = s ? s - 1 : e->stack_id ? r->unknown_stack : r->no_stack;
+                r->last_cut = r->dense_cut[e->stack_id];
+            } else {
+                uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
+                r->last_stack = slot ? *slot : e->stack_id ? r->unknown_stack : r->no_stack;
+                const cya_stack *raw = slot ? cya_find_stack(c, e->stack_id) : NULL;
+                r->last_cut = raw ? raw->cut : 0;
+            }
         }
         if (r->last_selected && r->last_metrics == NEVER) {
             uint32_t *slot = cya_map_get(&r->thread_slots, e->thread_id);
@@ -439,34 +524,33 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
             }
             r->last_metrics = *slot;
         }
-        uint32_t k = new_slot(r);
-        if (k == NEVER)
-            return 0;
-        live_block *b = &r->tab[k];
-        *b = (live_block){e->size, e->size, ord, r->last_stack, e->thread_id,
-                          r->last_selected ? r->last_metrics : NEVER, 1, (uint8_t)is_mapping(e->kind)};
-        if (b->mapping) {
+        uint32_t metrics = r->last_selected ? r->last_metrics : NEVER;
+        int mapping = is_mapping(e->kind);
+        uint32_t k = NEVER;
+        if (mapping) {
+            k = new_slot(r);
+            if (k == NEVER)
+                return 0;
+            r->tab[k] = (live_block){e->size, e->size, ord, r->last_stack, e->thread_id, metrics, 1, 1};
             r->thread = e->thread_id;
             r->ord = ord;
             r->may_be_temporary = 0; /* a mapping over a live range: not a free of the program's */
             if (cya_mappings_add(r->mappings, e->address, range_end(e->address, e->size), k, on_release, r) < 0)
                 return 0;
-            b = &r->tab[k];
         } else {
-            uint32_t *old = cya_map_get(&r->blocks, key);
-            if (old) { /* its free was never seen */
-                live_block *ob = &r->tab[*old];
-                p->replaced_blocks++;
-                if (ob->metrics != NEVER) {
-                    r->live -= ob->size;
-                    stack_change(r, ob->stack, ob->size, -1);
-                }
-                if (!drop_slot(r, *old))
-                    return 0;
-                *old = k;
-            } else if (!cya_map_put(&r->blocks, key, k)) {
+            heap_block *b = block_find(&r->blocks, key);
+            if (!b)
                 return 0;
+            if (b->key != CYA_MAP_EMPTY) { /* its free was never seen */
+                p->replaced_blocks++;
+                if (b->metrics != NEVER) {
+                    r->live -= b->size;
+                    stack_change(r, b->stack, b->size, -1);
+                }
+            } else {
+                r->blocks.len++;
             }
+            *b = (heap_block){key, e->size, ord, r->last_stack, e->thread_id, metrics};
         }
         if (r->last_selected) {
             cya_metrics *m = &p->stacks[r->last_stack].m;
@@ -483,7 +567,7 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
             }
             p->kind_count[e->kind & 63]++;
             p->kind_bytes[e->kind & 63] += e->size;
-            if (!b->mapping || e->size)
+            if (!mapping || e->size)
                 stack_change(r, r->last_stack, e->size, 1);
             r->live += e->size;
             if (r->live > r->peak) {
@@ -494,7 +578,7 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
                 r->peak_sample = (cya_sample){e->time_ns, r->live};
             }
         }
-        if (b->mapping && !b->remaining && !drop_slot(r, k)) /* an empty mapping: nothing to release */
+        if (mapping && !r->tab[k].remaining && !drop_slot(r, k)) /* an empty mapping: nothing to release */
             return 0;
     } else if (is_mapping(e->kind)) {
         r->thread = e->thread_id;
@@ -517,13 +601,12 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
             p->kind_bytes[e->kind & 63] += r->released;
         }
     } else {
-        uint32_t *slot = cya_map_get(&r->blocks, key);
-        if (!slot) {
+        heap_block *b = block_find(&r->blocks, key);
+        if (!b)
+            return 0;
+        if (b->key == CYA_MAP_EMPTY) {
             p->unmatched_frees++;
         } else {
-            uint32_t a = *slot;
-            const live_block *b = &r->tab[a];
-            cya_map_del(&r->blocks, key);
             p->frees++;
             if (b->metrics != NEVER) {
                 r->live -= b->size;
@@ -534,14 +617,15 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
                     m->temp_bytes += b->size;
                 }
             }
-            if (!drop_slot(r, a))
-                return 0;
+            block_remove(&r->blocks, b);
         }
         if (r->last_selected)
             p->kind_count[e->kind & 63]++;
     }
 sample:
-    if (r->event % r->step == 0 || r->event + 1 == r->nevents) {
+    if (r->event == r->next_sample || r->event + 1 == r->nevents) {
+        if (r->event == r->next_sample)
+            r->next_sample += r->step;
         if (!add_sample(r, e->time_ns))
             return 0;
     }
@@ -579,11 +663,17 @@ static int replay_chunk(void *ctx, const cya_event *events, size_t n)
         r->ncarry = 0;
     }
     size_t full = n > LOOKAHEAD ? n - LOOKAHEAD : 0;
-    for (size_t i = 0; i < full; i++)
+    for (size_t i = 0; i < full; i++) {
+        /* the block table is larger than the caches: ask for the entry of an event to come */
+        if (i + PREFETCH < n && r->blocks.cap) {
+            const cya_event *f = &events[i + PREFETCH];
+            __builtin_prefetch(&r->blocks.items[block_home(&r->blocks, cya_block_key(f->kind, f->address))]);
+        }
         if (!replay_event(r, &events[i], &events[i + 1], LOOKAHEAD)) {
             r->failed = 1;
             return 0;
         }
+    }
     memcpy(r->carry, events + full, (n - full) * sizeof *events);
     r->ncarry = n - full;
     return 1;
@@ -634,11 +724,32 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     r->step = r->nevents / TIMELINE_POINTS + 1;
     r->last_thread = UINT64_MAX;
     r->last_raw_stack = UINT64_MAX;
+    /* a table by capture stack id, when the ids are dense enough */
+    uint64_t most = 0;
+    size_t nraw = 0;
+    const cya_stack *raws = cya_get_stacks(c, &nraw);
+    for (size_t i = 0; i < nraw; i++)
+        if (raws[i].id > most)
+            most = raws[i].id;
+    if (most < (1u << 20) || most < 4 * (uint64_t)nraw) {
+        r->ndense = (size_t)most + 1;
+        r->dense_stack = calloc(r->ndense, sizeof *r->dense_stack);
+        r->dense_cut = calloc(r->ndense, sizeof *r->dense_cut);
+        if (!r->dense_stack || !r->dense_cut)
+            FAIL("out of memory");
+        for (size_t i = 0; i < nraw; i++) {
+            uint32_t *slot = cya_map_get(&p->raw_to_stack, raws[i].id);
+            if (slot && raws[i].id) {
+                r->dense_stack[raws[i].id] = *slot + 1;
+                r->dense_cut[raws[i].id] = raws[i].cut;
+            }
+        }
+    }
     r->last_selected = 1;
     r->last_metrics = NEVER;
 
     char why[256];
-    if (!cya_merge_stream(c, replay_chunk, r, why, sizeof why) || r->failed) {
+    if (!cya_merge_stream_pipelined(c, replay_chunk, r, why, sizeof why) || r->failed) {
         if (r->failed || !why[0])
             FAIL("out of memory while replaying the events");
         FAIL(why);
@@ -670,13 +781,19 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         m->leaked_bytes += l->bytes;
         m->leaked_count += l->count;
     }
+    for (size_t k = 0; k < r->blocks.cap; k++) {
+        const heap_block *b = &r->blocks.items[k];
+        if (b->key == CYA_MAP_EMPTY || b->metrics == NEVER)
+            continue;
+        p->threads[b->metrics].m.leaked_bytes += b->size;
+        p->threads[b->metrics].m.leaked_count++;
+    }
     for (size_t k = 0; k < r->ntab; k++) {
         const live_block *b = &r->tab[k];
-        if (!b->in_use || b->metrics == NEVER || (b->mapping && !b->remaining))
+        if (!b->in_use || b->metrics == NEVER || !b->remaining)
             continue;
-        cya_thread_metrics *t = &p->threads[b->metrics];
-        t->m.leaked_bytes += b->mapping ? b->remaining : b->size;
-        t->m.leaked_count++;
+        p->threads[b->metrics].m.leaked_bytes += b->remaining;
+        p->threads[b->metrics].m.leaked_count++;
     }
 
     /* per location: self from each stack's attribution, inclusive once per stack */
@@ -716,7 +833,7 @@ done:
     if (r) {
         cya_map_free(&r->selected);
         cya_map_free(&r->thread_slots);
-        cya_map_free(&r->blocks);
+        free(r->blocks.items);
         cya_map_free(&r->tstate);
         cya_mappings_free(r->mappings);
         free(r->tab);
@@ -724,6 +841,8 @@ done:
         free(r->stacks);
         free(r->ordinals);
         free(r->sample_events);
+        free(r->dense_stack);
+        free(r->dense_cut);
         free(r);
     }
     return ok;

@@ -230,6 +230,9 @@ typedef int (*cya_emit_fn)(void *ctx, const cya_event *events, size_t n);
  * kept consistent per address. Memory: one batch per thread and the addresses seen (when
  * several threads have events). 1, or 0 with a message in errbuf ("" when emit stopped). */
 int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
+/* The same, decoding and merging on a second thread while emit runs on this one
+ * (capture_pipe.c); the same chunks' events in the same order. */
+int cya_merge_stream_pipelined(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
 
 struct cya_capture {
     cya_header header;

@@ -31,13 +31,17 @@ static const char MAGIC[8] = {'C', 'Y', 'T', 'R', 'A', 'C', 'E', '\0'};
 
 _Static_assert(CYA_FORMAT_VERSION == CAPTURE_FORMAT_VERSION, "the reader knows the format the tracer writes");
 
+/* Readable zero bytes after a decompressed frame, so that column varints need no bound
+ * check per byte (a varint is ten bytes at most). */
+#define FRAME_PADDING 16
+
 /* A bounded cursor over bytes; `bad` is set on the first read past the end. */
 typedef struct cursor {
     const uint8_t *p, *end;
     int bad;
 } cursor;
 
-static uint64_t get_varint(cursor *c)
+static uint64_t get_varint_slow(cursor *c)
 {
     uint64_t v = 0;
     for (unsigned shift = 0; shift < 64; shift += 7) {
@@ -51,6 +55,30 @@ static uint64_t get_varint(cursor *c)
             return v;
     }
     c->bad = 1;
+    return 0;
+}
+
+/* LEB128; the common cases (one byte, or ten bytes left to read) without a bound check
+ * per byte. */
+static inline uint64_t get_varint(cursor *c)
+{
+    const uint8_t *p = c->p;
+    if (p < c->end && !(*p & 0x80)) {
+        c->p = p + 1;
+        return *p;
+    }
+    if (c->end - p < 10)
+        return get_varint_slow(c);
+    uint64_t v = 0;
+    for (unsigned i = 0; i < 10; i++) {
+        uint8_t b = p[i];
+        v |= (uint64_t)(b & 0x7f) << (7 * i);
+        if (!(b & 0x80)) {
+            c->p = p + i + 1;
+            return v;
+        }
+    }
+    c->bad = 1; /* more than ten bytes */
     return 0;
 }
 
@@ -111,8 +139,10 @@ typedef struct reader {
     /* the frame being decoded: where it lies in the file, its decompressed records */
     uint64_t frame_pos, frame_len, nbatches_read;
     const uint8_t *frame_data;
-    cya_event *scratch; /* one batch's events, checked and dropped */
+    cya_event *scratch; /* one batch's events, checked and dropped (format 1) */
     size_t scratch_cap;
+    uint32_t *scan_ids; /* a batch's stack ids as they change */
+    size_t cap_scan_ids;
     /* stack ids used by events: a bitmap for small ids, a map for the others */
     uint64_t *used_bits;
     size_t used_words;
@@ -225,53 +255,117 @@ static int decode_events_v1(cursor *cur, cya_event **ev, size_t *len, size_t *ca
     return DECODE_OK;
 }
 
+/* What the first reading keeps of a batch's events: nothing but these figures. */
+typedef struct batch_scan {
+    uint64_t stackless, max_time;
+    uint32_t *ids; /* stack ids as they change, to be noted by the caller */
+    size_t nids, cap_ids;
+} batch_scan;
+
+/* A varint of a column, read without a bound check: the frame buffer has FRAME_PADDING
+ * readable bytes after its end, and the caller checks that no column was read past its
+ * end. A varint longer than ten bytes sets *bad. */
+static inline uint64_t column_varint(const uint8_t **pp, int *bad)
+{
+    const uint8_t *p = *pp;
+    uint64_t b = *p++;
+    if (!(b & 0x80)) {
+        *pp = p;
+        return b;
+    }
+    uint64_t v = b & 0x7f;
+    for (unsigned shift = 7; shift < 70; shift += 7) {
+        b = *p++;
+        v |= (b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            return v;
+        }
+    }
+    *bad = 1;
+    *pp = p;
+    return 0;
+}
+
 /* Format 2: five columns (heads, times, addresses, sizes, stacks); every column must be
- * used up exactly. */
-static int decode_events_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
-                            uint64_t unit, uint64_t n)
+ * used up exactly. Stores the events on *ev, or (scan) only takes the figures. */
+static inline __attribute__((always_inline)) int
+decode_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, batch_scan *scan, uint64_t tid, uint64_t t,
+          uint64_t unit, uint64_t n)
 {
     uint64_t clen[NCOLS];
     clen[COL_HEAD] = n;
     for (int c = COL_TIME; c < NCOLS; c++)
         clen[c] = get_varint(cur);
-    cursor col[NCOLS];
+    const uint8_t *p[NCOLS], *end[NCOLS];
     for (int c = 0; c < NCOLS; c++) {
         if (cur->bad || clen[c] > (uint64_t)(cur->end - cur->p))
             return DECODE_BAD;
-        col[c] = (cursor){cur->p, cur->p + clen[c], 0};
+        p[c] = cur->p;
+        end[c] = cur->p + clen[c];
         cur->p += clen[c];
     }
-    if (!reserve_events(ev, *len, cap, n, (size_t)clen[COL_HEAD], 1))
-        return DECODE_NOMEM;
-    uint64_t addr = 0, stack = UINT64_MAX;
+    cya_event *out = NULL;
+    if (!scan) {
+        if (!cya_grow((void **)ev, cap, *len + (size_t)n, sizeof(cya_event)))
+            return DECODE_NOMEM;
+        out = *ev + *len;
+    }
+    const uint8_t *ph = p[COL_HEAD], *pt = p[COL_TIME], *pa = p[COL_ADDR], *ps = p[COL_SIZE], *pk = p[COL_STACK];
+    const uint8_t *et = end[COL_TIME], *ea = end[COL_ADDR], *es = end[COL_SIZE], *ek = end[COL_STACK];
+    uint64_t addr = 0, stack = UINT64_MAX, last_noted = 0;
+    int bad = 0;
     for (uint64_t i = 0; i < n; i++) {
-        cya_event e;
-        memset(&e, 0, sizeof e);
-        unsigned head = get_u8(&col[COL_HEAD]), kind = head & EV_KIND_MASK;
+        uint64_t size = 0;
+        uint32_t stack_id = 0;
+        unsigned head = *ph++, kind = head & EV_KIND_MASK;
         if (head & EV_TIME)
-            t += get_varint(&col[COL_TIME]) * unit;
-        addr += (uint64_t)get_svarint(&col[COL_ADDR]);
+            t += column_varint(&pt, &bad) * unit;
+        uint64_t a = column_varint(&pa, &bad);
+        addr += (uint64_t)((int64_t)(a >> 1) ^ -(int64_t)(a & 1));
         if (is_alloc_kind(kind)) {
-            e.size = get_varint(&col[COL_SIZE]);
+            size = column_varint(&ps, &bad);
             if (!(head & EV_SAME_STACK))
-                stack = get_varint(&col[COL_STACK]);
+                stack = column_varint(&pk, &bad);
             else if (stack == UINT64_MAX) /* "the same stack" before any stack */
                 return DECODE_BAD;
-            e.stack_id = (uint32_t)stack;
+            stack_id = (uint32_t)stack;
         } else if (!is_free_kind(kind) || (head & EV_SAME_STACK)) {
             return DECODE_BAD;
         } else if (kind == CYA_MUNMAP) {
-            e.size = get_varint(&col[COL_SIZE]);
+            size = column_varint(&ps, &bad);
         }
-        if (col[COL_HEAD].bad | col[COL_TIME].bad | col[COL_ADDR].bad | col[COL_SIZE].bad | col[COL_STACK].bad)
+        if (bad | (pt > et) | (pa > ea) | (ps > es) | (pk > ek))
             return DECODE_BAD;
-        if (!push_event(ev, len, cap, &e, t, addr, kind, tid))
-            return DECODE_NOMEM;
+        if (scan) {
+            if (t > scan->max_time)
+                scan->max_time = t;
+            scan->stackless += !stack_id && is_alloc_kind(kind) && addr;
+            if (stack_id && stack_id != last_noted) {
+                if (!CYA_PUSH(scan->ids, scan->nids, scan->cap_ids, stack_id))
+                    return DECODE_NOMEM;
+                last_noted = stack_id;
+            }
+        } else {
+            out[i] = (cya_event){t, addr, size, stack_id, (uint32_t)tid, (uint8_t)kind, {0}};
+        }
     }
-    for (int c = 0; c < NCOLS; c++)
-        if (col[c].p != col[c].end)
-            return DECODE_BAD;
+    if (pt != et || pa != ea || ps != es || pk != ek)
+        return DECODE_BAD;
+    if (!scan)
+        *len += (size_t)n;
     return DECODE_OK;
+}
+
+static int decode_events_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
+                            uint64_t unit, uint64_t n)
+{
+    return decode_v2(cur, ev, len, cap, NULL, tid, t, unit, n);
+}
+
+static int scan_events_v2(cursor *cur, batch_scan *scan, uint64_t t, uint64_t unit, uint64_t n)
+{
+    return decode_v2(cur, NULL, NULL, NULL, scan, 0, t, unit, n);
 }
 
 /* A BATCH record's fields (after the type byte). */
@@ -336,30 +430,41 @@ static int decode_batch(reader *r, cursor *cur)
         r->out_of_memory = 1;
         return 0;
     }
+    batch_scan scan = {0, 0, r->scan_ids, 0, r->cap_scan_ids};
     size_t n = 0;
-    int got = decode_batch_events(cur, version, &h, &r->scratch, &n, &r->scratch_cap);
+    int got;
+    if (version >= 2) { /* only the figures: the events are decoded again when streamed */
+        got = scan_events_v2(cur, &scan, h.t, h.unit, h.n);
+        r->scan_ids = scan.ids;
+        r->cap_scan_ids = scan.cap_ids;
+        n = (size_t)h.n;
+    } else {
+        got = decode_batch_events(cur, version, &h, &r->scratch, &n, &r->scratch_cap);
+        for (size_t i = 0; got == DECODE_OK && i < n; i++) {
+            const cya_event *e = &r->scratch[i];
+            if (e->time_ns > scan.max_time)
+                scan.max_time = e->time_ns;
+            scan.stackless += !e->stack_id && e->kind < CYA_FREE && e->address;
+            if (e->stack_id && (!scan.nids || scan.ids[scan.nids - 1] != e->stack_id)) {
+                if (!CYA_PUSH(scan.ids, scan.nids, scan.cap_ids, e->stack_id))
+                    got = DECODE_NOMEM;
+                r->scan_ids = scan.ids;
+                r->cap_scan_ids = scan.cap_ids;
+            }
+        }
+    }
     if (got != DECODE_OK) { /* a malformed batch is dropped whole */
         if (got == DECODE_NOMEM)
             r->out_of_memory = 1;
         return 0;
     }
-    cya_batch_ref ref = {version >= 2 ? h.seq : h.t, h.first, r->frame_pos, r->frame_len, offset, n, 0, 0,
-                         r->nbatches_read++};
-    uint32_t last = 0;
-    for (size_t i = 0; i < n; i++) {
-        const cya_event *e = &r->scratch[i];
-        if (e->time_ns > ref.max_time)
-            ref.max_time = e->time_ns;
-        uint32_t id = e->stack_id;
-        ref.stackless += !id && e->kind < CYA_FREE && e->address;
-        if (id && id != last) {
-            if (!note_used_stack(r, id)) {
-                r->out_of_memory = 1;
-                return 0;
-            }
-            last = id;
+    cya_batch_ref ref = {version >= 2 ? h.seq : h.t, h.first, r->frame_pos, r->frame_len, offset, n,
+                         scan.stackless, scan.max_time, r->nbatches_read++};
+    for (size_t i = 0; i < scan.nids; i++)
+        if (!note_used_stack(r, scan.ids[i])) {
+            r->out_of_memory = 1;
+            return 0;
         }
-    }
     cya_run *rn = &r->runs[slot];
     if (!CYA_PUSH(rn->batches, rn->nbatches, rn->cap_batches, ref)) {
         r->out_of_memory = 1;
@@ -436,6 +541,9 @@ static const char *load_frame(cya_batch_loader *l, uint64_t pos, uint64_t len)
         if (in_off >= len && dsz == 0)
             return "the frame is cut short (the file changed since it was read)";
     }
+    if (!cya_grow((void **)&l->out, &l->out_cap, l->out_len + FRAME_PADDING, 1))
+        return "out of memory";
+    memset(l->out + l->out_len, 0, FRAME_PADDING);
     l->frame_pos = pos;
     return NULL;
 }
@@ -887,6 +995,12 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         c->status.frames++;
         r->frame_pos = pos;
         r->frame_len = in_off;
+        if (!cya_grow((void **)&out, &out_cap, out_len + FRAME_PADDING, 1)) {
+            set_problem(c, "out of memory while decompressing");
+            r->out_of_memory = 1;
+            break;
+        }
+        memset(out + out_len, 0, FRAME_PADDING);
         if (!decode_frame(r, out, out_len, pos))
             c->status.damaged_frames++;
         pos += in_off;
@@ -1154,6 +1268,7 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
         free(r.runs);
     }
     free(r.scratch);
+    free(r.scan_ids);
     free(r.used_bits);
     cya_map_free(&r.used_big);
     if (buf)
