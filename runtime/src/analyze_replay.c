@@ -378,7 +378,6 @@ typedef struct replay {
     /* the high-water mark */
     uint64_t live, peak;
     int have_peak;
-    cya_sample peak_sample;
     uint64_t step, nevents;
     /* the event being replayed */
     uint64_t event;
@@ -398,8 +397,6 @@ typedef struct replay {
     /* the last events of the previous chunk, waiting for their lookahead */
     cya_event carry[LOOKAHEAD];
     size_t ncarry;
-    uint64_t *sample_events; /* the event index of each timeline sample */
-    size_t nsample_events, cap_sample_events;
     int failed; /* out of memory */
 } replay;
 
@@ -471,8 +468,7 @@ static uint64_t range_end(uint64_t start, uint64_t size)
 static int add_sample(replay *r, uint64_t time_ns)
 {
     cya_sample s = {time_ns, r->live};
-    return CYA_PUSH(r->p->timeline, r->p->ntimeline, r->p->cap_timeline, s) &&
-           CYA_PUSH(r->sample_events, r->nsample_events, r->cap_sample_events, r->event);
+    return CYA_PUSH(r->p->timeline, r->p->ntimeline, r->p->cap_timeline, s);
 }
 
 /* Replay one event; `ahead` holds the events after it (up to LOOKAHEAD). 0: out of memory. */
@@ -575,7 +571,6 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
                 r->have_peak = 1;
                 p->peak_event = r->event;
                 p->peak_time_ns = e->time_ns;
-                r->peak_sample = (cya_sample){e->time_ns, r->live};
             }
         }
         if (mapping && !r->tab[k].remaining && !drop_slot(r, k)) /* an empty mapping: nothing to release */
@@ -623,7 +618,8 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
             p->kind_count[e->kind & 63]++;
     }
 sample:
-    if (r->event == r->next_sample || r->event + 1 == r->nevents) {
+    /* a sample every step events, at the last, and at each new high-water mark */
+    if (r->event == r->next_sample || r->event + 1 == r->nevents || (r->have_peak && p->peak_event == r->event)) {
         if (r->event == r->next_sample)
             r->next_sample += r->step;
         if (!add_sample(r, e->time_ns))
@@ -758,17 +754,6 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         if (!replay_event(r, &r->carry[i], &r->carry[i + 1], r->ncarry - i - 1))
             FAIL("out of memory while replaying the events");
 
-    /* the peak's sample, at its place in the timeline (unless it is one already) */
-    if (r->have_peak && p->peak_event % r->step != 0 && p->peak_event + 1 != r->nevents) {
-        size_t at = r->nsample_events;
-        while (at > 0 && r->sample_events[at - 1] > p->peak_event)
-            at--;
-        if (!cya_grow((void **)&p->timeline, &p->cap_timeline, p->ntimeline + 1, sizeof *p->timeline))
-            FAIL("out of memory");
-        memmove(p->timeline + at + 1, p->timeline + at, (p->ntimeline - at) * sizeof *p->timeline);
-        p->timeline[at] = r->peak_sample;
-        p->ntimeline++;
-    }
     /* per stack: live at the peak and at the end; per thread: live at the end */
     for (size_t s = 0; s < p->nstacks; s++) {
         const stack_live *l = &r->stacks[s];
@@ -840,7 +825,6 @@ done:
         free(r->spare);
         free(r->stacks);
         free(r->ordinals);
-        free(r->sample_events);
         free(r->dense_stack);
         free(r->dense_cut);
         free(r);
