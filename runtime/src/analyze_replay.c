@@ -289,11 +289,10 @@ typedef struct stack_live {
 typedef struct heap_block {
     uint64_t key; /* CYA_MAP_EMPTY: a free entry */
     uint64_t size;
-    uint64_t ord;     /* its thread's ordinal of the allocation */
-    uint32_t stack;   /* profile stack */
-    uint32_t thread;  /* the allocating thread's id */
-    uint32_t metrics; /* its thread's index in p->threads, or NEVER when not selected */
-} heap_block;
+    uint64_t ord;   /* its thread's ordinal of the allocation */
+    uint32_t stack; /* profile stack */
+    uint32_t tslot; /* the allocating thread's slot (replay.ordinals, replay.tslot_metrics) */
+} heap_block;   /* 32 bytes: two to a cache line */
 
 typedef struct block_table {
     heap_block *items;
@@ -309,7 +308,7 @@ static inline size_t block_home(const block_table *t, uint64_t key)
 static int block_table_grow(block_table *t)
 {
     size_t ncap = t->cap ? t->cap * 2 : 1024;
-    heap_block *items = malloc(ncap * sizeof *items);
+    heap_block *items = aligned_alloc(64, ncap * sizeof *items);
     if (!items)
         return 0;
     for (size_t i = 0; i < ncap; i++)
@@ -357,7 +356,7 @@ static inline void block_remove(block_table *t, heap_block *b)
 }
 
 #define LOOKAHEAD 15
-#define PREFETCH 8 /* events ahead whose block entry is prefetched */ /* events after a munmap searched for its thread's mremap */
+#define PREFETCH 12 /* events ahead whose block entry is prefetched */ /* events after a munmap searched for its thread's mremap */
 
 typedef struct replay {
     cya_profile *p;
@@ -374,6 +373,8 @@ typedef struct replay {
     cya_map tstate, thread_slots;
     uint64_t *ordinals;
     size_t nordinals, cap_ordinals;
+    uint32_t *tslot_metrics; /* per thread slot: its index in p->threads, NEVER when not selected */
+    size_t ntslot_metrics, cap_tslot_metrics;
     uint32_t no_stack, unknown_stack;
     /* the high-water mark */
     uint64_t live, peak;
@@ -480,6 +481,7 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
         uint32_t *slot = cya_map_get(&r->tstate, e->thread_id);
         if (!slot) {
             if (!CYA_PUSH(r->ordinals, r->nordinals, r->cap_ordinals, 0) ||
+                !CYA_PUSH(r->tslot_metrics, r->ntslot_metrics, r->cap_tslot_metrics, NEVER) ||
                 !cya_map_put(&r->tstate, e->thread_id, (uint32_t)(r->nordinals - 1)))
                 return 0;
             slot = cya_map_get(&r->tstate, e->thread_id);
@@ -519,6 +521,7 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
                 slot = cya_map_get(&r->thread_slots, e->thread_id);
             }
             r->last_metrics = *slot;
+            r->tslot_metrics[r->tslot] = *slot;
         }
         uint32_t metrics = r->last_selected ? r->last_metrics : NEVER;
         int mapping = is_mapping(e->kind);
@@ -539,14 +542,14 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
                 return 0;
             if (b->key != CYA_MAP_EMPTY) { /* its free was never seen */
                 p->replaced_blocks++;
-                if (b->metrics != NEVER) {
+                if (r->tslot_metrics[b->tslot] != NEVER) {
                     r->live -= b->size;
                     stack_change(r, b->stack, b->size, -1);
                 }
             } else {
                 r->blocks.len++;
             }
-            *b = (heap_block){key, e->size, ord, r->last_stack, e->thread_id, metrics};
+            *b = (heap_block){key, e->size, ord, r->last_stack, r->tslot};
         }
         if (r->last_selected) {
             cya_metrics *m = &p->stacks[r->last_stack].m;
@@ -603,10 +606,10 @@ static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, s
             p->unmatched_frees++;
         } else {
             p->frees++;
-            if (b->metrics != NEVER) {
+            if (r->tslot_metrics[b->tslot] != NEVER) {
                 r->live -= b->size;
                 stack_change(r, b->stack, b->size, -1);
-                if (e->kind != CYA_REALLOC_FREE && b->thread == e->thread_id && ord - b->ord <= p->temporary_window) {
+                if (e->kind != CYA_REALLOC_FREE && b->tslot == r->tslot && ord - b->ord <= p->temporary_window) {
                     cya_metrics *m = &p->stacks[b->stack].m;
                     m->temp_count++;
                     m->temp_bytes += b->size;
@@ -768,10 +771,10 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     }
     for (size_t k = 0; k < r->blocks.cap; k++) {
         const heap_block *b = &r->blocks.items[k];
-        if (b->key == CYA_MAP_EMPTY || b->metrics == NEVER)
+        if (b->key == CYA_MAP_EMPTY || r->tslot_metrics[b->tslot] == NEVER)
             continue;
-        p->threads[b->metrics].m.leaked_bytes += b->size;
-        p->threads[b->metrics].m.leaked_count++;
+        p->threads[r->tslot_metrics[b->tslot]].m.leaked_bytes += b->size;
+        p->threads[r->tslot_metrics[b->tslot]].m.leaked_count++;
     }
     for (size_t k = 0; k < r->ntab; k++) {
         const live_block *b = &r->tab[k];
@@ -825,6 +828,7 @@ done:
         free(r->spare);
         free(r->stacks);
         free(r->ordinals);
+        free(r->tslot_metrics);
         free(r->dense_stack);
         free(r->dense_cut);
         free(r);
