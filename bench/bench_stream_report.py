@@ -92,8 +92,9 @@ def run(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path] = None)
     return done.stdout
 
 
-def measure(argv: Sequence[str], env: Mapping[str, str]) -> Tuple[float, float]:
-    """(wall seconds, peak RSS in MB) of one run of a command that must succeed."""
+def measure(argv: Sequence[str], env: Mapping[str, str]) -> Tuple[float, float, float]:
+    """(wall seconds, peak RSS in MB, CPU seconds: user + system, all its threads) of one
+    run of a command that must succeed."""
     start = time.perf_counter()
     child = subprocess.Popen(list(argv), env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
@@ -104,7 +105,7 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> Tuple[float, float]:
         child.stderr.close()
     if child.returncode != 0:
         raise RuntimeError(f"failed ({child.returncode}): {' '.join(argv)}\n{err[-2000:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return wall, usage.ru_maxrss / 1024.0, usage.ru_utime + usage.ru_stime
 
 
 def baseline_tree(work: Path) -> Optional[Path]:
@@ -168,7 +169,7 @@ def main() -> int:
         commands["heaptrack_print (its trace of the same workload)"] = ([heaptrack_print, str(trace)], env)
 
         load_before = load_average()
-        samples: Dict[str, List[Tuple[float, float]]] = {name: [] for name in commands}
+        samples: Dict[str, List[Tuple[float, float, float]]] = {name: [] for name in commands}
         for _ in range(REPEATS):
             for name, (argv, cmd_env) in commands.items():
                 samples[name].append(measure(argv, cmd_env))
@@ -184,9 +185,9 @@ def main() -> int:
             with read_capture(big) as c:
                 big_events = len(c.events)
             size = big.stat().st_size
-            wall, rss = measure([python, "-m", "cytool", "report", str(big)], env)
+            wall, rss, cpu = measure([python, "-m", "cytool", "report", str(big)], env)
             huge = (f"Once, {HUGE_N:,} iterations: {big_events:,} events, capture {size / 1e9:.2f} GB: "
-                    f"`cytool report` (table) {wall:.1f} s, peak RSS {rss:.0f} MB.")
+                    f"`cytool report` (table) {wall:.1f} s wall, {cpu:.1f} s CPU, peak RSS {rss:.0f} MB.")
             big.unlink()
         sizes = {"cytool capture": capture.stat().st_size, "heaptrack trace": trace.stat().st_size}
 
@@ -201,15 +202,16 @@ def main() -> int:
         f"Workload: bench/bench_stream_report.py's mixed.pyx, {N:,} iterations (mixed sizes 16-2,000 bytes, a "
         f"realloc-grown buffer, Python containers); the cytool capture holds {events:,} events. "
         f"{REPEATS} runs of each command, round-robin; medians. Each command is a whole process (start-up, read, "
-        "symbolise, aggregate, render); peak RSS is the child's ru_maxrss (os.wait4). "
+        "symbolise, aggregate, render); peak RSS is the child's ru_maxrss and CPU its user + system "
+        "time, all threads (os.wait4); on a busy machine wall time is mostly waiting for a core. "
         f"Before: `{BASELINE_REF}`'s reader and aggregator (every event in memory); after: this tree (events "
         "streamed: decoded again batch by batch, merged and replayed on two threads).",
         "",
-        "| command | median wall s | median peak RSS MB |",
-        "|---|---:|---:|",
+        "| command | median wall s | median CPU s (user + sys) | median peak RSS MB |",
+        "|---|---:|---:|---:|",
     ]
     for name in commands:
-        lines.append(f"| {name} | {median(name, 0):.2f} | {median(name, 1):.0f} |")
+        lines.append(f"| {name} | {median(name, 0):.2f} | {median(name, 2):.2f} | {median(name, 1):.0f} |")
     lines += ["", "| file | bytes |", "|---|---:|"]
     for name, value in sizes.items():
         lines.append(f"| {name} | {value:,} |")
