@@ -389,7 +389,9 @@ class CaptureStats:
 
 
 class EventList(Sequence[Event]):
-    """The capture's events in time order, decoded from the C array on access."""
+    """The capture's events in time order. The C reader does not keep them: the first
+    access makes the whole array (cya_get_events, about 40 bytes an event; MemoryError
+    when that fails); len() needs no array. Reports do not use it (they stream)."""
 
     _CHUNK = 65536
 

@@ -3,10 +3,17 @@
  * to aggregate them per stack, then per location and per source line (self, inclusive,
  * and attributed: each stack charged to its innermost .pyx line).
  *
+ * The replay is one pass over the event stream (cya_merge_stream_pipelined: decoded on a
+ * second thread) and keeps only what is live: the heap blocks (one table entry each,
+ * reused once freed), the mappings, and per stack its live bytes and blocks. Memory
+ * therefore follows the live blocks and the distinct stacks, not the number of events.
+ *
  * Owns the metrics' definitions:
  *  - allocated: every allocation event (realloc counts its new block);
  *  - peak: blocks live at the moment total live bytes (of the selected threads) was
- *    highest; a second, linear pass over the allocations finds which ones. When live
+ *    highest. Each stack keeps its figures at the latest high-water mark lazily: when it
+ *    changes for the first time after that moment, it copies its figures then (see
+ *    stack_change), so the snapshot costs nothing per new high-water mark. When live
  *    bytes reach the same high-water mark again later, the first moment wins (the peak
  *    is the first event after which live bytes were at their maximum);
  *  - leaked: blocks still live when the capture ends;
