@@ -270,8 +270,9 @@ static uint32_t pseudo_stack(cya_profile *p, uint32_t which)
 
 static int is_mapping(unsigned kind) { return kind == CYA_MMAP || kind == CYA_MREMAP || kind == CYA_MUNMAP; }
 
-/* A live allocation (a heap block, or a mapping while any of it is mapped). Slots are
- * reused once it is gone: memory follows the live blocks, not the events. */
+/* A live mapping (while any of it is mapped; analyze_mappings.c holds its pieces by the
+ * slot). Slots are reused once it is gone: memory follows the live mappings. The heap
+ * blocks have their own table (heap_block). */
 typedef struct live_block {
     uint64_t size;      /* as allocated */
     uint64_t remaining; /* mappings: bytes of it still mapped */
