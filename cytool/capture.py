@@ -390,7 +390,7 @@ class CaptureStats:
 
 class EventList(Sequence[Event]):
     """The capture's events in time order. The C reader does not keep them: the first
-    access makes the whole array (cya_get_events, about 40 bytes an event; MemoryError
+    access makes the whole array (cya_get_events, about 40 bytes an event; CytoolError
     when that fails); len() needs no array. Reports do not use it (they stream)."""
 
     _CHUNK = 65536
@@ -410,7 +410,11 @@ class EventList(Sequence[Event]):
             count = ctypes.c_size_t()
             address = library().cya_get_events(self._capture._handle, ctypes.byref(count)) if self._count else 0
             if self._count and not address:
-                raise MemoryError(f"{self._capture.path}: out of memory decoding {self._count:,} events")
+                raise CytoolError(
+                    f"{self._capture.path}: cannot decode its {self._count:,} events again (out of memory, or the "
+                    "file changed since it was opened)",
+                    hint="a report streams the events instead: `cytool report`",
+                )
             self._address = address or 0
         size = _EVENT_STRUCT.size
         raw = ctypes.string_at(self._address + start * size, (stop - start) * size)
