@@ -134,3 +134,19 @@ def test_figures_stay_exact_across_the_buffers_of_the_second_thread(tmp_path: Pa
     assert small.peak_count == 1 and small.peak_bytes == 32
     assert profile.totals.peak_bytes == (1 << 20) + 16384 + 32
     assert profile.kinds["munmap"] == (1, 8192)
+
+
+def test_a_capture_cut_after_it_was_opened_is_an_error_not_a_wrong_answer(tmp_path: Path) -> None:
+    import pytest
+
+    from cytool.errors import CytoolError
+
+    path = tmp_path / "cut.cytrace"
+    write_threads(path, late=False)
+    with read_capture(path) as capture:
+        with open(path, "r+b") as f:  # the events are read again from the file: now gone
+            f.truncate(64)
+        with pytest.raises(CytoolError, match="cannot analyse the capture: .*shorter than when it was read"):
+            analyze(capture)
+        with pytest.raises(CytoolError, match="cannot decode its 280 events again"):
+            capture.events[0]
