@@ -57,7 +57,7 @@ def totals_line(profile: Profile) -> str:
 
 def lines_text(profile: Profile, metric: str = "bytes", limit: int = 5, indent: str = "  ") -> List[str]:
     """One line per responsible line: `mod.pyx:12  1.0 MiB  <source text>`."""
-    sources = SourceCache()
+    sources = SourceCache(profile)
     rows = []
     for line, value in responsible_lines(profile, metric, limit):
         text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
