@@ -223,7 +223,10 @@ def test_changed_source_is_not_shown_against_old_lines(run_cytool: RunCytool, pr
             assert "(it is now a link to another file)" in out["table"]
         status = json.loads(out["json"])["sources"][str(source)]
         assert status["state"] == "changed" and status["shown"] is False
-        assert json.loads(out["json"])["lines"][0]["source"] == ""
+        # the line as it was built, from the comments of the build's generated C file
+        assert f"(as built) {HOT_LINE}" in out["table"]
+        assert json.loads(out["json"])["lines"][0]["source"] == HOT_LINE
+        assert f'<span class="changed-mark">(as built) </span>{HOT_LINE}' in out["html"].replace("&#39;", "'")
 
         shown = report_everything(run_cytool, capture, tmp_path, "--show-changed-sources")
         assert f"(changed) {now_line4}" in shown["table"]

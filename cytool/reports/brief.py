@@ -60,7 +60,7 @@ def lines_text(profile: Profile, metric: str = "bytes", limit: int = 5, indent: 
     sources = SourceCache(profile)
     rows = []
     for line, value in responsible_lines(profile, metric, limit):
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
+        text = sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else ""
         rows.append(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip())
     return rows
 

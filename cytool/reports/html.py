@@ -89,14 +89,15 @@ def _figures(line: LineStats) -> Metrics:
 
 def _top_row(line: LineStats, m: Metrics, sources: SourceCache, file_ids: Dict[str, int]) -> Dict[str, Any]:
     user = line.kind in ("pyx", "python") and bool(line.file)
+    source, mark = sources.shown_line(line.file, line.line) if user else ("", "")
     return dict(
         where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
         if user
         else Path(line.object).name,
         anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
         function=line.function,
-        source=sources.line(line.file, line.line) if user else "",
-        changed=user and sources.changed(line.file),
+        source=source,
+        mark=mark,
         bytes=human_bytes(m.bytes),
         count=human_count(m.count),
         peak=_bytes(m.peak_bytes) or "-",
@@ -147,11 +148,13 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed
         for number in numbers:
             s = stats.get(number)
             m = figures.get(number)
+            as_built = sources.line_as_built(file, number) if text is None else ""
             file_rows.append(
                 dict(
                     number=number,
                     anchor=_anchor(file, number, file_ids),
-                    text=(text[number - 1] if text and number <= len(text) else ""),
+                    text=(text[number - 1] if text and number <= len(text) else as_built),
+                    as_built=bool(as_built),
                     bytes=_bytes(m.bytes) if m else "",
                     count=_count(m.count) if m else "",
                     leaked=_bytes(m.leaked_bytes) if m else "",

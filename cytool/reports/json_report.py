@@ -25,7 +25,7 @@ def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) 
             "function": line.function,
             "kind": line.kind,
             "object": line.object,
-            "source": sources.line(line.file, line.line) if line.kind in ("pyx", "python") else "",
+            "source": sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else "",
         }
         entry.update(line.self.as_dict())
         entry["inclusive"] = line.inclusive.as_dict()

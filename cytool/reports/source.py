@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set
+from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 if TYPE_CHECKING:
     from cytool.analysis import Profile
@@ -55,34 +56,83 @@ def display_name(text: str) -> str:
     )
 
 
-def build_digests(profile: "Profile") -> Dict[str, Set[str]]:
-    """{source path: the sha256 digests it had when the modules the capture loaded were
-    built}, from the module index entries of the capture's build-ids ({} when the build
-    cache is unavailable or unsafe: its records are then not trusted)."""
+@dataclass
+class BuildRecords:
+    """What the builds of the modules a capture loaded recorded about their sources:
+    `digests` {source path: sha256 digests it had when built} and `c_files` {source path:
+    the generated C files of those builds, whose comments quote each line as built}."""
+
+    digests: Dict[str, Set[str]] = field(default_factory=dict)
+    c_files: Dict[str, List[str]] = field(default_factory=dict)
+
+
+def build_records(profile: "Profile") -> BuildRecords:
+    """The module index entries of the capture's build-ids (cytool.module_index), as
+    BuildRecords (empty when the build cache is missing or unsafe: its records are then
+    not trusted)."""
     from cytool.cache import BuildCache
     from cytool.errors import CytoolError
     from cytool.module_index import lookup
 
+    records = BuildRecords()
     build_ids = {o.build_id for o in getattr(profile, "objects", ()) if o.build_id}
     if not build_ids:
-        return {}
+        return records
     cache = BuildCache()
     try:
         if not cache.root.is_dir():
-            return {}
+            return records
         cache.check_private(cache.root)
     except (CytoolError, OSError):
-        return {}
-    digests: Dict[str, Set[str]] = {}
+        return records
     for build_id in sorted(build_ids):
         entry = lookup(build_id, cache)
         sources = entry.get("sources") if entry else None
-        if not isinstance(sources, dict):
+        if not entry or not isinstance(sources, dict):
             continue
+        c_file = entry.get("c_file")
         for path, digest in sources.items():
-            if isinstance(path, str) and isinstance(digest, str) and digest:
-                digests.setdefault(os.path.normpath(path), set()).add(digest)
-    return digests
+            if not isinstance(path, str):
+                continue
+            key = os.path.normpath(path)
+            if isinstance(digest, str) and digest:
+                records.digests.setdefault(key, set()).add(digest)
+            if isinstance(c_file, str) and c_file:
+                records.c_files.setdefault(key, []).append(c_file)
+    return records
+
+
+def build_digests(profile: "Profile") -> Dict[str, Set[str]]:
+    """{source path: the sha256 digests it had when the modules the capture loaded were
+    built} (build_records(profile).digests)."""
+    return build_records(profile).digests
+
+
+_C_POSITION = re.compile(r'^\s*/\* "(?P<file>[^"\n]+)":(?P<line>[0-9]+)$')
+_C_MARK = re.compile(r"\s+# <{14}$")
+
+
+def lines_as_built(c_text: str) -> Dict[Tuple[str, int], str]:
+    """{(source as Cython names it, line): the line's text} from the source-position
+    comments Cython writes into its C file (`/* "mod.pyx":12` then the quoted lines, the
+    line itself marked `# <<<<<<<<<<<<<<`): the text of every line that has code, as it
+    was when the module was built."""
+    found: Dict[Tuple[str, int], str] = {}
+    where: Optional[Tuple[str, int]] = None
+    for text in c_text.splitlines():
+        match = _C_POSITION.match(text)
+        if match:
+            where = (match.group("file"), int(match.group("line")))
+            continue
+        if where is None:
+            continue
+        if not text.startswith(" *") or text.startswith(" */") or text.startswith("*/"):
+            where = None
+            continue
+        if _C_MARK.search(text):
+            found.setdefault(where, _C_MARK.sub("", text[3:]).replace("*[/]", "*/"))
+            where = None
+    return found
 
 
 def _suffix(path: str) -> str:
@@ -92,6 +142,50 @@ def _suffix(path: str) -> str:
 def _pseudo(file: str) -> bool:
     """Python's names for code without a file: `<string>`, `<frozen runpy>`, `<stdin>`."""
     return file.startswith("<") and file.endswith(">")
+
+
+def _read_source(file: str) -> Tuple[SourceStatus, Optional[bytes]]:
+    """The bytes of `file` if the rules on names and kinds of file allow reading it (see
+    the top of this module), else None; the status says why not."""
+    if not file or _pseudo(file):
+        return SourceStatus(MISSING, False), None
+    if "\0" in file:
+        return SourceStatus(REFUSED, False, "the name holds a NUL byte: not a file a capture can name"), None
+    if _suffix(file) not in SOURCE_SUFFIXES:
+        return SourceStatus(REFUSED, False, f"not a source file ({_suffix(file) or 'no suffix'}): never read"), None
+    try:
+        real = os.path.realpath(file)
+    except (OSError, ValueError):
+        return SourceStatus(MISSING, False, "cannot be read"), None
+    if _suffix(real) not in SOURCE_SUFFIXES:
+        return SourceStatus(REFUSED, False, f"a link to {real}, not a source file: never read"), None
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except (OSError, ValueError) as error:
+        why = getattr(error, "strerror", None) or "cannot be opened"
+        return SourceStatus(MISSING, False, f"cannot be read ({why.lower()})"), None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, a device?)"
+            return SourceStatus(REFUSED, False, f"{kind}: never read"), None
+        if info.st_size > MAX_SOURCE_BYTES:
+            return SourceStatus(REFUSED, False, f"larger than {MAX_SOURCE_BYTES >> 20} MiB: not read"), None
+        chunks = []
+        size = 0
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > MAX_SOURCE_BYTES:
+                return SourceStatus(REFUSED, False, f"larger than {MAX_SOURCE_BYTES >> 20} MiB: not read"), None
+            chunks.append(chunk)
+    except OSError as error:
+        return SourceStatus(MISSING, False, f"cannot be read ({(error.strerror or 'error').lower()})"), None
+    finally:
+        os.close(fd)
+    return SourceStatus(UNVERIFIED, True), b"".join(chunks)
 
 
 class SourceCache:
@@ -106,58 +200,25 @@ class SourceCache:
         show_changed: bool = False,
         digests: Optional[Mapping[str, Iterable[str]]] = None,
     ) -> None:
+        records = build_records(profile) if profile is not None and digests is None else BuildRecords()
         if digests is None:
-            digests = build_digests(profile) if profile is not None else {}
+            digests = records.digests
         self._digests = {os.path.normpath(p): set(d) for p, d in digests.items()}
+        self._c_files = records.c_files
         self.show_changed = show_changed
         self._files: Dict[str, Optional[List[str]]] = {}
         self._status: Dict[str, SourceStatus] = {}
+        self._built: Dict[str, Dict[int, str]] = {}
 
     def _read(self, file: str) -> None:
         status, text = self._load(file)
         self._status[file] = status
         self._files[file] = text.splitlines() if status.shown and text is not None else None
 
-    def _load(self, file: str):  # -> Tuple[SourceStatus, Optional[str]]
-        if not file or _pseudo(file):
-            return SourceStatus(MISSING, False), None
-        if "\0" in file:
-            return SourceStatus(REFUSED, False, "the name holds a NUL byte: not a file a capture can name"), None
-        if _suffix(file) not in SOURCE_SUFFIXES:
-            return SourceStatus(REFUSED, False, f"not a source file ({_suffix(file) or 'no suffix'}): never read"), None
-        try:
-            real = os.path.realpath(file)
-        except (OSError, ValueError):
-            return SourceStatus(MISSING, False, "cannot be read"), None
-        if _suffix(real) not in SOURCE_SUFFIXES:
-            return SourceStatus(REFUSED, False, f"a link to {real}, not a source file: never read"), None
-        try:
-            fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-        except (OSError, ValueError) as error:
-            why = getattr(error, "strerror", None) or "cannot be opened"
-            return SourceStatus(MISSING, False, f"cannot be read ({why.lower()})"), None
-        try:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file (a FIFO, a device?)"
-                return SourceStatus(REFUSED, False, f"{kind}: never read"), None
-            if info.st_size > MAX_SOURCE_BYTES:
-                return SourceStatus(REFUSED, False, f"larger than {MAX_SOURCE_BYTES >> 20} MiB: not read"), None
-            chunks = []
-            size = 0
-            while True:
-                chunk = os.read(fd, 1 << 20)
-                if not chunk:
-                    break
-                size += len(chunk)
-                if size > MAX_SOURCE_BYTES:
-                    return SourceStatus(REFUSED, False, f"larger than {MAX_SOURCE_BYTES >> 20} MiB: not read"), None
-                chunks.append(chunk)
-        except OSError as error:
-            return SourceStatus(MISSING, False, f"cannot be read ({(error.strerror or 'error').lower()})"), None
-        finally:
-            os.close(fd)
-        data = b"".join(chunks)
+    def _load(self, file: str) -> Tuple[SourceStatus, Optional[str]]:
+        status, data = _read_source(file)
+        if data is None:
+            return status, None
         text = data.decode("utf-8", errors="replace")
         expected = self._digests.get(os.path.normpath(file))
         if not expected:
@@ -168,9 +229,12 @@ class SourceCache:
         if self.show_changed:
             return SourceStatus(CHANGED, True, f"changed since the module was built{link}; shown as it is now "
                                                "(--show-changed-sources): its lines may not match the figures"), text
+        built = (" (the lines with code are shown as they were built, from the build's generated C file, marked "
+                 "\"as built\")" if self._c_files.get(os.path.normpath(file)) else "")
         return SourceStatus(CHANGED, False, f"changed since the module was built{link} (its sha256 differs from the "
                                             "one recorded by the build); its text is not shown against the old line "
-                                            "numbers (--show-changed-sources shows it, marked as changed)"), None
+                                            f"numbers{built}; --show-changed-sources shows it as it is now, marked as "
+                                            "changed"), None
 
     def status(self, file: str) -> SourceStatus:
         """What may be shown of `file` (reads it on first use)."""
@@ -190,6 +254,42 @@ class SourceCache:
         if not lines or not 1 <= number <= len(lines):
             return ""
         return lines[number - 1].strip()
+
+    def built_lines(self, file: str) -> Dict[int, str]:
+        """{line: text} of `file` as it was when its module was built, for a file that
+        changed since and is not shown: read from the comments of the build's generated C
+        file (lines with code only; {} when there is no such record)."""
+        if file in self._built:
+            return self._built[file]
+        found: Dict[int, str] = {}
+        status = self.status(file)
+        if status.state == CHANGED and not status.shown:
+            for c_file in self._c_files.get(os.path.normpath(file), []):
+                data = _read_source(c_file)[1]
+                if data is None:
+                    continue
+                for (named, number), line in lines_as_built(data.decode("utf-8", "replace")).items():
+                    if file == named or file.endswith("/" + named.lstrip("./")):
+                        found.setdefault(number, line)
+                if found:
+                    break
+        self._built[file] = found
+        return found
+
+    def line_as_built(self, file: str, number: int) -> str:
+        """The stripped text of line `number` as built (see built_lines), "" when unknown."""
+        return self.built_lines(file).get(number, "").strip() if file else ""
+
+    def shown_line(self, file: str, number: int) -> Tuple[str, str]:
+        """(text, mark) of line `number` for a report: the stripped line and "" when the
+        file is shown as built; "changed" when it is shown although changed
+        (--show-changed-sources); the line as built and "as built" for a changed file not
+        shown (when the build's C file has it); ("", "") otherwise."""
+        text = self.line(file, number)
+        if text:
+            return text, "changed" if self.changed(file) else ""
+        built = self.line_as_built(file, number)
+        return (built, "as built") if built else ("", "")
 
     def changed(self, file: str) -> bool:
         """Whether `file` is shown although it changed since the build (--show-changed-sources)."""

@@ -84,9 +84,9 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
         row = Text.assemble(numbers, "  ", (where, "cyan"), "  " if where else "", (display_name(line.function), "dim"))
         row.truncate(width, overflow="ellipsis")
         console.print(row, no_wrap=True)
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
+        text, mark = sources.shown_line(line.file, line.line) if line.kind in ("pyx", "python") else ("", "")
         if text:
-            mark = "(changed) " if sources.changed(line.file) else ""
-            source = Text("      " + mark + display_name(text), style="bold" if line.kind == "pyx" else "")
+            prefix = f"({mark}) " if mark else ""
+            source = Text("      " + prefix + display_name(text), style="bold" if line.kind == "pyx" else "")
             source.truncate(width, overflow="ellipsis")
             console.print(source, no_wrap=True)
