@@ -313,3 +313,14 @@ def test_terminal_table_prints_no_control_characters(run_cytool: RunCytool, tmp_
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert "fn\\x1b[31mred\\x1b[0m" in done.stdout
     assert "b = '\\x1b]0;pwned\\x07\\x1b[2J'" in done.stdout
+
+
+def test_collapsed_stacks_and_errors_print_no_control_characters(run_cytool: RunCytool, tmp_path: Path) -> None:
+    capture = tmp_path / "ctl.cytrace"
+    write_capture(capture, [("fn\x1b[31m", "/nonexistent/x.py", 2)], threads=("T\x1b]0;x\x07",))
+    done = run_cytool("report", capture, "-f", "collapsed", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "fn\\x1b[31m (x.py:2) 16\n"
+    done = run_cytool("report", capture, "--threads", "nosuch", timeout=120)
+    assert done.returncode == 2 and "no thread named 'nosuch'" in done.stderr
+    assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "T\\x1b]0;x\\x07" in done.stderr
