@@ -324,3 +324,35 @@ def test_collapsed_stacks_and_errors_print_no_control_characters(run_cytool: Run
     done = run_cytool("report", capture, "--threads", "nosuch", timeout=120)
     assert done.returncode == 2 and "no thread named 'nosuch'" in done.stderr
     assert "\x1b" not in done.stderr and "\x07" not in done.stderr and "T\\x1b]0;x\\x07" in done.stderr
+
+
+def test_symboliser_never_opens_a_fifo_beside_a_real_module(run_cytool: RunCytool, tmp_path: Path) -> None:
+    """A real module whose cython_debug XML (read for Cython names) and whose .pyx (read to
+    count its lines) are FIFOs: the report finishes, the module's frames still symbolised."""
+    import shutil
+
+    from cytool.build import BuildOptions, build_module
+
+    source = tmp_path / "fifomod.pyx"
+    source.write_text(PYX)
+    module = build_module(source, BuildOptions(opt_level="2"))
+    folder = tmp_path / "copy"
+    (folder / "cython_debug").mkdir(parents=True)
+    copy = folder / module.module_path.name
+    shutil.copy(module.module_path, copy)
+    os.mkfifo(folder / "cython_debug" / "cython_debug_info_fifomod")
+    source.unlink()
+    os.mkfifo(source)
+    from cytool.elf import build_id
+
+    capture = tmp_path / "fifo_xml.cytrace"
+    text_start = 0x7F0000000000
+    with CaptureWriter(capture) as w:
+        w.object(1, text_start, str(copy), bytes.fromhex(build_id(copy) or ""), [(text_start, text_start + 0x100000)])
+        w.stack(1, [(text_start + 0x1000) << 1])
+        w.thread(0, 100, "MainThread")
+        w.batch(0, 0, [("malloc", 1, 0x1000, 16, 1)])
+        w.end(10)
+    done = run_cytool("report", capture, "--native", "-f", "collapsed", timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.endswith(" 16\n") and "Traceback" not in done.stderr
