@@ -356,3 +356,37 @@ def test_symboliser_never_opens_a_fifo_beside_a_real_module(run_cytool: RunCytoo
     done = run_cytool("report", capture, "--native", "-f", "collapsed", timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.endswith(" 16\n") and "Traceback" not in done.stderr
+
+
+def test_develop_build_sources_are_verified_and_changes_noticed(run_cytool: RunCytool, tmp_path: Path) -> None:
+    """`cytool develop` records its sources' digests (and its in-place C file's) in the
+    module index: the report checks a project's .pyx against them like a cytool build's."""
+    import shutil
+
+    project = tmp_path / "stapp"
+    shutil.copytree(Path(__file__).resolve().parent / "fixtures" / "projects" / "stapp", project)
+    done = run_cytool("develop", cwd=project)
+    assert done.returncode == 0, done.stderr
+    capture = project / "run.cytrace"
+    done = run_cytool("profile", "-o", capture, "--no-summary", "-c", "from app import api; api.churn(100, 1024)",
+                      cwd=project)
+    assert done.returncode == 0, done.stderr
+    core = project / "app" / "core.pyx"
+    # the DWARF of a build run in the project names "app/core.pyx": the build's records say
+    # which file that is, wherever the report runs
+    name = "app/core.pyx"
+    before = json.loads(run_cytool("report", capture, "-f", "json", cwd=tmp_path).stdout)
+    assert before["sources"][name]["state"] == "verified"
+    hot = [l for l in before["lines"] if l["file"] == name and "MAKE_BLOCK" in l["source"]]
+    assert len(hot) == 1, before["lines"][:4]
+
+    core.write_text("# one more line\n" + core.read_text())
+    document = json.loads(run_cytool("report", capture, "-f", "json", cwd=tmp_path).stdout)
+    assert document["sources"][name]["state"] == "changed"
+    line = next(l for l in document["lines"] if l["file"] == name and l["line"] == hot[0]["line"])
+    assert "MAKE_BLOCK" in line["source"]  # as built, from app/core.c (unchanged since the build)
+
+    (project / "app" / "core.c").write_text((project / "app" / "core.c").read_text() + "\n/* regenerated */\n")
+    document = json.loads(run_cytool("report", capture, "-f", "json", cwd=tmp_path).stdout)
+    line = next(l for l in document["lines"] if l["file"] == name and l["line"] == hot[0]["line"])
+    assert line["source"] == ""  # the C file changed too: nothing it says is trusted

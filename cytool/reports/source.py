@@ -63,7 +63,9 @@ class BuildRecords:
     the generated C files of those builds, whose comments quote each line as built}."""
 
     digests: Dict[str, Set[str]] = field(default_factory=dict)
-    c_files: Dict[str, List[str]] = field(default_factory=dict)
+    # source path -> [(C file, its sha256 when built, or None for a C file inside a
+    # cache entry, which never changes)]
+    c_files: Dict[str, List[Tuple[str, Optional[str]]]] = field(default_factory=dict)
 
 
 def build_records(profile: "Profile") -> BuildRecords:
@@ -91,6 +93,9 @@ def build_records(profile: "Profile") -> BuildRecords:
         if not entry or not isinstance(sources, dict):
             continue
         c_file = entry.get("c_file")
+        c_digest = entry.get("c_digest") if isinstance(entry.get("c_digest"), str) else None
+        if c_digest is None and entry.get("built_by") != "cytool build":
+            c_file = None  # a C file in the project, perhaps regenerated since: not quoted
         for path, digest in sources.items():
             if not isinstance(path, str):
                 continue
@@ -98,7 +103,7 @@ def build_records(profile: "Profile") -> BuildRecords:
             if isinstance(digest, str) and digest:
                 records.digests.setdefault(key, set()).add(digest)
             if isinstance(c_file, str) and c_file:
-                records.c_files.setdefault(key, []).append(c_file)
+                records.c_files.setdefault(key, []).append((c_file, c_digest))
     return records
 
 
@@ -215,7 +220,18 @@ class SourceCache:
         self._status[file] = status
         self._files[file] = text.splitlines() if status.shown and text is not None else None
 
-    def _load(self, file: str) -> Tuple[SourceStatus, Optional[str]]:
+    def _resolve(self, file: str) -> str:
+        """The path to read for `file`: a relative name (DWARF of a build run in a project
+        folder: `pkg/mod.pyx`) is the one source the build records name that ends so;
+        otherwise `file` itself."""
+        if not file or os.path.isabs(file) or _pseudo(file):
+            return file
+        tail = "/" + os.path.normpath(file).lstrip("./")
+        matches = [p for p in set(self._digests) | set(self._c_files) if p.endswith(tail)]
+        return matches[0] if len(matches) == 1 else file
+
+    def _load(self, name: str) -> Tuple[SourceStatus, Optional[str]]:
+        file = self._resolve(name)
         status, data = _read_source(file)
         if data is None:
             return status, None
@@ -229,8 +245,9 @@ class SourceCache:
         if self.show_changed:
             return SourceStatus(CHANGED, True, f"changed since the module was built{link}; shown as it is now "
                                                "(--show-changed-sources): its lines may not match the figures"), text
+        self._built[name] = self._quoted_by_build(file)
         built = (" (the lines with code are shown as they were built, from the build's generated C file, marked "
-                 "\"as built\")" if self._c_files.get(os.path.normpath(file)) else "")
+                 "\"as built\")" if self._built[name] else "")
         return SourceStatus(CHANGED, False, f"changed since the module was built{link} (its sha256 differs from the "
                                             "one recorded by the build); its text is not shown against the old line "
                                             f"numbers{built}; --show-changed-sources shows it as it is now, marked as "
@@ -255,26 +272,27 @@ class SourceCache:
             return ""
         return lines[number - 1].strip()
 
+    def _quoted_by_build(self, file: str) -> Dict[int, str]:
+        """{line: text} of `file` quoted by the comments of its build's generated C file
+        (only a C file as it was built: see BuildRecords.c_files)."""
+        found: Dict[int, str] = {}
+        for c_file, c_digest in self._c_files.get(os.path.normpath(file), []):
+            data = _read_source(c_file)[1]
+            if data is None or (c_digest is not None and hashlib.sha256(data).hexdigest() != c_digest):
+                continue
+            for (named, number), line in lines_as_built(data.decode("utf-8", "replace")).items():
+                if file == named or file.endswith("/" + named.lstrip("./")):
+                    found.setdefault(number, line)
+            if found:
+                break
+        return found
+
     def built_lines(self, file: str) -> Dict[int, str]:
         """{line: text} of `file` as it was when its module was built, for a file that
         changed since and is not shown: read from the comments of the build's generated C
         file (lines with code only; {} when there is no such record)."""
-        if file in self._built:
-            return self._built[file]
-        found: Dict[int, str] = {}
-        status = self.status(file)
-        if status.state == CHANGED and not status.shown:
-            for c_file in self._c_files.get(os.path.normpath(file), []):
-                data = _read_source(c_file)[1]
-                if data is None:
-                    continue
-                for (named, number), line in lines_as_built(data.decode("utf-8", "replace")).items():
-                    if file == named or file.endswith("/" + named.lstrip("./")):
-                        found.setdefault(number, line)
-                if found:
-                    break
-        self._built[file] = found
-        return found
+        self.status(file)
+        return self._built.get(file, {})
 
     def line_as_built(self, file: str, number: int) -> str:
         """The stripped text of line `number` as built (see built_lines), "" when unknown."""
