@@ -8,18 +8,21 @@ trusted: the text of a file is shown only when
 - where the build's records give the source's sha256 (the module index, found by the
   build-ids of the modules the capture loaded: cytool.module_index), the bytes read have
   that digest. A file edited or replaced since the build is not shown against the old
-  line numbers, unless the report was asked to (`show_changed`), and then it is marked.
+  line numbers: its lines with code are quoted as they were built, from the comments of
+  the build's generated C file (while that file is as built), marked "as built"; or, when
+  the report was asked to (`show_changed`), shown as it is now, marked "changed".
 
-Everything else is left out, and notes() says why, once per file.
+A relative name (the DWARF of a build run in a project folder says `pkg/mod.pyx`) is the
+recorded source it names, when the build records name exactly one. Everything else is
+left out, and notes() says why, once per file.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import re
+import stat
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 if TYPE_CHECKING:
