@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from cytool.capture import Capture, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
+from cytool.capture import Capture, LoadedObject, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
 from cytool.errors import CytoolError
 
 METRIC_NAMES = (
@@ -171,6 +171,9 @@ class Profile:
     # the flame graph's tree: [location index (-1: root), parent node (-1: root), bytes,
     # peak bytes, leaked bytes, count], parents first (built and pruned in C)
     flame: List[List[int]] = field(default_factory=list)
+    # the objects the process loaded (path, build-id): reports find the build records of
+    # its modules by build-id (cytool.reports.source)
+    objects: List[LoadedObject] = field(default_factory=list)
     _lines: List[LineStats] = field(default_factory=list)
 
     def lines(self) -> List[LineStats]:
@@ -330,6 +333,7 @@ def analyze(
         threads=thread_stats,
         locations=locations,
         flame=data["flame"],
+        objects=list(capture.objects),
         _lines=lines,
         missing_events=capture.missing_events,
         lost_events=capture.stats.lost if capture.stats else 0,

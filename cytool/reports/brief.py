@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 from cytool.analysis import LineStats, Metrics, Profile
-from cytool.reports.source import SourceCache
+from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count
 
 METRIC_WORDS = {"bytes": "allocated", "peak_bytes": "live at the peak", "leaked_bytes": "still live at the end"}
@@ -57,11 +57,11 @@ def totals_line(profile: Profile) -> str:
 
 def lines_text(profile: Profile, metric: str = "bytes", limit: int = 5, indent: str = "  ") -> List[str]:
     """One line per responsible line: `mod.pyx:12  1.0 MiB  <source text>`."""
-    sources = SourceCache()
+    sources = SourceCache(profile)
     rows = []
     for line, value in responsible_lines(profile, metric, limit):
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
-        rows.append(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip())
+        text = sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else ""
+        rows.append(display_name(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip()))
     return rows
 
 
@@ -69,7 +69,7 @@ def brief(profile: Profile, metric: str = "bytes", limit: int = 5) -> str:
     """The totals, then the lines responsible for `metric`, with their source text."""
     text = [totals_line(profile)]
     for note in profile.notes():
-        text.append(f"warning: {note}")
+        text.append(f"warning: {display_name(note)}")
     rows = lines_text(profile, metric, limit)
     if rows:
         text.append(f"lines by bytes {METRIC_WORDS.get(metric, metric)}:")

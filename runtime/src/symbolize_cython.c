@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "symbolize_internal.h"
 
@@ -34,9 +35,22 @@ static uint64_t hash_string(const char *s)
     return h == CYA_MAP_EMPTY ? 0 : h;
 }
 
+/* A regular file opened for reading (never a FIFO, device or directory: a capture may
+ * name any path), or NULL. */
+static FILE *open_regular(const char *path)
+{
+    int fd = cya_open_regular(path);
+    if (fd < 0)
+        return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f)
+        close(fd);
+    return f;
+}
+
 static char *read_whole(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     if (!f)
         return NULL;
     char *data = NULL;
@@ -267,7 +281,7 @@ void cy_sources_free(cy_sources *s)
 
 static long count_lines(const char *path)
 {
-    FILE *f = fopen(path, "rb");
+    FILE *f = open_regular(path);
     if (!f)
         return -1;
     long n = 0;

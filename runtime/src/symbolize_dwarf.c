@@ -97,6 +97,14 @@ sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_
         *state = SYM_MISSING;
         return d;
     }
+    /* only a regular file is handed to libdwfl (which would block opening a FIFO, or read
+     * a device for ever): a capture may name any path */
+    int fd = cya_open_regular(path);
+    if (fd < 0) {
+        *state = SYM_UNREADABLE;
+        return d;
+    }
+    close(fd);
     d->dwfl = dwfl_begin(&callbacks);
     if (!d->dwfl) {
         *state = SYM_UNREADABLE;
