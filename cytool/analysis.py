@@ -15,6 +15,11 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from cytool.capture import Capture, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
 from cytool.errors import CytoolError
 
+# Frames of a Cython function: at a .pyx line, or at a line of its generated C when no
+# .pyx line is known ("cython-c"); both are the program's own code.
+CYTHON_KINDS = ("pyx", "cython-c")
+USER_KINDS = CYTHON_KINDS + ("python",)
+
 METRIC_NAMES = (
     "bytes",
     "count",
@@ -71,13 +76,16 @@ class Location:
     function: str
     file: str
     line: int
-    kind: str  # "pyx", "native", "python", "unknown", "cut" (the middle of a deep stack)
+    # "pyx", "native", "python", "unknown", "cut" (the middle of a deep stack), "cython-c"
+    # (a Cython function at a line of its generated C: no .pyx line is known)
+    kind: str
     object: str
 
     @property
     def is_user(self) -> bool:
-        """A line of the program's own source: a .pyx line or a Python line."""
-        return self.kind in ("pyx", "python")
+        """A line of the program's own source: a .pyx line, a Cython function's
+        generated-C line or a Python line."""
+        return self.kind in USER_KINDS
 
     @property
     def is_attributable(self) -> bool:
@@ -95,6 +103,8 @@ class Location:
     def label(self) -> str:
         if self.is_user and self.file:
             where = f"{Path(self.file).name}:{self.line}" if self.line else Path(self.file).name
+            if self.kind == "cython-c":
+                where += ", generated C"
             return f"{self.function} ({where})"
         if self.kind == "native" and self.object:
             return f"{self.function} ({Path(self.object).name})"

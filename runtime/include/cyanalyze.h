@@ -199,6 +199,8 @@ enum cya_frame_kind {
     CYA_FRAME_PYTHON = 2,  /* an interpreter frame (PYFRAME record) */
     CYA_FRAME_UNKNOWN = 3, /* no symbol: raw address, or an undefined id */
     CYA_FRAME_CUT = 4,     /* "… frames cut": where the middle of a deep stack was dropped */
+    CYA_FRAME_CYTHON_C = 5, /* a Cython function at a line of its generated C file: a module
+                               built without #line directives whose .c was not found */
 };
 
 typedef struct cya_location {

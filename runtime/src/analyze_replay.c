@@ -40,9 +40,14 @@ static uint64_t frames_hash(const uint32_t *f, size_t n)
 
 /* Frames a report attributes to: .pyx and Python lines, and the raw addresses of
  * objects that could not be symbolised (a deleted module is still the user's code). */
+static int cython_frame(const cya_location *l)
+{
+    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_CYTHON_C;
+}
+
 static int user_frame(const cya_location *l)
 {
-    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON ||
+    return cython_frame(l) || l->kind == CYA_FRAME_PYTHON ||
            (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
@@ -82,7 +87,7 @@ static uint32_t intern_stack(cya_profile *p, const uint32_t *f, size_t n)
 
 static int program_frame(const cya_location *l)
 {
-    return l->kind == CYA_FRAME_PYX || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
+    return cython_frame(l) || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
 /* Per location: 1 when it is a Python frame of the launcher (file starts with one of
@@ -192,7 +197,7 @@ static int group_lines(cya_profile *p)
     cya_map by_key = {0};
     for (size_t i = 0; i < nl; i++) {
         const cya_location *l = cya_profile_location(p, (uint32_t)i);
-        if ((l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON) && l->file && l->file[0]) {
+        if ((cython_frame(l) || l->kind == CYA_FRAME_PYTHON) && l->file && l->file[0]) {
             uint64_t h = line_hash(l);
             uint32_t *slot;
             for (;; h++) { /* probe past hash collisions */
@@ -238,7 +243,7 @@ static int group_lines(cya_profile *p)
         for (uint64_t j = 0; j < st->count; j++) {
             uint32_t loc = p->frames[st->offset + j];
             uint32_t line = line_of[loc];
-            if (!attributed && cya_profile_location(p, loc)->kind == CYA_FRAME_PYX) {
+            if (!attributed && cython_frame(cya_profile_location(p, loc))) {
                 CYA_METRICS_ADD(p->line_attributed[line], st->m);
                 attributed = 1;
             }

@@ -30,6 +30,7 @@ struct sym_dwarf {
     Dwfl_Module *module;
     int has_lines;
     int cython;        /* has __pyx_ symbols: expand inline frames */
+    char *module_name; /* a Cython module's dotted name (its __pyx_module_is_main_ symbol) */
     sym_entry *syms;   /* function symbols sorted by start */
     size_t nsyms;
 };
@@ -38,6 +39,24 @@ static int sym_cmp(const void *a, const void *b)
 {
     const sym_entry *x = a, *y = b;
     return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* `pkg__sub__mod` (how Cython writes a dotted name into a C identifier) -> "pkg.sub.mod". */
+static char *dotted_module_name(const char *mangled)
+{
+    char *out = malloc(strlen(mangled) + 1), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = mangled; *p; p++) {
+        if (p[0] == '_' && p[1] == '_' && p != mangled && p[2] && p[2] != '_') {
+            *o++ = '.';
+            p++;
+        } else {
+            *o++ = *p;
+        }
+    }
+    *o = '\0';
+    return out;
 }
 
 static void load_symbols(sym_dwarf *d)
@@ -52,7 +71,11 @@ static void load_symbols(sym_dwarf *d)
         GElf_Sym sym;
         GElf_Addr addr;
         const char *name = dwfl_module_getsym_info(d->module, i, &sym, &addr, NULL, NULL, NULL);
-        if (!name || !*name || GELF_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_shndx == SHN_UNDEF)
+        if (!name || !*name || sym.st_shndx == SHN_UNDEF)
+            continue;
+        if (!d->module_name && strncmp(name, "__pyx_module_is_main_", 21) == 0 && name[21])
+            d->module_name = dotted_module_name(name + 21);
+        if (GELF_ST_TYPE(sym.st_info) != STT_FUNC)
             continue;
         if (strstr(name, "__pyx_") || strstr(name, "__Pyx_")) /* C++ modules: mangled */
             d->cython = 1;
@@ -134,7 +157,24 @@ void sym_dwarf_close(sym_dwarf *d)
     if (d->dwfl)
         dwfl_end(d->dwfl);
     free(d->syms);
+    free(d->module_name);
     free(d);
+}
+
+int sym_dwarf_is_cython(const sym_dwarf *d) { return d && d->module && d->cython; }
+
+const char *sym_dwarf_module_name(const sym_dwarf *d) { return d ? d->module_name : NULL; }
+
+const char *sym_dwarf_comp_dir(sym_dwarf *d, uint64_t pc)
+{
+    if (!d || !d->module)
+        return NULL;
+    Dwarf_Addr bias = 0;
+    Dwarf_Die *cu = dwfl_module_addrdie(d->module, pc, &bias);
+    if (!cu)
+        return NULL;
+    Dwarf_Attribute attr;
+    return dwarf_formstring(dwarf_attr(cu, DW_AT_comp_dir, &attr));
 }
 
 int sym_dwarf_has_lines(sym_dwarf *d) { return d && d->module && d->has_lines; }
