@@ -253,9 +253,19 @@ def takeover_notes(takeovers: Sequence[Takeover]) -> List[str]:
 
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
-# The launcher's Python frames: cytool's own code, runpy, and the frozen import machinery
-# that runs a module's init. Stacks are cut there (in C), so they start at the program.
-RUNNER_PREFIXES = (PACKAGE_DIR, "<frozen runpy", "<frozen importlib")
+# The launcher's Python frames: cytool's own code, runpy (frozen from 3.11, a file before:
+# '*' matches a suffix), and the frozen import machinery that runs a module's init.
+# Stacks are cut there (in C), so they start at the program.
+RUNNER_PREFIXES = (PACKAGE_DIR, "<frozen runpy", "*/runpy.py", "<frozen importlib")
+
+
+def tool_prefixes(argv: Sequence[str]) -> Tuple[str, ...]:
+    """cytool's own files in a capture's stacks: its package, and the `cytool` console
+    script when that is what the process ran (argv: python, .../bin/cytool, ...)."""
+    prefixes = [PACKAGE_DIR]
+    if len(argv) > 1 and Path(argv[1]).name == "cytool":
+        prefixes.append(argv[1])
+    return tuple(prefixes)
 
 
 def analyze(
@@ -268,7 +278,9 @@ def analyze(
 ) -> Profile:
     """Symbolise and aggregate an open capture (heavy lifting in C). Unless
     runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
-    outermost .pyx frame; what the launcher allocated on its own is `(cytool runner)`."""
+    program's outermost frame; what cytool's launcher allocated on its own is
+    `(cytool runner)`, and cytool.Tracker's own frames inside a program that started it
+    are left out (their allocations are charged to the line that called it)."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -282,12 +294,14 @@ def analyze(
             exit_code=2,
         )
     array = (ctypes.c_uint64 * max(1, len(wanted)))(*wanted)
+    argv = capture.header.argv
     options = _AnalyzeOptions(
         temporary_window=max(1, temporary_window),
         nthreads=len(wanted),
         threads=ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64)),
         include_native_frames=1 if native_frames else 0,
-        runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES).encode(),
+        runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES + tool_prefixes(argv)).encode(),
+        tool_prefixes=None if runner_frames else "\n".join(tool_prefixes(argv)).encode(),
     )
     errbuf = ctypes.create_string_buffer(512)
     raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))

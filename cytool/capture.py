@@ -179,6 +179,7 @@ class _AnalyzeOptions(ctypes.Structure):
         ("threads", ctypes.POINTER(_u64)),
         ("include_native_frames", ctypes.c_int),
         ("runner_prefixes", _cstr),
+        ("tool_prefixes", _cstr),
     ]
 
 

@@ -243,10 +243,20 @@ typedef struct cya_analyze_options {
                                     unsymbolisable-module frames (the innermost frame
                                     when there is none of those) */
     const char *runner_prefixes; /* newline-separated file prefixes of the launcher's
-                                    Python frames (cytool's runner, runpy, importlib):
-                                    stacks are cut at the first such frame outside the
-                                    outermost .pyx frame; a stack with no .pyx frame but
-                                    one of these becomes "(cytool runner)". NULL: none */
+                                    Python frames (cytool's runner, runpy, importlib; an
+                                    entry starting with '*' matches as a suffix): stacks
+                                    are cut at the first such frame outside the program's
+                                    outermost frame. NULL: none */
+    const char *tool_prefixes;   /* the same for cytool's own code (its package, the
+                                    console script that started it), a subset of the
+                                    above. A stack whose outermost frames (past runpy and
+                                    importlib) are cytool's was started by its launcher:
+                                    the program's frames are every user frame that is not
+                                    the launcher's, and a stack with none of them becomes
+                                    "(cytool runner)". In any other stack, cytool's own
+                                    frames at the inner end (cytool.Tracker starting or
+                                    stopping) are left out: their allocations are charged
+                                    to the program's line that called them. NULL: none */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released

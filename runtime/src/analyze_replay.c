@@ -90,9 +90,30 @@ static int program_frame(const cya_location *l)
     return cython_frame(l) || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
-/* Per location: 1 when it is a Python frame of the launcher (file starts with one of
- * the newline-separated prefixes). NULL when there are no prefixes. */
-static uint8_t *runner_flags(const cya_profile *p, const char *prefixes)
+#define RUNNER_FRAME 1 /* the launcher's: cytool's runner, runpy, importlib */
+#define TOOL_FRAME 2   /* cytool's own code */
+#define ENTRY_FRAME 4  /* the launcher's frame that runs the program's code: runpy's
+                          `_run_code` (a script, -m) or cytool's `Launcher._run_code` (-c) */
+
+/* Whether `file` matches one of the newline-separated prefixes ('*' first: a suffix). */
+static int matches_prefix(const char *file, const char *prefixes)
+{
+    size_t flen = strlen(file);
+    for (const char *q = prefixes; q && *q;) {
+        size_t len = strcspn(q, "\n");
+        if (len > 1 && q[0] == '*' ? (len - 1 <= flen && strncmp(file + flen - (len - 1), q + 1, len - 1) == 0)
+                                   : (len && strncmp(file, q, len) == 0))
+            return 1;
+        q += len;
+        if (*q == '\n')
+            q++;
+    }
+    return 0;
+}
+
+/* Per location: RUNNER_FRAME and TOOL_FRAME bits for the Python frames of the launcher
+ * and of cytool itself. NULL when there are no prefixes. */
+static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const char *tool_prefixes)
 {
     if (!prefixes || !*prefixes)
         return NULL;
@@ -103,16 +124,78 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes)
         const cya_location *l = &p->locs[i];
         if (l->kind != CYA_FRAME_PYTHON || !l->file)
             continue;
-        for (const char *q = prefixes; *q;) {
-            size_t len = strcspn(q, "\n");
-            if (len && strncmp(l->file, q, len) == 0)
-                flags[i] = 1;
-            q += len;
-            if (*q == '\n')
-                q++;
-        }
+        if (matches_prefix(l->file, prefixes))
+            flags[i] |= RUNNER_FRAME;
+        if (matches_prefix(l->file, tool_prefixes))
+            flags[i] |= TOOL_FRAME | RUNNER_FRAME;
+        size_t flen = l->function ? strlen(l->function) : 0;
+        if (flags[i] && flen >= 9 && strcmp(l->function + flen - 9, "_run_code") == 0 &&
+            (flen == 9 || l->function[flen - 10] == '.'))
+            flags[i] |= ENTRY_FRAME;
     }
     return flags;
+}
+
+/* Cut the folded stack buf[0..*m) (innermost first) at the launcher's frames; returns 1
+ * when the stack is the launcher's own allocation ("(cytool runner)"). */
+static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const uint8_t *runner)
+{
+    size_t n = *m;
+    /* started by cytool's launcher: past runpy and importlib, the outermost frames are cytool's */
+    int launched = 0;
+    for (size_t j = n; j-- > 0;) {
+        if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
+            continue;
+        if ((runner[buf[j]] & (RUNNER_FRAME | TOOL_FRAME)) == RUNNER_FRAME)
+            continue;
+        launched = (runner[buf[j]] & TOOL_FRAME) != 0;
+        break;
+    }
+    /* the program's outermost frame: its outermost Cython frame, or under the launcher
+     * a user frame not the launcher's inside the frame that runs the program's code
+     * (not runpy importing its helpers, nor the launcher's own calls) */
+    size_t entry = 0;
+    for (size_t j = 0; launched && j < n; j++)
+        if (buf[j] < p->nsymlocs && (runner[buf[j]] & ENTRY_FRAME))
+            entry = j;
+    size_t outer = 0;
+    int any = 0;
+    for (size_t j = 0; j < n; j++) {
+        const cya_location *l = &p->locs[buf[j]];
+        if (buf[j] < p->nsymlocs &&
+            (program_frame(l) || (j < entry && user_frame(l) && !runner[buf[j]]))) {
+            outer = j;
+            any = 1;
+        }
+    }
+    if (any) {
+        for (size_t j = outer + 1; j < n; j++)
+            if (buf[j] < p->nsymlocs && runner[buf[j]]) {
+                n = j;
+                break;
+            }
+    } else if (launched) {
+        return 1;
+    }
+    if (!launched) {
+        /* cytool's own frames at the inner end, inside the program (cytool.Tracker
+         * starting or stopping): charged to the program's line that called them */
+        size_t first = 0;
+        int tool = 0;
+        for (; first < n; first++) {
+            if (buf[first] >= p->nsymlocs || !user_frame(&p->locs[buf[first]]))
+                continue;
+            if (!(runner[buf[first]] & TOOL_FRAME))
+                break;
+            tool = 1;
+        }
+        if (tool && first < n) {
+            memmove(buf, buf + first, (n - first) * sizeof *buf);
+            n -= first;
+        }
+    }
+    *m = n;
+    return 0;
 }
 
 /* Fold every capture stack into a profile stack (user frames only unless asked), cut
@@ -144,25 +227,9 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
             if (cuts && f[0] != buf[cuts - 1])
                 buf[m++] = buf[cuts - 1];
         }
-        if (runner) {
-            /* cut from the first launcher frame outside the outermost .pyx frame */
-            size_t outer = 0;
-            int any = 0;
-            for (size_t j = 0; j < m; j++)
-                if (program_frame(&p->locs[buf[j]])) {
-                    outer = j;
-                    any = 1;
-                }
-            for (size_t j = any ? outer + 1 : 0; j < m; j++)
-                if (runner[buf[j]]) {
-                    if (any) {
-                        m = j;
-                    } else { /* the launcher's own allocation */
-                        buf[0] = runner_loc;
-                        m = 1;
-                    }
-                    break;
-                }
+        if (runner && cut_at_runner(p, buf, &m, runner)) { /* the launcher's own allocation */
+            buf[0] = runner_loc;
+            m = 1;
         }
         uint32_t s = intern_stack(p, buf, m);
         if (s == UINT32_MAX || !cya_map_put(&p->raw_to_stack, c->stacks[i].id, s)) {
@@ -388,7 +455,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         goto done;                                                                         \
     } while (0)
 
-    uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL);
+    uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL, options ? options->tool_prefixes : NULL);
     int folded = map_stacks(p, symbols, keep_native, runner);
     free(runner);
     if (!folded)

@@ -294,6 +294,9 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             strcmp(base_name(cy_names_source(st->names)), file) == 0)
             file = cy_names_source(st->names);
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
+        if (function && !st->names && raw[i].cname && strncmp(raw[i].cname, "__pyx_pymod_exec_", 17) == 0 &&
+            sym_dwarf_module_name(st->dwarf)) /* the exec function names only the module's last part */
+            function = snprintf(name, sizeof name, "%s.<module>", sym_dwarf_module_name(st->dwarf)) > 0 ? name : function;
         if (pyx && cy_is_utility(raw[i].cname)) {
             pyx = 0; /* helper code that inherited a .pyx file from the last #line */
             file = NULL;
