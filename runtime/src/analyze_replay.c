@@ -141,22 +141,26 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const c
 static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const uint8_t *runner)
 {
     size_t n = *m;
-    /* started by cytool's launcher: past runpy and importlib, the outermost frames are cytool's */
+    /* started by cytool's launcher: the outermost frames (runpy, importlib, cytool's
+     * own) include cytool's; `tool` is the innermost of those */
     int launched = 0;
+    size_t tool = 0;
     for (size_t j = n; j-- > 0;) {
         if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
             continue;
-        if ((runner[buf[j]] & (RUNNER_FRAME | TOOL_FRAME)) == RUNNER_FRAME)
-            continue;
-        launched = (runner[buf[j]] & TOOL_FRAME) != 0;
-        break;
+        if (!runner[buf[j]])
+            break;
+        if (runner[buf[j]] & TOOL_FRAME) {
+            launched = 1;
+            tool = j;
+        }
     }
     /* the program's outermost frame: its outermost Cython frame, or under the launcher
      * a user frame not the launcher's inside the frame that runs the program's code
      * (not runpy importing its helpers, nor the launcher's own calls) */
     size_t entry = 0;
-    for (size_t j = 0; launched && j < n; j++)
-        if (buf[j] < p->nsymlocs && (runner[buf[j]] & ENTRY_FRAME))
+    for (size_t j = 0; launched && j <= tool; j++)
+        if (runner[buf[j]] & ENTRY_FRAME)
             entry = j;
     size_t outer = 0;
     int any = 0;
@@ -181,15 +185,15 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
         /* cytool's own frames at the inner end, inside the program (cytool.Tracker
          * starting or stopping): charged to the program's line that called them */
         size_t first = 0;
-        int tool = 0;
+        int own = 0;
         for (; first < n; first++) {
             if (buf[first] >= p->nsymlocs || !user_frame(&p->locs[buf[first]]))
                 continue;
             if (!(runner[buf[first]] & TOOL_FRAME))
                 break;
-            tool = 1;
+            own = 1;
         }
-        if (tool && first < n) {
+        if (own && first < n) {
             memmove(buf, buf + first, (n - first) * sizeof *buf);
             n -= first;
         }
