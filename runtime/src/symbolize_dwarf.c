@@ -14,6 +14,7 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
 #include <gelf.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -41,26 +42,44 @@ static int sym_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
-/* `pkg__sub__mod` (how Cython writes a dotted name into a C identifier) -> "pkg.sub.mod". */
-static char *dotted_module_name(const char *mangled)
+/* `pkg__sub__mod` (how Cython writes a dotted name into a C identifier: each '.' becomes
+ * "__") -> "pkg.sub.mod". The last part is the file's own name (`short_name`, e.g.
+ * `_speedups` in `pkg___speedups`), which settles where its leading underscores belong. */
+static char *dotted_module_name(const char *mangled, const char *short_name)
 {
-    char *out = malloc(strlen(mangled) + 1), *o = out;
+    size_t len = strlen(mangled), slen = strlen(short_name);
+    size_t head = len; /* the part before the last one */
+    if (slen && len > slen + 2 && strcmp(mangled + len - slen, short_name) == 0 &&
+        strncmp(mangled + len - slen - 2, "__", 2) == 0)
+        head = len - slen - 2;
+    else if (strcmp(mangled, short_name) == 0)
+        head = 0;
+    char *out = malloc(len + 2), *o = out;
     if (!out)
         return NULL;
-    for (const char *p = mangled; *p; p++) {
-        if (p[0] == '_' && p[1] == '_' && p != mangled && p[2] && p[2] != '_') {
+    for (size_t i = 0; i < head; i++) {
+        if (mangled[i] == '_' && i + 1 < head && mangled[i + 1] == '_' && i > 0) {
             *o++ = '.';
-            p++;
+            i++;
         } else {
-            *o++ = *p;
+            *o++ = mangled[i];
         }
+    }
+    if (head < len) {
+        if (head)
+            *o++ = '.';
+        memcpy(o, mangled + len - slen, slen);
+        o += slen;
     }
     *o = '\0';
     return out;
 }
 
-static void load_symbols(sym_dwarf *d)
+static void load_symbols(sym_dwarf *d, const char *path)
 {
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char short_name[256];
+    snprintf(short_name, sizeof short_name, "%.*s", (int)strcspn(base, "."), base);
     int n = dwfl_module_getsymtab(d->module);
     if (n <= 0)
         return;
@@ -74,7 +93,7 @@ static void load_symbols(sym_dwarf *d)
         if (!name || !*name || sym.st_shndx == SHN_UNDEF)
             continue;
         if (!d->module_name && strncmp(name, "__pyx_module_is_main_", 21) == 0 && name[21])
-            d->module_name = dotted_module_name(name + 21);
+            d->module_name = dotted_module_name(name + 21, short_name);
         if (GELF_ST_TYPE(sym.st_info) != STT_FUNC)
             continue;
         if (strstr(name, "__pyx_") || strstr(name, "__Pyx_")) /* C++ modules: mangled */
@@ -146,7 +165,7 @@ sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_
     }
     Dwarf_Addr dbias;
     d->has_lines = dwfl_module_getdwarf(d->module, &dbias) != NULL;
-    load_symbols(d);
+    load_symbols(d, path);
     return d;
 }
 

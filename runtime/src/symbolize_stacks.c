@@ -318,10 +318,12 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             const char *pyx_file = NULL;
             int pyx_line = 0;
             if (cf && !cy_cfile_has_line_directives(cf) && cy_cfile_position(cf, line, &pyx_file, &pyx_line)) {
-                pyx = 1;
-                kind = CYA_FRAME_PYX;
-                file = pyx_file;
-                line = cy_line_exists(s->sources, file, pyx_line) ? pyx_line : 0;
+                if (cy_is_cython_source(pyx_file)) {
+                    pyx = 1;
+                    kind = CYA_FRAME_PYX;
+                    file = pyx_file;
+                    line = cy_line_exists(s->sources, file, pyx_line) ? pyx_line : 0;
+                } /* else Cython's `(tree fragment)`: helper code, folded into a .pyx caller */
             } else if (!cf || !cy_cfile_has_line_directives(cf)) {
                 kind = CYA_FRAME_CYTHON_C;
                 if (cf)
