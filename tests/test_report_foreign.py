@@ -201,3 +201,17 @@ def test_a_file_that_is_not_the_generated_c_is_not_read(project: Path, captures:
         assert [l for l in document["lines"] if l["function"] == "app.core.make_block"][0]["kind"] == "cython-c"
     finally:
         real.write_text(saved)
+
+
+def test_a_generated_c_newer_than_its_module_is_said(project: Path, captures: Dict[str, Path]) -> None:
+    """A .c generated again after the module was built may not match its lines: said."""
+    real = project / "app" / "core.c"
+    before = real.stat()
+    try:
+        os.utime(real, (before.st_atime, before.st_mtime + 3600))
+        document = json_report(captures["tracker"])
+    finally:
+        os.utime(real, (before.st_atime, before.st_mtime))
+    stale = [w for w in document["capture"]["warnings"] if "newer than the module" in w]
+    assert len(stale) == 1 and str(real) in stale[0]
+    assert [l for l in document["lines"] if l["function"] == "app.core.make_block"][0]["kind"] == "pyx"

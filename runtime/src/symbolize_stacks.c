@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "symbolize_internal.h"
@@ -248,6 +249,11 @@ static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_obje
         cy_cfile_free(f);
         f = NULL;
     }
+    struct stat c_stat, so_stat;
+    if (f && stat(cy_cfile_path(f), &c_stat) == 0 && stat(so, &so_stat) == 0 &&
+        c_stat.st_mtime > so_stat.st_mtime + 2) /* generated again since the module was built */
+        warn(s, "%s is newer than the module it was compiled into: its .pyx lines may be off (rebuild %s)",
+             cy_cfile_path(f), so);
     c_source cs = {strdup(file), f};
     if (!cs.dwarf_path || !CYA_PUSH(st->c_sources, st->nc_sources, st->cap_c_sources, cs)) {
         free(cs.dwarf_path);
