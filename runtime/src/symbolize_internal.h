@@ -1,6 +1,7 @@
 /* symbolize_internal.h: pieces shared by the symboliser's files.
  *   symbolize_dwarf.c   one object's DWARF through libdwfl: pc -> inline chain
- *   symbolize_cython.c  Cython names: the cython_debug XML, demangling, helper files
+ *   symbolize_cython.c  Cython names: the cython_debug XML, demangling, helper files,
+ *                       generated C files' source-position comments
  *   symbolize_stacks.c  the location table, folding, and the public cya_symbol* API
  */
 #ifndef SYMBOLIZE_INTERNAL_H

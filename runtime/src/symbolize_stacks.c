@@ -8,6 +8,11 @@
  *    `(tree fragment)`, the module's own .c, inlined headers) fold into the nearest
  *    .pyx caller of the same module, and a `__pyx_pw_` wrapper frame folds into the
  *    Cython function it wraps;
+ *  - in a Cython module built without #line directives (a wheel, a plain setup.py
+ *    build: no debug XML), a Cython function's frame on a line of the generated C gets
+ *    its .pyx line from that C file's source-position comments when the file is found;
+ *    else it stays at the C line as CYA_FRAME_CYTHON_C, and one warning names such
+ *    modules. Either way it is the program's frame, never dropped as native;
  *  - a frame that DWARF puts in a .pyx but that is Cython utility code (`__Pyx_*`) is
  *    helper code; a Cython function's frame on a line past the end of the file (C code
  *    after the last #line directive inherits it) keeps the function with line 0;
