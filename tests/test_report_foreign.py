@@ -39,11 +39,25 @@ def line_of(path: Path, text: str) -> int:
 
 MAKE_BLOCK = line_of(CORE, "# MAKE_BLOCK")
 CALL_MAKE_BLOCK = line_of(API, "# CALL_MAKE_BLOCK")
+# appended to the copy's api.pyx: a generator, whose C body (`__pyx_gb_..._generator`)
+# carries no name of its own
+GENERATOR = """
+
+from libc.stdlib cimport malloc as _malloc
+
+
+def blocks(int rounds):
+    cdef char* p
+    for k in range(rounds):
+        p = <char*> _malloc(1000)           # GENERATOR_MALLOC
+        yield <size_t> p
+"""
 TRACKER_CODE = f"""
 import cytool
 from app import api
 with cytool.Tracker({{path!r}}):
     print('kept', api.churn({ROUNDS}, {BLOCK}))
+    print('blocks', len(list(api.blocks(7))))
 """
 
 
@@ -67,6 +81,8 @@ def project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of stapp built by its own setup.py (cythonize; no cytool involved)."""
     root = tmp_path_factory.mktemp("foreign-report") / "stapp"
     shutil.copytree(STAPP, root)
+    with open(root / "app" / "api.pyx", "a") as api:
+        api.write(GENERATOR)
     done = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=600)
     assert done.returncode == 0, done.stdout
@@ -215,3 +231,11 @@ def test_a_generated_c_newer_than_its_module_is_said(project: Path, captures: Di
     stale = [w for w in document["capture"]["warnings"] if "newer than the module" in w]
     assert len(stale) == 1 and str(real) in stale[0]
     assert [l for l in document["lines"] if l["function"] == "app.core.make_block"][0]["kind"] == "pyx"
+
+
+def test_a_generator_body_is_named_after_its_def(project: Path, captures: Dict[str, Path]) -> None:
+    document = json_report(captures["tracker"])
+    line = line_of(project / "app" / "api.pyx", "# GENERATOR_MALLOC")
+    found = [l for l in document["lines"] if l["file"].endswith("api.pyx") and l["line"] == line]
+    assert len(found) == 1 and found[0]["count"] == 7
+    assert found[0]["function"] == "app.api.blocks" and found[0]["kind"] == "pyx"

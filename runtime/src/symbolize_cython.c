@@ -170,7 +170,7 @@ const char *cy_names_source(const cy_names *n) { return n ? n->source : NULL; }
  * names, then the function name, possibly behind a `<counter>` prefix. */
 static const char *demangle(const char *full, char *buf, size_t len)
 {
-    static const char *const prefixes[] = {"__pyx_pf_", "__pyx_pw_", "__pyx_f_", "__pyx_pymod_exec_"};
+    static const char *const prefixes[] = {"__pyx_pf_", "__pyx_pw_", "__pyx_f_", "__pyx_gb_", "__pyx_pymod_exec_"};
     char cname[1024]; /* without gcc's clone suffix (`.isra.0`, `.cold`) */
     snprintf(cname, sizeof cname, "%.*s", (int)strcspn(full, "."), full);
     const char *p = NULL;
@@ -182,7 +182,7 @@ static const char *demangle(const char *full, char *buf, size_t len)
         }
     if (!p || !*p || len < 2)
         return NULL;
-    if (which == 3) { /* module init: the rest is the module name */
+    if (which == 4) { /* module init: the rest is the module name */
         snprintf(buf, len, "%s.<module>", p);
         return buf;
     }
@@ -311,6 +311,7 @@ typedef struct cy_mark {
     uint32_t c_line; /* 1-based line of the position comment */
     uint32_t source; /* index into sources */
     uint32_t line;   /* the .pyx line */
+    char *def_name;  /* the function a def/cdef/cpdef line defines (the comment quotes it), or NULL */
 } cy_mark;
 
 struct cy_cfile {
@@ -403,6 +404,36 @@ static int defines_module(const char *text, const char *module, const char *shor
     return 1;
 }
 
+#define MARKED_LINE "# <<<<<<<<<<<<<<"
+
+/* The name a quoted source line defines (`def gen(int n):`, `cdef char* f(...)`,
+ * `cpdef int meth(self)`), malloc'd; NULL when it defines none. */
+static char *defined_name(const char *text, size_t len)
+{
+    const char *end = text + len, *q = text;
+    while (q < end && (*q == ' ' || *q == '*'))
+        q++;
+    if (end - q > 6 && strncmp(q, "async ", 6) == 0)
+        q += 6;
+    size_t word = strspn(q, "abcdefghijklmnopqrstuvwxyz");
+    if (!((word == 3 && strncmp(q, "def", 3) == 0) || (word == 4 && strncmp(q, "cdef", 4) == 0) ||
+          (word == 5 && strncmp(q, "cpdef", 5) == 0)) || q + word >= end || q[word] != ' ')
+        return NULL;
+    const char *paren = memchr(q, '(', (size_t)(end - q));
+    const char *hash = memchr(q, '#', (size_t)(end - q));
+    if (!paren || (hash && hash < paren))
+        return NULL;
+    const char *name_end = paren;
+    while (name_end > q && name_end[-1] == ' ')
+        name_end--;
+    const char *name = name_end;
+    while (name > q && (isalnum((unsigned char)name[-1]) || name[-1] == '_'))
+        name--;
+    if (name == name_end || isdigit((unsigned char)*name) || name <= q + word)
+        return NULL;
+    return strndup(name, (size_t)(name_end - name));
+}
+
 static cy_cfile *cfile_open(const char *c_path, const char *module, const char *short_name, const char *so_dir)
 {
     if (!regular_file(c_path, CFILE_MAX_BYTES) || !says_generated_by_cython(c_path))
@@ -425,7 +456,7 @@ static cy_cfile *cfile_open(const char *c_path, const char *module, const char *
     f->has_line_directives = strstr(text, "\n#line ") != NULL;
     char *c_dir = dir_of(f->path);
     const char *anchors[2] = {c_dir, so_dir};
-    uint32_t c_line = 1;
+    uint32_t c_line = 1, pending = 0; /* the mark whose quoted line is still to come (+1) */
     for (char *p = text; *p; c_line++) {
         char *eol = strchr(p, '\n');
         if (!eol)
@@ -433,6 +464,15 @@ static cy_cfile *cfile_open(const char *c_path, const char *module, const char *
         const char *q = p;
         while (q < eol && (*q == ' ' || *q == '\t'))
             q++;
+        if (pending && c_line - f->marks[pending - 1].c_line > 12) {
+            pending = 0;
+        } else if (pending && eol - q >= 2 && strncmp(q, "*/", 2) == 0) {
+            pending = 0;
+        } else if (pending && (size_t)(eol - q) >= strlen(MARKED_LINE) &&
+                   strncmp(eol - strlen(MARKED_LINE), MARKED_LINE, strlen(MARKED_LINE)) == 0) {
+            f->marks[pending - 1].def_name = defined_name(q, (size_t)(eol - q) - strlen(MARKED_LINE));
+            pending = 0;
+        }
         if (eol - q > 6 && strncmp(q, "/* \"", 4) == 0) {
             const char *name = q + 4, *close = memchr(name, '"', (size_t)(eol - name));
             const char *digits = close ? close + 2 : NULL;
@@ -452,9 +492,10 @@ static cy_cfile *cfile_open(const char *c_path, const char *module, const char *
                         break;
                     }
                 }
-                cy_mark m = {c_line, (uint32_t)s, (uint32_t)strtoul(digits, NULL, 10)};
+                cy_mark m = {c_line, (uint32_t)s, (uint32_t)strtoul(digits, NULL, 10), NULL};
                 if (!CYA_PUSH(f->marks, f->nmarks, f->cap_marks, m))
                     break;
+                pending = (uint32_t)f->nmarks;
             }
         }
         p = *eol ? eol + 1 : eol;
@@ -532,6 +573,8 @@ void cy_cfile_free(cy_cfile *f)
     for (size_t i = 0; i < f->nsources; i++)
         free(f->sources[i]);
     free(f->sources);
+    for (size_t i = 0; i < f->nmarks; i++)
+        free(f->marks[i].def_name);
     free(f->marks);
     free(f->path);
     free(f);
@@ -541,10 +584,10 @@ const char *cy_cfile_path(const cy_cfile *f) { return f ? f->path : NULL; }
 
 int cy_cfile_has_line_directives(const cy_cfile *f) { return f && f->has_line_directives; }
 
-int cy_cfile_position(const cy_cfile *f, int c_line, const char **pyx, int *line)
+static const cy_mark *mark_at(const cy_cfile *f, int c_line)
 {
     if (!f || c_line <= 0 || !f->nmarks)
-        return 0;
+        return NULL;
     size_t lo = 0, hi = f->nmarks;
     while (lo < hi) { /* first mark below c_line */
         size_t mid = (lo + hi) / 2;
@@ -553,9 +596,23 @@ int cy_cfile_position(const cy_cfile *f, int c_line, const char **pyx, int *line
         else
             hi = mid;
     }
-    if (lo == 0)
+    return lo ? &f->marks[lo - 1] : NULL;
+}
+
+const char *cy_cfile_def_name(const cy_cfile *f, int c_line)
+{
+    const cy_mark *m = mark_at(f, c_line);
+    return m ? m->def_name : NULL;
+}
+
+int cy_cfile_position(const cy_cfile *f, int c_line, const char **pyx, int *line)
+{
+    const cy_mark *m = mark_at(f, c_line);
+    if (!m)
         return 0;
-    *pyx = f->sources[f->marks[lo - 1].source];
-    *line = (int)f->marks[lo - 1].line;
+    *pyx = f->sources[m->source];
+    *line = (int)m->line;
     return 1;
 }
+
+int cy_is_generator_body(const char *cname) { return cname && strncmp(cname, "__pyx_gb_", 9) == 0; }

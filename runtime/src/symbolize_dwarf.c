@@ -256,9 +256,11 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
             int tag = dwarf_tag(&scopes[i]);
             if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram)
                 continue;
+            int decl = 0;
             out[n].cname = die_name(&scopes[i]);
             out[n].file = file;
             out[n].line = line;
+            out[n].decl_line = dwarf_decl_line(&scopes[i], &decl) == 0 ? decl : 0;
             n++;
             if (tag == DW_TAG_subprogram)
                 break;
@@ -270,6 +272,7 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
         out[0].cname = symbol_at(d, pc);
         out[0].file = file;
         out[0].line = line;
+        out[0].decl_line = 0;
         n = out[0].cname || file ? 1 : 0;
     } else if (!out[n - 1].cname) {
         out[n - 1].cname = symbol_at(d, pc);

@@ -28,6 +28,7 @@ typedef struct raw_frame {
     const char *cname; /* C function name (DWARF or symbol table), NULL if none */
     const char *file;  /* NULL if no line info */
     int line;
+    int decl_line;     /* the C line where the function is defined (DWARF), 0 if unknown */
 } raw_frame;
 
 /* Open `path` as the object loaded at `bias`; *state says what happened. Never NULL
@@ -86,6 +87,11 @@ int cy_cfile_has_line_directives(const cy_cfile *f);
 /* The .pyx path (resolved to a file that exists when one is found) and line whose code C
  * line `c_line` is: the last position comment above it. 0 when there is none. */
 int cy_cfile_position(const cy_cfile *f, int c_line, const char **pyx, int *line);
+/* The name the source line quoted by that comment defines (`def gen(...)`: "gen"), or NULL:
+ * names a generator's body (`__pyx_gb_..._2generator`) from the line above its C definition. */
+const char *cy_cfile_def_name(const cy_cfile *f, int c_line);
+/* 1 for the C body of a generator, coroutine or async function (`__pyx_gb_`). */
+int cy_is_generator_body(const char *cname);
 
 /* Line counts of source files, read once each: a line past the end of its file is a
  * leftover of #line (C code after the last directive), not a real .pyx line. */
