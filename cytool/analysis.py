@@ -279,8 +279,8 @@ def analyze(
     """Symbolise and aggregate an open capture (heavy lifting in C). Unless
     runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
     program's outermost frame; what cytool's launcher allocated on its own is
-    `(cytool runner)`, and cytool.Tracker's own frames inside a program that started it
-    are left out (their allocations are charged to the line that called it)."""
+    `(cytool runner)`, and what cytool's own code allocated inside a program that it did
+    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")

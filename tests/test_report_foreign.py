@@ -147,14 +147,15 @@ def test_cython_frames_have_names_and_pyx_lines(project: Path, captures: Dict[st
 @pytest.mark.parametrize("way", ["env", "tracker"])
 def test_no_runner_row_without_a_runner(captures: Dict[str, Path], way: str) -> None:
     """No cytool runner ran: nothing is charged to one; cytool.Tracker's own start and
-    stop allocations go to the line that used it."""
+    stop allocations are the tracer's, named as such (not the program's lines)."""
     document = json_report(captures[way])
     assert not [l for l in document["lines"] if "cytool runner" in l["function"]]
     assert "(cytool runner)" not in report(captures[way], "-f", "collapsed")
     assert not [f for s in document["stacks"] for f in s["frames"] if "/cytool/" in f["file"]]
     if way == "tracker":
-        with_line = {l["line"] for l in document["lines"] if l["file"] == "<string>"}
-        assert 4 in with_line  # `with cytool.Tracker(...)`: its own start/stop
+        tracer = [l for l in document["lines"] if l["function"] == "(cytool tracer)"]
+        assert len(tracer) == 1 and 0 < tracer[0]["count"] < 10
+        assert not [l for l in document["lines"] if l["file"] == "<string>" and l["line"] == 4]
     with_runner = json_report(captures[way], "--runner-frames")
     if way == "tracker":  # what was left out is still there when asked for
         assert [f for s in with_runner["stacks"] for f in s["frames"] if f["file"].endswith("tracker.py")]

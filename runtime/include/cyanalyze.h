@@ -253,10 +253,10 @@ typedef struct cya_analyze_options {
                                     importlib) are cytool's was started by its launcher:
                                     the program's frames are every user frame that is not
                                     the launcher's, and a stack with none of them becomes
-                                    "(cytool runner)". In any other stack, cytool's own
-                                    frames at the inner end (cytool.Tracker starting or
-                                    stopping) are left out: their allocations are charged
-                                    to the program's line that called them. NULL: none */
+                                    "(cytool runner)". In any other stack, one whose
+                                    innermost user frame is cytool's (cytool.Tracker
+                                    starting or stopping, a measurement of the pytest
+                                    plugin) becomes "(cytool tracer)". NULL: none */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released

@@ -136,8 +136,11 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const c
     return flags;
 }
 
-/* Cut the folded stack buf[0..*m) (innermost first) at the launcher's frames; returns 1
- * when the stack is the launcher's own allocation ("(cytool runner)"). */
+#define RUNNER_OWN 1 /* the launcher's own allocation: "(cytool runner)" */
+#define TRACER_OWN 2 /* cytool's own code inside a program that is not its launcher's */
+
+/* Cut the folded stack buf[0..*m) (innermost first) at the launcher's frames; returns
+ * RUNNER_OWN or TRACER_OWN for an allocation of cytool's own, else 0. */
 static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const uint8_t *runner)
 {
     size_t n = *m;
@@ -179,24 +182,16 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
                 break;
             }
     } else if (launched) {
-        return 1;
+        return RUNNER_OWN;
     }
-    if (!launched) {
-        /* cytool's own frames at the inner end, inside the program (cytool.Tracker
-         * starting or stopping): charged to the program's line that called them */
-        size_t first = 0;
-        int own = 0;
-        for (; first < n; first++) {
-            if (buf[first] >= p->nsymlocs || !user_frame(&p->locs[buf[first]]))
-                continue;
-            if (!(runner[buf[first]] & TOOL_FRAME))
-                break;
-            own = 1;
-        }
-        if (own && first < n) {
-            memmove(buf, buf + first, (n - first) * sizeof *buf);
-            n -= first;
-        }
+    /* no launcher of cytool's: its own code at the inner end (cytool.Tracker starting or
+     * stopping, a measurement of the pytest plugin or a notebook cell) is the tracer's */
+    for (size_t j = 0; !launched && j < n; j++) {
+        if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
+            continue;
+        if (runner[buf[j]] & TOOL_FRAME)
+            return TRACER_OWN;
+        break;
     }
     *m = n;
     return 0;
@@ -210,6 +205,7 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
     uint32_t *buf = NULL;
     size_t cap = 0;
     uint32_t runner_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_RUNNER);
+    uint32_t tracer_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_TRACER);
     for (size_t i = 0; i < c->nstacks; i++) {
         size_t n = 0;
         const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
@@ -231,8 +227,9 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
             if (cuts && f[0] != buf[cuts - 1])
                 buf[m++] = buf[cuts - 1];
         }
-        if (runner && cut_at_runner(p, buf, &m, runner)) { /* the launcher's own allocation */
-            buf[0] = runner_loc;
+        int own = runner ? cut_at_runner(p, buf, &m, runner) : 0;
+        if (own) {
+            buf[0] = own == RUNNER_OWN ? runner_loc : tracer_loc;
             m = 1;
         }
         uint32_t s = intern_stack(p, buf, m);
@@ -442,6 +439,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->pseudo[CYA_PSEUDO_NO_STACK] = (cya_location){"<no stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_RUNNER] = (cya_location){"(cytool runner)", "", 0, CYA_FRAME_UNKNOWN, ""};
+    p->pseudo[CYA_PSEUDO_TRACER] = (cya_location){"(cytool tracer)", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
