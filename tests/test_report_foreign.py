@@ -51,6 +51,13 @@ def blocks(int rounds):
     for k in range(rounds):
         p = <char*> _malloc(1000)           # GENERATOR_MALLOC
         yield <size_t> p
+
+
+cdef class Holder:
+    cdef char* p
+
+    def __cinit__(self):
+        self.p = <char*> _malloc(3000)      # CINIT_MALLOC
 """
 TRACKER_CODE = f"""
 import cytool
@@ -58,6 +65,7 @@ from app import api
 with cytool.Tracker({{path!r}}):
     print('kept', api.churn({ROUNDS}, {BLOCK}))
     print('blocks', len(list(api.blocks(7))))
+    holders = [api.Holder() for _ in range(5)]
 """
 
 
@@ -240,3 +248,13 @@ def test_a_generator_body_is_named_after_its_def(project: Path, captures: Dict[s
     found = [l for l in document["lines"] if l["file"].endswith("api.pyx") and l["line"] == line]
     assert len(found) == 1 and found[0]["count"] == 7
     assert found[0]["function"] == "app.api.blocks" and found[0]["kind"] == "pyx"
+
+
+def test_special_methods_are_named_whole(project: Path, captures: Dict[str, Path]) -> None:
+    """`__pyx_pw_..._6Holder_1__cinit__`: the counter, then `__cinit__` (not a scope `_`)."""
+    document = json_report(captures["tracker"])
+    line = line_of(project / "app" / "api.pyx", "# CINIT_MALLOC")
+    found = [l for l in document["lines"] if l["file"].endswith("api.pyx") and l["line"] == line]
+    assert len(found) == 1 and found[0]["count"] == 5
+    assert found[0]["function"] == "app.api.Holder.__cinit__"
+    assert not [l for l in document["lines"] if "._." in l["function"] or l["function"].endswith(".")]

@@ -197,6 +197,8 @@ static const char *demangle(const char *full, char *buf, size_t len)
         const char *next = after + n;
         if (*next != '_' && !isdigit((unsigned char)*next))
             break; /* a counter in front of the function name, not a scope */
+        if (strspn(after, "_") >= n)
+            break; /* `1__cinit__`: a counter, then a name starting with underscores */
         int w = snprintf(buf + out, len - out, "%s%.*s", scopes ? "." : "", (int)n, after);
         if (w < 0 || (size_t)w >= len - out)
             return NULL;
