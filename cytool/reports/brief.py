@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from cytool.analysis import LineStats, Metrics, Profile
+from cytool.analysis import CYTHON_KINDS, LineStats, Metrics, Profile
 from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count
 
@@ -24,7 +24,7 @@ def responsible_lines(profile: Profile, metric: str = "bytes", limit: int = 5) -
     """The lines to name for `metric` (bytes, peak_bytes, leaked_bytes), biggest first:
     .pyx lines with what they caused (their own allocations and those of the code they
     called) when the profile has any, else the Python lines by their own allocations."""
-    pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind == "pyx"]
+    pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind in CYTHON_KINDS]
     chosen = [(l, v) for l, v in pyx if v > 0]
     if not chosen:
         chosen = [(l, l.self.value(metric)) for l in profile.lines() if l.kind == "python" and l.self.value(metric) > 0]
@@ -37,7 +37,7 @@ def pyx_totals(profile: Profile) -> Metrics:
     innermost .pyx frame (so nested .pyx calls are not counted twice)."""
     total = Metrics()
     for line in profile.lines():
-        if line.kind == "pyx":
+        if line.kind in CYTHON_KINDS:
             total.add(line.attributed)
     return total
 

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional
 import jinja2
 from markupsafe import Markup
 
-from cytool.analysis import LineStats, Metrics, Profile
+from cytool.analysis import CYTHON_KINDS, USER_KINDS, LineStats, Metrics, Profile
 from cytool.reports import MODES
 from cytool.reports.flame import compact_tree
 from cytool.reports.ranking import ranked_lines
@@ -84,16 +84,18 @@ def _bytes(n: int) -> str:
 def _figures(line: LineStats) -> Metrics:
     """What a line is charged with on this page: for a .pyx line, everything it caused
     (attributed: its own allocations and those of the code it called); otherwise self."""
-    return line.attributed if line.kind == "pyx" else line.self
+    return line.attributed if line.kind in CYTHON_KINDS else line.self
 
 
 def _top_row(line: LineStats, m: Metrics, sources: SourceCache, file_ids: Dict[str, int]) -> Dict[str, Any]:
-    user = line.kind in ("pyx", "python") and bool(line.file)
-    source, mark = sources.shown_line(line.file, line.line) if user else ("", "")
+    user = line.kind in USER_KINDS and bool(line.file)
+    where = (f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name) if user \
+        else Path(line.object).name
+    if line.kind == "cython-c":
+        where += " (generated C)"
+    source, mark = sources.shown_line(line.file, line.line) if user and line.kind != "cython-c" else ("", "")
     return dict(
-        where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
-        if user
-        else Path(line.object).name,
+        where=where,
         anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
         function=line.function,
         source=source,
@@ -124,11 +126,11 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed
     # other code by their own allocations
     title, rows = table_rows(profile, mode, top)
     top_rows = [_top_row(line, m, sources, file_ids) for line, m in rows]
-    charged_pyx = bool(rows) and rows[0][0].kind == "pyx" and rows[0][1] is rows[0][0].attributed
+    charged_pyx = bool(rows) and rows[0][0].kind in CYTHON_KINDS and rows[0][1] is rows[0][0].attributed
     hottest: Optional[LineStats] = rows[0][0] if rows and rows[0][0].file in file_ids else None
     other_rows: List[Dict[str, Any]] = []
     if charged_pyx:
-        others = [l for l in ranked_lines(profile, mode) if l.kind != "pyx" and l.self.value(mode)][:top]
+        others = [l for l in ranked_lines(profile, mode) if l.kind not in CYTHON_KINDS and l.self.value(mode)][:top]
         other_rows = [_top_row(line, line.self, sources, file_ids) for line in others]
 
     files: List[Dict[str, Any]] = []

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from cytool.analysis import Location, Profile
+from cytool.analysis import CYTHON_KINDS, Location, Profile
 from cytool.reports.ranking import ranked_lines, ranked_stacks
 from cytool.reports.source import SourceCache, capture_files
 
@@ -29,7 +29,7 @@ def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) 
         }
         entry.update(line.self.as_dict())
         entry["inclusive"] = line.inclusive.as_dict()
-        if line.kind == "pyx":
+        if line.kind in CYTHON_KINDS:
             entry["attributed"] = line.attributed.as_dict()
         lines.append(entry)
     totals: Dict[str, Any] = profile.totals.as_dict()

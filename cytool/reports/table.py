@@ -16,7 +16,8 @@ from cytool.reports.units import human_bytes, human_count, human_duration, share
 
 def _where(line: LineStats) -> str:
     if line.file:
-        return display_name(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
+        where = f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name
+        return display_name(where + " (generated C)" if line.kind == "cython-c" else where)
     return display_name(Path(line.object).name) if line.object else ""
 
 
@@ -44,7 +45,8 @@ def table_rows(profile: Profile, mode: str, limit: int) -> Tuple[str, List[Tuple
     are responsible for (attributed) when the capture has any, else every line by self."""
     pyx = [l for l in ranked_pyx_lines(profile, mode) if l.attributed.value(mode)]
     if pyx:
-        return f"Top .pyx lines by {MODES[mode]} (with what they called)", [(l, l.attributed) for l in pyx[:limit]]
+        what = ".pyx lines" if all(l.kind == "pyx" for l in pyx[:limit]) else "Cython lines"
+        return f"Top {what} by {MODES[mode]} (with what they called)", [(l, l.attributed) for l in pyx[:limit]]
     lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)]
     return f"Top lines by {MODES[mode]} (self)", [(l, l.self) for l in lines[:limit]]
 
