@@ -51,7 +51,10 @@ test: install
 test-pythons: install
 	CYTOOL_TEST_PYTHONS=$(TEST_PYTHONS) CYTOOL_TEST_VENVS=$(CURDIR)/.venv-pythons $(PY) -m pytest -q $(DEBUG_TESTS)
 
+# heaptrack (Debian) is only for bench_stream_report.py's side-by-side column
 bench: install
+	@dpkg -s heaptrack >/dev/null 2>&1 || { SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends heaptrack; }
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) bench/run_all.py
 

@@ -206,6 +206,7 @@ def library() -> ctypes.CDLL:
         "cya_get_header": (ctypes.POINTER(_Header), [ctypes.c_void_p]),
         "cya_get_status": (ctypes.POINTER(_Status), [ctypes.c_void_p]),
         "cya_get_events": (ctypes.c_void_p, [ctypes.c_void_p, size_p]),
+        "cya_count_events": (ctypes.c_size_t, [ctypes.c_void_p]),
         "cya_get_objects": (ctypes.POINTER(_Object), [ctypes.c_void_p, size_p]),
         "cya_get_threads": (ctypes.POINTER(_Thread), [ctypes.c_void_p, size_p]),
         "cya_get_pyframes": (ctypes.POINTER(_PyFrame), [ctypes.c_void_p, size_p]),
@@ -390,13 +391,15 @@ class CaptureStats:
 
 
 class EventList(Sequence[Event]):
-    """The capture's events in time order, decoded from the C array on access."""
+    """The capture's events in time order. The C reader does not keep them: the first
+    access makes the whole array (cya_get_events, about 40 bytes an event; CytoolError
+    when that fails); len() needs no array. Reports do not use it (they stream)."""
 
     _CHUNK = 65536
 
-    def __init__(self, capture: "Capture", address: int, count: int):
+    def __init__(self, capture: "Capture", count: int):
         self._capture = capture  # keeps the C memory alive
-        self._address = address
+        self._address: Optional[int] = None  # the C array, made on first access
         self._count = count
 
     def __len__(self) -> int:
@@ -405,6 +408,16 @@ class EventList(Sequence[Event]):
     def _decode(self, start: int, stop: int) -> List[Event]:
         if self._count and self._capture._handle is None:
             raise ValueError("the capture is closed")
+        if self._address is None:
+            count = ctypes.c_size_t()
+            address = library().cya_get_events(self._capture._handle, ctypes.byref(count)) if self._count else 0
+            if self._count and not address:
+                raise CytoolError(
+                    f"{self._capture.path}: cannot decode its {self._count:,} events again (out of memory, or the "
+                    "file changed since it was opened)",
+                    hint="a report streams the events instead: `cytool report`",
+                )
+            self._address = address or 0
         size = _EVENT_STRUCT.size
         raw = ctypes.string_at(self._address + start * size, (stop - start) * size)
         names = KIND_NAMES
@@ -484,8 +497,7 @@ class Capture:
         # one line per damaged frame, gap, repeat ... (capped)
         self.notes: List[str] = [line for line in _text(s.notes).splitlines() if line]
         count = ctypes.c_size_t()
-        address = lib.cya_get_events(handle, ctypes.byref(count))
-        self.events = EventList(self, address or 0, count.value)
+        self.events = EventList(self, lib.cya_count_events(handle))
 
         threads = lib.cya_get_threads(handle, ctypes.byref(count))
         self.threads: Dict[int, ThreadInfo] = {}
@@ -575,7 +587,7 @@ class Capture:
         if self._handle is not None:
             lib.cya_close(self._handle)
             self._handle = None
-            self.events = EventList(self, 0, 0)
+            self.events = EventList(self, 0)
 
     def __enter__(self) -> "Capture":
         return self

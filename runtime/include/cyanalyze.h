@@ -173,6 +173,10 @@ CYA_API const cya_status *cya_get_status(const cya_capture *capture);
 /* All events of all threads: each thread's in its recorded order, threads merged by time;
  * within one tick, interleaved evenly and kept consistent per address (capture_merge.c). */
 CYA_API const cya_event *cya_get_events(const cya_capture *capture, size_t *count);
+/* The number of events cya_get_events gives, without making them: cya_get_events decodes
+ * the whole capture into memory on its first call (about 40 bytes an event, NULL when
+ * out of memory); reports stream the events instead (cya_analyze_json). */
+CYA_API size_t cya_count_events(const cya_capture *capture);
 CYA_API const cya_object *cya_get_objects(const cya_capture *capture, size_t *count);
 CYA_API const cya_thread *cya_get_threads(const cya_capture *capture, size_t *count);
 CYA_API const cya_pyframe *cya_get_pyframes(const cya_capture *capture, size_t *count);

@@ -3,10 +3,17 @@
  * to aggregate them per stack, then per location and per source line (self, inclusive,
  * and attributed: each stack charged to its innermost .pyx line).
  *
+ * The replay is one pass over the event stream (cya_merge_stream_pipelined: decoded on a
+ * second thread) and keeps only what is live: the heap blocks (one table entry each,
+ * reused once freed), the mappings, and per stack its live bytes and blocks. Memory
+ * therefore follows the live blocks and the distinct stacks, not the number of events.
+ *
  * Owns the metrics' definitions:
  *  - allocated: every allocation event (realloc counts its new block);
  *  - peak: blocks live at the moment total live bytes (of the selected threads) was
- *    highest; a second, linear pass over the allocations finds which ones. When live
+ *    highest. Each stack keeps its figures at the latest high-water mark lazily: when it
+ *    changes for the first time after that moment, it copies its figures then (see
+ *    stack_change), so the snapshot costs nothing per new high-water mark. When live
  *    bytes reach the same high-water mark again later, the first moment wins (the peak
  *    is the first event after which live bytes were at their maximum);
  *  - leaked: blocks still live when the capture ends;
@@ -332,102 +339,424 @@ static uint32_t pseudo_stack(cya_profile *p, uint32_t which)
     return intern_stack(p, &loc, 1);
 }
 
-static cya_thread_metrics *thread_metrics(cya_profile *p, cya_map *index, uint64_t id)
-{
-    uint32_t *slot = cya_map_get(index, id);
-    if (slot)
-        return &p->threads[*slot];
-    cya_thread_metrics t;
-    memset(&t, 0, sizeof t);
-    t.id = id;
-    if (!CYA_PUSH(p->threads, p->nthreads, p->cap_threads, t) ||
-        !cya_map_put(index, id, (uint32_t)(p->nthreads - 1)))
-        return NULL;
-    return &p->threads[p->nthreads - 1];
-}
-
-/* ---- mappings: released by address range (analyze_mappings.c) -------------------- */
+/* ---- the replay: one pass over the event stream ------------------------------------ */
 
 static int is_mapping(unsigned kind) { return kind == CYA_MMAP || kind == CYA_MREMAP || kind == CYA_MUNMAP; }
 
-typedef struct mapping_info {
-    uint32_t alloc;
-    uint64_t remaining;        /* bytes of it still mapped */
-    uint64_t released_by_peak; /* pass 2 */
-} mapping_info;
+/* A live mapping (while any of it is mapped; analyze_mappings.c holds its pieces by the
+ * slot). Slots are reused once it is gone: memory follows the live mappings. The heap
+ * blocks have their own table (heap_block). */
+typedef struct live_block {
+    uint64_t size;      /* as allocated */
+    uint64_t remaining; /* mappings: bytes of it still mapped */
+    uint64_t ord;       /* its thread's ordinal of the allocation */
+    uint32_t stack;     /* profile stack */
+    uint32_t thread;    /* the allocating thread's id */
+    uint32_t metrics;   /* its thread's index in p->threads, or NEVER when not selected */
+    uint8_t in_use, mapping;
+} live_block;
 
-typedef struct release_entry {
-    uint32_t info, event;
-    uint64_t bytes;
-} release_entry;
+/* Live bytes and blocks of one profile stack (selected threads only), and the same at the
+ * latest high-water mark, kept lazily: `snap` holds the figures at the peak moment once
+ * the stack changes after it (last_change: the event that changed it last). */
+typedef struct stack_live {
+    uint64_t bytes, count;
+    uint64_t snap_bytes, snap_count;
+    uint64_t last_change;
+} stack_live;
 
-/* The replay's state that a released piece of a mapping updates. */
-typedef struct replay {
-    cya_profile *p;
-    const cya_capture *c;
-    const cya_map *selected;
-    int filter;
-    const uint32_t *alloc_event, *alloc_ord, *alloc_stack;
-    uint32_t *alloc_free;
-    cya_map info_index; /* allocation -> mapping_info */
-    mapping_info *infos;
-    size_t ninfos, cap_infos;
-    release_entry *log;
-    size_t nlog, cap_log;
-    uint64_t *live;
-    /* the releasing event */
-    uint32_t event, thread;
-    uint64_t ord, released;
-    int may_be_temporary;
-} replay;
+/* The live heap blocks by key (open addressing, linear probing): a block's figures sit
+ * beside its key, so a malloc or a free touches one place. */
+typedef struct heap_block {
+    uint64_t key; /* CYA_MAP_EMPTY: a free entry */
+    uint64_t size;
+    uint64_t ord;   /* its thread's ordinal of the allocation */
+    uint32_t stack; /* profile stack */
+    uint32_t tslot; /* the allocating thread's slot (replay.ordinals, replay.tslot_metrics) */
+} heap_block;   /* 32 bytes: two to a cache line */
 
-static int thread_selected(const replay *r, uint64_t thread)
+typedef struct block_table {
+    heap_block *items;
+    size_t cap, len; /* cap: a power of two */
+    unsigned shift;  /* 64 - log2(cap) */
+} block_table;
+
+static inline size_t block_home(const block_table *t, uint64_t key)
 {
-    return !r->filter || cya_map_get(r->selected, thread) != NULL;
+    return (size_t)((key * 0x9E3779B97F4A7C15ULL) >> t->shift); /* Fibonacci hashing */
 }
 
-static int on_release(void *ctx, uint32_t alloc, uint64_t bytes)
+static int block_table_grow(block_table *t)
 {
-    replay *r = ctx;
-    uint32_t *slot = cya_map_get(&r->info_index, alloc);
-    if (!slot || !bytes)
-        return 1;
-    mapping_info *info = &r->infos[*slot];
-    if (bytes > info->remaining)
-        bytes = info->remaining;
-    info->remaining -= bytes;
-    release_entry entry = {*slot, r->event, bytes};
-    if (!CYA_PUSH(r->log, r->nlog, r->cap_log, entry))
+    size_t ncap = t->cap ? t->cap * 2 : 1024;
+    heap_block *items = aligned_alloc(64, ncap * sizeof *items);
+    if (!items)
         return 0;
-    const cya_event *ae = &r->c->events[r->alloc_event[alloc]];
-    if (!thread_selected(r, ae->thread_id))
-        return 1;
-    *r->live -= bytes;
-    r->released += bytes;
-    if (info->remaining == 0) { /* nothing of it is left */
-        r->alloc_free[alloc] = r->event;
-        r->p->frees++;
-        if (r->may_be_temporary && ae->thread_id == r->thread && r->ord - r->alloc_ord[alloc] <= r->p->temporary_window) {
-            cya_metrics *m = &r->p->stacks[r->alloc_stack[alloc]].m;
-            m->temp_count++;
-            m->temp_bytes += ae->size;
-        }
+    for (size_t i = 0; i < ncap; i++)
+        items[i].key = CYA_MAP_EMPTY;
+    block_table n = {items, ncap, t->len, (unsigned)(64 - __builtin_ctzll(ncap))};
+    for (size_t i = 0; i < t->cap; i++) {
+        if (t->items[i].key == CYA_MAP_EMPTY)
+            continue;
+        size_t j = block_home(&n, t->items[i].key);
+        while (items[j].key != CYA_MAP_EMPTY)
+            j = (j + 1) & (ncap - 1);
+        items[j] = t->items[i];
     }
+    free(t->items);
+    *t = n;
     return 1;
 }
 
-/* Is the munmap at event i the first half of an mremap (its thread's next event)? */
-static int before_mremap(const cya_capture *c, size_t i)
+/* The entry of key, or the free entry where it goes (its key then CYA_MAP_EMPTY);
+ * NULL when out of memory. */
+static inline heap_block *block_find(block_table *t, uint64_t key)
 {
-    for (size_t j = i + 1; j < c->nevents && j < i + 16; j++)
-        if (c->events[j].thread_id == c->events[i].thread_id)
-            return c->events[j].kind == CYA_MREMAP;
-    return 0;
+    if ((t->len + 1) * 2 >= t->cap && !block_table_grow(t)) /* at most half full: short probes */
+        return NULL;
+    size_t mask = t->cap - 1, j = block_home(t, key);
+    while (t->items[j].key != key && t->items[j].key != CYA_MAP_EMPTY)
+        j = (j + 1) & mask;
+    return &t->items[j];
+}
+
+/* Remove an entry returned by block_find (backward-shift deletion). */
+static inline void block_remove(block_table *t, heap_block *b)
+{
+    size_t mask = t->cap - 1, hole = (size_t)(b - t->items);
+    for (size_t k = (hole + 1) & mask; t->items[k].key != CYA_MAP_EMPTY; k = (k + 1) & mask) {
+        size_t home = block_home(t, t->items[k].key);
+        int stays = hole <= k ? (home > hole && home <= k) : (home > hole || home <= k);
+        if (!stays) {
+            t->items[hole] = t->items[k];
+            hole = k;
+        }
+    }
+    t->items[hole].key = CYA_MAP_EMPTY;
+    t->len--;
+}
+
+#define LOOKAHEAD 15
+#define PREFETCH 12 /* events ahead whose block entry is prefetched */ /* events after a munmap searched for its thread's mremap */
+
+typedef struct replay {
+    cya_profile *p;
+    const cya_capture *c;
+    cya_map selected;
+    int filter;
+    block_table blocks; /* the live heap blocks */
+    live_block *tab;
+    size_t ntab, cap_tab;
+    uint32_t *spare; /* free slots */
+    size_t nspare, cap_spare;
+    stack_live *stacks; /* parallel to p->stacks */
+    cya_mappings *mappings;
+    cya_map tstate, thread_slots;
+    uint64_t *ordinals;
+    size_t nordinals, cap_ordinals;
+    uint32_t *tslot_metrics; /* per thread slot: its index in p->threads, NEVER when not selected */
+    size_t ntslot_metrics, cap_tslot_metrics;
+    uint32_t no_stack, unknown_stack;
+    /* the high-water mark */
+    uint64_t live, peak;
+    int have_peak;
+    uint64_t step, nevents;
+    /* the event being replayed */
+    uint64_t event;
+    uint64_t last_thread, last_raw_stack, last_cut;
+    uint64_t next_sample; /* the next event index that is a multiple of step */
+    /* capture stack id -> profile stack + 1 (0: undefined) and its frames cut, for ids
+     * below ndense (the tracer numbers its stacks 1, 2, 3 ...) */
+    uint32_t *dense_stack;
+    uint64_t *dense_cut;
+    size_t ndense;
+    uint32_t tslot, last_stack, last_metrics;
+    int last_selected;
+    /* the releasing event (mappings) */
+    uint32_t thread;
+    uint64_t ord, released;
+    int may_be_temporary;
+    /* the last events of the previous chunk, waiting for their lookahead */
+    cya_event carry[LOOKAHEAD];
+    size_t ncarry;
+    int failed; /* out of memory */
+} replay;
+
+static void stack_change(replay *r, uint32_t s, uint64_t bytes, int up)
+{
+    stack_live *l = &r->stacks[s];
+    uint64_t peak_event = r->p->peak_event;
+    if (r->have_peak && l->last_change <= peak_event && peak_event < r->event) {
+        l->snap_bytes = l->bytes; /* unchanged since the peak: its figures then */
+        l->snap_count = l->count;
+    }
+    l->last_change = r->event;
+    if (up > 0) {
+        l->bytes += bytes;
+        l->count++;
+    } else {
+        l->bytes -= bytes;
+        l->count -= up < 0;
+    }
+}
+
+static uint32_t new_slot(replay *r)
+{
+    if (r->nspare)
+        return r->spare[--r->nspare];
+    live_block b;
+    memset(&b, 0, sizeof b);
+    if (r->ntab >= NEVER || !CYA_PUSH(r->tab, r->ntab, r->cap_tab, b))
+        return NEVER;
+    return (uint32_t)(r->ntab - 1);
+}
+
+static int drop_slot(replay *r, uint32_t slot)
+{
+    r->tab[slot].in_use = 0;
+    return CYA_PUSH(r->spare, r->nspare, r->cap_spare, slot);
+}
+
+static int on_release(void *ctx, uint32_t slot, uint64_t bytes)
+{
+    replay *r = ctx;
+    live_block *b = &r->tab[slot];
+    if (!bytes || !b->in_use)
+        return 1;
+    if (bytes > b->remaining)
+        bytes = b->remaining;
+    b->remaining -= bytes;
+    if (b->metrics != NEVER) {
+        r->live -= bytes;
+        r->released += bytes;
+        stack_change(r, b->stack, bytes, b->remaining == 0 ? -1 : 0);
+        if (b->remaining == 0) { /* nothing of it is left */
+            r->p->frees++;
+            if (r->may_be_temporary && b->thread == r->thread && r->ord - b->ord <= r->p->temporary_window) {
+                cya_metrics *m = &r->p->stacks[b->stack].m;
+                m->temp_count++;
+                m->temp_bytes += b->size;
+            }
+        }
+    }
+    return b->remaining == 0 ? drop_slot(r, slot) : 1;
 }
 
 static uint64_t range_end(uint64_t start, uint64_t size)
 {
     return size > UINT64_MAX - start ? UINT64_MAX : start + size;
+}
+
+static int add_sample(replay *r, uint64_t time_ns)
+{
+    cya_sample s = {time_ns, r->live};
+    return CYA_PUSH(r->p->timeline, r->p->ntimeline, r->p->cap_timeline, s);
+}
+
+/* Replay one event; `ahead` holds the events after it (up to LOOKAHEAD). 0: out of memory. */
+static int replay_event(replay *r, const cya_event *e, const cya_event *ahead, size_t nahead)
+{
+    cya_profile *p = r->p;
+    const cya_capture *c = r->c;
+    if (e->thread_id != r->last_thread) {
+        uint32_t *slot = cya_map_get(&r->tstate, e->thread_id);
+        if (!slot) {
+            if (!CYA_PUSH(r->ordinals, r->nordinals, r->cap_ordinals, 0) ||
+                !CYA_PUSH(r->tslot_metrics, r->ntslot_metrics, r->cap_tslot_metrics, NEVER) ||
+                !cya_map_put(&r->tstate, e->thread_id, (uint32_t)(r->nordinals - 1)))
+                return 0;
+            slot = cya_map_get(&r->tstate, e->thread_id);
+        }
+        r->tslot = *slot;
+        r->last_thread = e->thread_id;
+        r->last_selected = !r->filter || cya_map_get(&r->selected, e->thread_id) != NULL;
+        r->last_metrics = NEVER;
+    }
+    uint64_t ord = ++r->ordinals[r->tslot];
+    if (!e->address) /* a failed allocation, or free(NULL) / realloc(NULL, n)'s free */
+        goto sample;
+    uint64_t key = cya_block_key(e->kind, e->address);
+    if (e->kind < CYA_FREE) {
+        if (e->stack_id != r->last_raw_stack) {
+            r->last_raw_stack = e->stack_id;
+            if (e->stack_id < r->ndense) {
+                uint32_t s = r->dense_stack[e->stack_id];
+                r->last_stack = s ? s - 1 : e->stack_id ? r->unknown_stack : r->no_stack;
+                r->last_cut = r->dense_cut[e->stack_id];
+            } else {
+                uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
+                r->last_stack = slot ? *slot : e->stack_id ? r->unknown_stack : r->no_stack;
+                const cya_stack *raw = slot ? cya_find_stack(c, e->stack_id) : NULL;
+                r->last_cut = raw ? raw->cut : 0;
+            }
+        }
+        if (r->last_selected && r->last_metrics == NEVER) {
+            uint32_t *slot = cya_map_get(&r->thread_slots, e->thread_id);
+            if (!slot) {
+                cya_thread_metrics t;
+                memset(&t, 0, sizeof t);
+                t.id = e->thread_id;
+                if (!CYA_PUSH(p->threads, p->nthreads, p->cap_threads, t) ||
+                    !cya_map_put(&r->thread_slots, e->thread_id, (uint32_t)(p->nthreads - 1)))
+                    return 0;
+                slot = cya_map_get(&r->thread_slots, e->thread_id);
+            }
+            r->last_metrics = *slot;
+            r->tslot_metrics[r->tslot] = *slot;
+        }
+        uint32_t metrics = r->last_selected ? r->last_metrics : NEVER;
+        int mapping = is_mapping(e->kind);
+        uint32_t k = NEVER;
+        if (mapping) {
+            k = new_slot(r);
+            if (k == NEVER)
+                return 0;
+            r->tab[k] = (live_block){e->size, e->size, ord, r->last_stack, e->thread_id, metrics, 1, 1};
+            r->thread = e->thread_id;
+            r->ord = ord;
+            r->may_be_temporary = 0; /* a mapping over a live range: not a free of the program's */
+            if (cya_mappings_add(r->mappings, e->address, range_end(e->address, e->size), k, on_release, r) < 0)
+                return 0;
+        } else {
+            heap_block *b = block_find(&r->blocks, key);
+            if (!b)
+                return 0;
+            if (b->key != CYA_MAP_EMPTY) { /* its free was never seen */
+                p->replaced_blocks++;
+                if (r->tslot_metrics[b->tslot] != NEVER) {
+                    r->live -= b->size;
+                    stack_change(r, b->stack, b->size, -1);
+                }
+            } else {
+                r->blocks.len++;
+            }
+            *b = (heap_block){key, e->size, ord, r->last_stack, r->tslot};
+        }
+        if (r->last_selected) {
+            cya_metrics *m = &p->stacks[r->last_stack].m;
+            m->bytes += e->size;
+            m->count++;
+            cya_thread_metrics *t = &p->threads[r->last_metrics];
+            t->m.bytes += e->size;
+            t->m.count++;
+            if (r->last_cut) {
+                p->cut_events++;
+                p->cut_bytes += e->size;
+                if (r->last_cut > p->cut_most)
+                    p->cut_most = r->last_cut;
+            }
+            p->kind_count[e->kind & 63]++;
+            p->kind_bytes[e->kind & 63] += e->size;
+            if (!mapping || e->size)
+                stack_change(r, r->last_stack, e->size, 1);
+            r->live += e->size;
+            if (r->live > r->peak) {
+                r->peak = r->live;
+                r->have_peak = 1;
+                p->peak_event = r->event;
+                p->peak_time_ns = e->time_ns;
+            }
+        }
+        if (mapping && !r->tab[k].remaining && !drop_slot(r, k)) /* an empty mapping: nothing to release */
+            return 0;
+    } else if (is_mapping(e->kind)) {
+        r->thread = e->thread_id;
+        r->ord = ord;
+        r->released = 0;
+        /* the first half of an mremap: its thread's next event is the new mapping */
+        r->may_be_temporary = 1;
+        for (size_t j = 0; j < nahead; j++)
+            if (ahead[j].thread_id == e->thread_id) {
+                r->may_be_temporary = ahead[j].kind != CYA_MREMAP;
+                break;
+            }
+        int found = cya_mappings_release(r->mappings, e->address, range_end(e->address, e->size), on_release, r);
+        if (found < 0)
+            return 0;
+        if (!found)
+            p->unmatched_frees++;
+        if (r->last_selected) {
+            p->kind_count[e->kind & 63]++;
+            p->kind_bytes[e->kind & 63] += r->released;
+        }
+    } else {
+        heap_block *b = block_find(&r->blocks, key);
+        if (!b)
+            return 0;
+        if (b->key == CYA_MAP_EMPTY) {
+            p->unmatched_frees++;
+        } else {
+            p->frees++;
+            if (r->tslot_metrics[b->tslot] != NEVER) {
+                r->live -= b->size;
+                stack_change(r, b->stack, b->size, -1);
+                if (e->kind != CYA_REALLOC_FREE && b->tslot == r->tslot && ord - b->ord <= p->temporary_window) {
+                    cya_metrics *m = &p->stacks[b->stack].m;
+                    m->temp_count++;
+                    m->temp_bytes += b->size;
+                }
+            }
+            block_remove(&r->blocks, b);
+        }
+        if (r->last_selected)
+            p->kind_count[e->kind & 63]++;
+    }
+sample:
+    /* a sample every step events, at the last, and at each new high-water mark */
+    if (r->event == r->next_sample || r->event + 1 == r->nevents || (r->have_peak && p->peak_event == r->event)) {
+        if (r->event == r->next_sample)
+            r->next_sample += r->step;
+        if (!add_sample(r, e->time_ns))
+            return 0;
+    }
+    r->event++;
+    return 1;
+}
+
+/* A chunk of the merged stream: each event is replayed once the LOOKAHEAD events after it
+ * are known (the last ones of a chunk wait for the next). */
+static int replay_chunk(void *ctx, const cya_event *events, size_t n)
+{
+    replay *r = ctx;
+    if (r->ncarry) {
+        cya_event window[2 * LOOKAHEAD];
+        size_t w = r->ncarry, take = n < LOOKAHEAD ? n : LOOKAHEAD;
+        memcpy(window, r->carry, w * sizeof *window);
+        memcpy(window + w, events, take * sizeof *window);
+        size_t ready = w + take > LOOKAHEAD ? w + take - LOOKAHEAD : 0;
+        if (ready > w)
+            ready = w;
+        for (size_t i = 0; i < ready; i++)
+            if (!replay_event(r, &window[i], &window[i + 1], LOOKAHEAD)) {
+                r->failed = 1;
+                return 0;
+            }
+        if (ready < w) { /* still waiting: the chunk was short */
+            memmove(r->carry, window + ready, (w - ready) * sizeof *window);
+            r->ncarry = w - ready;
+            size_t room = LOOKAHEAD - r->ncarry;
+            size_t add = n < room ? n : room; /* w + n <= LOOKAHEAD here */
+            memcpy(r->carry + r->ncarry, events, add * sizeof *events);
+            r->ncarry += add;
+            return 1;
+        }
+        r->ncarry = 0;
+    }
+    size_t full = n > LOOKAHEAD ? n - LOOKAHEAD : 0;
+    for (size_t i = 0; i < full; i++) {
+        /* the block table is larger than the caches: ask for the entry of an event to come */
+        if (i + PREFETCH < n && r->blocks.cap) {
+            const cya_event *f = &events[i + PREFETCH];
+            __builtin_prefetch(&r->blocks.items[block_home(&r->blocks, cya_block_key(f->kind, f->address))]);
+        }
+        if (!replay_event(r, &events[i], &events[i + 1], LOOKAHEAD)) {
+            r->failed = 1;
+            return 0;
+        }
+    }
+    memcpy(r->carry, events + full, (n - full) * sizeof *events);
+    r->ncarry = n - full;
+    return 1;
 }
 
 int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *symbols,
@@ -443,215 +772,98 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
-    cya_map selected = {0}, thread_slots = {0}, blocks = {0}, tstate = {0};
-    uint32_t *alloc_event = NULL, *alloc_ord = NULL, *alloc_free = NULL, *alloc_stack = NULL;
-    cya_mappings *mappings = cya_mappings_new();
-    replay rp;
-    memset(&rp, 0, sizeof rp);
-    uint64_t *ordinals = NULL;
-    size_t nordinals = 0, cap_ordinals = 0;
+    replay *r = calloc(1, sizeof *r);
     int ok = 0;
 #define FAIL(msg)                                                                          \
     do {                                                                                   \
         snprintf(errbuf, errlen, "%s", msg);                                               \
         goto done;                                                                         \
     } while (0)
+    if (!r)
+        FAIL("out of memory");
+    r->p = p;
+    r->c = c;
+    r->mappings = cya_mappings_new();
 
     uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL, options ? options->tool_prefixes : NULL);
     int folded = map_stacks(p, symbols, keep_native, runner);
     free(runner);
     if (!folded)
         FAIL("out of memory while folding stacks");
-    uint32_t no_stack = pseudo_stack(p, CYA_PSEUDO_NO_STACK);
-    uint32_t unknown_stack = pseudo_stack(p, CYA_PSEUDO_UNKNOWN_STACK);
-    if (no_stack == UINT32_MAX || unknown_stack == UINT32_MAX)
+    r->no_stack = pseudo_stack(p, CYA_PSEUDO_NO_STACK);
+    r->unknown_stack = pseudo_stack(p, CYA_PSEUDO_UNKNOWN_STACK);
+    if (r->no_stack == UINT32_MAX || r->unknown_stack == UINT32_MAX || !r->mappings)
         FAIL("out of memory");
-    int filter = options && options->nthreads > 0;
-    for (uint32_t i = 0; filter && i < options->nthreads; i++)
-        if (!cya_map_put(&selected, options->threads[i], 1))
+    r->stacks = calloc(p->nstacks ? p->nstacks : 1, sizeof *r->stacks);
+    if (!r->stacks)
+        FAIL("out of memory");
+    r->filter = options && options->nthreads > 0;
+    for (uint32_t i = 0; r->filter && i < options->nthreads; i++)
+        if (!cya_map_put(&r->selected, options->threads[i], 1))
             FAIL("out of memory");
-
-    size_t nallocs = 0;
-    for (size_t i = 0; i < c->nevents; i++)
-        nallocs += c->events[i].kind < CYA_FREE;
-    if (c->nevents >= NEVER)
-        FAIL("too many events for one analysis (more than 4 billion)");
-    alloc_event = malloc((nallocs ? nallocs : 1) * sizeof *alloc_event);
-    alloc_ord = malloc((nallocs ? nallocs : 1) * sizeof *alloc_ord);
-    alloc_free = malloc((nallocs ? nallocs : 1) * sizeof *alloc_free);
-    alloc_stack = malloc((nallocs ? nallocs : 1) * sizeof *alloc_stack);
-    if (!alloc_event || !alloc_ord || !alloc_free || !alloc_stack || !mappings)
-        FAIL("out of memory for the allocation table");
-
-    uint64_t live = 0, peak = 0, step = c->nevents / TIMELINE_POINTS + 1;
-    size_t k = 0;
-    uint64_t last_thread = UINT64_MAX, last_raw_stack = UINT64_MAX, last_cut = 0;
-    uint32_t tslot = 0, last_stack = 0;
-    int last_selected = 1;
-    rp = (replay){.p = p, .c = c, .selected = &selected, .filter = filter, .alloc_event = alloc_event,
-                  .alloc_ord = alloc_ord, .alloc_stack = alloc_stack, .alloc_free = alloc_free, .live = &live};
-    for (size_t i = 0; i < c->nevents; i++) {
-        const cya_event *e = &c->events[i];
-        if (e->thread_id != last_thread) {
-            uint32_t *slot = cya_map_get(&tstate, e->thread_id);
-            if (!slot) {
-                if (!CYA_PUSH(ordinals, nordinals, cap_ordinals, 0) ||
-                    !cya_map_put(&tstate, e->thread_id, (uint32_t)(nordinals - 1)))
-                    FAIL("out of memory");
-                slot = cya_map_get(&tstate, e->thread_id);
+    r->nevents = cya_count_events(c);
+    r->step = r->nevents / TIMELINE_POINTS + 1;
+    r->last_thread = UINT64_MAX;
+    r->last_raw_stack = UINT64_MAX;
+    /* a table by capture stack id, when the ids are dense enough */
+    uint64_t most = 0;
+    size_t nraw = 0;
+    const cya_stack *raws = cya_get_stacks(c, &nraw);
+    for (size_t i = 0; i < nraw; i++)
+        if (raws[i].id > most)
+            most = raws[i].id;
+    if (most < (1u << 20) || most < 4 * (uint64_t)nraw) {
+        r->ndense = (size_t)most + 1;
+        r->dense_stack = calloc(r->ndense, sizeof *r->dense_stack);
+        r->dense_cut = calloc(r->ndense, sizeof *r->dense_cut);
+        if (!r->dense_stack || !r->dense_cut)
+            FAIL("out of memory");
+        for (size_t i = 0; i < nraw; i++) {
+            uint32_t *slot = cya_map_get(&p->raw_to_stack, raws[i].id);
+            if (slot && raws[i].id) {
+                r->dense_stack[raws[i].id] = *slot + 1;
+                r->dense_cut[raws[i].id] = raws[i].cut;
             }
-            tslot = *slot;
-            last_thread = e->thread_id;
-            last_selected = !filter || cya_map_get(&selected, e->thread_id) != NULL;
-        }
-        uint64_t ord = ++ordinals[tslot];
-        if (!e->address) /* a failed allocation, or free(NULL) / realloc(NULL, n)'s free */
-            goto sample;
-        uint64_t key = cya_block_key(e->kind, e->address);
-        uint32_t *old;
-        if (e->kind < CYA_FREE) {
-            if (e->stack_id != last_raw_stack) {
-                uint32_t *slot = e->stack_id ? cya_map_get(&p->raw_to_stack, e->stack_id) : NULL;
-                last_stack = slot ? *slot : e->stack_id ? unknown_stack : no_stack;
-                last_raw_stack = e->stack_id;
-                const cya_stack *raw = slot ? cya_find_stack(c, e->stack_id) : NULL;
-                last_cut = raw ? raw->cut : 0;
-            }
-            if (is_mapping(e->kind)) {
-                mapping_info info = {(uint32_t)k, e->size, 0};
-                if (!CYA_PUSH(rp.infos, rp.ninfos, rp.cap_infos, info) ||
-                    !cya_map_put(&rp.info_index, (uint32_t)k, (uint32_t)(rp.ninfos - 1)))
-                    FAIL("out of memory for the mapping table");
-                rp.event = (uint32_t)i;
-                rp.thread = e->thread_id;
-                rp.ord = ord;
-                rp.may_be_temporary = 0; /* a mapping over a live range: not a free of the program's */
-                if (cya_mappings_add(mappings, e->address, range_end(e->address, e->size), (uint32_t)k, on_release,
-                                     &rp) < 0)
-                    FAIL("out of memory for the mapping table");
-            } else if ((old = cya_map_get(&blocks, key))) { /* its free was never seen */
-                const cya_event *oe = &c->events[alloc_event[*old]];
-                alloc_free[*old] = (uint32_t)i;
-                p->replaced_blocks++;
-                if (!filter || cya_map_get(&selected, oe->thread_id))
-                    live -= oe->size;
-                *old = (uint32_t)k;
-            } else if (!cya_map_put(&blocks, key, (uint32_t)k)) {
-                FAIL("out of memory for the live block table");
-            }
-            alloc_event[k] = (uint32_t)i;
-            alloc_ord[k] = (uint32_t)ord;
-            alloc_free[k] = NEVER;
-            alloc_stack[k] = last_stack;
-            k++;
-            if (last_selected) {
-                cya_metrics *m = &p->stacks[last_stack].m;
-                m->bytes += e->size;
-                m->count++;
-                if (last_cut) {
-                    p->cut_events++;
-                    p->cut_bytes += e->size;
-                    if (last_cut > p->cut_most)
-                        p->cut_most = last_cut;
-                }
-                p->kind_count[e->kind & 63]++;
-                p->kind_bytes[e->kind & 63] += e->size;
-                live += e->size;
-                if (live > peak) {
-                    peak = live;
-                    p->peak_event = i;
-                    p->peak_time_ns = e->time_ns;
-                }
-            }
-        } else if (is_mapping(e->kind)) {
-            rp.event = (uint32_t)i;
-            rp.thread = e->thread_id;
-            rp.ord = ord;
-            rp.released = 0;
-            rp.may_be_temporary = !before_mremap(c, i);
-            int found = cya_mappings_release(mappings, e->address, range_end(e->address, e->size), on_release, &rp);
-            if (found < 0)
-                FAIL("out of memory for the mapping table");
-            if (!found)
-                p->unmatched_frees++;
-            if (last_selected) {
-                p->kind_count[e->kind & 63]++;
-                p->kind_bytes[e->kind & 63] += rp.released;
-            }
-        } else {
-            uint32_t *slot = cya_map_get(&blocks, key);
-            if (!slot) {
-                p->unmatched_frees++;
-            } else {
-                uint32_t a = *slot;
-                const cya_event *ae = &c->events[alloc_event[a]];
-                cya_map_del(&blocks, key);
-                alloc_free[a] = (uint32_t)i;
-                p->frees++;
-                if (!filter || cya_map_get(&selected, ae->thread_id)) {
-                    live -= ae->size;
-                    if (e->kind != CYA_REALLOC_FREE && ae->thread_id == e->thread_id &&
-                        ord - alloc_ord[a] <= p->temporary_window) {
-                        cya_metrics *m = &p->stacks[alloc_stack[a]].m;
-                        m->temp_count++;
-                        m->temp_bytes += ae->size;
-                    }
-                }
-            }
-            if (last_selected)
-                p->kind_count[e->kind & 63]++;
-        }
-    sample:
-        if (i % step == 0 || i + 1 == c->nevents || i == p->peak_event) {
-            cya_sample s = {e->time_ns, live};
-            if (!CYA_PUSH(p->timeline, p->ntimeline, p->cap_timeline, s))
-                FAIL("out of memory");
         }
     }
+    r->last_selected = 1;
+    r->last_metrics = NEVER;
 
-    /* second pass: who was live at the peak, and at the end (a mapping: how much of it) */
-    for (size_t j = 0; j < rp.nlog; j++)
-        if (rp.log[j].event <= p->peak_event)
-            rp.infos[rp.log[j].info].released_by_peak += rp.log[j].bytes;
-    for (size_t a = 0; a < k; a++) {
-        const cya_event *e = &c->events[alloc_event[a]];
-        if (filter && !cya_map_get(&selected, e->thread_id))
+    char why[256];
+    if (!cya_merge_stream_pipelined(c, replay_chunk, r, why, sizeof why) || r->failed) {
+        if (r->failed || !why[0])
+            FAIL("out of memory while replaying the events");
+        FAIL(why);
+    }
+    for (size_t i = 0; i < r->ncarry; i++) /* the last events: what follows them is all there is */
+        if (!replay_event(r, &r->carry[i], &r->carry[i + 1], r->ncarry - i - 1))
+            FAIL("out of memory while replaying the events");
+
+    /* per stack: live at the peak and at the end; per thread: live at the end */
+    for (size_t s = 0; s < p->nstacks; s++) {
+        const stack_live *l = &r->stacks[s];
+        cya_metrics *m = &p->stacks[s].m;
+        if (r->have_peak) {
+            int unchanged = l->last_change <= p->peak_event;
+            m->peak_bytes += unchanged ? l->bytes : l->snap_bytes;
+            m->peak_count += unchanged ? l->count : l->snap_count;
+        }
+        m->leaked_bytes += l->bytes;
+        m->leaked_count += l->count;
+    }
+    for (size_t k = 0; k < r->blocks.cap; k++) {
+        const heap_block *b = &r->blocks.items[k];
+        if (b->key == CYA_MAP_EMPTY || r->tslot_metrics[b->tslot] == NEVER)
             continue;
-        cya_metrics *m = &p->stacks[alloc_stack[a]].m;
-        uint64_t peak_bytes, end_bytes;
-        int at_peak, at_end;
-        if (is_mapping(e->kind)) {
-            uint32_t *slot = cya_map_get(&rp.info_index, (uint32_t)a);
-            const mapping_info *info = slot ? &rp.infos[*slot] : NULL;
-            peak_bytes = info && peak && alloc_event[a] <= p->peak_event
-                             ? e->size - (info->released_by_peak < e->size ? info->released_by_peak : e->size)
-                             : 0;
-            end_bytes = info ? info->remaining : 0;
-            at_peak = peak_bytes > 0;
-            at_end = end_bytes > 0;
-        } else {
-            at_peak = peak && alloc_event[a] <= p->peak_event && (alloc_free[a] == NEVER || alloc_free[a] > p->peak_event);
-            at_end = alloc_free[a] == NEVER;
-            peak_bytes = at_peak ? e->size : 0;
-            end_bytes = at_end ? e->size : 0;
-        }
-        if (at_peak) {
-            m->peak_bytes += peak_bytes;
-            m->peak_count++;
-        }
-        if (at_end) {
-            m->leaked_bytes += end_bytes;
-            m->leaked_count++;
-        }
-        cya_thread_metrics *t = thread_metrics(p, &thread_slots, e->thread_id);
-        if (!t)
-            FAIL("out of memory");
-        t->m.bytes += e->size;
-        t->m.count++;
-        if (at_end) {
-            t->m.leaked_bytes += end_bytes;
-            t->m.leaked_count++;
-        }
+        p->threads[r->tslot_metrics[b->tslot]].m.leaked_bytes += b->size;
+        p->threads[r->tslot_metrics[b->tslot]].m.leaked_count++;
+    }
+    for (size_t k = 0; k < r->ntab; k++) {
+        const live_block *b = &r->tab[k];
+        if (!b->in_use || b->metrics == NEVER || !b->remaining)
+            continue;
+        p->threads[b->metrics].m.leaked_bytes += b->remaining;
+        p->threads[b->metrics].m.leaked_count++;
     }
 
     /* per location: self from each stack's attribution, inclusive once per stack */
@@ -688,21 +900,24 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     ok = 1;
 done:
 #undef FAIL
-    cya_map_free(&selected);
-    cya_map_free(&thread_slots);
-    cya_map_free(&blocks);
-    cya_map_free(&tstate);
-    cya_map_free(&rp.info_index);
-    free(rp.infos);
-    free(rp.log);
-    cya_mappings_free(mappings);
-    free(alloc_event);
-    free(alloc_ord);
-    free(alloc_free);
-    free(alloc_stack);
-    free(ordinals);
+    if (r) {
+        cya_map_free(&r->selected);
+        cya_map_free(&r->thread_slots);
+        free(r->blocks.items);
+        cya_map_free(&r->tstate);
+        cya_mappings_free(r->mappings);
+        free(r->tab);
+        free(r->spare);
+        free(r->stacks);
+        free(r->ordinals);
+        free(r->tslot_metrics);
+        free(r->dense_stack);
+        free(r->dense_cut);
+        free(r);
+    }
     return ok;
 }
+
 
 void cya_profile_free(cya_profile *p)
 {

@@ -1,5 +1,6 @@
 /* capture_internal.h: shared internals of libcyanalyze: growable arrays, a u64 -> u32
- * hash map, and the layout of struct cya_capture (owned by capture_read.c). */
+ * hash map, the batch index and the event stream, and the layout of struct cya_capture
+ * (owned by capture_read.c). */
 #ifndef CAPTURE_INTERNAL_H
 #define CAPTURE_INTERNAL_H
 
@@ -176,20 +177,26 @@ static inline uint64_t cya_block_key(unsigned kind, uint64_t address)
     return address | cya_domain_of(kind) << 56;
 }
 
-/* Where one BATCH's events start in its thread's run, and its place in the thread's
- * order (formats 2 and 3: the batch sequence number; format 1: its start time). */
+/* Where one BATCH lies in the file, and its place in the thread's order (formats 2 and 3:
+ * the batch sequence number; format 1: its start time). Its events are decoded again from
+ * the frame when they are replayed (cya_batch_load), never kept. */
 typedef struct cya_batch_ref {
     uint64_t seq;
-    uint64_t first; /* format 3: the thread's ordinal of the batch's first event */
-    size_t start, len;
+    uint64_t first;      /* format 3: the thread's ordinal of the batch's first event */
+    uint64_t frame_pos;  /* file offset of the LZ4 frame holding it */
+    uint64_t frame_len;  /* compressed bytes of that frame */
+    uint64_t offset;     /* of the BATCH record's fields (after the type byte) in the decompressed frame */
+    uint64_t len;        /* events */
+    uint64_t stackless;  /* allocations without a stack (id 0, address not 0) */
+    uint64_t max_time;   /* the latest event time in it (ns) */
+    uint64_t file_order; /* the how-manieth batch of the file */
 } cya_batch_ref;
 
-/* The events of one thread as read (capture_read.c), before the merge. */
+/* The batches of one thread (capture_read.c), put in order by cya_order_run. */
 typedef struct cya_run {
-    cya_event *events;
-    size_t len, cap;
     cya_batch_ref *batches;
     size_t nbatches, cap_batches;
+    uint64_t len;      /* events in its batches (after cya_order_run: without repeats) */
     uint64_t progress; /* the most events a PROGRESS record says the thread had recorded */
 } cya_run;
 
@@ -210,9 +217,28 @@ typedef struct cya_capture cya_capture;
  * 0 when out of memory. */
 int cya_order_run(cya_run *rn, int by_sequence, int ordinals, cya_run_order *found);
 
-/* Merge the ordered runs (one per c->threads entry) into c->events (capture_merge.c).
- * Takes the runs' event arrays. 0 when out of memory. */
-int cya_merge_runs(cya_capture *c, cya_run *runs);
+/* Decodes batches again from the file (capture_read.c): one per stream, not shared
+ * between threads. It keeps the last frame it decompressed. */
+typedef struct cya_batch_loader cya_batch_loader;
+cya_batch_loader *cya_batch_loader_new(const cya_capture *c);
+void cya_batch_loader_free(cya_batch_loader *l);
+/* Append batch b's events (thread_id set) to *events (growing it): 1, or 0 with a
+ * message in errbuf (out of memory, the file changed or cannot be read). */
+int cya_batch_load(cya_batch_loader *l, const cya_batch_ref *b, uint64_t thread_id, cya_event **events,
+                   size_t *len, size_t *cap, char *errbuf, size_t errlen);
+
+/* Receives the merged events in order, a chunk at a time: 1 to go on, 0 to stop (its
+ * own error). */
+typedef int (*cya_emit_fn)(void *ctx, const cya_event *events, size_t n);
+
+/* Stream every event of the capture, in the order cya_get_events gives them, to emit
+ * (capture_merge.c): threads merged by time, a tick of several threads interleaved and
+ * kept consistent per address. Memory: one batch per thread and the addresses seen (when
+ * several threads have events). 1, or 0 with a message in errbuf ("" when emit stopped). */
+int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
+/* The same, decoding and merging on a second thread while emit runs on this one
+ * (capture_pipe.c); the same chunks' events in the same order. */
+int cya_merge_stream_pipelined(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
 
 struct cya_capture {
     cya_header header;
@@ -220,8 +246,11 @@ struct cya_capture {
     cya_status status;
     char problem[512];
 
-    cya_event *events;
+    cya_event *events; /* all events, made only when cya_get_events is called */
     size_t nevents;
+    int events_made;
+    int fd;            /* the file, open for the batches' second reading (-1: none) */
+    cya_run *runs;     /* the batches of each thread, parallel to threads */
 
     cya_object *objects;
     size_t nobjects, cap_objects;

@@ -1,8 +1,11 @@
-/* capture_merge.c: one order for the events of all threads.
+/* capture_merge.c: one order for the events of all threads, streamed.
  *
  * Owns: putting each thread's batches in their recorded order (dropping a batch read
  * twice, finding the sequence numbers and event ordinals that are missing), then merging
- * the threads into c->events. Threads are merged by time; events of several threads in one tick (the
+ * the threads' events as a stream (cya_merge_stream): each thread's batches are decoded
+ * again one at a time, in the thread's order, wherever they lie in the file, so a batch
+ * written late (out of time order) is still merged at its place and memory holds one
+ * batch per thread, never the whole capture. Threads are merged by time; events of several threads in one tick (the
  * ticking clock's 1 ms by default, FORMAT.md) are interleaved in proportion to their
  * position in the tick, as if each thread allocated at an even pace through it, and then
  * repaired so that every address keeps a possible history: an allocation waits for
@@ -14,6 +17,8 @@
  * started, or of a block another thread allocates in this same tick (a hand-off): when
  * another thread's slice of the tick allocates that address, the free waits for it.
  */
+#include <stdio.h>
+
 #include "capture_internal.h"
 
 enum { BLOCK_DEAD = 0, BLOCK_LIVE = 1 }; /* values of the block map; absent: never seen */
@@ -23,7 +28,7 @@ static int batch_cmp(const void *a, const void *b)
     const cya_batch_ref *x = a, *y = b;
     if (x->seq != y->seq)
         return x->seq < y->seq ? -1 : 1;
-    return x->start < y->start ? -1 : x->start > y->start;
+    return x->file_order < y->file_order ? -1 : x->file_order > y->file_order;
 }
 
 int cya_order_run(cya_run *rn, int by_sequence, int ordinals, cya_run_order *found)
@@ -32,60 +37,39 @@ int cya_order_run(cya_run *rn, int by_sequence, int ordinals, cya_run_order *fou
     int sorted = 1;
     for (size_t i = 1; i < rn->nbatches && sorted; i++)
         sorted = by_sequence ? rn->batches[i - 1].seq < rn->batches[i].seq : rn->batches[i - 1].seq <= rn->batches[i].seq;
-    int rebuild = 0;
-    if (!sorted) {
-        /* by sequence, then file order (start): a stable order even for a hostile file */
+    if (!sorted) /* by sequence, then file order: a stable order even for a hostile file */
         qsort(rn->batches, rn->nbatches, sizeof *rn->batches, batch_cmp);
-        rebuild = 1;
-    }
     if (by_sequence) {
         uint64_t next_seq = 0, next_first = 0;
+        size_t kept = 0;
         for (size_t i = 0; i < rn->nbatches; i++) {
-            cya_batch_ref *b = &rn->batches[i];
-            if (i > 0 && b->seq == rn->batches[i - 1].seq) { /* read again: keep the first copy */
+            cya_batch_ref b = rn->batches[i];
+            if (kept > 0 && b.seq == rn->batches[kept - 1].seq) { /* read again: keep the first copy */
                 found->duplicates++;
-                found->duplicate_events += b->len;
-                b->start = SIZE_MAX; /* dropped below */
-                rebuild = 1;
+                found->duplicate_events += b.len;
+                rn->len -= b.len;
                 continue;
             }
-            if (b->seq > next_seq) {
+            if (b.seq > next_seq) {
                 if (!found->gaps) {
                     found->first_gap_from = next_seq;
-                    found->first_gap_to = b->seq - 1;
+                    found->first_gap_to = b.seq - 1;
                 }
                 found->gaps++;
-                found->missing_batches += b->seq - next_seq;
+                found->missing_batches += b.seq - next_seq;
             }
-            if (ordinals && b->first > next_first)
-                found->missing_events += b->first - next_first;
-            next_seq = b->seq + 1;
-            next_first = b->first + b->len;
+            if (ordinals && b.first > next_first)
+                found->missing_events += b.first - next_first;
+            next_seq = b.seq + 1;
+            next_first = b.first + b.len;
+            rn->batches[kept++] = b;
         }
+        rn->nbatches = kept;
         if (ordinals && rn->progress > next_first) {
             found->tail_events = rn->progress - next_first;
             found->missing_events += found->tail_events;
         }
     }
-    if (rebuild) {
-        cya_event *ordered = malloc((rn->len ? rn->len : 1) * sizeof *ordered);
-        if (!ordered)
-            return 0;
-        size_t out = 0;
-        for (size_t i = 0; i < rn->nbatches; i++) {
-            if (rn->batches[i].start == SIZE_MAX)
-                continue;
-            memcpy(ordered + out, rn->events + rn->batches[i].start, rn->batches[i].len * sizeof *ordered);
-            out += rn->batches[i].len;
-        }
-        free(rn->events);
-        rn->events = ordered;
-        rn->len = out;
-        rn->cap = out ? out : 1;
-    }
-    for (size_t i = 1; i < rn->len; i++)
-        if (rn->events[i].time_ns < rn->events[i - 1].time_ns)
-            rn->events[i].time_ns = rn->events[i - 1].time_ns;
     return 1;
 }
 
@@ -185,16 +169,85 @@ static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, si
     return o;
 }
 
+/* One thread's events being streamed: the batches decoded and not yet merged. */
+typedef struct run_cursor {
+    const cya_run *run;
+    uint64_t thread_id;
+    cya_event *events;
+    size_t pos, len, cap;
+    size_t next_batch;
+    uint64_t last_time; /* times are made non-decreasing along the thread */
+} run_cursor;
+
+typedef struct stream {
+    const cya_capture *c;
+    cya_batch_loader *loader;
+    char *errbuf;
+    size_t errlen;
+} stream;
+
+/* Decode the run's next batch with events onto its buffer: 1, 0 when none is left, -1 on error. */
+static int load_next(stream *st, run_cursor *rc)
+{
+    while (rc->next_batch < rc->run->nbatches) {
+        const cya_batch_ref *b = &rc->run->batches[rc->next_batch++];
+        if (!b->len)
+            continue;
+        size_t from = rc->len;
+        if (!cya_batch_load(st->loader, b, rc->thread_id, &rc->events, &rc->len, &rc->cap, st->errbuf, st->errlen))
+            return -1;
+        uint64_t t = rc->last_time;
+        for (size_t i = from; i < rc->len; i++) {
+            if (rc->events[i].time_ns < t)
+                rc->events[i].time_ns = t;
+            t = rc->events[i].time_ns;
+        }
+        rc->last_time = t;
+        return 1;
+    }
+    return 0;
+}
+
+/* Drop the events merged already from the buffer's front. */
+static void compact(run_cursor *rc)
+{
+    if (rc->pos == 0)
+        return;
+    memmove(rc->events, rc->events + rc->pos, (rc->len - rc->pos) * sizeof *rc->events);
+    rc->len -= rc->pos;
+    rc->pos = 0;
+}
+
+/* Is there a next event (decoding the next batch if needed)? 1, 0, -1 on error. */
+static int has_next(stream *st, run_cursor *rc)
+{
+    if (rc->pos < rc->len)
+        return 1;
+    rc->pos = rc->len = 0;
+    return load_next(st, rc);
+}
+
+/* Make the buffer hold every event of the run at time `tick` from pos on: 1, or -1. */
+static int fill_tick(stream *st, run_cursor *rc, uint64_t tick)
+{
+    compact(rc);
+    while (rc->len && rc->events[rc->len - 1].time_ns == tick) {
+        int r = load_next(st, rc);
+        if (r <= 0)
+            return r < 0 ? -1 : 1;
+    }
+    return 1;
+}
+
 /* Binary min-heap of run indices keyed by (next event time, run index). */
 typedef struct heap {
     size_t *items, n;
-    const cya_run *runs;
-    const size_t *pos;
+    const run_cursor *runs;
 } heap;
 
 static int heap_less(const heap *h, size_t x, size_t y)
 {
-    uint64_t tx = h->runs[x].events[h->pos[x]].time_ns, ty = h->runs[y].events[h->pos[y]].time_ns;
+    uint64_t tx = h->runs[x].events[h->runs[x].pos].time_ns, ty = h->runs[y].events[h->runs[y].pos].time_ns;
     return tx < ty || (tx == ty && x < y);
 }
 
@@ -231,67 +284,111 @@ static size_t heap_pop(heap *h)
     return top;
 }
 
-int cya_merge_runs(cya_capture *c, cya_run *runs)
+/* Only one thread has events: its batches in order, as they are. */
+static int stream_one(stream *st, run_cursor *rc, cya_emit_fn emit, void *ctx)
 {
-    size_t k = c->nthreads, total = 0, nonempty = 0, only = 0;
-    for (size_t i = 0; i < k; i++) {
-        total += runs[i].len;
-        c->threads[i].nevents = runs[i].len;
-        if (runs[i].len)
+    for (;;) {
+        rc->pos = rc->len = 0;
+        int r = load_next(st, rc);
+        if (r <= 0)
+            return r == 0;
+        if (!emit(ctx, rc->events, rc->len)) {
+            snprintf(st->errbuf, st->errlen, "%s", "");
+            return 0;
+        }
+    }
+}
+
+int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen)
+{
+    size_t k = c->nthreads, nonempty = 0, only = 0;
+    for (size_t i = 0; i < k; i++)
+        if (c->runs[i].len)
             nonempty++, only = i;
-    }
-    c->nevents = total;
-    if (nonempty <= 1) { /* the common case: no copy */
-        c->events = k ? runs[only].events : NULL;
-        if (k)
-            runs[only].events = NULL;
+    if (errlen)
+        errbuf[0] = '\0';
+    if (!nonempty)
         return 1;
-    }
-    c->events = malloc(total * sizeof *c->events);
-    size_t *pos = calloc(k, sizeof *pos);
-    heap h = {malloc(k * sizeof *h.items), 0, runs, pos};
+    stream st = {c, cya_batch_loader_new(c), errbuf, errlen};
+    run_cursor *rcs = calloc(k, sizeof *rcs);
+    heap h = {malloc(k * sizeof *h.items), 0, rcs};
     slice *slices = malloc(k * sizeof *slices);
     size_t *members = malloc(k * sizeof *members);
+    cya_event *out = NULL;
+    size_t out_cap = 0;
     cya_map blocks = {0};
-    int ok = c->events && pos && h.items && slices && members;
+    int ok = st.loader && rcs && h.items && slices && members;
+    if (!ok)
+        snprintf(errbuf, errlen, "out of memory");
     for (size_t i = 0; ok && i < k; i++)
-        if (runs[i].len)
+        rcs[i] = (run_cursor){&c->runs[i], c->threads[i].id, NULL, 0, 0, 0, 0, 0};
+    if (ok && nonempty == 1) { /* the common case: no merge */
+        ok = stream_one(&st, &rcs[only], emit, ctx);
+        goto done;
+    }
+    for (size_t i = 0; ok && i < k; i++) {
+        int r = has_next(&st, &rcs[i]);
+        if (r < 0)
+            ok = 0;
+        else if (r)
             heap_push(&h, i);
-    size_t out = 0;
+    }
     while (ok && h.n) {
         /* every run whose next event is in the earliest tick */
-        uint64_t tick = runs[h.items[0]].events[pos[h.items[0]]].time_ns;
-        size_t n = 0;
-        while (h.n && runs[h.items[0]].events[pos[h.items[0]]].time_ns == tick) {
+        uint64_t tick = rcs[h.items[0]].events[rcs[h.items[0]].pos].time_ns;
+        size_t n = 0, total = 0;
+        while (ok && h.n && rcs[h.items[0]].events[rcs[h.items[0]].pos].time_ns == tick) {
             size_t r = heap_pop(&h);
-            size_t end = pos[r];
-            while (end < runs[r].len && runs[r].events[end].time_ns == tick)
-                end++;
-            slices[n] = (slice){runs[r].events + pos[r], 0, end - pos[r]};
-            members[n++] = r;
-            pos[r] = end;
-        }
-        if (n == 1) {
-            for (size_t i = 0; ok && i < slices[0].len; i++) {
-                ok = apply(&blocks, &slices[0].events[i]);
-                c->events[out++] = slices[0].events[i];
+            run_cursor *rc = &rcs[r];
+            if (fill_tick(&st, rc, tick) < 0) {
+                ok = 0;
+                break;
             }
-        } else {
-            out = interleave(&blocks, slices, n, c->events, out);
-            ok = out != SIZE_MAX;
+            size_t end = rc->pos;
+            while (end < rc->len && rc->events[end].time_ns == tick)
+                end++;
+            slices[n] = (slice){rc->events + rc->pos, 0, end - rc->pos};
+            total += end - rc->pos;
+            members[n++] = r;
         }
-        for (size_t i = 0; ok && i < n; i++)
-            if (pos[members[i]] < runs[members[i]].len)
+        if (!ok)
+            break;
+        if (n == 1) {
+            for (size_t i = 0; ok && i < slices[0].len; i++)
+                ok = apply(&blocks, &slices[0].events[i]);
+            if (!ok)
+                snprintf(errbuf, errlen, "out of memory while merging the threads");
+            else if (!emit(ctx, slices[0].events, slices[0].len))
+                ok = 0;
+        } else {
+            if (!cya_grow((void **)&out, &out_cap, total, sizeof *out) ||
+                interleave(&blocks, slices, n, out, 0) == SIZE_MAX) {
+                snprintf(errbuf, errlen, "out of memory while merging the threads");
+                ok = 0;
+            } else if (!emit(ctx, out, total)) {
+                ok = 0;
+            }
+        }
+        for (size_t i = 0; ok && i < n; i++) {
+            run_cursor *rc = &rcs[members[i]];
+            rc->pos += slices[i].len;
+            int r = has_next(&st, rc);
+            if (r < 0)
+                ok = 0;
+            else if (r)
                 heap_push(&h, members[i]);
+        }
     }
+done:
     cya_map_free(&blocks);
-    free(pos);
+    if (rcs)
+        for (size_t i = 0; i < k; i++)
+            free(rcs[i].events);
+    free(rcs);
     free(h.items);
     free(slices);
     free(members);
-    for (size_t i = 0; i < k; i++) {
-        free(runs[i].events);
-        runs[i].events = NULL;
-    }
+    free(out);
+    cya_batch_loader_free(st.loader);
     return ok;
 }

@@ -1,12 +1,17 @@
 /* capture_read.c: the capture file reader (formats 1 to 3, runtime/FORMAT.md).
  *
  * Owns: checking the header (magic, version), walking the body's LZ4 frames (skipping a
- * damaged one and resynchronising on the next frame magic), decoding records into
- * per-thread event runs (ordered and merged by capture_merge.c), reading each definition
- * once however often it is repeated, resolving ids once the whole file is read, and
- * saying what is missing: the frames skipped, the batches absent or repeated, and the
- * events recorded but not in the file (from batch ordinals, PROGRESS and STATS).
- * The file is mapped read-only; everything handed out is copied into the capture.
+ * damaged one and resynchronising on the next frame magic), decoding records, reading
+ * each definition once however often it is repeated, resolving ids once the whole file is
+ * read, and saying what is missing: the frames skipped, the batches absent or repeated,
+ * and the events recorded but not in the file (from batch ordinals, PROGRESS and STATS).
+ *
+ * Events are not kept: the first reading checks every batch and notes where it lies (one
+ * cya_batch_ref per batch, per thread); a batch's events are decoded again from its frame
+ * when they are streamed (cya_batch_load, for capture_merge.c). So memory grows with the
+ * number of batches, definitions and threads, not with the number of events. The file is
+ * mapped read-only for the first reading (pages behind it dropped as it goes) and kept open
+ * for the second; everything handed out is copied into the capture.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,13 +31,17 @@ static const char MAGIC[8] = {'C', 'Y', 'T', 'R', 'A', 'C', 'E', '\0'};
 
 _Static_assert(CYA_FORMAT_VERSION == CAPTURE_FORMAT_VERSION, "the reader knows the format the tracer writes");
 
+/* Readable zero bytes after a decompressed frame, so that column varints need no bound
+ * check per byte (a varint is ten bytes at most). */
+#define FRAME_PADDING 16
+
 /* A bounded cursor over bytes; `bad` is set on the first read past the end. */
 typedef struct cursor {
     const uint8_t *p, *end;
     int bad;
 } cursor;
 
-static uint64_t get_varint(cursor *c)
+static uint64_t get_varint_slow(cursor *c)
 {
     uint64_t v = 0;
     for (unsigned shift = 0; shift < 64; shift += 7) {
@@ -46,6 +55,30 @@ static uint64_t get_varint(cursor *c)
             return v;
     }
     c->bad = 1;
+    return 0;
+}
+
+/* LEB128; the common cases (one byte, or ten bytes left to read) without a bound check
+ * per byte. */
+static inline uint64_t get_varint(cursor *c)
+{
+    const uint8_t *p = c->p;
+    if (p < c->end && !(*p & 0x80)) {
+        c->p = p + 1;
+        return *p;
+    }
+    if (c->end - p < 10)
+        return get_varint_slow(c);
+    uint64_t v = 0;
+    for (unsigned i = 0; i < 10; i++) {
+        uint8_t b = p[i];
+        v |= (uint64_t)(b & 0x7f) << (7 * i);
+        if (!(b & 0x80)) {
+            c->p = p + i + 1;
+            return v;
+        }
+    }
+    c->bad = 1; /* more than ten bytes */
     return 0;
 }
 
@@ -103,6 +136,17 @@ typedef struct reader {
     int out_of_memory;
     uint64_t repeats;       /* definitions of the current frame read before (a repeated frame) */
     uint64_t stats_objects; /* STATS (format 3): OBJECT records the tracer wrote */
+    /* the frame being decoded: where it lies in the file, its decompressed records */
+    uint64_t frame_pos, frame_len, nbatches_read;
+    const uint8_t *frame_data;
+    cya_event *scratch; /* one batch's events, checked and dropped (format 1) */
+    size_t scratch_cap;
+    uint32_t *scan_ids; /* a batch's stack ids as they change */
+    size_t cap_scan_ids;
+    /* stack ids used by events: a bitmap for small ids, a map for the others */
+    uint64_t *used_bits;
+    size_t used_words;
+    cya_map used_big;
 } reader;
 
 static void set_problem(cya_capture *c, const char *fmt, ...)
@@ -161,38 +205,33 @@ static long thread_slot(reader *r, uint64_t id)
 static int is_alloc_kind(unsigned kind) { return kind >= CYA_MALLOC && kind <= CYA_MREMAP; }
 static int is_free_kind(unsigned kind) { return kind >= CYA_FREE && kind <= CYA_PYMEM_OBJ_FREE; }
 
-/* Reserve room for n more events in a run, capped by what `bytes` of input can hold
- * (every event takes at least `per_event` bytes). */
-static int reserve_events(reader *r, cya_run *rn, uint64_t n, size_t bytes, size_t per_event)
+/* Room for n more events in *ev, capped by what `bytes` of input can hold (every event
+ * takes at least `per_event` bytes). */
+static int reserve_events(cya_event **ev, size_t len, size_t *cap, uint64_t n, size_t bytes, size_t per_event)
 {
     uint64_t most = bytes / per_event;
-    if (!cya_grow((void **)&rn->events, &rn->cap, rn->len + (n < most ? n : most), sizeof(cya_event))) {
-        r->out_of_memory = 1;
-        return 0;
-    }
-    return 1;
+    return cya_grow((void **)ev, cap, len + (n < most ? n : most), sizeof(cya_event));
 }
 
-/* Complete an event (size and stack already set) and append it to its thread's run. */
-static int push_event(reader *r, cya_run *rn, cya_event *e, uint64_t time, uint64_t address, unsigned kind,
-                      uint64_t tid)
+/* The result of decoding a batch's events. */
+enum { DECODE_BAD = 0, DECODE_OK = 1, DECODE_NOMEM = -1 };
+
+static int push_event(cya_event **ev, size_t *len, size_t *cap, cya_event *e, uint64_t time, uint64_t address,
+                      unsigned kind, uint64_t tid)
 {
     e->time_ns = time;
     e->address = address;
     e->kind = (uint8_t)kind;
     e->thread_id = (uint32_t)tid;
-    if (!CYA_PUSH(rn->events, rn->len, rn->cap, *e)) {
-        r->out_of_memory = 1;
-        return 0;
-    }
-    return 1;
+    return CYA_PUSH(*ev, *len, *cap, *e);
 }
 
 /* Format 1: one row per event (kind, time delta in ns, address delta, size, stack). */
-static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t n)
+static int decode_events_v1(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
+                            uint64_t n)
 {
-    if (!reserve_events(r, rn, n, (size_t)(cur->end - cur->p), 2))
-        return 0;
+    if (!reserve_events(ev, *len, cap, n, (size_t)(cur->end - cur->p), 2))
+        return DECODE_NOMEM;
     uint64_t addr = 0;
     for (uint64_t i = 0; i < n; i++) {
         cya_event e;
@@ -209,90 +248,436 @@ static int decode_events_v1(reader *r, cursor *cur, cya_run *rn, uint64_t tid, u
             cur->bad = 1;
         }
         if (cur->bad)
-            return 0;
-        if (!push_event(r, rn, &e, t, addr, kind, tid))
-            return 0;
+            return DECODE_BAD;
+        if (!push_event(ev, len, cap, &e, t, addr, kind, tid))
+            return DECODE_NOMEM;
     }
-    return 1;
+    return DECODE_OK;
+}
+
+/* What the first reading keeps of a batch's events: nothing but these figures. */
+typedef struct batch_scan {
+    uint64_t stackless, max_time;
+    uint32_t *ids; /* stack ids as they change, to be noted by the caller */
+    size_t nids, cap_ids;
+} batch_scan;
+
+/* A varint of a column, read without a bound check: the frame buffer has FRAME_PADDING
+ * readable bytes after its end, and the caller checks that no column was read past its
+ * end. A varint longer than ten bytes sets *bad. */
+static inline uint64_t column_varint(const uint8_t **pp, int *bad)
+{
+    const uint8_t *p = *pp;
+    uint64_t b = *p++;
+    if (!(b & 0x80)) {
+        *pp = p;
+        return b;
+    }
+    uint64_t v = b & 0x7f;
+    for (unsigned shift = 7; shift < 70; shift += 7) {
+        b = *p++;
+        v |= (b & 0x7f) << shift;
+        if (!(b & 0x80)) {
+            *pp = p;
+            return v;
+        }
+    }
+    *bad = 1;
+    *pp = p;
+    return 0;
 }
 
 /* Format 2: five columns (heads, times, addresses, sizes, stacks); every column must be
- * used up exactly. */
-static int decode_events_v2(reader *r, cursor *cur, cya_run *rn, uint64_t tid, uint64_t t, uint64_t unit, uint64_t n)
+ * used up exactly. Stores the events on *ev, or (scan) only takes the figures. */
+static inline __attribute__((always_inline)) int
+decode_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, batch_scan *scan, uint64_t tid, uint64_t t,
+          uint64_t unit, uint64_t n)
 {
-    uint64_t len[NCOLS];
-    len[COL_HEAD] = n;
+    uint64_t clen[NCOLS];
+    clen[COL_HEAD] = n;
     for (int c = COL_TIME; c < NCOLS; c++)
-        len[c] = get_varint(cur);
-    cursor col[NCOLS];
+        clen[c] = get_varint(cur);
+    const uint8_t *p[NCOLS], *end[NCOLS];
     for (int c = 0; c < NCOLS; c++) {
-        if (cur->bad || len[c] > (uint64_t)(cur->end - cur->p))
-            return 0;
-        col[c] = (cursor){cur->p, cur->p + len[c], 0};
-        cur->p += len[c];
+        if (cur->bad || clen[c] > (uint64_t)(cur->end - cur->p))
+            return DECODE_BAD;
+        p[c] = cur->p;
+        end[c] = cur->p + clen[c];
+        cur->p += clen[c];
     }
-    if (!reserve_events(r, rn, n, (size_t)len[COL_HEAD], 1))
-        return 0;
-    uint64_t addr = 0, stack = UINT64_MAX;
+    cya_event *out = NULL;
+    if (!scan) {
+        if (!cya_grow((void **)ev, cap, *len + (size_t)n, sizeof(cya_event)))
+            return DECODE_NOMEM;
+        out = *ev + *len;
+    }
+    const uint8_t *ph = p[COL_HEAD], *pt = p[COL_TIME], *pa = p[COL_ADDR], *ps = p[COL_SIZE], *pk = p[COL_STACK];
+    const uint8_t *et = end[COL_TIME], *ea = end[COL_ADDR], *es = end[COL_SIZE], *ek = end[COL_STACK];
+    uint64_t addr = 0, stack = UINT64_MAX, last_noted = 0;
+    int bad = 0;
     for (uint64_t i = 0; i < n; i++) {
-        cya_event e;
-        memset(&e, 0, sizeof e);
-        unsigned head = get_u8(&col[COL_HEAD]), kind = head & EV_KIND_MASK;
+        uint64_t size = 0;
+        uint32_t stack_id = 0;
+        unsigned head = *ph++, kind = head & EV_KIND_MASK;
         if (head & EV_TIME)
-            t += get_varint(&col[COL_TIME]) * unit;
-        addr += (uint64_t)get_svarint(&col[COL_ADDR]);
+            t += column_varint(&pt, &bad) * unit;
+        uint64_t a = column_varint(&pa, &bad);
+        addr += (uint64_t)((int64_t)(a >> 1) ^ -(int64_t)(a & 1));
         if (is_alloc_kind(kind)) {
-            e.size = get_varint(&col[COL_SIZE]);
+            size = column_varint(&ps, &bad);
             if (!(head & EV_SAME_STACK))
-                stack = get_varint(&col[COL_STACK]);
+                stack = column_varint(&pk, &bad);
             else if (stack == UINT64_MAX) /* "the same stack" before any stack */
-                return 0;
-            e.stack_id = (uint32_t)stack;
+                return DECODE_BAD;
+            stack_id = (uint32_t)stack;
         } else if (!is_free_kind(kind) || (head & EV_SAME_STACK)) {
-            return 0;
+            return DECODE_BAD;
         } else if (kind == CYA_MUNMAP) {
-            e.size = get_varint(&col[COL_SIZE]);
+            size = column_varint(&ps, &bad);
         }
-        for (int c = 0; c < NCOLS; c++)
-            if (col[c].bad)
-                return 0;
-        if (!push_event(r, rn, &e, t, addr, kind, tid))
-            return 0;
+        if (bad | (pt > et) | (pa > ea) | (ps > es) | (pk > ek))
+            return DECODE_BAD;
+        if (scan) {
+            if (t > scan->max_time)
+                scan->max_time = t;
+            scan->stackless += !stack_id && is_alloc_kind(kind) && addr;
+            if (stack_id && stack_id != last_noted) {
+                if (!CYA_PUSH(scan->ids, scan->nids, scan->cap_ids, stack_id))
+                    return DECODE_NOMEM;
+                last_noted = stack_id;
+            }
+        } else {
+            out[i] = (cya_event){t, addr, size, stack_id, (uint32_t)tid, (uint8_t)kind, {0}};
+        }
     }
-    for (int c = 0; c < NCOLS; c++)
-        if (col[c].p != col[c].end)
-            return 0;
-    return 1;
+    if (pt != et || pa != ea || ps != es || pk != ek)
+        return DECODE_BAD;
+    if (!scan)
+        *len += (size_t)n;
+    return DECODE_OK;
 }
 
+static int decode_events_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
+                            uint64_t unit, uint64_t n)
+{
+    return decode_v2(cur, ev, len, cap, NULL, tid, t, unit, n);
+}
+
+/* How many varints a column holds, if it is a whole number of them each at most ten
+ * bytes long; else UINT64_MAX. Reads eight bytes at a time: a varint ends at each byte
+ * without the high bit. */
+static uint64_t count_varints(const uint8_t *p, size_t len)
+{
+    uint64_t count = 0;
+    unsigned run = 0; /* bytes with the high bit since the last varint's end */
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        uint64_t ends = ~w & 0x8080808080808080ULL; /* little-endian: byte k at bit 8k+7 */
+        if (!ends) {
+            run += 8;
+            if (run >= 10)
+                return UINT64_MAX;
+            continue;
+        }
+        unsigned first = (unsigned)__builtin_ctzll(ends) / 8, last = (63u - (unsigned)__builtin_clzll(ends)) / 8;
+        if (run + first >= 10)
+            return UINT64_MAX;
+        count += ((ends >> 7) * 0x0101010101010101ULL) >> 56; /* one per byte; runs inside a word are short */
+        run = 7 - last;
+    }
+    for (; i < len; i++) {
+        if (p[i] & 0x80) {
+            if (++run >= 10)
+                return UINT64_MAX;
+        } else {
+            count++;
+            run = 0;
+        }
+    }
+    return run ? UINT64_MAX : count;
+}
+
+/* The first reading of a format 2/3 batch: the same verdict and figures as decode_v2 with
+ * a scan, faster: the heads are checked and counted, the address and size columns only
+ * counted, the time and stack columns decoded (the stack column's ids are noted). A batch
+ * that may hold an allocation without a stack is decoded in full (its addresses matter). */
+static int scan_events_v2(cursor *cur, batch_scan *scan, uint64_t t, uint64_t unit, uint64_t n)
+{
+    cursor save = *cur;
+    uint64_t clen[NCOLS];
+    clen[COL_HEAD] = n;
+    for (int c = COL_TIME; c < NCOLS; c++)
+        clen[c] = get_varint(cur);
+    const uint8_t *col[NCOLS];
+    for (int c = 0; c < NCOLS; c++) {
+        if (cur->bad || clen[c] > (uint64_t)(cur->end - cur->p))
+            return DECODE_BAD;
+        col[c] = cur->p;
+        cur->p += clen[c];
+    }
+    uint64_t ntimes = 0, nsizes = 0, nstacks = 0;
+    int any_stack = 0, first_timed = n > 0 && (col[COL_HEAD][0] & EV_TIME);
+    for (uint64_t i = 0; i < n; i++) {
+        unsigned head = col[COL_HEAD][i], kind = head & EV_KIND_MASK;
+        ntimes += (head & EV_TIME) != 0;
+        if (is_alloc_kind(kind)) {
+            nsizes++;
+            if (!(head & EV_SAME_STACK)) {
+                nstacks++;
+                any_stack = 1;
+            } else if (!any_stack) {
+                return DECODE_BAD;
+            }
+        } else if (!is_free_kind(kind) || (head & EV_SAME_STACK)) {
+            return DECODE_BAD;
+        } else if (kind == CYA_MUNMAP) {
+            nsizes++;
+        }
+    }
+    if (count_varints(col[COL_ADDR], (size_t)clen[COL_ADDR]) != n ||
+        count_varints(col[COL_SIZE], (size_t)clen[COL_SIZE]) != nsizes ||
+        count_varints(col[COL_TIME], (size_t)clen[COL_TIME]) != ntimes ||
+        count_varints(col[COL_STACK], (size_t)clen[COL_STACK]) != nstacks)
+        return DECODE_BAD;
+    /* the stack ids (an id 0, no stack: decode in full, its addresses matter) */
+    const uint8_t *p = col[COL_STACK];
+    int bad = 0;
+    uint64_t last_noted = 0;
+    size_t noted = scan->nids;
+    for (uint64_t i = 0; i < nstacks; i++) {
+        uint32_t id = (uint32_t)column_varint(&p, &bad);
+        if (!id) {
+            scan->nids = noted;
+            *cur = save;
+            return decode_v2(cur, NULL, NULL, NULL, scan, 0, t, unit, n);
+        }
+        if (id != last_noted) {
+            if (!CYA_PUSH(scan->ids, scan->nids, scan->cap_ids, id))
+                return DECODE_NOMEM;
+            last_noted = id;
+        }
+    }
+    /* times: every event's time is t0 plus the deltas of the timed events up to it */
+    p = col[COL_TIME];
+    uint64_t most = 0;
+    if (n && !first_timed)
+        most = t;
+    for (uint64_t i = 0; i < ntimes; i++) {
+        t += column_varint(&p, &bad) * unit;
+        if (t > most)
+            most = t;
+    }
+    if (n && most > scan->max_time)
+        scan->max_time = most;
+    return bad ? DECODE_BAD : DECODE_OK;
+}
+
+/* A BATCH record's fields (after the type byte). */
+typedef struct batch_head {
+    uint64_t tid, seq, first, t, unit, n;
+} batch_head;
+
+static int read_batch_head(cursor *cur, uint32_t version, batch_head *h)
+{
+    int v2 = version >= 2;
+    h->tid = get_varint(cur);
+    h->seq = v2 ? get_varint(cur) : 0;
+    h->first = version >= 3 ? get_varint(cur) : 0;
+    h->t = get_varint(cur);
+    h->unit = v2 ? get_varint(cur) : 1;
+    h->n = get_varint(cur);
+    return !cur->bad && h->unit != 0;
+}
+
+/* Decode a batch's events (after its head) onto *ev. */
+static int decode_batch_events(cursor *cur, uint32_t version, const batch_head *h, cya_event **ev, size_t *len,
+                               size_t *cap)
+{
+    return version >= 2 ? decode_events_v2(cur, ev, len, cap, h->tid, h->t, h->unit, h->n)
+                        : decode_events_v1(cur, ev, len, cap, h->tid, h->t, h->n);
+}
+
+#define USED_BITS_MAX (1u << 27) /* stack ids below this are noted in a bitmap (16 MiB at most) */
+
+/* Note that an event used stack id `id`. 0 when out of memory. */
+static int note_used_stack(reader *r, uint32_t id)
+{
+    if (id < USED_BITS_MAX) {
+        size_t word = id / 64;
+        if (word >= r->used_words) {
+            size_t n = r->used_words ? r->used_words : 64;
+            while (n <= word)
+                n *= 2;
+            uint64_t *bits = realloc(r->used_bits, n * sizeof *bits);
+            if (!bits)
+                return 0;
+            memset(bits + r->used_words, 0, (n - r->used_words) * sizeof *bits);
+            r->used_bits = bits;
+            r->used_words = n;
+        }
+        r->used_bits[word] |= 1ull << (id % 64);
+        return 1;
+    }
+    return cya_map_get(&r->used_big, id) || cya_map_put(&r->used_big, id, 1);
+}
+
+/* Check a batch and note where it lies; its events are dropped (read again when streamed). */
 static int decode_batch(reader *r, cursor *cur)
 {
-    int v2 = r->cap->header.version >= 2;
-    uint64_t tid = get_varint(cur);
-    uint64_t seq = v2 ? get_varint(cur) : 0;
-    uint64_t first = r->cap->header.version >= 3 ? get_varint(cur) : 0;
-    uint64_t t = get_varint(cur);
-    uint64_t unit = v2 ? get_varint(cur) : 1;
-    uint64_t n = get_varint(cur);
-    if (cur->bad || unit == 0)
+    uint32_t version = r->cap->header.version;
+    uint64_t offset = (uint64_t)(cur->p - r->frame_data);
+    batch_head h;
+    if (!read_batch_head(cur, version, &h))
         return 0;
-    long slot = thread_slot(r, tid);
+    long slot = thread_slot(r, h.tid);
     if (slot < 0) {
         r->out_of_memory = 1;
         return 0;
     }
-    cya_run *rn = &r->runs[slot];
-    cya_batch_ref ref = {v2 ? seq : t, first, rn->len, 0};
-    if (!(v2 ? decode_events_v2(r, cur, rn, tid, t, unit, n) : decode_events_v1(r, cur, rn, tid, t, n))) {
-        rn->len = ref.start; /* a malformed batch is dropped whole */
+    batch_scan scan = {0, 0, r->scan_ids, 0, r->cap_scan_ids};
+    size_t n = 0;
+    int got;
+    if (version >= 2) { /* only the figures: the events are decoded again when streamed */
+        got = scan_events_v2(cur, &scan, h.t, h.unit, h.n);
+        r->scan_ids = scan.ids;
+        r->cap_scan_ids = scan.cap_ids;
+        n = (size_t)h.n;
+    } else {
+        got = decode_batch_events(cur, version, &h, &r->scratch, &n, &r->scratch_cap);
+        for (size_t i = 0; got == DECODE_OK && i < n; i++) {
+            const cya_event *e = &r->scratch[i];
+            if (e->time_ns > scan.max_time)
+                scan.max_time = e->time_ns;
+            scan.stackless += !e->stack_id && e->kind < CYA_FREE && e->address;
+            if (e->stack_id && (!scan.nids || scan.ids[scan.nids - 1] != e->stack_id)) {
+                if (!CYA_PUSH(scan.ids, scan.nids, scan.cap_ids, e->stack_id))
+                    got = DECODE_NOMEM;
+                r->scan_ids = scan.ids;
+                r->cap_scan_ids = scan.cap_ids;
+            }
+        }
+    }
+    if (got != DECODE_OK) { /* a malformed batch is dropped whole */
+        if (got == DECODE_NOMEM)
+            r->out_of_memory = 1;
         return 0;
     }
-    ref.len = rn->len - ref.start;
+    cya_batch_ref ref = {version >= 2 ? h.seq : h.t, h.first, r->frame_pos, r->frame_len, offset, n,
+                         scan.stackless, scan.max_time, r->nbatches_read++};
+    for (size_t i = 0; i < scan.nids; i++)
+        if (!note_used_stack(r, scan.ids[i])) {
+            r->out_of_memory = 1;
+            return 0;
+        }
+    cya_run *rn = &r->runs[slot];
     if (!CYA_PUSH(rn->batches, rn->nbatches, rn->cap_batches, ref)) {
         r->out_of_memory = 1;
         return 0;
     }
+    rn->len += n;
     return 1;
+}
+
+/* ---- the second reading: one batch's events, decoded again from its frame ---------- */
+
+struct cya_batch_loader {
+    const cya_capture *c;
+    LZ4F_dctx *dctx;
+    uint8_t *in, *out;
+    size_t in_cap, out_cap, out_len;
+    uint64_t frame_pos; /* the frame in `out`; UINT64_MAX: none */
+};
+
+cya_batch_loader *cya_batch_loader_new(const cya_capture *c)
+{
+    cya_batch_loader *l = calloc(1, sizeof *l);
+    if (!l)
+        return NULL;
+    l->c = c;
+    l->frame_pos = UINT64_MAX;
+    if (LZ4F_isError(LZ4F_createDecompressionContext(&l->dctx, LZ4F_VERSION))) {
+        free(l);
+        return NULL;
+    }
+    return l;
+}
+
+void cya_batch_loader_free(cya_batch_loader *l)
+{
+    if (!l)
+        return;
+    LZ4F_freeDecompressionContext(l->dctx);
+    free(l->in);
+    free(l->out);
+    free(l);
+}
+
+/* Read and decompress the frame at [pos, pos + len) into l->out: NULL, or what failed. */
+static const char *load_frame(cya_batch_loader *l, uint64_t pos, uint64_t len)
+{
+    if (l->frame_pos == pos)
+        return NULL;
+    l->frame_pos = UINT64_MAX;
+    if (!cya_grow((void **)&l->in, &l->in_cap, len ? len : 1, 1))
+        return "out of memory";
+    for (uint64_t got = 0; got < len;) {
+        ssize_t n = pread(l->c->fd, l->in + got, len - got, (off_t)(pos + got));
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return n < 0 ? strerror(errno) : "the file is shorter than when it was read";
+        got += (uint64_t)n;
+    }
+    LZ4F_resetDecompressionContext(l->dctx);
+    size_t in_off = 0;
+    l->out_len = 0;
+    for (;;) {
+        if (l->out_cap - l->out_len < (1u << 16) && !cya_grow((void **)&l->out, &l->out_cap, l->out_len + (1u << 16), 1))
+            return "out of memory";
+        size_t dsz = l->out_cap - l->out_len, ssz = len - in_off;
+        size_t ret = LZ4F_decompress(l->dctx, l->out + l->out_len, &dsz, l->in + in_off, &ssz, NULL);
+        if (LZ4F_isError(ret))
+            return "the frame no longer decodes (the file changed since it was read)";
+        in_off += ssz;
+        l->out_len += dsz;
+        if (ret == 0)
+            break;
+        if (in_off >= len && dsz == 0)
+            return "the frame is cut short (the file changed since it was read)";
+    }
+    if (!cya_grow((void **)&l->out, &l->out_cap, l->out_len + FRAME_PADDING, 1))
+        return "out of memory";
+    memset(l->out + l->out_len, 0, FRAME_PADDING);
+    l->frame_pos = pos;
+    return NULL;
+}
+
+int cya_batch_load(cya_batch_loader *l, const cya_batch_ref *b, uint64_t thread_id, cya_event **events,
+                   size_t *len, size_t *cap, char *errbuf, size_t errlen)
+{
+    const char *why = load_frame(l, b->frame_pos, b->frame_len);
+    if (!why) {
+        why = "the batch no longer decodes (the file changed since it was read)";
+        if (b->offset >= 1 && b->offset <= l->out_len && l->out[b->offset - 1] == REC_BATCH) {
+            cursor cur = {l->out + b->offset, l->out + l->out_len, 0};
+            batch_head h;
+            size_t before = *len;
+            uint32_t version = l->c->header.version;
+            if (read_batch_head(&cur, version, &h) && h.tid == thread_id) {
+                int got = decode_batch_events(&cur, version, &h, events, len, cap);
+                if (got == DECODE_NOMEM)
+                    why = "out of memory";
+                else if (got == DECODE_OK && *len - before == b->len)
+                    return 1;
+            }
+            *len = before;
+        }
+    }
+    snprintf(errbuf, errlen, "reading the events of the frame at byte %llu again: %s",
+             (unsigned long long)b->frame_pos, why);
+    return 0;
 }
 
 static int decode_object(reader *r, cursor *cur)
@@ -529,6 +914,7 @@ static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame
 {
     cursor cur = {data, data + len, 0};
     r->repeats = 0;
+    r->frame_data = data;
     while (cur.p < cur.end) {
         const uint8_t *start = cur.p;
         if (!decode_record(r, &cur)) {
@@ -632,6 +1018,8 @@ static size_t next_magic(const uint8_t *buf, size_t len, size_t from)
     return hit ? (size_t)(hit - buf) : len;
 }
 
+#define DROP_BEHIND (16u << 20) /* bytes read between two drops of the pages behind */
+
 /* Walk the LZ4 frames of the body. A frame that cannot be decoded is skipped: reading goes
  * on at the next frame magic after its start (FORMAT.md section 2). */
 static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
@@ -644,7 +1032,7 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         return;
     }
     uint8_t *out = NULL;
-    size_t out_cap = 0;
+    size_t out_cap = 0, dropped = 0;
     c->status.recovered_bytes = pos;
     while (pos < len && !r->out_of_memory) {
         size_t start = next_magic(buf, len, pos);
@@ -711,10 +1099,23 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
             continue;
         }
         c->status.frames++;
+        r->frame_pos = pos;
+        r->frame_len = in_off;
+        if (!cya_grow((void **)&out, &out_cap, out_len + FRAME_PADDING, 1)) {
+            set_problem(c, "out of memory while decompressing");
+            r->out_of_memory = 1;
+            break;
+        }
+        memset(out + out_len, 0, FRAME_PADDING);
         if (!decode_frame(r, out, out_len, pos))
             c->status.damaged_frames++;
         pos += in_off;
         c->status.recovered_bytes += in_off;
+        if (pos - dropped >= DROP_BEHIND) { /* read once: its pages need not stay mapped */
+            size_t upto = pos & ~(size_t)4095;
+            madvise((void *)(buf + dropped), upto - dropped, MADV_DONTNEED);
+            dropped = upto;
+        }
     }
     free(out);
     LZ4F_freeDecompressionContext(dctx);
@@ -813,28 +1214,37 @@ static int check_runs(reader *r)
 static int finish(reader *r)
 {
     cya_capture *c = r->cap;
-    if (!check_runs(r) || !cya_merge_runs(c, r->runs))
+    if (!check_runs(r))
         return 0;
-    if (!c->status.complete && c->nevents)
-        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
-    else if (c->status.complete && c->nevents && c->events[c->nevents - 1].time_ns > c->status.end_time_ns)
-        c->status.end_time_ns = c->events[c->nevents - 1].time_ns;
-    /* ids used but never defined; allocations without a stack (format 3: the tracer's
-     * stack table was full, it always has at least the caller's address otherwise) */
-    cya_map seen = {0};
-    uint64_t stackless = 0;
-    for (size_t i = 0; i < c->nevents; i++) {
-        uint32_t id = c->events[i].stack_id;
-        stackless += !id && c->events[i].kind < CYA_FREE && c->events[i].address;
-        if (id && !cya_map_get(&c->stack_index, id) && !cya_map_get(&seen, id)) {
-            if (!cya_map_put(&seen, id, 1)) {
-                cya_map_free(&seen);
-                return 0;
-            }
-            c->status.missing_stacks++;
+    /* the events' count and end, and the allocations without a stack (format 3: the
+     * tracer's stack table was full, it always has at least the caller's address
+     * otherwise), from the batches kept */
+    uint64_t stackless = 0, last_time = 0;
+    c->nevents = 0;
+    for (size_t i = 0; i < c->nthreads; i++) {
+        const cya_run *rn = &r->runs[i];
+        c->threads[i].nevents = rn->len;
+        c->nevents += rn->len;
+        for (size_t j = 0; j < rn->nbatches; j++) {
+            stackless += rn->batches[j].stackless;
+            if (rn->batches[j].len && rn->batches[j].max_time > last_time)
+                last_time = rn->batches[j].max_time;
         }
     }
-    cya_map_free(&seen);
+    if (!c->status.complete && c->nevents)
+        c->status.end_time_ns = last_time;
+    else if (c->status.complete && c->nevents && last_time > c->status.end_time_ns)
+        c->status.end_time_ns = last_time;
+    /* ids used but never defined */
+    cya_map seen = {0};
+    for (size_t w = 0; w < r->used_words; w++)
+        for (uint64_t bits = r->used_bits[w]; bits; bits &= bits - 1) {
+            uint64_t id = w * 64 + (uint64_t)__builtin_ctzll(bits);
+            c->status.missing_stacks += !cya_map_get(&c->stack_index, id);
+        }
+    for (size_t j = 0; j < r->used_big.cap; j++)
+        if (r->used_big.keys[j] != CYA_MAP_EMPTY)
+            c->status.missing_stacks += !cya_map_get(&c->stack_index, r->used_big.keys[j]);
     if (stackless && c->header.version >= 3)
         add_note(c, "%llu allocations have no stack: the tracer's stack table was full", (unsigned long long)stackless);
     for (size_t i = 0; i < c->nstacks; i++)
@@ -961,9 +1371,14 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
         madvise(m, len, MADV_SEQUENTIAL);
         buf = m;
     }
-    close(fd);
     cya_capture *c = calloc(1, sizeof *c);
-    reader r = {c, NULL, 0, 0, 0, 0};
+    if (c)
+        c->fd = fd;
+    else
+        close(fd);
+    reader r;
+    memset(&r, 0, sizeof r);
+    r.cap = c;
     size_t body = 0;
     if (!c) {
         *error = CYA_E_NOMEM;
@@ -977,13 +1392,15 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
             snprintf(errbuf, errlen, "%s: out of memory while reading the capture", path);
         }
     }
-    if (r.runs) {
-        for (size_t i = 0; c && i < c->nthreads; i++) {
-            free(r.runs[i].events);
-            free(r.runs[i].batches);
-        }
+    if (c) {
+        c->runs = r.runs; /* kept: the batches are read again when events are streamed */
+    } else if (r.runs) {
         free(r.runs);
     }
+    free(r.scratch);
+    free(r.scan_ids);
+    free(r.used_bits);
+    cya_map_free(&r.used_big);
     if (buf)
         munmap((void *)buf, len);
     if (*error != CYA_OK) {
@@ -1004,6 +1421,12 @@ CYA_API void cya_close(cya_capture *c)
             free(c->argv[i]);
     free(c->argv);
     free(c->events);
+    if (c->runs)
+        for (size_t i = 0; i < c->nthreads; i++)
+            free(c->runs[i].batches);
+    free(c->runs);
+    if (c->fd >= 0)
+        close(c->fd);
     for (size_t i = 0; i < c->nobjects; i++) {
         free((void *)c->objects[i].path);
         free((void *)c->objects[i].build_id);
@@ -1041,8 +1464,38 @@ CYA_API void cya_close(cya_capture *c)
 CYA_API const cya_header *cya_get_header(const cya_capture *c) { return &c->header; }
 CYA_API const cya_status *cya_get_status(const cya_capture *c) { return &c->status; }
 
-CYA_API const cya_event *cya_get_events(const cya_capture *c, size_t *count)
+typedef struct event_sink {
+    cya_event *events;
+    size_t len, cap;
+} event_sink;
+
+static int sink_events(void *ctx, const cya_event *events, size_t n)
 {
+    event_sink *s = ctx;
+    if (!cya_grow((void **)&s->events, &s->cap, s->len + n, sizeof *s->events))
+        return 0;
+    memcpy(s->events + s->len, events, n * sizeof *events);
+    s->len += n;
+    return 1;
+}
+
+CYA_API size_t cya_count_events(const cya_capture *c) { return c->nevents; }
+
+CYA_API const cya_event *cya_get_events(const cya_capture *cc, size_t *count)
+{
+    cya_capture *c = (cya_capture *)cc; /* the events are made on first use */
+    if (!c->events_made) {
+        event_sink sink = {NULL, 0, 0};
+        char err[256];
+        if (!cya_grow((void **)&sink.events, &sink.cap, c->nevents ? c->nevents : 1, sizeof *sink.events) ||
+            !cya_merge_stream(c, sink_events, &sink, err, sizeof err)) {
+            free(sink.events);
+            *count = 0;
+            return NULL;
+        }
+        c->events = sink.events;
+        c->events_made = 1;
+    }
     *count = c->nevents;
     return c->events;
 }
