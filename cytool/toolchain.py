@@ -114,13 +114,16 @@ def cython_version() -> str:
 
 
 def python_abi() -> str:
-    """What an extension module is tied to: the interpreter version, ABI tag and headers."""
+    """What an extension module is tied to: the interpreter version, ABI tag and headers.
+
+    Read without sysconfig.get_paths() (about 1.5 ms on every warm run): the headers a
+    build uses (python_include_dirs) are `{base prefix}/include/python{X.Y}{abiflags}`,
+    so the base prefix and the ABI flags name them; the first extension suffix is
+    EXT_SUFFIX."""
+    import importlib.machinery
+
     return "|".join(
-        [
-            sys.version,
-            str(sysconfig.get_config_var("EXT_SUFFIX")),
-            sysconfig.get_paths()["include"],
-        ]
+        [sys.version, importlib.machinery.EXTENSION_SUFFIXES[0], sys.base_prefix, getattr(sys, "abiflags", "")]
     )
 
 
