@@ -37,18 +37,22 @@ import json
 import os
 import stat
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from cytool.errors import CytoolError
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
     import hashlib
 
 MAX_CANDIDATES = 8
 SUBFOLDERS = ("manifests", "entries", "tmp", "locks")
 
 # A dependency as the manifest records it: [sha256 hex or None, size, mtime_ns, inode].
-FileStamp = List[object]
+if TYPE_CHECKING:
+    FileStamp = List[object]
+else:
+    FileStamp = list
 
 
 def default_cache_root() -> Path:

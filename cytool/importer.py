@@ -20,11 +20,14 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from cytool.build.options import BuildOptions, BuildResult
 from cytool.errors import CytoolError
 from cytool.project.layout import SOURCE_SUFFIX
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Sequence
 
 
 class CythonExtensionLoader(importlib.machinery.ExtensionFileLoader):

@@ -25,12 +25,14 @@ import runpy
 import sys
 import types
 from pathlib import Path
-from typing import TYPE_CHECKING, List, NamedTuple, Optional
 
 from cytool.build.options import BuildOptions, BuildResult
 from cytool.errors import CytoolError
+from cytool.records import NamedTuple
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import List, Optional
     from types import TracebackType
 
 # What only some runs need (ctypes for a .pyx entry; tempfile, shutil, traceback and

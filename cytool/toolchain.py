@@ -13,9 +13,13 @@ import shlex
 import sys
 import sysconfig
 from pathlib import Path
-from typing import List, NamedTuple, Optional
 
 from cytool.errors import CytoolError
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import List, Optional
 
 
 # Environment variables that change what the compiler does (part of every cache key).

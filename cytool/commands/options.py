@@ -3,12 +3,13 @@ debug) and by those that run a program (run, profile, debug)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Set, Tuple
 
 from cytool.build.options import DEFAULT_OPT_LEVEL, OPT_LEVELS, BuildOptions
 from cytool.errors import CytoolError
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import Dict, List, Optional, Sequence, Set, Tuple
     import argparse
     from types import SimpleNamespace
 

@@ -3,12 +3,13 @@ python would, with every .pyx it needs built (cached) and importable."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
 
 from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry, plain_program_namespace
 from cytool.errors import CytoolError
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import Optional, Sequence
     import argparse
     from types import SimpleNamespace
 

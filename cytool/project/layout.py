@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
 
 from cytool.errors import CytoolError
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Optional
 
 PACKAGE_MARKERS = ("__init__.py", "__init__.pyx", "__init__.pxd")
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg")
