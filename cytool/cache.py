@@ -42,8 +42,8 @@ from cytool.errors import CytoolError
 
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
     import hashlib
+    from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 MAX_CANDIDATES = 8
 SUBFOLDERS = ("manifests", "entries", "tmp", "locks")

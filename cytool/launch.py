@@ -32,8 +32,8 @@ from cytool.records import NamedTuple
 
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
-    from typing import List, Optional
     from types import TracebackType
+    from typing import List, Optional
 
 # What only some runs need (ctypes for a .pyx entry; tempfile, shutil, traceback and
 # linecache for a private copy or a traceback) is imported where it is used: a warm

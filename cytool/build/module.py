@@ -22,6 +22,7 @@ from cytool.project.settings import from_command_line
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
     from typing import Dict, Optional, Tuple
+
     from cytool.progress import Progress
 
 # record fields naming files an entry must hold to be used

@@ -16,6 +16,7 @@ from cytool.build.options import BuildOptions, BuildResult
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
     from typing import Dict, List, Optional
+
     from cytool.progress import Progress
 
 

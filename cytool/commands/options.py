@@ -9,9 +9,9 @@ from cytool.errors import CytoolError
 
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
-    from typing import Dict, List, Optional, Sequence, Set, Tuple
     import argparse
     from types import SimpleNamespace
+    from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 # What add_build_arguments and add_entry_arguments give a command line that sets none
 # of their options; the parser-free fast path (plain_program_namespace) uses the same

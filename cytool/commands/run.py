@@ -9,9 +9,9 @@ from cytool.errors import CytoolError
 
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
-    from typing import Optional, Sequence
     import argparse
     from types import SimpleNamespace
+    from typing import Optional, Sequence
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -20,7 +20,6 @@ TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool 
 if TYPE_CHECKING:
     from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-if TYPE_CHECKING:
     Macro = Tuple[str, Optional[str]]
 
 CPLUS_NAMES = ("c++", "cpp", "cxx")
