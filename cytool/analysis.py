@@ -12,8 +12,13 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-from cytool.capture import Capture, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
+from cytool.capture import Capture, LoadedObject, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
 from cytool.errors import CytoolError
+
+# Frames of a Cython function: at a .pyx line, or at a line of its generated C when no
+# .pyx line is known ("cython-c"); both are the program's own code.
+CYTHON_KINDS = ("pyx", "cython-c")
+USER_KINDS = CYTHON_KINDS + ("python",)
 
 METRIC_NAMES = (
     "bytes",
@@ -71,13 +76,16 @@ class Location:
     function: str
     file: str
     line: int
-    kind: str  # "pyx", "native", "python", "unknown", "cut" (the middle of a deep stack)
+    # "pyx", "native", "python", "unknown", "cut" (the middle of a deep stack), "cython-c"
+    # (a Cython function at a line of its generated C: no .pyx line is known)
+    kind: str
     object: str
 
     @property
     def is_user(self) -> bool:
-        """A line of the program's own source: a .pyx line or a Python line."""
-        return self.kind in ("pyx", "python")
+        """A line of the program's own source: a .pyx line, a Cython function's
+        generated-C line or a Python line."""
+        return self.kind in USER_KINDS
 
     @property
     def is_attributable(self) -> bool:
@@ -95,6 +103,8 @@ class Location:
     def label(self) -> str:
         if self.is_user and self.file:
             where = f"{Path(self.file).name}:{self.line}" if self.line else Path(self.file).name
+            if self.kind == "cython-c":
+                where += ", generated C"
             return f"{self.function} ({where})"
         if self.kind == "native" and self.object:
             return f"{self.function} ({Path(self.object).name})"
@@ -190,6 +200,9 @@ class Profile:
     # the flame graph's tree: [location index (-1: root), parent node (-1: root), bytes,
     # peak bytes, leaked bytes, count], parents first (built and pruned in C)
     flame: List[List[int]] = field(default_factory=list)
+    # the objects the process loaded (path, build-id): reports find the build records of
+    # its modules by build-id (cytool.reports.source)
+    objects: List[LoadedObject] = field(default_factory=list)
     _lines: List[LineStats] = field(default_factory=list)
     parent_pid: int = 0
     start_time_ns: int = 0  # the capture's start, ns since the epoch (CLOCK_REALTIME)
@@ -270,9 +283,19 @@ def takeover_notes(takeovers: Sequence[Takeover]) -> List[str]:
 
 
 PACKAGE_DIR = str(Path(__file__).resolve().parent) + "/"
-# The launcher's Python frames: cytool's own code, runpy, and the frozen import machinery
-# that runs a module's init. Stacks are cut there (in C), so they start at the program.
-RUNNER_PREFIXES = (PACKAGE_DIR, "<frozen runpy", "<frozen importlib")
+# The launcher's Python frames: cytool's own code, runpy (frozen from 3.11, a file before:
+# '*' matches a suffix), and the frozen import machinery that runs a module's init.
+# Stacks are cut there (in C), so they start at the program.
+RUNNER_PREFIXES = (PACKAGE_DIR, "<frozen runpy", "*/runpy.py", "<frozen importlib")
+
+
+def tool_prefixes(argv: Sequence[str]) -> Tuple[str, ...]:
+    """cytool's own files in a capture's stacks: its package, and the `cytool` console
+    script when that is what the process ran (argv: python, .../bin/cytool, ...)."""
+    prefixes = [PACKAGE_DIR]
+    if len(argv) > 1 and Path(argv[1]).name == "cytool":
+        prefixes.append(argv[1])
+    return tuple(prefixes)
 
 
 def analyze(
@@ -285,7 +308,9 @@ def analyze(
 ) -> Profile:
     """Symbolise and aggregate an open capture (heavy lifting in C). Unless
     runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
-    outermost .pyx frame; what the launcher allocated on its own is `(cytool runner)`."""
+    program's outermost frame; what cytool's launcher allocated on its own is
+    `(cytool runner)`, and what cytool's own code allocated inside a program that it did
+    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -299,12 +324,14 @@ def analyze(
             exit_code=2,
         )
     array = (ctypes.c_uint64 * max(1, len(wanted)))(*wanted)
+    argv = capture.header.argv
     options = _AnalyzeOptions(
         temporary_window=max(1, temporary_window),
         nthreads=len(wanted),
         threads=ctypes.cast(array, ctypes.POINTER(ctypes.c_uint64)),
         include_native_frames=1 if native_frames else 0,
-        runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES).encode(),
+        runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES + tool_prefixes(argv)).encode(),
+        tool_prefixes=None if runner_frames else "\n".join(tool_prefixes(argv)).encode(),
     )
     errbuf = ctypes.create_string_buffer(512)
     raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))
@@ -357,6 +384,7 @@ def analyze(
         threads=thread_stats,
         locations=locations,
         flame=data["flame"],
+        objects=list(capture.objects),
         _lines=lines,
         missing_events=capture.missing_events,
         lost_events=capture.stats.lost if capture.stats else 0,

@@ -179,6 +179,7 @@ class _AnalyzeOptions(ctypes.Structure):
         ("threads", ctypes.POINTER(_u64)),
         ("include_native_frames", ctypes.c_int),
         ("runner_prefixes", _cstr),
+        ("tool_prefixes", _cstr),
     ]
 
 
@@ -265,8 +266,9 @@ class Event(NamedTuple):
 
 class Frame(NamedTuple):
     """One symbolised frame. kind: "pyx" (native code on a .pyx line), "native",
-    "python" (interpreter frame), "unknown", or "cut" (where the middle of a deep stack
-    was dropped: "… frames cut")."""
+    "python" (interpreter frame), "unknown", "cut" (where the middle of a deep stack
+    was dropped: "… frames cut"), or "cython-c" (a Cython function at a line of its
+    generated C: a module built without #line directives whose .c was not found)."""
 
     function: str
     file: str
@@ -279,7 +281,7 @@ class Frame(NamedTuple):
         return f"{self.function} ({where})"
 
 
-FRAME_KINDS = ("pyx", "native", "python", "unknown", "cut")
+FRAME_KINDS = ("pyx", "native", "python", "unknown", "cut", "cython-c")
 
 
 class PyFrame(NamedTuple):

@@ -53,7 +53,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.handler(args) or 0)
     except CytoolError as error:
         sys.stdout.flush()
-        print(error.render(), file=sys.stderr)
+        from cytool.reports.source import display_name
+
+        # names in a message may come from a capture: no control characters reach the terminal
+        print("\n".join(display_name(line) for line in error.render().split("\n")), file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("cytool: interrupted", file=sys.stderr)

@@ -195,7 +195,22 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
         parent_pid=root.parent_pid,
         start_time_ns=origin or root.start_time_ns,
         processes=[process_stats(p) for p in ordered],
+        objects=_union_objects(ordered),
     )
+
+
+def _union_objects(profiles: Sequence[Profile]) -> list:
+    """Every object the processes loaded, once per (path, build-id): the reports find the
+    build records of the modules by these (cytool.reports.source)."""
+    seen = set()
+    union = []
+    for profile in profiles:
+        for loaded in getattr(profile, "objects", ()):
+            key = (loaded.path, loaded.build_id)
+            if key not in seen:
+                seen.add(key)
+                union.append(loaded)
+    return union
 
 
 def capture_paths(arguments: Sequence[str]) -> List[Path]:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
 
-from capture_corpus import damaged_captures  # noqa: E402
+from capture_corpus import damaged_captures, hostile_captures  # noqa: E402
 
 from cytool.build import BuildOptions, build_module  # noqa: E402
 
@@ -54,6 +54,18 @@ def test_damaged_captures_are_clean_under_sanitizers(driver: Path, tmp_path: Pat
     outcomes = [line.split()[1] for line in out.splitlines()]
     assert len(outcomes) == len(paths)
     assert {"ok", "truncated", "rejected"} <= set(outcomes)
+
+
+def test_hostile_source_paths_are_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:
+    """Objects, Python frames and the executable naming FIFOs, devices, directories, links,
+    `..`, very long and NUL/control-byte paths (whole and damaged): the C pipeline opens
+    none of the FIFOs (it would block until the timeout) and reports nothing."""
+    paths = hostile_captures(tmp_path, mangled=150)
+    out = run_driver(driver, paths)
+    outcomes = [line.split()[1] for line in out.splitlines() if line.startswith(str(tmp_path))]
+    assert len(outcomes) == len(paths)
+    whole = len(paths) - 150  # one whole capture per hostile path, first
+    assert outcomes[:whole] == ["ok"] * whole
 
 
 def test_real_capture_is_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -82,11 +83,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def is_capture(path: Path) -> bool:
+    """Whether `path` is a regular file starting with the capture magic (opened
+    non-blocking and checked before reading: a FIFO or device is never read)."""
     try:
-        with open(path, "rb") as f:
-            return f.read(len(CAPTURE_MAGIC)) == CAPTURE_MAGIC
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return os.read(fd, len(CAPTURE_MAGIC)) == CAPTURE_MAGIC
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def default_capture_path(module_name: str, directory: Path, pid: int) -> Path:
@@ -104,6 +114,12 @@ def choose_capture_path(requested: Optional[Path], module_name: str) -> Path:
         return default_capture_path(module_name, Path.cwd(), os.getpid())
     if requested.is_dir():
         return default_capture_path(module_name, requested, os.getpid())
+    if requested.exists() and not requested.is_file():
+        raise CytoolError(
+            f"{requested}: not a regular file (a FIFO, a device?); a capture is written to a file",
+            hint="choose another -o path",
+            exit_code=2,
+        )
     if requested.exists() and not is_capture(requested):
         raise CytoolError(
             f"{requested}: exists and is not a cytool capture; refusing to overwrite it",

@@ -65,6 +65,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="keep the launcher's frames (cytool's runner, runpy, import machinery) at the root of stacks",
     )
+    parser.add_argument(
+        "--show-changed-sources",
+        action="store_true",
+        help="show the text of source files changed since the module was built (marked as changed); by default "
+        "their lines are left out, since they may not match the figures",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -103,22 +109,23 @@ def handle(args: argparse.Namespace) -> int:
         from cytool.reports.table import print_table
 
         if args.output is None:
-            print_table(profile, Console(), mode=mode, limit=args.limit)
+            print_table(profile, Console(), mode=mode, limit=args.limit, show_changed=args.show_changed_sources)
             return 0
         try:
             with open(args.output, "w", encoding="utf-8") as stream:
-                print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit)
+                print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit,
+                            show_changed=args.show_changed_sources)
         except OSError as error:
             raise CytoolError(f"{args.output}: cannot write the report: {error.strerror}", exit_code=2) from None
         return 0
     if fmt == "html":
         from cytool.reports import html
 
-        text = html.render(profile, mode, top=max(args.limit, 30))
+        text = html.render(profile, mode, top=max(args.limit, 30), show_changed=args.show_changed_sources)
     elif fmt == "json":
         from cytool.reports import json_report
 
-        text = json_report.render(profile, mode)
+        text = json_report.render(profile, mode, show_changed=args.show_changed_sources)
     elif fmt == "speedscope":
         from cytool.reports.flame import render_speedscope
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from cytool.analysis import LineStats, Metrics, Profile
-from cytool.reports.source import SourceCache
+from cytool.analysis import CYTHON_KINDS, LineStats, Metrics, Profile
+from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count
 
 METRIC_WORDS = {"bytes": "allocated", "peak_bytes": "live at the peak", "leaked_bytes": "still live at the end"}
@@ -24,7 +24,7 @@ def responsible_lines(profile: Profile, metric: str = "bytes", limit: int = 5) -
     """The lines to name for `metric` (bytes, peak_bytes, leaked_bytes), biggest first:
     .pyx lines with what they caused (their own allocations and those of the code they
     called) when the profile has any, else the Python lines by their own allocations."""
-    pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind == "pyx"]
+    pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind in CYTHON_KINDS]
     chosen = [(l, v) for l, v in pyx if v > 0]
     if not chosen:
         chosen = [(l, l.self.value(metric)) for l in profile.lines() if l.kind == "python" and l.self.value(metric) > 0]
@@ -37,7 +37,7 @@ def pyx_totals(profile: Profile) -> Metrics:
     innermost .pyx frame (so nested .pyx calls are not counted twice)."""
     total = Metrics()
     for line in profile.lines():
-        if line.kind == "pyx":
+        if line.kind in CYTHON_KINDS:
             total.add(line.attributed)
     return total
 
@@ -57,11 +57,11 @@ def totals_line(profile: Profile) -> str:
 
 def lines_text(profile: Profile, metric: str = "bytes", limit: int = 5, indent: str = "  ") -> List[str]:
     """One line per responsible line: `mod.pyx:12  1.0 MiB  <source text>`."""
-    sources = SourceCache()
+    sources = SourceCache(profile)
     rows = []
     for line, value in responsible_lines(profile, metric, limit):
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
-        rows.append(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip())
+        text = sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else ""
+        rows.append(display_name(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip()))
     return rows
 
 
@@ -69,7 +69,7 @@ def brief(profile: Profile, metric: str = "bytes", limit: int = 5) -> str:
     """The totals, then the lines responsible for `metric`, with their source text."""
     text = [totals_line(profile)]
     for note in profile.notes():
-        text.append(f"warning: {note}")
+        text.append(f"warning: {display_name(note)}")
     rows = lines_text(profile, metric, limit)
     if rows:
         text.append(f"lines by bytes {METRIC_WORDS.get(metric, metric)}:")

@@ -6,6 +6,7 @@ import json
 from typing import Any, Dict, List, Tuple
 
 from cytool.analysis import Location, Profile
+from cytool.reports.source import display_name
 
 
 def compact_tree(profile: Profile) -> Tuple[List[List[Any]], List[List[int]]]:
@@ -35,8 +36,9 @@ SPEEDSCOPE_SCHEMA = "https://www.speedscope.app/file-format-schema.json"
 
 def folded_frame(location: Location) -> str:
     """A frame's name in the folded-stack format: `;` separates frames and a line ends at
-    its newline, so both are replaced (`;` by `:`, line breaks by spaces) in names."""
-    return " ".join(location.label().replace(";", ":").splitlines())
+    its newline, so both are replaced (`;` by `:`, line breaks by spaces) in names; other
+    control characters (a capture's names are not trusted) become `\\xNN` escapes."""
+    return display_name(" ".join(location.label().replace(";", ":").splitlines()))
 
 
 def render_collapsed(profile: Profile, mode: str = "bytes") -> str:

@@ -10,11 +10,11 @@ from typing import Any, Dict, List, Optional
 import jinja2
 from markupsafe import Markup
 
-from cytool.analysis import LineStats, Metrics, Profile
+from cytool.analysis import CYTHON_KINDS, USER_KINDS, LineStats, Metrics, Profile
 from cytool.reports import MODES
 from cytool.reports.flame import compact_tree
 from cytool.reports.ranking import ranked_lines
-from cytool.reports.source import SourceCache
+from cytool.reports.source import SourceCache, display_name
 from cytool.reports.table import table_rows
 from cytool.reports.units import human_bytes, human_count, human_duration
 
@@ -22,13 +22,30 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 MAX_PYTHON_FILES = 10
 
 
+def _printable(value: Any) -> Any:
+    """Every value the page prints, before autoescaping: control characters from a
+    capture's names and lines become visible `\\xNN` escapes (Markup is ours: kept)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return display_name(value)
+    return value
+
+
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,
+        finalize=_printable,
         trim_blocks=False,
         lstrip_blocks=False,
     )
+
+
+def _script_json(value: Any) -> Markup:
+    """JSON to embed in a <script type="application/json"> element: `<`, `>` and `&` are
+    written as \\u escapes, so no text from a capture can end the element (`</script>`)
+    or open a comment (`<!--`); control characters are escaped by json itself."""
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=True)
+    return Markup(text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"))
 
 
 def _anchor(file: str, line: int, files: Dict[str, int]) -> str:
@@ -67,18 +84,22 @@ def _bytes(n: int) -> str:
 def _figures(line: LineStats) -> Metrics:
     """What a line is charged with on this page: for a .pyx line, everything it caused
     (attributed: its own allocations and those of the code it called); otherwise self."""
-    return line.attributed if line.kind == "pyx" else line.self
+    return line.attributed if line.kind in CYTHON_KINDS else line.self
 
 
 def _top_row(line: LineStats, m: Metrics, sources: SourceCache, file_ids: Dict[str, int]) -> Dict[str, Any]:
-    user = line.kind in ("pyx", "python") and bool(line.file)
+    user = line.kind in USER_KINDS and bool(line.file)
+    where = (f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name) if user \
+        else Path(line.object).name
+    if line.kind == "cython-c":
+        where += " (generated C)"
+    source, mark = sources.shown_line(line.file, line.line) if user and line.kind != "cython-c" else ("", "")
     return dict(
-        where=(f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name)
-        if user
-        else Path(line.object).name,
+        where=where,
         anchor=_anchor(line.file, line.line, file_ids) if line.file in file_ids else "",
         function=line.function,
-        source=sources.line(line.file, line.line) if user else "",
+        source=source,
+        mark=mark,
         bytes=human_bytes(m.bytes),
         count=human_count(m.count),
         peak=_bytes(m.peak_bytes) or "-",
@@ -88,8 +109,11 @@ def _top_row(line: LineStats, m: Metrics, sources: SourceCache, file_ids: Dict[s
     )
 
 
-def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
-    sources = SourceCache()
+def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed: bool = False) -> str:
+    """The page (str). Source text is shown under cytool.reports.source's rules
+    (`show_changed`: also files changed since the build, marked); every name and line
+    that comes from the capture is escaped."""
+    sources = SourceCache(profile, show_changed=show_changed)
     pyx_files = [f for f in profile.source_files() if f.endswith((".pyx", ".pxd", ".pxi"))]
     py_files = [f for f in profile.source_files() if not f.endswith((".pyx", ".pxd", ".pxi"))][:MAX_PYTHON_FILES]
     file_ids = {f: i for i, f in enumerate(pyx_files + py_files)}
@@ -102,11 +126,11 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
     # other code by their own allocations
     title, rows = table_rows(profile, mode, top)
     top_rows = [_top_row(line, m, sources, file_ids) for line, m in rows]
-    charged_pyx = bool(rows) and rows[0][0].kind == "pyx" and rows[0][1] is rows[0][0].attributed
+    charged_pyx = bool(rows) and rows[0][0].kind in CYTHON_KINDS and rows[0][1] is rows[0][0].attributed
     hottest: Optional[LineStats] = rows[0][0] if rows and rows[0][0].file in file_ids else None
     other_rows: List[Dict[str, Any]] = []
     if charged_pyx:
-        others = [l for l in ranked_lines(profile, mode) if l.kind != "pyx" and l.self.value(mode)][:top]
+        others = [l for l in ranked_lines(profile, mode) if l.kind not in CYTHON_KINDS and l.self.value(mode)][:top]
         other_rows = [_top_row(line, line.self, sources, file_ids) for line in others]
 
     files: List[Dict[str, Any]] = []
@@ -126,11 +150,13 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         for number in numbers:
             s = stats.get(number)
             m = figures.get(number)
+            as_built = sources.line_as_built(file, number) if text is None else ""
             file_rows.append(
                 dict(
                     number=number,
                     anchor=_anchor(file, number, file_ids),
-                    text=(text[number - 1] if text and number <= len(text) else ""),
+                    text=(text[number - 1] if text and number <= len(text) else as_built),
+                    as_built=bool(as_built),
                     bytes=_bytes(m.bytes) if m else "",
                     count=_count(m.count) if m else "",
                     leaked=_bytes(m.leaked_bytes) if m else "",
@@ -143,12 +169,14 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
                     hottest=bool(hottest is not None and s is hottest),
                 )
             )
+        status = sources.status(file)
         files.append(dict(name=Path(file).name, path=file, rows=file_rows, missing=text is None,
+                          why=status.reason or "source not found", changed=sources.changed(file),
                           charged="with what they called" if file in pyx_files else "self"))
 
     frames, nodes = compact_tree(profile)
-    flame_json = json.dumps({"frames": frames, "nodes": nodes}, separators=(",", ":")).replace("</", "<\\/")
-    notes = profile.notes()
+    flame_json = _script_json({"frames": frames, "nodes": nodes})
+    notes = profile.notes() + sources.notes()  # every file consulted above
     t = profile.totals
     template = _environment().get_template("report.html.j2")
     return template.render(
@@ -186,5 +214,5 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30) -> str:
         top_title=title,
         other=other_rows,
         files=files,
-        flame_json=Markup(flame_json),
+        flame_json=flame_json,
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 import json
 from typing import Any, Dict, List
 
-from cytool.analysis import Location, Profile
+from cytool.analysis import CYTHON_KINDS, Location, Profile
 from cytool.reports.ranking import ranked_lines, ranked_stacks
-from cytool.reports.source import SourceCache
+from cytool.reports.source import SourceCache, capture_files
 
 SCHEMA_VERSION = 1
 
@@ -15,8 +15,8 @@ def _frame(location: Location) -> Dict[str, Any]:
     return {"function": location.function, "file": location.file, "line": location.line, "kind": location.kind}
 
 
-def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
-    sources = SourceCache()
+def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) -> Dict[str, Any]:
+    sources = SourceCache(profile, show_changed=show_changed)
     lines: List[Dict[str, Any]] = []
     for line in ranked_lines(profile, mode):
         entry: Dict[str, Any] = {
@@ -25,11 +25,11 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             "function": line.function,
             "kind": line.kind,
             "object": line.object,
-            "source": sources.line(line.file, line.line) if line.kind in ("pyx", "python") else "",
+            "source": sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else "",
         }
         entry.update(line.self.as_dict())
         entry["inclusive"] = line.inclusive.as_dict()
-        if line.kind == "pyx":
+        if line.kind in CYTHON_KINDS:
             entry["attributed"] = line.attributed.as_dict()
         lines.append(entry)
     totals: Dict[str, Any] = profile.totals.as_dict()
@@ -42,6 +42,10 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
         replaced_blocks=profile.replaced_blocks,
         temporary_window=profile.temporary_window,
     )
+    source_files = {
+        file: {"state": status.state, "shown": status.shown, "reason": status.reason}
+        for file, status in ((f, sources.status(f)) for f in capture_files(profile))
+    }
     return {
         "version": SCHEMA_VERSION,
         "mode": mode,
@@ -68,7 +72,7 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             ],
             "max_frames": profile.max_frames,
             "cut_stacks": {"events": profile.cut_events, "bytes": profile.cut_bytes, "most_frames_cut": profile.cut_most},
-            "warnings": profile.warnings(),
+            "warnings": profile.warnings() + sources.notes(capture_files(profile)),
         },
         "totals": totals,
         "kinds": {kind: {"count": count, "bytes": nbytes} for kind, (count, nbytes) in sorted(profile.kinds.items())},
@@ -77,6 +81,7 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
             dict(frames=[_frame(f) for f in stack.frames], self=_frame(stack.self_location), **stack.metrics.as_dict())
             for stack in ranked_stacks(profile, mode)
         ],
+        "sources": source_files,
         "threads": [
             dict(id=t.id, tid=t.tid, name=t.name, **t.metrics.as_dict()) for t in profile.threads
         ],
@@ -90,5 +95,5 @@ def build(profile: Profile, mode: str = "bytes") -> Dict[str, Any]:
     }
 
 
-def render(profile: Profile, mode: str = "bytes") -> str:
-    return json.dumps(build(profile, mode), indent=1) + "\n"
+def render(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) -> str:
+    return json.dumps(build(profile, mode, show_changed=show_changed), indent=1) + "\n"

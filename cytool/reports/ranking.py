@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List
 
-from cytool.analysis import LineStats, Profile, StackStats
+from cytool.analysis import CYTHON_KINDS, LineStats, Profile, StackStats
 
 
 def ranked_lines(profile: Profile, mode: str = "bytes") -> List[LineStats]:
@@ -18,7 +18,8 @@ def ranked_stacks(profile: Profile, mode: str = "bytes") -> List[StackStats]:
 
 
 def ranked_pyx_lines(profile: Profile, mode: str = "bytes") -> List[LineStats]:
-    """.pyx lines by what they are responsible for (attributed: their own allocations
-    and those of the Python and library code they called), biggest first."""
-    lines = [l for l in profile.lines() if l.kind == "pyx" and (l.attributed.value(mode) or (mode == "bytes" and l.attributed.count))]
+    """.pyx lines (and Cython functions' generated-C lines where no .pyx line is known)
+    by what they are responsible for (attributed: their own allocations and those of the
+    Python and library code they called), biggest first."""
+    lines = [l for l in profile.lines() if l.kind in CYTHON_KINDS and (l.attributed.value(mode) or (mode == "bytes" and l.attributed.count))]
     return sorted(lines, key=lambda l: (-l.attributed.value(mode), -l.self.value(mode), l.file, l.line))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from rich.console import Console
 from rich.text import Text
@@ -10,21 +10,22 @@ from rich.text import Text
 from cytool.analysis import LineStats, Metrics, Profile
 from cytool.reports import MODES
 from cytool.reports.ranking import ranked_lines, ranked_pyx_lines
-from cytool.reports.source import SourceCache
+from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count, human_duration, share
 
 
 def _where(line: LineStats) -> str:
     if line.file:
-        return f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name
-    return Path(line.object).name if line.object else ""
+        where = f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name
+        return display_name(where + " (generated C)" if line.kind == "cython-c" else where)
+    return display_name(Path(line.object).name) if line.object else ""
 
 
-def print_notes(profile: Profile, console: Console) -> None:
-    """Truncation, lost events and symbol warnings, said once, above the numbers (never
-    wrapped)."""
-    for note in profile.notes():
-        console.print(Text(f"warning: {note}", style="yellow"), soft_wrap=True)
+def print_notes(profile: Profile, console: Console, extra: Sequence[str] = ()) -> None:
+    """Truncation, lost events and symbol warnings (then `extra`: sources not shown), said
+    once, above the numbers (never wrapped)."""
+    for note in list(profile.notes()) + list(extra):
+        console.print(Text(f"warning: {display_name(note)}", style="yellow"), soft_wrap=True)
 
 
 def print_totals(profile: Profile, console: Console) -> None:
@@ -65,7 +66,8 @@ def table_rows(profile: Profile, mode: str, limit: int) -> Tuple[str, List[Tuple
     are responsible for (attributed) when the capture has any, else every line by self."""
     pyx = [l for l in ranked_pyx_lines(profile, mode) if l.attributed.value(mode)]
     if pyx:
-        return f"Top .pyx lines by {MODES[mode]} (with what they called)", [(l, l.attributed) for l in pyx[:limit]]
+        what = ".pyx lines" if all(l.kind == "pyx" for l in pyx[:limit]) else "Cython lines"
+        return f"Top {what} by {MODES[mode]} (with what they called)", [(l, l.attributed) for l in pyx[:limit]]
     lines = [l for l in ranked_lines(profile, mode) if l.self.value(mode)]
     return f"Top lines by {MODES[mode]} (self)", [(l, l.self) for l in lines[:limit]]
 
@@ -73,16 +75,19 @@ def table_rows(profile: Profile, mode: str, limit: int) -> Tuple[str, List[Tuple
 NUMBERS = ((10, "bytes"), (9, "count"), (10, "peak"), (6, "%peak"), (10, "leaked"))
 
 
-def print_table(profile: Profile, console: Optional[Console] = None, *, mode: str = "bytes", limit: int = 15) -> None:
+def print_table(profile: Profile, console: Optional[Console] = None, *, mode: str = "bytes", limit: int = 15,
+                show_changed: bool = False) -> None:
     """The top `limit` lines (see table_rows), two rows each: the figures (bytes and
     count allocated, bytes live at the peak and their share of it, bytes leaked) then
-    where (file:line, function); below, the line's source across the whole width."""
+    where (file:line, function); below, the line's source across the whole width (only
+    what cytool.reports.source allows; `show_changed`: also the text of files changed
+    since the build, marked)."""
     console = console or Console()
-    sources = SourceCache()
-    print_notes(profile, console)
+    sources = SourceCache(profile, show_changed=show_changed)
+    title, rows = table_rows(profile, mode, limit)
+    print_notes(profile, console, sources.notes(l.file for l, _ in rows if l.kind in ("pyx", "python") and l.file))
     print_totals(profile, console)
     print_processes(profile, console)
-    title, rows = table_rows(profile, mode, limit)
     if not rows:
         console.print({"leaked_bytes": "no leaks", "temporary_bytes": "no temporary allocations"}.get(mode, "no allocations"))
         return
@@ -100,11 +105,12 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
         )
         numbers = " ".join(f"{value:>{w}}" for (w, _), value in zip(NUMBERS, figures))
         where = _where(line)
-        row = Text.assemble(numbers, "  ", (where, "cyan"), "  " if where else "", (line.function, "dim"))
+        row = Text.assemble(numbers, "  ", (where, "cyan"), "  " if where else "", (display_name(line.function), "dim"))
         row.truncate(width, overflow="ellipsis")
         console.print(row, no_wrap=True)
-        text = sources.line(line.file, line.line) if line.kind in ("pyx", "python") else ""
+        text, mark = sources.shown_line(line.file, line.line) if line.kind in ("pyx", "python") else ("", "")
         if text:
-            source = Text("      " + text, style="bold" if line.kind == "pyx" else "")
+            prefix = f"({mark}) " if mark else ""
+            source = Text("      " + prefix + display_name(text), style="bold" if line.kind == "pyx" else "")
             source.truncate(width, overflow="ellipsis")
             console.print(source, no_wrap=True)

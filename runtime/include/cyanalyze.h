@@ -199,6 +199,8 @@ enum cya_frame_kind {
     CYA_FRAME_PYTHON = 2,  /* an interpreter frame (PYFRAME record) */
     CYA_FRAME_UNKNOWN = 3, /* no symbol: raw address, or an undefined id */
     CYA_FRAME_CUT = 4,     /* "… frames cut": where the middle of a deep stack was dropped */
+    CYA_FRAME_CYTHON_C = 5, /* a Cython function at a line of its generated C file: a module
+                               built without #line directives whose .c was not found */
 };
 
 typedef struct cya_location {
@@ -241,10 +243,20 @@ typedef struct cya_analyze_options {
                                     unsymbolisable-module frames (the innermost frame
                                     when there is none of those) */
     const char *runner_prefixes; /* newline-separated file prefixes of the launcher's
-                                    Python frames (cytool's runner, runpy, importlib):
-                                    stacks are cut at the first such frame outside the
-                                    outermost .pyx frame; a stack with no .pyx frame but
-                                    one of these becomes "(cytool runner)". NULL: none */
+                                    Python frames (cytool's runner, runpy, importlib; an
+                                    entry starting with '*' matches as a suffix): stacks
+                                    are cut at the first such frame outside the program's
+                                    outermost frame. NULL: none */
+    const char *tool_prefixes;   /* the same for cytool's own code (its package, the
+                                    console script that started it), a subset of the
+                                    above. A stack whose outermost frames (past runpy and
+                                    importlib) are cytool's was started by its launcher:
+                                    the program's frames are every user frame that is not
+                                    the launcher's, and a stack with none of them becomes
+                                    "(cytool runner)". In any other stack, one whose
+                                    innermost user frame is cytool's (cytool.Tracker
+                                    starting or stopping, a measurement of the pytest
+                                    plugin) becomes "(cytool tracer)". NULL: none */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released

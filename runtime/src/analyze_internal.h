@@ -42,7 +42,8 @@ typedef struct cya_thread_metrics {
 #define CYA_PSEUDO_NO_STACK 0
 #define CYA_PSEUDO_UNKNOWN_STACK 1
 #define CYA_PSEUDO_RUNNER 2
-#define CYA_NPSEUDO 3
+#define CYA_PSEUDO_TRACER 3
+#define CYA_NPSEUDO 4
 
 typedef struct cya_flame_node {
     uint32_t location; /* UINT32_MAX for the root */

@@ -20,7 +20,7 @@ static const char *const KIND_NAMES[64] = {
     [CYA_PYMEM_MEM_FREE] = "pymem_mem_free", [CYA_PYMEM_OBJ_FREE] = "pymem_obj_free",
 };
 
-static const char *const FRAME_KIND_NAMES[] = {"pyx", "native", "python", "unknown", "cut"};
+static const char *const FRAME_KIND_NAMES[] = {"pyx", "native", "python", "unknown", "cut", "cython-c"};
 
 typedef struct out {
     char *buf;
@@ -130,7 +130,7 @@ static void serialise(out *o, const cya_profile *p)
         put_string(o, l->function);
         put(o, ",", 1);
         put_string(o, l->file);
-        putf(o, ",%u,\"%s\",", l->line, FRAME_KIND_NAMES[l->kind <= CYA_FRAME_CUT ? l->kind : CYA_FRAME_UNKNOWN]);
+        putf(o, ",%u,\"%s\",", l->line, FRAME_KIND_NAMES[l->kind <= CYA_FRAME_CYTHON_C ? l->kind : CYA_FRAME_UNKNOWN]);
         put_string(o, l->object);
         put(o, "]", 1);
     }

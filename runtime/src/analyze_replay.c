@@ -40,9 +40,14 @@ static uint64_t frames_hash(const uint32_t *f, size_t n)
 
 /* Frames a report attributes to: .pyx and Python lines, and the raw addresses of
  * objects that could not be symbolised (a deleted module is still the user's code). */
+static int cython_frame(const cya_location *l)
+{
+    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_CYTHON_C;
+}
+
 static int user_frame(const cya_location *l)
 {
-    return l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON ||
+    return cython_frame(l) || l->kind == CYA_FRAME_PYTHON ||
            (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
@@ -82,12 +87,33 @@ static uint32_t intern_stack(cya_profile *p, const uint32_t *f, size_t n)
 
 static int program_frame(const cya_location *l)
 {
-    return l->kind == CYA_FRAME_PYX || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
+    return cython_frame(l) || (l->kind == CYA_FRAME_UNKNOWN && l->object && l->object[0]);
 }
 
-/* Per location: 1 when it is a Python frame of the launcher (file starts with one of
- * the newline-separated prefixes). NULL when there are no prefixes. */
-static uint8_t *runner_flags(const cya_profile *p, const char *prefixes)
+#define RUNNER_FRAME 1 /* the launcher's: cytool's runner, runpy, importlib */
+#define TOOL_FRAME 2   /* cytool's own code */
+#define ENTRY_FRAME 4  /* the launcher's frame that runs the program's code: runpy's
+                          `_run_code` (a script, -m) or cytool's `Launcher._run_code` (-c) */
+
+/* Whether `file` matches one of the newline-separated prefixes ('*' first: a suffix). */
+static int matches_prefix(const char *file, const char *prefixes)
+{
+    size_t flen = strlen(file);
+    for (const char *q = prefixes; q && *q;) {
+        size_t len = strcspn(q, "\n");
+        if (len > 1 && q[0] == '*' ? (len - 1 <= flen && strncmp(file + flen - (len - 1), q + 1, len - 1) == 0)
+                                   : (len && strncmp(file, q, len) == 0))
+            return 1;
+        q += len;
+        if (*q == '\n')
+            q++;
+    }
+    return 0;
+}
+
+/* Per location: RUNNER_FRAME and TOOL_FRAME bits for the Python frames of the launcher
+ * and of cytool itself. NULL when there are no prefixes. */
+static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const char *tool_prefixes)
 {
     if (!prefixes || !*prefixes)
         return NULL;
@@ -98,16 +124,77 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes)
         const cya_location *l = &p->locs[i];
         if (l->kind != CYA_FRAME_PYTHON || !l->file)
             continue;
-        for (const char *q = prefixes; *q;) {
-            size_t len = strcspn(q, "\n");
-            if (len && strncmp(l->file, q, len) == 0)
-                flags[i] = 1;
-            q += len;
-            if (*q == '\n')
-                q++;
-        }
+        if (matches_prefix(l->file, prefixes))
+            flags[i] |= RUNNER_FRAME;
+        if (matches_prefix(l->file, tool_prefixes))
+            flags[i] |= TOOL_FRAME | RUNNER_FRAME;
+        size_t flen = l->function ? strlen(l->function) : 0;
+        if (flags[i] && flen >= 9 && strcmp(l->function + flen - 9, "_run_code") == 0 &&
+            (flen == 9 || l->function[flen - 10] == '.'))
+            flags[i] |= ENTRY_FRAME;
     }
     return flags;
+}
+
+#define RUNNER_OWN 1 /* the launcher's own allocation: "(cytool runner)" */
+#define TRACER_OWN 2 /* cytool's own code inside a program that is not its launcher's */
+
+/* Cut the folded stack buf[0..*m) (innermost first) at the launcher's frames; returns
+ * RUNNER_OWN or TRACER_OWN for an allocation of cytool's own, else 0. */
+static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const uint8_t *runner)
+{
+    size_t n = *m;
+    /* started by cytool's launcher: the outermost frames (runpy, importlib, cytool's
+     * own) include cytool's; `tool` is the innermost of those */
+    int launched = 0;
+    size_t tool = 0;
+    for (size_t j = n; j-- > 0;) {
+        if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
+            continue;
+        if (!runner[buf[j]])
+            break;
+        if (runner[buf[j]] & TOOL_FRAME) {
+            launched = 1;
+            tool = j;
+        }
+    }
+    /* the program's outermost frame: its outermost Cython frame, or under the launcher
+     * a user frame not the launcher's inside the frame that runs the program's code
+     * (not runpy importing its helpers, nor the launcher's own calls) */
+    size_t entry = 0;
+    for (size_t j = 0; launched && j <= tool; j++)
+        if (runner[buf[j]] & ENTRY_FRAME)
+            entry = j;
+    size_t outer = 0;
+    int any = 0;
+    for (size_t j = 0; j < n; j++) {
+        const cya_location *l = &p->locs[buf[j]];
+        if (buf[j] < p->nsymlocs &&
+            (program_frame(l) || (j < entry && user_frame(l) && !runner[buf[j]]))) {
+            outer = j;
+            any = 1;
+        }
+    }
+    if (any) {
+        for (size_t j = outer + 1; j < n; j++)
+            if (buf[j] < p->nsymlocs && runner[buf[j]]) {
+                n = j;
+                break;
+            }
+    } else if (launched) {
+        return RUNNER_OWN;
+    }
+    /* no launcher of cytool's: its own code at the inner end (cytool.Tracker starting or
+     * stopping, a measurement of the pytest plugin or a notebook cell) is the tracer's */
+    for (size_t j = 0; !launched && j < n; j++) {
+        if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
+            continue;
+        if (runner[buf[j]] & TOOL_FRAME)
+            return TRACER_OWN;
+        break;
+    }
+    *m = n;
+    return 0;
 }
 
 /* Fold every capture stack into a profile stack (user frames only unless asked), cut
@@ -118,6 +205,7 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
     uint32_t *buf = NULL;
     size_t cap = 0;
     uint32_t runner_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_RUNNER);
+    uint32_t tracer_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_TRACER);
     for (size_t i = 0; i < c->nstacks; i++) {
         size_t n = 0;
         const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
@@ -139,25 +227,10 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
             if (cuts && f[0] != buf[cuts - 1])
                 buf[m++] = buf[cuts - 1];
         }
-        if (runner) {
-            /* cut from the first launcher frame outside the outermost .pyx frame */
-            size_t outer = 0;
-            int any = 0;
-            for (size_t j = 0; j < m; j++)
-                if (program_frame(&p->locs[buf[j]])) {
-                    outer = j;
-                    any = 1;
-                }
-            for (size_t j = any ? outer + 1 : 0; j < m; j++)
-                if (runner[buf[j]]) {
-                    if (any) {
-                        m = j;
-                    } else { /* the launcher's own allocation */
-                        buf[0] = runner_loc;
-                        m = 1;
-                    }
-                    break;
-                }
+        int own = runner ? cut_at_runner(p, buf, &m, runner) : 0;
+        if (own) {
+            buf[0] = own == RUNNER_OWN ? runner_loc : tracer_loc;
+            m = 1;
         }
         uint32_t s = intern_stack(p, buf, m);
         if (s == UINT32_MAX || !cya_map_put(&p->raw_to_stack, c->stacks[i].id, s)) {
@@ -192,7 +265,7 @@ static int group_lines(cya_profile *p)
     cya_map by_key = {0};
     for (size_t i = 0; i < nl; i++) {
         const cya_location *l = cya_profile_location(p, (uint32_t)i);
-        if ((l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_PYTHON) && l->file && l->file[0]) {
+        if ((cython_frame(l) || l->kind == CYA_FRAME_PYTHON) && l->file && l->file[0]) {
             uint64_t h = line_hash(l);
             uint32_t *slot;
             for (;; h++) { /* probe past hash collisions */
@@ -238,7 +311,7 @@ static int group_lines(cya_profile *p)
         for (uint64_t j = 0; j < st->count; j++) {
             uint32_t loc = p->frames[st->offset + j];
             uint32_t line = line_of[loc];
-            if (!attributed && cya_profile_location(p, loc)->kind == CYA_FRAME_PYX) {
+            if (!attributed && cython_frame(cya_profile_location(p, loc))) {
                 CYA_METRICS_ADD(p->line_attributed[line], st->m);
                 attributed = 1;
             }
@@ -366,6 +439,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->pseudo[CYA_PSEUDO_NO_STACK] = (cya_location){"<no stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_RUNNER] = (cya_location){"(cytool runner)", "", 0, CYA_FRAME_UNKNOWN, ""};
+    p->pseudo[CYA_PSEUDO_TRACER] = (cya_location){"(cytool tracer)", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
@@ -383,7 +457,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
         goto done;                                                                         \
     } while (0)
 
-    uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL);
+    uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL, options ? options->tool_prefixes : NULL);
     int folded = map_stacks(p, symbols, keep_native, runner);
     free(runner);
     if (!folded)

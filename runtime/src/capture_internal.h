@@ -9,6 +9,12 @@
 
 #include "cyanalyze.h"
 
+/* Open `path` read-only if, and only if, it is a regular file: opened non-blocking (a FIFO
+ * with no writer never hangs the reader) and checked with fstat (no FIFO, device or
+ * directory is ever read). Returns the descriptor (O_CLOEXEC, blocking again), or -1 with
+ * errno set (EINVAL: not a regular file; EISDIR: a directory). capture_read.c. */
+int cya_open_regular(const char *path);
+
 /* Grow *items (of *cap elements of size `size`) to hold at least `need`; 0 on failure. */
 static inline int cya_grow(void **items, size_t *cap, size_t need, size_t size)
 {

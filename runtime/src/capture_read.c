@@ -897,6 +897,29 @@ static int finish(reader *r)
     return 1;
 }
 
+int cya_open_regular(const char *path)
+{
+    if (!path || !*path) {
+        errno = ENOENT;
+        return -1;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    memset(&st, 0, sizeof st);
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        int why = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        close(fd);
+        errno = why;
+        return -1;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags >= 0)
+        (void)fcntl(fd, F_SETFL, flags & ~O_NONBLOCK);
+    return fd;
+}
+
 CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t errlen)
 {
     int dummy;
@@ -909,16 +932,17 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
     }
     *error = CYA_OK;
     errbuf[0] = '\0';
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = cya_open_regular(path);
     if (fd < 0) {
         *error = CYA_E_IO;
-        snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
+        snprintf(errbuf, errlen, "%s: %s", path,
+                 errno == EISDIR ? "is a directory, not a capture" : errno == EINVAL ? "not a regular file" : strerror(errno));
         return NULL;
     }
     struct stat st;
-    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) < 0) {
         *error = CYA_E_IO;
-        snprintf(errbuf, errlen, "%s: %s", path, S_ISDIR(st.st_mode) ? "is a directory, not a capture" : "not a regular file");
+        snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
         close(fd);
         return NULL;
     }

@@ -14,6 +14,7 @@
 #include <elfutils/libdw.h>
 #include <elfutils/libdwfl.h>
 #include <gelf.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -30,6 +31,7 @@ struct sym_dwarf {
     Dwfl_Module *module;
     int has_lines;
     int cython;        /* has __pyx_ symbols: expand inline frames */
+    char *module_name; /* a Cython module's dotted name (its __pyx_module_is_main_ symbol) */
     sym_entry *syms;   /* function symbols sorted by start */
     size_t nsyms;
 };
@@ -40,8 +42,44 @@ static int sym_cmp(const void *a, const void *b)
     return x->start < y->start ? -1 : x->start > y->start;
 }
 
-static void load_symbols(sym_dwarf *d)
+/* `pkg__sub__mod` (how Cython writes a dotted name into a C identifier: each '.' becomes
+ * "__") -> "pkg.sub.mod". The last part is the file's own name (`short_name`, e.g.
+ * `_speedups` in `pkg___speedups`), which settles where its leading underscores belong. */
+static char *dotted_module_name(const char *mangled, const char *short_name)
 {
+    size_t len = strlen(mangled), slen = strlen(short_name);
+    size_t head = len; /* the part before the last one */
+    if (slen && len > slen + 2 && strcmp(mangled + len - slen, short_name) == 0 &&
+        strncmp(mangled + len - slen - 2, "__", 2) == 0)
+        head = len - slen - 2;
+    else if (strcmp(mangled, short_name) == 0)
+        head = 0;
+    char *out = malloc(len + 2), *o = out;
+    if (!out)
+        return NULL;
+    for (size_t i = 0; i < head; i++) {
+        if (mangled[i] == '_' && i + 1 < head && mangled[i + 1] == '_' && i > 0) {
+            *o++ = '.';
+            i++;
+        } else {
+            *o++ = mangled[i];
+        }
+    }
+    if (head < len) {
+        if (head)
+            *o++ = '.';
+        memcpy(o, mangled + len - slen, slen);
+        o += slen;
+    }
+    *o = '\0';
+    return out;
+}
+
+static void load_symbols(sym_dwarf *d, const char *path)
+{
+    const char *base = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+    char short_name[256];
+    snprintf(short_name, sizeof short_name, "%.*s", (int)strcspn(base, "."), base);
     int n = dwfl_module_getsymtab(d->module);
     if (n <= 0)
         return;
@@ -52,7 +90,11 @@ static void load_symbols(sym_dwarf *d)
         GElf_Sym sym;
         GElf_Addr addr;
         const char *name = dwfl_module_getsym_info(d->module, i, &sym, &addr, NULL, NULL, NULL);
-        if (!name || !*name || GELF_ST_TYPE(sym.st_info) != STT_FUNC || sym.st_shndx == SHN_UNDEF)
+        if (!name || !*name || sym.st_shndx == SHN_UNDEF)
+            continue;
+        if (!d->module_name && strncmp(name, "__pyx_module_is_main_", 21) == 0 && name[21])
+            d->module_name = dotted_module_name(name + 21, short_name);
+        if (GELF_ST_TYPE(sym.st_info) != STT_FUNC)
             continue;
         if (strstr(name, "__pyx_") || strstr(name, "__Pyx_")) /* C++ modules: mangled */
             d->cython = 1;
@@ -97,6 +139,14 @@ sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_
         *state = SYM_MISSING;
         return d;
     }
+    /* only a regular file is handed to libdwfl (which would block opening a FIFO, or read
+     * a device for ever): a capture may name any path */
+    int fd = cya_open_regular(path);
+    if (fd < 0) {
+        *state = SYM_UNREADABLE;
+        return d;
+    }
+    close(fd);
     d->dwfl = dwfl_begin(&callbacks);
     if (!d->dwfl) {
         *state = SYM_UNREADABLE;
@@ -123,7 +173,7 @@ sym_dwarf *sym_dwarf_open(const char *path, uint64_t bias, const uint8_t *build_
     }
     Dwarf_Addr dbias;
     d->has_lines = dwfl_module_getdwarf(d->module, &dbias) != NULL;
-    load_symbols(d);
+    load_symbols(d, path);
     return d;
 }
 
@@ -134,7 +184,24 @@ void sym_dwarf_close(sym_dwarf *d)
     if (d->dwfl)
         dwfl_end(d->dwfl);
     free(d->syms);
+    free(d->module_name);
     free(d);
+}
+
+int sym_dwarf_is_cython(const sym_dwarf *d) { return d && d->module && d->cython; }
+
+const char *sym_dwarf_module_name(const sym_dwarf *d) { return d ? d->module_name : NULL; }
+
+const char *sym_dwarf_comp_dir(sym_dwarf *d, uint64_t pc)
+{
+    if (!d || !d->module)
+        return NULL;
+    Dwarf_Addr bias = 0;
+    Dwarf_Die *cu = dwfl_module_addrdie(d->module, pc, &bias);
+    if (!cu)
+        return NULL;
+    Dwarf_Attribute attr;
+    return dwarf_formstring(dwarf_attr(cu, DW_AT_comp_dir, &attr));
 }
 
 int sym_dwarf_has_lines(sym_dwarf *d) { return d && d->module && d->has_lines; }
@@ -197,9 +264,11 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
             int tag = dwarf_tag(&scopes[i]);
             if (tag != DW_TAG_inlined_subroutine && tag != DW_TAG_subprogram)
                 continue;
+            int decl = 0;
             out[n].cname = die_name(&scopes[i]);
             out[n].file = file;
             out[n].line = line;
+            out[n].decl_line = dwarf_decl_line(&scopes[i], &decl) == 0 ? decl : 0;
             n++;
             if (tag == DW_TAG_subprogram)
                 break;
@@ -211,6 +280,7 @@ int sym_dwarf_lookup(sym_dwarf *d, uint64_t pc, raw_frame *out, int max)
         out[0].cname = symbol_at(d, pc);
         out[0].file = file;
         out[0].line = line;
+        out[0].decl_line = 0;
         n = out[0].cname || file ? 1 : 0;
     } else if (!out[n - 1].cname) {
         out[n - 1].cname = symbol_at(d, pc);

@@ -8,6 +8,11 @@
  *    `(tree fragment)`, the module's own .c, inlined headers) fold into the nearest
  *    .pyx caller of the same module, and a `__pyx_pw_` wrapper frame folds into the
  *    Cython function it wraps;
+ *  - in a Cython module built without #line directives (a wheel, a plain setup.py
+ *    build: no debug XML), a Cython function's frame on a line of the generated C gets
+ *    its .pyx line from that C file's source-position comments when the file is found;
+ *    else it stays at the C line as CYA_FRAME_CYTHON_C, and one warning names such
+ *    modules. Either way it is the program's frame, never dropped as native;
  *  - a frame that DWARF puts in a .pyx but that is Cython utility code (`__Pyx_*`) is
  *    helper code; a Cython function's frame on a line past the end of the file (C code
  *    after the last #line directive inherits it) keeps the function with line 0;
@@ -23,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "symbolize_internal.h"
@@ -36,12 +42,21 @@ typedef struct loc_extra {
     uint8_t eval;     /* the interpreter's eval loop (_PyEval_EvalFrameDefault) */
 } loc_extra;
 
+/* A C file named by an object's DWARF, and the generated C found for it (NULL: none). */
+typedef struct c_source {
+    char *dwarf_path;
+    cy_cfile *cfile;
+} c_source;
+
 typedef struct obj_state {
     int opened;
     int warned_no_lines;
+    int c_lines_only; /* frames of its Cython functions show generated-C lines (no .c found) */
     enum sym_state state;
     sym_dwarf *dwarf;
     cy_names *names;
+    c_source *c_sources;
+    size_t nc_sources, cap_c_sources;
 } obj_state;
 
 typedef struct span {
@@ -218,6 +233,49 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
     return st;
 }
 
+/* The generated C file (no #line directives) whose C lines `file` (as the object's DWARF
+ * names it, relative to the compilation directory of the code at `pc`) are, or NULL. */
+static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_object *o, uint64_t pc,
+                                   const char *file)
+{
+    for (size_t k = 0; k < st->nc_sources; k++)
+        if (strcmp(st->c_sources[k].dwarf_path, file) == 0)
+            return st->c_sources[k].cfile;
+    char where[4096];
+    const char *dir = file[0] != '/' ? sym_dwarf_comp_dir(st->dwarf, pc) : NULL;
+    if (dir)
+        snprintf(where, sizeof where, "%s/%s", dir, file);
+    else
+        snprintf(where, sizeof where, "%s", file);
+    const char *so = o->path && *o->path ? o->path : s->capture->header.executable;
+    cy_cfile *f = cy_cfile_find(so, sym_dwarf_module_name(st->dwarf), where);
+    /* found beside the module or in the project: only the file the DWARF names */
+    if (f && strcmp(base_name(cy_cfile_path(f)), base_name(file)) != 0) {
+        cy_cfile_free(f);
+        f = NULL;
+    }
+    struct stat c_stat, so_stat;
+    if (f && stat(cy_cfile_path(f), &c_stat) == 0 && stat(so, &so_stat) == 0 &&
+        c_stat.st_mtime > so_stat.st_mtime + 2) /* generated again since the module was built */
+        warn(s, "%s is newer than the module it was compiled into: its .pyx lines may be off (rebuild %s)",
+             cy_cfile_path(f), so);
+    c_source cs = {strdup(file), f};
+    if (!cs.dwarf_path || !CYA_PUSH(st->c_sources, st->nc_sources, st->cap_c_sources, cs)) {
+        free(cs.dwarf_path);
+        cy_cfile_free(f);
+        s->failed = 1;
+        return NULL;
+    }
+    return f;
+}
+
+static int is_c_file(const char *file)
+{
+    const char *dot = file ? strrchr(file, '.') : NULL;
+    return dot && (strcmp(dot, ".c") == 0 || strcmp(dot, ".cpp") == 0 || strcmp(dot, ".cc") == 0 ||
+                   strcmp(dot, ".cxx") == 0);
+}
+
 /* The location indices of a native pc's inline chain in the object mapped there at load
  * generation `generation` (cached per pc and object). */
 static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
@@ -247,6 +305,9 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             strcmp(base_name(cy_names_source(st->names)), file) == 0)
             file = cy_names_source(st->names);
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
+        if (function && !st->names && raw[i].cname && strncmp(raw[i].cname, "__pyx_pymod_exec_", 17) == 0 &&
+            sym_dwarf_module_name(st->dwarf)) /* the exec function names only the module's last part */
+            function = snprintf(name, sizeof name, "%s.<module>", sym_dwarf_module_name(st->dwarf)) > 0 ? name : function;
         if (pyx && cy_is_utility(raw[i].cname)) {
             pyx = 0; /* helper code that inherited a .pyx file from the last #line */
             file = NULL;
@@ -256,6 +317,33 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             if (!function) {
                 pyx = 0;
                 file = NULL;
+            }
+        }
+        uint32_t kind = pyx ? CYA_FRAME_PYX : CYA_FRAME_NATIVE;
+        if (!pyx && function && file && !st->names && !cy_is_utility(raw[i].cname) && is_c_file(file) &&
+            sym_dwarf_is_cython(st->dwarf)) {
+            /* a Cython function of a module built without #line directives (a wheel, a
+             * plain setup.py build): its .pyx line from the generated C's position
+             * comments, else its C line marked as such */
+            const cy_cfile *cf = generated_c(s, st, o, pc ? pc - 1 : 0, file);
+            const char *pyx_file = NULL;
+            int pyx_line = 0;
+            const char *def_name = cy_is_generator_body(raw[i].cname) ? cy_cfile_def_name(cf, raw[i].decl_line) : NULL;
+            char *last = def_name ? strrchr(name, '.') : NULL;
+            if (last && function == name) /* `pkg.mod.generator` is the body of `def gen(...)` */
+                snprintf(last + 1, sizeof name - (size_t)(last + 1 - name), "%s", def_name);
+            if (cf && !cy_cfile_has_line_directives(cf) && cy_cfile_position(cf, line, &pyx_file, &pyx_line)) {
+                if (cy_is_cython_source(pyx_file)) {
+                    pyx = 1;
+                    kind = CYA_FRAME_PYX;
+                    file = pyx_file;
+                    line = cy_line_exists(s->sources, file, pyx_line) ? pyx_line : 0;
+                } /* else Cython's `(tree fragment)`: helper code, folded into a .pyx caller */
+            } else if (!cf || !cy_cfile_has_line_directives(cf)) {
+                kind = CYA_FRAME_CYTHON_C;
+                if (cf)
+                    file = cy_cfile_path(cf);
+                st->c_lines_only = 1;
             }
         }
         if (!file && function && !cy_is_utility(raw[i].cname)) {
@@ -268,11 +356,12 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
                 warn(s, "%s: has no DWARF line information (built without -g?); its frames show Cython function "
                         "names only%s", o->path && *o->path ? o->path : "?", "");
             }
+            kind = CYA_FRAME_PYX;
         }
         if (!function)
             function = raw[i].cname ? raw[i].cname : "??";
-        uint32_t li = intern(s, function, file, file ? (uint32_t)line : 0,
-                             pyx ? CYA_FRAME_PYX : CYA_FRAME_NATIVE, o->path, oi, cy_is_wrapper(raw[i].cname));
+        uint32_t li = intern(s, function, file, file ? (uint32_t)line : 0, kind, o->path, oi,
+                             cy_is_wrapper(raw[i].cname));
         if (li == UINT32_MAX || !CYA_PUSH(s->pc_frames, s->npc_frames, s->cap_pc_frames, li)) {
             s->failed = 1;
             return sp;
@@ -407,7 +496,7 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
         uint32_t obj = s->extra[t[k]].object;
         if (obj == NO_OBJECT)
             continue;
-        if (l->kind == CYA_FRAME_PYX)
+        if (l->kind == CYA_FRAME_PYX || l->kind == CYA_FRAME_CYTHON_C)
             seen[obj] = generation;
         else if (seen[obj] == generation) {
             t[k] = UINT32_MAX;
@@ -433,6 +522,54 @@ static void fold_stack(cya_symbols *s, const cya_stack *st, uint32_t **tmp, size
     }
     s->stacks[st - s->capture->stacks].offset = start;
     s->stacks[st - s->capture->stacks].count = s->nframes - start;
+}
+
+/* One warning naming every Cython module whose frames show generated-C lines. */
+static void warn_c_lines_only(cya_symbols *s)
+{
+    char *names = NULL;
+    size_t len = 0, cap = 0, count = 0;
+    for (size_t i = 0; s->objects && i < s->capture->nobjects; i++) {
+        if (!s->objects[i].c_lines_only)
+            continue;
+        const char *path = s->capture->objects[i].path;
+        const char *name = sym_dwarf_module_name(s->objects[i].dwarf);
+        char item[4200];
+        int n = snprintf(item, sizeof item, "%s%s (%s)", count ? ", " : "", name ? name : base_name(path ? path : "?"),
+                         path ? path : "?");
+        if (n < 0 || count >= 8) {
+            count++;
+            continue;
+        }
+        if ((size_t)n >= sizeof item)
+            n = sizeof item - 1;
+        if (!cya_grow((void **)&names, &cap, len + (size_t)n + 1, 1)) {
+            s->failed = 1;
+            break;
+        }
+        memcpy(names + len, item, (size_t)n + 1);
+        len += (size_t)n;
+        count++;
+    }
+    if (!count || !names) {
+        free(names);
+        return;
+    }
+    char more[64] = "";
+    if (count > 8)
+        snprintf(more, sizeof more, " and %zu more", count - 8);
+    char *all = malloc(len + sizeof more);
+    if (all) {
+        snprintf(all, len + sizeof more, "%s%s", names, more);
+        warn(s,
+             "Cython modules with no .pyx line information: %s%s; their Cython functions show at lines of the "
+             "generated C (kind cython-c): their C was compiled without --line-directives and the generated .c "
+             "file was not found. Build them with `cytool develop`, or keep the generated .c beside the module "
+             "(or build with `cython --line-directives`)",
+             all, "");
+    }
+    free(all);
+    free(names);
 }
 
 CYA_API cya_symbols *cya_symbolize(const cya_capture *capture) { return cya_symbolize_search(capture, NULL); }
@@ -461,6 +598,7 @@ CYA_API cya_symbols *cya_symbolize_search(const cya_capture *capture, const char
         fold_stack(s, &capture->stacks[i], &tmp, &tmp_cap, seen, (uint32_t)(i + 1));
     free(tmp);
     free(seen);
+    warn_c_lines_only(s);
     if (s->failed) {
         cya_symbols_close(s);
         return NULL;
@@ -484,6 +622,11 @@ CYA_API void cya_symbols_close(cya_symbols *s)
         for (size_t i = 0; i < s->capture->nobjects; i++) {
             sym_dwarf_close(s->objects[i].dwarf);
             cy_names_free(s->objects[i].names);
+            for (size_t k = 0; k < s->objects[i].nc_sources; k++) {
+                free(s->objects[i].c_sources[k].dwarf_path);
+                cy_cfile_free(s->objects[i].c_sources[k].cfile);
+            }
+            free(s->objects[i].c_sources);
         }
     free(s->objects);
     free(s->pc_frames);

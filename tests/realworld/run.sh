@@ -94,6 +94,36 @@ if run msgpack-plain-debug env PYTHONPATH="$WORK/msgpack-plain" cytool debug --b
   pass "cy-break msgpack._cmsgpack.Packer.pack and cy-bt on a plain setuptools build"
 else fail "cy-break by Cython name on msgpack built by setup.py (see $LOG/msgpack-plain-debug)"; fi
 
+step "msgpack built by its own setup.py (no cytool): cytool profile script.py names its Cython functions at _packer.pyx lines"
+cd "$WORK/msgpack-plain"
+cat > "$WORK/msgpack_profile.py" <<'PY'
+import msgpack
+
+data = {"numbers": list(range(200)), "text": "hello" * 100, "nested": [{"a": 1}, {"b": [1, 2, 3]}]}
+for _ in range(200):
+    packer = msgpack.Packer()
+    packed = packer.pack(data)
+    assert msgpack.unpackb(packed) == data
+print("packed", len(packed), "bytes")
+PY
+# (the build_ext --inplace of the step above made msgpack-plain's modules)
+if run msgpack-plain-profile env PYTHONPATH="$WORK/msgpack-plain" cytool profile -o "$WORK/msgpack-plain.cytrace" \
+     "$WORK/msgpack_profile.py" \
+   && grep -q "packed" "$LOG/msgpack-plain-profile" \
+   && run msgpack-plain-report cytool report "$WORK/msgpack-plain.cytrace" -f json \
+   && python - "$LOG/msgpack-plain-report" <<'PY'
+import json, sys
+lines = json.load(open(sys.argv[1]))["lines"]
+packer = [l for l in lines if l["kind"] == "pyx" and l["file"].endswith("msgpack/_packer.pyx")
+          and l["function"].startswith("msgpack._cmsgpack.Packer.") and l["line"] > 0]
+for l in packer[:5]:
+    print("%s:%d  %s  %d bytes" % (l["file"], l["line"], l["function"], l["inclusive"]["bytes"]))
+sys.exit(0 if packer else 1)
+PY
+then
+  pass "cytool profile script.py on a plain setuptools build: msgpack._cmsgpack.Packer frames at _packer.pyx lines"
+else fail "Cython names and _packer.pyx lines in the profile of msgpack built by setup.py (see $LOG/msgpack-plain-report)"; fi
+
 step "cytool develop on memray, then cytool debug script.py: cy-break memray._memray.Tracker.__enter__ stops there and cy-bt shows it"
 cd "$WORK/memray-1.19.1"
 cat > "$WORK/memray_script.py" <<'PY'
