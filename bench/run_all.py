@@ -6,7 +6,15 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("bench_run.py", "bench_profile.py", "bench_report.py", "bench_stream_report.py", "bench_debug_agent.py")
+BENCHMARKS = (
+    "bench_run.py",
+    "bench_warm.py",
+    "bench_profile.py",
+    "bench_report.py",
+    "bench_stream_report.py",
+    "bench_processes.py",
+    "bench_debug_agent.py",
+)
 
 
 def main() -> int:

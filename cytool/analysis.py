@@ -144,6 +144,25 @@ class ThreadStats:
 
 
 @dataclass
+class ProcessStats:
+    """One process of a merged report (cytool.process_merge): its capture and its own
+    totals. start_time_ns: the capture's start (ns since the epoch); peak_time_ns and
+    end_time_ns: from that start; notes: what its own report would warn about."""
+
+    pid: int
+    parent_pid: int
+    argv: Tuple[str, ...]
+    capture_path: Path
+    start_time_ns: int
+    totals: Metrics
+    events: int
+    peak_time_ns: int
+    end_time_ns: int
+    threads: int
+    notes: List[str] = field(default_factory=list)
+
+
+@dataclass
 class Profile:
     capture_path: Path
     argv: Tuple[str, ...]
@@ -185,6 +204,11 @@ class Profile:
     # its modules by build-id (cytool.reports.source)
     objects: List[LoadedObject] = field(default_factory=list)
     _lines: List[LineStats] = field(default_factory=list)
+    parent_pid: int = 0
+    start_time_ns: int = 0  # the capture's start, ns since the epoch (CLOCK_REALTIME)
+    # several processes merged into this report (cytool.process_merge), the root first;
+    # empty for the report of one capture
+    processes: List[ProcessStats] = field(default_factory=list)
 
     def lines(self) -> List[LineStats]:
         """Per source line (grouped in C): self, inclusive and (for .pyx lines)
@@ -200,7 +224,10 @@ class Profile:
         return notes + self.warnings()
 
     def warnings(self) -> List[str]:
-        """notes() but the truncation message (the JSON report's `warnings`)."""
+        """notes() but the truncation message (the JSON report's `warnings`); for a
+        merged report, each process's notes, naming its pid."""
+        if self.processes:
+            return [f"pid {p.pid}: {note}" for p in self.processes for note in p.notes]
         notes = list(self.capture_notes)
         for loss in self.write_losses:
             notes.append(
@@ -368,6 +395,8 @@ def analyze(
         cut_events=data.get("cut_events", 0),
         cut_bytes=data.get("cut_bytes", 0),
         cut_most=data.get("cut_most", 0),
+        parent_pid=capture.header.parent_pid,
+        start_time_ns=capture.header.start_time_ns,
     )
 
 

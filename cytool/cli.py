@@ -1,13 +1,16 @@
 """The `cytool` command line: dispatches to the subcommand modules in cytool.commands."""
 from __future__ import annotations
 
-import argparse
-import importlib
 import sys
-from typing import Optional, Sequence
 
 from cytool import __version__
 from cytool.errors import CytoolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # typing, like argparse, costs milliseconds on every warm `cytool run`
+    import argparse
+    from types import SimpleNamespace
+    from typing import Optional, Sequence
 
 # Subcommands, in the order `cytool --help` lists them.
 COMMANDS = ("run", "build", "profile", "report", "debug", "develop", "test")
@@ -18,6 +21,9 @@ PROGRAM_COMMANDS = ("run", "profile", "debug")
 def make_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The whole command line, or with `only` the one subcommand being run (the others'
     modules are then not imported: a warm `cytool run` stays light)."""
+    import argparse
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="cytool",
         description="Build, run, profile and debug Cython modules on their .pyx lines.",
@@ -32,6 +38,8 @@ def make_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 
 
 def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    import argparse
+
     for action in parser._actions:  # argparse keeps the subparsers in a private action
         if isinstance(action, argparse._SubParsersAction):
             return action.choices[name]
@@ -40,6 +48,31 @@ def _subparser(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentP
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    args = _plain_arguments(argv) or _parse(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except CytoolError as error:
+        sys.stdout.flush()
+        from cytool.reports.source import display_name
+
+        # names in a message may come from a capture: no control characters reach the terminal
+        print("\n".join(display_name(line) for line in error.render().split("\n")), file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("cytool: interrupted", file=sys.stderr)
+        return 130
+
+
+def _plain_arguments(argv: list) -> Optional[SimpleNamespace]:
+    """`cytool run FILE [-- ARGS]` with no option of cytool's: parsed without argparse."""
+    if argv[:1] != ["run"]:
+        return None
+    from cytool.commands.run import plain_arguments
+
+    return plain_arguments(argv[1:])
+
+
+def _parse(argv: list) -> argparse.Namespace:
     program_args: list = []
     command = next((a for a in argv if not a.startswith("-")), None)
     parser = make_parser(command if command in COMMANDS else None)
@@ -56,15 +89,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         argv, program_args = argv[:cut], argv[cut + 1 :]
     args = parser.parse_args(argv)
     args.program_args = program_args
-    try:
-        return int(args.handler(args) or 0)
-    except CytoolError as error:
-        sys.stdout.flush()
-        from cytool.reports.source import display_name
-
-        # names in a message may come from a capture: no control characters reach the terminal
-        print("\n".join(display_name(line) for line in error.render().split("\n")), file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("cytool: interrupted", file=sys.stderr)
-        return 130
+    return args

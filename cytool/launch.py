@@ -17,24 +17,27 @@ one process (Python would also have two copies: the package's and `__main__`).
 """
 from __future__ import annotations
 
-import ctypes
 import importlib
 import importlib.machinery
 import importlib.util
-import linecache
 import os
 import runpy
-import shutil
 import sys
-import tempfile
-import traceback
 import types
 from pathlib import Path
-from types import TracebackType
-from typing import List, NamedTuple, Optional
 
 from cytool.build.options import BuildOptions, BuildResult
 from cytool.errors import CytoolError
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from types import TracebackType
+    from typing import List, Optional
+
+# What only some runs need (ctypes for a .pyx entry; tempfile, shutil, traceback and
+# linecache for a private copy or a traceback) is imported where it is used: a warm
+# `cytool run` pays for every module imported here.
 
 _CYTOOL_DIR = str(Path(__file__).resolve().parent)
 KINDS = ("pyx", "script", "module", "code")
@@ -102,6 +105,8 @@ def main_flag_symbol(module_name: str) -> str:
 
 
 def _mark_as_main(module_path: Path, module_name: str) -> None:
+    import ctypes
+
     try:
         library = ctypes.CDLL(str(module_path))
     except OSError as error:
@@ -118,7 +123,7 @@ def _mark_as_main(module_path: Path, module_name: str) -> None:
         ) from error
 
 
-def _user_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+def _user_frames(tb: Optional["TracebackType"]) -> Optional["TracebackType"]:
     """Drop the leading frames that belong to cytool, runpy and importlib."""
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
@@ -129,9 +134,11 @@ def _user_frames(tb: Optional[TracebackType]) -> Optional[TracebackType]:
     return tb
 
 
-def _prime_source_lines(tb: Optional[TracebackType], folders: List[Path]) -> None:
+def _prime_source_lines(tb: Optional["TracebackType"], folders: List[Path]) -> None:
     """Cython names its files relative to the import root ("pkg/mod.pyx"); put their
     lines in linecache so the traceback shows them whatever the current folder is."""
+    import linecache
+
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
         if not Path(filename).is_absolute() and filename not in linecache.cache:
@@ -211,10 +218,15 @@ class Launcher:
                 return 1
             return 0
         finally:
-            for copy in self._copies:
-                shutil.rmtree(copy, ignore_errors=True)
+            if self._copies:
+                import shutil
+
+                for copy in self._copies:
+                    shutil.rmtree(copy, ignore_errors=True)
 
     def _print_exception(self, error: BaseException) -> None:
+        import traceback
+
         sys.stdout.flush()
         user_tb = _user_frames(error.__traceback__)
         _prime_source_lines(user_tb, self.source_folders + [Path.cwd()])
@@ -298,6 +310,9 @@ class Launcher:
         return importlib.machinery.PathFinder.find_spec(name, elsewhere) is None
 
     def _private_copy(self, module_path: Path) -> Path:
+        import shutil
+        import tempfile
+
         folder = Path(tempfile.mkdtemp(prefix="cytool-main-"))
         self._copies.append(folder)
         copy = folder / module_path.name

@@ -163,8 +163,10 @@ def test_deep_recursion_in_every_format(tmp_path: Path, run_cytool) -> None:
 
 
 def test_bad_paths(capture: Path, tmp_path: Path, run_cytool) -> None:
-    result = run_cytool("report", tmp_path)
-    assert result.returncode == 2 and f"{tmp_path}: is a directory, not a capture" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cytool("report", empty)  # a folder is its captures (test_report_processes.py); none here
+    assert result.returncode == 2 and f"{empty}: is a directory, not a capture" in result.stderr
     result = run_cytool("report", capture, "-o", tmp_path / "missing" / "r.html")
     assert result.returncode == 2 and "no such directory" in result.stderr and "Traceback" not in result.stderr
     result = run_cytool("report", capture, "-o", tmp_path)

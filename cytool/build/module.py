@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 from cytool import __version__, toolchain
 from cytool.build.options import OPT_LEVELS, BuildOptions, BuildResult
@@ -20,7 +19,10 @@ from cytool.errors import CytoolError
 from cytool.project.resolve import ModuleTarget, resolve_module
 from cytool.project.settings import from_command_line
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import Dict, Optional, Tuple
+
     from cytool.progress import Progress
 
 # record fields naming files an entry must hold to be used

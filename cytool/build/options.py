@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Optional, Tuple
 
 from cytool.project.settings import BuildSettings
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
 OPT_LEVELS = ("0", "1", "2", "3", "s", "g", "fast")
 DEFAULT_OPT_LEVEL = "2"

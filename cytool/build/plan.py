@@ -9,12 +9,14 @@ per module and no Cython run.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Dict, List, Optional
 
 from cytool.build.module import build_module
 from cytool.build.options import BuildOptions, BuildResult
 
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
 if TYPE_CHECKING:
+    from typing import Dict, List, Optional
+
     from cytool.progress import Progress
 
 

@@ -2,12 +2,26 @@
 debug) and by those that run a program (run, profile, debug)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
-from typing import List, Optional, Sequence, Set, Tuple
 
 from cytool.build.options import DEFAULT_OPT_LEVEL, OPT_LEVELS, BuildOptions
 from cytool.errors import CytoolError
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+    from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+# What add_build_arguments and add_entry_arguments give a command line that sets none
+# of their options; the parser-free fast path (plain_program_namespace) uses the same
+# values, and tests/test_cli_fastpath.py checks both agree with argparse.
+BUILD_DEFAULTS: Dict[str, object] = {
+    "opt_level": DEFAULT_OPT_LEVEL, "force": False, "verbose": False, "directives": [],
+    "include_dirs": [], "library_dirs": [], "libraries": [], "macros": [], "cplus": False,
+    "sources": [], "compile_args": [], "link_args": [], "module_name": None, "read_setup_py": True,
+}
+ENTRY_DEFAULTS: Dict[str, object] = {"target": None, "module": None, "code": None, "args": []}
 
 
 def add_build_arguments(parser: argparse.ArgumentParser, *, default_opt: str = DEFAULT_OPT_LEVEL, level: bool = True) -> None:
@@ -100,6 +114,31 @@ def split_program_arguments(argv: Sequence[str], takes_value: Set[str]) -> Tuple
             return list(argv), []
         return list(argv[: index + 1]), _drop_separator(argv[index + 1:])
     return list(argv), []
+
+
+def plain_program_namespace(command: str, rest: Sequence[str], defaults: Dict[str, object]) -> Optional["SimpleNamespace"]:
+    """The parsed command line of `cytool COMMAND FILE [-- ARGS]` (or `FILE ARGS` for a
+    script) with none of cytool's options, without building the argparse parser (argparse
+    and its help formatter cost about 7 ms, on every warm `cytool run`); None for any
+    other command line, which then goes through argparse. `defaults`: the command's own
+    options besides BUILD_DEFAULTS and ENTRY_DEFAULTS (a `handler` among them). The
+    result has the attributes argparse's Namespace would have (a SimpleNamespace:
+    importing argparse is the cost avoided)."""
+    if not rest or not rest[0] or rest[0].startswith("-"):
+        return None
+    target, after = rest[0], list(rest[1:])
+    if target.endswith(".pyx"):
+        if after and after[0] != "--":
+            return None  # cytool's options may follow a .pyx: argparse reads them
+        program = after[1:]
+    else:
+        program = _drop_separator(after)
+    from types import SimpleNamespace
+
+    values = {**BUILD_DEFAULTS, **ENTRY_DEFAULTS, **defaults}
+    values = {name: list(value) if isinstance(value, list) else value for name, value in values.items()}
+    values.update(command=command, target=target, program_args=program)
+    return SimpleNamespace(**values)
 
 
 def _drop_separator(rest: Sequence[str]) -> List[str]:

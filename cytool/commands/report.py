@@ -1,5 +1,7 @@
-"""`cytool report CAPTURE [--format table|html|json|speedscope|collapsed] [-o FILE]`:
-turn a capture into allocations per .pyx line (cytool.analysis, cytool.reports)."""
+"""`cytool report CAPTURE... [--format table|html|json|speedscope|collapsed] [-o FILE]`:
+turn a capture into allocations per .pyx line (cytool.analysis, cytool.reports). Several
+captures (files, a folder, a glob: the processes of one program tree) make one report with
+a per-process breakdown (cytool.process_merge)."""
 from __future__ import annotations
 
 import argparse
@@ -20,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "its .pyx (or Python) line and stack, and report allocated bytes, bytes live at the peak, "
         "leaked and temporary allocations.",
     )
-    parser.add_argument("capture", type=Path, metavar="CAPTURE", help="the capture file (.cytrace)")
+    parser.add_argument(
+        "captures",
+        nargs="+",
+        metavar="CAPTURE",
+        help="the capture file (.cytrace); several (the parent's and its children's `CAP.<pid>` from "
+        "--follow-fork, a folder of captures, or a quoted glob) make one report with a per-process breakdown",
+    )
     parser.add_argument(
         "-f",
         "--format",
@@ -67,17 +75,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handle(args: argparse.Namespace) -> int:
-    from cytool.analysis import analyze, select_threads
-    from cytool.capture import read_capture
-
     fmt = args.format
     if fmt is None and args.output is not None:
         name = args.output.name
         fmt = "speedscope" if name.endswith(".speedscope.json") else SUFFIX_FORMATS.get(args.output.suffix, "table")
     fmt = fmt or "table"
     mode = "leaked_bytes" if args.leaks else "peak_bytes" if args.peak else "temporary_bytes" if args.temporary else "bytes"
-    if args.output is not None and args.output.exists() and args.capture.exists() and args.output.resolve() == args.capture.resolve():
-        raise CytoolError(f"{args.output}: this is the capture itself; refusing to overwrite it", exit_code=2)
     if args.limit < 1 or args.temporary_window < 1:
         raise CytoolError("--limit and --temporary-window take a number of at least 1", exit_code=2)
     if args.output is not None and not args.output.resolve().parent.is_dir():
@@ -85,23 +88,20 @@ def handle(args: argparse.Namespace) -> int:
     if args.output is not None and args.output.is_dir():
         raise CytoolError(f"{args.output}: is a directory", hint="give -o a file name", exit_code=2)
 
-    import stat
+    from cytool.process_merge import capture_paths, merge_profiles
 
     try:
-        file_mode = args.capture.stat().st_mode
-    except OSError:
-        file_mode = None
-    if file_mode is not None and not stat.S_ISREG(file_mode):
-        kind = "is a directory" if stat.S_ISDIR(file_mode) else "not a regular file (a FIFO, a device?)"
-        raise CytoolError(f"{args.capture}: {kind}, not a capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2)
-    with read_capture(args.capture) as capture:
-        profile = analyze(
-            capture,
-            threads=select_threads(args.threads, capture),
-            temporary_window=args.temporary_window,
-            native_frames=args.native,
-            runner_frames=args.runner_frames,
-        )
+        paths = capture_paths(args.captures)
+    except FileNotFoundError as missing:
+        raise CytoolError(f"{missing}: no such capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2) from None
+    if args.threads and len(paths) > 1:
+        raise CytoolError("--threads selects threads of one capture", hint="report one process's capture with --threads", exit_code=2)
+    if args.output is not None and args.output.exists():
+        for path in paths:
+            if path.exists() and args.output.resolve() == path.resolve():
+                raise CytoolError(f"{args.output}: this is a capture; refusing to overwrite it", exit_code=2)
+    profiles = [_analyze(path, args) for path in paths]
+    profile = profiles[0] if len(profiles) == 1 else merge_profiles(profiles)
 
     if fmt == "table":
         from rich.console import Console
@@ -147,3 +147,26 @@ def handle(args: argparse.Namespace) -> int:
             print(f"cytool: warning: {profile.truncation_message}", file=sys.stderr)
         print(f"cytool: wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _analyze(path: Path, args: argparse.Namespace):  # -> Profile
+    import stat
+
+    from cytool.analysis import analyze, select_threads
+    from cytool.capture import read_capture
+
+    try:
+        file_mode = path.stat().st_mode
+    except OSError:
+        file_mode = None
+    if file_mode is not None and not stat.S_ISREG(file_mode):
+        kind = "is a directory" if stat.S_ISDIR(file_mode) else "not a regular file (a FIFO, a device?)"
+        raise CytoolError(f"{path}: {kind}, not a capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2)
+    with read_capture(path) as capture:
+        return analyze(
+            capture,
+            threads=select_threads(args.threads, capture),
+            temporary_window=args.temporary_window,
+            native_frames=args.native,
+            runner_frames=args.runner_frames,
+        )

@@ -2,11 +2,16 @@
 python would, with every .pyx it needs built (cached) and importable."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry
+from cytool.commands.options import add_build_arguments, add_entry_arguments, build_options, entry, plain_program_namespace
 from cytool.errors import CytoolError
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    import argparse
+    from types import SimpleNamespace
+    from typing import Optional, Sequence
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +31,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="run this already built module instead of building (FILE.pyx names its source)",
     )
     parser.set_defaults(handler=handle)
+
+
+def plain_arguments(rest: Sequence[str]) -> Optional["SimpleNamespace"]:
+    """`cytool run FILE [-- ARGS]` without options, parsed without argparse (the warm
+    path's fast start); None when argparse must parse `rest` (see plain_program_namespace)."""
+    return plain_program_namespace("run", rest, {"prebuilt": None, "handler": handle})
 
 
 def handle(args: argparse.Namespace) -> int:

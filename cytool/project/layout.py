@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple, Optional
 
 from cytool.errors import CytoolError
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Optional
 
 PACKAGE_MARKERS = ("__init__.py", "__init__.pyx", "__init__.pxd")
 PROJECT_MARKERS = ("pyproject.toml", "setup.py", "setup.cfg")
@@ -54,7 +58,8 @@ class ModuleLocation(NamedTuple):
 
 
 def is_package_dir(folder: Path) -> bool:
-    return any((folder / marker).is_file() for marker in PACKAGE_MARKERS)
+    base = str(folder)
+    return any(os.path.isfile(os.path.join(base, marker)) for marker in PACKAGE_MARKERS)
 
 
 def check_module_name(name: str, where: Path) -> str:
@@ -119,16 +124,18 @@ def locate_module(path: Path, module_name: Optional[str] = None) -> ModuleLocati
 
 def find_project_dir(start: Path) -> Path:
     """The nearest folder from `start` up that holds a project file; `start` if none."""
-    home = Path(os.path.expanduser("~"))
-    folder = start
+    # os.path on strings, not pathlib: up to six stats a folder on every warm run
+    home = os.path.expanduser("~")
+    folder = str(start)
     while True:
-        if any((folder / marker).is_file() for marker in PROJECT_MARKERS):
-            return folder
-        if any((folder / marker).exists() for marker in BOUNDARY_MARKERS):
+        if any(os.path.isfile(os.path.join(folder, marker)) for marker in PROJECT_MARKERS):
+            return Path(folder)
+        if any(os.path.exists(os.path.join(folder, marker)) for marker in BOUNDARY_MARKERS):
             return start
-        if folder == home or folder.parent == folder:
+        parent = os.path.dirname(folder)
+        if folder == home or parent == folder:
             return start
-        folder = folder.parent
+        folder = parent
 
 
 def module_file_for(name: str, roots: "list[Path]") -> Optional[Path]:

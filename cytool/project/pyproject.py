@@ -24,10 +24,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Tuple
 
 from cytool.errors import CytoolError
 from cytool.project.settings import BuildSettings, absolute_paths, directive_pairs, normalise_language, parse_macro
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 LIST_KEYS = {
     "include-dirs": "include_dirs",

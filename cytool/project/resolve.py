@@ -9,11 +9,15 @@ is used unless --module-name is given.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple, Optional, Tuple
 
 from cytool.project.layout import ModuleLocation, locate_module
 from cytool.project.pyproject import read_project_table
 from cytool.project.settings import BuildSettings
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Optional, Tuple
 
 
 class ModuleTarget(NamedTuple):

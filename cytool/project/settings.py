@@ -13,9 +13,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
-Macro = Tuple[str, Optional[str]]
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+    Macro = Tuple[str, Optional[str]]
 
 CPLUS_NAMES = ("c++", "cpp", "cxx")
 

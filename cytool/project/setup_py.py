@@ -13,10 +13,14 @@ import fnmatch
 import json
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
 
 from cytool.cache import BuildCache, hash_file, hash_text
 from cytool.project.settings import BuildSettings, absolute_paths, directive_pairs, normalise_language
+from cytool.records import NamedTuple
+
+TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
+if TYPE_CHECKING:
+    from typing import Any, Dict, List, Optional
 
 PROBE = Path(__file__).resolve().parent / "setup_probe.py"
 PROBE_TIMEOUT_S = 300

@@ -192,7 +192,7 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed
             bytes=human_bytes(t.bytes),
             count=human_count(t.count),
             peak=human_bytes(t.peak_bytes),
-            peak_time=human_duration(profile.peak_time_ns),
+            peak_time="summed over processes" if profile.processes else human_duration(profile.peak_time_ns),
             leaked=human_bytes(t.leaked_bytes),
             leaked_count=human_count(t.leaked_count),
             temporary=human_count(t.temporary_count),
@@ -203,6 +203,13 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed
                  leaked=_bytes(t.metrics.leaked_bytes) or "-")
             for t in sorted(profile.threads, key=lambda t: -t.metrics.bytes)
         ] if len(profile.threads) > 1 else [],
+        processes=[
+            dict(pid=p.pid, parent=p.parent_pid, command=" ".join(p.argv) or p.capture_path.name,
+                 capture=str(p.capture_path), bytes=human_bytes(p.totals.bytes), count=human_count(p.totals.count),
+                 peak=human_bytes(p.totals.peak_bytes), leaked=_bytes(p.totals.leaked_bytes) or "-",
+                 events=human_count(p.events))
+            for p in profile.processes
+        ],
         top=top_rows,
         top_title=title,
         other=other_rows,

@@ -85,6 +85,13 @@ def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) 
         "threads": [
             dict(id=t.id, tid=t.tid, name=t.name, **t.metrics.as_dict()) for t in profile.threads
         ],
+        # several captures merged (cytool.process_merge): each process's own figures
+        "processes": [
+            dict(pid=p.pid, parent_pid=p.parent_pid, argv=list(p.argv), capture=str(p.capture_path),
+                 start_time_ns=p.start_time_ns, events=p.events, peak_time_ns=p.peak_time_ns,
+                 end_time_ns=p.end_time_ns, threads=p.threads, warnings=list(p.notes), **p.totals.as_dict())
+            for p in profile.processes
+        ],
     }
 
 

@@ -30,14 +30,35 @@ def print_notes(profile: Profile, console: Console, extra: Sequence[str] = ()) -
 
 def print_totals(profile: Profile, console: Console) -> None:
     t = profile.totals
+    peak_when = "summed over processes" if profile.processes else f"at {human_duration(profile.peak_time_ns)}"
     console.print(
         Text.assemble(
             ("allocated ", "bold"), f"{human_bytes(t.bytes)} in {human_count(t.count)} allocations · ",
-            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} at {human_duration(profile.peak_time_ns)}\n",
+            ("peak ", "bold"), f"{human_bytes(t.peak_bytes)} {peak_when}\n",
             ("leaked ", "bold"), f"{human_bytes(t.leaked_bytes)} in {human_count(t.leaked_count)} blocks · ",
             ("temporary ", "bold"), f"{human_count(t.temporary_count)}",
         )
     )
+
+
+def print_processes(profile: Profile, console: Console) -> None:
+    """The per-process breakdown of a merged report: pid, parent, its figures, its command."""
+    if not profile.processes:
+        return
+    console.print(Text(f"{len(profile.processes)} processes (the figures above are their sums; peak: the sum of each one's peak)",
+                       style="bold"))
+    header = f"{'pid':>8} {'parent':>8} {'bytes':>10} {'count':>9} {'peak':>10} {'leaked':>10}  command"
+    console.print(Text(header, style="dim"), no_wrap=True, overflow="ellipsis")
+    width = max(60, console.width)
+    for p in profile.processes:
+        t = p.totals
+        row = Text.assemble(
+            f"{p.pid:>8} {p.parent_pid:>8} {human_bytes(t.bytes):>10} {human_count(t.count):>9} "
+            f"{human_bytes(t.peak_bytes):>10} {(human_bytes(t.leaked_bytes) if t.leaked_bytes else '-'):>10}  ",
+            (" ".join(p.argv) or p.capture_path.name, "dim"),
+        )
+        row.truncate(width, overflow="ellipsis")
+        console.print(row, no_wrap=True)
 
 
 def table_rows(profile: Profile, mode: str, limit: int) -> Tuple[str, List[Tuple[LineStats, Metrics]]]:
@@ -66,6 +87,7 @@ def print_table(profile: Profile, console: Optional[Console] = None, *, mode: st
     title, rows = table_rows(profile, mode, limit)
     print_notes(profile, console, sources.notes(l.file for l, _ in rows if l.kind in ("pyx", "python") and l.file))
     print_totals(profile, console)
+    print_processes(profile, console)
     if not rows:
         console.print({"leaked_bytes": "no leaks", "temporary_bytes": "no temporary allocations"}.get(mode, "no allocations"))
         return

@@ -1,0 +1,103 @@
+"""`cytool report` over the captures of a process tree: a program with a multiprocessing
+pool of 4 forked workers, profiled with --follow-fork, reported as one (table, JSON, HTML)
+with a per-process breakdown whose figures are each process's own report."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+FIXTURE = Path(__file__).parent / "fixtures" / "processes"
+TASKS, PER_TASK = 8, 2000
+METRICS = ("bytes", "count", "peak_bytes", "peak_count", "leaked_bytes", "leaked_count", "temporary_bytes", "temporary_count")
+
+
+@pytest.fixture(scope="module")
+def pool_captures(tmp_path_factory: pytest.TempPathFactory) -> List[Path]:
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("pool")
+    for name in ("pool_main.py", "pool_work.pyx"):
+        shutil.copy(FIXTURE / name, folder / name)
+    done = subprocess.run(
+        [sys.executable, "-m", "cytool", "profile", "--no-summary", "--follow-fork", "-o", "pool.cytrace",
+         "pool_main.py", str(PER_TASK), str(TASKS)],
+        cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(TASKS * PER_TASK)
+    children = sorted(p for p in folder.glob("pool.cytrace.*") if p.suffix[1:].isdigit())
+    assert len(children) == 4, sorted(p.name for p in folder.iterdir())
+    return [folder / "pool.cytrace", *children]
+
+
+def report_json(run_cytool, *captures: object) -> Dict:
+    done = run_cytool("report", *captures, "-f", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def line_count(document: Dict, file_end: str, text: str) -> int:
+    return sum(l["count"] for l in document["lines"] if l["file"].endswith(file_end) and text in l["source"])
+
+
+def test_merged_totals_are_the_sum_of_each_process_report(pool_captures: List[Path], run_cytool) -> None:
+    merged = report_json(run_cytool, *pool_captures)
+    singles = [report_json(run_cytool, path) for path in pool_captures]
+    for metric in METRICS:
+        assert merged["totals"][metric] == sum(s["totals"][metric] for s in singles), metric
+    assert merged["totals"]["events"] == sum(s["totals"]["events"] for s in singles)
+    # each process listed, the root first, with its pid, parent and its own report's figures
+    processes = merged["processes"]
+    assert [p["pid"] for p in processes] == [s["capture"]["pid"] for s in singles]
+    root = processes[0]
+    assert all(p["parent_pid"] == root["pid"] for p in processes[1:])
+    for process, single in zip(processes, singles):
+        assert process["capture"] == single["capture"]["path"]
+        for metric in METRICS:
+            assert process[metric] == single["totals"][metric], (process["pid"], metric)
+    # the workers ran every task: the loop's allocations add up across the processes
+    assert line_count(merged, "pool_work.pyx", "malloc(1000)") == TASKS * PER_TASK
+    assert sum(line_count(s, "pool_work.pyx", "malloc(1000)") for s in singles) == TASKS * PER_TASK
+    assert line_count(singles[0], "pool_work.pyx", "malloc(1000)") == 0  # the parent ran no task
+    assert sum(1 for s in singles[1:] if line_count(s, "pool_work.pyx", "malloc(1000)")) >= 2
+    # a merged stack's figures are the sum of that stack in each process
+    assert sum(s["bytes"] for s in merged["stacks"]) <= merged["totals"]["bytes"]
+
+
+def test_glob_and_folder_name_the_same_captures(pool_captures: List[Path], run_cytool) -> None:
+    listed = report_json(run_cytool, *pool_captures)
+    by_glob = report_json(run_cytool, str(pool_captures[0]) + "*")
+    by_folder = report_json(run_cytool, pool_captures[0].parent)
+    for document in (by_glob, by_folder):
+        assert sorted(p["pid"] for p in document["processes"]) == sorted(p["pid"] for p in listed["processes"])
+        assert document["totals"] == listed["totals"]
+
+
+def test_table_and_html_show_the_breakdown(pool_captures: List[Path], run_cytool, tmp_path: Path) -> None:
+    pids = [report_json(run_cytool, path)["capture"]["pid"] for path in pool_captures]
+    table = run_cytool("report", *pool_captures)
+    assert table.returncode == 0, table.stderr
+    assert "5 processes" in table.stdout
+    for pid in pids:
+        assert f" {pid} " in table.stdout
+    out = tmp_path / "merged.html"
+    done = run_cytool("report", *pool_captures, "-o", out)
+    assert done.returncode == 0, done.stderr
+    html = out.read_text()
+    assert "<h2>Processes</h2>" in html
+    for pid in pids:
+        assert f"<td>{pid}</td>" in html
+    single = run_cytool("report", pool_captures[0], "-f", "json")
+    assert json.loads(single.stdout)["processes"] == []
+
+
+def test_bad_process_lists(pool_captures: List[Path], run_cytool, tmp_path: Path) -> None:
+    done = run_cytool("report", str(tmp_path / "nothing") + "*.cytrace")
+    assert done.returncode == 2 and "no such capture" in done.stderr and "Traceback" not in done.stderr
+    done = run_cytool("report", *pool_captures[:2], "--threads", "MainThread")
+    assert done.returncode == 2 and "--threads" in done.stderr
