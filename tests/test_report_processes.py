@@ -101,3 +101,13 @@ def test_bad_process_lists(pool_captures: List[Path], run_cytool, tmp_path: Path
     assert done.returncode == 2 and "no such capture" in done.stderr and "Traceback" not in done.stderr
     done = run_cytool("report", *pool_captures[:2], "--threads", "MainThread")
     assert done.returncode == 2 and "--threads" in done.stderr
+
+
+def test_every_worker_capture_is_complete(pool_captures: List[Path], run_cytool) -> None:
+    """Workers that leave through os._exit (pool.close(); pool.join()) end their captures,
+    and the Python frames they inherited from the parent are defined again in their own
+    capture (ids cached before the fork belong to the parent's capture)."""
+    for path in pool_captures:
+        capture = report_json(run_cytool, path)["capture"]
+        assert not capture["truncated"], (path.name, capture["truncation_message"])
+        assert capture["warnings"] == [], (path.name, capture["warnings"])

@@ -137,6 +137,9 @@ CYTRACE_API void cytrace_name_thread(long tid, const char *name);
  * set when this call created the id: the caller must then define it with
  * cytrace_emit_pyframe(). Returns 0 when the table is full. */
 CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new);
+/* The current session's number, bumped at every start (a followed fork's child starts
+ * one): pyframe ids cached under another session are not defined in this capture. */
+CYTRACE_API unsigned cytrace_session(void);
 /* Emit a PYFRAME record into the current thread's buffer (only from inside the callback). */
 CYTRACE_API void cytrace_emit_pyframe(uint32_t id, unsigned line, const char *function, const char *file);
 

@@ -135,6 +135,7 @@ typedef struct shadow_stack {
     shadow_entry *entries;
     int n, cap;
     unsigned generation;
+    unsigned ids_session; /* the tracer session its entries' cached pyframe ids belong to */
     struct shadow_stack *next; /* all shadow stacks (touched with the GIL) */
 } shadow_stack;
 
@@ -248,6 +249,13 @@ static int pyframes(uint64_t *words, int max, int skip, int *depth) {
     if (s == NULL || !frames_on || s->generation != frames_generation) return 0;
     int n = __atomic_load_n(&s->n, __ATOMIC_ACQUIRE);
     *depth = n;
+    unsigned session = cytrace_session();
+    if (__builtin_expect(s->ids_session != session, 0)) {
+        /* a new session in the same shadow stack (a followed fork's child): its ids were
+         * defined in the parent's capture, not in this one */
+        for (int i = 0; i < n; i++) s->entries[i].cached_id = 0;
+        s->ids_session = session;
+    }
     int k = 0;
     for (int i = n - 1 - skip; i >= 0 && k < max; i--) {
         shadow_entry *e = &s->entries[i];

@@ -214,6 +214,7 @@ CYTRACE_API void cytrace_set_max_frames(int frames) {
 }
 
 CYTRACE_API int cytrace_is_active(void) { return atomic_load(&cyt_active); }
+CYTRACE_API unsigned cytrace_session(void) { return atomic_load_explicit(&cyt_session, memory_order_relaxed); }
 CYTRACE_API const char *cytrace_path(void) { return capture_path; }
 CYTRACE_API const char *cytrace_last_error(void) { return last_error; }
 
