@@ -112,3 +112,12 @@ def debug_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     if pip.returncode != 0:
         pytest.skip(f"cannot install Cython for {base}: {pip.stdout[-500:]}")
     return str(interpreter)
+
+
+@pytest.fixture(scope="session")
+def shapes(debug_python: str):
+    """tests/fixtures/debug/shapes.pyx built at -O0 by that interpreter's cytool: (module .so, build dir)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
+    import gdbharness
+
+    return gdbharness.build(debug_python, gdbharness.SHAPES)

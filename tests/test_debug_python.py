@@ -8,28 +8,17 @@ the interpreters CYTOOL_TEST_PYTHONS names (tests/conftest.py).
 """
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed"),
-    pytest.mark.timeout(900),
-]
+pytestmark = h.GDB_TESTS
 
-SHAPES = h.HERE / "shapes.pyx"
+SHAPES = h.SHAPES
 S = h.markers(SHAPES)
 Y = h.markers(h.HERE / "pysteps.py")
-
-
-@pytest.fixture(scope="session")
-def shapes(debug_python: str):
-    return h.build(debug_python, SHAPES)
 
 
 def at(run: h.GdbRun, index: int):

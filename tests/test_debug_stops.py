@@ -19,20 +19,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed"),
-    pytest.mark.timeout(900),
-]
+pytestmark = h.GDB_TESTS
 
-SHAPES = h.HERE / "shapes.pyx"
+SHAPES = h.SHAPES
 S = h.markers(SHAPES)
 O = h.markers(h.HERE / "optmod.pyx")
 G = h.markers(h.HERE / "pkgsrc" / "pkg" / "sub" / "geo.pyx")
-
-
-@pytest.fixture(scope="session")
-def shapes(debug_python: str):
-    return h.build(debug_python, SHAPES)
 
 
 def run_shapes(python: str, built, commands: List[str]) -> h.GdbRun:

@@ -7,27 +7,16 @@ Runs on the interpreters CYTOOL_TEST_PYTHONS names (tests/conftest.py).
 from __future__ import annotations
 
 import re
-import shutil
 import sys
 from pathlib import Path
-
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed"),
-    pytest.mark.timeout(900),
-]
+pytestmark = h.GDB_TESTS
 
-SHAPES = h.HERE / "shapes.pyx"
+SHAPES = h.SHAPES
 S = h.markers(SHAPES)
-
-
-@pytest.fixture(scope="session")
-def shapes(debug_python: str):
-    return h.build(debug_python, SHAPES)
 
 
 def test_breakpoint_in_several_threads(debug_python: str, shapes) -> None:
