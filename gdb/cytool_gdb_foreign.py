@@ -553,13 +553,6 @@ class ForeignModule(Module):
 
     # -- Module's interface ------------------------------------------------------------------
 
-    @property
-    def sources(self) -> List[str]:
-        paths = list(self.line_map)
-        if self.filename and self.filename not in paths:
-            paths.insert(0, self.filename)
-        return paths
-
     def c_statement_lines(self, function: Function) -> List[Tuple[str, int, bool]]:
         if self.c_lines:
             return []  # no #line directives: no artifact rows to tell apart
