@@ -430,16 +430,21 @@ static int build_header(cyt_buf *h, unsigned flags, pid_t parent_pid) {
 
 int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
     /* Not O_TRUNC: the file may be another live tracer's capture. Lock it first, then
-     * empty it; the lock goes with the process, however it ends. */
+     * empty it; the lock goes with the process, however it ends. The fd, file_end and the
+     * header are set under io_lock: a thread of the previous session still cutting back a
+     * failed write must not truncate or seek this session's file. */
+    pthread_mutex_lock(&io_lock);
     out_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
     if (out_fd < 0) {
         cyt_set_error("cannot create %s: %s", path, strerror(errno));
+        pthread_mutex_unlock(&io_lock);
         return -1;
     }
     if (flock(out_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
         close(out_fd);
         out_fd = -1;
         cyt_set_error("%s is being written by another process's tracer", path);
+        pthread_mutex_unlock(&io_lock);
         errno = EAGAIN;
         return -1;
     } /* (a file system without locks: written unlocked) */
@@ -487,10 +492,12 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
     }
     pthread_setname_np(writer_thread, "cytool-writer");
     writer_running = 1;
+    pthread_mutex_unlock(&io_lock);
     return 0;
 fail:
     close(out_fd);
     out_fd = -1;
+    pthread_mutex_unlock(&io_lock);
     return -1;
 }
 
