@@ -136,3 +136,38 @@ def test_followed_fork_child_defines_its_frames(shapes_capture) -> None:
         assert python_frames_of(child, 1008) == [[("in_child", at("child")), ("<module>", at("module_child"))]], version
         assert python_frames_of(child, 1001) == []
         assert not any(f.function == "<unknown>" for f in child.pyframes.values())
+
+
+def test_a_programs_profiler_stays_and_frames_are_recorded(tmp_path: Path) -> None:
+    """Python frames need no profile function: a profiler the program installed (sys and
+    threading) keeps seeing its events while tracing, and is still there after."""
+    code = f"""
+        import importlib.util, sys, threading
+        import cytool
+        from cytool.build import BuildOptions, build_module
+        spec = importlib.util.spec_from_file_location("alloc_exact", build_module({str(EXACT)!r}, BuildOptions()).module_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        seen = []
+        def mine(frame, event, arg):
+            if event == "call":
+                seen.append(frame.f_code.co_name)
+        def caller():
+            mod.allocate(5, 2001)
+        sys.setprofile(mine)
+        threading.setprofile(mine)
+        with cytool.Tracker("prof.cytrace"):
+            caller()
+        sys.setprofile(None)
+        print("kept", threading._profile_hook is mine, "seen", "caller" in seen)
+    """
+    import textwrap
+
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["kept", "True", "seen", "True"]
+    assert "tracing without Python frames" not in done.stderr
+    with read_capture(tmp_path / "prof.cytrace") as capture:
+        frames = python_frames_of(capture, 2001)
+        assert len(frames) == 5 and all(f[0][0] == "caller" for f in frames)

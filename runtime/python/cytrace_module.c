@@ -83,16 +83,31 @@ static int call_threading(const char *function, PyObject *arg) {
     return 0;
 }
 
-static int frames_on;
+static int frames_on, naming_hook_on;
+
+/* 1 when threading has no profile hook of its own (the program's, a profiler's): only
+ * then is ours installed, so a program's profiler is never displaced. */
+static int threading_hook_free(void) {
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *hook = threading ? PyObject_GetAttrString(threading, "_profile_hook") : NULL;
+    int free_ = hook == Py_None;
+    Py_XDECREF(hook);
+    Py_XDECREF(threading);
+    PyErr_Clear();
+    return free_;
+}
 
 /* Python frames on: the walker answers the tracer; threads started from now on are named
- * when they start. */
+ * when they start (else at stop, if they are still alive). */
 static int frames_start(void) {
-    PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
-    if (hook == NULL) return -1;
-    int r = call_threading("setprofile", hook);
-    Py_DECREF(hook);
-    if (r != 0) return -1;
+    if (threading_hook_free()) {
+        PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
+        if (hook == NULL) return -1;
+        int r = call_threading("setprofile", hook);
+        Py_DECREF(hook);
+        if (r != 0) return -1;
+        naming_hook_on = 1;
+    }
     python_frames_enable();
     frames_on = 1;
     return 0;
@@ -102,7 +117,8 @@ static void frames_stop(void) {
     if (!frames_on) return;
     frames_on = 0;
     python_frames_disable();
-    if (call_threading("setprofile", Py_None) != 0) PyErr_Clear();
+    if (naming_hook_on && call_threading("setprofile", Py_None) != 0) PyErr_Clear();
+    naming_hook_on = 0;
 }
 
 /* ---- the module ---------------------------------------------------------------------- */
