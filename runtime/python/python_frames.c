@@ -266,34 +266,49 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
         t->nprevious = 0;
     }
     /* this walk, innermost first */
-    int n = 0;
+    walked_frame *restrict walk = t->walk;
+    int n = 0, cap = t->cap;
     for (interp_frame *f = innermost_frame(ts); f != NULL; f = outer_frame(f)) {
         PyCodeObject *code = frame_code(f);
         if (code == NULL) continue;
-        if (n == t->cap && grow_walks(t) != 0) break;
-        walked_frame *w = &t->walk[n++];
-        w->frame = f;
-        w->code = code;
-        w->lasti = frame_lasti(f);
+        if (__builtin_expect(n == cap, 0)) {
+            if (grow_walks(t) != 0) break;
+            walk = t->walk;
+            cap = t->cap;
+        }
+        walk[n].frame = f;
+        walk[n].code = code;
+        walk[n].lasti = frame_lasti(f);
+        n++;
     }
-    /* the outermost frames that the previous walk saw in the same state keep their words */
+    /* the outermost frames that the previous walk saw in the same state keep their words;
+     * the usual call (no skip, room for all) gets them straight into `words` */
+    const walked_frame *restrict previous = t->previous;
+    int direct = skip == 0 && n <= max;
     int i = n - 1, j = t->nprevious - 1;
-    while (i >= 0 && j >= 0 && t->walk[i].frame == t->previous[j].frame && t->walk[i].code == t->previous[j].code &&
-           t->walk[i].lasti == t->previous[j].lasti && t->previous[j].word != 0) {
-        t->walk[i].word = t->previous[j].word;
-        i--;
-        j--;
+    for (; i >= 0 && j >= 0; i--, j--) {
+        if (walk[i].frame != previous[j].frame || walk[i].lasti != previous[j].lasti ||
+            walk[i].code != previous[j].code || previous[j].word == 0)
+            break;
+        walk[i].word = previous[j].word;
+        if (direct) words[i] = previous[j].word;
     }
-    for (; i >= 0; i--) t->walk[i].word = cached_site_word(t, (PyCodeObject *)t->walk[i].code, t->walk[i].lasti);
-    walked_frame *swap = t->previous;
-    t->previous = t->walk;
-    t->walk = swap;
+    for (; i >= 0; i--) {
+        walk[i].word = cached_site_word(t, (PyCodeObject *)walk[i].code, walk[i].lasti);
+        if (direct) words[i] = walk[i].word;
+    }
+    t->previous = walk;
+    t->walk = (walked_frame *)previous;
     t->nprevious = n;
     *depth = n;
     int k = 0;
+    if (direct) {
+        while (k < n && words[k] != 0) k++; /* 0: the tracer's table is full */
+        return k;
+    }
     for (int at = skip; at < n && k < max; at++) {
-        if (t->previous[at].word == 0) break; /* the tracer's table is full */
-        words[k++] = t->previous[at].word;
+        if (walk[at].word == 0) break;
+        words[k++] = walk[at].word;
     }
     return k;
 }
