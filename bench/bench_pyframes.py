@@ -62,6 +62,7 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=150_000, help="calls from Cython into Python")
     parser.add_argument("--depth", type=int, default=20, help="Python recursion depth of each call")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--alloc-n", type=int, default=2_000_000, help="mallocs of the bench_alloc comparison")
     parser.add_argument("--no-memray", action="store_true")
     parser.add_argument("--baseline", type=Path, help="an earlier cytool source tree, built in place")
     parser.add_argument("--baseline-ref", metavar="REF", help="build the git revision REF (e.g. main) as the baseline")
@@ -119,6 +120,19 @@ def main() -> int:
                 idle_wall[name].append(w)
                 idle_cpu[name].append(c)
                 print(f"{name}: {wall[name][-1]:.3f} s wall, {cpu[name][-1]:.3f} s CPU", file=sys.stderr)
+        # the other side: a malloc-heavy nogil loop under 3 Python frames (examples/bench_alloc.pyx),
+        # where every allocation reads the Python frames and few calls happen
+        alloc_cpu: Dict[str, List[float]] = {}
+        if args.baseline is not None:
+            alloc = REPO / "examples" / "bench_alloc.pyx"
+            alloc_cmds = {name: [py, "-m", "cytool", "profile", "--no-summary", "-o", str(work / f"alloc-{name}.cytrace"),
+                                 str(alloc), "--", str(args.alloc_n), "1"] for name in ("profile", "baseline")}
+            alloc_cpu = {name: [] for name in alloc_cmds}
+            for name, argv in alloc_cmds.items():
+                run_once(argv, work, envs[name])
+            for round_ in range(args.runs):
+                for name in (("profile", "baseline") if round_ % 2 == 0 else ("baseline", "profile")):
+                    alloc_cpu[name].append(run_once(alloc_cmds[name], work, envs[name])[1])
         sizes = {}
         for name in busy:
             if name == "plain":
@@ -166,6 +180,15 @@ def main() -> int:
     if "baseline" in busy:
         paired = statistics.median(a / b for a, b in zip(cpu["profile"], cpu["baseline"]))
         lines.append(f"- this tree / baseline, the median of the rounds' CPU ratios: {paired:.2f}")
+    if alloc_cpu:
+        paired = statistics.median(a / b for a, b in zip(alloc_cpu["profile"], alloc_cpu["baseline"]))
+        lines += [
+            "",
+            f"The other side, few calls and many allocations: `examples/bench_alloc.pyx -- {args.alloc_n} 1` (mallocs and "
+            "frees in a `nogil` loop, 3 Python frames above each) under `cytool profile`, CPU s (median of "
+            f"{args.runs} interleaved runs): this tree {statistics.median(alloc_cpu['profile']):.3f}, baseline "
+            f"{statistics.median(alloc_cpu['baseline']):.3f}; the median of the rounds' ratios {paired:.3f}.",
+        ]
     lines.append("")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text("\n".join(lines))
