@@ -125,6 +125,9 @@ def test_threads_started_before_and_after_the_tracer(shapes_capture) -> None:
             for f in frames:  # threading's bootstrap above the target
                 assert f[0] == (function, at(line)), version
                 assert "Thread.run" in [name for name, _ in f] or "run" in [name for name, _ in f]
+            # named as threading names them, the late one by the hook at its start
+            event = next(e for e in capture.events if e.kind == "malloc" and e.size == size)
+            assert capture.threads[event.thread_id].name == line, version
 
 
 def test_followed_fork_child_defines_its_frames(shapes_capture) -> None:

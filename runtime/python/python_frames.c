@@ -46,7 +46,7 @@ typedef struct {
     uint64_t word;
 } walked_frame;
 
-#define SITE_SLOTS 4096 /* per thread, direct mapped */
+#define SITE_SLOTS 2048 /* per thread, direct mapped (80 KiB) */
 
 /* A call site seen by this thread: (code, lasti) and the names it was checked against. */
 typedef struct {
@@ -74,6 +74,7 @@ static int frames_on;
 static void thread_frames_free(void *p) {
     thread_frames *t = p;
     if (t == NULL) return;
+    tls_frames = NULL; /* (runs in the ending thread: a later allocation of its own starts afresh) */
     free(t->walk);
     free(t->previous);
     free(t);
