@@ -54,10 +54,11 @@ def extensions():
     source = HERE / "runtime" / "python" / "cytrace_module.c"
     if not source.exists():
         return []
+    walker = HERE / "runtime" / "python" / "python_frames.c"
     return [
         Extension(
             "cytool._cytrace",
-            sources=[str(source.relative_to(HERE))],
+            sources=[str(source.relative_to(HERE)), str(walker.relative_to(HERE))],
             include_dirs=["runtime/include"],
             libraries=["cytrace"],
             runtime_library_dirs=["$ORIGIN/_lib"],

@@ -10,6 +10,7 @@ BENCHMARKS = (
     "bench_run.py",
     "bench_warm.py",
     "bench_profile.py",
+    "bench_pyframes.py",
     "bench_report.py",
     "bench_stream_report.py",
     "bench_processes.py",

@@ -13,8 +13,6 @@ from __future__ import annotations
 import atexit
 import errno
 import os
-import sys
-import warnings
 from pathlib import Path
 from types import TracebackType
 from typing import Dict, Optional, Type, Union
@@ -77,7 +75,9 @@ class Tracker:
         the child stops tracing and leaves the file to the parent.
     trace_python_allocators: also record the PyMem RAW/MEM/OBJ domains (pymalloc); their
         blocks then appear as pymem_* events instead of the malloc/mmap underneath.
-    python_frames: record the Python frames above the native ones (a profile function).
+    python_frames: record the Python frames above the native ones (read from the
+        interpreter's frames at each allocation; no profile function, so a program's own
+        profiler and tracer are left alone).
     native_unwind: always unwind with libunwind, even through frame-pointer code.
     time_resolution_ns: event time resolution (None: the tracer's default, 1 ms,
         _cytrace.DEFAULT_TIME_RESOLUTION_NS). From 100 us up a clock
@@ -127,10 +127,6 @@ class Tracker:
                 hint="one tracer per process: stop the other Tracker (or unset CYTOOL_PROFILE) first",
             )
         python_frames = self.python_frames
-        if python_frames and sys.getprofile() is not None:
-            # Python frames come from a profile function; do not displace the user's profiler
-            warnings.warn("a profiler is installed (sys.setprofile): tracing without Python frames", stacklevel=2)
-            python_frames = False
         settings: Dict[str, int] = {} if self.time_resolution_ns is None else {"time_resolution_ns": self.time_resolution_ns}
         if self.max_frames is not None:
             if not driver.MIN_MAX_FRAMES <= self.max_frames <= driver.MAX_MAX_FRAMES:

@@ -1,11 +1,8 @@
 /* cytrace_module.c: cytool._cytrace, the CPython face of libcytrace.
  *
  * start()/stop() drive the tracer. Besides, this module owns what needs the Python API:
- *  - Python frames: a C profile function (PyEval_SetProfile, in every thread) keeps a
- *    per-thread shadow stack of the running Python frames; the tracer's allocation hook
- *    calls pyframes() to turn it into frame words. That callback never calls into the
- *    interpreter: it reads the shadow stack of its own thread and the line of a suspended
- *    frame (PyFrame_GetLineNumber, a pure read), so it is safe without the GIL.
+ *  - Python frames: the tracer's allocation hook reads the calling thread's interpreter
+ *    frames at that moment (python_frames.c); nothing runs on Python calls and returns;
  *  - thread names: every Python thread's name (threading.Thread.name) is handed to the
  *    tracer by its OS thread id, at start, when a thread starts, and at stop (renames);
  *  - the PyMem domains (trace_python_allocators) are wrapped by libcytrace itself
@@ -14,273 +11,13 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
-#include <frameobject.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "cytrace.h"
-
-/* ---- the code registry: code object -> small index and its names ------------------- */
-
-#define CODE_CHUNK 1024
-#define CODE_CHUNKS 4096
-
-typedef struct {
-    char *function;
-    char *file;
-} code_names;
-
-static code_names *code_chunks[CODE_CHUNKS]; /* never moved: read by other threads */
-static uint32_t ncodes;
-static struct {
-    PyObject *code;
-    uint32_t index;
-} *code_map; /* open addressing, touched only with the GIL */
-static size_t code_map_cap, code_map_used;
-
-static char *utf8_copy(PyObject *text) {
-    const char *s = text && PyUnicode_Check(text) ? PyUnicode_AsUTF8(text) : NULL;
-    if (s == NULL) {
-        PyErr_Clear();
-        s = "?";
-    }
-    size_t n = strlen(s);
-    char *copy = PyMem_RawMalloc(n + 1);
-    if (copy) memcpy(copy, s, n + 1);
-    return copy;
-}
-
-static size_t ptr_hash(const void *p) { return (size_t)(((uintptr_t)p >> 4) * 0x9e3779b97f4a7c15ULL); }
-
-static int code_map_grow(void) {
-    size_t cap = code_map_cap ? code_map_cap * 2 : 1024;
-    void *mem = PyMem_RawCalloc(cap, sizeof *code_map);
-    if (mem == NULL) return -1;
-    __typeof__(code_map) old = code_map;
-    size_t old_cap = code_map_cap;
-    code_map = mem;
-    code_map_cap = cap;
-    for (size_t i = 0; i < old_cap; i++) {
-        if (old[i].code == NULL) continue;
-        size_t j = ptr_hash(old[i].code) & (cap - 1);
-        while (code_map[j].code) j = (j + 1) & (cap - 1);
-        code_map[j] = old[i];
-    }
-    PyMem_RawFree(old);
-    return 0;
-}
-
-/* Index of a code object (registering it, and keeping it alive, on first sight); 0 on failure. */
-static uint32_t code_index(PyCodeObject *code) {
-    if ((code_map_used + 1) * 2 > code_map_cap && code_map_grow() != 0) return 0;
-    size_t j = ptr_hash(code) & (code_map_cap - 1);
-    while (code_map[j].code) {
-        if (code_map[j].code == (PyObject *)code) return code_map[j].index;
-        j = (j + 1) & (code_map_cap - 1);
-    }
-    uint32_t index = ncodes + 1;
-    uint32_t chunk = index / CODE_CHUNK;
-    if (chunk >= CODE_CHUNKS) return 0;
-    if (code_chunks[chunk] == NULL) {
-        code_chunks[chunk] = PyMem_RawCalloc(CODE_CHUNK, sizeof(code_names));
-        if (code_chunks[chunk] == NULL) return 0;
-    }
-#if PY_VERSION_HEX >= 0x030B0000
-    PyObject *name = PyObject_GetAttrString((PyObject *)code, "co_qualname");
-#else
-    PyObject *name = PyObject_GetAttrString((PyObject *)code, "co_name");
-#endif
-    if (name == NULL) PyErr_Clear();
-    PyObject *file = PyObject_GetAttrString((PyObject *)code, "co_filename");
-    if (file == NULL) PyErr_Clear();
-    code_names *slot = &code_chunks[chunk][index % CODE_CHUNK];
-    slot->function = utf8_copy(name);
-    slot->file = utf8_copy(file);
-    Py_XDECREF(name);
-    Py_XDECREF(file);
-    Py_INCREF(code);
-    code_map[j].code = (PyObject *)code;
-    code_map[j].index = index;
-    code_map_used++;
-    __atomic_store_n(&ncodes, index, __ATOMIC_RELEASE);
-    return index;
-}
-
-static const code_names *names_of(uint32_t index) {
-    if (index == 0 || index > __atomic_load_n(&ncodes, __ATOMIC_ACQUIRE)) return NULL;
-    return &code_chunks[index / CODE_CHUNK][index % CODE_CHUNK];
-}
-
-/* ---- shadow stacks of Python frames ---------------------------------------------------- */
-
-typedef struct {
-    PyFrameObject *frame;
-    uint32_t code;
-    uint32_t cached_id; /* pyframe id for cached_lasti, 0 = not computed */
-    int cached_lasti;
-} shadow_entry;
-
-/* The frame's last instruction: cheap to read, unlike its line (a line-table walk). */
-static inline int frame_lasti(PyFrameObject *frame) {
-#if PY_VERSION_HEX >= 0x030B0000
-    return PyFrame_GetLasti(frame);
-#else
-    return frame->f_lasti;
-#endif
-}
-
-typedef struct shadow_stack {
-    shadow_entry *entries;
-    int n, cap;
-    unsigned generation;
-    unsigned ids_session; /* the tracer session its entries' cached pyframe ids belong to */
-    struct shadow_stack *next; /* all shadow stacks (touched with the GIL) */
-} shadow_stack;
-
-static shadow_stack *all_shadows;
-
-/* Entries hold a reference to their frame: a frame we missed the RETURN of (a greenlet
- * switch, say) stays alive instead of being read after it is freed. */
-static void shadow_pop_to(shadow_stack *s, int n) {
-    int old = s->n;
-    if (n >= old) return;
-    __atomic_store_n(&s->n, n, __ATOMIC_RELEASE);
-    for (int i = old - 1; i >= n; i--) Py_DECREF(s->entries[i].frame);
-}
-
-static __thread __attribute__((tls_model("initial-exec"))) shadow_stack *tls_shadow;
-static unsigned frames_generation; /* bumped at each start; 0 = not recording frames */
-static int frames_on;
-
-static int shadow_push(shadow_stack *s, PyFrameObject *frame) {
-    if (s->n == s->cap) {
-        int cap = s->cap ? s->cap * 2 : 64;
-        shadow_entry *e = PyMem_RawRealloc(s->entries, (size_t)cap * sizeof *e);
-        if (e == NULL) return -1;
-        s->entries = e;
-        s->cap = cap;
-    }
-    PyCodeObject *code = PyFrame_GetCode(frame);
-    uint32_t index = code_index(code);
-    Py_DECREF(code);
-    if (s->n > 0) s->entries[s->n - 1].cached_id = 0; /* its line is now fixed: recompute once */
-    shadow_entry *e = &s->entries[s->n];
-    Py_INCREF(frame);
-    e->frame = frame;
-    e->code = index;
-    e->cached_id = 0;
-    e->cached_lasti = -2;
-    __atomic_store_n(&s->n, s->n + 1, __ATOMIC_RELEASE);
-    return 0;
-}
-
-/* Make the shadow stack describe `frame` and its callers (outermost first), however deep. */
-static void shadow_seed(shadow_stack *s, PyFrameObject *frame) {
-    shadow_pop_to(s, 0);
-    int depth = 0, cap = 0;
-    PyFrameObject **chain = NULL;
-    Py_XINCREF(frame);
-    while (frame != NULL) {
-        if (depth == cap) {
-            int more = cap ? cap * 2 : 256;
-            PyFrameObject **n = PyMem_RawRealloc(chain, (size_t)more * sizeof *n);
-            if (n == NULL) break;
-            chain = n;
-            cap = more;
-        }
-        chain[depth++] = frame;
-        frame = PyFrame_GetBack(frame);
-    }
-    Py_XDECREF(frame);
-    for (int i = depth - 1; i >= 0; i--) {
-        shadow_push(s, chain[i]);
-        Py_DECREF(chain[i]); /* the shadow stack holds its own reference */
-    }
-    PyMem_RawFree(chain);
-}
-
-static shadow_stack *thread_shadow(PyFrameObject *seed_from) {
-    shadow_stack *s = tls_shadow;
-    if (s == NULL) {
-        s = PyMem_RawCalloc(1, sizeof *s);
-        if (s == NULL) return NULL;
-        s->next = all_shadows;
-        all_shadows = s;
-        tls_shadow = s;
-    }
-    if (s->generation != frames_generation) {
-        s->generation = frames_generation;
-        shadow_seed(s, seed_from);
-    }
-    return s;
-}
-
-static int profile_fn(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
-    (void)obj;
-    (void)arg;
-    if (!frames_on || (what != PyTrace_CALL && what != PyTrace_RETURN)) return 0;
-    int guard = cytrace_guard_enter();
-    shadow_stack *s = tls_shadow;
-    if (s == NULL || s->generation != frames_generation) {
-        /* first event in this thread: its stack, callers included, is known now */
-        PyFrameObject *back = what == PyTrace_CALL ? PyFrame_GetBack(frame) : (Py_INCREF(frame), frame);
-        s = thread_shadow(back);
-        Py_XDECREF(back);
-        if (s != NULL && what == PyTrace_CALL) shadow_push(s, frame);
-        else if (s != NULL && s->n > 0) shadow_pop_to(s, s->n - 1);
-    } else if (what == PyTrace_CALL) {
-        shadow_push(s, frame);
-    } else {
-        int i = s->n - 1;
-        while (i >= 0 && s->entries[i].frame != frame) i--;
-        if (i >= 0) shadow_pop_to(s, i); /* pops frames we missed too */
-    }
-    cytrace_guard_exit(guard);
-    return 0;
-}
-
-/* The tracer's callback (cytrace_pyframes_fn): runs inside an allocation hook, guard
- * held, maybe without the GIL. */
-static int pyframes(uint64_t *words, int max, int skip, int *depth) {
-    shadow_stack *s = tls_shadow;
-    *depth = 0;
-    if (s == NULL || !frames_on || s->generation != frames_generation) return 0;
-    int n = __atomic_load_n(&s->n, __ATOMIC_ACQUIRE);
-    *depth = n;
-    unsigned session = cytrace_session();
-    if (__builtin_expect(s->ids_session != session, 0)) {
-        /* a new session in the same shadow stack (a followed fork's child): its ids were
-         * defined in the parent's capture, not in this one */
-        for (int i = 0; i < n; i++) s->entries[i].cached_id = 0;
-        s->ids_session = session;
-    }
-    int k = 0;
-    for (int i = n - 1 - skip; i >= 0 && k < max; i--) {
-        shadow_entry *e = &s->entries[i];
-        if (i != n - 1 && e->cached_id != 0) {
-            words[k++] = ((uint64_t)e->cached_id << 1) | 1;
-            continue;
-        }
-        int lasti = frame_lasti(e->frame);
-        if (lasti != e->cached_lasti || e->cached_id == 0) {
-            int line = PyFrame_GetLineNumber(e->frame);
-            int is_new = 0;
-            uint32_t id = cytrace_pyframe_intern(((uint64_t)e->code << 32) | (uint32_t)line, &is_new);
-            if (id == 0) break;
-            if (is_new) {
-                const code_names *names = names_of(e->code);
-                cytrace_emit_pyframe(id, (unsigned)(line < 0 ? 0 : line), names && names->function ? names->function : "?",
-                                     names && names->file ? names->file : "?");
-            }
-            e->cached_lasti = lasti;
-            e->cached_id = id;
-        }
-        words[k++] = ((uint64_t)e->cached_id << 1) | 1;
-    }
-    return k;
-}
+#include "python_frames.h"
 
 /* ---- thread names ---------------------------------------------------------------------- */
 
@@ -323,21 +60,14 @@ static void name_current_thread(void) {
     cytrace_guard_exit(guard);
 }
 
-/* threading.setprofile() hook: the first event of a new thread installs the C profiler. */
+/* threading.setprofile() hook, the first event of a thread started while tracing: name
+ * the thread, then remove the hook (Python frames need no profile function). */
 static PyObject *thread_bootstrap(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *frame, *event, *arg;
     if (!PyArg_ParseTuple(args, "OOO", &frame, &event, &arg)) return NULL;
     if (cytrace_is_active()) name_current_thread();
-    if (frames_on) {
-        PyEval_SetProfile(profile_fn, NULL);
-        if (PyFrame_Check(frame)) {
-            int guard = cytrace_guard_enter();
-            shadow_stack *s = thread_shadow((PyFrameObject *)frame);
-            (void)s;
-            cytrace_guard_exit(guard);
-        }
-    }
+    PyEval_SetProfile(NULL, NULL);
     Py_RETURN_NONE;
 }
 
@@ -353,47 +83,42 @@ static int call_threading(const char *function, PyObject *arg) {
     return 0;
 }
 
-static void set_profile_all_threads(Py_tracefunc fn) {
-#if PY_VERSION_HEX >= 0x030C0000
-    PyEval_SetProfileAllThreads(fn, NULL);
-#else
-    PyThreadState *self = PyThreadState_Get();
-    for (PyThreadState *t = PyInterpreterState_ThreadHead(self->interp); t != NULL; t = PyThreadState_Next(t))
-        _PyEval_SetProfile(t, fn, NULL);
-#endif
+static int frames_on, naming_hook_on;
+
+/* 1 when threading has no profile hook of its own (the program's, a profiler's): only
+ * then is ours installed, so a program's profiler is never displaced. */
+static int threading_hook_free(void) {
+    PyObject *threading = PyImport_ImportModule("threading");
+    PyObject *hook = threading ? PyObject_GetAttrString(threading, "_profile_hook") : NULL;
+    int free_ = hook == Py_None;
+    Py_XDECREF(hook);
+    Py_XDECREF(threading);
+    PyErr_Clear();
+    return free_;
 }
 
+/* Python frames on: the walker answers the tracer; threads started from now on are named
+ * when they start (else at stop, if they are still alive). */
 static int frames_start(void) {
-    frames_generation++;
-    if (frames_generation == 0) frames_generation = 1;
+    if (threading_hook_free()) {
+        PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
+        if (hook == NULL) return -1;
+        int r = call_threading("setprofile", hook);
+        Py_DECREF(hook);
+        if (r != 0) return -1;
+        naming_hook_on = 1;
+    }
+    python_frames_enable();
     frames_on = 1;
-    cytrace_set_pyframes_source(pyframes);
-    PyObject *hook = PyCFunction_New(&bootstrap_def, NULL);
-    if (hook == NULL) return -1;
-    int r = call_threading("setprofile", hook);
-    Py_DECREF(hook);
-    if (r != 0) return -1;
-    set_profile_all_threads(profile_fn);
-    int guard = cytrace_guard_enter();
-    PyFrameObject *current = PyEval_GetFrame();
-    thread_shadow(current);
-    cytrace_guard_exit(guard);
     return 0;
 }
 
 static void frames_stop(void) {
     if (!frames_on) return;
     frames_on = 0;
-    set_profile_all_threads(NULL);
-    if (call_threading("setprofile", Py_None) != 0) PyErr_Clear();
-    /* The tracer has stopped: no allocation hook reads a shadow stack any more. Release
-     * the frames they hold, in every thread (a thread re-seeds at the next start). */
-    int guard = cytrace_guard_enter();
-    for (shadow_stack *s = all_shadows; s != NULL; s = s->next) {
-        shadow_pop_to(s, 0);
-        s->generation = 0;
-    }
-    cytrace_guard_exit(guard);
+    python_frames_disable();
+    if (naming_hook_on && call_threading("setprofile", Py_None) != 0) PyErr_Clear();
+    naming_hook_on = 0;
 }
 
 /* ---- the module ---------------------------------------------------------------------- */
@@ -466,16 +191,12 @@ static PyObject *py_stop(PyObject *self, PyObject *args) {
     return stats_dict();
 }
 
-/* os.register_at_fork(after_in_child=...): only this thread exists in the child. The
- * other threads' shadow stacks point at frames the child's interpreter tears down:
- * forget them without touching their references. Then, unless the tracer follows the
- * fork (it is still active), drop the profiler too. */
+/* os.register_at_fork(after_in_child=...): unless the tracer follows the fork (it is
+ * still active), Python frames stop too. A followed child's threads see the tracer's new
+ * session and forget the pyframe ids they cached in the parent's capture. */
 static PyObject *py_after_fork_child(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
-    shadow_stack *mine = tls_shadow;
-    all_shadows = mine;
-    if (mine != NULL) mine->next = NULL;
     if (!cytrace_is_active()) frames_stop();
     Py_RETURN_NONE;
 }

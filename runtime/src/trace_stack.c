@@ -5,7 +5,7 @@
  * (cytool-built modules link libcytrace, so trace_patch.c registers their code ranges
  * here), walk the frame-pointer chain while the return addresses stay inside such
  * objects; the first address outside (the interpreter, which omits frame pointers) is
- * kept and the walk stops there (the Python frames above come from the shadow stack).
+ * kept and the walk stops there (the Python frames above are read from the interpreter).
  * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI). A stack deeper than the
  * frame limit keeps its innermost frames and its outermost ones (a ring buffer holds the
  * latest frames seen while the walk goes on), and says how deep it was.

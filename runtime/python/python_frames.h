@@ -1,0 +1,15 @@
+/* python_frames.h: the Python frames of the calling thread at an allocation (python_frames.c). */
+#ifndef CYTOOL_PYTHON_FRAMES_H
+#define CYTOOL_PYTHON_FRAMES_H
+
+#include <stdint.h>
+
+/* The tracer's cytrace_pyframes_fn: walks the calling thread's interpreter frames. */
+int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth);
+
+/* Start handing the tracer Python frames (words cached for an earlier capture are void),
+ * and stop. */
+void python_frames_enable(void);
+void python_frames_disable(void);
+
+#endif

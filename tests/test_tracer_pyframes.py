@@ -1,0 +1,176 @@
+"""Python frames above Cython allocations, exact, on every supported interpreter: the tracer
+reads each thread's interpreter frames at the allocation (runtime/python/python_frames.c,
+one frame layout per Python version), so plain calls, generators, coroutines, Python
+called back through C functions, deep recursion, threads started before and after the
+tracer, and a followed fork's child must all give their true frames and lines
+(tests/fixtures/tracer/pyframe_shapes.py)."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import pytest
+
+from cytool.capture import Capture, read_capture
+
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "tracer"
+EXACT = FIXTURES / "alloc_exact.pyx"
+SHAPES = FIXTURES / "pyframe_shapes.py"
+LINES: Dict[str, int] = {
+    m.group(1): i for i, text in enumerate(SHAPES.read_text().splitlines(), 1) for m in [re.search(r"# L:(\w+)", text)] if m
+}
+
+
+def python_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+@pytest.fixture(scope="session")
+def tracer_python(debug_python: str) -> str:
+    """An interpreter with cytool's tracer extension built for it (in place, as an
+    editable install does: cytool/_cytrace.<its ABI>.so)."""
+    if debug_python != sys.executable:
+        done = subprocess.run([debug_python, "setup.py", "-q", "build_ext", "--inplace"], cwd=REPO, env=python_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout[-3000:]
+    return debug_python
+
+
+@pytest.fixture(scope="session")
+def shapes_capture(tracer_python: str, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, str]:
+    """(capture of pyframe_shapes.py, that interpreter's version)."""
+    work = tmp_path_factory.mktemp("pyframes")
+    build = ("import sys\nfrom cytool.build import build_module, BuildOptions\n"
+             "print(build_module(sys.argv[1], BuildOptions()).module_path)\n")
+    done = subprocess.run([tracer_python, "-c", build, str(EXACT)], env=python_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    module = done.stdout.strip().splitlines()[-1]
+    capture = work / "shapes.cytrace"
+    done = subprocess.run([tracer_python, str(SHAPES), module, str(capture)], cwd=work, env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    version = subprocess.run([tracer_python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    return capture, version
+
+
+def python_frames_of(capture: Capture, size: int) -> List[List[Tuple[str, int]]]:
+    """For each malloc of `size` bytes: its Python frames, innermost first, as (function, line)."""
+    found = []
+    for event in capture.events:
+        if event.kind == "malloc" and event.size == size:
+            stack = capture.stacks.get(event.stack_id, [])
+            assert stack and stack[0].file.endswith("alloc_exact.pyx"), stack[:3]
+            found.append([(f.function, f.line) for f in stack if f.kind == "python"])
+    return found
+
+
+def at(name: str) -> int:
+    return LINES[name]
+
+
+def test_plain_calls_give_their_call_lines(shapes_capture) -> None:
+    path, version = shapes_capture
+    with read_capture(path) as capture:
+        assert capture.complete and capture.header.python_frames
+        frames = python_frames_of(capture, 1001)
+        assert len(frames) == 6  # outer() twice
+        first = [("plain_caller", at("plain")), ("outer", at("outer")), ("<module>", at("module_outer"))]
+        again = first[:2] + [("<module>", at("module_outer_again"))]
+        assert frames[:3] == [first] * 3, version
+        assert frames[3:] == [again] * 3, version
+        assert not any(f.function == "<unknown>" for f in capture.pyframes.values())
+
+
+def test_generators_coroutines_and_calls_through_c(shapes_capture) -> None:
+    path, version = shapes_capture
+    with read_capture(path) as capture:
+        module_line = lambda frames: frames[-1][0] == "<module>"  # noqa: E731
+        gen = python_frames_of(capture, 1002)
+        assert len(gen) == 2 and all(module_line(f) for f in gen)
+        assert [f[:2] for f in gen] == [[("gen", at("gen")), ("consume", at("consume"))]] * 2, version
+        coro = python_frames_of(capture, 1003)
+        assert [f[:2] for f in coro] == [[("coro", at("coro")), ("run_coro", at("run_coro"))]], version
+        # map() and list() are C functions: no frame of theirs, the Python caller follows
+        mapped = python_frames_of(capture, 1004)
+        assert [f[:2] for f in mapped] == [[("in_map", at("in_map")), ("through_c", at("through_c"))]] * 2, version
+
+
+def test_deep_recursion_and_lines_in_one_function(shapes_capture) -> None:
+    path, version = shapes_capture
+    with read_capture(path) as capture:
+        (deep,) = python_frames_of(capture, 1005)
+        assert deep[0] == ("recurse", at("leaf"))
+        assert deep[1:61] == [("recurse", at("recurse"))] * 60, version
+        assert deep[61][0] == "<module>" and len(deep) == 62
+        for size, line in ((1010, "loop_a"), (1011, "loop_a"), (1012, "loop_b")):
+            assert [f[0] for f in python_frames_of(capture, size)] == [("same_site_many_lines", at(line))], version
+
+
+def test_threads_started_before_and_after_the_tracer(shapes_capture) -> None:
+    path, version = shapes_capture
+    with read_capture(path) as capture:
+        for size, function, line in ((1006, "early_thread", "early"), (1007, "late_thread", "late")):
+            frames = python_frames_of(capture, size)
+            assert len(frames) == 2
+            for f in frames:  # threading's bootstrap above the target
+                assert f[0] == (function, at(line)), version
+                assert "Thread.run" in [name for name, _ in f] or "run" in [name for name, _ in f]
+            # named as threading names them, the late one by the hook at its start
+            event = next(e for e in capture.events if e.kind == "malloc" and e.size == size)
+            assert capture.threads[event.thread_id].name == line, version
+
+
+def test_followed_fork_child_defines_its_frames(shapes_capture) -> None:
+    path, version = shapes_capture
+    children = [p for p in path.parent.glob(path.name + ".*") if p.suffix[1:].isdigit()]
+    assert len(children) == 1
+    with read_capture(children[0]) as child:
+        assert child.complete and not child.truncated
+        assert python_frames_of(child, 1008) == [[("in_child", at("child")), ("<module>", at("module_child"))]], version
+        assert python_frames_of(child, 1001) == []
+        assert not any(f.function == "<unknown>" for f in child.pyframes.values())
+
+
+def test_a_programs_profiler_stays_and_frames_are_recorded(tmp_path: Path) -> None:
+    """Python frames need no profile function: a profiler the program installed (sys and
+    threading) keeps seeing its events while tracing, and is still there after."""
+    code = f"""
+        import importlib.util, sys, threading
+        import cytool
+        from cytool.build import BuildOptions, build_module
+        spec = importlib.util.spec_from_file_location("alloc_exact", build_module({str(EXACT)!r}, BuildOptions()).module_path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        seen = []
+        def mine(frame, event, arg):
+            if event == "call":
+                seen.append(frame.f_code.co_name)
+        def caller():
+            mod.allocate(5, 2001)
+        sys.setprofile(mine)
+        threading.setprofile(mine)
+        with cytool.Tracker("prof.cytrace"):
+            caller()
+        sys.setprofile(None)
+        print("kept", threading._profile_hook is mine, "seen", "caller" in seen)
+    """
+    import textwrap
+
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["kept", "True", "seen", "True"]
+    assert "tracing without Python frames" not in done.stderr
+    with read_capture(tmp_path / "prof.cytrace") as capture:
+        frames = python_frames_of(capture, 2001)
+        assert len(frames) == 5 and all(f[0][0] == "caller" for f in frames)
