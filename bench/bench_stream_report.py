@@ -4,7 +4,7 @@ before (the reader of a baseline git ref, default `main`, which held every event
 memory) and after (this tree), and `heaptrack_print` on heaptrack's trace of the same
 workload, side by side in one run. Results: bench/results/stream_report.md.
 
-Workload (mixed.pyx below): a Cython loop that replaces one of 4,096 heap blocks per
+Workload (bench/mixed_workload.pyx, shared with bench_scale.py; run as mixed.pyx): a Cython loop that replaces one of 4,096 heap blocks per
 iteration (sizes 16-2,000 bytes from an inlined helper, 16-215 bytes from another line),
 grows a buffer with realloc (64 B doubling to 1 MiB, then again), and every 8th iteration
 builds a dict holding a list of 40-167 items and a str, keeping the last 1,000-2,000 of
@@ -38,51 +38,7 @@ BASELINE_REF = os.environ.get("BENCH_BASELINE_REF", "main")
 HUGE_N = int(os.environ.get("BENCH_STREAM_HUGE_N", "0"))
 REPO = Path(__file__).resolve().parent.parent
 
-WORKLOAD = '''\
-# Mixed workload (bench_stream_report.py): heap blocks of mixed sizes, a realloc-grown
-# buffer, Python containers.
-from libc.stdlib cimport malloc, free, realloc
-
-cdef inline void* grab(size_t n):
-    return malloc(n)
-
-def mixed(long n):
-    cdef void** ring = <void**>malloc(4096 * sizeof(void*))
-    cdef long i, j
-    cdef unsigned long x = 12345
-    cdef size_t cap = 64, used = 0
-    cdef char* buf = <char*>malloc(cap)
-    keep = []
-    for j in range(4096):
-        ring[j] = NULL
-    for i in range(n):
-        x = x * 6364136223846793005UL + 1442695040888963407UL
-        j = (x >> 33) & 4095
-        free(ring[j])
-        if i & 1:
-            ring[j] = grab(16 + ((x >> 20) % 1985))
-        else:
-            ring[j] = malloc(16 + ((x >> 40) % 200))
-        used += 48
-        if used > cap:
-            cap = cap * 2 if cap < (1 << 20) else 64
-            if cap == 64:
-                used = 0
-            buf = <char*>realloc(buf, cap)
-        if i % 8 == 0:
-            d = {"a": i, "b": [i] * (40 + (i & 127)), "c": str(i)}
-            keep.append(d)
-            if len(keep) > 2000:
-                del keep[:1000]
-    for j in range(4096):
-        free(ring[j])
-    free(ring)
-    free(buf)
-
-if __name__ == "__main__":
-    import sys
-    mixed(int(sys.argv[1]))
-'''
+WORKLOAD = (Path(__file__).resolve().parent / "mixed_workload.pyx").read_text()  # copied as mixed.pyx
 
 
 def run(argv: Sequence[str], env: Mapping[str, str], cwd: Optional[Path] = None) -> str:

@@ -13,6 +13,7 @@ BENCHMARKS = (
     "bench_pyframes.py",
     "bench_report.py",
     "bench_stream_report.py",
+    "bench_scale.py",
     "bench_processes.py",
     "bench_debug_agent.py",
 )

@@ -41,7 +41,7 @@ def write_simple(path: Path, version: int = 2) -> None:
         w.end(1000)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3])
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
 def test_reads_every_event_field(tmp_path: Path, version: int) -> None:
     path = tmp_path / "simple.cytrace"
     write_simple(path, version)
@@ -141,6 +141,36 @@ def test_format2_columns_time_units_and_same_stack_flags(tmp_path: Path) -> None
         w.batch(1, 7000, events, same_stack=False)
         w.end(20000)
     assert len((tmp_path / "plain.cytrace").read_bytes()) > len(raw) - 8
+
+
+ADDRESS_EDGES = [0x10, 0x7FFF_FFFF_FFF0, 0x1, 0xFFFF_FFFF_FFFF_FFF8, 0x8, 0x0, 0x7F10_0000_0010, 0x7F10_0000_0000,
+                 0x20, 0x1_0000_0000_0001, 0x8000_0000_0000_0000, 0x7FFF_FFFF_FFFF_FFFF, 0x30]
+
+
+@pytest.mark.parametrize("version", [3, 4])
+def test_address_deltas_are_exact_at_the_edges(tmp_path: Path, version: int) -> None:
+    """Format 4 stores address deltas in 16-byte units when it can: every 64-bit delta
+    (aligned, unaligned, negative, wrapping) reads back exactly, as format 3's did."""
+    path = tmp_path / f"edges{version}.cytrace"
+    with CaptureWriter(path, version=version) as w:
+        w.stack(1, [pc_word(0x1000)])
+        w.batch(0, 0, [("malloc" if i % 2 == 0 else "free", 1, a, 16, 1) for i, a in enumerate(ADDRESS_EDGES)])
+        w.end(100)
+    with read_capture(path) as capture:
+        assert capture.complete and capture.header.version == version
+        assert [e.address for e in capture.events] == ADDRESS_EDGES
+
+
+def test_aligned_address_deltas_take_fewer_bytes() -> None:
+    """A 16-byte aligned delta drops its 4 zero bits for a 1-bit flag: a byte less where
+    format 3's varint crossed a 7-bit boundary; an unaligned one may take a byte more."""
+    from capture_writer import address_delta, svarint
+
+    deltas = [0x10_0000, 0x7F_FFF0, 0x100, -0x100]
+    assert [len(address_delta(d)) for d in deltas] == [3, 3, 1, 1]
+    assert [len(svarint(d)) for d in deltas] == [4, 4, 2, 2]
+    assert (len(address_delta(0x9_FFF1)), len(svarint(0x9_FFF1))) == (4, 3)
+    assert address_delta(0) == b"\x00" and address_delta(16) == b"\x04" and address_delta(1) == b"\x05"
 
 
 def batch_record(heads: bytes, times: bytes = b"", addrs: bytes = b"", sizes: bytes = b"", stacks: bytes = b"",
@@ -334,12 +364,12 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
 
 
 def test_newer_version_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "v4.cytrace"
-    with CaptureWriter(path, version=4) as w:
+    path = tmp_path / "v5.cytrace"
+    with CaptureWriter(path, version=5) as w:
         w.end(0)
     with pytest.raises(CytoolError) as info:
         read_capture(path)
-    assert "written by a newer cytool: format 4, this reader knows 3" in info.value.message
+    assert "written by a newer cytool: format 5, this reader knows 4" in info.value.message
     assert "upgrade" in info.value.hint
 
 

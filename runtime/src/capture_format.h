@@ -3,7 +3,7 @@
 #ifndef CAPTURE_FORMAT_H
 #define CAPTURE_FORMAT_H
 
-#define CAPTURE_FORMAT_VERSION 3
+#define CAPTURE_FORMAT_VERSION 4
 
 /* Header: how event times were taken (FORMAT.md section 1). */
 enum { CLOCK_KIND_EXACT = 0, CLOCK_KIND_TICKING = 1 };

@@ -287,11 +287,36 @@ static inline uint64_t column_varint(const uint8_t **pp, int *bad)
     return 0;
 }
 
+static inline uint64_t column_svarint(const uint8_t **pp, int *bad)
+{
+    uint64_t a = column_varint(pp, bad);
+    return (uint64_t)((int64_t)(a >> 1) ^ -(int64_t)(a & 1));
+}
+
+/* Format 4's address delta (FORMAT.md): bit 0 of the first byte says bytes (1) or 16-byte
+ * units (0); the zigzag value is the first byte's bits 1-6, then (high bit set) a varint
+ * of the rest. */
+static inline uint64_t column_address_delta(const uint8_t **pp, int *bad)
+{
+    const uint8_t *p = *pp;
+    uint8_t first = *p++;
+    uint64_t z = (first >> 1) & 0x3f;
+    if (first & 0x80) {
+        uint64_t rest = column_varint(&p, bad);
+        if (rest >> 58)
+            *bad = 1;
+        z |= rest << 6;
+    }
+    *pp = p;
+    uint64_t v = (z >> 1) ^ -(z & 1);
+    return (first & 1) ? v : v << 4;
+}
+
 /* Format 2: five columns (heads, times, addresses, sizes, stacks); every column must be
  * used up exactly. Stores the events on *ev, or (scan) only takes the figures. */
 static inline __attribute__((always_inline)) int
 decode_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, batch_scan *scan, uint64_t tid, uint64_t t,
-          uint64_t unit, uint64_t n)
+          uint64_t unit, uint64_t n, int aligned_deltas)
 {
     uint64_t clen[NCOLS];
     clen[COL_HEAD] = n;
@@ -321,8 +346,7 @@ decode_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, batch_scan *sca
         unsigned head = *ph++, kind = head & EV_KIND_MASK;
         if (head & EV_TIME)
             t += column_varint(&pt, &bad) * unit;
-        uint64_t a = column_varint(&pa, &bad);
-        addr += (uint64_t)((int64_t)(a >> 1) ^ -(int64_t)(a & 1));
+        addr += aligned_deltas ? column_address_delta(&pa, &bad) : column_svarint(&pa, &bad);
         if (is_alloc_kind(kind)) {
             size = column_varint(&ps, &bad);
             if (!(head & EV_SAME_STACK))
@@ -358,9 +382,9 @@ decode_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, batch_scan *sca
 }
 
 static int decode_events_v2(cursor *cur, cya_event **ev, size_t *len, size_t *cap, uint64_t tid, uint64_t t,
-                            uint64_t unit, uint64_t n)
+                            uint64_t unit, uint64_t n, int aligned_deltas)
 {
-    return decode_v2(cur, ev, len, cap, NULL, tid, t, unit, n);
+    return decode_v2(cur, ev, len, cap, NULL, tid, t, unit, n, aligned_deltas);
 }
 
 /* How many varints a column holds, if it is a whole number of them each at most ten
@@ -403,7 +427,7 @@ static uint64_t count_varints(const uint8_t *p, size_t len)
  * a scan, faster: the heads are checked and counted, the address and size columns only
  * counted, the time and stack columns decoded (the stack column's ids are noted). A batch
  * that may hold an allocation without a stack is decoded in full (its addresses matter). */
-static int scan_events_v2(cursor *cur, batch_scan *scan, uint64_t t, uint64_t unit, uint64_t n)
+static int scan_events_v2(cursor *cur, batch_scan *scan, uint64_t t, uint64_t unit, uint64_t n, int aligned_deltas)
 {
     cursor save = *cur;
     uint64_t clen[NCOLS];
@@ -451,7 +475,7 @@ static int scan_events_v2(cursor *cur, batch_scan *scan, uint64_t t, uint64_t un
         if (!id) {
             scan->nids = noted;
             *cur = save;
-            return decode_v2(cur, NULL, NULL, NULL, scan, 0, t, unit, n);
+            return decode_v2(cur, NULL, NULL, NULL, scan, 0, t, unit, n, aligned_deltas);
         }
         if (id != last_noted) {
             if (!CYA_PUSH(scan->ids, scan->nids, scan->cap_ids, id))
@@ -495,7 +519,7 @@ static int read_batch_head(cursor *cur, uint32_t version, batch_head *h)
 static int decode_batch_events(cursor *cur, uint32_t version, const batch_head *h, cya_event **ev, size_t *len,
                                size_t *cap)
 {
-    return version >= 2 ? decode_events_v2(cur, ev, len, cap, h->tid, h->t, h->unit, h->n)
+    return version >= 2 ? decode_events_v2(cur, ev, len, cap, h->tid, h->t, h->unit, h->n, version >= 4)
                         : decode_events_v1(cur, ev, len, cap, h->tid, h->t, h->n);
 }
 
@@ -540,7 +564,7 @@ static int decode_batch(reader *r, cursor *cur)
     size_t n = 0;
     int got;
     if (version >= 2) { /* only the figures: the events are decoded again when streamed */
-        got = scan_events_v2(cur, &scan, h.t, h.unit, h.n);
+        got = scan_events_v2(cur, &scan, h.t, h.unit, h.n, version >= 4);
         r->scan_ids = scan.ids;
         r->cap_scan_ids = scan.cap_ids;
         n = (size_t)h.n;

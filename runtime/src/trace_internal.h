@@ -55,6 +55,25 @@ static inline uint8_t *cyt_put_svarint(uint8_t *p, int64_t v) {
     return cyt_put_varint(p, ((uint64_t)v << 1) ^ (uint64_t)(v >> 63));
 }
 
+/* An event's address delta (FORMAT.md, "Events inside a BATCH", format 4): a delta that is
+ * a multiple of 16 (glibc's blocks are 16-byte aligned) is stored in 16-byte units, the
+ * others in bytes; bit 0 of the first byte says which. At most 11 bytes, exact for any
+ * 64-bit delta: the first byte holds the flag and the low 6 bits, then (when its high bit
+ * is set) a varint holds the rest. */
+static inline uint8_t *cyt_put_address_delta(uint8_t *p, uint64_t delta) {
+    uint64_t flag = (delta & 15) != 0;
+    int64_t v = flag ? (int64_t)delta : (int64_t)delta >> 4;
+    uint64_t z = ((uint64_t)v << 1) ^ (uint64_t)(v >> 63);
+    uint8_t first = (uint8_t)(((z & 0x3f) << 1) | flag);
+    z >>= 6;
+    if (CYT_LIKELY(z == 0)) {
+        *p++ = first;
+        return p;
+    }
+    *p++ = first | 0x80;
+    return cyt_put_varint(p, z);
+}
+
 int cyt_buf_varint(cyt_buf *b, uint64_t v);
 int cyt_buf_bytes(cyt_buf *b, const void *data, size_t len);
 int cyt_buf_string(cyt_buf *b, const char *s, size_t len);

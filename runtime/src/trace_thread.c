@@ -396,7 +396,7 @@ static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t addr
         ts->last_t = now;
     }
     *head = (uint8_t)kind;
-    ts->col[COL_ADDR] = cyt_put_svarint(ts->col[COL_ADDR], (int64_t)(address - ts->last_addr));
+    ts->col[COL_ADDR] = cyt_put_address_delta(ts->col[COL_ADDR], (uint64_t)(address - ts->last_addr));
     ts->last_addr = address;
     return head;
 }
