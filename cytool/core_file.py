@@ -11,6 +11,7 @@ little-endian cores (x86-64, aarch64) are read.
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class CoreInfo:
 def read_core(path: Path) -> CoreInfo:
     """The core's notes; CytoolError when the file is missing, not ELF or not a core."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the open
+            raise CytoolError(f"{path}: not a core file (not a regular file)")
         with open(path, "rb") as handle:
             header = handle.read(64)
             if len(header) < 64 or header[:4] != b"\x7fELF":

@@ -36,9 +36,8 @@ class Program:
     def __init__(self, argv: List[str], cwd: Path, env: dict) -> None:
         self.process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         stdin=subprocess.DEVNULL, text=True)
-        deadline = time.monotonic() + 300
         line = self.process.stdout.readline()  # "ready" once every thread waits where expected
-        assert line.strip() == "ready" and time.monotonic() < deadline, \
+        assert line.strip() == "ready", \
             f"{argv} did not start: {line!r} {self.process.stderr.read() if self.process.poll() is not None else ''}"
         self.pid = self.process.pid
 
@@ -193,7 +192,8 @@ def test_pure_python_live_and_kernel_core(stack_python: str, tmp_path: Path) -> 
         texts.append(from_core.stdout)
     for text in texts:
         heads = [line for line in frame_heads(threads_of(text)["MainThread"]) if not line.startswith("[c]")]
-        assert heads == [f"[py] inner() at pure.py:{PURE['pure-sleep']}", f"[py] outer() at pure.py:{PURE['outer-call']}",
+        assert heads == [f"[py] inner() at pure.py:{PURE['pure-sleep']}",
+                         f"[py] outer() at pure.py:{PURE['outer-call']}",
                          f"[py] <module>() at pure.py:{PURE['module-call']}"], text
     if not cores:
         pytest.skip(f"the kernel wrote no core in {tmp_path} (core_pattern: "
