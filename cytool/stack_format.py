@@ -30,6 +30,21 @@ def visible_frames(thread: dict, native: bool) -> List[dict]:
     return shown
 
 
+BREAKPOINT_FILE = "cytool/inline_break.py"
+
+
+def drop_breakpoint_frames(report: dict) -> None:
+    """Cut each thread's frames down to those older than cytool.breakpoint()'s own."""
+    for thread in report["threads"]:
+        frames = thread["frames"]
+        inner = [i for i, f in enumerate(frames) if (f.get("file") or "").endswith(BREAKPOINT_FILE)]
+        if inner:
+            rest = frames[inner[-1] + 1:]
+            while rest and rest[0]["kind"] == "native":  # the interpreter's call into it
+                rest = rest[1:]
+            thread["frames"] = rest
+
+
 def thread_title(thread: dict, pid: int) -> str:
     name = thread.get("python_name") or thread.get("name") or ""
     title = f"Thread {thread['tid']}"

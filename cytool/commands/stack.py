@@ -29,7 +29,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--native", action="store_true", help="show the C frames too")
     parser.add_argument("--locals", action="store_true",
                         help="show each frame's locals (C values, Python reprs read from memory)")
+    parser.add_argument("--thread", type=int, metavar="TID", help="only this thread (its Linux thread id)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
+    # cytool.breakpoint()'s own call: the frames of the breakpoint itself are left out
+    parser.add_argument("--below-breakpoint", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="store_true", help="say how long the process was stopped")
     parser.set_defaults(handler=handle)
 
@@ -52,6 +55,14 @@ def handle(args: argparse.Namespace) -> int:
         raise CytoolError("--executable goes with --core (a live process names its own)", exit_code=2)
     target = live_target(args.pid) if args.pid is not None else core_target(args.core, args.executable)
     report = read_stacks(target, with_locals=args.locals)
+    if args.thread is not None:
+        report["threads"] = [t for t in report["threads"] if t["tid"] == args.thread]
+        if not report["threads"]:
+            raise CytoolError(f"no thread {args.thread} in {'process ' + str(args.pid) if args.pid else args.core}")
+    if args.below_breakpoint:
+        from cytool.stack_format import drop_breakpoint_frames
+
+        drop_breakpoint_frames(report)
     print(format_json(report, args.native) if args.json else format_text(report, args.native))
     if args.verbose:
         if "paused_ms" in report:
