@@ -73,6 +73,13 @@ def attach_and_read(pid: int, with_locals: bool) -> dict:
 
 
 def read_all(with_locals: bool) -> dict:
+    """{"pid", "python": bool, "version": "3.11", "python_frames": bool, "gil": "held" | "free"
+    | "unknown", "hints": [str], "threads": [{"num", "tid", "name" (native), "python_name"
+    (threading's), "gil": bool, "frames": [...]}]}, frames newest first, each {"kind":
+    "cython" | "python" | "native", "name", "file", "line"} plus "text" (the source line),
+    "locals" ([[name, printed value]], with_locals), "c_function" and "c_line" (cython),
+    "internal" (python: cytool's launcher), "pc" and "library" (native). `paused_ms` and
+    `attach_ms` (milliseconds) are added by attach_and_read; {"error", "message"} on failure."""
     inferior = gdb.selected_inferior()
     if not frames.threads():
         return {"error": "no-process", "message": "gdb has no process or core to read"}
