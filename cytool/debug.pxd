@@ -69,6 +69,10 @@ cdef extern from *:
         }
     }
 
-    #define CYTOOL_BREAKPOINT() do { if (cytool_breakpoint_state) cytool_breakpoint_run(); } while (0)
+    /* A store after the call keeps an instruction of the breakpoint's own line after it
+       returns: a debugger finishing the breakpoint lands on that line, not the next. */
+    static volatile int cytool_breakpoint_landing;
+    #define CYTOOL_BREAKPOINT() do { if (cytool_breakpoint_state) { cytool_breakpoint_run(); \
+        cytool_breakpoint_landing = 1; } } while (0)
     """
     void breakpoint "CYTOOL_BREAKPOINT" () nogil

@@ -367,8 +367,10 @@ def is_launcher(filename: str) -> bool:
 
 
 def is_agent_file(filename: str) -> bool:
-    """cytool's own agent inside the program (cytool_gdb_python), and the code gdb ran."""
-    return filename.endswith("/cytool_gdb_agent.py") or filename in ("<cytool-gdb>", "<cy-exec>")
+    """cytool's own agent inside the program (cytool_gdb_python), the code gdb ran, and
+    cytool.breakpoint()'s own frames (cytool/inline_break.py)."""
+    return filename.endswith(("/cytool_gdb_agent.py", "/cytool/inline_break.py")) or \
+        filename in ("<cytool-gdb>", "<cy-exec>")
 
 
 def backtrace(show_all: bool = False) -> None:

@@ -3,7 +3,8 @@
 Owns telling such a stop (a SIGTRAP the program raised on itself, from the C function
 `cytool_breakpoint_stop` of a Cython module or from cytool/inline_break.py's Python code)
 from any other, finding the breakpoint's caller - the Cython frame or Python frame that
-called it - selecting it and saying where it is, so that the cy-* commands start there.
+called it - returning to a Cython caller (the breakpoint's own frames finish), selecting
+it and saying where it is, so that the cy-* commands start there.
 """
 from __future__ import annotations
 
@@ -65,16 +66,43 @@ def caller() -> Optional[Tuple["gdb.Frame", Optional[Tuple[str, int, str]]]]:
     return None
 
 
+def _return_to(caller: "gdb.Frame") -> "gdb.Frame":
+    """Let the breakpoint's own frames return (gdb's finish, frame by frame, of those newer
+    than the Cython caller), so that the caller is the newest frame and cy-next/cy-step go
+    on from its line; the caller as it is when that cannot be done."""
+    for _ in range(32):
+        try:
+            newest = gdb.newest_frame()
+            if newest == caller:
+                return newest
+            frame = newest
+            while frame is not None and frame.older() != caller:
+                frame = frame.older()
+            if frame is None:
+                break
+            frame.select()
+            gdb.execute("set suppress-cli-notifications on", to_string=True)
+            try:
+                gdb.execute("finish", to_string=True)
+            finally:
+                gdb.execute("set suppress-cli-notifications off", to_string=True)
+        except gdb.error:
+            break
+    return caller
+
+
 def report() -> bool:
     """Say where the breakpoint is and select its frame; False when this stop is not one."""
     found = caller()
     if found is None:
         return False
     frame, python = found
-    frame.select()
     if python is None:
+        frame = _return_to(frame)
+        frame.select()
         frames.print_location(frame, PREFIX, stop=True)
         return True
+    frame.select()
     filename, line, function = python
     print(f"{PREFIX}{os.path.basename(filename)}:{line} in {function}() [Python]{frames.thread_tag()}")
     text = frames.python_source(filename, line)

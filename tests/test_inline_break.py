@@ -35,7 +35,7 @@ def run_bp(*args: str, env: dict = None) -> subprocess.CompletedProcess:
 
 def test_under_cytool_debug(tmp_path: Path) -> None:
     script = tmp_path / "commands.gdb"
-    script.write_text("cy-run\ncy-locals\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
+    script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
     done = subprocess.run([sys.executable, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                           timeout=600, env=h.python_env())
@@ -43,6 +43,7 @@ def test_under_cytool_debug(tmp_path: Path) -> None:
     assert done.returncode == 0, out
     first = out.index(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
     assert "n = 10" in out[first:] and "total = 45" in out[first:], out  # cy-locals in crunch
+    assert f"bp.pyx:{M['nogil-break'] + 1} in crunch()" in out[first:], out  # cy-next: the line after it
     assert f"#1  bp.pyx:{M['call-crunch']} in main()" in out[first:], out  # cy-up: its caller
     second = out.index(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # the Python form
     assert "half = 2.0" in out[second:], out
