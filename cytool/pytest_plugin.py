@@ -188,22 +188,17 @@ class CytoolTracing:
         from cytool.reports.units import human_bytes
 
         violations = []
-        if LIMIT_MEMORY in traced.limits:
-            limit, text = traced.limits[LIMIT_MEMORY]
-            peak = profile.totals.peak_bytes
-            if peak > limit:
-                held = lines_text(profile, "peak_bytes", self.lines) or ["  (no .pyx or Python line holds it)"]
+        checks = (  # (marker, profile field, what the figure is, what the listed lines hold)
+            (LIMIT_MEMORY, "peak_bytes", "the test's peak traced memory was {}", "memory at the peak"),
+            (LIMIT_LEAKS, "leaked_bytes", "{} allocated by the test was still allocated when it ended", "it"))
+        for name, field, what, held_what in checks:
+            figure = getattr(profile.totals, field)
+            if name in traced.limits and figure > traced.limits[name][0]:
+                limit, text = traced.limits[name]
+                held = lines_text(profile, field, self.lines) or ["  (no .pyx or Python line holds it)"]
                 violations.append(
-                    f"{LIMIT_MEMORY}: the test's peak traced memory was {human_bytes(peak)}, over its limit of "
-                    f"{human_bytes(limit)} ({text!r}). Lines holding memory at the peak:\n" + "\n".join(held))
-        if LIMIT_LEAKS in traced.limits:
-            limit, text = traced.limits[LIMIT_LEAKS]
-            left = profile.totals.leaked_bytes
-            if left > limit:
-                held = lines_text(profile, "leaked_bytes", self.lines) or ["  (no .pyx or Python line holds it)"]
-                violations.append(
-                    f"{LIMIT_LEAKS}: {human_bytes(left)} allocated by the test was still allocated when it ended, "
-                    f"over its limit of {human_bytes(limit)} ({text!r}). Lines holding it:\n" + "\n".join(held))
+                    f"{name}: {what.format(human_bytes(figure))}, over its limit of {human_bytes(limit)} ({text!r}). "
+                    f"Lines holding {held_what}:\n" + "\n".join(held))
         summary = brief(profile, "bytes", self.lines) + "\n" + pyx_line(profile)
         if traced.measurement.keep_as is not None:
             summary += f"\ncapture: {traced.measurement.keep_as}"

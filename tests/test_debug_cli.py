@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
+from terminal import marked_lines, needs_tmux, terminal  # noqa: E402
 
 from cytool.debugger import gdb_scripts_dir, parse_gdb_version
 
@@ -110,96 +111,54 @@ def test_scripts_ship_with_the_package() -> None:
 
 
 @needs_gdb
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@needs_tmux
 def test_tui_in_tmux(tmp_path: Path) -> None:
     """The real TUI: the source window shows the .pyx before the run, then the stop marker."""
-    session = f"cytool-debug-{os.getpid()}"
     env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
     # two breakpoints: enough start-up messages to fill a small command window (no pager stop)
     command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b work -b Acc.add {h.FIXTURE}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "32", command], check=True)
-    try:
-        def screen() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
-                                  text=True).stdout
-
-        def wait_for(text: str, timeout: float = 120) -> str:
-            deadline = time.monotonic() + timeout
-            shown = ""
-            while time.monotonic() < deadline:
-                shown = screen()
-                if text in shown:
-                    return shown
-                time.sleep(0.3)
-            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
-
-        before = wait_for("(gdb)")
+    with terminal("cytool-debug", command, height=32) as term:
+        before = term.wait_for("(gdb)")
         source_window = before.split("\n")[:12]
         assert any("dbgmod.pyx" in line for line in source_window), before  # the source window's title
         assert any("cdef long total = 0" in line for line in source_window), before  # at the first breakpoint
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-run", "Enter"], check=True)
-        stopped = wait_for(f"Cython breakpoint 1, dbgmod.pyx:{M['work-first']} in work()")
-        marker = [line for line in stopped.splitlines() if ">" in line and "cdef long total = 0" in line]
-        assert marker, stopped  # the current-line marker on the .pyx line in the source window
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-next", "Enter"], check=True)
-        moved = wait_for(f"dbgmod.pyx:{M['work-first'] + 1} in work()")
-        marker = [line for line in moved.splitlines() if ">" in line and 'items = [1, "two", 3.5]' in line]
-        assert marker, moved
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+        term.send("cy-run")
+        stopped = term.wait_for(f"Cython breakpoint 1, dbgmod.pyx:{M['work-first']} in work()")
+        assert marked_lines(stopped, "cdef long total = 0"), stopped  # the current-line marker on the .pyx line
+        term.send("cy-next")
+        moved = term.wait_for(f"dbgmod.pyx:{M['work-first'] + 1} in work()")
+        assert marked_lines(moved, 'items = [1, "two", 3.5]'), moved
 
 
 @needs_gdb
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@needs_tmux
 def test_tui_shows_python_stops(tmp_path: Path) -> None:
     """cy-step into Python code: the TUI shows the .py file with the stop marked, and the
     .pyx again once control is back in Cython."""
     shapes = h.HERE / "shapes.pyx"
     S = h.markers(shapes)
     Y = h.markers(h.HERE / "pysteps.py")
-    session = f"cytool-debug-py-{os.getpid()}"
     env = f"CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')}"
     command = f"cd {h.REPO} && {env} {sys.executable} -m cytool debug -b shapes.pyx:{S['call-python-line']} {shapes}"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36", command], check=True)
-    try:
-        def screen() -> str:
-            return subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
-                                  text=True).stdout
-
-        def wait_for(text: str, timeout: float = 120) -> str:
-            deadline = time.monotonic() + timeout
-            shown = ""
-            while time.monotonic() < deadline:
-                shown = screen()
-                if text in shown:
-                    return shown
-                time.sleep(0.3)
-            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
-
-        def send(keys: str) -> None:
-            subprocess.run(["tmux", "send-keys", "-t", session, keys, "Enter"], check=True)
-
-        wait_for("(gdb)")
-        send("cy-run")
-        wait_for(f"Cython breakpoint 1, shapes.pyx:{S['call-python-line']} in call_python()")
-        send("cy-step")
-        shown = wait_for(f"pysteps.py:{Y['helper-first']} in helper() [Python]")
+    with terminal("cytool-debug-py", command) as term:
+        term.wait_for("(gdb)")
+        term.send("cy-run")
+        term.wait_for(f"Cython breakpoint 1, shapes.pyx:{S['call-python-line']} in call_python()")
+        term.send("cy-step")
+        shown = term.wait_for(f"pysteps.py:{Y['helper-first']} in helper() [Python]")
         assert "pysteps.py (Python)" in shown, shown  # the Python source window's title
         assert any(line.startswith("│>") and "doubled = value * 2" in line for line in shown.splitlines()), shown
-        send("cy-next")
-        shown = wait_for(f"pysteps.py:{Y['helper-call']} in helper() [Python]")
+        term.send("cy-next")
+        shown = term.wait_for(f"pysteps.py:{Y['helper-call']} in helper() [Python]")
         assert any(line.startswith("│>") and "extra = inner(doubled)" in line for line in shown.splitlines()), shown
-        send("cy-finish")
+        term.send("cy-finish")
         deadline = time.monotonic() + 60
-        shown = screen()
+        shown = term.screen()
         while "shapes.pyx" not in shown.split("\n")[0] and time.monotonic() < deadline:
             time.sleep(0.3)
-            shown = screen()
+            shown = term.screen()
         assert "shapes.pyx" in shown.split("\n")[0] and "pysteps.py (Python)" not in shown, shown  # gdb's window
-        marker = [line for line in shown.splitlines() if ">" in line and "result = pysteps.helper(before)" in line]
-        assert marker, shown
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+        assert marked_lines(shown, "result = pysteps.helper(before)"), shown
 
 
 @needs_gdb

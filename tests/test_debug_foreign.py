@@ -17,7 +17,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -26,6 +25,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
+from terminal import needs_tmux, terminal  # noqa: E402
 
 sys.path.insert(0, str(h.REPO / "gdb"))
 import cytool_gdb_elf as elf  # noqa: E402  (no gdb needed: pure standard library)
@@ -351,34 +351,19 @@ def test_c_file_found_above_a_build_tree(venv_plain_stapp: Path) -> None:
 
 
 @needs_gdb
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@needs_tmux
 def test_tui_shows_the_pyx_of_a_plain_build(venv_plain_stapp: Path) -> None:
     """gdb's source window would show the C file (the line table speaks C): at a stop, the
     TUI shows the .pyx with the stop's line marked, and follows cy-next."""
-    session = f"cytool-foreign-{os.getpid()}"
     command = (f"cd {venv_plain_stapp} && CYTOOL_CACHE_DIR={os.environ.get('CYTOOL_CACHE_DIR', '')} "
                f"{sys.executable} -m cytool debug -b app.api.churn script.py 3")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "120", "-y", "36", command], check=True)
-    try:
-        def wait_for(text: str, timeout: float = 120) -> str:
-            deadline = time.monotonic() + timeout
-            shown = ""
-            while time.monotonic() < deadline:
-                shown = subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
-                                       text=True).stdout
-                if text in shown:
-                    return shown
-                time.sleep(0.3)
-            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
-
-        wait_for("(gdb)")
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-run", "Enter"], check=True)
-        stopped = wait_for(f"Cython breakpoint 1, api.pyx:{CHURN_FIRST} in churn()")
+    with terminal("cytool-foreign", command) as term:
+        term.wait_for("(gdb)")
+        term.send("cy-run")
+        stopped = term.wait_for(f"Cython breakpoint 1, api.pyx:{CHURN_FIRST} in churn()")
         assert "api.pyx (Cython: lines from the C file's comments)" in stopped.split("\n")[0], stopped
         marked = [line for line in stopped.splitlines() if line.startswith("│>")]
         assert marked and "for k in range(rounds):" in marked[0], stopped
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-next", "Enter"], check=True)
-        moved = wait_for(f"api.pyx:{CALL_MAKE_BLOCK} in churn()")
+        term.send("cy-next")
+        moved = term.wait_for(f"api.pyx:{CALL_MAKE_BLOCK} in churn()")
         assert any(line.startswith("│>") and "p = make_block(size)" in line for line in moved.splitlines()), moved
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
