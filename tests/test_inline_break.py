@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
 import gdbharness as h  # noqa: E402
+from terminal import marked_lines, needs_tmux, terminal  # noqa: E402
 
 pytestmark = h.GDB_TESTS
 
@@ -74,31 +72,15 @@ def test_turned_off() -> None:
     assert "cytool.breakpoint" not in done.stderr, done.stderr
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@needs_tmux
 def test_on_a_terminal_starts_gdb() -> None:
-    session = f"cytool-inline-break-{os.getpid()}"
     env = " ".join(f"{name}={os.environ.get(name, '')}" for name in ("CYTOOL_CACHE_DIR", "PYTHONPATH"))
     command = f"cd {FIXTURE.parent} && env {env} {sys.executable} -m cytool run {FIXTURE}; sleep 600"
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "150", "-y", "40", command], check=True)
-    try:
-        def wait_for(text: str, timeout: float = 240) -> str:
-            deadline = time.monotonic() + timeout
-            shown = ""
-            while time.monotonic() < deadline:
-                shown = subprocess.run(["tmux", "capture-pane", "-t", session, "-p"], stdout=subprocess.PIPE,
-                                       text=True).stdout
-                if text in shown:
-                    return shown
-                time.sleep(0.3)
-            raise AssertionError(f"{text!r} never appeared on screen:\n{shown}")
-
-        stopped = wait_for(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")
-        marker = [line for line in stopped.splitlines() if ">" in line and "nogil_breakpoint()  # @nogil-break" in line]
-        assert marker, stopped  # gdb's TUI, its source window on the .pyx line
-        wait_for("(gdb)")
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-cont", "Enter"], check=True)
-        wait_for(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()")
-        subprocess.run(["tmux", "send-keys", "-t", session, "cy-cont", "Enter"], check=True)
-        wait_for("exited normally")
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+    with terminal("cytool-inline-break", command, width=150, height=40) as term:
+        stopped = term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()", timeout=240)
+        assert marked_lines(stopped, "nogil_breakpoint()  # @nogil-break"), stopped  # the TUI on the .pyx line
+        term.wait_for("(gdb)")
+        term.send("cy-cont")
+        term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()")
+        term.send("cy-cont")
+        term.wait_for("exited normally")
