@@ -5,6 +5,7 @@ Public entry points (imported lazily, so `import cytool` stays cheap):
     cytool.Tracker(path)          trace this process's allocations into a capture
     cytool.install() / uninstall()  the import hook: `import mod` builds mod.pyx
     %load_ext cytool              the IPython/Jupyter magics (%%cytool, %cytool_profile)
+    cytool.breakpoint(when=True)  stop here in cytool's debugger (PYTHONBREAKPOINT=cytool.breakpoint)
 """
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ _LAZY = {
     "Tracker": ("cytool.tracker", "Tracker"),
     "install": ("cytool.importer", "install"),
     "uninstall": ("cytool.importer", "uninstall"),
+    "breakpoint": ("cytool.inline_break", "breakpoint"),
 }
 
 

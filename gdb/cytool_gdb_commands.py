@@ -22,6 +22,7 @@ import cytool_gdb_names as names
 import cytool_gdb_placement as placement
 import cytool_gdb_pyobject as pyobject
 import cytool_gdb_python as pylevel
+import cytool_gdb_stack as stack
 import cytool_gdb_state as state
 import cytool_gdb_stepping as stepping
 import cytool_gdb_tui as tui
@@ -918,6 +919,7 @@ def register() -> None:
     CyValue()
     CyEval()
     tui.register()
+    stack.register()
     gdb.events.new_objfile.connect(_on_new_objfile)
     gdb.events.stop.connect(_on_stop)
     gdb.events.cont.connect(_on_cont)

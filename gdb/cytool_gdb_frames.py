@@ -94,7 +94,7 @@ def cython_frames() -> List["gdb.Frame"]:
         if function is None:
             previous = None
             continue
-        if not _wrapper_of(frame, function, previous):
+        if not wrapper_of(frame, function, previous):
             found.append(frame)
         previous = frame
     return found
@@ -112,7 +112,7 @@ def is_wrapper_frame(frame: "gdb.Frame") -> bool:
         return False
 
 
-def _wrapper_of(frame: "gdb.Frame", function: Function, newer: Optional["gdb.Frame"]) -> bool:
+def wrapper_of(frame: "gdb.Frame", function: Function, newer: Optional["gdb.Frame"]) -> bool:
     """True for the frame of a Python wrapper (`__pyx_pw_`) whose body (`__pyx_pf_`) is
     the next newer frame (a module without debug XML): cy-bt shows that call once."""
     if newer is None or cython_function(newer) is not function or not state.is_foreign(function.module):
@@ -303,8 +303,8 @@ def python_gdb_available() -> bool:
     return main is not None and hasattr(main, "Frame") and hasattr(main, "PyObjectPtr")
 
 
-def python_frames_in(frame: "gdb.Frame") -> List[Tuple[str, int, str]]:
-    """[(filename, line, function)] of the Python frames one C eval frame runs, newest first."""
+def python_frame_objects(frame: "gdb.Frame") -> list:
+    """python-gdb.py's objects for the Python frames one C eval frame runs, newest first."""
     if not python_gdb_available():
         return []
     main = sys.modules["__main__"]
@@ -317,15 +317,14 @@ def python_frames_in(frame: "gdb.Frame") -> List[Tuple[str, int, str]]:
         return []
     result = []
     guard = 0
-    while pyop and guard < 200:
+    while pyop and guard < 500:
         guard += 1
         try:
             if hasattr(pyop, "is_shim") and pyop.is_shim():
                 break
             if pyop.is_optimized_out():
                 break
-            name = pyop.co_name.proxyval(set())
-            result.append((str(pyop.filename()), int(pyop.current_line_num() or 0), str(name)))
+            result.append(pyop)
             if hasattr(pyop, "is_entry"):
                 if pyop.is_entry():
                     break
@@ -337,7 +336,19 @@ def python_frames_in(frame: "gdb.Frame") -> List[Tuple[str, int, str]]:
     return result
 
 
-def _python_source(filename: str, line: int) -> str:
+def python_frames_in(frame: "gdb.Frame") -> List[Tuple[str, int, str]]:
+    """[(filename, line, function)] of the Python frames one C eval frame runs, newest first."""
+    result = []
+    for pyop in python_frame_objects(frame):
+        try:
+            name = pyop.co_name.proxyval(set())
+            result.append((str(pyop.filename()), int(pyop.current_line_num() or 0), str(name)))
+        except Exception:
+            break
+    return result
+
+
+def python_source(filename: str, line: int) -> str:
     if filename.startswith("<") or not line:
         return ""
     return state.source_line(filename, line).strip()
@@ -351,13 +362,15 @@ _LAUNCHER_SUFFIXES = (
 )
 
 
-def _is_launcher(filename: str) -> bool:
+def is_launcher(filename: str) -> bool:
     return filename.startswith("<frozen") or filename.endswith(_LAUNCHER_SUFFIXES)
 
 
 def is_agent_file(filename: str) -> bool:
-    """cytool's own agent inside the program (cytool_gdb_python), and the code gdb ran."""
-    return filename.endswith("/cytool_gdb_agent.py") or filename in ("<cytool-gdb>", "<cy-exec>")
+    """cytool's own agent inside the program (cytool_gdb_python), the code gdb ran, and
+    cytool.breakpoint()'s own frames (cytool/inline_break.py)."""
+    return filename.endswith(("/cytool_gdb_agent.py", "/cytool/inline_break.py")) or \
+        filename in ("<cytool-gdb>", "<cy-exec>")
 
 
 def backtrace(show_all: bool = False) -> None:
@@ -371,7 +384,7 @@ def backtrace(show_all: bool = False) -> None:
     for frame in frames():
         function = cython_function(frame)
         if function is not None:
-            if _wrapper_of(frame, function, previous):
+            if wrapper_of(frame, function, previous):
                 continue  # the Python wrapper of the body just shown
             previous = frame
             marker = "*" if _is_selected(frame) else " "
@@ -393,11 +406,11 @@ def backtrace(show_all: bool = False) -> None:
             pass
         python = python_frames_in(frame) if "EvalFrame" in name else []
         for filename, line, func in python:
-            if is_agent_file(filename) or (_is_launcher(filename) and not show_all):
+            if is_agent_file(filename) or (is_launcher(filename) and not show_all):
                 continue
             print(f"    [py] {filename}:{line} in {func}()")
             printed += 1
-            text = _python_source(filename, line)
+            text = python_source(filename, line)
             if text:
                 print(f"        {text}")
         if show_all:

@@ -19,6 +19,7 @@ from typing import List, Optional
 import gdb  # type: ignore
 
 import cytool_gdb_breakpoints as breakpoints
+import cytool_gdb_inline_break as inline_break
 import cytool_gdb_placement as placement
 import cytool_gdb_python as pylevel
 import cytool_gdb_state as state
@@ -124,6 +125,8 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
         return  # gdb said how the program exited
     if pylevel.is_stop_event(event) and pylevel.current is not None:
         print_python_stop(pylevel.current)
+        return
+    if inline_break.is_breakpoint_signal(event) and inline_break.report():
         return
     if isinstance(event, gdb.BreakpointEvent) and not prefix:
         for breakpoint in event.breakpoints:

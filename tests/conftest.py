@@ -88,15 +88,30 @@ def _find_interpreter(version: str) -> str:
 @pytest.fixture(scope="session", params=DEBUG_PYTHONS)
 def debug_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """An interpreter for the gdb tests: this venv's, or a version with Cython in its own venv."""
-    if request.param == "venv":
+    return python_with_cython(request.param, tmp_path_factory)
+
+
+# `cytool stack` runs on two interpreters only (CI time): this venv's and the newest other.
+STACK_PYTHONS = ["venv", "3.13" if sys.version_info[:2] != (3, 13) else "3.9"]
+
+
+@pytest.fixture(scope="session", params=STACK_PYTHONS)
+def stack_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return python_with_cython(request.param, tmp_path_factory)
+
+
+def python_with_cython(version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """"venv" (this interpreter), or Python `version` with this Cython in a venv of its own
+    (made once, kept under CYTOOL_TEST_VENVS when set); skips when that Python is missing."""
+    if version == "venv":
         return sys.executable
-    base = _find_interpreter(request.param)
+    base = _find_interpreter(version)
     if not base:
-        pytest.skip(f"Python {request.param} not found in pyenv or on PATH")
+        pytest.skip(f"Python {version} not found in pyenv or on PATH")
     import Cython
 
     kept = os.environ.get("CYTOOL_TEST_VENVS")
-    venv = Path(kept) / request.param if kept else tmp_path_factory.mktemp(f"python{request.param}")
+    venv = Path(kept) / version if kept else tmp_path_factory.getbasetemp() / f"python{version}"
     interpreter = venv / "bin" / "python"
     # what cytool's build imports (tomli before 3.11: pyproject.toml), and this Cython
     probe = [str(interpreter), "-c", "import Cython, packaging, sys\nif sys.version_info < (3, 11): import tomli\n"

@@ -67,6 +67,14 @@ CASES = [
     ("develop", "{missing}"),
     ("develop", "{tmp}", "-j", "0"),
     ("develop", "{tmp}"),
+    ("stack",),
+    ("stack", "not-a-pid"),
+    ("stack", "0"),
+    ("stack", "--core", "{missing}"),
+    ("stack", "--core", "{dir}"),
+    ("stack", "--core", "{txt}"),
+    ("stack", "--core", "{fifo}"),
+    ("stack", "--core", "{ok}", "--executable", "{missing}"),
 ]
 
 

@@ -114,6 +114,9 @@ def cython_argv(target: ModuleTarget, settings: BuildSettings, out_c: Path) -> L
     argv = [sys.executable, "-m", "cython", "--module-name", location.name, "-o", str(out_c)]
     for folder in [str(location.import_root)] + list(settings.cython_include_path) + list(settings.include_dirs):
         argv += ["-I", folder]
+    # `from cytool.debug cimport breakpoint` (cytool/debug.pxd), also from an editable
+    # install, whose package folder is not on sys.path; searched last
+    argv += ["-I", str(Path(__file__).resolve().parent.parent.parent)]
     if settings.cplus:
         argv.append("--cplus")
     for name, value in settings.directives:

@@ -1,0 +1,86 @@
+"""In-code breakpoints (`cytool.breakpoint()`, `from cytool.debug cimport breakpoint`),
+black-box: under `cytool debug` (gdb batch), not on a terminal (the thread's stack on
+stderr, the program goes on), on a terminal (gdb's TUI attached, through tmux), turned
+off by CYTOOL_BREAKPOINT=0, and builtin breakpoint() routed by PYTHONBREAKPOINT.
+
+tests/fixtures/breakpoint/bp.pyx stops in a nogil cdef function, in a def function
+(`when=n > 0`, then once with when false) and, with --builtin, at a builtin breakpoint().
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
+import gdbharness as h  # noqa: E402
+from terminal import marked_lines, needs_tmux, terminal  # noqa: E402
+
+pytestmark = h.GDB_TESTS
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "breakpoint" / "bp.pyx"
+M = h.markers(FIXTURE)
+
+
+def run_bp(*args: str, env: dict = None) -> subprocess.CompletedProcess:
+    full = h.python_env(env)
+    return subprocess.run([sys.executable, "-m", "cytool", "run", str(FIXTURE), "--", *args], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=600, env=full)
+
+
+def test_under_cytool_debug(tmp_path: Path) -> None:
+    script = tmp_path / "commands.gdb"
+    script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
+    done = subprocess.run([sys.executable, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+                          timeout=600, env=h.python_env())
+    out = done.stdout
+    assert done.returncode == 0, out
+    first = out.index(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
+    assert "n = 10" in out[first:] and "total = 45" in out[first:], out  # cy-locals in crunch
+    assert f"bp.pyx:{M['nogil-break'] + 1} in crunch()" in out[first:], out  # cy-next: the line after it
+    assert f"#1  bp.pyx:{M['call-crunch']} in main()" in out[first:], out  # cy-up: its caller
+    second = out.index(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # the Python form
+    assert "half = 2.0" in out[second:], out
+    assert f"bp.pyx:{M['py-break']} in in_python_code()" in out[second:].split("half = 2.0", 1)[1], out  # cy-bt
+    assert out.count("cytool.breakpoint(), ") == 2, out  # when=False did not stop
+    assert "done" in out and "exited normally" in out, out
+
+
+def test_not_on_a_terminal_prints_the_stack_and_goes_on() -> None:
+    done = run_bp("--builtin", env={"PYTHONBREAKPOINT": "cytool.breakpoint"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["crunch", "45", "half", "2.0", "twice", "10", "done"], done.stdout
+    stacks = done.stderr.split("cytool.breakpoint: stack of thread ")[1:]
+    assert len(stacks) == 3, done.stderr  # nogil form, cytool.breakpoint(when=True), builtin breakpoint()
+    expected = [("crunch", "nogil-break"), ("in_python_code", "py-break"), ("builtin", "builtin-break")]
+    for text, (function, marker) in zip(stacks, expected):
+        frames = [line.strip() for line in text.splitlines() if line.strip().startswith("[")]
+        assert re.fullmatch(rf"\[cy\] bp\.{function}\(\) at \S*bp\.pyx:{M[marker]}", frames[0]), text
+        assert re.fullmatch(r"\[cy\] bp\.main\(\) at \S*bp\.pyx:\d+", frames[1]), text
+        assert "inline_break" not in text and "subprocess" not in text, text  # the breakpoint's own frames
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_turned_off() -> None:
+    done = run_bp("--builtin", env={"CYTOOL_BREAKPOINT": "0", "PYTHONBREAKPOINT": "cytool.breakpoint"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["crunch", "45", "half", "2.0", "twice", "10", "done"], done.stdout
+    assert "cytool.breakpoint" not in done.stderr, done.stderr
+
+
+@needs_tmux
+def test_on_a_terminal_starts_gdb() -> None:
+    env = " ".join(f"{name}={os.environ.get(name, '')}" for name in ("CYTOOL_CACHE_DIR", "PYTHONPATH"))
+    command = f"cd {FIXTURE.parent} && env {env} {sys.executable} -m cytool run {FIXTURE}; sleep 600"
+    with terminal("cytool-inline-break", command, width=150, height=40) as term:
+        stopped = term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()", timeout=240)
+        assert marked_lines(stopped, "nogil_breakpoint()  # @nogil-break"), stopped  # the TUI on the .pyx line
+        term.wait_for("(gdb)")
+        term.send("cy-cont")
+        term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()")
+        term.send("cy-cont")
+        term.wait_for("exited normally")
