@@ -61,6 +61,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("cytool: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cytool report … | head`: the reader left; nothing more to say
+        _silence_stdout()
+        return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit does not fail
+    again on the closed pipe (the recipe of Python's `signal` documentation)."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 def _plain_arguments(argv: list) -> Optional[SimpleNamespace]:

@@ -199,3 +199,16 @@ def test_temporary_mode(tmp_path: Path, run_cytool) -> None:
     assert document["mode"] == "temporary_bytes"
     assert [(l["line"], l["temporary_bytes"], l["temporary_count"]) for l in document["lines"]] == [(7, 200, 2)]
     assert run_cytool("report", path, "-f", "collapsed", "--temporary").stdout == "churn (t.py:7) 200\n"
+
+
+def test_report_into_a_closed_pipe_ends_quietly(capture: Path) -> None:
+    """`cytool report CAP | head`: the reader goes away; cytool stops with status 1 and no
+    traceback (neither its own nor the interpreter's last flush)."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "cytool", "report", str(capture), "-f", "collapsed"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1, err
+    assert err == "", err
