@@ -86,11 +86,12 @@ typedef struct slice {
 } slice;
 
 /* The blocks of one tick's remaining events, by block key: the slice allocating them (+1)
- * or MANY, and which slices have events about them (bit slice % 32). */
+ * or MANY, and (built when a block is allocated by MANY) which slices have events about
+ * them (bit slice % 32). */
 typedef struct window {
     cya_map allocs;
     cya_map touched;
-    int built;
+    int built, touched_built;
 } window;
 
 #define MANY UINT32_MAX
@@ -101,22 +102,26 @@ static void window_free(window *w)
     cya_map_free(&w->touched);
 }
 
-static int window_build(window *w, const slice *s, size_t n)
+static int window_build(window *w, const slice *s, size_t n, int touched)
 {
-    w->built = 1;
+    if (touched)
+        w->touched_built = 1;
+    else
+        w->built = 1;
     for (size_t i = 0; i < n; i++)
         for (size_t j = s[i].pos; j < s[i].len; j++) {
             const cya_event *e = &s[i].events[j];
-            if (!e->address)
+            if (!e->address || (!touched && e->kind >= CYA_FREE))
                 continue;
             uint64_t key = cya_block_key(e->kind, e->address);
-            uint32_t bit = 1u << (i % 32), *mask = cya_map_get(&w->touched, key);
-            if (mask)
-                *mask |= bit;
-            else if (!cya_map_put(&w->touched, key, bit))
-                return 0;
-            if (e->kind >= CYA_FREE)
+            if (touched) {
+                uint32_t bit = 1u << (i % 32), *mask = cya_map_get(&w->touched, key);
+                if (mask)
+                    *mask |= bit;
+                else if (!cya_map_put(&w->touched, key, bit))
+                    return 0;
                 continue;
+            }
             uint32_t *by = cya_map_get(&w->allocs, key);
             if (by && *by != i + 1)
                 *by = MANY;
@@ -139,11 +144,13 @@ static size_t next_about(const slice *t, uint64_t key, size_t from)
  * when other slices allocate that block in this tick too, and this one does not free it
  * again in the tick: then yes while another slice's next event about it is an allocation
  * and no slice's next one is a free. */
-static int shuts_out(const window *w, const slice *s, size_t n, size_t from, uint64_t key)
+static int shuts_out(window *w, const slice *s, size_t n, size_t from, uint64_t key)
 {
     const uint32_t *by = cya_map_get(&w->allocs, key);
     if (!by || *by != MANY)
         return 0;
+    if (!w->touched_built && !window_build(w, s, n, 1))
+        return -1;
     size_t own = next_about(&s[from], key, s[from].pos + 1);
     if (own != SIZE_MAX && s[from].events[own].kind >= CYA_FREE)
         return 0;
@@ -173,10 +180,12 @@ static int ready(const cya_map *blocks, window *w, const slice *s, size_t n, siz
         return *state != BLOCK_DEAD;
     if (e->kind < CYA_FREE && state && *state == BLOCK_LIVE)
         return 0;
-    if (!w->built && !window_build(w, s, n))
+    if (!w->built && !window_build(w, s, n, 0))
         return -1;
-    if (e->kind < CYA_FREE)
-        return !shuts_out(w, s, n, from, key);
+    if (e->kind < CYA_FREE) {
+        int shut = shuts_out(w, s, n, from, key);
+        return shut < 0 ? -1 : !shut;
+    }
     /* never seen: wait if another slice of this tick allocates it */
     const uint32_t *by = cya_map_get(&w->allocs, key);
     return !by || *by == from + 1;
@@ -194,7 +203,7 @@ static int apply(cya_map *blocks, const cya_event *e)
 static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, size_t o)
 {
     size_t active = n;
-    window w = {{0}, {0}, 0};
+    window w = {{0}, {0}, 0, 0};
     while (active > 0) {
         size_t best = SIZE_MAX, best_ready = SIZE_MAX;
         double best_at = 2, best_ready_at = 2;
