@@ -260,6 +260,46 @@ def test_a_reused_address_in_one_tick_is_freed_before_it_is_made_again(tmp_path:
         assert profile.totals.leaked_bytes == 32 + 3
 
 
+def test_a_block_an_ending_thread_reused_goes_to_the_next_thread_after_all_its_uses(tmp_path: Path) -> None:
+    # glibc gives an ended thread's arena, and the block it reused again and again, to the
+    # next thread started: both in one tick. The new thread keeps the block past the tick;
+    # by its place in the tick (1/2) its malloc would come between the old thread's uses
+    # (1/8, 3/8 | 5/8, 7/8), and then the old thread's second malloc could go nowhere.
+    path = tmp_path / "arena.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(1, 0, [("malloc", 0, 0xA000, 48, 0), ("free", 0, 0xA000, 0, 0)] * 2)
+        w.batch(2, 0, [("malloc", 0, 0xA000, 48, 0)])
+        w.end(5000)
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        assert [(e.thread_id, e.kind) for e in capture.events] == [(1, "malloc"), (1, "free")] * 2 + [(2, "malloc")]
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 0 and profile.replaced_blocks == 0
+        assert profile.totals.leaked_bytes == 48
+
+
+def test_a_block_passed_along_three_threads_in_one_tick_keeps_its_history(tmp_path: Path) -> None:
+    # thread 1 frees the block it made in an earlier tick and ends; thread 2 gets it, uses it
+    # twice and ends; thread 3 gets it and keeps it. By place in the tick thread 3's malloc
+    # (1/2) would come before thread 2's second one (5/8).
+    path = tmp_path / "chain.cytrace"
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(1, 0, [("malloc", 0, 0xA000, 48, 0)])
+        w.batch(1, 1000, [("free", 0, 0xA000, 0, 0)])
+        w.batch(2, 1000, [("malloc", 0, 0xA000, 48, 0), ("free", 0, 0xA000, 0, 0)] * 2)
+        w.batch(3, 1000, [("malloc", 0, 0xA000, 48, 0), ("malloc", 0, 0xB000, 16, 0)])
+        w.end(5000)
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        order = [(e.thread_id, e.kind) for e in capture.events]
+        assert order == [(1, "malloc"), (1, "free")] + [(2, "malloc"), (2, "free")] * 2 + [(3, "malloc")] * 2
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 0 and profile.replaced_blocks == 0
+        assert profile.totals.leaked_bytes == 48 + 16
+
+
 def test_truncated_capture_keeps_complete_frames(tmp_path: Path) -> None:
     path = tmp_path / "cut.cytrace"
     w = CaptureWriter(path)

@@ -265,6 +265,8 @@ def test_start_stop_while_threads_allocate(helpers: Path, tmp_path: Path) -> Non
             assert capture.complete and capture.stats.dropped == 0
             assert capture.stats.events == len(capture.events) > 0
             assert capture.missing_stacks == 0
+            rings = sorted(t.name for t in capture.threads.values() if t.name.startswith("ring") and t.nevents > 0)
+            assert rings == [f"ring {n}" for n in range(1, 7)], f"capture {i}: events of {rings} only"
             live = set()
             for event in capture.events:
                 if event.kind in ("mmap", "munmap"):

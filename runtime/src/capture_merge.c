@@ -16,6 +16,12 @@
  * A free of an address never seen before is either of a block allocated before tracing
  * started, or of a block another thread allocates in this same tick (a hand-off): when
  * another thread's slice of the tick allocates that address, the free waits for it.
+ *
+ * An allocation that its thread keeps past the end of the tick must not shut out another
+ * thread that still allocates (and frees) the same block in this tick: glibc gives an
+ * ended thread's arena, and the block it reused again and again, to the next thread
+ * started, often within one tick. Such an allocation waits while another slice's next event
+ * about the block is an allocation and none's is a free (which could release it).
  */
 #include <stdio.h>
 
@@ -79,23 +85,43 @@ typedef struct slice {
     size_t pos, len;
 } slice;
 
-/* The allocations of one tick, by block key: the slice making them (+1), or MANY. */
+/* The blocks of one tick's remaining events, by block key: the slice allocating them (+1)
+ * or MANY, and (built when a block is allocated by MANY) which slices have events about
+ * them (bit slice % 32). */
 typedef struct window {
     cya_map allocs;
-    int built;
+    cya_map touched;
+    int built, touched_built;
 } window;
 
 #define MANY UINT32_MAX
 
-static int window_build(window *w, const slice *s, size_t n)
+static void window_free(window *w)
 {
-    w->built = 1;
+    cya_map_free(&w->allocs);
+    cya_map_free(&w->touched);
+}
+
+static int window_build(window *w, const slice *s, size_t n, int touched)
+{
+    if (touched)
+        w->touched_built = 1;
+    else
+        w->built = 1;
     for (size_t i = 0; i < n; i++)
         for (size_t j = s[i].pos; j < s[i].len; j++) {
             const cya_event *e = &s[i].events[j];
-            if (e->kind >= CYA_FREE || !e->address)
+            if (!e->address || (!touched && e->kind >= CYA_FREE))
                 continue;
             uint64_t key = cya_block_key(e->kind, e->address);
+            if (touched) {
+                uint32_t bit = 1u << (i % 32), *mask = cya_map_get(&w->touched, key);
+                if (mask)
+                    *mask |= bit;
+                else if (!cya_map_put(&w->touched, key, bit))
+                    return 0;
+                continue;
+            }
             uint32_t *by = cya_map_get(&w->allocs, key);
             if (by && *by != i + 1)
                 *by = MANY;
@@ -105,6 +131,44 @@ static int window_build(window *w, const slice *s, size_t n)
     return 1;
 }
 
+/* The index of the slice's first event about block `key` from `from` on, or SIZE_MAX. */
+static size_t next_about(const slice *t, uint64_t key, size_t from)
+{
+    for (size_t j = from; j < t->len; j++)
+        if (t->events[j].address && cya_block_key(t->events[j].kind, t->events[j].address) == key)
+            return j;
+    return SIZE_MAX;
+}
+
+/* Would the allocation of `key` at slice `from`'s position shut out another slice? Only
+ * when other slices allocate that block in this tick too, and this one does not free it
+ * again in the tick: then yes while another slice's next event about it is an allocation
+ * and no slice's next one is a free. */
+static int shuts_out(window *w, const slice *s, size_t n, size_t from, uint64_t key)
+{
+    const uint32_t *by = cya_map_get(&w->allocs, key);
+    if (!by || *by != MANY)
+        return 0;
+    if (!w->touched_built && !window_build(w, s, n, 1))
+        return -1;
+    size_t own = next_about(&s[from], key, s[from].pos + 1);
+    if (own != SIZE_MAX && s[from].events[own].kind >= CYA_FREE)
+        return 0;
+    const uint32_t *mask = cya_map_get(&w->touched, key);
+    int waiting = 0;
+    for (size_t t = 0; mask && t < n; t++) {
+        if (t == from || !(*mask & 1u << (t % 32)))
+            continue;
+        size_t j = next_about(&s[t], key, s[t].pos);
+        if (j == SIZE_MAX)
+            continue;
+        if (s[t].events[j].kind >= CYA_FREE)
+            return 0;
+        waiting = 1;
+    }
+    return waiting;
+}
+
 /* Can event e of slice `from` come next, given what is live? 1 yes, 0 no, -1 out of memory. */
 static int ready(const cya_map *blocks, window *w, const slice *s, size_t n, size_t from, const cya_event *e)
 {
@@ -112,13 +176,17 @@ static int ready(const cya_map *blocks, window *w, const slice *s, size_t n, siz
         return 1;
     uint64_t key = cya_block_key(e->kind, e->address);
     const uint32_t *state = cya_map_get(blocks, key);
-    if (e->kind < CYA_FREE)
-        return !state || *state != BLOCK_LIVE;
-    if (state)
+    if (e->kind >= CYA_FREE && state)
         return *state != BLOCK_DEAD;
-    /* never seen: wait if another slice of this tick allocates it */
-    if (!w->built && !window_build(w, s, n))
+    if (e->kind < CYA_FREE && state && *state == BLOCK_LIVE)
+        return 0;
+    if (!w->built && !window_build(w, s, n, 0))
         return -1;
+    if (e->kind < CYA_FREE) {
+        int shut = shuts_out(w, s, n, from, key);
+        return shut < 0 ? -1 : !shut;
+    }
+    /* never seen: wait if another slice of this tick allocates it */
     const uint32_t *by = cya_map_get(&w->allocs, key);
     return !by || *by == from + 1;
 }
@@ -135,7 +203,7 @@ static int apply(cya_map *blocks, const cya_event *e)
 static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, size_t o)
 {
     size_t active = n;
-    window w = {{0}, 0};
+    window w = {{0}, {0}, 0, 0};
     while (active > 0) {
         size_t best = SIZE_MAX, best_ready = SIZE_MAX;
         double best_at = 2, best_ready_at = 2;
@@ -148,7 +216,7 @@ static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, si
             if (at < best_ready_at) {
                 int r = ready(blocks, &w, s, n, i, &s[i].events[s[i].pos]);
                 if (r < 0) {
-                    cya_map_free(&w.allocs);
+                    window_free(&w);
                     return SIZE_MAX;
                 }
                 if (r)
@@ -158,14 +226,14 @@ static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, si
         size_t pick = best_ready != SIZE_MAX ? best_ready : best; /* none ready: an untraced gap */
         const cya_event *e = &s[pick].events[s[pick].pos++];
         if (!apply(blocks, e)) {
-            cya_map_free(&w.allocs);
+            window_free(&w);
             return SIZE_MAX;
         }
         out[o++] = *e;
         if (s[pick].pos == s[pick].len)
             active--;
     }
-    cya_map_free(&w.allocs);
+    window_free(&w);
     return o;
 }
 

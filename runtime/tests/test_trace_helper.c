@@ -17,8 +17,10 @@
  *                      and sleeps, allocating nothing, until killed
  *   bursts T SECONDS   T threads allocate bursts of 5151-byte blocks between pauses of up to
  *                      2.5 s (so the writer flushes them while idle), prints "total N"
- *   restart R T        T threads allocate (and start short-lived threads) while the main
- *                      thread starts and stops tracing R times, into CAPTURE.0 .. CAPTURE.R-1
+ *   restart R T        T threads ("ring 1" ..) allocate (and start short-lived threads)
+ *                      while the main thread starts and stops tracing R times, into
+ *                      CAPTURE.0 .. CAPTURE.R-1; a round lasts 20 ms and until every thread
+ *                      has done 100 operations with tracing on (10 s at most)
  *   handoff N          a producer thread mallocs N blocks of 1717 bytes and hands each to a
  *                      consumer thread that frees it (through a small locked ring)
  *   forkstorm F T      T threads start short-lived allocating threads without pause while the
@@ -262,12 +264,18 @@ static volatile int stress_running = 1;
 
 static void *short_lived(void *arg) {
     (void)arg;
+    pthread_setname_np(pthread_self(), "short lived"); /* not its parent's "ring N" */
     for (int i = 0; i < 100; i++) free(keep(malloc(48)));
     return NULL;
 }
 
+static _Atomic long stress_ops[64]; /* operations each stress thread has done */
+
 static void *stress_thread(void *arg) {
-    unsigned seed = (unsigned)(uintptr_t)arg;
+    unsigned seed = (unsigned)(uintptr_t)arg, me = seed - 1; /* seeds 1 .. T */
+    char name[16];
+    snprintf(name, sizeof name, "ring %u", seed);
+    pthread_setname_np(pthread_self(), name);
     void *ring[64] = {0};
     long i = 0;
     while (stress_running) {
@@ -278,7 +286,8 @@ static void *stress_thread(void *arg) {
         case 2: free(ring[slot]); ring[slot] = keep(calloc(3, rand_r(&seed) % 100)); break;
         default: free(ring[slot]); ring[slot] = NULL; break;
         }
-        if (++i % 20000 == 0) {
+        atomic_store_explicit(&stress_ops[me], ++i, memory_order_relaxed);
+        if (i % 20000 == 0) {
             pthread_t t;
             if (pthread_create(&t, NULL, short_lived, NULL) == 0) pthread_join(t, NULL);
         }
@@ -298,8 +307,19 @@ static void mode_restart(int rounds, int nthreads) {
             fprintf(stderr, "cytrace_start: %s\n", cytrace_last_error());
             exit(3);
         }
-        struct timespec pause = {0, 20000000};
+        long before[64];
+        for (int t = 0; t < nthreads; t++) before[t] = atomic_load(&stress_ops[t]);
+        struct timespec pause = {0, 20000000}, tick = {0, 1000000};
         nanosleep(&pause, NULL);
+        /* On a loaded machine a runnable thread can wait 100 ms and more for a CPU (seen:
+         * rounds of 20 ms in which none of the six ran): wait until each has done 100
+         * operations, almost all of them recorded, so every capture has every thread. */
+        for (int waited = 0; waited < 10000; waited++) {
+            int t = 0;
+            while (t < nthreads && atomic_load(&stress_ops[t]) - before[t] >= 100) t++;
+            if (t == nthreads) break;
+            nanosleep(&tick, NULL);
+        }
         if (cytrace_stop() != 0) exit(4);
     }
     stress_running = 0;
