@@ -46,6 +46,16 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
         }                                                                                              \
     } while (0)
 
+/* A free timed before the call that released the block (see cyt_record_free_at). */
+#define RECORD_FREE_AT(kind, ptr, time)                                                                \
+    do {                                                                                               \
+        if ((ptr) != 0 && RECORDING()) {                                                               \
+            cyt_guard = 1;                                                                             \
+            cyt_record_free_at((kind), (uintptr_t)(ptr), (time));                                      \
+            cyt_guard = 0;                                                                             \
+        }                                                                                              \
+    } while (0)
+
 #define RECORD_FREE(kind, ptr)                                                                         \
     do {                                                                                               \
         if ((ptr) != 0 && RECORDING()) {                                                               \
@@ -80,10 +90,11 @@ static void hook_free(void *p) {
 #pragma GCC diagnostic ignored "-Wuse-after-free"
 static void *hook_realloc(void *old, size_t size) {
     uintptr_t old_address = (uintptr_t)old;
+    uint64_t freed_at = cyt_event_time(); /* before: another thread may get the block at once */
     void *p = REAL(realloc(old, size));
     if (RECORDING()) {
         /* realloc(p, 0) frees p and returns NULL; a failed realloc leaves old alone */
-        if (old_address != 0 && (p != NULL || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
+        if (old_address != 0 && (p != NULL || size == 0)) RECORD_FREE_AT(CYTRACE_REALLOC_FREE, old_address, freed_at);
         RECORD_ALLOC(CYTRACE_REALLOC, p, size);
     }
     return p;
@@ -91,9 +102,11 @@ static void *hook_realloc(void *old, size_t size) {
 
 static void *hook_reallocarray(void *old, size_t n, size_t size) {
     uintptr_t old_address = (uintptr_t)old;
+    uint64_t freed_at = cyt_event_time();
     void *p = REAL(reallocarray(old, n, size));
     if (RECORDING()) {
-        if (old_address != 0 && (p != NULL || n == 0 || size == 0)) RECORD_FREE(CYTRACE_REALLOC_FREE, old_address);
+        if (old_address != 0 && (p != NULL || n == 0 || size == 0))
+            RECORD_FREE_AT(CYTRACE_REALLOC_FREE, old_address, freed_at);
         RECORD_ALLOC(CYTRACE_REALLOCARRAY, p, n * size);
     }
     return p;

@@ -149,6 +149,9 @@ cyt_thread *cyt_thread_get(void);            /* the calling thread's state, crea
                                               * NULL: do not record */
 void cyt_record_event(int kind, uintptr_t address, size_t size, void *return_address);
 void cyt_record_free(int kind, uintptr_t address);
+/* A free timed at `time` (cyt_event_time() read before the block was released: realloc
+ * records its old block's free after the call, but the block may be reused meanwhile). */
+void cyt_record_free_at(int kind, uintptr_t address, uint64_t time);
 void cyt_record_munmap(uintptr_t address, size_t size);
 void cyt_threads_flush_all(void);            /* at stop: every thread's buffer to the writer */
 /* The writer, each tick: flush the buffers of threads that hold events CYT_FLUSH_AGE_NS old

@@ -62,11 +62,16 @@ static void *pm_calloc(void *ctx, size_t n, size_t size) {
 static void *pm_realloc(void *ctx, void *old, size_t size) {
     domain_hook *d = ctx;
     uintptr_t old_address = (uintptr_t)old;
+    uint64_t freed_at = cyt_event_time(); /* before: the RAW domain's block may go to another thread at once */
     int guard = cytrace_guard_enter();
     void *p = d->original.realloc(d->original.ctx, old, size);
     cytrace_guard_exit(guard);
     if (!guard && p != NULL) {
-        if (old_address) cytrace_record(d->free_kind, old_address, 0, NULL);
+        if (old_address && atomic_load_explicit(&cyt_active, memory_order_relaxed)) { /* as cytrace_record */
+            cyt_guard = 1;
+            cyt_record_free_at(d->free_kind, old_address, freed_at);
+            cyt_guard = 0;
+        }
         cytrace_record(d->alloc_kind, (uintptr_t)p, size, __builtin_return_address(0));
     }
     return p;

@@ -380,9 +380,8 @@ static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, m
 
 /* Start one event: flush a full batch, start a new one if needed, write the event's time
  * and address. Returns the event's head byte, to be completed by the caller. */
-static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t address) {
+static inline uint8_t *event_begin_at(cyt_thread *ts, unsigned kind, uintptr_t address, uint64_t now) {
     if (CYT_UNLIKELY(columns_used(ts) + CYT_EVENT_MAX > cyt_buffer_size)) flush_thread(ts, 1);
-    uint64_t now = cyt_event_time();
     if (nevents_of(ts) == 0) {
         atomic_store_explicit(&ts->t0, now, memory_order_relaxed);
         ts->last_t = now;
@@ -399,6 +398,11 @@ static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t addr
     ts->col[COL_ADDR] = cyt_put_address_delta(ts->col[COL_ADDR], (uint64_t)(address - ts->last_addr));
     ts->last_addr = address;
     return head;
+}
+
+/* The usual event: timed now. */
+static inline uint8_t *event_begin(cyt_thread *ts, unsigned kind, uintptr_t address) {
+    return event_begin_at(ts, kind, address, cyt_event_time());
 }
 
 static inline void event_end(cyt_thread *ts) {
@@ -535,11 +539,13 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
     record_alloc(kind, address, size, return_address, frame_address);
 }
 
-void cyt_record_free(int kind, uintptr_t address) {
+void cyt_record_free(int kind, uintptr_t address) { cyt_record_free_at(kind, address, cyt_event_time()); }
+
+void cyt_record_free_at(int kind, uintptr_t address, uint64_t time) {
     cyt_thread *ts = cyt_thread_get();
     if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
-    event_begin(ts, (unsigned)kind, address);
+    event_begin_at(ts, (unsigned)kind, address, time);
     event_end(ts);
     leave(ts);
 }
