@@ -32,7 +32,7 @@ from cytool.errors import CytoolError
 HERE = Path(__file__).resolve().parent
 AGENT = HERE / "attach_agent.py"
 GDB_SCRIPT = HERE / "attach_gdb.py"
-IDLE_INTERRUPT_S = 1.0  # no allocation for this long: interrupt, use a thread blocked in a syscall
+IDLE_INTERRUPT_S = 1.0  # no allocation for this long: SIGURG stops it where it sleeps (attach_gdb.py)
 GDB_TIMEOUT_S = 60.0
 START_TIMEOUT_S = 10.0  # for the agent to get the GIL and start
 
@@ -210,14 +210,20 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
     gdb = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     started = time.monotonic()
-    interrupted = False
+    nudged = 0.0  # when the process was last nudged, or seen waiting for an allocation
+    running = Path(f"{result_path}.running")
     while gdb.poll() is None:
         time.sleep(0.02)
-        waited = time.monotonic() - started
-        running = Path(f"{result_path}.running")
-        if not interrupted and running.exists() and time.monotonic() - running.stat().st_mtime > IDLE_INTERRUPT_S:
-            gdb.send_signal(signal.SIGINT)  # nothing allocates: stop it where it sleeps
-            interrupted = True
+        now = time.monotonic()
+        waited = now - started
+        if not nudged and running.exists():
+            nudged = now
+        if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists():
+            try:
+                os.kill(process.pid, signal.SIGURG)  # nothing allocates: stop it where it sleeps
+            except OSError:
+                pass
+            nudged = now
         if waited > GDB_TIMEOUT_S:
             gdb.kill()
             gdb.wait()

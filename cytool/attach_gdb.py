@@ -8,8 +8,9 @@ extension, code, result path). What it does, with the pause it costs the process
 2. a breakpoint on the entry of malloc, calloc, realloc and free, then `continue`: the
    process runs until one of its threads enters one of them. That is a safe moment to
    call into it: the thread holds none of the allocator's locks yet. When nothing
-   allocates (a process asleep), cytool interrupts gdb after a while, and a thread
-   blocked in a system call (the instruction before its pc is `syscall`) is used instead;
+   allocates (a process asleep), cytool sends the process a SIGURG after a while (its
+   default action is to ignore it; gdb stops on it and never passes it on), and a
+   thread blocked in a system call (the instruction before its pc is `syscall`) is used;
 3. in that thread: dlopen() the tracer's extension and call its cytool_attach_run(code),
    which starts a new thread that takes the GIL the ordinary way and runs `code`;
 4. delete the breakpoints and detach.
@@ -65,6 +66,7 @@ def inject():
     gdb.execute("set confirm off")
     gdb.execute("set auto-solib-add off")
     gdb.execute("set breakpoint pending off")
+    gdb.execute("handle SIGURG stop print nopass")  # cytool's nudge when nothing allocates
     gdb.execute("set debug-file-directory /nonexistent")  # minimal symbols are enough: no DWARF to read
     paused_since = time.monotonic_ns()  # the process stops when gdb attaches
     try:
