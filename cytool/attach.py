@@ -114,20 +114,65 @@ def _check_debuggable(process: TargetProcess) -> None:
                           exit_code=2)
 
 
-def _check_version(process: TargetProcess) -> Path:
-    """The tracer extension for the target's Python: this cytool's, when the versions match."""
+def _extension_for(process: TargetProcess) -> Path:
+    """The tracer's Python extension for the target's Python: this cytool's when the
+    versions match, else one built for that version (cached) from the extension's C
+    source, which a source checkout or editable install has."""
     from cytool import tracker
 
     ours = "%d.%d" % sys.version_info[:2]
     extension = Path(tracker._driver().__file__)
-    if process.python_version and process.python_version != ours:
-        raise CytoolError(
-            f"process {process.pid} runs Python {process.python_version}; this cytool's tracer is built for "
-            f"Python {ours} ({sys.executable})",
-            hint=f"install cytool for Python {process.python_version} and run its cytool: "
-            f"python{process.python_version} -m pip install cytool && python{process.python_version} -m cytool "
-            f"attach {process.pid}", exit_code=2)
-    return extension
+    if not process.python_version or process.python_version == ours:
+        return extension
+    interpreter = process.executable
+    source = HERE.parent / "runtime" / "python" / "cytrace_module.c"
+    headers = HERE.parent / "runtime" / "include"
+    library = HERE / "_lib" / "libcytrace.so"
+    what_to_do = (f"install cytool for Python {process.python_version} and run its cytool: "
+                  f"python{process.python_version} -m pip install cytool, then "
+                  f"python{process.python_version} -m cytool attach {process.pid}")
+    if not re.match(r"python\d", os.path.basename(interpreter)) or not source.exists() or not library.exists():
+        raise CytoolError(f"process {process.pid} runs Python {process.python_version}; this cytool's tracer is "
+                          f"built for Python {ours} ({sys.executable})", hint=what_to_do, exit_code=2)
+    return _build_extension(process, interpreter, source, headers, library, what_to_do)
+
+
+def _build_extension(process: TargetProcess, interpreter: str, source: Path, headers: Path, library: Path,
+                     what_to_do: str) -> Path:
+    from cytool.cache import cache_root, hash_file, hash_text
+
+    query = ("import json, sysconfig; print(json.dumps([sysconfig.get_paths()['include'], "
+             "sysconfig.get_config_var('EXT_SUFFIX') or '.so']))")
+    try:
+        found = subprocess.run([interpreter, "-I", "-c", query], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                               text=True, timeout=30)
+        include, suffix = json.loads(found.stdout)
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        raise CytoolError(f"process {process.pid} runs Python {process.python_version}, whose headers cannot be "
+                          f"found ({interpreter})", hint=what_to_do, exit_code=2) from None
+    if not (Path(include) / "Python.h").exists():
+        raise CytoolError(f"process {process.pid} runs Python {process.python_version}, without its C headers "
+                          f"({include}/Python.h): cytool cannot build its tracer for it",
+                          hint=f"install them (apt-get install python{process.python_version}-dev), or {what_to_do}",
+                          exit_code=2)
+    key = hash_text(str(hash_file(source)), str(hash_file(headers / "cytrace.h")), str(library), include, suffix)
+    folder = cache_root() / "attach" / "extensions" / key[:16]
+    target = folder / f"_cytrace{suffix}"
+    if target.exists():
+        return target
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    partial = folder / f".{os.getpid()}{suffix}"
+    compiler = os.environ.get("CC", "gcc").split()
+    command = [*compiler, "-shared", "-fPIC", "-O2", "-g", "-std=gnu11", "-fno-omit-frame-pointer",
+               f"-I{headers}", f"-I{include}", str(source), f"-L{library.parent}", "-lcytrace",
+               f"-Wl,-rpath,{library.parent}", "-o", str(partial)]
+    built = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if built.returncode != 0:
+        partial.unlink(missing_ok=True)
+        raise CytoolError(f"cannot build the tracer for Python {process.python_version}", detail=built.stdout[-2000:],
+                          hint=what_to_do)
+    os.replace(partial, target)
+    return target
 
 
 def control_folder(process: TargetProcess) -> Path:
@@ -246,7 +291,7 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
     if running:
         raise CytoolError(f"process {pid} is already traced by cytool attach, into {running.get('capture')}",
                           hint=f"stop it with `cytool attach --stop {pid}` first", exit_code=2)
-    extension = _check_version(process)
+    extension = _extension_for(process)
     _check_debuggable(process)
     capture = (capture or default_capture(process)).absolute()
     if not capture.parent.is_dir():
