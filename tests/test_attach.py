@@ -1,0 +1,224 @@
+"""`cytool attach PID`: black-box on real processes (real gdb, real Cython): a Cython loop
+run by `cytool run`, plain Python, a process asleep, --duration, --stop, the process
+exiting while traced, every error path, and a Python other than the venv's."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from conftest import _find_interpreter
+
+FIXTURES = Path(__file__).parent / "fixtures" / "attach"
+
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="cytool attach needs gdb")
+
+
+def _launch(command: List[str], cwd: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline() if process.stdout else ""
+    if line.strip() != "ready":
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"target did not start: {line}{out}{err}")
+    return process
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    for name in ("allocmod.pyx", "loop.py", "plain.py"):
+        shutil.copy(FIXTURES / name, tmp_path / name)
+    return tmp_path
+
+
+@pytest.fixture
+def targets() -> Iterator[List[subprocess.Popen]]:
+    started: List[subprocess.Popen] = []
+    yield started
+    for process in started:
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _report_json(run_cytool, capture: Path) -> dict:
+    result = run_cytool("report", capture, "-f", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _no_negative_figures(report: dict) -> None:
+    for line in report["lines"]:
+        for figures in (line, line["inclusive"]):
+            assert all(value >= 0 for value in figures.values() if isinstance(value, int)), line
+    assert all(value >= 0 for value in report["totals"].values() if isinstance(value, int))
+
+
+def test_attach_cython_loop_for_a_duration(workdir, targets, run_cytool):
+    """A program cytool runs (its .pyx built into the cache, libcytrace already loaded):
+    traced for a second, then the capture names the .pyx line and the Cython function."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "loop.py"], workdir)
+    targets.append(target)
+    capture = workdir / "loop.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "1", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"tracing process {target.pid} into {capture}" in result.stderr
+    assert "stopped tracing" in result.stderr and "Traceback" not in result.stderr
+    assert target.poll() is None  # the program goes on
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["attached"] is True
+    assert report["capture"]["truncated"] is False
+    assert any("tracing started in the running process" in w for w in report["capture"]["warnings"])
+    pyx = [line for line in report["lines"] if line["file"].endswith("allocmod.pyx") and line["line"] == 13]
+    assert pyx and pyx[0]["function"] == "allocmod.make_blocks"
+    assert pyx[0]["bytes"] >= 4096 * 20 and pyx[0]["bytes"] % 4096 == 0
+    _no_negative_figures(report)
+    table = run_cytool("report", capture)
+    assert table.returncode == 0
+    assert "tracing started in the running process" in table.stdout + table.stderr
+    assert "allocmod.pyx:13" in table.stdout
+
+
+def test_attach_plain_python_stop_and_twice(workdir, targets, run_cytool):
+    target = _launch([sys.executable, "plain.py"], workdir)
+    targets.append(target)
+    capture = workdir / "plain.cytrace"
+    started = run_cytool("attach", target.pid, "-o", capture)
+    assert started.returncode == 0, started.stderr
+    assert f"cytool attach --stop {target.pid}" in started.stderr
+    again = run_cytool("attach", target.pid, "-o", workdir / "other.cytrace")
+    assert again.returncode == 2
+    assert f"process {target.pid} is already traced by cytool attach, into {capture}" in again.stderr
+    assert "Traceback" not in again.stderr
+    time.sleep(0.5)
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"cytool report {capture}" in stopped.stderr
+    not_traced = run_cytool("attach", "--stop", target.pid)
+    assert not_traced.returncode == 2 and "is not traced by cytool attach" in not_traced.stderr
+    assert target.poll() is None
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False
+    grow = [line for line in report["lines"] if line["file"].endswith("plain.py") and line["line"] == 8]
+    assert grow and grow[0]["count"] > 0
+    _no_negative_figures(report)
+    # a second session after the first one stopped
+    second = workdir / "second.cytrace"
+    result = run_cytool("attach", target.pid, "-o", second, "--duration", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert _report_json(run_cytool, second)["totals"]["count"] > 0
+
+
+def test_attach_to_a_process_asleep(workdir, targets, run_cytool):
+    """Nothing allocates: the process is stopped where it sleeps, and sleeps on after."""
+    target = _launch([sys.executable, "plain.py", "4", "sleep"], workdir)
+    targets.append(target)
+    capture = workdir / "asleep.cytrace"
+    result = run_cytool("attach", target.pid, "-o", capture)
+    assert result.returncode == 0, result.stderr
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    out, err = target.communicate(timeout=30)
+    assert target.returncode == 0, err
+    assert "woke" in out
+    assert _report_json(run_cytool, capture)["capture"]["attached"] is True
+
+
+def test_process_exits_while_attached(workdir, targets, run_cytool):
+    target = _launch([sys.executable, "plain.py", "5"], workdir)
+    targets.append(target)
+    capture = workdir / "exits.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "60", "-o", capture, timeout=120)
+    assert result.returncode == 1
+    assert f"process {target.pid} exited while traced; {capture} is complete up to its exit" in result.stderr
+    assert "Traceback" not in result.stderr
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False
+    assert any(line["file"].endswith("plain.py") for line in report["lines"])
+
+
+def test_process_killed_while_attached(workdir, targets, run_cytool):
+    """SIGKILL: the capture holds what was written, and says what is missing."""
+    target = _launch([sys.executable, "plain.py"], workdir)
+    targets.append(target)
+    capture = workdir / "killed.cytrace"
+    started = run_cytool("attach", target.pid, "-o", capture)
+    assert started.returncode == 0, started.stderr
+    time.sleep(0.5)
+    target.send_signal(signal.SIGKILL)
+    target.wait()
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is True
+    assert any(line["file"].endswith("plain.py") for line in report["lines"])
+
+
+def test_attach_errors(workdir, targets, run_cytool):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    result = run_cytool("attach", gone.pid)
+    assert result.returncode == 2 and f"no process with pid {gone.pid}" in result.stderr
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    targets.append(sleeper)
+    result = run_cytool("attach", sleeper.pid)
+    assert result.returncode == 2
+    assert f"process {sleeper.pid} (sleep) is not a Python process" in result.stderr
+
+    result = run_cytool("attach", "--stop", sleeper.pid)
+    assert result.returncode == 2 and "is not a Python process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_cytool("attach", "--duration", "0", str(sleeper.pid))
+    assert result.returncode == 2 and "--duration takes a number of seconds above 0" in result.stderr
+
+
+def test_attach_refused_under_another_debugger(workdir, targets, run_cytool):
+    """ptrace refuses a second tracer: cytool names the one holding the process."""
+    target = _launch([sys.executable, "plain.py"], workdir)
+    targets.append(target)
+    holder = subprocess.Popen(["gdb", "-nx", "-batch", "-p", str(target.pid), "-ex", "shell sleep 30"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    targets.append(holder)
+    deadline = time.monotonic() + 30
+    while "TracerPid:\t0" in Path(f"/proc/{target.pid}/status").read_text():
+        assert time.monotonic() < deadline, "gdb did not attach"
+        time.sleep(0.05)
+    result = run_cytool("attach", target.pid)
+    assert result.returncode == 2
+    assert f"process {target.pid} is being traced by process {holder.pid} (gdb)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_attach_refused_when_cytool_profile_traces_it(workdir, targets, run_cytool):
+    target = _launch([sys.executable, "-m", "cytool", "profile", "-o", workdir / "profile.cytrace", "plain.py"], workdir)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "-o", workdir / "attach.cytrace")
+    assert result.returncode == 2, result.stderr
+    assert f"process {target.pid} is already traced by cytool, into {workdir / 'profile.cytrace'}" in result.stderr
+    assert not (workdir / "attach.cytrace").exists()
+
+
+@pytest.mark.parametrize("version", ["3.13", "3.9"])
+def test_attach_other_python_version(workdir, targets, run_cytool, version):
+    """A Python other than cytool's: the tracer's extension is built for it."""
+    if version == "%d.%d" % sys.version_info[:2]:
+        pytest.skip("the venv's own version")
+    interpreter = _find_interpreter(version)
+    if not interpreter:
+        pytest.skip(f"Python {version} not found")
+    target = _launch([interpreter, "plain.py"], workdir)
+    targets.append(target)
+    capture = workdir / f"py{version}.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "0.5", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["python_version"].startswith(version)
+    assert any(line["file"].endswith("plain.py") and line["line"] == 8 for line in report["lines"])
