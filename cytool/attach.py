@@ -102,6 +102,18 @@ def _tracer_pid(pid: int) -> int:
 
 
 def _check_debuggable(process: TargetProcess) -> None:
+    uid = re.search(r"^Uid:\s*\d+\s+(\d+)", _proc(process.pid, "status"), re.M)
+    if uid and int(uid.group(1)) != os.geteuid():
+        import pwd
+
+        try:
+            user = pwd.getpwuid(int(uid.group(1))).pw_name
+        except KeyError:
+            user = uid.group(1)
+        # the process writes the capture and the session's files in our private cache
+        raise CytoolError(f"process {process.pid} runs as user {user}, not as you",
+                          hint=f"run cytool attach as that user (sudo -u {user} cytool attach {process.pid})",
+                          exit_code=2)
     tracer = _tracer_pid(process.pid)
     if tracer:
         try:

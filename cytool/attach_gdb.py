@@ -59,6 +59,23 @@ def after_syscall(thread):
         return False
 
 
+def in_loader():
+    """True when the stopped thread is inside the dynamic loader (a dlopen that
+    allocates): a dlopen of ours would then nest into the loader's work."""
+    try:
+        frame = gdb.newest_frame()
+        for _ in range(64):
+            if frame is None:
+                return False
+            name = os.path.basename(gdb.solib_name(frame.pc()) or "")
+            if name.startswith("ld-linux") or name.startswith("ld.so") or name.startswith("ld-2."):
+                return True
+            frame = frame.older()
+    except gdb.error:
+        return False  # no further frames to read
+    return False
+
+
 def inject():
     global paused_ns, paused_since
     begin = time.monotonic_ns()
@@ -96,10 +113,14 @@ def inject():
     open(REQUEST["result"] + ".running", "w").close()  # cytool may interrupt us from now on
     paused_ns += time.monotonic_ns() - paused_since
     continued = time.monotonic_ns()
-    try:
-        gdb.execute("continue", to_string=True)
-    except gdb.error as error:
-        return {"ok": False, "error": "exited", "message": str(error)}
+    for attempt in range(20):
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error as error:
+            return {"ok": False, "error": "exited", "message": str(error)}
+        if not gdb.selected_inferior().pid or not in_loader():
+            break
+        phases["in_loader"] = attempt + 1  # not a safe moment: wait for the next one
     paused_since = time.monotonic_ns()
     phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
     for b in breakpoints:

@@ -34,7 +34,7 @@ def _launch(command: List[str], cwd: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in ("allocmod.pyx", "loop.py", "plain.py"):
+    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py"):
         shutil.copy(FIXTURES / name, tmp_path / name)
     return tmp_path
 
@@ -85,6 +85,23 @@ def test_attach_cython_loop_for_a_duration(workdir, targets, run_cytool):
     assert table.returncode == 0
     assert "tracing started in the running process" in table.stdout + table.stderr
     assert "allocmod.pyx:13" in table.stdout
+
+
+def test_attach_sees_threads_already_running(workdir, targets, run_cytool):
+    """A thread started before the attach: its allocations carry its name and its Python
+    frames (the function that runs in it, above the Cython function)."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "threads.py"], workdir)
+    targets.append(target)
+    capture = workdir / "threads.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "1", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = _report_json(run_cytool, capture)
+    churner = [t for t in report["threads"] if t["name"] == "churner"]
+    assert churner and churner[0]["bytes"] >= 4096 * 20
+    stacks = [s for s in report["stacks"] if any(f["function"] == "allocmod.make_blocks" for f in s["frames"])]
+    assert stacks
+    functions = [f["function"] for f in stacks[0]["frames"]]
+    assert "churn" in functions and functions.index("churn") > functions.index("allocmod.make_blocks")
 
 
 def test_attach_plain_python_stop_and_twice(workdir, targets, run_cytool):

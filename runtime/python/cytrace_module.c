@@ -222,7 +222,19 @@ static shadow_stack *thread_shadow(PyFrameObject *seed_from) {
 static int profile_fn(PyObject *obj, PyFrameObject *frame, int what, PyObject *arg) {
     (void)obj;
     (void)arg;
-    if (!frames_on || (what != PyTrace_CALL && what != PyTrace_RETURN)) return 0;
+    if (!frames_on) return 0;
+    if (what != PyTrace_CALL && what != PyTrace_RETURN) {
+        /* a C call: in a thread that was running when tracing started (cytool attach)
+         * and calls only C functions (a loop over a Cython function), this is the
+         * first sight of its Python frames: `frame` (the caller) and its callers */
+        shadow_stack *s = tls_shadow;
+        if (__builtin_expect(s == NULL || s->generation != frames_generation, 0)) {
+            int guard = cytrace_guard_enter();
+            thread_shadow(frame);
+            cytrace_guard_exit(guard);
+        }
+        return 0;
+    }
     int guard = cytrace_guard_enter();
     shadow_stack *s = tls_shadow;
     if (s == NULL || s->generation != frames_generation) {
