@@ -1,5 +1,6 @@
-"""`cytool attach PID [-o CAPTURE] [--duration S]` and `cytool attach --stop PID`: trace a
-Python process that is already running (cytool.attach)."""
+"""`cytool attach PID [-o CAPTURE] [--duration S] [--live]` and `cytool attach --stop PID`:
+trace a Python process that is already running (cytool.attach). --live exists when this
+cytool has `cytool live` (it runs `cytool live CAPTURE --pid PID` on this terminal)."""
 from __future__ import annotations
 
 import argparse
@@ -25,7 +26,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--duration", type=float, metavar="S",
                         help="trace for S seconds, then stop and finish the capture (cytool waits)")
     parser.add_argument("--stop", action="store_true", help="end the tracing that cytool attach started in PID")
-    parser.set_defaults(handler=handle)
+    if _live_view_available():
+        parser.add_argument("--live", action="store_true",
+                            help="show the live view of the capture (cytool live CAPTURE --pid PID) while it is "
+                            "written; leaving the view (q) leaves the tracing on (unless --duration ends it)")
+    parser.set_defaults(handler=handle, live=False)
+
+
+def _live_view_available() -> bool:
+    """`cytool live` is part of this cytool (cytool.commands.live)."""
+    import importlib.util
+
+    return importlib.util.find_spec("cytool.commands.live") is not None
 
 
 def _say_stats(status: Dict[str, Any]) -> str:
@@ -37,7 +49,7 @@ def handle(args: argparse.Namespace) -> int:
     from cytool import attach
 
     if args.stop:
-        if args.output is not None or args.duration is not None:
+        if args.output is not None or args.duration is not None or args.live:
             raise CytoolError("--stop takes only the PID", exit_code=2)
         status = attach.stop(args.pid)
         print(f"cytool: stopped tracing process {args.pid} ({_say_stats(status)})", file=sys.stderr)
@@ -48,6 +60,10 @@ def handle(args: argparse.Namespace) -> int:
     result = attach.start(args.pid, args.output, args.duration)
     print(f"cytool: tracing process {args.pid} into {result.capture} (the process was paused "
           f"{result.pause_ms:.0f} ms)", file=sys.stderr)
+    if args.live:
+        import subprocess
+
+        subprocess.call([sys.executable, "-m", "cytool", "live", str(result.capture), "--pid", str(args.pid)])
     if args.duration is None:
         print(f"cytool: stop with: cytool attach --stop {args.pid}", file=sys.stderr)
         return 0
