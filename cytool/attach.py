@@ -51,6 +51,7 @@ class AttachResult:
     capture: Path
     pause_ms: float  # how long the process was stopped by gdb, in milliseconds
     folder: Path
+    process: TargetProcess
 
 
 def _proc(pid: int, name: str) -> str:
@@ -336,7 +337,7 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
                           "a cytool profile run ends with its program)", exit_code=2)
     if state != "tracing":
         raise CytoolError(f"the tracer could not start in process {pid}: {status.get('reason', '?')}")
-    return AttachResult(Path(status["capture"]), float(result.get("pause_ms", 0.0)), folder)
+    return AttachResult(Path(status["capture"]), float(result.get("pause_ms", 0.0)), folder, process)
 
 
 def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ run by `cytool run`, plain Python, a process asleep, --duration, --stop, the pro
 exiting while traced, every error path, and a Python other than the venv's."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -221,6 +222,38 @@ def test_attach_refused_when_cytool_profile_traces_it(workdir, targets, run_cyto
     assert result.returncode == 2, result.stderr
     assert f"process {target.pid} is already traced by cytool, into {workdir / 'profile.cytrace'}" in result.stderr
     assert not (workdir / "attach.cytrace").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cytool.commands.live") is None or shutil.which("tmux") is None,
+                    reason="cytool live (and tmux) needed")
+def test_attach_live_view(workdir, targets, run_cytool):
+    """--live: the live view of the capture on this terminal (tmux), its lines as they come."""
+    target = _launch([sys.executable, "plain.py"], workdir)
+    targets.append(target)
+    capture, status = workdir / "live.cytrace", workdir / "status"
+    session = f"cytool-attach-{os.getpid()}"
+    command = (f"{sys.executable} -m cytool attach {target.pid} --live --duration 2 -o {capture}; "
+               f"echo $? > {status}; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(workdir), command],
+                   check=True, env=os.environ)
+    try:
+        deadline = time.monotonic() + 60
+        screen = ""
+        while "plain.py:8" not in screen:
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.3)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], stdout=subprocess.PIPE,
+                                    text=True).stdout
+        time.sleep(2.5)  # past the duration: the capture is complete
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        while not status.exists() or not status.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert status.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False and report["capture"]["attached"] is True
 
 
 @pytest.mark.parametrize("version", ["3.13", "3.9"])

@@ -67,8 +67,7 @@ def handle(args: argparse.Namespace) -> int:
     if args.duration is None:
         print(f"cytool: stop with: cytool attach --stop {args.pid}", file=sys.stderr)
         return 0
-    process = attach.inspect_process(args.pid)
-    status: Optional[Dict[str, Any]] = attach.wait_until_stopped(process, result.folder,
+    status: Optional[Dict[str, Any]] = attach.wait_until_stopped(result.process, result.folder,
                                                                  timeout=args.duration + 30.0)
     return _finished(args.pid, result.capture, status)
 
