@@ -33,7 +33,8 @@ HERE = Path(__file__).resolve().parent
 AGENT = HERE / "attach_agent.py"
 GDB_SCRIPT = HERE / "attach_gdb.py"
 IDLE_INTERRUPT_S = 1.0  # no allocation for this long: SIGURG stops it where it sleeps (attach_gdb.py)
-GDB_TIMEOUT_S = 60.0
+SAFE_POINT_TIMEOUT_S = 30.0  # for a thread to allocate or block in a system call (attach_gdb.py)
+GDB_TIMEOUT_S = 90.0  # gdb is killed after this only (it gives up cleanly before)
 START_TIMEOUT_S = 10.0  # for the agent to get the GIL and start
 
 
@@ -194,11 +195,15 @@ def control_folder(process: TargetProcess) -> Path:
     return cache_root() / "attach" / f"{process.pid}-{process.start_ticks}"
 
 
-def read_status(folder: Path) -> Optional[Dict[str, Any]]:
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
-        return json.loads((folder / "status.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+def read_status(folder: Path) -> Optional[Dict[str, Any]]:
+    return read_json(folder / "status.json")
 
 
 def _alive(process: TargetProcess) -> bool:
@@ -261,8 +266,10 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
     for stale in (result_path, Path(f"{result_path}.running")):
         stale.unlink(missing_ok=True)
     request = folder / "gdb-request.json"
+    abort = folder / "gdb-abort"
+    abort.unlink(missing_ok=True)
     request.write_text(json.dumps({"pid": process.pid, "extension": str(extension), "code": _bootstrap(folder),
-                                   "result": str(result_path)}))
+                                   "result": str(result_path), "abort": str(abort), "timeout": SAFE_POINT_TIMEOUT_S}))
     env = dict(os.environ, CYTOOL_ATTACH_REQUEST=str(request))
     command = [_gdb(), "-nx", "-batch", "-q", "-x", str(GDB_SCRIPT)]
     gdb = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
@@ -270,10 +277,14 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
     started = time.monotonic()
     nudged = 0.0  # when the process was last nudged, or seen waiting for an allocation
     running = Path(f"{result_path}.running")
+    interrupted = False
     while gdb.poll() is None:
-        time.sleep(0.02)
+        try:
+            time.sleep(0.02)
+        except KeyboardInterrupt:  # gdb gives up at its next stop: nudge it there now
+            abort.touch()
+            interrupted, nudged = True, 1.0
         now = time.monotonic()
-        waited = now - started
         if not nudged and running.exists():
             nudged = now
         if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists():
@@ -282,10 +293,14 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
             except OSError:
                 pass
             nudged = now
-        if waited > GDB_TIMEOUT_S:
+        if now - started > GDB_TIMEOUT_S:
             gdb.kill()
             gdb.wait()
             raise CytoolError(f"gdb did not finish attaching to process {process.pid} within {GDB_TIMEOUT_S:.0f} s")
+    if interrupted:
+        result = read_json(result_path)
+        if result is None or result.get("error") == "aborted":
+            raise CytoolError("interrupted: the process was left as it was", exit_code=130)
     output = gdb.stdout.read() if gdb.stdout else ""
     try:
         return json.loads(result_path.read_text())
@@ -349,6 +364,10 @@ def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> No
         raise CytoolError(f"no process with pid {process.pid} (it exited)", exit_code=2)
     if kind == "exited":
         raise CytoolError(f"process {process.pid} exited while cytool was attaching", exit_code=1)
+    if kind == "busy":
+        raise CytoolError(f"could not attach to process {process.pid}: {message}",
+                          hint="its threads compute without allocating or waiting: try again in a moment",
+                          exit_code=1)
     raise CytoolError(f"could not inject the tracer into process {process.pid}: {message}", exit_code=1)
 
 

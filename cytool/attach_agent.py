@@ -28,6 +28,7 @@ import time
 from typing import Any, Dict, Optional
 
 _session: Optional["_Session"] = None
+_hooks_registered = False
 
 
 def _write_status(folder: str, status: Dict[str, Any]) -> None:
@@ -69,8 +70,11 @@ class _Session:
         self.stopped = False
         self.stop_fifo = os.path.join(folder, "stop")
         self.started = threading.Lock()  # held until the tracer runs (or failed to start)
+        self.pid = os.getpid()  # a forked child (its atexit too) leaves the session alone
 
     def stop(self, reason: str) -> None:
+        if os.getpid() != self.pid:
+            return
         with self.lock:
             if self.stopped:
                 return
@@ -129,7 +133,7 @@ def _after_fork_in_child() -> None:
 def start(folder: str) -> None:
     """Start the session that `folder`/request.json describes; say how it went in
     status.json. Never raises: this runs inside someone else's program."""
-    global _session
+    global _session, _hooks_registered
     try:
         with open(os.path.join(folder, "request.json")) as f:
             request = json.load(f)
@@ -163,9 +167,11 @@ def start(folder: str) -> None:
             os.unlink(session.stop_fifo)
             raise
         _session = session
-        atexit.register(_stop_at_exit)
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=_after_fork_in_child)
+        if not _hooks_registered:
+            atexit.register(_stop_at_exit)
+            if hasattr(os, "register_at_fork"):
+                os.register_at_fork(after_in_child=_after_fork_in_child)
+            _hooks_registered = True
         _write_text(folder, tracing)
         session.started.release()
     except BaseException as error:  # noqa: B902 - report everything, raise nothing

@@ -10,7 +10,9 @@ extension, code, result path). What it does, with the pause it costs the process
    call into it: the thread holds none of the allocator's locks yet. When nothing
    allocates (a process asleep), cytool sends the process a SIGURG after a while (its
    default action is to ignore it; gdb stops on it and never passes it on), and a
-   thread blocked in a system call (the instruction before its pc is `syscall`) is used;
+   thread blocked in a system call (the instruction before its pc is `syscall`) is used,
+   else one stopped in the interpreter's own code (the executable or libpython: running
+   Python, inside no libc function), never one inside the dynamic loader;
 3. in that thread: dlopen() the tracer's extension and call its cytool_attach_run(code),
    which starts a new thread that takes the GIL the ordinary way and runs `code`;
 4. delete the breakpoints and detach.
@@ -57,6 +59,15 @@ def after_syscall(thread):
         return bytes(gdb.selected_inferior().read_memory(pc - 2, 2)) == b"\x0f\x05"
     except gdb.MemoryError:
         return False
+
+
+def in_interpreter(thread):
+    """True when `thread` was stopped in the interpreter's own code (the executable or
+    libpython: running Python, holding none of libc's locks), outside the loader."""
+    thread.switch()
+    pc = int(gdb.parse_and_eval("$pc"))
+    library = gdb.solib_name(pc)
+    return (library is None or os.path.basename(library).startswith("libpython")) and not in_loader()
 
 
 def in_loader():
@@ -113,28 +124,43 @@ def inject():
     open(REQUEST["result"] + ".running", "w").close()  # cytool may interrupt us from now on
     paused_ns += time.monotonic_ns() - paused_since
     continued = time.monotonic_ns()
-    for attempt in range(20):
+    where = ""
+    deadline = time.monotonic() + REQUEST.get("timeout", 30.0)
+    while not where:
+        if os.path.exists(REQUEST["abort"]) or time.monotonic() > deadline:
+            # never leave gdb to be killed with its breakpoints in the process (a SIGTRAP
+            # there would end it): give up here, cleanly
+            for b in breakpoints:
+                b.delete()
+            if os.path.exists(REQUEST["abort"]):
+                return {"ok": False, "error": "aborted", "message": "interrupted"}
+            return {"ok": False, "error": "busy", "message": "no thread came to a safe point (an allocation or a "
+                    f"blocking system call) within {REQUEST.get('timeout', 30.0):.0f} s"}
         try:
             gdb.execute("continue", to_string=True)
         except gdb.error as error:
             return {"ok": False, "error": "exited", "message": str(error)}
-        if not gdb.selected_inferior().pid or not in_loader():
-            break
-        phases["in_loader"] = attempt + 1  # not a safe moment: wait for the next one
+        if not gdb.selected_inferior().pid:
+            return {"ok": False, "error": "exited", "message": "the process exited"}
+        if stops and isinstance(stops[-1], gdb.BreakpointEvent):
+            if in_loader():
+                phases["in_loader"] = phases.get("in_loader", 0) + 1  # not safe: wait for the next one
+                continue
+            where = "allocator entry"
+        else:  # cytool's nudge (or another signal): a thread blocked in a system call
+            # will do, else one running the interpreter's code
+            threads = gdb.selected_inferior().threads()
+            blocked = [t for t in threads if after_syscall(t)]
+            running = [] if blocked else [t for t in threads if in_interpreter(t)]
+            if blocked or running:
+                (blocked or running)[0].switch()
+                where = "system call" if blocked else "interpreter"
+            else:
+                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside a library: wait on
     paused_since = time.monotonic_ns()
     phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
     for b in breakpoints:
         b.delete()
-    if not gdb.selected_inferior().pid:
-        return {"ok": False, "error": "exited", "message": "the process exited"}
-    where = "allocator entry"
-    if not (stops and isinstance(stops[-1], gdb.BreakpointEvent)):
-        # interrupted: a thread blocked in a system call
-        threads = [t for t in gdb.selected_inferior().threads() if after_syscall(t)]
-        if not threads:
-            return {"ok": False, "error": "busy", "message": "no thread was at a safe point to call into"}
-        threads[0].switch()
-        where = "system call"
     handle = int(gdb.parse_and_eval(f"((void*(*)(const char*, int))dlopen)({c_string(REQUEST['extension'])}, {RTLD_NOW})"))
     if not handle:
         reason = gdb.parse_and_eval("((char*(*)(void))dlerror)()").string()

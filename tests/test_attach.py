@@ -150,6 +150,17 @@ def test_attach_to_a_process_asleep(workdir, targets, run_cytool):
     assert _report_json(run_cytool, capture)["capture"]["attached"] is True
 
 
+def test_attach_to_a_process_computing(workdir, targets, run_cytool):
+    """Neither allocating nor waiting: stopped in the interpreter's own code."""
+    target = _launch([sys.executable, "plain.py", "6", "spin"], workdir)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "-o", workdir / "spin.cytrace")
+    assert result.returncode == 0, result.stderr
+    assert run_cytool("attach", "--stop", target.pid).returncode == 0
+    out, err = target.communicate(timeout=30)
+    assert target.returncode == 0 and "spun" in out, err
+
+
 def test_process_exits_while_attached(workdir, targets, run_cytool):
     target = _launch([sys.executable, "plain.py", "5"], workdir)
     targets.append(target)
