@@ -137,7 +137,7 @@ def test_attach_plain_python_stop_and_twice(workdir, targets, run_cytool):
 
 def test_attach_to_a_process_asleep(workdir, targets, run_cytool):
     """Nothing allocates: the process is stopped where it sleeps, and sleeps on after."""
-    target = _launch([sys.executable, "plain.py", "4", "sleep"], workdir)
+    target = _launch([sys.executable, "plain.py", "6", "sleep"], workdir)
     targets.append(target)
     capture = workdir / "asleep.cytrace"
     result = run_cytool("attach", target.pid, "-o", capture)
