@@ -35,7 +35,8 @@ GDB_SCRIPT = HERE / "attach_gdb.py"
 IDLE_INTERRUPT_S = 1.0  # no allocation for this long: SIGURG stops it where it sleeps (attach_gdb.py)
 SAFE_POINT_TIMEOUT_S = 30.0  # for a thread to allocate or block in a system call (attach_gdb.py)
 GDB_TIMEOUT_S = 90.0  # gdb is killed after this only (it gives up cleanly before)
-START_TIMEOUT_S = 10.0  # for the agent to get the GIL and start
+START_TIMEOUT_S = 10.0
+OLDEST_PYTHON = (3, 9)  # for the agent to get the GIL and start
 
 
 @dataclass
@@ -135,6 +136,9 @@ def _extension_for(process: TargetProcess) -> Path:
     from cytool import tracker
 
     ours = "%d.%d" % sys.version_info[:2]
+    if process.python_version and tuple(map(int, process.python_version.split("."))) < OLDEST_PYTHON:
+        raise CytoolError(f"process {process.pid} runs Python {process.python_version}: cytool's tracer needs "
+                          f"Python {'.'.join(map(str, OLDEST_PYTHON))} or later", exit_code=2)
     extension = Path(tracker._driver().__file__)
     if not process.python_version or process.python_version == ours:
         return extension

@@ -19,6 +19,9 @@ import pytest
 from conftest import _find_interpreter
 
 FIXTURES = Path(__file__).parent / "fixtures" / "attach"
+# the line of plain.py that allocates in its loop
+GROW_LINE = next(n for n, text in enumerate((FIXTURES / "plain.py").read_text().splitlines(), 1)
+                 if "bytearray(512)" in text)
 
 pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="cytool attach needs gdb")
 
@@ -125,7 +128,7 @@ def test_attach_plain_python_stop_and_twice(workdir, targets, run_cytool):
     assert target.poll() is None
     report = _report_json(run_cytool, capture)
     assert report["capture"]["truncated"] is False
-    grow = [line for line in report["lines"] if line["file"].endswith("plain.py") and line["line"] == 8]
+    grow = [line for line in report["lines"] if line["file"].endswith("plain.py") and line["line"] == GROW_LINE]
     assert grow and grow[0]["count"] > 0
     _no_negative_figures(report)
     # a second session after the first one stopped
@@ -209,6 +212,21 @@ def test_attach_errors(workdir, targets, run_cytool):
     assert result.returncode == 2 and "--duration takes a number of seconds above 0" in result.stderr
 
 
+@pytest.mark.parametrize("version", ["3.8", "2.7"])
+def test_attach_refused_for_an_old_python(workdir, targets, run_cytool, version):
+    interpreter = _find_interpreter(version)
+    if not interpreter:
+        pytest.skip(f"Python {version} not found")
+    target = subprocess.Popen([interpreter, "-c", "import time; time.sleep(30)"])
+    targets.append(target)
+    deadline = time.monotonic() + 10
+    while f"python{version}" not in os.readlink(f"/proc/{target.pid}/exe") and time.monotonic() < deadline:
+        time.sleep(0.05)  # exec'd
+    result = run_cytool("attach", target.pid)
+    assert result.returncode == 2
+    assert f"process {target.pid} runs Python {version}: cytool's tracer needs Python 3.9 or later" in result.stderr
+
+
 def test_attach_refused_under_another_debugger(workdir, targets, run_cytool):
     """ptrace refuses a second tracer: cytool names the one holding the process."""
     target = _launch([sys.executable, "plain.py"], workdir)
@@ -250,7 +268,7 @@ def test_attach_live_view(workdir, targets, run_cytool):
     try:
         deadline = time.monotonic() + 60
         screen = ""
-        while "plain.py:8" not in screen:
+        while f"plain.py:{GROW_LINE}" not in screen:
             assert time.monotonic() < deadline, screen
             time.sleep(0.3)
             screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], stdout=subprocess.PIPE,
@@ -282,4 +300,4 @@ def test_attach_other_python_version(workdir, targets, run_cytool, version):
     assert result.returncode == 0, result.stderr
     report = _report_json(run_cytool, capture)
     assert report["capture"]["python_version"].startswith(version)
-    assert any(line["file"].endswith("plain.py") and line["line"] == 8 for line in report["lines"])
+    assert any(line["file"].endswith("plain.py") and line["line"] == GROW_LINE for line in report["lines"])
