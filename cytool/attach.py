@@ -54,6 +54,7 @@ class AttachResult:
     pause_ms: float  # how long the process was stopped by gdb, in milliseconds
     folder: Path
     process: TargetProcess
+    python_frames: bool  # False when the program had a profiler of its own (sys.setprofile)
 
 
 def _proc(pid: int, name: str) -> str:
@@ -356,7 +357,8 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
                           "a cytool profile run ends with its program)", exit_code=2)
     if state != "tracing":
         raise CytoolError(f"the tracer could not start in process {pid}: {status.get('reason', '?')}")
-    return AttachResult(Path(status["capture"]), float(result.get("pause_ms", 0.0)), folder, process)
+    return AttachResult(Path(status["capture"]), float(result.get("pause_ms", 0.0)), folder, process,
+                        bool(status.get("python_frames", True)))
 
 
 def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> None:

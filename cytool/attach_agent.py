@@ -145,8 +145,12 @@ def start(folder: str) -> None:
             _write_status(folder, {"state": "refused", "reason": "already tracing", "capture": _session.capture})
             return
         capture = request["capture"]
-        # the program's own profiler stays (the tracer's Python frames would displace it)
-        frames = sys.getprofile() is None
+        # the program's own profiler stays (the tracer's Python frames would displace it),
+        # in whichever thread it runs
+        if hasattr(driver, "foreign_profilers"):
+            frames = driver.foreign_profilers() == 0 and sys.getprofile() is None
+        else:
+            frames = sys.getprofile() is None
         session = _Session(folder, driver, capture, request.get("duration"))
         os.mkfifo(session.stop_fifo, 0o600)
         fifo = os.open(session.stop_fifo, os.O_RDWR | os.O_NONBLOCK)

@@ -38,7 +38,7 @@ def _launch(command: List[str], cwd: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def workdir(tmp_path: Path) -> Path:
-    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py"):
+    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py"):
         shutil.copy(FIXTURES / name, tmp_path / name)
     return tmp_path
 
@@ -162,6 +162,16 @@ def test_attach_to_a_process_computing(workdir, targets, run_cytool):
     assert run_cytool("attach", "--stop", target.pid).returncode == 0
     out, err = target.communicate(timeout=30)
     assert target.returncode == 0 and "spun" in out, err
+
+
+def test_attach_keeps_the_programs_profiler(workdir, targets, run_cytool):
+    """A profiler in another thread than cytool's (sys.setprofile in the main thread)
+    stays; the capture has no Python frames, and cytool says so."""
+    target = _launch([sys.executable, "profiled.py"], workdir)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "--duration", "0.3", "-o", workdir / "profiled.cytrace")
+    assert result.returncode == 0, result.stderr
+    assert "the program has a profiler of its own (sys.setprofile): traced without Python frames" in result.stderr
 
 
 def test_process_exits_while_attached(workdir, targets, run_cytool):

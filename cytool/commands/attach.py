@@ -60,6 +60,9 @@ def handle(args: argparse.Namespace) -> int:
     result = attach.start(args.pid, args.output, args.duration)
     print(f"cytool: tracing process {args.pid} into {result.capture} (the process was paused "
           f"{result.pause_ms:.0f} ms)", file=sys.stderr)
+    if not result.python_frames:
+        print("cytool: the program has a profiler of its own (sys.setprofile): traced without Python frames",
+              file=sys.stderr)
     if args.live:
         import subprocess
 

@@ -539,6 +539,18 @@ static PyObject *py_after_fork_child(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* How many threads have a profile function of someone else's (sys.setprofile in any
+ * thread): starting Python frames would displace it (cytool attach checks first). */
+static PyObject *py_foreign_profilers(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    long n = 0;
+    PyThreadState *me = PyThreadState_Get();
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(me->interp); t != NULL; t = PyThreadState_Next(t))
+        if (t->c_profilefunc != NULL && t->c_profilefunc != profile_fn) n++;
+    return PyLong_FromLong(n);
+}
+
 static PyObject *py_is_active(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -565,6 +577,8 @@ static PyMethodDef methods[] = {
      "OSError(EAGAIN) when another process is tracing into `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},
+    {"foreign_profilers", py_foreign_profilers, METH_NOARGS,
+     "foreign_profilers() -> int: threads with a profile function (sys.setprofile) other than the tracer's"},
     {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes, lost"},
