@@ -18,6 +18,7 @@ cytool.Tracker, an earlier attach), the request is refused, naming its capture.
 from __future__ import annotations
 
 import atexit
+import errno
 import importlib.util
 import json
 import os
@@ -134,6 +135,7 @@ def start(folder: str) -> None:
     """Start the session that `folder`/request.json describes; say how it went in
     status.json. Never raises: this runs inside someone else's program."""
     global _session, _hooks_registered
+    request: Dict[str, Any] = {}
     try:
         with open(os.path.join(folder, "request.json")) as f:
             request = json.load(f)
@@ -179,10 +181,16 @@ def start(folder: str) -> None:
         _write_text(folder, tracing)
         session.started.release()
     except BaseException as error:  # noqa: B902 - report everything, raise nothing
+        if isinstance(error, OSError) and error.errno == errno.EAGAIN:
+            reason = f"{request.get('capture')}: another process is writing a capture there right now"
+        elif isinstance(error, OSError) and error.strerror:
+            reason = f"{error.strerror}" + (f" ({request.get('capture')})" if request else "")
+        else:
+            reason = f"{type(error).__name__}: {error}"
         try:
             driver = sys.modules.get("cytool._cytrace")
             if driver is not None and driver.is_active() and (_session is None or _session.stopped):
                 driver.stop()
-            _write_status(folder, {"state": "failed", "reason": f"{type(error).__name__}: {error}"})
+            _write_status(folder, {"state": "failed", "reason": reason})
         except Exception:
             pass
