@@ -144,19 +144,20 @@ def _extension_for(process: TargetProcess) -> Path:
     if not process.python_version or process.python_version == ours:
         return extension
     interpreter = process.executable
-    source = HERE.parent / "runtime" / "python" / "cytrace_module.c"
+    source_dir = HERE.parent / "runtime" / "python"  # the extension's C files (setup.py builds them all)
     headers = HERE.parent / "runtime" / "include"
     library = HERE / "_lib" / "libcytrace.so"
     what_to_do = (f"install cytool for Python {process.python_version} and run its cytool: "
                   f"python{process.python_version} -m pip install cytool, then "
                   f"python{process.python_version} -m cytool attach {process.pid}")
-    if not re.match(r"python\d", os.path.basename(interpreter)) or not source.exists() or not library.exists():
+    if not re.match(r"python\d", os.path.basename(interpreter)) or not (source_dir / "cytrace_module.c").exists() \
+            or not library.exists():
         raise CytoolError(f"process {process.pid} runs Python {process.python_version}; this cytool's tracer is "
                           f"built for Python {ours} ({sys.executable})", hint=what_to_do, exit_code=2)
-    return _build_extension(process, interpreter, source, headers, library, what_to_do)
+    return _build_extension(process, interpreter, source_dir, headers, library, what_to_do)
 
 
-def _build_extension(process: TargetProcess, interpreter: str, source: Path, headers: Path, library: Path,
+def _build_extension(process: TargetProcess, interpreter: str, source_dir: Path, headers: Path, library: Path,
                      what_to_do: str) -> Path:
     from cytool.cache import cache_root, hash_file, hash_text
 
@@ -174,7 +175,9 @@ def _build_extension(process: TargetProcess, interpreter: str, source: Path, hea
                           f"({include}/Python.h): cytool cannot build its tracer for it",
                           hint=f"install them (apt-get install python{process.python_version}-dev), or {what_to_do}",
                           exit_code=2)
-    key = hash_text(str(hash_file(source)), str(hash_file(headers / "cytrace.h")), str(library), include, suffix)
+    sources = sorted(source_dir.glob("*.c"))
+    inputs = sources + sorted(source_dir.glob("*.h")) + [headers / "cytrace.h"]
+    key = hash_text(*(f"{path.name}:{hash_file(path)}" for path in inputs), str(library), include, suffix)
     folder = cache_root() / "attach" / "extensions" / key[:16]
     target = folder / f"_cytrace{suffix}"
     if target.exists():
@@ -183,7 +186,7 @@ def _build_extension(process: TargetProcess, interpreter: str, source: Path, hea
     partial = folder / f".{os.getpid()}{suffix}"
     compiler = os.environ.get("CC", "gcc").split()
     command = [*compiler, "-shared", "-fPIC", "-O2", "-g", "-std=gnu11", "-fno-omit-frame-pointer",
-               f"-I{headers}", f"-I{include}", str(source), f"-L{library.parent}", "-lcytrace",
+               f"-I{headers}", f"-I{source_dir}", f"-I{include}", *map(str, sources), f"-L{library.parent}", "-lcytrace",
                f"-Wl,-rpath,{library.parent}", "-o", str(partial)]
     built = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if built.returncode != 0:
