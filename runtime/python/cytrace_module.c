@@ -9,7 +9,9 @@
  *  - thread names: every Python thread's name (threading.Thread.name) is handed to the
  *    tracer by its OS thread id, at start, when a thread starts, and at stop (renames);
  *  - the PyMem domains (trace_python_allocators) are wrapped by libcytrace itself
- *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too.
+ *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too;
+ *  - cytool attach: cytool_attach_run(), which gdb calls in a running process to run
+ *    Python code from a thread of its own (cytool/attach_gdb.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
