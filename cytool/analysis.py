@@ -209,6 +209,9 @@ class Profile:
     # several processes merged into this report (cytool.process_merge), the root first;
     # empty for the report of one capture
     processes: List[ProcessStats] = field(default_factory=list)
+    # tracing started in the running process (cytool attach), at start_time_ns: blocks
+    # allocated before are unknown, their frees (in unmatched_frees) are not counted
+    attached: bool = False
 
     def lines(self) -> List[LineStats]:
         """Per source line (grouped in C): self, inclusive and (for .pyx lines)
@@ -228,7 +231,8 @@ class Profile:
         merged report, each process's notes, naming its pid."""
         if self.processes:
             return [f"pid {p.pid}: {note}" for p in self.processes for note in p.notes]
-        notes = list(self.capture_notes)
+        notes = [attached_note(self)] if self.attached else []
+        notes += self.capture_notes
         for loss in self.write_losses:
             notes.append(
                 f"the capture could not be written from {loss.from_ns / 1e9:.3f} s to {loss.until_ns / 1e9:.3f} s "
@@ -254,6 +258,16 @@ class Profile:
             if line.kind in ("pyx", "python") and line.file:
                 totals[line.file] = totals.get(line.file, 0) + line.inclusive.bytes
         return sorted(totals, key=lambda f: -totals[f])
+
+
+def attached_note(profile: "Profile") -> str:
+    """What a capture started by cytool attach leaves out, and from when."""
+    import time
+
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(profile.start_time_ns / 1e9))
+    frees = f"; {profile.unmatched_frees:,} frees of such blocks were not counted" if profile.unmatched_frees else ""
+    return (f"tracing started in the running process at {when} (cytool attach): blocks allocated before then "
+            f"are not in the figures{frees}")
 
 
 def takeover_notes(takeovers: Sequence[Takeover]) -> List[str]:
@@ -397,6 +411,7 @@ def analyze(
         cut_most=data.get("cut_most", 0),
         parent_pid=capture.header.parent_pid,
         start_time_ns=capture.header.start_time_ns,
+        attached=capture.header.attached,
     )
 
 

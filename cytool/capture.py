@@ -50,6 +50,7 @@ FLAG_NATIVE = 1
 FLAG_PYMEM = 2
 FLAG_PYTHON_FRAMES = 4
 FLAG_FORKED_CHILD = 8
+FLAG_ATTACHED = 16  # tracing started in a running process (cytool attach)
 
 # ---- the C structures (runtime/include/cyanalyze.h) ---------------------------------
 
@@ -321,6 +322,11 @@ class CaptureHeader:
     @property
     def forked_child(self) -> bool:
         return bool(self.flags & FLAG_FORKED_CHILD)
+
+    @property
+    def attached(self) -> bool:
+        """Tracing started while the process was running (cytool attach), at start_time_ns."""
+        return bool(self.flags & FLAG_ATTACHED)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,7 @@ def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) 
                 for t in profile.takeovers
             ],
             "max_frames": profile.max_frames,
+            "attached": profile.attached,
             "cut_stacks": {"events": profile.cut_events, "bytes": profile.cut_bytes, "most_frames_cut": profile.cut_most},
             "warnings": profile.warnings() + sources.notes(capture_files(profile)),
         },

@@ -6,11 +6,15 @@
  *  - thread names: every Python thread's name (threading.Thread.name) is handed to the
  *    tracer by its OS thread id, at start, when a thread starts, and at stop (renames);
  *  - the PyMem domains (trace_python_allocators) are wrapped by libcytrace itself
- *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too.
+ *    (cytrace_pymem_install), so CYTOOL_PROFILE can trace them too;
+ *  - cytool attach: cytool_attach_run(), which gdb calls in a running process to run
+ *    Python code from a thread of its own (cytool/attach_gdb.py).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -121,6 +125,48 @@ static void frames_stop(void) {
     naming_hook_on = 0;
 }
 
+/* ---- `cytool attach`: running Python code from a new thread ---------------------------
+ *
+ * cytool attach stops the process with gdb at a safe point (the entry of an allocation
+ * function), dlopen()s this extension and calls cytool_attach_run(code): it copies the
+ * code and starts a detached thread, then returns at once, so the process is paused only
+ * for the dlopen and the thread's creation. The thread takes the GIL the ordinary way
+ * (PyGILState_Ensure waits for the running thread to let it go at a bytecode boundary),
+ * runs the code, and ends. */
+
+static void *attach_thread(void *arg) {
+    char *code = arg;
+#if PY_VERSION_HEX >= 0x030D0000
+    int finalizing = Py_IsFinalizing();
+#else
+    int finalizing = _Py_IsFinalizing();
+#endif
+    if (Py_IsInitialized() && !finalizing) {
+        PyGILState_STATE gil = PyGILState_Ensure();
+        if (PyRun_SimpleString(code) != 0) PyErr_Clear();
+        PyGILState_Release(gil);
+    }
+    free(code);
+    return NULL;
+}
+
+/* Returns 0 when the thread started, -1 otherwise (no memory, no thread). */
+__attribute__((visibility("default"))) int cytool_attach_run(const char *code) {
+    char *copy = strdup(code);
+    if (copy == NULL) return -1;
+    pthread_attr_t attr;
+    pthread_t thread;
+    if (pthread_attr_init(&attr) != 0) {
+        free(copy);
+        return -1;
+    }
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int started = pthread_create(&thread, &attr, attach_thread, copy) == 0;
+    pthread_attr_destroy(&attr);
+    if (!started) free(copy);
+    return started ? 0 : -1;
+}
+
 /* ---- the module ---------------------------------------------------------------------- */
 
 static PyObject *stats_dict(void) {
@@ -135,12 +181,14 @@ static PyObject *stats_dict(void) {
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind",
-                               "time_resolution_ns", "compression_level", "max_frames", NULL};
+                               "time_resolution_ns", "compression_level", "max_frames", "attached", NULL};
     PyObject *path_obj;
     int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0, max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
+    int attached = 0;
     unsigned long long resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKii", keywords, PyUnicode_FSConverter, &path_obj, &follow,
-                                     &pymem, &frames, &native_unwind, &resolution, &compression, &max_frames))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKiip", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+                                     &pymem, &frames, &native_unwind, &resolution, &compression, &max_frames,
+                                     &attached))
         return NULL;
     cytrace_set_time_resolution((uint64_t)resolution);
     cytrace_set_compression_level(compression);
@@ -151,7 +199,8 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
         return NULL;
     }
     unsigned options = (follow ? CYTRACE_FOLLOW_FORK : 0) | (pymem ? CYTRACE_PYMEM : 0) |
-                       (frames ? CYTRACE_PYTHON_FRAMES : 0) | (native_unwind ? CYTRACE_NATIVE_UNWIND : 0);
+                       (frames ? CYTRACE_PYTHON_FRAMES : 0) | (native_unwind ? CYTRACE_NATIVE_UNWIND : 0) |
+                       (attached ? CYTRACE_ATTACHED : 0);
     if (frames && frames_start() != 0) {
         frames_stop();
         Py_DECREF(path_obj);
@@ -222,7 +271,7 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
      "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
-     "      time_resolution_ns=1000000, compression_level=0, max_frames=1024)\n"
+     "      time_resolution_ns=1000000, compression_level=0, max_frames=1024, attached=False)\n"
      "Start tracing every allocation of this process into the capture file `path`.\n"
      "OSError(EAGAIN) when another process is tracing into `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},

@@ -80,6 +80,7 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     if (options & CYTRACE_PYMEM) flags |= 2u;
     if (options & CYTRACE_PYTHON_FRAMES) flags |= 4u;
     if (parent_pid) flags |= 8u;
+    if (options & CYTRACE_ATTACHED) flags |= 16u;
     cyt_options = options;
     cyt_compression_level = next_compression_level;
     /* Each frame starts with an empty dictionary, so longer frames compress better: 256 KiB

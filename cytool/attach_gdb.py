@@ -1,0 +1,193 @@
+"""The gdb side of `cytool attach`: this file runs inside gdb (`gdb -batch -x`), standard
+library only, and injects the tracer's bootstrap into a running Python process.
+
+Arguments come in the environment variable CYTOOL_ATTACH_REQUEST (a JSON file: pid,
+extension, code, result path). What it does, with the pause it costs the process:
+
+1. `attach PID` (the process stops), symbols of the executable and libc only;
+2. a breakpoint on the entry of malloc, calloc, realloc and free, then `continue`: the
+   process runs until one of its threads enters one of them. That is a safe moment to
+   call into it: the thread holds none of the allocator's locks yet. When nothing
+   allocates (a process asleep), cytool sends the process a SIGURG after a while (its
+   default action is to ignore it; gdb stops on it and never passes it on), and a
+   thread blocked in a system call (the instruction before its pc is `syscall`) is used,
+   else one stopped in the interpreter's own code (the executable or libpython: running
+   Python, inside no libc function), never one inside the dynamic loader;
+3. in that thread: dlopen() the tracer's extension and call its cytool_attach_run(code),
+   which starts a new thread that takes the GIL the ordinary way and runs `code`;
+4. delete the breakpoints and detach.
+
+The result file says how it went: {"ok": bool, "error": kind, "message": text,
+"pause_ms": time the process was stopped, "stopped_in": where}.
+"""
+import json
+import os
+import time
+
+import gdb  # type: ignore
+
+REQUEST = json.load(open(os.environ["CYTOOL_ATTACH_REQUEST"]))
+SAFE_ENTRIES = ("malloc", "calloc", "realloc", "free")
+RTLD_NOW = 2
+stops = []
+phases = {}
+paused_ns = 0
+paused_since = 0
+
+
+def write_result(result):
+    result["pause_ms"] = round(paused_ns / 1e6, 1)
+    result.update(phases)
+    with open(REQUEST["result"], "w") as out:
+        json.dump(result, out)
+
+
+def on_stop(event):
+    stops.append(event)
+
+
+def c_string(text):
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+def after_syscall(thread):
+    """True when `thread` is blocked in a system call (its pc follows a `syscall`)."""
+    thread.switch()
+    pc = int(gdb.parse_and_eval("$pc"))
+    try:
+        return bytes(gdb.selected_inferior().read_memory(pc - 2, 2)) == b"\x0f\x05"
+    except gdb.MemoryError:
+        return False
+
+
+def in_interpreter(thread):
+    """True when `thread` was stopped in the interpreter's own code (the executable or
+    libpython: running Python, holding none of libc's locks), outside the loader."""
+    thread.switch()
+    pc = int(gdb.parse_and_eval("$pc"))
+    library = gdb.solib_name(pc)
+    return (library is None or os.path.basename(library).startswith("libpython")) and not in_loader()
+
+
+def in_loader():
+    """True when the stopped thread is inside the dynamic loader (a dlopen that
+    allocates): a dlopen of ours would then nest into the loader's work."""
+    try:
+        frame = gdb.newest_frame()
+        for _ in range(64):
+            if frame is None:
+                return False
+            name = os.path.basename(gdb.solib_name(frame.pc()) or "")
+            if name.startswith("ld-linux") or name.startswith("ld.so") or name.startswith("ld-2."):
+                return True
+            frame = frame.older()
+    except gdb.error:
+        return False  # no further frames to read
+    return False
+
+
+def inject():
+    global paused_ns, paused_since
+    begin = time.monotonic_ns()
+    gdb.execute("set pagination off")
+    gdb.execute("set confirm off")
+    gdb.execute("set auto-solib-add off")
+    gdb.execute("set breakpoint pending off")
+    gdb.execute("handle SIGURG stop print nopass")  # cytool's nudge when nothing allocates
+    gdb.execute("set debug-file-directory /nonexistent")  # minimal symbols are enough: no DWARF to read
+    paused_since = time.monotonic_ns()  # the process stops when gdb attaches
+    try:
+        gdb.execute(f"attach {REQUEST['pid']}", to_string=True)
+    except gdb.error as error:
+        paused_since = 0
+        return {"ok": False, "error": "attach", "message": str(error)}
+    phases["attach_ms"] = round((time.monotonic_ns() - begin) / 1e6, 1)
+    # only libc's symbols (malloc ... free, dlopen, dlsym): a library gdb is not asked
+    # for costs nothing (libpython's DWARF would cost 250 ms and more), and breakpoints
+    # by address (a breakpoint by name searches every symbol table: 140 ms)
+    try:
+        gdb.execute("sharedlibrary libc.so", to_string=True)
+    except gdb.error:
+        pass
+    gdb.events.stop.connect(on_stop)
+    breakpoints = []
+    for name in SAFE_ENTRIES:
+        try:
+            address = int(gdb.parse_and_eval(f"(long)&{name}"))
+            breakpoints.append(gdb.Breakpoint(f"*{address:#x}", internal=True))
+        except (gdb.error, RuntimeError):
+            pass
+    if not breakpoints:
+        return {"ok": False, "error": "symbols", "message": "no malloc or free found in the process"}
+    phases["before_continue_ms"] = round((time.monotonic_ns() - paused_since) / 1e6, 1)
+    open(REQUEST["result"] + ".running", "w").close()  # cytool may interrupt us from now on
+    paused_ns += time.monotonic_ns() - paused_since
+    continued = time.monotonic_ns()
+    where = ""
+    deadline = time.monotonic() + REQUEST.get("timeout", 30.0)
+    while not where:
+        if os.path.exists(REQUEST["abort"]) or time.monotonic() > deadline:
+            # never leave gdb to be killed with its breakpoints in the process (a SIGTRAP
+            # there would end it): give up here, cleanly
+            for b in breakpoints:
+                b.delete()
+            if os.path.exists(REQUEST["abort"]):
+                return {"ok": False, "error": "aborted", "message": "interrupted"}
+            return {"ok": False, "error": "busy", "message": "no thread came to a safe point (an allocation or a "
+                    f"blocking system call) within {REQUEST.get('timeout', 30.0):.0f} s"}
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error as error:
+            return {"ok": False, "error": "exited", "message": str(error)}
+        if not gdb.selected_inferior().pid:
+            return {"ok": False, "error": "exited", "message": "the process exited"}
+        if stops and isinstance(stops[-1], gdb.BreakpointEvent):
+            if in_loader():
+                phases["in_loader"] = phases.get("in_loader", 0) + 1  # not safe: wait for the next one
+                continue
+            where = "allocator entry"
+        else:  # cytool's nudge (or another signal): a thread blocked in a system call
+            # will do, else one running the interpreter's code
+            threads = gdb.selected_inferior().threads()
+            blocked = [t for t in threads if after_syscall(t)]
+            running = [] if blocked else [t for t in threads if in_interpreter(t)]
+            if blocked or running:
+                (blocked or running)[0].switch()
+                where = "system call" if blocked else "interpreter"
+            else:
+                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside a library: wait on
+    paused_since = time.monotonic_ns()
+    phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
+    for b in breakpoints:
+        b.delete()
+    handle = int(gdb.parse_and_eval(f"((void*(*)(const char*, int))dlopen)({c_string(REQUEST['extension'])}, {RTLD_NOW})"))
+    if not handle:
+        reason = gdb.parse_and_eval("((char*(*)(void))dlerror)()").string()
+        return {"ok": False, "error": "dlopen", "message": reason}
+    run = int(gdb.parse_and_eval(f'((void*(*)(void*, const char*))dlsym)((void*){handle}, "cytool_attach_run")'))
+    if not run:
+        return {"ok": False, "error": "dlopen", "message": "cytool_attach_run not found in the extension"}
+    started = int(gdb.parse_and_eval(f"((int(*)(const char*)){run})({c_string(REQUEST['code'])})"))
+    if started != 0:
+        return {"ok": False, "error": "thread", "message": "could not start a thread in the process"}
+    return {"ok": True, "stopped_in": where}
+
+
+def main():
+    global paused_ns
+    try:
+        result = inject()
+    except gdb.error as error:
+        result = {"ok": False, "error": "gdb", "message": str(error)}
+    try:
+        if gdb.selected_inferior().pid:
+            gdb.execute("detach", to_string=True)
+    except gdb.error:
+        pass
+    if paused_since:
+        paused_ns += time.monotonic_ns() - paused_since
+    write_result(result)
+
+
+main()

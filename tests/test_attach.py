@@ -1,0 +1,326 @@
+"""`cytool attach PID`: black-box on real processes (real gdb, real Cython): a Cython loop
+run by `cytool run`, plain Python, a process asleep, --duration, --stop, the process
+exiting while traced, every error path, and a Python other than the venv's."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator, List
+
+import pytest
+
+from conftest import _find_interpreter
+
+FIXTURES = Path(__file__).parent / "fixtures" / "attach"
+# the line of plain.py that allocates in its loop
+GROW_LINE = next(n for n, text in enumerate((FIXTURES / "plain.py").read_text().splitlines(), 1)
+                 if "bytearray(512)" in text)
+
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="cytool attach needs gdb")
+
+
+def _launch(command: List[str], cwd: Path) -> subprocess.Popen:
+    process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = process.stdout.readline() if process.stdout else ""
+    if line.strip() != "ready":
+        process.kill()
+        out, err = process.communicate()
+        pytest.fail(f"target did not start: {line}{out}{err}")
+    return process
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The fixture programs, in one folder for the module: allocmod.pyx is built once."""
+    folder = tmp_path_factory.mktemp("attach")
+    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py"):
+        shutil.copy(FIXTURES / name, folder / name)
+    return folder
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """Where a test's captures go (its programs run from `programs`)."""
+    return tmp_path
+
+
+@pytest.fixture
+def targets() -> Iterator[List[subprocess.Popen]]:
+    started: List[subprocess.Popen] = []
+    yield started
+    for process in reversed(started):  # a debugger before the process it holds
+        if process.poll() is None:
+            process.kill()
+        process.communicate()
+
+
+def _report_json(run_cytool, capture: Path) -> dict:
+    result = run_cytool("report", capture, "-f", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def _no_negative_figures(report: dict) -> None:
+    for line in report["lines"]:
+        for figures in (line, line["inclusive"]):
+            assert all(value >= 0 for value in figures.values() if isinstance(value, int)), line
+    assert all(value >= 0 for value in report["totals"].values() if isinstance(value, int))
+
+
+def test_attach_cython_loop_for_a_duration(workdir, programs, targets, run_cytool):
+    """A program cytool runs (its .pyx built into the cache, libcytrace already loaded):
+    traced for a second, then the capture names the .pyx line and the Cython function."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "loop.py"], programs)
+    targets.append(target)
+    capture = workdir / "loop.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "1", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert f"tracing process {target.pid} into {capture}" in result.stderr
+    assert "stopped tracing" in result.stderr and "Traceback" not in result.stderr
+    assert target.poll() is None  # the program goes on
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["attached"] is True
+    assert report["capture"]["truncated"] is False
+    assert any("tracing started in the running process" in w for w in report["capture"]["warnings"])
+    pyx = [line for line in report["lines"] if line["file"].endswith("allocmod.pyx") and line["line"] == 13]
+    assert pyx and pyx[0]["function"] == "allocmod.make_blocks"
+    assert pyx[0]["bytes"] >= 4096 * 20 and pyx[0]["bytes"] % 4096 == 0
+    _no_negative_figures(report)
+    table = run_cytool("report", capture)
+    assert table.returncode == 0
+    assert "tracing started in the running process" in table.stdout + table.stderr
+    assert "allocmod.pyx:13" in table.stdout
+
+
+def test_attach_sees_threads_already_running(workdir, programs, targets, run_cytool):
+    """A thread started before the attach: its allocations carry its name and its Python
+    frames (the function that runs in it, above the Cython function)."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "threads.py"], programs)
+    targets.append(target)
+    capture = workdir / "threads.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "1", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = _report_json(run_cytool, capture)
+    churner = [t for t in report["threads"] if t["name"] == "churner"]
+    assert churner and churner[0]["bytes"] >= 4096 * 20
+    stacks = [s for s in report["stacks"] if any(f["function"] == "allocmod.make_blocks" for f in s["frames"])]
+    assert stacks
+    functions = [f["function"] for f in stacks[0]["frames"]]
+    assert "churn" in functions and functions.index("churn") > functions.index("allocmod.make_blocks")
+
+
+def test_attach_plain_python_stop_and_twice(workdir, programs, targets, run_cytool):
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    capture = workdir / "plain.cytrace"
+    started = run_cytool("attach", target.pid, "-o", capture)
+    assert started.returncode == 0, started.stderr
+    assert f"cytool attach --stop {target.pid}" in started.stderr
+    again = run_cytool("attach", target.pid, "-o", workdir / "other.cytrace")
+    assert again.returncode == 2
+    assert f"process {target.pid} is already traced by cytool attach, into {capture}" in again.stderr
+    assert "Traceback" not in again.stderr
+    time.sleep(0.5)
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"cytool report {capture}" in stopped.stderr
+    not_traced = run_cytool("attach", "--stop", target.pid)
+    assert not_traced.returncode == 2 and "is not traced by cytool attach" in not_traced.stderr
+    assert target.poll() is None
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False
+    grow = [line for line in report["lines"] if line["file"].endswith("plain.py") and line["line"] == GROW_LINE]
+    assert grow and grow[0]["count"] > 0
+    _no_negative_figures(report)
+    # a second session after the first one stopped
+    second = workdir / "second.cytrace"
+    result = run_cytool("attach", target.pid, "-o", second, "--duration", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert _report_json(run_cytool, second)["totals"]["count"] > 0
+
+
+def test_attach_to_a_process_asleep(workdir, programs, targets, run_cytool):
+    """Nothing allocates: the process is stopped where it sleeps, and sleeps on after."""
+    target = _launch([sys.executable, "plain.py", "8", "sleep"], programs)
+    targets.append(target)
+    capture = workdir / "asleep.cytrace"
+    result = run_cytool("attach", target.pid, "-o", capture)
+    assert result.returncode == 0, result.stderr
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    out, err = target.communicate(timeout=30)
+    assert target.returncode == 0, err
+    assert "woke" in out
+    assert _report_json(run_cytool, capture)["capture"]["attached"] is True
+
+
+def test_attach_to_a_process_computing(workdir, programs, targets, run_cytool):
+    """Neither allocating nor waiting: stopped in the interpreter's own code."""
+    target = _launch([sys.executable, "plain.py", "30", "spin"], programs)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "-o", workdir / "spin.cytrace")
+    assert result.returncode == 0, result.stderr
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert target.poll() is None  # computing on
+
+
+def test_attach_keeps_the_programs_profiler(workdir, programs, targets, run_cytool):
+    """A profiler of the program's own (sys.setprofile in the main thread) is left alone:
+    Python frames are read from the interpreter's frames, so the capture still has them."""
+    target = _launch([sys.executable, "profiled.py"], programs)
+    targets.append(target)
+    capture = workdir / "profiled.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "1", "-o", capture)
+    assert result.returncode == 0, result.stderr
+    assert "without Python frames" not in result.stderr, result.stderr
+    line = next(i for i, text in enumerate((programs / "profiled.py").read_text().splitlines(), 1)
+                if "PROFILED_ALLOC" in text)
+    report = _report_json(run_cytool, capture)
+    assert any(entry["file"].endswith("profiled.py") and entry["line"] == line for entry in report["lines"]), report
+
+
+def test_process_exits_while_attached(workdir, programs, targets, run_cytool):
+    target = _launch([sys.executable, "plain.py", "5"], programs)
+    targets.append(target)
+    capture = workdir / "exits.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "60", "-o", capture, timeout=120)
+    assert result.returncode == 1
+    assert f"process {target.pid} exited while traced; {capture} is complete up to its exit" in result.stderr
+    assert "Traceback" not in result.stderr
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False
+    assert any(line["file"].endswith("plain.py") for line in report["lines"])
+
+
+def test_process_killed_while_attached(workdir, programs, targets, run_cytool):
+    """SIGKILL: the capture holds what was written, and says what is missing."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    capture = workdir / "killed.cytrace"
+    started = run_cytool("attach", target.pid, "-o", capture)
+    assert started.returncode == 0, started.stderr
+    time.sleep(0.5)
+    target.send_signal(signal.SIGKILL)
+    target.wait()
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is True
+    assert any(line["file"].endswith("plain.py") for line in report["lines"])
+
+
+def test_attach_errors(workdir, programs, targets, run_cytool):
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    result = run_cytool("attach", gone.pid)
+    assert result.returncode == 2 and f"no process with pid {gone.pid}" in result.stderr
+
+    sleeper = subprocess.Popen(["sleep", "30"])
+    targets.append(sleeper)
+    result = run_cytool("attach", sleeper.pid)
+    assert result.returncode == 2
+    assert f"process {sleeper.pid} (sleep) is not a Python process" in result.stderr
+
+    result = run_cytool("attach", "--stop", sleeper.pid)
+    assert result.returncode == 2 and "is not a Python process" in result.stderr
+    assert "Traceback" not in result.stderr
+
+    result = run_cytool("attach", "--duration", "0", str(sleeper.pid))
+    assert result.returncode == 2 and "--duration takes a number of seconds above 0" in result.stderr
+
+
+@pytest.mark.parametrize("version", ["3.8", "2.7"])
+def test_attach_refused_for_an_old_python(workdir, programs, targets, run_cytool, version):
+    interpreter = _find_interpreter(version)
+    if not interpreter:
+        pytest.skip(f"Python {version} not found")
+    target = subprocess.Popen([interpreter, "-c", "import time; time.sleep(30)"])
+    targets.append(target)
+    deadline = time.monotonic() + 10
+    while f"python{version}" not in os.readlink(f"/proc/{target.pid}/exe") and time.monotonic() < deadline:
+        time.sleep(0.05)  # exec'd
+    result = run_cytool("attach", target.pid)
+    assert result.returncode == 2
+    assert f"process {target.pid} runs Python {version}: cytool's tracer needs Python 3.9 or later" in result.stderr
+
+
+def test_attach_refused_under_another_debugger(workdir, programs, targets, run_cytool):
+    """ptrace refuses a second tracer: cytool names the one holding the process."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    holder = subprocess.Popen(["gdb", "-nx", "-batch", "-p", str(target.pid), "-ex", "shell sleep 20"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    targets.append(holder)
+    deadline = time.monotonic() + 30
+    while "TracerPid:\t0" in Path(f"/proc/{target.pid}/status").read_text():
+        assert time.monotonic() < deadline, "gdb did not attach"
+        time.sleep(0.05)
+    result = run_cytool("attach", target.pid)
+    assert result.returncode == 2
+    assert f"process {target.pid} is being traced by process {holder.pid} (gdb)" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_attach_refused_when_cytool_profile_traces_it(workdir, programs, targets, run_cytool):
+    target = _launch([sys.executable, "-m", "cytool", "profile", "-o", workdir / "profile.cytrace", "plain.py"], programs)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "-o", workdir / "attach.cytrace")
+    assert result.returncode == 2, result.stderr
+    assert f"process {target.pid} is already traced by cytool, into {workdir / 'profile.cytrace'}" in result.stderr
+    assert not (workdir / "attach.cytrace").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cytool.commands.live") is None or shutil.which("tmux") is None,
+                    reason="cytool live (and tmux) needed")
+def test_attach_live_view(workdir, programs, targets, run_cytool):
+    """--live: the live view of the capture on this terminal (tmux), its lines as they come."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    capture, status = workdir / "live.cytrace", workdir / "status"
+    session = f"cytool-attach-{os.getpid()}"
+    command = (f"{sys.executable} -m cytool attach {target.pid} --live --duration 2 -o {capture}; "
+               f"echo $? > {status}; sleep 30")
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(workdir), command],
+                   check=True, env=os.environ)
+    try:
+        deadline = time.monotonic() + 60
+        screen = ""
+        while f"plain.py:{GROW_LINE}" not in screen:
+            assert time.monotonic() < deadline, screen
+            time.sleep(0.3)
+            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], stdout=subprocess.PIPE,
+                                    text=True).stdout
+        time.sleep(2.5)  # past the duration: the capture is complete
+        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        while not status.exists() or not status.read_text().strip():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert status.read_text().strip() == "0"
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["truncated"] is False and report["capture"]["attached"] is True
+
+
+@pytest.mark.parametrize("version", ["3.13", "3.9"])
+def test_attach_other_python_version(workdir, programs, targets, run_cytool, version):
+    """A Python other than cytool's: the tracer's extension is built for it."""
+    if version == "%d.%d" % sys.version_info[:2]:
+        pytest.skip("the venv's own version")
+    interpreter = _find_interpreter(version)
+    if not interpreter:
+        pytest.skip(f"Python {version} not found")
+    target = _launch([interpreter, "plain.py"], programs)
+    targets.append(target)
+    capture = workdir / f"py{version}.cytrace"
+    result = run_cytool("attach", target.pid, "--duration", "0.5", "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = _report_json(run_cytool, capture)
+    assert report["capture"]["python_version"].startswith(version)
+    assert any(line["file"].endswith("plain.py") and line["line"] == GROW_LINE for line in report["lines"])
