@@ -276,6 +276,22 @@ struct cya_capture {
     struct cya_segment_ref { uint64_t start, end; uint32_t object; } *segrefs;
     size_t nsegrefs;
     uint64_t longest_segment; /* bounds the look-back of address lookups */
+
+    /* follow mode (cya_capture_follow): the reader's state between two reads, and where
+     * the next frame starts in the file */
+    void *follow;
+    uint64_t follow_pos;
 };
+
+/* Follow a capture that another process may still be writing (capture_read.c): the header
+ * is read now; cya_capture_follow_read then reads the frames completed since the last
+ * call, appending definitions, threads and batches (c->runs, in file order, not put in
+ * order and not checked for gaps: the caller consumes them). A frame not yet complete at
+ * the file's end waits for the next call; a damaged one is skipped and noted as the
+ * reader does. NULL with *error and errbuf set as cya_open. */
+cya_capture *cya_capture_follow(const char *path, int *error, char *errbuf, size_t errlen);
+/* Read what was appended. *grew: bytes of complete frames read now. 1, or 0 with a
+ * message in errbuf (the file cannot be read, shrank below what was read, out of memory). */
+int cya_capture_follow_read(cya_capture *c, uint64_t *grew, char *errbuf, size_t errlen);
 
 #endif

@@ -1,0 +1,484 @@
+/* analyze_follow.c: the live view's aggregator, a capture followed while it is written.
+ *
+ * Owns cya_follow_*: each poll reads the frames completed since the last one
+ * (cya_capture_follow_read), takes each thread's new batches in sequence order, decodes
+ * their events, merges the threads by time and replays what is safe to replay, then
+ * symbolises the new stacks. Nothing is read twice; memory follows the live blocks, the
+ * distinct (stack, thread) pairs and the events held back.
+ *
+ * Events are held back while an earlier event of another thread may still come: a thread
+ * hands its buffer over when it is full or its oldest event is 5 ms old (FORMAT.md), so
+ * events older than HOLD_NS before the newest time the file shows (an event or a PROGRESS
+ * mark) are replayed, the rest wait; once the trailer is read, everything goes. An event
+ * that still comes after later ones were replayed is replayed at once and counted late.
+ *
+ * The figures follow analyze_replay.c's definitions (allocated, live, peak: blocks live
+ * at the first moment total live bytes was highest; mappings by address range), per
+ * capture stack and thread. Within one tick of the ticking clock the threads' events are
+ * taken thread by thread (the report interleaves them evenly), so with several threads
+ * the moment of the peak may differ a little; a free met before another thread's
+ * allocation of that address in the same tick (a hand-off) is taken after it, as the
+ * report's merge does.
+ */
+#define _GNU_SOURCE
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "analyze_internal.h"
+#include "symbolize_internal.h"
+
+#define HOLD_NS 250000000ull /* events this close to the newest time seen wait for other threads */
+#define NONE UINT32_MAX
+
+typedef struct feed {
+    uint64_t next_seq;     /* the thread's next batch */
+    size_t scanned;        /* its batch references looked at so far */
+    cya_batch_ref *waiting; /* batches read before the one they follow */
+    size_t nwaiting, cap_waiting;
+    cya_event *q;          /* decoded, not yet replayed */
+    size_t head, len, cap;
+} feed;
+
+typedef struct cell_state {
+    uint64_t snap_bytes, snap_count, last_change;
+} cell_state;
+
+typedef struct heap_entry {
+    uint64_t size;
+    uint32_t cell;
+    uint32_t thread;
+} heap_entry;
+
+typedef struct map_entry {
+    uint64_t size, remaining;
+    uint32_t cell;
+    uint8_t in_use;
+} map_entry;
+
+struct cya_follower {
+    cya_capture *c;
+    cya_symbols *symbols;
+    cya_batch_loader *loader;
+    feed *feeds;
+    size_t nfeeds;
+    cya_follow_totals totals;
+    /* cells: one per (stack, thread) */
+    cya_follow_cell *cells;
+    cell_state *cstate;
+    size_t ncells, cap_cells, cap_cstate;
+    cya_map cell_index;
+    /* live heap blocks: key -> index in heap */
+    cya_map blocks;
+    heap_entry *heap;
+    size_t nheap, cap_heap;
+    uint32_t *heap_spare;
+    size_t nheap_spare, cap_heap_spare;
+    /* live mappings */
+    cya_mappings *mappings;
+    map_entry *maps;
+    size_t nmaps, cap_maps;
+    uint32_t *map_spare;
+    size_t nmap_spare, cap_map_spare;
+    /* frees of unknown blocks in the current tick: key -> thread */
+    cya_map handoff;
+    uint64_t handoff_time;
+    /* the high-water mark */
+    uint64_t event, peak_event;
+    int have_peak;
+    uint64_t replayed_until; /* events at or before this time were replayed */
+    int failed;
+};
+
+static uint32_t cell_of(cya_follower *f, uint64_t stack, uint64_t thread)
+{
+    uint64_t key = (stack & 0xffffffffu) << 32 | (thread & 0xffffffffu);
+    if (key == CYA_MAP_EMPTY)
+        key--;
+    uint32_t *slot = cya_map_get(&f->cell_index, key);
+    if (slot)
+        return *slot;
+    cya_follow_cell c;
+    memset(&c, 0, sizeof c);
+    c.stack_id = stack;
+    c.thread_id = thread;
+    cell_state s = {0, 0, 0};
+    if (!CYA_PUSH(f->cells, f->ncells, f->cap_cells, c))
+        return NONE;
+    size_t n = f->ncells - 1;
+    if (!cya_grow((void **)&f->cstate, &f->cap_cstate, f->ncells, sizeof *f->cstate))
+        return NONE;
+    f->cstate[n] = s;
+    if (!cya_map_put(&f->cell_index, key, (uint32_t)n))
+        return NONE;
+    return (uint32_t)n;
+}
+
+/* A cell's live figures change (as analyze_replay.c's stack_change). */
+static void cell_change(cya_follower *f, uint32_t i, uint64_t bytes, int up)
+{
+    cya_follow_cell *c = &f->cells[i];
+    cell_state *s = &f->cstate[i];
+    if (f->have_peak && s->last_change <= f->peak_event && f->peak_event < f->event) {
+        s->snap_bytes = c->live_bytes;
+        s->snap_count = c->live_count;
+    }
+    s->last_change = f->event;
+    if (up > 0) {
+        c->live_bytes += bytes;
+        c->live_count++;
+    } else {
+        c->live_bytes -= bytes;
+        c->live_count -= up < 0;
+    }
+}
+
+static void grew(cya_follower *f, uint64_t bytes, uint64_t time_ns)
+{
+    f->totals.live_bytes += bytes;
+    if (f->totals.live_bytes > f->totals.peak_bytes) {
+        f->totals.peak_bytes = f->totals.live_bytes;
+        f->have_peak = 1;
+        f->peak_event = f->event;
+        f->totals.peak_time_ns = time_ns;
+    }
+}
+
+static int on_map_release(void *ctx, uint32_t slot, uint64_t bytes)
+{
+    cya_follower *f = ctx;
+    map_entry *m = &f->maps[slot];
+    if (!bytes || !m->in_use)
+        return 1;
+    if (bytes > m->remaining)
+        bytes = m->remaining;
+    m->remaining -= bytes;
+    f->totals.live_bytes -= bytes;
+    cell_change(f, m->cell, bytes, m->remaining == 0 ? -1 : 0);
+    if (m->remaining)
+        return 1;
+    f->totals.live_count--;
+    f->totals.frees++;
+    m->in_use = 0;
+    return CYA_PUSH(f->map_spare, f->nmap_spare, f->cap_map_spare, slot);
+}
+
+static uint64_t range_end(uint64_t start, uint64_t size)
+{
+    return size > UINT64_MAX - start ? UINT64_MAX : start + size;
+}
+
+static int is_mapping(unsigned kind) { return kind == CYA_MMAP || kind == CYA_MREMAP || kind == CYA_MUNMAP; }
+
+static void heap_release(cya_follower *f, uint32_t *slot, uint64_t key)
+{
+    heap_entry *h = &f->heap[*slot];
+    f->totals.live_bytes -= h->size;
+    f->totals.live_count--;
+    cell_change(f, h->cell, h->size, -1);
+    uint32_t index = *slot;
+    cya_map_del(&f->blocks, key);
+    if (!CYA_PUSH(f->heap_spare, f->nheap_spare, f->cap_heap_spare, index))
+        f->failed = 1;
+}
+
+/* Replay one event (analyze_replay.c's rules). 0 when out of memory. */
+static int replay(cya_follower *f, const cya_event *e)
+{
+    if (e->time_ns != f->handoff_time) {
+        if (f->handoff.len) {
+            cya_map_free(&f->handoff);
+        }
+        f->handoff_time = e->time_ns;
+    }
+    if (!e->address)
+        goto done;
+    uint64_t key = cya_block_key(e->kind, e->address);
+    if (e->kind < CYA_FREE) {
+        uint32_t cell = cell_of(f, e->stack_id, e->thread_id);
+        if (cell == NONE)
+            return 0;
+        f->cells[cell].alloc_bytes += e->size;
+        f->cells[cell].alloc_count++;
+        f->totals.alloc_bytes += e->size;
+        f->totals.alloc_count++;
+        if (is_mapping(e->kind)) {
+            uint32_t k;
+            if (f->nmap_spare) {
+                k = f->map_spare[--f->nmap_spare];
+            } else {
+                map_entry none;
+                memset(&none, 0, sizeof none);
+                if (!CYA_PUSH(f->maps, f->nmaps, f->cap_maps, none))
+                    return 0;
+                k = (uint32_t)(f->nmaps - 1);
+            }
+            f->maps[k] = (map_entry){e->size, e->size, cell, 1};
+            if (cya_mappings_add(f->mappings, e->address, range_end(e->address, e->size), k, on_map_release, f) < 0)
+                return 0;
+            if (e->size) {
+                cell_change(f, cell, e->size, 1);
+                f->totals.live_count++;
+                grew(f, e->size, e->time_ns);
+            } else {
+                f->maps[k].in_use = 0;
+                if (!CYA_PUSH(f->map_spare, f->nmap_spare, f->cap_map_spare, k))
+                    return 0;
+            }
+        } else {
+            uint32_t *slot = cya_map_get(&f->blocks, key);
+            if (slot) /* its free was never seen */
+                heap_release(f, slot, key);
+            uint32_t index;
+            if (f->nheap_spare) {
+                index = f->heap_spare[--f->nheap_spare];
+            } else {
+                heap_entry none = {0, 0, 0};
+                if (!CYA_PUSH(f->heap, f->nheap, f->cap_heap, none))
+                    return 0;
+                index = (uint32_t)(f->nheap - 1);
+            }
+            f->heap[index] = (heap_entry){e->size, cell, e->thread_id};
+            if (!cya_map_put(&f->blocks, key, index))
+                return 0;
+            cell_change(f, cell, e->size, 1);
+            f->totals.live_count++;
+            grew(f, e->size, e->time_ns);
+            uint32_t *freed = cya_map_get(&f->handoff, key);
+            if (freed && *freed != e->thread_id) { /* another thread freed it in this tick: after this */
+                cya_map_del(&f->handoff, key);
+                f->totals.unmatched_frees--;
+                f->totals.frees++;
+                f->event++;
+                heap_release(f, cya_map_get(&f->blocks, key), key);
+            }
+        }
+    } else if (is_mapping(e->kind)) {
+        int found = cya_mappings_release(f->mappings, e->address, range_end(e->address, e->size), on_map_release, f);
+        if (found < 0)
+            return 0;
+        f->totals.unmatched_frees += !found;
+    } else {
+        uint32_t *slot = cya_map_get(&f->blocks, key);
+        if (slot) {
+            f->totals.frees++;
+            heap_release(f, slot, key);
+        } else {
+            f->totals.unmatched_frees++;
+            if (!cya_map_put(&f->handoff, key, e->thread_id))
+                return 0;
+        }
+    }
+done:
+    f->event++;
+    f->totals.events++;
+    if (e->time_ns > f->totals.time_ns)
+        f->totals.time_ns = e->time_ns;
+    return !f->failed;
+}
+
+static int batch_cmp(const void *a, const void *b)
+{
+    const cya_batch_ref *x = a, *y = b;
+    return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+static int load(cya_follower *f, feed *fd, const cya_batch_ref *b, uint64_t thread_id, char *errbuf, size_t errlen)
+{
+    if (fd->head && fd->head == fd->len)
+        fd->head = fd->len = 0;
+    else if (fd->head > 4096 && fd->head * 2 > fd->len) {
+        memmove(fd->q, fd->q + fd->head, (fd->len - fd->head) * sizeof *fd->q);
+        fd->len -= fd->head;
+        fd->head = 0;
+    }
+    size_t before = fd->len;
+    if (!cya_batch_load(f->loader, b, thread_id, &fd->q, &fd->len, &fd->cap, errbuf, errlen))
+        return 0;
+    for (size_t i = before; i < fd->len; i++)
+        if (fd->q[i].time_ns < f->replayed_until)
+            f->totals.late_events++;
+    return 1;
+}
+
+/* Take each thread's new batches, in sequence order (all of them once the capture is
+ * complete: a gap will not be filled any more). */
+static int take_batches(cya_follower *f, char *errbuf, size_t errlen)
+{
+    cya_capture *c = f->c;
+    if (c->nthreads > f->nfeeds) {
+        feed *feeds = realloc(f->feeds, c->nthreads * sizeof *feeds);
+        if (!feeds)
+            goto nomem;
+        memset(feeds + f->nfeeds, 0, (c->nthreads - f->nfeeds) * sizeof *feeds);
+        f->feeds = feeds;
+        f->nfeeds = c->nthreads;
+    }
+    int by_sequence = c->header.version >= 2;
+    for (size_t i = 0; i < c->nthreads; i++) {
+        feed *fd = &f->feeds[i];
+        const cya_run *rn = &c->runs[i];
+        for (; fd->scanned < rn->nbatches; fd->scanned++) {
+            const cya_batch_ref *b = &rn->batches[fd->scanned];
+            if (by_sequence && b->seq < fd->next_seq)
+                continue; /* a repeated batch */
+            if (!CYA_PUSH(fd->waiting, fd->nwaiting, fd->cap_waiting, *b))
+                goto nomem;
+        }
+        if (!fd->nwaiting)
+            continue;
+        if (by_sequence)
+            qsort(fd->waiting, fd->nwaiting, sizeof *fd->waiting, batch_cmp);
+        size_t used = 0;
+        for (; used < fd->nwaiting; used++) {
+            const cya_batch_ref *b = &fd->waiting[used];
+            if (by_sequence && b->seq < fd->next_seq)
+                continue; /* repeated */
+            if (by_sequence && b->seq > fd->next_seq && !c->status.complete)
+                break; /* an earlier batch is still to come */
+            if (!load(f, fd, b, c->threads[i].id, errbuf, errlen))
+                return 0;
+            fd->next_seq = b->seq + 1;
+        }
+        memmove(fd->waiting, fd->waiting + used, (fd->nwaiting - used) * sizeof *fd->waiting);
+        fd->nwaiting -= used;
+    }
+    return 1;
+nomem:
+    snprintf(errbuf, errlen, "out of memory");
+    return 0;
+}
+
+/* Replay the events held, threads merged by time, up to `until` (ns). */
+static int merge(cya_follower *f, uint64_t until)
+{
+    for (;;) {
+        size_t best = SIZE_MAX;
+        uint64_t best_t = 0, second_t = UINT64_MAX;
+        for (size_t i = 0; i < f->nfeeds; i++) {
+            const feed *fd = &f->feeds[i];
+            if (fd->head == fd->len)
+                continue;
+            uint64_t t = fd->q[fd->head].time_ns;
+            if (best == SIZE_MAX || t < best_t) {
+                if (best != SIZE_MAX && best_t < second_t)
+                    second_t = best_t;
+                best = i;
+                best_t = t;
+            } else if (t < second_t) {
+                second_t = t;
+            }
+        }
+        if (best == SIZE_MAX || best_t > until)
+            return 1;
+        feed *fd = &f->feeds[best];
+        uint64_t limit = second_t < until ? second_t : until;
+        while (fd->head < fd->len && fd->q[fd->head].time_ns <= limit) {
+            if (!replay(f, &fd->q[fd->head]))
+                return 0;
+            if (fd->q[fd->head].time_ns > f->replayed_until)
+                f->replayed_until = fd->q[fd->head].time_ns;
+            fd->head++;
+        }
+    }
+}
+
+CYA_API cya_follower *cya_follow_open(const char *path, const char *search, int *error, char *errbuf, size_t errlen)
+{
+    cya_capture *c = cya_capture_follow(path, error, errbuf, errlen);
+    if (!c)
+        return NULL;
+    cya_follower *f = calloc(1, sizeof *f);
+    if (f) {
+        f->c = c;
+        f->symbols = cya_symbolize_search(c, search);
+        f->loader = cya_batch_loader_new(c);
+        f->mappings = cya_mappings_new();
+    }
+    if (!f || !f->symbols || !f->loader || !f->mappings) {
+        *error = CYA_E_NOMEM;
+        snprintf(errbuf, errlen, "out of memory");
+        if (f)
+            cya_follow_close(f);
+        else
+            cya_close(c);
+        return NULL;
+    }
+    return f;
+}
+
+CYA_API int cya_follow_poll(cya_follower *f, char *errbuf, size_t errlen)
+{
+    cya_capture *c = f->c;
+    uint64_t read_now = 0;
+    if (!cya_capture_follow_read(c, &read_now, errbuf, errlen))
+        return 0;
+    if (!take_batches(f, errbuf, errlen))
+        return 0;
+    uint64_t newest = c->status.last_progress_ns, pending = 0;
+    for (size_t i = 0; i < f->nfeeds; i++) {
+        const feed *fd = &f->feeds[i];
+        if (fd->len > fd->head && fd->q[fd->len - 1].time_ns > newest)
+            newest = fd->q[fd->len - 1].time_ns;
+    }
+    uint64_t until = c->status.complete ? UINT64_MAX : newest > HOLD_NS ? newest - HOLD_NS : 0;
+    if (!merge(f, until)) {
+        snprintf(errbuf, errlen, "out of memory while replaying the events");
+        return 0;
+    }
+    for (size_t i = 0; i < f->nfeeds; i++)
+        pending += f->feeds[i].len - f->feeds[i].head;
+    if (!cya_symbols_extend(f->symbols)) {
+        snprintf(errbuf, errlen, "out of memory while symbolising");
+        return 0;
+    }
+    for (size_t i = 0; i < f->ncells; i++) {
+        cya_follow_cell *cl = &f->cells[i];
+        const cell_state *s = &f->cstate[i];
+        int unchanged = s->last_change <= f->peak_event;
+        cl->peak_bytes = !f->have_peak ? 0 : unchanged ? cl->live_bytes : s->snap_bytes;
+        cl->peak_count = !f->have_peak ? 0 : unchanged ? cl->live_count : s->snap_count;
+    }
+    f->totals.pending = pending;
+    f->totals.file_bytes = c->status.file_bytes;
+    f->totals.read_bytes = c->follow_pos;
+    f->totals.complete = c->status.complete && pending == 0;
+    f->totals.live = c->status.live;
+    return 1;
+}
+
+CYA_API const cya_follow_totals *cya_follow_get_totals(const cya_follower *f) { return &f->totals; }
+
+CYA_API const cya_follow_cell *cya_follow_get_cells(const cya_follower *f, size_t *count)
+{
+    *count = f->ncells;
+    return f->cells;
+}
+
+CYA_API const cya_capture *cya_follow_get_capture(const cya_follower *f) { return f->c; }
+CYA_API const cya_symbols *cya_follow_get_symbols(const cya_follower *f) { return f->symbols; }
+
+CYA_API void cya_follow_close(cya_follower *f)
+{
+    if (!f)
+        return;
+    for (size_t i = 0; i < f->nfeeds; i++) {
+        free(f->feeds[i].waiting);
+        free(f->feeds[i].q);
+    }
+    free(f->feeds);
+    free(f->cells);
+    free(f->cstate);
+    cya_map_free(&f->cell_index);
+    cya_map_free(&f->blocks);
+    free(f->heap);
+    free(f->heap_spare);
+    cya_mappings_free(f->mappings);
+    free(f->maps);
+    free(f->map_spare);
+    cya_map_free(&f->handoff);
+    cya_batch_loader_free(f->loader);
+    cya_symbols_close(f->symbols);
+    cya_close(f->c);
+    free(f);
+}
