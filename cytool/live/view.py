@@ -114,7 +114,7 @@ def _status_line(follower: Follower, gone: str) -> str:
         return f"[bold red]{gone}[/]"
     if t.writing:
         return "[green]running[/]"
-    return "[yellow]not being written (no process holds it); waiting for its end[/]"
+    return "[yellow]not being written (no process holds it) and no end: its writer was killed, or has not started[/]"
 
 
 def render(follower: Follower, state: ViewState, history: History, gone: str, height: int, width: int):
@@ -211,6 +211,16 @@ def open_follower(capture_path: Path, follow_pid: Optional[int], wait_s: float =
         time.sleep(0.05)
 
 
+def _terminal_size(console) -> Tuple[int, int]:
+    """The terminal's size now (followed when it is resized), told to the console too."""
+    try:
+        size = os.get_terminal_size(sys.stdout.fileno())
+        console.size = (size.columns, size.lines)
+        return size.columns, size.lines
+    except OSError:
+        return console.size.width, console.size.height
+
+
 def _identity(path: Path) -> Optional[Tuple[int, int]]:
     try:
         st = os.stat(path)
@@ -228,9 +238,10 @@ def run_live(capture_path, follow_pid: Optional[int] = None) -> int:
     from rich.live import Live
 
     capture_path = Path(capture_path)
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise CytoolError("the live view needs a terminal (stdin and stdout)", hint="run it in a terminal, or use `cytool report` on the capture", exit_code=2)
     follower = open_follower(capture_path, follow_pid)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        follower.close()
+        raise CytoolError("the live view needs a terminal (stdin and stdout)", hint="run it in a terminal, or use `cytool report` on the capture", exit_code=2)
     identity = _identity(capture_path)
     console = Console()
     state = ViewState()
@@ -265,8 +276,8 @@ def run_live(capture_path, follow_pid: Optional[int] = None) -> int:
                             follower.poll()  # the writer may have finished between the two reads
                             if not follower.totals.complete and not follower.totals.writing:
                                 gone = "the writer stopped without finishing the capture (killed?)"
-                    size = console.size
-                    live.update(render(follower, state, history, gone, size.height, size.width), refresh=True)
+                    width, height = _terminal_size(console)
+                    live.update(render(follower, state, history, gone, height, width), refresh=True)
                 ready, _, _ = select.select([fd], [], [], max(0.0, next_poll - time.monotonic()))
                 if ready:
                     data = os.read(fd, 64).decode("utf-8", "replace")
@@ -275,8 +286,8 @@ def run_live(capture_path, follow_pid: Optional[int] = None) -> int:
                     for ch in data:
                         state.key(ch, follower.threads())
                     if not state.quit:
-                        size = console.size
-                        live.update(render(follower, state, history, gone, size.height, size.width), refresh=True)
+                        width, height = _terminal_size(console)
+                        live.update(render(follower, state, history, gone, height, width), refresh=True)
     finally:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
         totals = follower.totals

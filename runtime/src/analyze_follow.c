@@ -9,16 +9,15 @@
  * Events are held back while an earlier event of another thread may still come: a thread
  * hands its buffer over when it is full or its oldest event is 5 ms old (FORMAT.md), so
  * events older than HOLD_NS before the newest time the file shows (an event or a PROGRESS
- * mark) are replayed, the rest wait; once the trailer is read, everything goes. An event
+ * mark) are replayed, the rest wait; once the trailer is read, or when no process holds
+ * the capture's lock any more, everything goes. An event
  * that still comes after later ones were replayed is replayed at once and counted late.
  *
  * The figures follow analyze_replay.c's definitions (allocated, live, peak: blocks live
  * at the first moment total live bytes was highest; mappings by address range), per
- * capture stack and thread. Within one tick of the ticking clock the threads' events are
- * taken thread by thread (the report interleaves them evenly), so with several threads
- * the moment of the peak may differ a little; a free met before another thread's
- * allocation of that address in the same tick (a hand-off) is taken after it, as the
- * report's merge does.
+ * capture stack and thread, on the events in the report's order: tick by tick, the
+ * threads' events of one tick interleaved by capture_merge.c (cya_merge_tick). So once
+ * the trailer is read the figures are the report's, unless events came late.
  */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -38,6 +37,7 @@ typedef struct feed {
     size_t nwaiting, cap_waiting;
     cya_event *q;          /* decoded, not yet replayed */
     size_t head, len, cap;
+    uint64_t last_time;
 } feed;
 
 typedef struct cell_state {
@@ -80,9 +80,13 @@ struct cya_follower {
     size_t nmaps, cap_maps;
     uint32_t *map_spare;
     size_t nmap_spare, cap_map_spare;
-    /* frees of unknown blocks in the current tick: key -> thread */
-    cya_map handoff;
-    uint64_t handoff_time;
+    /* the merge: every address's state (capture_merge.c), one tick's events in order */
+    cya_map merge_blocks;
+    cya_event *tick_events;
+    size_t cap_tick_events;
+    const cya_event **slice_events;
+    size_t *slice_lens, *slice_feeds;
+    size_t nslices;
     /* the high-water mark */
     uint64_t event, peak_event;
     int have_peak;
@@ -185,12 +189,6 @@ static void heap_release(cya_follower *f, uint32_t *slot, uint64_t key)
 /* Replay one event (analyze_replay.c's rules). 0 when out of memory. */
 static int replay(cya_follower *f, const cya_event *e)
 {
-    if (e->time_ns != f->handoff_time) {
-        if (f->handoff.len) {
-            cya_map_free(&f->handoff);
-        }
-        f->handoff_time = e->time_ns;
-    }
     if (!e->address)
         goto done;
     uint64_t key = cya_block_key(e->kind, e->address);
@@ -244,14 +242,6 @@ static int replay(cya_follower *f, const cya_event *e)
             cell_change(f, cell, e->size, 1);
             f->totals.live_count++;
             grew(f, e->size, e->time_ns);
-            uint32_t *freed = cya_map_get(&f->handoff, key);
-            if (freed && *freed != e->thread_id) { /* another thread freed it in this tick: after this */
-                cya_map_del(&f->handoff, key);
-                f->totals.unmatched_frees--;
-                f->totals.frees++;
-                f->event++;
-                heap_release(f, cya_map_get(&f->blocks, key), key);
-            }
         }
     } else if (is_mapping(e->kind)) {
         int found = cya_mappings_release(f->mappings, e->address, range_end(e->address, e->size), on_map_release, f);
@@ -265,8 +255,6 @@ static int replay(cya_follower *f, const cya_event *e)
             heap_release(f, slot, key);
         } else {
             f->totals.unmatched_frees++;
-            if (!cya_map_put(&f->handoff, key, e->thread_id))
-                return 0;
         }
     }
 done:
@@ -295,9 +283,15 @@ static int load(cya_follower *f, feed *fd, const cya_batch_ref *b, uint64_t thre
     size_t before = fd->len;
     if (!cya_batch_load(f->loader, b, thread_id, &fd->q, &fd->len, &fd->cap, errbuf, errlen))
         return 0;
-    for (size_t i = before; i < fd->len; i++)
-        if (fd->q[i].time_ns < f->replayed_until)
+    uint64_t t = fd->last_time;
+    for (size_t i = before; i < fd->len; i++) { /* times made non-decreasing along the thread, as the merge does */
+        if (fd->q[i].time_ns < t)
+            fd->q[i].time_ns = t;
+        t = fd->q[i].time_ns;
+        if (t < f->replayed_until)
             f->totals.late_events++;
+    }
+    fd->last_time = t;
     return 1;
 }
 
@@ -349,37 +343,54 @@ nomem:
     return 0;
 }
 
-/* Replay the events held, threads merged by time, up to `until` (ns). */
+/* Replay the events held up to `until` (ns), tick by tick: the threads' events of one
+ * tick in the order the report's merge gives them (cya_merge_tick). */
 static int merge(cya_follower *f, uint64_t until)
 {
+    if (!f->slice_events || f->nfeeds > f->nslices) {
+        size_t n = f->nfeeds ? f->nfeeds : 1;
+        free(f->slice_events);
+        free(f->slice_lens);
+        free(f->slice_feeds);
+        f->slice_events = malloc(n * sizeof *f->slice_events);
+        f->slice_lens = malloc(n * sizeof *f->slice_lens);
+        f->slice_feeds = malloc(n * sizeof *f->slice_feeds);
+        f->nslices = n;
+        if (!f->slice_events || !f->slice_lens || !f->slice_feeds)
+            return 0;
+    }
     for (;;) {
-        size_t best = SIZE_MAX;
-        uint64_t best_t = 0, second_t = UINT64_MAX;
+        uint64_t tick = UINT64_MAX;
         for (size_t i = 0; i < f->nfeeds; i++) {
             const feed *fd = &f->feeds[i];
-            if (fd->head == fd->len)
-                continue;
-            uint64_t t = fd->q[fd->head].time_ns;
-            if (best == SIZE_MAX || t < best_t) {
-                if (best != SIZE_MAX && best_t < second_t)
-                    second_t = best_t;
-                best = i;
-                best_t = t;
-            } else if (t < second_t) {
-                second_t = t;
-            }
+            if (fd->head < fd->len && fd->q[fd->head].time_ns < tick)
+                tick = fd->q[fd->head].time_ns;
         }
-        if (best == SIZE_MAX || best_t > until)
+        if (tick == UINT64_MAX || tick > until)
             return 1;
-        feed *fd = &f->feeds[best];
-        uint64_t limit = second_t < until ? second_t : until;
-        while (fd->head < fd->len && fd->q[fd->head].time_ns <= limit) {
-            if (!replay(f, &fd->q[fd->head]))
-                return 0;
-            if (fd->q[fd->head].time_ns > f->replayed_until)
-                f->replayed_until = fd->q[fd->head].time_ns;
-            fd->head++;
+        size_t n = 0, total = 0;
+        for (size_t i = 0; i < f->nfeeds; i++) {
+            const feed *fd = &f->feeds[i];
+            if (fd->head == fd->len || fd->q[fd->head].time_ns != tick)
+                continue;
+            size_t end = fd->head;
+            while (end < fd->len && fd->q[end].time_ns == tick)
+                end++;
+            f->slice_events[n] = fd->q + fd->head;
+            f->slice_lens[n] = end - fd->head;
+            f->slice_feeds[n++] = i;
+            total += end - fd->head;
         }
+        if (!cya_grow((void **)&f->tick_events, &f->cap_tick_events, total, sizeof *f->tick_events) ||
+            cya_merge_tick(&f->merge_blocks, f->slice_events, f->slice_lens, n, f->tick_events) == SIZE_MAX)
+            return 0;
+        for (size_t i = 0; i < total; i++)
+            if (!replay(f, &f->tick_events[i]))
+                return 0;
+        for (size_t i = 0; i < n; i++)
+            f->feeds[f->slice_feeds[i]].head += f->slice_lens[i];
+        if (tick > f->replayed_until)
+            f->replayed_until = tick;
     }
 }
 
@@ -421,7 +432,8 @@ CYA_API int cya_follow_poll(cya_follower *f, char *errbuf, size_t errlen)
         if (fd->len > fd->head && fd->q[fd->len - 1].time_ns > newest)
             newest = fd->q[fd->len - 1].time_ns;
     }
-    uint64_t until = c->status.complete ? UINT64_MAX : newest > HOLD_NS ? newest - HOLD_NS : 0;
+    /* no writer (finished, or killed before its trailer): nothing more will come */
+    uint64_t until = c->status.complete || !c->status.live ? UINT64_MAX : newest > HOLD_NS ? newest - HOLD_NS : 0;
     if (!merge(f, until)) {
         snprintf(errbuf, errlen, "out of memory while replaying the events");
         return 0;
@@ -476,7 +488,11 @@ CYA_API void cya_follow_close(cya_follower *f)
     cya_mappings_free(f->mappings);
     free(f->maps);
     free(f->map_spare);
-    cya_map_free(&f->handoff);
+    cya_map_free(&f->merge_blocks);
+    free(f->tick_events);
+    free(f->slice_events);
+    free(f->slice_lens);
+    free(f->slice_feeds);
     cya_batch_loader_free(f->loader);
     cya_symbols_close(f->symbols);
     cya_close(f->c);
