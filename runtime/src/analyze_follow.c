@@ -311,7 +311,7 @@ static int take_batches(cya_follower *f, char *errbuf, size_t errlen)
     int by_sequence = c->header.version >= 2;
     for (size_t i = 0; i < c->nthreads; i++) {
         feed *fd = &f->feeds[i];
-        const cya_run *rn = &c->runs[i];
+        cya_run *rn = &c->runs[i];
         for (; fd->scanned < rn->nbatches; fd->scanned++) {
             const cya_batch_ref *b = &rn->batches[fd->scanned];
             if (by_sequence && b->seq < fd->next_seq)
@@ -319,6 +319,8 @@ static int take_batches(cya_follower *f, char *errbuf, size_t errlen)
             if (!CYA_PUSH(fd->waiting, fd->nwaiting, fd->cap_waiting, *b))
                 goto nomem;
         }
+        rn->nbatches = 0; /* taken: the reader's list of them need not grow with the capture */
+        fd->scanned = 0;
         if (!fd->nwaiting)
             continue;
         if (by_sequence)
