@@ -14,6 +14,7 @@ BENCHMARKS = (
     "bench_stream_report.py",
     "bench_processes.py",
     "bench_debug_agent.py",
+    "bench_live.py",
 )
 
 

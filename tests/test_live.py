@@ -112,6 +112,29 @@ def test_follower_on_a_capture_grown_in_steps_ends_with_the_reports_figures(benc
     follower.close()
 
 
+def test_follower_reports_a_damaged_frame_as_the_reader_does(bench_capture: Path, tmp_path: Path) -> None:
+    data = bytearray(bench_capture.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\xff" * 64  # inside some frame
+    damaged = tmp_path / "damaged.cytrace"
+    damaged.write_bytes(bytes(data[: len(data) // 3]))
+    writer = open(damaged, "r+b")
+    fcntl.flock(writer, fcntl.LOCK_EX)
+    follower = Follower(damaged)
+    follower.poll()
+    assert not follower.notes
+    with open(damaged, "ab") as f:
+        f.write(bytes(data[len(data) // 3 :]))
+    follower.poll()
+    writer.close()
+    with read_capture(damaged) as whole:
+        assert whole.truncated and any("damaged" in note for note in whole.notes)
+        expected = [note for note in whole.notes if "damaged" in note]
+    assert [note for note in follower.notes if "damaged" in note] == expected
+    assert follower.totals.complete and follower.totals.alloc_count > 0
+    follower.close()
+
+
 def test_follower_on_a_capture_a_running_profile_writes(tmp_path: Path) -> None:
     capture, stop = tmp_path / "run.cytrace", tmp_path / "stop"
     program = subprocess.Popen([sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", capture, GROW, "--",
