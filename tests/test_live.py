@@ -98,11 +98,13 @@ def test_follower_on_a_capture_grown_in_steps_ends_with_the_reports_figures(benc
         assert not follower.notes and not follower.status_problem, follower.notes  # waiting is no damage
         assert t.complete == (cut == len(data)) and t.writing
         last_count, last_read = t.alloc_count, t.read_bytes
-        # what was read is never read again: wipe it (the header was read at the start)
+        # what the follower is done with is never read again: wipe it (the header was read at the start)
+        assert header_end <= t.settled_bytes <= t.read_bytes
         with open(grown, "r+b") as f:
             f.seek(header_end)
-            f.write(b"\0" * max(0, t.read_bytes - header_end))
+            f.write(b"\0" * (t.settled_bytes - header_end))
     assert last_read == len(data) and follower.totals.pending == 0 and follower.totals.late_events == 0
+    assert follower.totals.settled_bytes == len(data)
     writer.close()
     report = report_json(bench_capture)
     assert follower_figures(follower) == {k: report["totals"][k] for k in FIGURES}

@@ -53,6 +53,7 @@ class _FollowTotals(ctypes.Structure):
         ("late_events", _u64),
         ("file_bytes", _u64),
         ("read_bytes", _u64),
+        ("settled_bytes", _u64),
         ("complete", ctypes.c_int),
         ("live", ctypes.c_int),
     ]
@@ -100,6 +101,7 @@ class Totals:
     late_events: int = 0  # events replayed after later ones (a batch written very late)
     file_bytes: int = 0
     read_bytes: int = 0
+    settled_bytes: int = 0  # the file before this offset is never read again
     complete: bool = False  # the trailer was read: the writer finished
     writing: bool = False  # a process holds the capture's lock
 
@@ -188,6 +190,7 @@ class Follower:
             live_bytes=t.live_bytes, live_count=t.live_count, peak_bytes=t.peak_bytes, peak_time_ns=t.peak_time_ns,
             alloc_bytes=t.alloc_bytes, alloc_count=t.alloc_count, frees=t.frees, events=t.events, time_ns=t.time_ns,
             pending=t.pending, late_events=t.late_events, file_bytes=t.file_bytes, read_bytes=t.read_bytes,
+            settled_bytes=t.settled_bytes,
             complete=bool(t.complete), writing=bool(t.live),
         )
 

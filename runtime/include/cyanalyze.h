@@ -299,6 +299,7 @@ typedef struct cya_follow_totals {
     uint64_t pending;       /* events read but held back (a thread's batch may still come) */
     uint64_t late_events;   /* events that came after later ones were replayed (replayed late) */
     uint64_t file_bytes, read_bytes;
+    uint64_t settled_bytes; /* the file before this offset is never read again (its batches are replayed) */
     int complete;           /* the trailer (END record) was read: the writer finished */
     int live;               /* a process holds the capture's lock: still being written */
 } cya_follow_totals;

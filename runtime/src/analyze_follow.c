@@ -32,9 +32,8 @@
 
 typedef struct feed {
     uint64_t next_seq;     /* the thread's next batch */
-    size_t scanned;        /* its batch references looked at so far */
-    cya_batch_ref *waiting; /* batches read before the one they follow */
-    size_t nwaiting, cap_waiting;
+    cya_batch_ref *waiting; /* batches read and not yet decoded, in sequence order from wpos */
+    size_t wpos, nwaiting, cap_waiting;
     cya_event *q;          /* decoded, not yet replayed */
     size_t head, len, cap;
     uint64_t last_time;
@@ -295,8 +294,7 @@ static int load(cya_follower *f, feed *fd, const cya_batch_ref *b, uint64_t thre
     return 1;
 }
 
-/* Take each thread's new batches, in sequence order (all of them once the capture is
- * complete: a gap will not be filled any more). */
+/* Note each thread's new batches (in sequence order); they are decoded when merged. */
 static int take_batches(cya_follower *f, char *errbuf, size_t errlen)
 {
     cya_capture *c = f->c;
@@ -308,36 +306,22 @@ static int take_batches(cya_follower *f, char *errbuf, size_t errlen)
         f->feeds = feeds;
         f->nfeeds = c->nthreads;
     }
-    int by_sequence = c->header.version >= 2;
     for (size_t i = 0; i < c->nthreads; i++) {
         feed *fd = &f->feeds[i];
         cya_run *rn = &c->runs[i];
-        for (; fd->scanned < rn->nbatches; fd->scanned++) {
-            const cya_batch_ref *b = &rn->batches[fd->scanned];
-            if (by_sequence && b->seq < fd->next_seq)
-                continue; /* a repeated batch */
-            if (!CYA_PUSH(fd->waiting, fd->nwaiting, fd->cap_waiting, *b))
-                goto nomem;
-        }
-        rn->nbatches = 0; /* taken: the reader's list of them need not grow with the capture */
-        fd->scanned = 0;
-        if (!fd->nwaiting)
+        if (!rn->nbatches)
             continue;
-        if (by_sequence)
-            qsort(fd->waiting, fd->nwaiting, sizeof *fd->waiting, batch_cmp);
-        size_t used = 0;
-        for (; used < fd->nwaiting; used++) {
-            const cya_batch_ref *b = &fd->waiting[used];
-            if (by_sequence && b->seq < fd->next_seq)
-                continue; /* repeated */
-            if (by_sequence && b->seq > fd->next_seq && !c->status.complete)
-                break; /* an earlier batch is still to come */
-            if (!load(f, fd, b, c->threads[i].id, errbuf, errlen))
-                return 0;
-            fd->next_seq = b->seq + 1;
+        if (fd->wpos) {
+            memmove(fd->waiting, fd->waiting + fd->wpos, (fd->nwaiting - fd->wpos) * sizeof *fd->waiting);
+            fd->nwaiting -= fd->wpos;
+            fd->wpos = 0;
         }
-        memmove(fd->waiting, fd->waiting + used, (fd->nwaiting - used) * sizeof *fd->waiting);
-        fd->nwaiting -= used;
+        for (size_t j = 0; j < rn->nbatches; j++)
+            if (!CYA_PUSH(fd->waiting, fd->nwaiting, fd->cap_waiting, rn->batches[j]))
+                goto nomem;
+        rn->nbatches = 0; /* taken: the reader's list of them need not grow with the capture */
+        if (c->header.version >= 2)
+            qsort(fd->waiting, fd->nwaiting, sizeof *fd->waiting, batch_cmp);
     }
     return 1;
 nomem:
@@ -345,9 +329,33 @@ nomem:
     return 0;
 }
 
+/* Decode feed i's next batch onto its queue: 1, 0 when none is ready (an earlier batch is
+ * still to come; once the capture is complete a gap is passed), -1 on error. */
+static int load_one(cya_follower *f, size_t i, char *errbuf, size_t errlen)
+{
+    feed *fd = &f->feeds[i];
+    int by_sequence = f->c->header.version >= 2;
+    while (fd->wpos < fd->nwaiting) {
+        const cya_batch_ref *b = &fd->waiting[fd->wpos];
+        if (by_sequence && b->seq < fd->next_seq) { /* a repeated batch */
+            fd->wpos++;
+            continue;
+        }
+        if (by_sequence && b->seq > fd->next_seq && !f->c->status.complete)
+            return 0;
+        fd->wpos++;
+        fd->next_seq = b->seq + 1;
+        if (!b->len)
+            continue;
+        return load(f, fd, b, f->c->threads[i].id, errbuf, errlen) ? 1 : -1;
+    }
+    return 0;
+}
+
 /* Replay the events held up to `until` (ns), tick by tick: the threads' events of one
- * tick in the order the report's merge gives them (cya_merge_tick). */
-static int merge(cya_follower *f, uint64_t until)
+ * tick in the order the report's merge gives them (cya_merge_tick). Each thread's batches
+ * are decoded as the merge reaches them: memory holds about one batch per thread. */
+static int merge(cya_follower *f, uint64_t until, char *errbuf, size_t errlen)
 {
     if (!f->slice_events || f->nfeeds > f->nslices) {
         size_t n = f->nfeeds ? f->nfeeds : 1;
@@ -359,12 +367,19 @@ static int merge(cya_follower *f, uint64_t until)
         f->slice_feeds = malloc(n * sizeof *f->slice_feeds);
         f->nslices = n;
         if (!f->slice_events || !f->slice_lens || !f->slice_feeds)
-            return 0;
+            goto nomem;
     }
     for (;;) {
         uint64_t tick = UINT64_MAX;
         for (size_t i = 0; i < f->nfeeds; i++) {
-            const feed *fd = &f->feeds[i];
+            feed *fd = &f->feeds[i];
+            while (fd->head == fd->len) {
+                int r = load_one(f, i, errbuf, errlen);
+                if (r < 0)
+                    return 0;
+                if (!r)
+                    break;
+            }
             if (fd->head < fd->len && fd->q[fd->head].time_ns < tick)
                 tick = fd->q[fd->head].time_ns;
         }
@@ -372,9 +387,16 @@ static int merge(cya_follower *f, uint64_t until)
             return 1;
         size_t n = 0, total = 0;
         for (size_t i = 0; i < f->nfeeds; i++) {
-            const feed *fd = &f->feeds[i];
+            feed *fd = &f->feeds[i];
             if (fd->head == fd->len || fd->q[fd->head].time_ns != tick)
                 continue;
+            while (fd->q[fd->len - 1].time_ns == tick) { /* the tick may go on in its next batch */
+                int r = load_one(f, i, errbuf, errlen);
+                if (r < 0)
+                    return 0;
+                if (!r)
+                    break;
+            }
             size_t end = fd->head;
             while (end < fd->len && fd->q[end].time_ns == tick)
                 end++;
@@ -385,15 +407,18 @@ static int merge(cya_follower *f, uint64_t until)
         }
         if (!cya_grow((void **)&f->tick_events, &f->cap_tick_events, total, sizeof *f->tick_events) ||
             cya_merge_tick(&f->merge_blocks, f->slice_events, f->slice_lens, n, f->tick_events) == SIZE_MAX)
-            return 0;
+            goto nomem;
         for (size_t i = 0; i < total; i++)
             if (!replay(f, &f->tick_events[i]))
-                return 0;
+                goto nomem;
         for (size_t i = 0; i < n; i++)
             f->feeds[f->slice_feeds[i]].head += f->slice_lens[i];
         if (tick > f->replayed_until)
             f->replayed_until = tick;
     }
+nomem:
+    snprintf(errbuf, errlen, "out of memory while replaying the events");
+    return 0;
 }
 
 CYA_API cya_follower *cya_follow_open(const char *path, const char *search, int *error, char *errbuf, size_t errlen)
@@ -428,20 +453,30 @@ CYA_API int cya_follow_poll(cya_follower *f, char *errbuf, size_t errlen)
         return 0;
     if (!take_batches(f, errbuf, errlen))
         return 0;
-    uint64_t newest = c->status.last_progress_ns, pending = 0;
+    /* the newest time the file shows: a PROGRESS mark, or the last event of a batch read */
+    uint64_t newest = c->status.last_progress_ns, pending = 0, settled = c->follow_pos;
     for (size_t i = 0; i < f->nfeeds; i++) {
         const feed *fd = &f->feeds[i];
+        for (size_t j = fd->wpos; j < fd->nwaiting; j++)
+            if (fd->waiting[j].len && fd->waiting[j].max_time > newest)
+                newest = fd->waiting[j].max_time;
         if (fd->len > fd->head && fd->q[fd->len - 1].time_ns > newest)
             newest = fd->q[fd->len - 1].time_ns;
     }
     /* no writer (finished, or killed before its trailer): nothing more will come */
     uint64_t until = c->status.complete || !c->status.live ? UINT64_MAX : newest > HOLD_NS ? newest - HOLD_NS : 0;
-    if (!merge(f, until)) {
-        snprintf(errbuf, errlen, "out of memory while replaying the events");
+    if (!merge(f, until, errbuf, errlen))
         return 0;
+    for (size_t i = 0; i < f->nfeeds; i++) {
+        const feed *fd = &f->feeds[i];
+        pending += fd->len - fd->head;
+        for (size_t j = fd->wpos; j < fd->nwaiting; j++) {
+            pending += fd->waiting[j].len;
+            if (fd->waiting[j].frame_pos < settled)
+                settled = fd->waiting[j].frame_pos;
+        }
     }
-    for (size_t i = 0; i < f->nfeeds; i++)
-        pending += f->feeds[i].len - f->feeds[i].head;
+    f->totals.settled_bytes = settled;
     if (!cya_symbols_extend(f->symbols)) {
         snprintf(errbuf, errlen, "out of memory while symbolising");
         return 0;
