@@ -5,6 +5,8 @@
  *   symboliser  (symbolize_*.c)     native PCs -> function/file/line via libdw, inline
  *                                   frames expanded, Cython helpers folded into .pyx lines
  *   aggregator  (analyze_*.c)       events + symbols -> per line / per stack metrics (JSON)
+ *   follower    (analyze_follow.c)  a capture still being written, read and replayed poll by
+ *                                   poll (the live view)
  *
  * Every pointer handed out stays valid until the object that owns it is closed.
  * Loaded from Python with ctypes (cytool/capture.py, cytool/analysis.py).
