@@ -93,8 +93,13 @@ class History:
 
     heap: Deque[int] = field(default_factory=lambda: deque(maxlen=400))
     allocated: Deque[Tuple[float, Dict[tuple, int], int]] = field(default_factory=deque)
+    thread: Optional[int] = None  # the rows' thread filter the rates were measured for
 
-    def rates(self, now: float, rows: List[LineFigures], total: int) -> Tuple[Dict[tuple, float], float]:
+    def rates(self, now: float, rows: List[LineFigures], total: int, thread: Optional[int]) -> Tuple[Dict[tuple, float], float]:
+        """Bytes allocated per second over the last ~2 s, per line and in all."""
+        if thread != self.thread:  # another filter: start again
+            self.allocated.clear()
+            self.thread = thread
         current = {(r.function, r.file, r.line): r.alloc_bytes for r in rows}
         self.allocated.append((now, current, total))
         while len(self.allocated) > 2 and now - self.allocated[1][0] >= RATE_WINDOW_S:
@@ -103,7 +108,8 @@ class History:
         span = now - then
         if span <= 0:
             return {}, 0.0
-        return ({key: (value - before.get(key, 0)) / span for key, value in current.items()}, (total - total_before) / span)
+        return ({key: max(0, value - before.get(key, 0)) / span for key, value in current.items()},
+                max(0, total - total_before) / span)
 
 
 def _status_line(follower: Follower, gone: str) -> str:
@@ -126,9 +132,8 @@ def render(follower: Follower, state: ViewState, history: History, gone: str, he
     t = follower.totals
     threads = follower.threads()
     rows = follower.lines(state.thread)
-    rates, total_rate = history.rates(time.monotonic(), rows, sum(r.alloc_bytes for r in rows))
+    rates, total_rate = history.rates(time.monotonic(), rows, sum(r.alloc_bytes for r in rows), state.thread)
     live_now = sum(r.live_bytes for r in rows)
-    history.heap.append(live_now)
     key = SORT_FIELDS[state.sort]
     rows.sort(key=lambda r: (getattr(r, key), r.alloc_bytes), reverse=True)
     name = dict(threads).get(state.thread, "") if state.thread is not None else ""
@@ -143,9 +148,9 @@ def render(follower: Follower, state: ViewState, history: History, gone: str, he
         f"allocated {human_bytes(sum(r.alloc_bytes for r in rows))} in {sum(r.alloc_count for r in rows):,}   "
         f"rate {human_bytes(total_rate)}/s"
     )
-    spark_width = max(10, width - 30)
+    spark_width = max(10, width - 70)
     heap = list(history.heap)
-    spark = Text.from_markup(f"heap [cyan]{sparkline(heap, spark_width)}[/] max {human_bytes(max(heap) if heap else 0)}")
+    spark = Text.from_markup(f"heap [cyan]{sparkline(heap, spark_width)}[/] max {human_bytes(max(heap) if heap else 0)} (the process, one point a refresh)")
     mode = Text.from_markup(
         f"showing [bold]{thread_label}[/] ({len(threads)} thread{'s' if len(threads) != 1 else ''}: t)   "
         f"sorted by [bold]{state.sort}[/] (s, l p a c)   h: help   q: leave"
@@ -268,6 +273,7 @@ def run_live(capture_path, follow_pid: Optional[int] = None) -> int:
                         failure = error.render()
                         break
                     t = follower.totals
+                    history.heap.append(t.live_bytes)
                     was_writing = was_writing or t.writing
                     if not t.complete and not gone:
                         if follow_pid is not None and not _process_alive(follow_pid):
