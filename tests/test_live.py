@@ -25,7 +25,6 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures" / "reports"))
 from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
 
 from cytool.capture import read_capture  # noqa: E402
-from cytool.errors import CytoolError  # noqa: E402
 from cytool.live.follow import Follower  # noqa: E402
 from cytool.live.view import open_follower  # noqa: E402
 
