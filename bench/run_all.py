@@ -16,6 +16,7 @@ BENCHMARKS = (
     "bench_scale.py",
     "bench_processes.py",
     "bench_debug_agent.py",
+    "bench_live.py",
 )
 
 

@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # typing, like argparse, costs milliseconds on every warm `cy
     from typing import Optional, Sequence
 
 # Subcommands, in the order `cytool --help` lists them.
-COMMANDS = ("run", "build", "profile", "report", "debug", "stack", "attach", "develop", "test")
+COMMANDS = ("run", "build", "profile", "report", "live", "debug", "stack", "attach", "develop", "test")
 # Subcommands that run a program: what follows its FILE / -m MODULE / -c CODE is the program's.
 PROGRAM_COMMANDS = ("run", "profile", "debug")
 

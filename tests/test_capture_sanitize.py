@@ -38,10 +38,10 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def run_driver(driver: Path, paths) -> str:
+def run_driver(driver: Path, paths, *options: str) -> str:
     env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23",
                UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1")
-    result = subprocess.run([str(driver), *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    result = subprocess.run([str(driver), *options, *map(str, paths)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, timeout=900, env=env)
     assert result.returncode == 0, result.stderr[-5000:]
     assert "Sanitizer" not in result.stderr and "runtime error" not in result.stderr, result.stderr[-5000:]
@@ -54,6 +54,16 @@ def test_damaged_captures_are_clean_under_sanitizers(driver: Path, tmp_path: Pat
     outcomes = [line.split()[1] for line in out.splitlines()]
     assert len(outcomes) == len(paths)
     assert {"ok", "truncated", "rejected"} <= set(outcomes)
+
+
+def test_following_damaged_captures_is_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:
+    """The live view's follower (analyze_follow.c) on the same damaged captures, each grown in
+    eight steps and polled after each."""
+    paths = damaged_captures(tmp_path, mangled=100)
+    out = run_driver(driver, paths, "--follow")
+    outcomes = [line.split()[1] for line in out.splitlines()]
+    assert len(outcomes) == len(paths)
+    assert "follow" in outcomes and "rejected" in outcomes
 
 
 def test_hostile_source_paths_are_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:
@@ -80,3 +90,5 @@ def test_real_capture_is_clean_under_sanitizers(driver: Path, tmp_path: Path) ->
     out = run_driver(driver, [capture, cut])
     first, second = out.splitlines()
     assert first.split()[1] == "ok" and second.split()[1] in ("truncated", "rejected")
+    followed = run_driver(driver, [capture], "--follow").split()
+    assert followed[1] == "follow" and int(followed[2]) > 0 and followed[4] == "1"  # complete

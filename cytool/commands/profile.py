@@ -79,6 +79,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "name) or ids; the capture holds them all",
     )
     parser.add_argument("--no-summary", action="store_true", help="do not print the summary at the end")
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="show the live memory view while the program runs (cytool live; q leaves it and the program goes on); "
+        "the program's stdout and stderr go to CAPTURE.out meanwhile, its stdin is /dev/null",
+    )
     parser.set_defaults(handler=handle)
 
 
@@ -166,6 +172,67 @@ def start_tracker(tracker, requested: Optional[Path]):  # -> cytool.tracker.Trac
         return tracker.start()
 
 
+class LiveViewer:
+    """`cytool live CAPTURE --pid <this process>` in a process of its own, on this terminal,
+    while the program runs here with its output in CAPTURE.out."""
+
+    def __init__(self, capture: Path):
+        import subprocess
+
+        self.capture = capture
+        self.log = Path(str(capture) + ".out")
+        self.saved: List[int] = []
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cytool", "live", str(capture), "--pid", str(os.getpid())],
+            env={k: v for k, v in os.environ.items() if k != "CYTOOL_PROFILE"},
+        )
+
+    def hand_over_terminal(self) -> None:
+        """The terminal is the view's: the program's stdin is /dev/null, its stdout and
+        stderr go to the log."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.saved = [os.dup(0), os.dup(1), os.dup(2)]
+        log = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        os.dup2(null, 0)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(null)
+        os.close(log)
+
+    def _restore(self) -> None:
+        if self.saved:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, saved in enumerate(self.saved):
+                os.dup2(saved, fd)
+                os.close(saved)
+            self.saved = []
+
+    def finish(self) -> None:
+        """Wait for the user to leave the view (the program is done), give the terminal back."""
+        try:
+            self.process.wait()
+        except KeyboardInterrupt:
+            self.process.terminate()
+            self.process.wait()
+        self._restore()
+        size = self.log.stat().st_size if self.log.exists() else 0
+        print(f"cytool: the program's output ({size:,} bytes) is in {self.log}", file=sys.stderr)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+        self._restore()
+
+
+def start_viewer(capture: Path) -> LiveViewer:
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CytoolError("--live needs a terminal (stdin and stdout)", hint="run without --live and use `cytool report`", exit_code=2)
+    return LiveViewer(capture)
+
+
 def handle(args: argparse.Namespace) -> int:
     from cytool.launch import Launcher
 
@@ -195,8 +262,19 @@ def handle(args: argparse.Namespace) -> int:
     )
     status = 0
     pid = os.getpid()
-    start_tracker(tracker, args.output)
+    viewer = start_viewer(capture) if args.live else None  # before tracing: none of it is traced
+    try:
+        start_tracker(tracker, args.output)
+    except BaseException:
+        if viewer is not None:
+            viewer.stop()
+        raise
+    if viewer is not None and tracker.path != capture:  # -o was busy: another capture path
+        viewer.stop()
+        viewer = start_viewer(tracker.path)
     capture = tracker.path
+    if viewer is not None:
+        viewer.hand_over_terminal()
     try:
         status = launcher.run()
     except SystemExit as exit_request:
@@ -210,6 +288,8 @@ def handle(args: argparse.Namespace) -> int:
             status = 1
     finally:
         tracker.stop()  # in a forked child: finishes its own capture, if it follows
+        if viewer is not None and os.getpid() == pid:
+            viewer.finish()  # the view says the capture is complete; the user leaves it
     sys.stdout.flush()
     if os.getpid() != pid:  # a forked child that returned here: the summary is the parent's
         return status

@@ -5,6 +5,8 @@
  *   symboliser  (symbolize_*.c)     native PCs -> function/file/line via libdw, inline
  *                                   frames expanded, Cython helpers folded into .pyx lines
  *   aggregator  (analyze_*.c)       events + symbols -> per line / per stack metrics (JSON)
+ *   follower    (analyze_follow.c)  a capture still being written, read and replayed poll by
+ *                                   poll (the live view)
  *
  * Every pointer handed out stays valid until the object that owns it is closed.
  * Loaded from Python with ctypes (cytool/capture.py, cytool/analysis.py).
@@ -279,6 +281,49 @@ typedef struct cya_analyze_options {
 CYA_API char *cya_analyze_json(const cya_capture *capture, const cya_symbols *symbols,
                                const cya_analyze_options *options, char *errbuf, size_t errlen);
 CYA_API void cya_free(void *pointer);
+
+/* ---- follower: a capture read while it is being written (analyze_follow.c) -------- */
+
+/* Figures of one (stack, thread) pair so far. */
+typedef struct cya_follow_cell {
+    uint64_t stack_id;                /* capture stack id (0: no stack) */
+    uint64_t thread_id;
+    uint64_t live_bytes, live_count;  /* live now */
+    uint64_t peak_bytes, peak_count;  /* live at the moment total live bytes was highest */
+    uint64_t alloc_bytes, alloc_count; /* allocated so far */
+} cya_follow_cell;
+
+typedef struct cya_follow_totals {
+    uint64_t live_bytes, live_count, peak_bytes, peak_time_ns;
+    uint64_t alloc_bytes, alloc_count, frees, unmatched_frees;
+    uint64_t events;        /* replayed so far */
+    uint64_t time_ns;       /* the time of the last event replayed */
+    uint64_t pending;       /* events read but held back (a thread's batch may still come) */
+    uint64_t late_events;   /* events that came after later ones were replayed (replayed late) */
+    uint64_t file_bytes, read_bytes;
+    uint64_t settled_bytes; /* the file before this offset is never read again (its batches are replayed) */
+    int complete;           /* the trailer (END record) was read: the writer finished */
+    int live;               /* a process holds the capture's lock: still being written */
+} cya_follow_totals;
+
+typedef struct cya_follower cya_follower;
+
+/* Start following the capture at `path` (the header must be there). `search` as for
+ * cya_symbolize_search. NULL on failure, *error and errbuf set as cya_open. */
+CYA_API cya_follower *cya_follow_open(const char *path, const char *search, int *error, char *errbuf,
+                                      size_t errlen);
+/* Read the frames completed since the last poll, replay their events (threads merged by
+ * time, held back while a thread's earlier events may still come) and symbolise the new
+ * stacks. 1, or 0 with a message in errbuf. */
+CYA_API int cya_follow_poll(cya_follower *f, char *errbuf, size_t errlen);
+CYA_API const cya_follow_totals *cya_follow_get_totals(const cya_follower *f);
+/* Every (stack, thread) pair seen so far; valid until the next poll. */
+CYA_API const cya_follow_cell *cya_follow_get_cells(const cya_follower *f, size_t *count);
+/* The capture as read so far (header, threads, status) and its symbols (locations,
+ * cya_symbols_stack); valid until cya_follow_close. */
+CYA_API const cya_capture *cya_follow_get_capture(const cya_follower *f);
+CYA_API const cya_symbols *cya_follow_get_symbols(const cya_follower *f);
+CYA_API void cya_follow_close(cya_follower *f);
 
 #ifdef __cplusplus
 }

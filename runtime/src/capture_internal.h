@@ -236,6 +236,12 @@ typedef int (*cya_emit_fn)(void *ctx, const cya_event *events, size_t n);
  * kept consistent per address. Memory: one batch per thread and the addresses seen (when
  * several threads have events). 1, or 0 with a message in errbuf ("" when emit stopped). */
 int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
+/* One tick of the merge, for a reader that gathers the ticks itself (analyze_follow.c):
+ * the events of n threads at one time (each thread's in its order) put in the order
+ * cya_merge_stream gives them, into out (room for all); `blocks` is the merge's state
+ * of every address (start it empty, keep it from tick to tick). The number of events,
+ * or SIZE_MAX when out of memory. */
+size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out);
 /* The same, decoding and merging on a second thread while emit runs on this one
  * (capture_pipe.c); the same chunks' events in the same order. */
 int cya_merge_stream_pipelined(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
@@ -276,6 +282,22 @@ struct cya_capture {
     struct cya_segment_ref { uint64_t start, end; uint32_t object; } *segrefs;
     size_t nsegrefs;
     uint64_t longest_segment; /* bounds the look-back of address lookups */
+
+    /* follow mode (cya_capture_follow): the reader's state between two reads, and where
+     * the next frame starts in the file */
+    void *follow;
+    uint64_t follow_pos;
 };
+
+/* Follow a capture that another process may still be writing (capture_read.c): the header
+ * is read now; cya_capture_follow_read then reads the frames completed since the last
+ * call, appending definitions, threads and batches (c->runs, in file order, not put in
+ * order and not checked for gaps: the caller consumes them). A frame not yet complete at
+ * the file's end waits for the next call; a damaged one is skipped and noted as the
+ * reader does. NULL with *error and errbuf set as cya_open. */
+cya_capture *cya_capture_follow(const char *path, int *error, char *errbuf, size_t errlen);
+/* Read what was appended. *grew: bytes of complete frames read now. 1, or 0 with a
+ * message in errbuf (the file cannot be read, shrank below what was read, out of memory). */
+int cya_capture_follow_read(cya_capture *c, uint64_t *grew, char *errbuf, size_t errlen);
 
 #endif

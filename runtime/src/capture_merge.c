@@ -237,6 +237,25 @@ static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, si
     return o;
 }
 
+size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out)
+{
+    if (n == 1) {
+        for (size_t i = 0; i < lens[0]; i++)
+            if (!apply(blocks, &events[0][i]))
+                return SIZE_MAX;
+        memcpy(out, events[0], lens[0] * sizeof *out);
+        return lens[0];
+    }
+    slice *s = malloc((n ? n : 1) * sizeof *s);
+    if (!s)
+        return SIZE_MAX;
+    for (size_t i = 0; i < n; i++)
+        s[i] = (slice){events[i], 0, lens[i]};
+    size_t o = interleave(blocks, s, n, out, 0);
+    free(s);
+    return o;
+}
+
 /* One thread's events being streamed: the batches decoded and not yet merged. */
 typedef struct run_cursor {
     const cya_run *run;

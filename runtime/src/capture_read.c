@@ -1235,6 +1235,8 @@ static int check_runs(reader *r)
     return 1;
 }
 
+static int index_segments(cya_capture *c);
+
 static int finish(reader *r)
 {
     cya_capture *c = r->cap;
@@ -1309,9 +1311,22 @@ static int finish(reader *r)
                 return 0;
             c->threads[i].name = unnamed;
         }
+    if (!index_segments(c))
+        return 0;
+    c->status.problem = c->problem;
+    c->status.notes = c->notes ? c->notes : "";
+    return 1;
+}
+
+/* The objects' segments sorted by start, for address lookups (again when objects were
+ * added). 0 when out of memory. */
+static int index_segments(cya_capture *c)
+{
     size_t nseg = 0;
     for (size_t i = 0; i < c->nobjects; i++)
         nseg += c->objects[i].nsegments;
+    free(c->segrefs);
+    c->nsegrefs = 0;
     c->segrefs = malloc((nseg ? nseg : 1) * sizeof *c->segrefs);
     if (!c->segrefs)
         return 0;
@@ -1326,8 +1341,6 @@ static int finish(reader *r)
             c->segrefs[c->nsegrefs++] = s;
         }
     qsort(c->segrefs, c->nsegrefs, sizeof *c->segrefs, segref_cmp);
-    c->status.problem = c->problem;
-    c->status.notes = c->notes ? c->notes : "";
     return 1;
 }
 
@@ -1434,10 +1447,253 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
     return c;
 }
 
+/* ---- follow mode: a capture still being written, read as it grows ------------------- */
+
+#define FOLLOW_CHUNK (64u << 20) /* the most bytes read into memory at once */
+
+/* The reader's state kept between two reads, and the bytes read but not yet decoded. */
+typedef struct follower_state {
+    reader r;
+    LZ4F_dctx *dctx;
+    uint8_t *in, *out;
+    size_t in_cap, out_cap;
+    uint64_t nobjects_indexed;
+} follower_state;
+
+cya_capture *cya_capture_follow(const char *path, int *error, char *errbuf, size_t errlen)
+{
+    *error = CYA_OK;
+    int fd = cya_open_regular(path);
+    if (fd < 0) {
+        *error = CYA_E_IO;
+        snprintf(errbuf, errlen, "%s: %s", path,
+                 errno == EISDIR ? "is a directory, not a capture" : errno == EINVAL ? "not a regular file" : strerror(errno));
+        return NULL;
+    }
+    uint8_t head[1 << 16];
+    ssize_t n = pread(fd, head, sizeof head, 0);
+    if (n < 0) {
+        *error = CYA_E_IO;
+        snprintf(errbuf, errlen, "%s: %s", path, strerror(errno));
+        close(fd);
+        return NULL;
+    }
+    cya_capture *c = calloc(1, sizeof *c);
+    follower_state *f = calloc(1, sizeof *f);
+    if (!c || !f || LZ4F_isError(LZ4F_createDecompressionContext(&f->dctx, LZ4F_VERSION))) {
+        *error = CYA_E_NOMEM;
+        snprintf(errbuf, errlen, "out of memory");
+        if (f && f->dctx)
+            LZ4F_freeDecompressionContext(f->dctx);
+        free(f);
+        free(c);
+        close(fd);
+        return NULL;
+    }
+    c->fd = fd;
+    c->follow = f;
+    f->r.cap = c;
+    size_t body = 0;
+    if (!parse_header(c, head, (size_t)n, &body, error, errbuf, errlen, path)) {
+        cya_close(c);
+        return NULL;
+    }
+    c->follow_pos = body;
+    c->status.recovered_bytes = body;
+    c->status.problem = c->problem;
+    c->status.notes = "";
+    return c;
+}
+
+/* Decode the complete frames of buf (file bytes [base, base + len)); `more`: the file goes
+ * on after buf. Returns the bytes used up (a frame not complete in buf is left for later). */
+static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, uint64_t base, int more)
+{
+    reader *r = &f->r;
+    cya_capture *c = r->cap;
+    size_t pos = 0;
+    while (pos < len && !r->out_of_memory && !c->status.complete) {
+        size_t start = next_magic(buf, len, pos);
+        if (start != pos) { /* bytes that are no frame: damage, or a magic not yet whole */
+            size_t skip = start == len ? (len - pos > 3 ? len - 3 : pos) : start;
+            if (skip == pos)
+                break;
+            set_problem(c, "%zu bytes at byte %llu are not an LZ4 frame", skip - pos, (unsigned long long)(base + pos));
+            add_note(c, "%zu bytes at byte %llu are not a frame: skipped", skip - pos, (unsigned long long)(base + pos));
+            c->status.damaged_frames++;
+            c->status.truncated = 1;
+            pos = skip;
+            continue;
+        }
+        size_t in_off = 0, out_len = 0;
+        int done = 0, cut = 0;
+        const char *error = NULL;
+        LZ4F_resetDecompressionContext(f->dctx);
+        for (;;) {
+            if (f->out_cap - out_len < (1u << 16) && !cya_grow((void **)&f->out, &f->out_cap, out_len + (1u << 16), 1)) {
+                set_problem(c, "out of memory while decompressing");
+                r->out_of_memory = 1;
+                break;
+            }
+            size_t dsz = f->out_cap - out_len, ssz = len - pos - in_off;
+            size_t ret = LZ4F_decompress(f->dctx, f->out + out_len, &dsz, buf + pos + in_off, &ssz, NULL);
+            if (LZ4F_isError(ret)) {
+                error = LZ4F_getErrorName(ret);
+                break;
+            }
+            in_off += ssz;
+            out_len += dsz;
+            if (ret == 0) {
+                done = 1;
+                break;
+            }
+            if (pos + in_off >= len && dsz == 0) {
+                cut = 1;
+                break;
+            }
+        }
+        if (r->out_of_memory)
+            break;
+        if (cut) /* not complete yet: the writer is still writing it (or more is to be read) */
+            break;
+        if (!done) {
+            size_t next = next_magic(buf, len, pos + 1);
+            if (next == len && !more)
+                next = len > pos + 4 ? len - 3 : pos + 1;
+            set_problem(c, "the LZ4 frame starting at byte %llu is damaged (%s)", (unsigned long long)(base + pos),
+                        error ? error : "cut short");
+            add_note(c, "the frame at byte %llu is damaged (%s): skipped", (unsigned long long)(base + pos),
+                     error ? error : "cut short");
+            c->status.damaged_frames++;
+            c->status.truncated = 1;
+            pos = next;
+            continue;
+        }
+        c->status.frames++;
+        r->frame_pos = base + pos;
+        r->frame_len = in_off;
+        if (!cya_grow((void **)&f->out, &f->out_cap, out_len + FRAME_PADDING, 1)) {
+            set_problem(c, "out of memory while decompressing");
+            r->out_of_memory = 1;
+            break;
+        }
+        memset(f->out + out_len, 0, FRAME_PADDING);
+        if (!decode_frame(r, f->out, out_len, (size_t)(base + pos))) {
+            c->status.damaged_frames++;
+            c->status.truncated = 1;
+        }
+        pos += in_off;
+        c->status.recovered_bytes += in_off;
+    }
+    return pos;
+}
+
+int cya_capture_follow_read(cya_capture *c, uint64_t *grew, char *errbuf, size_t errlen)
+{
+    follower_state *f = c->follow;
+    *grew = 0;
+    struct stat st;
+    if (fstat(c->fd, &st) < 0) {
+        snprintf(errbuf, errlen, "%s", strerror(errno));
+        return 0;
+    }
+    uint64_t size = (uint64_t)st.st_size;
+    if (size < c->follow_pos) {
+        snprintf(errbuf, errlen, "the capture shrank to %llu bytes, below the %llu already read (it was replaced?)",
+                 (unsigned long long)size, (unsigned long long)c->follow_pos);
+        return 0;
+    }
+    c->status.file_bytes = size;
+    /* a writer holds an exclusive lock while it writes (FORMAT.md section 1) */
+    if (flock(c->fd, LOCK_SH | LOCK_NB) == 0) {
+        c->status.live = 0;
+        (void)flock(c->fd, LOCK_UN);
+    } else {
+        c->status.live = errno == EWOULDBLOCK;
+    }
+    while (c->follow_pos < size && !c->status.complete && !f->r.out_of_memory) {
+        uint64_t want = size - c->follow_pos;
+        if (want > FOLLOW_CHUNK)
+            want = FOLLOW_CHUNK;
+        if (!cya_grow((void **)&f->in, &f->in_cap, (size_t)want, 1)) {
+            snprintf(errbuf, errlen, "out of memory");
+            return 0;
+        }
+        size_t got = 0;
+        while (got < want) {
+            ssize_t n = pread(c->fd, f->in + got, (size_t)(want - got), (off_t)(c->follow_pos + got));
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0) {
+                snprintf(errbuf, errlen, "%s", strerror(errno));
+                return 0;
+            }
+            if (n == 0)
+                break;
+            got += (size_t)n;
+        }
+        int more = c->follow_pos + got < size;
+        size_t used = follow_frames(f, f->in, got, c->follow_pos, more);
+        c->follow_pos += used;
+        *grew += used;
+        if (!used && (!more || got < want))
+            break; /* a frame still being written */
+        if (!used) { /* one frame larger than a chunk: read it whole */
+            if (want >= size - c->follow_pos)
+                break;
+            snprintf(errbuf, errlen, "a frame at byte %llu is larger than %u MiB", (unsigned long long)c->follow_pos,
+                     FOLLOW_CHUNK >> 20);
+            return 0;
+        }
+    }
+    if (f->r.out_of_memory) {
+        snprintf(errbuf, errlen, "out of memory while reading the capture");
+        return 0;
+    }
+    c->runs = f->r.runs;
+    for (size_t i = 0; i < c->nthreads; i++) {
+        if (!c->threads[i].name && !(c->threads[i].name = strdup(""))) {
+            snprintf(errbuf, errlen, "out of memory");
+            return 0;
+        }
+        c->threads[i].nevents = f->r.runs[i].len;
+    }
+    if (c->nobjects != f->nobjects_indexed) {
+        if (!index_segments(c)) {
+            snprintf(errbuf, errlen, "out of memory");
+            return 0;
+        }
+        f->nobjects_indexed = c->nobjects;
+    }
+    c->status.problem = c->problem;
+    c->status.notes = c->notes ? c->notes : "";
+    return 1;
+}
+
+static void follow_free(cya_capture *c)
+{
+    follower_state *f = c->follow;
+    if (!f)
+        return;
+    if (!c->runs)
+        c->runs = f->r.runs;
+    free(f->r.scratch);
+    free(f->r.scan_ids);
+    free(f->r.used_bits);
+    cya_map_free(&f->r.used_big);
+    if (f->dctx)
+        LZ4F_freeDecompressionContext(f->dctx);
+    free(f->in);
+    free(f->out);
+    free(f);
+    c->follow = NULL;
+}
+
 CYA_API void cya_close(cya_capture *c)
 {
     if (!c)
         return;
+    follow_free(c);
     free((void *)c->header.python_version);
     free((void *)c->header.executable);
     if (c->argv)

@@ -101,4 +101,10 @@ void cy_sources_free(cy_sources *s);
 /* 1 when `file` has a line `line`, or when the file cannot be read (benefit of doubt). */
 int cy_line_exists(cy_sources *s, const char *file, int line);
 
+/* ---- symbolize_stacks.c ---- */
+
+/* Symbolise the stacks (and note the objects) the capture gained since the symbols were
+ * made or last extended (a capture followed as it grows). 0 when out of memory. */
+int cya_symbols_extend(cya_symbols *s);
+
 #endif

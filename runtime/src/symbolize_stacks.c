@@ -81,6 +81,7 @@ struct cya_symbols {
     uint32_t *frames; /* folded stacks, location indices */
     size_t nframes, cap_frames;
     span *stacks;     /* parallel to the capture's stacks */
+    size_t nstacks_done, nobjects_known; /* what cya_symbols_extend has seen of the capture */
 
     char *warnings;
     size_t nwarnings, cap_warnings;
@@ -598,12 +599,46 @@ CYA_API cya_symbols *cya_symbolize_search(const cya_capture *capture, const char
         fold_stack(s, &capture->stacks[i], &tmp, &tmp_cap, seen, (uint32_t)(i + 1));
     free(tmp);
     free(seen);
+    s->nstacks_done = capture->nstacks;
+    s->nobjects_known = capture->nobjects;
     warn_c_lines_only(s);
     if (s->failed) {
         cya_symbols_close(s);
         return NULL;
     }
     return s;
+}
+
+int cya_symbols_extend(cya_symbols *s)
+{
+    const cya_capture *capture = s->capture;
+    if (s->failed)
+        return 0;
+    if (capture->nobjects > s->nobjects_known) {
+        obj_state *objects = realloc(s->objects, capture->nobjects * sizeof *objects);
+        if (!objects)
+            return 0;
+        memset(objects + s->nobjects_known, 0, (capture->nobjects - s->nobjects_known) * sizeof *objects);
+        s->objects = objects;
+        s->nobjects_known = capture->nobjects;
+    }
+    if (capture->nstacks == s->nstacks_done)
+        return 1;
+    span *stacks = realloc(s->stacks, capture->nstacks * sizeof *stacks);
+    if (!stacks)
+        return 0;
+    s->stacks = stacks;
+    uint32_t *seen = calloc(capture->nobjects ? capture->nobjects : 1, sizeof *seen);
+    uint32_t *tmp = NULL;
+    size_t tmp_cap = 0;
+    if (!seen)
+        return 0;
+    for (size_t i = s->nstacks_done; i < capture->nstacks && !s->failed; i++)
+        fold_stack(s, &capture->stacks[i], &tmp, &tmp_cap, seen, (uint32_t)(i - s->nstacks_done + 1));
+    free(tmp);
+    free(seen);
+    s->nstacks_done = capture->nstacks;
+    return !s->failed;
 }
 
 CYA_API void cya_symbols_close(cya_symbols *s)
@@ -619,7 +654,7 @@ CYA_API void cya_symbols_close(cya_symbols *s)
     free(s->extra);
     cya_map_free(&s->loc_index);
     if (s->objects)
-        for (size_t i = 0; i < s->capture->nobjects; i++) {
+        for (size_t i = 0; i < s->nobjects_known; i++) {
             sym_dwarf_close(s->objects[i].dwarf);
             cy_names_free(s->objects[i].names);
             for (size_t k = 0; k < s->objects[i].nc_sources; k++) {

@@ -1,0 +1,320 @@
+"""The live view: the C follower (runtime/src/analyze_follow.c through cytool.live.follow)
+on a capture grown in steps and on one a running `cytool profile` is writing, its figures
+at the end equal to `cytool report --format json`'s; `cytool profile --live` and
+`cytool live` on a real terminal (tmux); and their errors."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+GROW = REPO / "tests" / "fixtures" / "live" / "grow.pyx"
+BENCH = REPO / "examples" / "bench_alloc.pyx"
+
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "reports"))
+
+from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+
+from cytool.capture import read_capture  # noqa: E402
+from cytool.live.follow import Follower  # noqa: E402
+from cytool.live.view import open_follower  # noqa: E402
+
+FIGURES = ("bytes", "count", "peak_bytes", "peak_count", "leaked_bytes", "leaked_count")
+needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+
+def cytool(*args: object, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cytool", *map(str, args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=300, **kwargs)
+
+
+def report_json(capture: Path) -> dict:
+    done = cytool("report", capture, "-f", "json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def follower_figures(follower: Follower) -> Dict[str, int]:
+    t = follower.totals
+    return {"bytes": t.alloc_bytes, "count": t.alloc_count, "peak_bytes": t.peak_bytes,
+            "peak_count": sum(r.peak_count for r in follower.lines()), "leaked_bytes": t.live_bytes,
+            "leaked_count": t.live_count}
+
+
+def line_figures(follower: Follower, file_name: str, line: int) -> Dict[str, int]:
+    rows = [r for r in follower.lines() if Path(r.file).name == file_name and r.line == line]
+    assert len(rows) == 1, [(r.function, r.where) for r in follower.lines()]
+    r = rows[0]
+    return {"function": r.function, "bytes": r.alloc_bytes, "count": r.alloc_count, "peak_bytes": r.peak_bytes,
+            "peak_count": r.peak_count, "leaked_bytes": r.live_bytes, "leaked_count": r.live_count}
+
+
+def report_line(report: dict, file_name: str, line: int) -> Dict[str, int]:
+    rows = [r for r in report["lines"] if Path(r["file"]).name == file_name and r["line"] == line]
+    assert len(rows) == 1
+    return {"function": rows[0]["function"], **{k: rows[0][k] for k in FIGURES}}
+
+
+@pytest.fixture(scope="module")
+def bench_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished capture of bench_alloc.pyx with three threads."""
+    folder = tmp_path_factory.mktemp("live-bench")
+    capture = folder / "bench.cytrace"
+    done = cytool("profile", "--no-summary", "-o", capture, BENCH, "--", 100000, 3, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    return capture
+
+
+def test_follower_on_a_capture_grown_in_steps_ends_with_the_reports_figures(bench_capture: Path, tmp_path: Path) -> None:
+    data = bench_capture.read_bytes()
+    grown = tmp_path / "grown.cytrace"
+    # the header first, then the body in uneven steps that cut frames anywhere
+    header_end = 16 + int.from_bytes(data[12:16], "little")
+    cuts = [header_end + 2] + [len(data) * k // 9 + 13 * k for k in range(1, 9)] + [len(data)]
+    cuts = sorted({min(c, len(data)) for c in cuts})
+    grown.write_bytes(data[: cuts[0]])
+    writer = open(grown, "r+b")
+    fcntl.flock(writer, fcntl.LOCK_EX)  # as the tracer holds it while it writes
+    follower = Follower(grown)
+    last_count, last_read = 0, 0
+    for cut in cuts[1:]:
+        with open(grown, "r+b") as f:  # the same file, growing (its inode is followed)
+            f.seek(0, os.SEEK_END)
+            f.write(data[f.tell() : cut])
+        follower.poll()
+        t = follower.totals
+        assert t.read_bytes <= cut and t.read_bytes >= last_read  # a frame cut short waits
+        assert t.alloc_count >= last_count
+        assert not follower.notes and not follower.status_problem, follower.notes  # waiting is no damage
+        assert t.complete == (cut == len(data)) and t.writing
+        last_count, last_read = t.alloc_count, t.read_bytes
+        # what the follower is done with is never read again: wipe it (the header was read at the start)
+        assert header_end <= t.settled_bytes <= t.read_bytes
+        with open(grown, "r+b") as f:
+            f.seek(header_end)
+            f.write(b"\0" * (t.settled_bytes - header_end))
+    assert last_read == len(data) and follower.totals.pending == 0 and follower.totals.late_events == 0
+    assert follower.totals.settled_bytes == len(data)
+    writer.close()
+    report = report_json(bench_capture)
+    assert follower_figures(follower) == {k: report["totals"][k] for k in FIGURES}
+    assert line_figures(follower, "bench_alloc.pyx", 21) == report_line(report, "bench_alloc.pyx", 21)
+    assert line_figures(follower, "bench_alloc.pyx", 21)["function"] == "bench_alloc.churn"
+    assert {name for _, name in follower.threads()} >= {"MainThread", "Thread-1 (work)"}
+    follower.close()
+
+
+def test_follower_reports_a_damaged_frame_as_the_reader_does(bench_capture: Path, tmp_path: Path) -> None:
+    data = bytearray(bench_capture.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 64] = b"\xff" * 64  # inside some frame
+    damaged = tmp_path / "damaged.cytrace"
+    damaged.write_bytes(bytes(data[: len(data) // 3]))
+    writer = open(damaged, "r+b")
+    fcntl.flock(writer, fcntl.LOCK_EX)
+    follower = Follower(damaged)
+    follower.poll()
+    assert not follower.notes
+    with open(damaged, "ab") as f:
+        f.write(bytes(data[len(data) // 3 :]))
+    follower.poll()
+    writer.close()
+    with read_capture(damaged) as whole:
+        assert whole.truncated and any("damaged" in note for note in whole.notes)
+        expected = [note for note in whole.notes if "damaged" in note]
+    assert [note for note in follower.notes if "damaged" in note] == expected
+    assert follower.totals.complete and follower.totals.alloc_count > 0
+    follower.close()
+
+
+def test_follower_on_a_capture_a_running_profile_writes(tmp_path: Path) -> None:
+    capture, stop = tmp_path / "run.cytrace", tmp_path / "stop"
+    program = subprocess.Popen([sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", capture, GROW, "--",
+                                stop], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        follower = open_follower(capture, program.pid, wait_s=240)
+        deadline = time.monotonic() + 120
+        held = {}
+        while time.monotonic() < deadline:
+            follower.poll()
+            rows = [r for r in follower.lines() if r.function == "grow.hold_blocks"]
+            if rows and rows[0].live_bytes >= 10 * 65536:
+                held = line_figures(follower, "grow.pyx", 19)
+                break
+            time.sleep(0.2)
+        assert held and held["leaked_bytes"] % 65536 == 0
+        assert follower.totals.writing and not follower.totals.complete
+        stop.touch()
+        assert program.wait(timeout=120) == 0, program.stderr.read()
+        for _ in range(50):
+            follower.poll()
+            if follower.totals.complete:
+                break
+            time.sleep(0.1)
+        assert follower.totals.complete and not follower.totals.writing
+        report = report_json(capture)
+        assert follower_figures(follower) == {k: report["totals"][k] for k in FIGURES}
+        assert line_figures(follower, "grow.pyx", 19) == report_line(report, "grow.pyx", 19)
+        assert {name for _, name in follower.threads()} >= {"MainThread", "churner"}
+        follower.close()
+    finally:
+        stop.touch()
+        if program.poll() is None:
+            program.kill()
+            program.wait()
+
+
+def write_small_capture(path: Path, version: int) -> None:
+    with CaptureWriter(path, version=version) as w:
+        w.object(1, 0x7F0000000000, "/tmp/mod.so", b"\xde\xad\xbe\xef", [(0x7F0000001000, 0x7F0000002000)])
+        w.thread(0, 1234, "MainThread")
+        w.pyframe(7, 12, "main", "/tmp/run.py")
+        w.stack(1, [pc_word(0x7F0000001234), py_word(7)])
+        w.batch(0, 100, [("malloc", 0, 0x5000, 64, 1), ("calloc", 10, 0x5100, 128, 1), ("free", 7, 0x5100, 0, 0),
+                         ("mmap", 3, 0x7F1000000000, 1 << 20, 1), ("munmap", 3, 0x7F1000080000, 1 << 19, 0)])
+        w.flush()
+        w.stats(5, 0, 1, 2)
+        w.end(1000)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_follower_reads_captures_of_older_cytools(tmp_path: Path, version: int) -> None:
+    capture = tmp_path / f"v{version}.cytrace"
+    write_small_capture(capture, version)
+    with Follower(capture) as follower:
+        follower.poll()
+        assert follower.format_version == version and follower.totals.complete
+        report = report_json(capture)
+        assert follower_figures(follower) == {k: report["totals"][k] for k in FIGURES}
+        assert follower_figures(follower)["leaked_bytes"] == 64 + (1 << 19)
+
+
+def test_live_errors(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    done = cytool("live", text)
+    assert done.returncode == 2 and "not a cytool capture" in done.stderr and "Traceback" not in done.stderr
+    newer = tmp_path / "newer.cytrace"
+    with CaptureWriter(newer, version=4) as w:
+        w.end(1)
+    done = cytool("live", newer)
+    assert done.returncode == 2 and "written by a newer cytool" in done.stderr and "Traceback" not in done.stderr
+    done = cytool("live", tmp_path / "missing.cytrace")
+    assert done.returncode == 2 and "no such file" in done.stderr
+    small = tmp_path / "small.cytrace"
+    write_small_capture(small, 3)
+    done = cytool("live", small, stdin=subprocess.DEVNULL)
+    assert done.returncode == 2 and "needs a terminal" in done.stderr and "Traceback" not in done.stderr
+    done = cytool("profile", "--live", "-c", "pass", stdin=subprocess.DEVNULL, cwd=tmp_path)
+    assert done.returncode == 2 and "--live needs a terminal" in done.stderr
+
+
+# ---- the view on a real terminal ---------------------------------------------------
+
+
+class Screen:
+    def __init__(self, session: str, command: str):
+        self.session = session
+        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
+
+    def text(self) -> str:
+        done = subprocess.run(["tmux", "capture-pane", "-t", self.session, "-p", "-S", "-100"], stdout=subprocess.PIPE,
+                              text=True)
+        return done.stdout
+
+    def wait(self, condition: Callable[[str], bool], timeout: float = 90) -> str:
+        deadline = time.monotonic() + timeout
+        text = ""
+        while time.monotonic() < deadline:
+            text = self.text()
+            if condition(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"the screen never showed what was expected:\n{text}")
+
+    def keys(self, *keys: str) -> None:
+        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "kill-session", "-t", self.session], stderr=subprocess.DEVNULL)
+
+
+def table_rows(text: str):
+    return [line for line in text.splitlines() if "│" in line]
+
+
+@needs_tmux
+def test_profile_live_view_in_tmux(tmp_path: Path) -> None:
+    capture, stop, status = tmp_path / "live.cytrace", tmp_path / "stop", tmp_path / "status"
+    env = f"CYTOOL_CACHE_DIR={os.environ['CYTOOL_CACHE_DIR']}"
+    command = (f"cd {tmp_path} && {env} {sys.executable} -m cytool profile --live -o {capture} {GROW} -- {stop}; "
+               f"echo $? > {status}; sleep 60")
+    screen = Screen(f"cytool-live-{os.getpid()}", command)
+    try:
+        text = screen.wait(lambda t: "grow.hold_blocks" in t and "grow.pyx:19" in t and "running" in t, timeout=240)
+        assert "sorted by live" in text and "heap " in text and "all threads" in text
+        assert any("▼" in line for line in text.splitlines() if "live" in line)
+        screen.keys("a")
+        screen.wait(lambda t: "sorted by allocated" in t)
+        screen.keys("c")
+        screen.wait(lambda t: "sorted by count" in t)
+        # the thread filter: the churner thread's lines only (hold_blocks is the main thread's)
+        for _ in range(4):
+            screen.keys("t")
+            try:
+                text = screen.wait(lambda t: "churner" in t.split("sorted by")[0] and "grow.churn " in t, timeout=3)
+                break
+            except AssertionError:
+                continue
+        assert "grow.churn " in text and "grow.pyx:26" in text
+        assert not any("grow.hold_blocks" in row for row in table_rows(text))
+        screen.keys("T")
+        screen.wait(lambda t: "all threads" in t)
+        screen.keys("h")
+        text = screen.wait(lambda t: "keys" in t and "leave the view" in t)
+        screen.keys("h")
+        screen.wait(lambda t: "leave the view" not in t)
+        screen.keys("q")
+        text = screen.wait(lambda t: "left the view" in t, timeout=30)
+        assert "still running" in text
+        assert not status.exists()  # q left the view; the program goes on
+        size = capture.stat().st_size
+        time.sleep(1.0)
+        assert capture.stat().st_size > size  # still tracing
+        stop.touch()
+        screen.wait(lambda t: status.exists() and "capture: " in t, timeout=120)
+        assert status.read_text().strip() == "0"
+    finally:
+        stop.touch()
+        screen.close()
+    with read_capture(capture) as done:
+        assert done.complete and not done.truncated, done.truncation_message()
+    assert "done" in (tmp_path / "live.cytrace.out").read_text()
+
+
+@needs_tmux
+def test_live_says_when_the_capture_vanishes(bench_capture: Path, tmp_path: Path) -> None:
+    part = tmp_path / "part.cytrace"
+    part.write_bytes(bench_capture.read_bytes()[: bench_capture.stat().st_size // 2])
+    status = tmp_path / "status"
+    command = f"{sys.executable} -m cytool live {part} 2> {tmp_path / 'err'}; echo $? > {status}; sleep 60"
+    screen = Screen(f"cytool-vanish-{os.getpid()}", command)
+    try:
+        screen.wait(lambda t: "bench_alloc.churn" in t and "not being written" in t, timeout=60)
+        part.unlink()
+        deadline = time.monotonic() + 30
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert status.read_text().strip() == "1"
+        assert "vanished" in (tmp_path / "err").read_text()
+    finally:
+        screen.close()
