@@ -204,7 +204,7 @@ def test_live_errors(tmp_path: Path) -> None:
     done = cytool("live", text)
     assert done.returncode == 2 and "not a cytool capture" in done.stderr and "Traceback" not in done.stderr
     newer = tmp_path / "newer.cytrace"
-    with CaptureWriter(newer, version=4) as w:
+    with CaptureWriter(newer, version=9) as w:
         w.end(1)
     done = cytool("live", newer)
     assert done.returncode == 2 and "written by a newer cytool" in done.stderr and "Traceback" not in done.stderr
