@@ -604,6 +604,45 @@ static int decode_batch(reader *r, cursor *cur)
     return 1;
 }
 
+/* How decompressing one frame ended. */
+enum { INFLATE_DONE, INFLATE_CUT, INFLATE_DAMAGED, INFLATE_NO_MEMORY };
+
+/* Decompress the LZ4 frame at `src` (at most `avail` bytes) into *out (grown as needed):
+ * INFLATE_DONE (the whole frame: *consumed bytes read, *produced written), INFLATE_CUT
+ * (the bytes end inside the frame), INFLATE_DAMAGED (*error names liblz4's complaint) or
+ * INFLATE_NO_MEMORY. */
+static int inflate_frame(LZ4F_dctx *dctx, const uint8_t *src, size_t avail, uint8_t **out, size_t *out_cap,
+                         size_t *consumed, size_t *produced, const char **error) {
+    size_t in_off = 0, out_len = 0;
+    int state;
+    for (;;) {
+        if (*out_cap - out_len < (1u << 16) && !cya_grow((void **)out, out_cap, out_len + (1u << 16), 1)) {
+            state = INFLATE_NO_MEMORY;
+            break;
+        }
+        size_t dsz = *out_cap - out_len, ssz = avail - in_off;
+        size_t ret = LZ4F_decompress(dctx, *out + out_len, &dsz, src + in_off, &ssz, NULL);
+        if (LZ4F_isError(ret)) {
+            *error = LZ4F_getErrorName(ret);
+            state = INFLATE_DAMAGED;
+            break;
+        }
+        in_off += ssz;
+        out_len += dsz;
+        if (ret == 0) {
+            state = INFLATE_DONE;
+            break;
+        }
+        if (in_off >= avail && dsz == 0) {
+            state = INFLATE_CUT;
+            break;
+        }
+    }
+    *consumed = in_off;
+    *produced = out_len;
+    return state;
+}
+
 /* ---- the second reading: one batch's events, decoded again from its frame ---------- */
 
 struct cya_batch_loader {
@@ -656,20 +695,14 @@ static const char *load_frame(cya_batch_loader *l, uint64_t pos, uint64_t len)
     }
     LZ4F_resetDecompressionContext(l->dctx);
     size_t in_off = 0;
-    l->out_len = 0;
-    for (;;) {
-        if (l->out_cap - l->out_len < (1u << 16) && !cya_grow((void **)&l->out, &l->out_cap, l->out_len + (1u << 16), 1))
-            return "out of memory";
-        size_t dsz = l->out_cap - l->out_len, ssz = len - in_off;
-        size_t ret = LZ4F_decompress(l->dctx, l->out + l->out_len, &dsz, l->in + in_off, &ssz, NULL);
-        if (LZ4F_isError(ret))
-            return "the frame no longer decodes (the file changed since it was read)";
-        in_off += ssz;
-        l->out_len += dsz;
-        if (ret == 0)
-            break;
-        if (in_off >= len && dsz == 0)
-            return "the frame is cut short (the file changed since it was read)";
+    const char *error = NULL;
+    switch (inflate_frame(l->dctx, l->in, len, &l->out, &l->out_cap, &in_off, &l->out_len, &error)) {
+    case INFLATE_NO_MEMORY:
+        return "out of memory";
+    case INFLATE_DAMAGED:
+        return "the frame no longer decodes (the file changed since it was read)";
+    case INFLATE_CUT:
+        return "the frame is cut short (the file changed since it was read)";
     }
     if (!cya_grow((void **)&l->out, &l->out_cap, l->out_len + FRAME_PADDING, 1))
         return "out of memory";
@@ -1079,34 +1112,14 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
             continue;
         }
         size_t in_off = 0, out_len = 0;
-        int done = 0, cut = 0;
         const char *error = NULL;
-        for (;;) {
-            if (out_cap - out_len < (1u << 16) &&
-                !cya_grow((void **)&out, &out_cap, out_len + (1u << 16), 1)) {
-                set_problem(c, "out of memory while decompressing");
-                r->out_of_memory = 1;
-                break;
-            }
-            size_t dsz = out_cap - out_len, ssz = len - pos - in_off;
-            size_t ret = LZ4F_decompress(dctx, out + out_len, &dsz, buf + pos + in_off, &ssz, NULL);
-            if (LZ4F_isError(ret)) {
-                error = LZ4F_getErrorName(ret);
-                break;
-            }
-            in_off += ssz;
-            out_len += dsz;
-            if (ret == 0) {
-                done = 1;
-                break;
-            }
-            if (pos + in_off >= len && dsz == 0) {
-                cut = 1;
-                break;
-            }
-        }
-        if (r->out_of_memory)
+        int state = inflate_frame(dctx, buf + pos, len - pos, &out, &out_cap, &in_off, &out_len, &error);
+        if (state == INFLATE_NO_MEMORY) {
+            set_problem(c, "out of memory while decompressing");
+            r->out_of_memory = 1;
             break;
+        }
+        int done = state == INFLATE_DONE, cut = state == INFLATE_CUT;
         if (!done) {
             LZ4F_resetDecompressionContext(dctx);
             size_t next = next_magic(buf, len, pos + 1);
@@ -1526,34 +1539,15 @@ static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, u
             continue;
         }
         size_t in_off = 0, out_len = 0;
-        int done = 0, cut = 0;
         const char *error = NULL;
         LZ4F_resetDecompressionContext(f->dctx);
-        for (;;) {
-            if (f->out_cap - out_len < (1u << 16) && !cya_grow((void **)&f->out, &f->out_cap, out_len + (1u << 16), 1)) {
-                set_problem(c, "out of memory while decompressing");
-                r->out_of_memory = 1;
-                break;
-            }
-            size_t dsz = f->out_cap - out_len, ssz = len - pos - in_off;
-            size_t ret = LZ4F_decompress(f->dctx, f->out + out_len, &dsz, buf + pos + in_off, &ssz, NULL);
-            if (LZ4F_isError(ret)) {
-                error = LZ4F_getErrorName(ret);
-                break;
-            }
-            in_off += ssz;
-            out_len += dsz;
-            if (ret == 0) {
-                done = 1;
-                break;
-            }
-            if (pos + in_off >= len && dsz == 0) {
-                cut = 1;
-                break;
-            }
-        }
-        if (r->out_of_memory)
+        int state = inflate_frame(f->dctx, buf + pos, len - pos, &f->out, &f->out_cap, &in_off, &out_len, &error);
+        if (state == INFLATE_NO_MEMORY) {
+            set_problem(c, "out of memory while decompressing");
+            r->out_of_memory = 1;
             break;
+        }
+        int done = state == INFLATE_DONE, cut = state == INFLATE_CUT;
         if (cut) /* not complete yet: the writer is still writing it (or more is to be read) */
             break;
         if (!done) {
