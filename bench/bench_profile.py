@@ -21,7 +21,6 @@ import os
 import platform
 import random
 import resource
-import shutil
 import signal
 import statistics
 import subprocess
@@ -32,6 +31,9 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from timing import build_baseline  # noqa: E402
+
 WORKLOAD = REPO / "examples" / "bench_alloc.pyx"
 KILL_WORKLOAD = REPO / "bench" / "kill_workload.pyx"
 RESULTS = REPO / "bench" / "results" / "profile.md"
@@ -45,14 +47,6 @@ def baseline_env(baseline: Optional[Path], cache: Path) -> Dict[str, str]:
         env["CYTOOL_CACHE_DIR"] = str(cache)
     return env
 
-
-def build_baseline(ref: str, into: Path) -> Path:
-    """The git revision `ref` of this repository, with its runtime and extension built in place."""
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=subprocess.PIPE, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return into
 
 
 CPU_SECONDS: Dict[str, List[float]] = {}  # command label -> CPU seconds (user + system) of its runs

@@ -31,7 +31,8 @@ WORKLOAD = HERE / "pyframes_workload.pyx"
 RESULTS = HERE / "results" / "pyframes.md"
 
 sys.path.insert(0, str(HERE))
-from bench_profile import baseline_env, build_baseline, capture_events, memray_available, memray_events  # noqa: E402
+from bench_profile import baseline_env, capture_events, memray_available, memray_events  # noqa: E402
+from timing import build_baseline, load_average  # noqa: E402
 
 
 def run_once(argv: Sequence[str], cwd: Path, env: Optional[Dict[str, str]]) -> Tuple[float, float]:
@@ -49,12 +50,6 @@ def run_once(argv: Sequence[str], cwd: Path, env: Optional[Dict[str, str]]) -> T
             raise SystemExit(f"failed ({proc.returncode}): {' '.join(argv)}\n{errors.read().decode(errors='replace')}")
     return wall, usage.ru_utime + usage.ru_stime
 
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def main() -> int:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from timing import machine_line, write_result
+from timing import build_baseline, load_average, machine_line, write_result
 
 N = int(os.environ.get("BENCH_SCALE_N", "9100000"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -56,21 +56,6 @@ def measure(argv: Sequence[str], env: Mapping[str, str]) -> Tuple[float, float]:
     return wall, usage.ru_utime + usage.ru_stime
 
 
-def build_baseline(ref: str, into: Path) -> Path:
-    """The git revision `ref`: its Python package, runtime and extension built in place."""
-    into.mkdir(parents=True, exist_ok=True)
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", ref], stdout=subprocess.PIPE, check=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=into, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    return into
-
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def capture_events(path: Path, env: Mapping[str, str]) -> int:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from timing import machine_line, write_result
+from timing import load_average, machine_line, write_result
 
 N = int(os.environ.get("BENCH_STREAM_N", "22800000"))
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
@@ -75,12 +75,6 @@ def baseline_tree(work: Path) -> Optional[Path]:
     run(["make", "-C", str(tree / "runtime"), f"OUT={tree / 'cytool' / '_lib'}"], os.environ)
     return tree
 
-
-def load_average() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "?"
 
 
 def main() -> int:
