@@ -2,10 +2,10 @@
 
 Owns the checks before gdb starts (the process exists, the core is a core and its
 program is found), the gdb command line (cytool's gdb extension, the module index for
-.pyx lines, gdb's index cache in cytool's cache so that the pause of a live process is
-short), and turning gdb's answer (cy-stack-json, gdb/cytool_gdb_stack.py) or its
-failure into a StackReport or one clear CytoolError. A live process is stopped only
-between gdb's attach and detach; nothing runs in it.
+.pyx lines, gdb's index cache in cytool's cache), and turning gdb's answer
+(cy-stack-json, gdb/cytool_gdb_stack.py) or its failure into a StackReport or one clear
+CytoolError. A live process is stopped only between gdb's attach and detach, its
+libraries' symbols being read before (gdb/cytool_gdb_preload.py); nothing runs in it.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """What `cytool stack` reads from a process or a core: every thread's frames, as data.
 
-Owns the `cy-stack-json` command: attach to a live process (stopping it only while
-reading, and timing that pause) or read the loaded core, then for each thread give its
+Owns the `cy-stack-json` command: attach to a live process (its libraries' symbols read
+first, while it runs, by cytool_gdb_preload; stopped only while reading its threads, and
+that pause timed) or read the loaded core, then for each thread give its
 number, LWP, native name, whether it holds the GIL, and its frames newest first: Cython
 (Cython name, .pyx line and source), Python (read by the interpreter's python-gdb.py
 from its frame structures) and native (C function, file:line), with locals on request.
@@ -53,22 +54,35 @@ reads the process or core gdb already has."""
 
 
 def attach_and_read(pid: int, with_locals: bool) -> dict:
-    """Attach, read every thread, detach; `paused_ms` is how long the process was stopped."""
+    """Read the libraries' symbols while the process runs (cytool_gdb_preload), then attach,
+    read every thread, detach. `paused_ms` is how long the process was stopped, `attach_ms`
+    the part of it gdb spent attaching (reading libc, libpthread and any library not
+    preloaded), `preload_ms` the reading done before the pause."""
+    import cytool_gdb_preload as preload
+
     start = time.monotonic()
+    preloaded = preload.preload(pid)
+    stop = time.monotonic()
     try:
-        gdb.execute(f"attach {pid}", to_string=True)
-    except gdb.error as error:
-        return {"error": "attach", "message": str(error)}
-    attached = time.monotonic()
-    try:
-        report = read_all(with_locals)
-    finally:
         try:
-            gdb.execute("detach", to_string=True)
-        except gdb.error:
-            pass
-    report["paused_ms"] = round((time.monotonic() - start) * 1000.0, 1)
-    report["attach_ms"] = round((attached - start) * 1000.0, 1)  # gdb reading the libraries' symbols
+            gdb.execute(f"attach {pid}", to_string=True)
+        except gdb.error as error:
+            return {"error": "attach", "message": str(error)}
+        try:
+            preload.read_the_rest(preloaded)
+            attached = time.monotonic()
+            report = read_all(with_locals)
+        finally:
+            try:
+                gdb.execute("detach", to_string=True)
+            except gdb.error:
+                pass
+    finally:
+        gdb.execute("set auto-solib-add on", to_string=True)
+    report["paused_ms"] = round((time.monotonic() - stop) * 1000.0, 1)
+    report["attach_ms"] = round((attached - stop) * 1000.0, 1)
+    report["preload_ms"] = round((stop - start) * 1000.0, 1)
+    report["preloaded"] = sorted(preloaded)  # the shared objects whose symbols were read before
     return report
 
 

@@ -130,7 +130,8 @@ def test_live_threads(threaded: Program) -> None:
     done = stack("-v", threaded.pid)
     assert done.returncode == 0, done.stderr
     check_threaded(done.stdout)
-    assert re.search(rf"^cytool: process {threaded.pid} was stopped for \d+ ms", done.stderr, flags=re.M), done.stderr
+    assert re.search(rf"^cytool: process {threaded.pid} was stopped for \d+ ms .*; the symbols of [1-9]\d* "
+                     r"libraries were read before, while it ran", done.stderr, flags=re.M), done.stderr
     assert os.path.isdir(f"/proc/{threaded.pid}") and threaded.process.poll() is None  # detached, still running
 
 
@@ -139,6 +140,10 @@ def test_live_json_native_locals(threaded: Program) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["pid"] == threaded.pid and report["gil"] == "held", done.stdout[:2000]
+    # the Cython module's symbols were read from /proc/PID/maps before attaching, not by gdb
+    # once the process was stopped: the frames below are read from those symbols
+    preloaded = [os.path.basename(path) for path in report["preloaded"]]
+    assert any(name.startswith("hang.") for name in preloaded), preloaded
     by_name = {t["python_name"]: t for t in report["threads"]}
     waiter = by_name["waiter-c"]["frames"]
     kinds = [f["kind"] for f in waiter]

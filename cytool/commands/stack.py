@@ -67,7 +67,9 @@ def handle(args: argparse.Namespace) -> int:
     if args.verbose:
         if "paused_ms" in report:
             print(f"cytool: process {target.pid} was stopped for {report['paused_ms']:.0f} ms "
-                  f"({report.get('attach_ms', 0):.0f} ms of it gdb reading its libraries' symbols)", file=sys.stderr)
+                  f"({report.get('attach_ms', 0):.0f} ms of it attaching); the symbols of "
+                  f"{len(report.get('preloaded', ()))} libraries were read before, while it ran "
+                  f"({report.get('preload_ms', 0):.0f} ms)", file=sys.stderr)
         else:
             print(f"cytool: read {target.core} of {target.executable}", file=sys.stderr)
     return 0
