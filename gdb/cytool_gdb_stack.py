@@ -277,12 +277,27 @@ def _thread_name(pyop) -> str:
         for name, value in pyop.iter_locals():
             if str(name.proxyval(set()) if hasattr(name, "proxyval") else name) != "self":
                 continue
-            attributes = getattr(value.proxyval(set()), "attrdict", None) or {}
-            found = attributes.get("_name")
+            found = _attribute(value, "_name")
+            if found is None:  # not found by key: the whole object, as python-gdb.py reads it
+                found = (getattr(value.proxyval(set()), "attrdict", None) or {}).get("_name")
             return found if isinstance(found, str) else ""
     except Exception:  # an unreadable Thread object: no name
         return ""
     return ""
+
+
+def _attribute(pyop, name: str):
+    """One attribute of a Python object read from its instance dict (the keys, then that
+    one value: the process is stopped meanwhile), or None when python-gdb.py cannot say."""
+    for getter in ("get_keys_values", "get_attr_dict"):  # 3.11+ inline values, then __dict__
+        method = getattr(pyop, getter, None)
+        items = method() if method is not None else None
+        if items is None or not hasattr(items, "iteritems"):
+            continue
+        for key, value in items.iteritems():
+            if key.proxyval(set()) == name:
+                return value.proxyval(set())
+    return None
 
 
 def _python_locals(pyop) -> List[List[str]]:
