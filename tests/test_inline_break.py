@@ -1,8 +1,10 @@
 """In-code breakpoints (`cytool.breakpoint()`, `from cytool.debug cimport breakpoint`),
 black-box: under `cytool debug` (gdb batch), not on a terminal (the thread's stack on
 stderr, the program goes on), on a terminal (gdb's TUI attached, through tmux), turned
-off by CYTOOL_BREAKPOINT=0, and builtin breakpoint() routed by PYTHONBREAKPOINT. All but
-test_turned_off run on two Pythons (tests/conftest.py TWO_PYTHONS).
+off by CYTOOL_BREAKPOINT=0, and builtin breakpoint() routed by PYTHONBREAKPOINT. The stops
+under `cytool debug` are checked on every Python the gdb tests run on (CYTOOL_TEST_PYTHONS:
+3.9 and 3.10 run each Python frame in a C frame of its own), the other paths but
+CYTOOL_BREAKPOINT=0 on two (tests/conftest.py TWO_PYTHONS).
 
 tests/fixtures/breakpoint/bp.pyx stops in a nogil cdef function, in a def function
 (`when=n > 0`, then once with when false) and, with --builtin, at a builtin breakpoint().
@@ -31,19 +33,26 @@ def run_bp(*args: str, env: dict = None, python: str = sys.executable) -> subpro
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=600, env=full)
 
 
-def test_under_cytool_debug(each_of_two_pythons: str, tmp_path: Path) -> None:
+def position(text: str, wanted: str, start: int = 0) -> int:
+    """Where `wanted` is in text[start:]; a failure shows the whole text."""
+    found = text.find(wanted, start)
+    assert found >= 0, f"{wanted!r} not found in:\n{text}"
+    return found
+
+
+def test_under_cytool_debug(debug_python: str, tmp_path: Path) -> None:
     script = tmp_path / "commands.gdb"
     script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
-    done = subprocess.run([each_of_two_pythons, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
+    done = subprocess.run([debug_python, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                           timeout=600, env=h.python_env())
     out = done.stdout
     assert done.returncode == 0, out
-    first = out.index(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
+    first = position(out, f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
     assert "n = 10" in out[first:] and "total = 45" in out[first:], out  # cy-locals in crunch
     assert f"bp.pyx:{M['nogil-break'] + 1} in crunch()" in out[first:], out  # cy-next: the line after it
     assert f"#1  bp.pyx:{M['call-crunch']} in main()" in out[first:], out  # cy-up: its caller
-    second = out.index(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # the Python form
+    second = position(out, f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # Python form
     assert "half = 2.0" in out[second:], out
     assert f"bp.pyx:{M['py-break']} in in_python_code()" in out[second:].split("half = 2.0", 1)[1], out  # cy-bt
     assert out.count("cytool.breakpoint(), ") == 2, out  # when=False did not stop
