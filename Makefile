@@ -42,7 +42,8 @@ demo: install
 # skipped), each in a venv kept in .venv-pythons/; `pytest` alone runs them on venv,3.13.
 TEST_PYTHONS ?= venv,3.9,3.10,3.11,3.12,3.13
 DEBUG_TESTS := tests/test_debug_gdb.py tests/test_debug_stops.py tests/test_debug_values.py \
-               tests/test_debug_python.py tests/test_debug_threads.py tests/test_debug_foreign.py
+               tests/test_debug_python.py tests/test_debug_threads.py tests/test_debug_foreign.py \
+               tests/test_inline_break.py
 
 test: install
 	CYTOOL_TEST_PYTHONS=$(TEST_PYTHONS) CYTOOL_TEST_VENVS=$(CURDIR)/.venv-pythons $(PY) -m pytest -q

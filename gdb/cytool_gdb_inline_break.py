@@ -39,7 +39,9 @@ def is_breakpoint_signal(event: Optional["gdb.StopEvent"]) -> bool:
 
 def caller() -> Optional[Tuple["gdb.Frame", Optional[Tuple[str, int, str]]]]:
     """(Cython frame, None) or (eval frame, (file, line, function) of the Python caller) of
-    the cytool.breakpoint() this thread stopped in; None when it is not in one."""
+    the cytool.breakpoint() this thread stopped in; None when it is not in one.
+    The breakpoint's own Python frames may share one C eval frame (3.11+) or each have
+    their own (3.9, 3.10): all of them are passed over, whichever C frame runs them."""
     inside = False
     for frame in frames.frames():
         try:
@@ -56,11 +58,9 @@ def caller() -> Optional[Tuple["gdb.Frame", Optional[Tuple[str, int, str]]]]:
                 continue
             inside = True
             python = python[own[-1] + 1:]
-            if python:
-                return frame, python[0]
-            continue
-        if frames.cython_function(frame) is not None:
+        elif frames.cython_function(frame) is not None:
             return frame, None
+        python = [found for found in python if not found[0].endswith(PYTHON_FILE)]
         if python:
             return frame, python[0]
     return None

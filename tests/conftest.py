@@ -91,13 +91,30 @@ def debug_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return python_with_cython(request.param, tmp_path_factory)
 
 
-# `cytool stack` runs on two interpreters only (CI time): this venv's and the newest other.
-STACK_PYTHONS = ["venv", "3.13" if sys.version_info[:2] != (3, 13) else "3.9"]
+# `cytool stack`, in-code breakpoints and the live view run on two interpreters only (CI
+# time): this venv's and the newest other.
+TWO_PYTHONS = ["venv", "3.13" if sys.version_info[:2] != (3, 13) else "3.9"]
 
 
-@pytest.fixture(scope="session", params=STACK_PYTHONS)
-def stack_python(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+@pytest.fixture(scope="session", params=TWO_PYTHONS)
+def each_of_two_pythons(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A test using it runs twice: on this venv's interpreter, then on the newest other
+    Python (with this Cython in a venv of its own, see python_with_cython)."""
     return python_with_cython(request.param, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def stack_python(each_of_two_pythons: str) -> str:
+    return each_of_two_pythons
+
+
+@pytest.fixture(scope="session")
+def tracing_python(each_of_two_pythons: str) -> str:
+    """each_of_two_pythons, able to run `cytool profile`: cytool's tracer extension
+    (cytool._cytrace) built in place for that interpreter, as `make install` does for this one."""
+    if each_of_two_pythons != sys.executable:
+        build_tracer_extension(each_of_two_pythons)
+    return each_of_two_pythons
 
 
 def python_with_cython(version: str, tmp_path_factory: pytest.TempPathFactory) -> str:
@@ -113,15 +130,16 @@ def python_with_cython(version: str, tmp_path_factory: pytest.TempPathFactory) -
     kept = os.environ.get("CYTOOL_TEST_VENVS")
     venv = Path(kept) / version if kept else tmp_path_factory.getbasetemp() / f"python{version}"
     interpreter = venv / "bin" / "python"
-    # what cytool's build imports (tomli before 3.11: pyproject.toml), and this Cython
-    probe = [str(interpreter), "-c", "import Cython, packaging, sys\nif sys.version_info < (3, 11): import tomli\n"
+    # what cytool imports (tomli before 3.11: pyproject.toml), and this Cython
+    probe = [str(interpreter), "-c", "import Cython, jinja2, packaging, rich, sys\n"
+             "if sys.version_info < (3, 11): import tomli\n"
              f"sys.exit(Cython.__version__ != {Cython.__version__!r})"]
     if interpreter.exists() and subprocess.run(probe, stderr=subprocess.DEVNULL).returncode == 0:
         return str(interpreter)
     subprocess.run([base, "-m", "venv", "--clear", str(venv)], check=True, timeout=300)
     pip = subprocess.run(
         [str(interpreter), "-m", "pip", "install", "-q", f"Cython=={Cython.__version__}", "setuptools", "packaging",
-         "tomli>=1.1; python_version < '3.11'"],
+         "rich>=12", "jinja2>=3", "tomli>=1.1; python_version < '3.11'"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900,
     )
     if pip.returncode != 0:
@@ -136,3 +154,26 @@ def shapes(debug_python: str):
     import gdbharness
 
     return gdbharness.build(debug_python, gdbharness.SHAPES)
+
+
+def build_tracer_extension(python: str) -> None:
+    """`setup.py build_ext --inplace` with that interpreter: cytool/_cytrace.<its suffix>.so
+    next to this one's, linked to the same cytool/_lib/libcytrace.so. Skipped while that .so
+    is newer than every file it is built from; a lock keeps parallel sessions apart."""
+    import fcntl
+    import glob
+
+    suffix = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"],
+                            stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    target = REPO / "cytool" / f"_cytrace{suffix}"
+    inputs = [REPO / "setup.py", REPO / "cytool" / "_lib" / "libcytrace.so"]
+    inputs += [Path(p) for p in glob.glob(str(REPO / "runtime" / "python" / "*.[ch]"))]
+    inputs += [Path(p) for p in glob.glob(str(REPO / "runtime" / "include" / "*.h"))]
+    (REPO / "build").mkdir(exist_ok=True)
+    with open(REPO / "build" / ".tracer-extension.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists() and all(p.stat().st_mtime <= target.stat().st_mtime for p in inputs if p.exists()):
+            return
+        done = subprocess.run([python, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+        assert done.returncode == 0 and target.exists(), f"cannot build cytool's tracer for {python}:\n{done.stdout}"

@@ -1,14 +1,16 @@
 """In-code breakpoints (`cytool.breakpoint()`, `from cytool.debug cimport breakpoint`),
 black-box: under `cytool debug` (gdb batch), not on a terminal (the thread's stack on
 stderr, the program goes on), on a terminal (gdb's TUI attached, through tmux), turned
-off by CYTOOL_BREAKPOINT=0, and builtin breakpoint() routed by PYTHONBREAKPOINT.
+off by CYTOOL_BREAKPOINT=0, and builtin breakpoint() routed by PYTHONBREAKPOINT. The stops
+under `cytool debug` are checked on every Python the gdb tests run on (CYTOOL_TEST_PYTHONS:
+3.9 and 3.10 run each Python frame in a C frame of its own), the other paths but
+CYTOOL_BREAKPOINT=0 on two (tests/conftest.py TWO_PYTHONS).
 
 tests/fixtures/breakpoint/bp.pyx stops in a nogil cdef function, in a def function
 (`when=n > 0`, then once with when false) and, with --builtin, at a builtin breakpoint().
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -25,37 +27,47 @@ FIXTURE = Path(__file__).resolve().parent / "fixtures" / "breakpoint" / "bp.pyx"
 M = h.markers(FIXTURE)
 
 
-def run_bp(*args: str, env: dict = None) -> subprocess.CompletedProcess:
+def run_bp(*args: str, env: dict = None, python: str = sys.executable) -> subprocess.CompletedProcess:
     full = h.python_env(env)
-    return subprocess.run([sys.executable, "-m", "cytool", "run", str(FIXTURE), "--", *args], stdout=subprocess.PIPE,
+    return subprocess.run([python, "-m", "cytool", "run", str(FIXTURE), "--", *args], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True, timeout=600, env=full)
 
 
-def test_under_cytool_debug(tmp_path: Path) -> None:
+def position(text: str, wanted: str, start: int = 0) -> int:
+    """Where `wanted` is in text[start:]; a failure shows the whole text."""
+    found = text.find(wanted, start)
+    assert found >= 0, f"{wanted!r} not found in:\n{text}"
+    return found
+
+
+def test_under_cytool_debug(debug_python: str, tmp_path: Path) -> None:
     script = tmp_path / "commands.gdb"
     script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
-    done = subprocess.run([sys.executable, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
+    done = subprocess.run([debug_python, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                           timeout=600, env=h.python_env())
     out = done.stdout
     assert done.returncode == 0, out
-    first = out.index(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
+    first = position(out, f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()")  # the nogil form
     assert "n = 10" in out[first:] and "total = 45" in out[first:], out  # cy-locals in crunch
     assert f"bp.pyx:{M['nogil-break'] + 1} in crunch()" in out[first:], out  # cy-next: the line after it
     assert f"#1  bp.pyx:{M['call-crunch']} in main()" in out[first:], out  # cy-up: its caller
-    second = out.index(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # the Python form
+    second = position(out, f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # Python form
     assert "half = 2.0" in out[second:], out
     assert f"bp.pyx:{M['py-break']} in in_python_code()" in out[second:].split("half = 2.0", 1)[1], out  # cy-bt
     assert out.count("cytool.breakpoint(), ") == 2, out  # when=False did not stop
     assert "done" in out and "exited normally" in out, out
 
 
-def test_not_on_a_terminal_prints_the_stack_and_goes_on() -> None:
-    done = run_bp("--builtin", env={"PYTHONBREAKPOINT": "cytool.breakpoint"})
+def test_not_on_a_terminal_prints_the_stack_and_goes_on(each_of_two_pythons: str) -> None:
+    done = run_bp("--builtin", env={"PYTHONBREAKPOINT": "cytool.breakpoint"}, python=each_of_two_pythons)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["crunch", "45", "half", "2.0", "twice", "10", "done"], done.stdout
     stacks = done.stderr.split("cytool.breakpoint: stack of thread ")[1:]
     assert len(stacks) == 3, done.stderr  # nogil form, cytool.breakpoint(when=True), builtin breakpoint()
+    version = subprocess.run([each_of_two_pythons, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    assert all(f"(Python {version})" in text for text in stacks), done.stderr  # the program ran on that Python
     expected = [("crunch", "nogil-break"), ("in_python_code", "py-break"), ("builtin", "builtin-break")]
     for text, (function, marker) in zip(stacks, expected):
         frames = [line.strip() for line in text.splitlines() if line.strip().startswith("[")]
@@ -73,9 +85,10 @@ def test_turned_off() -> None:
 
 
 @needs_tmux
-def test_on_a_terminal_starts_gdb() -> None:
-    env = " ".join(f"{name}={os.environ.get(name, '')}" for name in ("CYTOOL_CACHE_DIR", "PYTHONPATH"))
-    command = f"cd {FIXTURE.parent} && env {env} {sys.executable} -m cytool run {FIXTURE}; sleep 600"
+def test_on_a_terminal_starts_gdb(each_of_two_pythons: str) -> None:
+    env = " ".join(f"{name}={value}" for name, value in h.python_env().items()
+                   if name in ("CYTOOL_CACHE_DIR", "PYTHONPATH"))
+    command = f"cd {FIXTURE.parent} && env {env} {each_of_two_pythons} -m cytool run {FIXTURE}; sleep 600"
     with terminal("cytool-inline-break", command, width=150, height=40) as term:
         stopped = term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['nogil-break']} in crunch()", timeout=240)
         assert marked_lines(stopped, "nogil_breakpoint()  # @nogil-break"), stopped  # the TUI on the .pyx line

@@ -1,7 +1,8 @@
 """The live view: the C follower (runtime/src/analyze_follow.c through cytool.live.follow)
 on a capture grown in steps and on one a running `cytool profile` is writing, its figures
 at the end equal to `cytool report --format json`'s; `cytool profile --live` and
-`cytool live` on a real terminal (tmux); and their errors."""
+`cytool live` on a real terminal (tmux); and their errors. The running profile and
+`cytool profile --live` run on two Pythons (tests/conftest.py TWO_PYTHONS, tracing_python)."""
 from __future__ import annotations
 
 import fcntl
@@ -21,8 +22,10 @@ GROW = REPO / "tests" / "fixtures" / "live" / "grow.pyx"
 BENCH = REPO / "examples" / "bench_alloc.pyx"
 
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "reports"))
+sys.path.insert(0, str(REPO / "tests" / "fixtures" / "debug"))
 
 from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+from gdbharness import python_env  # noqa: E402
 
 from cytool.capture import read_capture  # noqa: E402
 from cytool.live.follow import Follower  # noqa: E402
@@ -136,10 +139,17 @@ def test_follower_reports_a_damaged_frame_as_the_reader_does(bench_capture: Path
     follower.close()
 
 
-def test_follower_on_a_capture_a_running_profile_writes(tmp_path: Path) -> None:
+def python_version(python: str) -> str:
+    """"3.13": the version of that interpreter."""
+    return subprocess.run([python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                          stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+
+
+def test_follower_on_a_capture_a_running_profile_writes(tracing_python: str, tmp_path: Path) -> None:
     capture, stop = tmp_path / "run.cytrace", tmp_path / "stop"
-    program = subprocess.Popen([sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", capture, GROW, "--",
-                                stop], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    program = subprocess.Popen([tracing_python, "-m", "cytool", "profile", "--no-summary", "-o", capture, GROW, "--",
+                                stop], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               env=python_env())
     try:
         follower = open_follower(capture, program.pid, wait_s=240)
         deadline = time.monotonic() + 120
@@ -162,6 +172,7 @@ def test_follower_on_a_capture_a_running_profile_writes(tmp_path: Path) -> None:
             time.sleep(0.1)
         assert follower.totals.complete and not follower.totals.writing
         report = report_json(capture)
+        assert report["capture"]["python_version"].startswith(python_version(tracing_python) + ".")
         assert follower_figures(follower) == {k: report["totals"][k] for k in FIGURES}
         assert line_figures(follower, "grow.pyx", 19) == report_line(report, "grow.pyx", 19)
         assert {name for _, name in follower.threads()} >= {"MainThread", "churner"}
@@ -253,10 +264,10 @@ def table_rows(text: str):
 
 
 @needs_tmux
-def test_profile_live_view_in_tmux(tmp_path: Path) -> None:
+def test_profile_live_view_in_tmux(tracing_python: str, tmp_path: Path) -> None:
     capture, stop, status = tmp_path / "live.cytrace", tmp_path / "stop", tmp_path / "status"
-    env = f"CYTOOL_CACHE_DIR={os.environ['CYTOOL_CACHE_DIR']}"
-    command = (f"cd {tmp_path} && {env} {sys.executable} -m cytool profile --live -o {capture} {GROW} -- {stop}; "
+    env = f"CYTOOL_CACHE_DIR={os.environ['CYTOOL_CACHE_DIR']} PYTHONPATH={python_env()['PYTHONPATH']}"
+    command = (f"cd {tmp_path} && {env} {tracing_python} -m cytool profile --live -o {capture} {GROW} -- {stop}; "
                f"echo $? > {status}; sleep 60")
     screen = Screen(f"cytool-live-{os.getpid()}", command)
     try:
@@ -299,6 +310,7 @@ def test_profile_live_view_in_tmux(tmp_path: Path) -> None:
     with read_capture(capture) as done:
         assert done.complete and not done.truncated, done.truncation_message()
     assert "done" in (tmp_path / "live.cytrace.out").read_text()
+    assert report_json(capture)["capture"]["python_version"].startswith(python_version(tracing_python) + ".")
 
 
 @needs_tmux

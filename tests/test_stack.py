@@ -4,7 +4,7 @@ tests/fixtures/stack/driver.py (run by `cytool run`, so hang.pyx is built with i
 XML) starts two named threads, one blocked in C inside a nogil Cython function and one in
 Python called back from Cython, then blocks in C holding the GIL; pure.py is a Python
 process with no Cython. Each process is read live, and from a core made by gcore. Runs on
-two interpreters (tests/conftest.py STACK_PYTHONS); the error paths on this one.
+two interpreters (tests/conftest.py TWO_PYTHONS); the error paths on this one.
 """
 from __future__ import annotations
 
