@@ -27,6 +27,8 @@ Modes (the address columns; heads, times, sizes and stacks are format 4's):
   batch, parallel decoding from reset points).
 - `thread-dmB`: the tracer's table of live blocks as a direct-mapped table of 2^B slots
   (lossy: a block whose slot was taken is a delta), as a tracer would keep it.
+- `thread-waysB`: the same table 4-way set-associative (2^B slots, the oldest allocation
+  of a full set gives way).
 """
 from __future__ import annotations
 
@@ -207,6 +209,8 @@ def encode(events: List[Event], mode: str, state: Dict) -> Tuple[List[bytearray]
             state.clear()
     m = re.search(r"dm(\d+)", mode)
     bits = int(m.group(1)) if m else 0
+    m = re.search(r"ways(\d+)", mode)
+    set_bits = int(m.group(1)) - 2 if m else 0  # 4 ways: 2^(B-2) sets
     table = state.setdefault("table", {})  # address (or slot) -> (address, allocation ordinal, class)
     lifo = state.setdefault("lifo", collections.defaultdict(list))
     ordinal = state.get("ordinal", 0)
@@ -244,13 +248,25 @@ def encode(events: List[Event], mode: str, state: Dict) -> Tuple[List[bytearray]
             if not coded:
                 codes.append(PRED_DEPTH)
                 hits["alloc miss"] += 1
-            table[table_slot(address, bits) if bits else address] = (address, ordinal, c)
+            if set_bits:
+                ways = table.setdefault(table_slot(address, set_bits), [])
+                ways[:] = [w for w in ways if w[0] != address]
+                if len(ways) == 4:
+                    ways.remove(min(ways, key=lambda w: w[1]))
+                ways.append((address, ordinal, c))
+            else:
+                table[table_slot(address, bits) if bits else address] = (address, ordinal, c)
             ordinal += 1
         elif kind >= 32 and kind != 34:  # a free (not a munmap)
-            key = table_slot(address, bits) if bits else address
+            key = table_slot(address, set_bits or bits) if set_bits or bits else address
             entry = table.get(key)
+            if set_bits:
+                entry = next((w for w in entry or () if w[0] == address), None)
             if entry is not None and entry[0] == address:
-                del table[key]
+                if set_bits:
+                    table[key].remove(entry)
+                else:
+                    del table[key]
                 put_varint(codes, (ordinal - 1 - entry[1]) << 1)
                 recent = lifo[entry[2]]
                 recent.append(address)
