@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from cytool.errors import CytoolError
 
@@ -455,7 +455,30 @@ class EventList(Sequence[Event]):
             yield from self._decode(start, min(self._count, start + self._CHUNK))
 
 
-class Capture:
+class NativeHandle:
+    """An object that owns handles of libcyanalyze: `close()` frees them (and may be called
+    again); a context manager; closed when garbage-collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: "_Owner") -> "_Owner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_Owner = TypeVar("_Owner", bound=NativeHandle)
+
+
+class Capture(NativeHandle):
     """A capture read into memory by the C reader. Close it (or use `with`) to free it."""
 
     def __init__(self, path: Path, handle: int):
@@ -594,18 +617,6 @@ class Capture:
             lib.cya_close(self._handle)
             self._handle = None
             self.events = EventList(self, 0)
-
-    def __enter__(self) -> "Capture":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- symbols -------------------------------------------------------------------
 
