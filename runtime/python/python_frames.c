@@ -11,11 +11,20 @@
  * It never calls into the interpreter and never takes the GIL (the hook may run in a
  * `nogil` section): the frames of the calling thread cannot change while it is in the
  * hook, and what it reads of them (code object, instruction offset, names, line table)
- * is immutable while they are alive. Two per-thread caches keep a deep, unchanged stack
- * cheap: the previous walk (its outermost frames that are still there, same frame at the
- * same instruction, give their words back without a look-up) and a direct-mapped table
- * (code object, instruction offset) -> frame word, so a line is computed and a PYFRAME
- * record written once per call site, not per allocation.
+ * is immutable while they are alive. Per-thread caches keep it cheap:
+ *  - the previous walk: every frame of the chain (those recorded and those skipped) with
+ *    the fields that decide its word (code object, instruction position and owner, as the
+ *    frame stores them). The usual allocation, in a loop that does not call or return
+ *    Python code in between, finds the same chain, compared frame by frame from the
+ *    innermost to the end, and gets the previous words back without a walk or a look-up.
+ *    Any difference (an outer frame at another instruction or running another code
+ *    object, a generator resumed by another caller, one frame more or less) takes the long
+ *    way, where the outermost frames that are unchanged still keep their words;
+ *  - a direct-mapped table (code object, instruction offset) -> frame word, so a line is
+ *    computed and a PYFRAME record written once per call site, not per allocation.
+ * (A code object freed and another made at the same address, then run by a frame at the
+ * same address and instruction position as at the thread's previous allocation, would be
+ * taken for the old one: the same limit as the site table's pointer checks.)
  *
  * A frame word is `pyframe_id << 1 | 1`; pyframe ids come from the tracer's intern table
  * keyed by the frame's content (qualified name, file, line), so the same call site seen
