@@ -174,3 +174,100 @@ def test_a_programs_profiler_stays_and_frames_are_recorded(tmp_path: Path) -> No
     with read_capture(tmp_path / "prof.cytrace") as capture:
         frames = python_frames_of(capture, 2001)
         assert len(frames) == 5 and all(f[0][0] == "caller" for f in frames)
+
+
+# -- the reuse of a thread's previous walk (frames unchanged since its last allocation) ---
+REPEATS = FIXTURES / "pyframe_repeats.py"
+NATIVE_THREAD = FIXTURES / "native_thread.pyx"
+REPEAT_LINES: Dict[str, int] = {
+    m.group(1): i for i, text in enumerate(REPEATS.read_text().splitlines(), 1) for m in [re.search(r"# L:(\w+)", text)] if m
+}
+
+
+@pytest.fixture(scope="session")
+def repeats_capture(tracer_python: str, tmp_path_factory: pytest.TempPathFactory) -> Tuple[Path, str]:
+    """(capture of pyframe_repeats.py, that interpreter's version)."""
+    work = tmp_path_factory.mktemp("pyrepeats")
+    build = ("import sys\nfrom cytool.build import build_module, BuildOptions\n"
+             "for path in sys.argv[1:]: print(build_module(path, BuildOptions()).module_path)\n")
+    done = subprocess.run([tracer_python, "-c", build, str(EXACT), str(NATIVE_THREAD)], env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    modules = done.stdout.strip().splitlines()[-2:]
+    capture = work / "repeats.cytrace"
+    done = subprocess.run([tracer_python, str(REPEATS), *modules, str(capture)], cwd=work, env=python_env(),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    version = subprocess.run([tracer_python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                             stdout=subprocess.PIPE, text=True, check=True).stdout.strip()
+    return capture, version
+
+
+def frames_in_order(capture: Capture, sizes: Tuple[int, ...]) -> List[Tuple[int, List[Tuple[str, str, int]]]]:
+    """Each malloc of one of `sizes` bytes, in the order made: (size, its Python frames
+    innermost first as (function, file name, line))."""
+    found = []
+    for event in sorted((e for e in capture.events if e.kind == "malloc" and e.size in sizes), key=lambda e: e.time_ns):
+        stack = capture.stacks.get(event.stack_id, [])
+        found.append((event.size, [(f.function, Path(f.file).name, f.line) for f in stack if f.kind == "python"]))
+    return found
+
+
+def here(name: str) -> Tuple[str, int]:
+    return REPEATS.name, REPEAT_LINES[name]
+
+
+def test_a_changed_outer_frame_is_seen(repeats_capture) -> None:
+    """The innermost frame is the same (address, code, offset): a caller at another line,
+    or another caller function at the same frame address, must still be seen."""
+    path, version = repeats_capture
+    leaf = ("leaf", *here("leaf"))
+    with read_capture(path) as capture:
+        frames = [f[:2] for _, f in frames_in_order(capture, (3001,))]
+        first, second = ("two_lines", *here("first_line")), ("two_lines", *here("second_line"))
+        assert frames == [[leaf, first], [leaf, second], [leaf, first], [leaf, second]], version
+        frames = [f[:2] for _, f in frames_in_order(capture, (3002,))]
+        assert frames == [[leaf, ("caller_a", *here("caller_a"))], [leaf, ("caller_b", *here("caller_b"))]], version
+
+
+def test_another_code_object_in_the_same_frame(repeats_capture) -> None:
+    path, version = repeats_capture
+    with read_capture(path) as capture:
+        frames = [f[:2] for _, f in frames_in_order(capture, (3003,))]
+        each = ("same_frame_other_code", *here("each_shape"))
+        expected = [[(name, *here(name)), each] for name in ("shape_a", "shape_b", "shape_a")]
+        assert frames == expected, version
+        # compiled one after another, each freed before the next: names and files are the new ones
+        made = [f[:2] for _, f in frames_in_order(capture, (3006,))]
+        assert made == [[(f"made_{i}", f"made_{i}.py", 2), ("made_functions", *here("made"))] for i in range(6)], version
+
+
+def test_generators_and_coroutines_resumed_by_other_callers(repeats_capture) -> None:
+    path, version = repeats_capture
+    with read_capture(path) as capture:
+        frames = [f[:2] for _, f in frames_in_order(capture, (3004,))]
+        gen = ("generator", *here("generator"))
+        a, b = ("resume_a", *here("resume_a")), ("resume_b", *here("resume_b"))
+        assert frames == [[gen, a], [gen, b], [gen, a]], version
+        frames = [f[:2] for _, f in frames_in_order(capture, (3005,))]
+        coro = ("coroutine", *here("coroutine"))
+        assert frames == [[coro, ("send_a", *here("send_a"))], [coro, ("send_b", *here("send_b"))]], version
+
+
+def test_a_thread_without_then_with_a_thread_state(repeats_capture) -> None:
+    """A C thread: no Python frames while it has no thread state, its callback's frames
+    while PyGILState_Ensure gave it one, none again once it was deleted, twice."""
+    path, version = repeats_capture
+    leaf = ("leaf", *here("leaf"))
+    with read_capture(path) as capture:
+        found = frames_in_order(capture, (2101, 2102, 2103, 2104, 2105))
+        assert found == [
+            (2101, []),
+            (2104, [leaf, ("first_in_native", *here("first_native"))]),
+            (2102, []),
+            (2105, [leaf, ("second_in_native", *here("second_native"))]),
+            (2103, []),
+        ], version
+        # the main thread's frames afterwards are its own again
+        last = frames_in_order(capture, (3001,))[-1][1]
+        assert last[-1] == ("<module>", *here("again")), version

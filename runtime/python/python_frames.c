@@ -11,11 +11,20 @@
  * It never calls into the interpreter and never takes the GIL (the hook may run in a
  * `nogil` section): the frames of the calling thread cannot change while it is in the
  * hook, and what it reads of them (code object, instruction offset, names, line table)
- * is immutable while they are alive. Two per-thread caches keep a deep, unchanged stack
- * cheap: the previous walk (its outermost frames that are still there, same frame at the
- * same instruction, give their words back without a look-up) and a direct-mapped table
- * (code object, instruction offset) -> frame word, so a line is computed and a PYFRAME
- * record written once per call site, not per allocation.
+ * is immutable while they are alive. Per-thread caches keep it cheap:
+ *  - the previous walk: every frame of the chain (those recorded and those skipped) with
+ *    the fields that decide its word (code object, instruction position and owner, as the
+ *    frame stores them). The usual allocation, in a loop that does not call or return
+ *    Python code in between, finds the same chain, compared frame by frame from the
+ *    innermost to the end, and gets the previous words back without a walk or a look-up.
+ *    Any difference (an outer frame at another instruction or running another code
+ *    object, a generator resumed by another caller, one frame more or less) takes the long
+ *    way, where the outermost frames that are unchanged still keep their words;
+ *  - a direct-mapped table (code object, instruction offset) -> frame word, so a line is
+ *    computed and a PYFRAME record written once per call site, not per allocation.
+ * (A code object freed and another made at the same address, then run by a frame at the
+ * same address and instruction position as at the thread's previous allocation, would be
+ * taken for the old one: the same limit as the site table's pointer checks.)
  *
  * A frame word is `pyframe_id << 1 | 1`; pyframe ids come from the tracer's intern table
  * keyed by the frame's content (qualified name, file, line), so the same call site seen
@@ -38,13 +47,22 @@
 #include "cytrace.h"
 #include "python_frames.h"
 
-/* One frame of a walk. `frame` and `lasti` say where it is; `code` what it runs. */
+/* One interpreter frame as a walk saw it: which frame, the code object and instruction
+ * position as the frame stores them, and its owner (3.11+). As long as `code` is the same
+ * object, these fields alone decide the frame word, so a frame seen again with all four
+ * equal gets the word it had. */
 typedef struct {
     const void *frame;
-    const PyCodeObject *code;
-    int lasti; /* instruction offset, in the interpreter's own unit */
-    uint64_t word;
+    const void *code;  /* f_code (f_executable on 3.13), as stored in the frame */
+    uintptr_t where;   /* prev_instr / instr_ptr (3.11+), f_lasti (3.9, 3.10), as stored */
+    int owner;         /* FRAME_OWNED_BY_* (3.11+; 0 before) */
+    uint64_t word;     /* its frame word, NOT_PYTHON, or 0 if the tracer's table was full */
 } walked_frame;
+
+/* The `word` of a frame that is not a Python function's (a C stack's entry shim, or one
+ * whose first instruction has not run yet): nothing is recorded for it. Frame words are
+ * odd, so this even value is never one. */
+#define NOT_PYTHON ((uint64_t)2)
 
 #define SITE_SLOTS 2048 /* per thread, direct mapped (80 KiB) */
 
@@ -60,6 +78,7 @@ typedef struct {
 typedef struct {
     walked_frame *walk, *previous; /* this walk and the one before, innermost first */
     int nprevious, cap;
+    int reusable; /* every frame of `previous` has its word (none is 0: the tracer's table was not full) */
     unsigned start, session; /* the start and the tracer session its words belong to */
     unsigned epoch;          /* this thread's count of those: the site slots' generation */
     site_slot sites[SITE_SLOTS];
@@ -140,6 +159,17 @@ static inline PyCodeObject *frame_code(interp_frame *f) {
 }
 
 static inline int frame_lasti(interp_frame *f) { return _PyInterpreterFrame_LASTI(f); }
+
+/* The fields that say what a frame runs and where, as stored (see walked_frame). */
+#if PY_VERSION_HEX >= 0x030D0000
+static inline const void *frame_code_field(interp_frame *f) { return f->f_executable; }
+static inline uintptr_t frame_where(interp_frame *f) { return (uintptr_t)f->instr_ptr; }
+#else
+static inline const void *frame_code_field(interp_frame *f) { return f->f_code; }
+static inline uintptr_t frame_where(interp_frame *f) { return (uintptr_t)f->prev_instr; }
+#endif
+static inline int frame_owner(interp_frame *f) { return f->owner; }
+
 static inline int code_line(PyCodeObject *code, int lasti) {
     return PyCode_Addr2Line(code, lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT));
 }
@@ -150,6 +180,12 @@ static inline interp_frame *innermost_frame(PyThreadState *ts) { return ts->fram
 static inline interp_frame *outer_frame(interp_frame *f) { return f->f_back; }
 static inline PyCodeObject *frame_code(interp_frame *f) { return f->f_code; }
 static inline int frame_lasti(interp_frame *f) { return f->f_lasti; }
+static inline const void *frame_code_field(interp_frame *f) { return f->f_code; }
+static inline uintptr_t frame_where(interp_frame *f) { return (uintptr_t)(intptr_t)f->f_lasti; }
+static inline int frame_owner(interp_frame *f) {
+    (void)f;
+    return 0;
+}
 #if PY_VERSION_HEX >= 0x030A0000
 static inline int code_line(PyCodeObject *code, int lasti) {
     return PyCode_Addr2Line(code, lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT));
@@ -250,71 +286,106 @@ static inline uint64_t cached_site_word(thread_frames *t, PyCodeObject *code, in
 
 /* ---- the tracer's callback ----------------------------------------------------------- */
 
-int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
-    *depth = 0;
-    if (!__atomic_load_n(&frames_on, __ATOMIC_RELAXED)) return 0;
-    PyThreadState *ts = PyGILState_GetThisThreadState(); /* this thread's, GIL held or not */
-    if (ts == NULL) return 0;
-    thread_frames *t = thread_frames_get();
-    if (t == NULL) return 0;
-    /* cytrace_session() is one load behind a call: 5 of the ~820 instructions of a traced
-     * malloc with 3 Python frames (callgrind, bench_alloc), and the only exact way to see
-     * that a followed fork's child started a new capture before its first allocation. */
-    unsigned epoch = __atomic_load_n(&frames_epoch, __ATOMIC_RELAXED), session = cytrace_session();
-    if (__builtin_expect(t->start != epoch || t->session != session, 0)) {
-        /* another capture (a new start, or a followed fork's child): the words cached so
-         * far name pyframe ids that capture never defined; make every site slot miss */
-        t->start = epoch;
-        t->session = session;
-        if (++t->epoch == 0) t->epoch = 1;
-        t->nprevious = 0;
-    }
-    /* this walk, innermost first */
+/* Another capture (a new start, or a followed fork's child): the words cached so far name
+ * pyframe ids that capture never defined; make every site slot and the previous walk miss. */
+static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsigned start, unsigned session) {
+    t->start = start;
+    t->session = session;
+    if (++t->epoch == 0) t->epoch = 1;
+    t->nprevious = 0;
+    t->reusable = 0;
+}
+
+/* The long way: walk the whole chain, give each frame its word (those of the outermost
+ * frames that the previous walk saw in the same state are kept: a caller's frames stay
+ * put while its callees come and go; the others come from the site slots), and keep the
+ * walk as the next one's `previous`. */
+static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame *innermost, uint64_t *words, int max,
+                                                 int skip, int *depth) {
     walked_frame *restrict walk = t->walk;
     int n = 0, cap = t->cap;
-    for (interp_frame *f = innermost_frame(ts); f != NULL; f = outer_frame(f)) {
-        PyCodeObject *code = frame_code(f);
-        if (code == NULL) continue;
+    for (interp_frame *f = innermost; f != NULL; f = outer_frame(f)) {
         if (__builtin_expect(n == cap, 0)) {
             if (grow_walks(t) != 0) break;
             walk = t->walk;
             cap = t->cap;
         }
         walk[n].frame = f;
-        walk[n].code = code;
-        walk[n].lasti = frame_lasti(f);
+        walk[n].code = frame_code_field(f);
+        walk[n].where = frame_where(f);
+        walk[n].owner = frame_owner(f);
         n++;
     }
-    /* the outermost frames that the previous walk saw in the same state keep their words;
-     * the usual call (no skip, room for all) gets them straight into `words` */
-    const walked_frame *restrict previous = t->previous;
-    int direct = skip == 0 && n <= max;
+    const walked_frame *previous = t->previous; /* (read after the walk: growing moves it) */
     int i = n - 1, j = t->nprevious - 1;
     for (; i >= 0 && j >= 0; i--, j--) {
-        if (walk[i].frame != previous[j].frame || walk[i].lasti != previous[j].lasti ||
-            walk[i].code != previous[j].code || previous[j].word == 0)
+        const walked_frame *p = &previous[j];
+        if (walk[i].frame != p->frame || walk[i].code != p->code || walk[i].where != p->where ||
+            walk[i].owner != p->owner || p->word == 0)
             break;
-        walk[i].word = previous[j].word;
-        if (direct) words[i] = previous[j].word;
+        walk[i].word = p->word;
     }
     for (; i >= 0; i--) {
-        walk[i].word = cached_site_word(t, (PyCodeObject *)walk[i].code, walk[i].lasti);
-        if (direct) words[i] = walk[i].word;
+        interp_frame *f = (interp_frame *)walk[i].frame;
+        PyCodeObject *code = frame_code(f);
+        walk[i].word = code == NULL ? NOT_PYTHON : cached_site_word(t, code, frame_lasti(f));
     }
     t->previous = walk;
     t->walk = (walked_frame *)previous;
     t->nprevious = n;
-    *depth = n;
-    int k = 0;
-    if (direct) {
-        while (k < n && words[k] != 0) k++; /* 0: the tracer's table is full */
-        return k;
+    /* the Python frames' words, innermost first, but the `skip` innermost; a word 0 (the
+     * tracer's table is full) ends them */
+    int python = 0, k = 0, cut = 0;
+    t->reusable = 1;
+    for (int at = 0; at < n; at++) {
+        uint64_t word = walk[at].word;
+        if (word == NOT_PYTHON) continue;
+        if (word == 0) t->reusable = 0;
+        if (python++ < skip) continue;
+        if (word == 0) cut = 1;
+        if (!cut && k < max) words[k++] = word;
     }
-    for (int at = skip; at < n && k < max; at++) {
-        if (walk[at].word == 0) break;
-        words[k++] = walk[at].word;
-    }
+    *depth = python;
     return k;
+}
+
+int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
+    if (!__atomic_load_n(&frames_on, __ATOMIC_RELAXED)) goto none;
+    PyThreadState *ts = PyGILState_GetThisThreadState(); /* this thread's, GIL held or not */
+    if (ts == NULL) goto none;
+    thread_frames *t = thread_frames_get();
+    if (t == NULL) goto none;
+    /* cytrace_session() is one load behind a call, and the only exact way to see that a
+     * followed fork's child started a new capture before its first allocation. */
+    unsigned start = __atomic_load_n(&frames_epoch, __ATOMIC_RELAXED), session = cytrace_session();
+    if (__builtin_expect(t->start != start || t->session != session, 0)) thread_frames_renew(t, start, session);
+    interp_frame *innermost = innermost_frame(ts);
+
+    /* The usual case: the same chain as at this thread's previous allocation, frame by
+     * frame from the innermost, each in the same state: its words are the previous ones.
+     * (`out` advances past Python frames' words only: they are odd, NOT_PYTHON is even;
+     * out - words <= p - previous < nprevious <= max keeps each store in words[0..max).) */
+    int nprevious = t->nprevious;
+    if (__builtin_expect(skip == 0 && t->reusable && nprevious <= max, 1)) {
+        interp_frame *f = innermost;
+        const walked_frame *p = t->previous, *end = p + nprevious;
+        uint64_t *out = words;
+        for (; p != end; p++) {
+            if (f != p->frame || frame_code_field(f) != p->code || frame_where(f) != p->where || frame_owner(f) != p->owner)
+                return walk_frames(t, innermost, words, max, skip, depth);
+            *out = p->word;
+            out += p->word & 1;
+            f = outer_frame(f);
+        }
+        if (f == NULL) {
+            *depth = (int)(out - words);
+            return *depth;
+        }
+    }
+    return walk_frames(t, innermost, words, max, skip, depth);
+none:
+    *depth = 0;
+    return 0;
 }
 
 void python_frames_enable(void) {

@@ -56,7 +56,12 @@ struct cyt_thread {
     uint64_t progress_reported; /* what the last PROGRESS record said (writer) */
     _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
     uint64_t *words;           /* cyt_max_frames frame words: the stack being captured */
+    uint64_t *last_words;      /* cyt_max_frames more: the previous allocation's stack (last_n words) */
+    uint64_t *words_mem;       /* the two, words_cap frame words each */
     int words_cap;
+    int last_n;                /* 0: no previous stack to reuse */
+    uint32_t last_id;          /* the previous stack's id, and what its hash was seeded with */
+    uint64_t last_generation, last_cut, last_cut_at;
     cyt_scratch scratch;       /* libunwind's buffer for deep stacks */
     unsigned names_seen;       /* names_version when the name was last looked up */
     int python_named;          /* the name came from cytrace_name_thread */
@@ -312,12 +317,15 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->ev = malloc(NCOLS * cyt_buffer_size);
     if (ts->ev) reset_columns(ts);
     if (ts->words_cap < cyt_max_frames) {
-        uint64_t *words = realloc(ts->words, (size_t)cyt_max_frames * sizeof *words);
+        uint64_t *words = realloc(ts->words_mem, 2 * (size_t)cyt_max_frames * sizeof *words);
         if (words != NULL) {
-            ts->words = words;
+            ts->words_mem = words;
             ts->words_cap = cyt_max_frames;
         }
     }
+    ts->words = ts->words_mem;
+    ts->last_words = ts->words_mem + ts->words_cap;
+    ts->last_n = 0;
     ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
@@ -482,16 +490,45 @@ static inline int capture_words(cyt_thread *ts, void *return_address, void *fram
     return max;
 }
 
+static uint32_t intern_stack(cyt_thread *ts, const uint64_t *words, int n, uint64_t h, uint64_t generation, uint64_t cut,
+                             uint64_t cut_at);
+
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
     uint64_t generation = atomic_load_explicit(&cyt_load_generation, memory_order_relaxed);
     uint64_t cut, cut_at;
     int n = capture_words(ts, return_address, frame_address, &cut, &cut_at);
     if (n == 0) return 0;
-    const uint64_t *words = ts->words;
+    uint64_t *words = ts->words;
+    /* the same stack as this thread's previous allocation (a loop allocating at one place):
+     * the same id, without hashing it again */
+    if (n == ts->last_n && generation == ts->last_generation && cut == ts->last_cut && cut_at == ts->last_cut_at) {
+        const uint64_t *last = ts->last_words;
+        int i = 0;
+        while (i < n && words[i] == last[i]) i++;
+        if (i == n) return ts->last_id;
+    }
     /* (multiplied: stacks that differ only there must still spread over the tables) */
     uint64_t h = stack_hash(words, n, generation * 0xd6e8feb86659fd93ULL ^ cut * 0xa0761d6478bd642fULL ^ cut_at);
     unsigned slot = (unsigned)(h ^ (h >> 17)) & (TCACHE_SIZE - 1);
-    if (ts->tcache[slot].hash == h && ts->tcache[slot].id) return ts->tcache[slot].id;
+    uint32_t id = ts->tcache[slot].hash == h ? ts->tcache[slot].id : 0;
+    if (id == 0) id = intern_stack(ts, words, n, h, generation, cut, cut_at);
+    if (id == 0) return 0;
+    ts->tcache[slot].hash = h;
+    ts->tcache[slot].id = id;
+    /* remember it (the buffers change places: the next capture goes to the other) */
+    ts->words = ts->last_words;
+    ts->last_words = words;
+    ts->last_n = n;
+    ts->last_id = id;
+    ts->last_generation = generation;
+    ts->last_cut = cut;
+    ts->last_cut_at = cut_at;
+    return id;
+}
+
+/* The id of the stack words[0..n) with hash h, defining it (a STACK record) if no thread did. */
+static uint32_t intern_stack(cyt_thread *ts, const uint64_t *words, int n, uint64_t h, uint64_t generation, uint64_t cut,
+                             uint64_t cut_at) {
     int is_new = 0;
     uint32_t id = cyt_intern_stack(h, &is_new);
     if (id == 0) return 0;
@@ -508,8 +545,6 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
             ts->defs.len = (size_t)(p - ts->defs.data);
         }
     }
-    ts->tcache[slot].hash = h;
-    ts->tcache[slot].id = id;
     return id;
 }
 
