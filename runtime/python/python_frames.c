@@ -22,9 +22,12 @@
  *    way, where the outermost frames that are unchanged still keep their words;
  *  - a direct-mapped table (code object, instruction offset) -> frame word, so a line is
  *    computed and a PYFRAME record written once per call site, not per allocation.
- * (A code object freed and another made at the same address, then run by a frame at the
- * same address and instruction position as at the thread's previous allocation, would be
- * taken for the old one: the same limit as the site table's pointer checks.)
+ * Both caches know code objects by address, so a code object freed and another made at
+ * the same address (exec, eval, a module reloaded) would be taken for the old one. Every
+ * death of a code object is counted (a code watcher on 3.12+, PyCode_Type's deallocator
+ * wrapped before), before its memory is freed; a thread that sees the count changed since
+ * its previous allocation drops both caches. A program that keeps making and dropping
+ * code objects pays a walk and a look-up per frame at its next allocations, not wrong names.
  *
  * A frame word is `pyframe_id << 1 | 1`; pyframe ids come from the tracer's intern table
  * keyed by the frame's content (qualified name, file, line), so the same call site seen
@@ -80,6 +83,7 @@ typedef struct {
     int nprevious, cap;
     int reusable; /* every frame of `previous` has its word (none is 0: the tracer's table was not full) */
     unsigned start, session; /* the start and the tracer session its words belong to */
+    unsigned long deaths;    /* code_deaths when the caches were last valid */
     unsigned epoch;          /* this thread's count of those: the site slots' generation */
     site_slot sites[SITE_SLOTS];
 } thread_frames;
@@ -88,6 +92,7 @@ static __thread __attribute__((tls_model("initial-exec"))) thread_frames *tls_fr
 static pthread_key_t frames_key; /* frees a thread's caches when it ends */
 static pthread_once_t frames_key_once = PTHREAD_ONCE_INIT;
 static unsigned frames_epoch = 1; /* bumped at each start: cached words of an earlier capture are void */
+static unsigned long code_deaths; /* code objects deallocated so far (since the first start) */
 static int frames_on;
 
 static void thread_frames_free(void *p) {
@@ -287,10 +292,13 @@ static inline uint64_t cached_site_word(thread_frames *t, PyCodeObject *code, in
 /* ---- the tracer's callback ----------------------------------------------------------- */
 
 /* Another capture (a new start, or a followed fork's child): the words cached so far name
- * pyframe ids that capture never defined; make every site slot and the previous walk miss. */
-static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsigned start, unsigned session) {
+ * pyframe ids that capture never defined; or a code object died: a cached address may be
+ * another code object's now. Make every site slot and the previous walk miss. */
+static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsigned start, unsigned session,
+                                                         unsigned long deaths) {
     t->start = start;
     t->session = session;
+    t->deaths = deaths;
     if (++t->epoch == 0) t->epoch = 1;
     t->nprevious = 0;
     t->reusable = 0;
@@ -358,7 +366,9 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
     /* cytrace_session() is one load behind a call, and the only exact way to see that a
      * followed fork's child started a new capture before its first allocation. */
     unsigned start = __atomic_load_n(&frames_epoch, __ATOMIC_RELAXED), session = cytrace_session();
-    if (__builtin_expect(t->start != start || t->session != session, 0)) thread_frames_renew(t, start, session);
+    unsigned long deaths = __atomic_load_n(&code_deaths, __ATOMIC_ACQUIRE);
+    if (__builtin_expect(t->start != start || t->session != session || t->deaths != deaths, 0))
+        thread_frames_renew(t, start, session, deaths);
     interp_frame *innermost = innermost_frame(ts);
 
     /* The usual case: the same chain as at this thread's previous allocation, frame by
@@ -388,11 +398,48 @@ none:
     return 0;
 }
 
-void python_frames_enable(void) {
+/* ---- code objects' deaths ------------------------------------------------------------ */
+
+#if PY_VERSION_HEX >= 0x030C0000
+static int code_watcher(PyCodeEvent event, PyCodeObject *code) {
+    (void)code;
+    if (event == PY_CODE_EVENT_DESTROY) __atomic_add_fetch(&code_deaths, 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* Count deaths from now on (GIL held); once per process. 0, or -1 with an exception set. */
+static int count_code_deaths(void) {
+    static int watching;
+    if (watching) return 0;
+    if (PyCode_AddWatcher(code_watcher) < 0) return -1;
+    watching = 1;
+    return 0;
+}
+#else
+static destructor code_dealloc_original;
+
+static void code_dealloc_counted(PyObject *code) {
+    __atomic_add_fetch(&code_deaths, 1, __ATOMIC_RELEASE); /* before the memory can be reused */
+    code_dealloc_original(code);
+}
+
+/* Count deaths from now on (GIL held); once per process, never undone (a thread may be
+ * inside the wrapper). 0. */
+static int count_code_deaths(void) {
+    if (PyCode_Type.tp_dealloc == code_dealloc_counted) return 0;
+    code_dealloc_original = PyCode_Type.tp_dealloc;
+    PyCode_Type.tp_dealloc = code_dealloc_counted;
+    return 0;
+}
+#endif
+
+int python_frames_enable(void) {
+    if (count_code_deaths() != 0) return -1;
     unsigned epoch = __atomic_load_n(&frames_epoch, __ATOMIC_RELAXED) + 1;
     __atomic_store_n(&frames_epoch, epoch ? epoch : 1, __ATOMIC_RELAXED);
     cytrace_set_pyframes_source(python_frames_of_thread);
     __atomic_store_n(&frames_on, 1, __ATOMIC_RELEASE);
+    return 0;
 }
 
 void python_frames_disable(void) { __atomic_store_n(&frames_on, 0, __ATOMIC_RELEASE); }

@@ -7,9 +7,10 @@
 /* The tracer's cytrace_pyframes_fn: walks the calling thread's interpreter frames. */
 int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth);
 
-/* Start handing the tracer Python frames (words cached for an earlier capture are void),
- * and stop. */
-void python_frames_enable(void);
+/* Start handing the tracer Python frames (words cached for an earlier capture are void;
+ * from the first start on, deaths of code objects are counted), and stop. The GIL must be
+ * held to start. 0, or -1 with a Python exception set. */
+int python_frames_enable(void);
 void python_frames_disable(void);
 
 #endif
