@@ -256,6 +256,8 @@ struct cya_capture {
     size_t nevents;
     int events_made;
     int fd;            /* the file, open for the batches' second reading (-1: none) */
+    uint64_t order_conflicts;         /* what the last merge found (cya_order_conflicts) */
+    uint64_t first_order_conflict_ns;
     cya_run *runs;     /* the batches of each thread, parallel to threads */
 
     cya_object *objects;
