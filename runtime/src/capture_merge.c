@@ -5,23 +5,28 @@
  * the threads' events as a stream (cya_merge_stream): each thread's batches are decoded
  * again one at a time, in the thread's order, wherever they lie in the file, so a batch
  * written late (out of time order) is still merged at its place and memory holds one
- * batch per thread, never the whole capture. Threads are merged by time; events of several threads in one tick (the
- * ticking clock's 1 ms by default, FORMAT.md) are interleaved in proportion to their
- * position in the tick, as if each thread allocated at an even pace through it, and then
- * repaired so that every address keeps a possible history: an allocation waits for
- * another thread's free of that address in the same tick, and a free waits for the
- * allocation it frees. The tracer guarantees that such a free's time is never later than
- * that allocation's (trace_clock.c), so the repair never has to look beyond one tick.
+ * batch per thread, never the whole capture. Threads are merged by time.
  *
- * A free of an address never seen before is either of a block allocated before tracing
- * started, or of a block another thread allocates in this same tick (a hand-off): when
- * another thread's slice of the tick allocates that address, the free waits for it.
- *
- * An allocation that its thread keeps past the end of the tick must not shut out another
- * thread that still allocates (and frees) the same block in this tick: glibc gives an
- * ended thread's arena, and the block it reused again and again, to the next thread
- * started, often within one tick. Such an allocation waits while another slice's next event
- * about the block is an allocation and none's is a free (which could release it).
+ * Events of several threads in one tick (the ticking clock's 1 ms by default, FORMAT.md
+ * §4) are put in an order that keeps each thread's order and gives every block a possible
+ * history: allocation and free alternate (an allocation of a dead or never seen block, a
+ * free of a live one). The tracer makes such an order always exist (a free is timed no
+ * later than any reuse of its block), so one is looked for within the tick alone:
+ *  - first the even interleave (each thread's events placed in proportion to their
+ *    position in its slice of the tick, as if it allocated at an even pace), taking at
+ *    each step the earliest event that is ready. A free of a block never seen before waits
+ *    while another slice of the tick allocates that block (a hand-over, rather than a
+ *    block allocated before tracing started). This nearly always places every event;
+ *  - when it gets stuck (every slice's next event waits), the tick is ordered by a search
+ *    (order_tick): greedy choices can dead-end where an order exists, e.g. two threads
+ *    taking two blocks in opposite orders, or two threads on one glibc arena trading three
+ *    blocks within the tick. Only events about blocks that several slices touch constrain
+ *    the order; the slices sharing blocks form groups, each searched depth first over its
+ *    slices' positions with the even interleave's preferences, dead-end states memoised;
+ *  - when no order exists (or none is found within the search's budget) the tick keeps
+ *    the even interleave and every event placed with its block in the wrong state counts
+ *    as a conflict (cya_order_conflicts): never a silent reordering.
+ * Memory of a tick: its slices' events, plus the search's maps when it runs.
  */
 #include <stdio.h>
 
