@@ -548,18 +548,16 @@ static size_t order_tick(cya_map *blocks, slice *s, size_t n, cya_event *out, un
 
 size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out)
 {
-    size_t total = 0;
-    for (size_t i = 0; i < n; i++) {
-        total += lens[i];
-        if (n == 1)
-            for (size_t j = 0; j < lens[0]; j++)
-                if (!apply_noting(blocks, &events[0][j], NULL))
-                    return SIZE_MAX;
-    }
     if (n == 1) {
+        for (size_t j = 0; j < lens[0]; j++)
+            if (!apply_noting(blocks, &events[0][j], NULL))
+                return SIZE_MAX;
         memcpy(out, events[0], lens[0] * sizeof *out);
         return lens[0];
     }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += lens[i];
     slice *s = malloc((n ? n : 1) * sizeof *s);
     unsigned char *absent = malloc(total ? total : 1);
     size_t o = SIZE_MAX;
