@@ -12,9 +12,12 @@ each a whole process, round-robin, BENCH_REPEATS times (default 3) after a warm-
 and CPU time (user + system of the child, os.wait4) medians, the ratio to the plain run
 (median of the rounds' ratios), the capture's bytes and bytes per event (the events are
 cytool's count for the same workload: every tool sees the same allocations and frees).
-Results: bench/results/scale.md.
+Then the capture sizes (one run each, not timed: bench_pyframes.py times it) on the
+Python-heavy workload (bench/pyframes_workload.pyx), the other workload of issue 14's
+size target. Results: bench/results/scale.md.
 
 Environment: BENCH_SCALE_N (iterations, default 9,100,000: about 20 M events),
+BENCH_SCALE_PY_N (calls of the Python-heavy workload, default 150,000; 0 skips it),
 BENCH_REPEATS, BENCH_BASELINE_REF ("" skips the baseline).
 """
 from __future__ import annotations
@@ -32,6 +35,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from timing import build_baseline, load_average, machine_line, write_result
 
 N = int(os.environ.get("BENCH_SCALE_N", "9100000"))
+PY_N = int(os.environ.get("BENCH_SCALE_PY_N", "150000"))
+PY_DEPTH = 20
 REPEATS = int(os.environ.get("BENCH_REPEATS", "3"))
 BASELINE_REF = os.environ.get("BENCH_BASELINE_REF", "main")
 HERE = Path(__file__).resolve().parent
@@ -73,6 +78,40 @@ def memray_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def python_heavy_sizes(work: Path, env: Mapping[str, str], base_env: Optional[Mapping[str, str]],
+                       heaptrack: Optional[str], use_memray: bool) -> Tuple[Dict[str, int], int]:
+    """({tool: capture bytes}, cytool's events) of one run of each tool on the Python-heavy
+    workload; the names are those of the mixed workload's table."""
+    from cytool.build import BuildOptions, build_module
+
+    py = sys.executable
+    source = HERE / "pyframes_workload.pyx"
+    module = build_module(source, BuildOptions(opt_level="2")).module_path
+    program = [str(source), "--", str(PY_N), str(PY_DEPTH)]
+    plain = [py, "-m", "cytool", "run", "--prebuilt", str(module), *program]
+    runs: Dict[str, Tuple[List[str], Mapping[str, str], Path]] = {}
+    if base_env is not None:
+        runs[f"cytool profile, before (`{BASELINE_REF}`)"] = (
+            [py, "-m", "cytool", "profile", "--no-summary", "-o", str(work / "py-before.cytrace"), *program], base_env,
+            work / "py-before.cytrace")
+    runs["cytool profile, after (this tree)"] = (
+        [py, "-m", "cytool", "profile", "--no-summary", "-o", str(work / "py-after.cytrace"), *program], env,
+        work / "py-after.cytrace")
+    if use_memray:
+        runs["memray run"] = ([py, "-m", "memray", "run", "-q", "-f", "-o", str(work / "py.memray"), *plain[1:]],
+                              env, work / "py.memray")
+    if heaptrack:
+        runs["heaptrack"] = ([heaptrack, "-o", str(work / "py.heaptrack"), *plain], env, work / "py.heaptrack")
+    sizes: Dict[str, int] = {}
+    for name, (argv, cmd_env, path) in runs.items():
+        print(f"Python-heavy workload: {name}", file=sys.stderr, flush=True)
+        measure(argv, cmd_env)
+        found = sorted(work.glob(path.name + "*")) if name == "heaptrack" else [path]
+        if found and found[0].exists():
+            sizes[name] = found[0].stat().st_size
+    return sizes, capture_events(work / "py-after.cytrace", env)
 
 
 def main() -> int:
@@ -139,6 +178,11 @@ def main() -> int:
         sizes = {name: path.stat().st_size for name, path in files.items()}
         events = capture_events(work / "after.cytrace", env)
         before_events = capture_events(work / "before.cytrace", env) if BASELINE_REF else 0
+        py_sizes: Dict[str, int] = {}
+        py_events = 0
+        if PY_N:
+            py_sizes, py_events = python_heavy_sizes(work, env, base_env if BASELINE_REF else None, heaptrack,
+                                                     use_memray)
 
     plain = "plain `cytool run`"
 
@@ -185,6 +229,23 @@ def main() -> int:
         before = f"cytool profile, before (`{BASELINE_REF}`)"
         lines.append(f"- before (`{BASELINE_REF}`): {sizes[before] / before_events:.3f} B/event "
                      f"({before_events:,} events), {ratio(before, 0):.2f}x wall, {ratio(before, 1):.2f}x CPU")
+    if py_sizes:
+        lines += [
+            "",
+            f"## Capture size on the Python-heavy workload: bench/pyframes_workload.pyx -- {PY_N} {PY_DEPTH}",
+            "",
+            "Cython calls a Python function that recurses 20-23 calls deep and builds strings and lists (mostly "
+            f"pymalloc blocks); cytool's capture holds {py_events:,} events. One run of each tool, default "
+            "settings (memray: Python allocators, no `--native`; it records other allocations than cytool, so "
+            "its bytes per cytool event only compare file sizes).",
+            "",
+            "| command | capture bytes | B/event |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {name} | {size:,} | {size / py_events:.3f} |" for name, size in py_sizes.items()]
+        py_bpe = py_sizes[after] / py_events
+        lines.append(f"\n- capture size: {py_bpe:.3f} B/event (target <= {SIZE_TARGET}: "
+                     f"{'met' if py_bpe <= SIZE_TARGET else 'NOT met'})")
     if not use_memray:
         lines.append("- memray is not installed (`pip install -e '.[bench]'`): its row is missing")
     if not heaptrack:

@@ -15,7 +15,7 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, Union, overload
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 from cytool.errors import CytoolError
 
@@ -456,7 +456,30 @@ class EventList(Sequence[Event]):
             yield from self._decode(start, min(self._count, start + self._CHUNK))
 
 
-class Capture:
+class NativeHandle:
+    """An object that owns handles of libcyanalyze: `close()` frees them (and may be called
+    again); a context manager; closed when garbage-collected."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: "_Owner") -> "_Owner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+_Owner = TypeVar("_Owner", bound=NativeHandle)
+
+
+class Capture(NativeHandle):
     """A capture read into memory by the C reader. Close it (or use `with`) to free it."""
 
     def __init__(self, path: Path, handle: int):
@@ -601,26 +624,13 @@ class Capture:
         """(events, time in ns of the first one's tick): events that no order of the threads
         of their tick could place with their block in the right state (an allocation of a
         live block, a free of a dead one; (0, 0) for a capture the tracer wrote correctly).
-        Makes the events (`events`) if they are not made yet."""
-        if self._handle is None:
-            raise ValueError("the capture is closed")
+        Makes the events (`events`) if they are not made yet. ValueError once closed."""
+        handle = self.handle
         if len(self.events):
             self.events[0]
         first = _u64()
-        count = library().cya_order_conflicts(self._handle, ctypes.byref(first))
+        count = library().cya_order_conflicts(handle, ctypes.byref(first))
         return count, first.value
-
-    def __enter__(self) -> "Capture":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
 
     # -- symbols -------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from cytool.analysis import RUNNER_PREFIXES, tool_prefixes
-from cytool.capture import FRAME_KINDS, _Location, _Status, _Thread, _text, library, symbol_search_path
+from cytool.capture import FRAME_KINDS, NativeHandle, _Location, _Status, _Thread, _text, library, symbol_search_path
 from cytool.errors import CytoolError
 
 _u64 = ctypes.c_uint64
@@ -141,7 +141,7 @@ def _matches(file: str, prefixes: Tuple[str, ...]) -> bool:
     return False
 
 
-class Follower:
+class Follower(NativeHandle):
     """A capture read as it grows. `poll()` reads the frames completed since the last
     call; `totals`, `threads()` and `lines()` give the figures so far."""
 
@@ -286,15 +286,3 @@ class Follower:
         if self._handle is not None:
             self._lib.cya_follow_close(self._handle)
             self._handle = None
-
-    def __enter__(self) -> "Follower":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
