@@ -208,6 +208,7 @@ def library() -> ctypes.CDLL:
         "cya_get_status": (ctypes.POINTER(_Status), [ctypes.c_void_p]),
         "cya_get_events": (ctypes.c_void_p, [ctypes.c_void_p, size_p]),
         "cya_count_events": (ctypes.c_size_t, [ctypes.c_void_p]),
+        "cya_order_conflicts": (_u64, [ctypes.c_void_p, ctypes.POINTER(_u64)]),
         "cya_get_objects": (ctypes.POINTER(_Object), [ctypes.c_void_p, size_p]),
         "cya_get_threads": (ctypes.POINTER(_Thread), [ctypes.c_void_p, size_p]),
         "cya_get_pyframes": (ctypes.POINTER(_PyFrame), [ctypes.c_void_p, size_p]),
@@ -617,6 +618,19 @@ class Capture(NativeHandle):
             lib.cya_close(self._handle)
             self._handle = None
             self.events = EventList(self, 0)
+
+    @property
+    def order_conflicts(self) -> Tuple[int, int]:
+        """(events, time in ns of the first one's tick): events that no order of the threads
+        of their tick could place with their block in the right state (an allocation of a
+        live block, a free of a dead one; (0, 0) for a capture the tracer wrote correctly).
+        Makes the events (`events`) if they are not made yet. ValueError once closed."""
+        handle = self.handle
+        if len(self.events):
+            self.events[0]
+        first = _u64()
+        count = library().cya_order_conflicts(handle, ctypes.byref(first))
+        return count, first.value
 
     # -- symbols -------------------------------------------------------------------
 

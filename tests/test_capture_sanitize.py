@@ -66,6 +66,22 @@ def test_following_damaged_captures_is_clean_under_sanitizers(driver: Path, tmp_
     assert "follow" in outcomes and "rejected" in outcomes
 
 
+def test_searched_tick_orders_are_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:
+    """Captures whose ticks the even interleave cannot order (threads reusing and passing
+    blocks within one tick: capture_merge.c's search), read and followed."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from test_capture_tick_order import simulate, write
+
+    paths = []
+    for seed in range(40):
+        threads, setup, _ = simulate(seed, known=seed % 2 == 0)
+        paths.append(tmp_path / f"tick{seed}.cytrace")
+        write(paths[-1], seed, threads, setup)
+    for options in ((), ("--follow",)):
+        out = run_driver(driver, paths, *options)
+        assert len(out.splitlines()) == len(paths)
+
+
 def test_hostile_source_paths_are_clean_under_sanitizers(driver: Path, tmp_path: Path) -> None:
     """Objects, Python frames and the executable naming FIFOs, devices, directories, links,
     `..`, very long and NUL/control-byte paths (whole and damaged): the C pipeline opens

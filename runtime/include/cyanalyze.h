@@ -179,6 +179,11 @@ CYA_API const cya_event *cya_get_events(const cya_capture *capture, size_t *coun
  * the whole capture into memory on its first call (about 40 bytes an event, NULL when
  * out of memory); reports stream the events instead (cya_analyze_json). */
 CYA_API size_t cya_count_events(const cya_capture *capture);
+/* Events that no order of their tick's threads could place with their block in the right
+ * state (an allocation of a live block, a free of a dead one): a capture the tracer wrote
+ * correctly has none. Found by the last merge of the events (cya_get_events, a report);
+ * 0 before any. *first_ns (may be NULL): the time of the first such event's tick. */
+CYA_API uint64_t cya_order_conflicts(const cya_capture *capture, uint64_t *first_ns);
 CYA_API const cya_object *cya_get_objects(const cya_capture *capture, size_t *count);
 CYA_API const cya_thread *cya_get_threads(const cya_capture *capture, size_t *count);
 CYA_API const cya_pyframe *cya_get_pyframes(const cya_capture *capture, size_t *count);

@@ -233,8 +233,10 @@ typedef int (*cya_emit_fn)(void *ctx, const cya_event *events, size_t n);
 
 /* Stream every event of the capture, in the order cya_get_events gives them, to emit
  * (capture_merge.c): threads merged by time, a tick of several threads interleaved and
- * kept consistent per address. Memory: one batch per thread and the addresses seen (when
- * several threads have events). 1, or 0 with a message in errbuf ("" when emit stopped). */
+ * kept consistent per address (searched when the even interleave dead-ends). Memory: one
+ * batch per thread and the addresses seen (when several threads have events). Sets the
+ * capture's order conflicts (cya_order_conflicts) when it ends. 1, or 0 with a message in
+ * errbuf ("" when emit stopped). */
 int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
 /* One tick of the merge, for a reader that gathers the ticks itself (analyze_follow.c):
  * the events of n threads at one time (each thread's in its order) put in the order
@@ -256,6 +258,8 @@ struct cya_capture {
     size_t nevents;
     int events_made;
     int fd;            /* the file, open for the batches' second reading (-1: none) */
+    uint64_t order_conflicts;         /* what the last merge found (cya_order_conflicts) */
+    uint64_t first_order_conflict_ns;
     cya_run *runs;     /* the batches of each thread, parallel to threads */
 
     cya_object *objects;

@@ -5,23 +5,28 @@
  * the threads' events as a stream (cya_merge_stream): each thread's batches are decoded
  * again one at a time, in the thread's order, wherever they lie in the file, so a batch
  * written late (out of time order) is still merged at its place and memory holds one
- * batch per thread, never the whole capture. Threads are merged by time; events of several threads in one tick (the
- * ticking clock's 1 ms by default, FORMAT.md) are interleaved in proportion to their
- * position in the tick, as if each thread allocated at an even pace through it, and then
- * repaired so that every address keeps a possible history: an allocation waits for
- * another thread's free of that address in the same tick, and a free waits for the
- * allocation it frees. The tracer guarantees that such a free's time is never later than
- * that allocation's (trace_clock.c), so the repair never has to look beyond one tick.
+ * batch per thread, never the whole capture. Threads are merged by time.
  *
- * A free of an address never seen before is either of a block allocated before tracing
- * started, or of a block another thread allocates in this same tick (a hand-off): when
- * another thread's slice of the tick allocates that address, the free waits for it.
- *
- * An allocation that its thread keeps past the end of the tick must not shut out another
- * thread that still allocates (and frees) the same block in this tick: glibc gives an
- * ended thread's arena, and the block it reused again and again, to the next thread
- * started, often within one tick. Such an allocation waits while another slice's next event
- * about the block is an allocation and none's is a free (which could release it).
+ * Events of several threads in one tick (the ticking clock's 1 ms by default, FORMAT.md
+ * §4) are put in an order that keeps each thread's order and gives every block a possible
+ * history: allocation and free alternate (an allocation of a dead or never seen block, a
+ * free of a live one). The tracer makes such an order always exist (a free is timed no
+ * later than any reuse of its block), so one is looked for within the tick alone:
+ *  - first the even interleave (each thread's events placed in proportion to their
+ *    position in its slice of the tick, as if it allocated at an even pace), taking at
+ *    each step the earliest event that is ready. A free of a block never seen before waits
+ *    while another slice of the tick allocates that block (a hand-over, rather than a
+ *    block allocated before tracing started). This nearly always places every event;
+ *  - when it gets stuck (every slice's next event waits), the tick is ordered by a search
+ *    (order_tick): greedy choices can dead-end where an order exists, e.g. two threads
+ *    taking two blocks in opposite orders, or two threads on one glibc arena trading three
+ *    blocks within the tick. Only events about blocks that several slices touch constrain
+ *    the order; the slices sharing blocks form groups, each searched depth first over its
+ *    slices' positions with the even interleave's preferences, dead-end states memoised;
+ *  - when no order exists (or none is found within the search's budget) the tick keeps
+ *    the even interleave and every event placed with its block in the wrong state counts
+ *    as a conflict (cya_order_conflicts): never a silent reordering.
+ * Memory of a tick: its slices' events, plus the search's maps when it runs.
  */
 #include <stdio.h>
 
@@ -85,174 +90,484 @@ typedef struct slice {
     size_t pos, len;
 } slice;
 
-/* The blocks of one tick's remaining events, by block key: the slice allocating them (+1)
- * or MANY, and (built when a block is allocated by MANY) which slices have events about
- * them (bit slice % 32). */
-typedef struct window {
-    cya_map allocs;
-    cya_map touched;
-    int built, touched_built;
-} window;
-
 #define MANY UINT32_MAX
+#define SHARED 0x80000000u
+#define UNKNOWN 2u                      /* a block never seen before the tick (search state) */
+#define SEARCH_BUDGET ((size_t)1 << 20) /* placements the search may try per group of a tick */
 
-static void window_free(window *w)
+/* The place of a slice's event j in the tick, as if its thread went at an even pace. */
+static double place(const slice *t, size_t j)
 {
-    cya_map_free(&w->allocs);
-    cya_map_free(&w->touched);
+    return ((double)j + 0.5) / (double)t->len;
 }
 
-static int window_build(window *w, const slice *s, size_t n, int touched)
+static int is_alloc(const cya_event *e)
 {
-    if (touched)
-        w->touched_built = 1;
-    else
-        w->built = 1;
+    return e->kind < CYA_FREE;
+}
+
+/* The allocations among the slices' events from their positions on, by block key: the
+ * slice making them (+1), or MANY. 0 when out of memory. */
+static int allocs_build(cya_map *allocs, const slice *s, size_t n)
+{
     for (size_t i = 0; i < n; i++)
         for (size_t j = s[i].pos; j < s[i].len; j++) {
             const cya_event *e = &s[i].events[j];
-            if (!e->address || (!touched && e->kind >= CYA_FREE))
+            if (!e->address || !is_alloc(e))
                 continue;
             uint64_t key = cya_block_key(e->kind, e->address);
-            if (touched) {
-                uint32_t bit = 1u << (i % 32), *mask = cya_map_get(&w->touched, key);
-                if (mask)
-                    *mask |= bit;
-                else if (!cya_map_put(&w->touched, key, bit))
-                    return 0;
-                continue;
-            }
-            uint32_t *by = cya_map_get(&w->allocs, key);
+            uint32_t *by = cya_map_get(allocs, key);
             if (by && *by != i + 1)
                 *by = MANY;
-            else if (!by && !cya_map_put(&w->allocs, key, (uint32_t)(i + 1)))
+            else if (!by && !cya_map_put(allocs, key, (uint32_t)(i + 1)))
                 return 0;
         }
     return 1;
 }
 
-/* The index of the slice's first event about block `key` from `from` on, or SIZE_MAX. */
-static size_t next_about(const slice *t, uint64_t key, size_t from)
-{
-    for (size_t j = from; j < t->len; j++)
-        if (t->events[j].address && cya_block_key(t->events[j].kind, t->events[j].address) == key)
-            return j;
-    return SIZE_MAX;
-}
-
-/* Would the allocation of `key` at slice `from`'s position shut out another slice? Only
- * when other slices allocate that block in this tick too, and this one does not free it
- * again in the tick: then yes while another slice's next event about it is an allocation
- * and no slice's next one is a free. */
-static int shuts_out(window *w, const slice *s, size_t n, size_t from, uint64_t key)
-{
-    const uint32_t *by = cya_map_get(&w->allocs, key);
-    if (!by || *by != MANY)
-        return 0;
-    if (!w->touched_built && !window_build(w, s, n, 1))
-        return -1;
-    size_t own = next_about(&s[from], key, s[from].pos + 1);
-    if (own != SIZE_MAX && s[from].events[own].kind >= CYA_FREE)
-        return 0;
-    const uint32_t *mask = cya_map_get(&w->touched, key);
-    int waiting = 0;
-    for (size_t t = 0; mask && t < n; t++) {
-        if (t == from || !(*mask & 1u << (t % 32)))
-            continue;
-        size_t j = next_about(&s[t], key, s[t].pos);
-        if (j == SIZE_MAX)
-            continue;
-        if (s[t].events[j].kind >= CYA_FREE)
-            return 0;
-        waiting = 1;
-    }
-    return waiting;
-}
-
-/* Can event e of slice `from` come next, given what is live? 1 yes, 0 no, -1 out of memory. */
-static int ready(const cya_map *blocks, window *w, const slice *s, size_t n, size_t from, const cya_event *e)
+/* Set the block map's state for event e; `absent` says whether the block was absent before
+ * (NULL: not wanted). 0 when out of memory. */
+static int apply_noting(cya_map *blocks, const cya_event *e, unsigned char *absent)
 {
     if (!e->address)
         return 1;
     uint64_t key = cya_block_key(e->kind, e->address);
-    const uint32_t *state = cya_map_get(blocks, key);
-    if (e->kind >= CYA_FREE && state)
-        return *state != BLOCK_DEAD;
-    if (e->kind < CYA_FREE && state && *state == BLOCK_LIVE)
-        return 0;
-    if (!w->built && !window_build(w, s, n, 0))
-        return -1;
-    if (e->kind < CYA_FREE) {
-        int shut = shuts_out(w, s, n, from, key);
-        return shut < 0 ? -1 : !shut;
-    }
-    /* never seen: wait if another slice of this tick allocates it */
-    const uint32_t *by = cya_map_get(&w->allocs, key);
-    return !by || *by == from + 1;
-}
-
-static int apply(cya_map *blocks, const cya_event *e)
-{
-    if (!e->address)
+    uint32_t *st = cya_map_get(blocks, key), now = is_alloc(e) ? BLOCK_LIVE : BLOCK_DEAD;
+    if (absent)
+        *absent = !st;
+    if (st) {
+        *st = now;
         return 1;
-    return cya_map_put(blocks, cya_block_key(e->kind, e->address), e->kind < CYA_FREE ? BLOCK_LIVE : BLOCK_DEAD);
+    }
+    return cya_map_put(blocks, key, now);
 }
 
-/* Interleave the slices of one tick into out; returns the new out position, or
- * SIZE_MAX when out of memory. */
-static size_t interleave(cya_map *blocks, slice *s, size_t n, cya_event *out, size_t o)
+/* The first try, and nearly always the last: the even interleave, taking at each step the
+ * earliest placed event whose block is in the right state (an allocation's dead or never
+ * seen, a free's live; a free of a block never seen waits while another slice of the tick
+ * allocates it: a block handed over). 1 when every event found its place (out and blocks
+ * done), 0 when stuck (blocks and positions as they were), -1 out of memory. */
+static int greedy(cya_map *blocks, slice *s, size_t n, cya_event *out, unsigned char *absent)
 {
-    size_t active = n;
-    window w = {{0}, {0}, 0, 0};
-    while (active > 0) {
-        size_t best = SIZE_MAX, best_ready = SIZE_MAX;
-        double best_at = 2, best_ready_at = 2;
+    cya_map allocs = {0};
+    int built = 0;
+    size_t o = 0;
+    for (;;) {
+        size_t best = SIZE_MAX;
+        double best_at = 2;
         for (size_t i = 0; i < n; i++) {
             if (s[i].pos == s[i].len)
                 continue;
-            double at = ((double)s[i].pos + 0.5) / (double)s[i].len; /* place in the tick */
-            if (at < best_at)
-                best = i, best_at = at;
-            if (at < best_ready_at) {
-                int r = ready(blocks, &w, s, n, i, &s[i].events[s[i].pos]);
-                if (r < 0) {
-                    window_free(&w);
-                    return SIZE_MAX;
+            double at = place(&s[i], s[i].pos);
+            if (at >= best_at)
+                continue;
+            const cya_event *e = &s[i].events[s[i].pos];
+            if (e->address) {
+                uint64_t key = cya_block_key(e->kind, e->address);
+                const uint32_t *st = cya_map_get(blocks, key);
+                if (st && *st != (is_alloc(e) ? BLOCK_DEAD : BLOCK_LIVE))
+                    continue;
+                if (!st && !is_alloc(e)) {
+                    if (!built && !(built = allocs_build(&allocs, s, n))) {
+                        cya_map_free(&allocs);
+                        return -1;
+                    }
+                    const uint32_t *by = cya_map_get(&allocs, key);
+                    if (by && *by != i + 1)
+                        continue;
                 }
-                if (r)
-                    best_ready = i, best_ready_at = at;
             }
+            best = i;
+            best_at = at;
         }
-        size_t pick = best_ready != SIZE_MAX ? best_ready : best; /* none ready: an untraced gap */
-        const cya_event *e = &s[pick].events[s[pick].pos++];
-        if (!apply(blocks, e)) {
-            window_free(&w);
-            return SIZE_MAX;
+        if (best == SIZE_MAX)
+            break;
+        const cya_event *e = &s[best].events[s[best].pos++];
+        if (!apply_noting(blocks, e, &absent[o])) {
+            cya_map_free(&allocs);
+            return -1;
         }
         out[o++] = *e;
-        if (s[pick].pos == s[pick].len)
-            active--;
     }
-    window_free(&w);
+    cya_map_free(&allocs);
+    int done = 1;
+    for (size_t i = 0; i < n; i++)
+        done &= s[i].pos == s[i].len;
+    if (done)
+        return 1;
+    while (o-- > 0) { /* undo: each event was placed with its block in the right state */
+        const cya_event *e = &out[o];
+        if (!e->address)
+            continue;
+        uint64_t key = cya_block_key(e->kind, e->address);
+        if (absent[o])
+            cya_map_del(blocks, key);
+        else
+            *cya_map_get(blocks, key) = is_alloc(e) ? BLOCK_DEAD : BLOCK_LIVE;
+    }
+    for (size_t i = 0; i < n; i++)
+        s[i].pos = 0;
+    return 0;
+}
+
+/* The search, when the greedy order got stuck. Only the events about blocks that several
+ * slices touch in the tick ("shared") constrain the order: another block's state depends
+ * on its own thread alone. The slices that share blocks form groups (connected through
+ * the blocks they share); each group's shared events are ordered by a depth-first search
+ * over the slices' positions, trying the ready events in the greedy's preference (even
+ * interleave, a hand-over before a free of an unknown block) and backtracking from dead
+ * ends. The blocks' states after any set of positions are a function of those positions
+ * and of which unknown blocks were first freed, so a state that dead-ended once (kept by
+ * its Zobrist hash) is never searched again: the search is bounded by the product of the
+ * group's slices' shared event counts, and by SEARCH_BUDGET. */
+typedef struct search {
+    slice *s;
+    size_t n;
+    cya_map touch;  /* key -> first slice touching it + 1, | SHARED when another does too */
+    cya_map allocs; /* key -> the slice allocating it + 1, or MANY */
+    cya_map state;  /* key -> (state: DEAD, LIVE, UNKNOWN) | initial state << 2 */
+    cya_map failed; /* Zobrist hashes of dead-end states */
+    size_t *parent; /* union-find of slices over shared blocks */
+    size_t *first;  /* slice i's shared events: shared[first[i] .. first[i + 1]) */
+    size_t *shared; /* their indices in the slice */
+    size_t cap_shared;
+    size_t *placed; /* per slice: shared events placed */
+    size_t *group;  /* per slice: its group (index in groups), or SIZE_MAX */
+    struct group { size_t from, len, cursor; int solved; } *groups;
+    uint32_t *order; /* per group, from its `from`: the slices of its shared events in order */
+    struct choice { uint32_t slice, rank; uint64_t key; uint32_t was; } *path;
+    struct candidate { uint32_t slice; int later; double at; } *cands;
+} search;
+
+static size_t root(size_t *parent, size_t i)
+{
+    while (parent[i] != i)
+        i = parent[i] = parent[parent[i]];
+    return i;
+}
+
+static uint64_t zterm(uint64_t key, uint32_t v)
+{
+    return (v & 3) == v >> 2 ? 0 : cya_hash64(key * 4 + (v & 3) + 0x9E3779B97F4A7C15ULL);
+}
+
+static uint64_t failed_key(uint64_t hash)
+{
+    return hash == CYA_MAP_EMPTY ? hash ^ 1 : hash;
+}
+
+static uint64_t zpos(size_t slice, size_t p)
+{
+    return p ? cya_hash64(((uint64_t)slice << 40 ^ p) + 0x632BE59BD9B4E019ULL) : 0;
+}
+
+static void search_free(search *q)
+{
+    cya_map_free(&q->touch);
+    cya_map_free(&q->allocs);
+    cya_map_free(&q->state);
+    cya_map_free(&q->failed);
+    free(q->parent);
+    free(q->first);
+    free(q->shared);
+    free(q->placed);
+    free(q->group);
+    free(q->groups);
+    free(q->order);
+    free(q->path);
+    free(q->cands);
+}
+
+/* Which blocks are shared, the groups, and each slice's shared events. 0: out of memory. */
+static int search_prepare(search *q, const cya_map *blocks, size_t *ngroups)
+{
+    slice *s = q->s;
+    size_t n = q->n, nshared = 0;
+    q->parent = malloc(n * sizeof *q->parent);
+    q->first = malloc((n + 1) * sizeof *q->first);
+    q->placed = calloc(n, sizeof *q->placed);
+    q->group = malloc(n * sizeof *q->group);
+    q->groups = malloc(n * sizeof *q->groups);
+    q->cands = malloc(n * sizeof *q->cands);
+    if (!q->parent || !q->first || !q->placed || !q->group || !q->groups || !q->cands)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        q->parent[i] = i;
+    for (size_t i = 0; i < n; i++)
+        for (size_t j = 0; j < s[i].len; j++) {
+            const cya_event *e = &s[i].events[j];
+            if (!e->address)
+                continue;
+            uint64_t key = cya_block_key(e->kind, e->address);
+            uint32_t *t = cya_map_get(&q->touch, key);
+            if (!t) {
+                if (!cya_map_put(&q->touch, key, (uint32_t)(i + 1)))
+                    return 0;
+            } else if ((*t & ~SHARED) != i + 1) {
+                *t |= SHARED;
+                q->parent[root(q->parent, (*t & ~SHARED) - 1)] = root(q->parent, i);
+            }
+        }
+    if (!allocs_build(&q->allocs, s, n))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        q->first[i] = nshared;
+        for (size_t j = 0; j < s[i].len; j++) {
+            const cya_event *e = &s[i].events[j];
+            if (!e->address)
+                continue;
+            uint64_t key = cya_block_key(e->kind, e->address);
+            if (!(*cya_map_get(&q->touch, key) & SHARED))
+                continue;
+            if (!CYA_PUSH(q->shared, nshared, q->cap_shared, j))
+                return 0;
+            if (!cya_map_get(&q->state, key)) {
+                const uint32_t *b = cya_map_get(blocks, key);
+                uint32_t init = b ? *b : UNKNOWN;
+                if (!cya_map_put(&q->state, key, init | init << 2))
+                    return 0;
+            }
+        }
+    }
+    q->first[n] = nshared;
+    *ngroups = 0;
+    for (size_t i = 0; i < n; i++)
+        q->group[i] = SIZE_MAX;
+    size_t from = 0;
+    for (size_t i = 0; i < n; i++) { /* groups numbered by their first slice */
+        if (q->first[i + 1] == q->first[i])
+            continue;
+        size_t r = root(q->parent, i);
+        if (q->group[r] == SIZE_MAX) {
+            q->group[r] = (*ngroups)++;
+            q->groups[q->group[r]] = (struct group){0, 0, 0, 0};
+        }
+        q->group[i] = q->group[r];
+        q->groups[q->group[i]].len += q->first[i + 1] - q->first[i];
+    }
+    for (size_t g = 0; g < *ngroups; g++) {
+        q->groups[g].from = from;
+        from += q->groups[g].len;
+    }
+    q->order = malloc((nshared ? nshared : 1) * sizeof *q->order);
+    q->path = malloc((nshared ? nshared : 1) * sizeof *q->path);
+    return q->order && q->path;
+}
+
+static int cand_before(const struct candidate *a, const struct candidate *b)
+{
+    if (a->later != b->later)
+        return a->later < b->later;
+    if (a->at != b->at)
+        return a->at < b->at;
+    return a->slice < b->slice;
+}
+
+/* The ready shared events of group g's slices, best first; their number. */
+static size_t candidates(search *q, size_t g)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < q->n; i++) {
+        if (q->group[i] != g || q->first[i] + q->placed[i] == q->first[i + 1])
+            continue;
+        size_t j = q->shared[q->first[i] + q->placed[i]];
+        const cya_event *e = &q->s[i].events[j];
+        uint64_t key = cya_block_key(e->kind, e->address);
+        uint32_t st = *cya_map_get(&q->state, key) & 3;
+        if (st == (is_alloc(e) ? BLOCK_LIVE : BLOCK_DEAD))
+            continue;
+        int later = 0;
+        if (!is_alloc(e) && st == UNKNOWN) {
+            const uint32_t *by = cya_map_get(&q->allocs, key);
+            later = by && *by != i + 1;
+        }
+        struct candidate c = {(uint32_t)i, later, place(&q->s[i], j)};
+        size_t at = k++;
+        while (at > 0 && cand_before(&c, &q->cands[at - 1])) {
+            q->cands[at] = q->cands[at - 1];
+            at--;
+        }
+        q->cands[at] = c;
+    }
+    return k;
+}
+
+/* Order group g's shared events into q->order: 1 found, 0 no order exists (or none found
+ * within the budget), -1 out of memory. */
+static int search_group(search *q, size_t g)
+{
+    struct group *gr = &q->groups[g];
+    size_t depth = 0, rank = 0, tries = 0;
+    uint64_t hash = 0;
+    for (;;) {
+        if (depth == gr->len) {
+            for (size_t d = 0; d < depth; d++)
+                q->order[gr->from + d] = q->path[d].slice;
+            return 1;
+        }
+        size_t k = candidates(q, g);
+        int moved = 0;
+        for (; rank < k; rank++) {
+            size_t i = q->cands[rank].slice;
+            const cya_event *e = &q->s[i].events[q->shared[q->first[i] + q->placed[i]]];
+            uint64_t key = cya_block_key(e->kind, e->address);
+            uint32_t *v = cya_map_get(&q->state, key);
+            uint32_t now = (*v & ~3u) | (is_alloc(e) ? BLOCK_LIVE : BLOCK_DEAD);
+            uint64_t next = hash ^ zpos(i, q->placed[i]) ^ zpos(i, q->placed[i] + 1) ^ zterm(key, *v) ^ zterm(key, now);
+            if (cya_map_get(&q->failed, failed_key(next)))
+                continue;
+            if (++tries > SEARCH_BUDGET)
+                return 0;
+            q->path[depth++] = (struct choice){(uint32_t)i, (uint32_t)rank, key, *v};
+            *v = now;
+            q->placed[i]++;
+            hash = next;
+            rank = 0;
+            moved = 1;
+            break;
+        }
+        if (moved)
+            continue;
+        /* a dead end: remember it, and take back the last step */
+        if (!cya_map_put(&q->failed, failed_key(hash), 1))
+            return -1;
+        if (depth == 0)
+            return 0;
+        struct choice c = q->path[--depth];
+        uint32_t *v = cya_map_get(&q->state, c.key);
+        hash ^= zpos(c.slice, q->placed[c.slice]) ^ zpos(c.slice, q->placed[c.slice] - 1) ^ zterm(c.key, *v) ^
+                zterm(c.key, c.was);
+        *v = c.was;
+        q->placed[c.slice]--;
+        rank = c.rank + 1;
+    }
+}
+
+/* Place every event of the tick after the search: each group's shared events in the order
+ * found, the other events of each slice around them by the even interleave. A group with
+ * no order takes the greedy's (an event whose block is in the wrong state goes only when
+ * nothing else can), and each event so placed counts as a conflict. Returns the events
+ * placed, or SIZE_MAX when out of memory. */
+static size_t place_searched(search *q, cya_map *blocks, cya_event *out, uint64_t *conflicts)
+{
+    slice *s = q->s;
+    size_t o = 0;
+    for (size_t i = 0; i < q->n; i++)
+        q->placed[i] = 0;
+    for (;;) {
+        size_t best = SIZE_MAX, forced = SIZE_MAX;
+        double best_at = 2, forced_at = 2;
+        for (size_t i = 0; i < q->n; i++) {
+            if (s[i].pos == s[i].len)
+                continue;
+            double at = place(&s[i], s[i].pos);
+            if (at >= best_at && at >= forced_at)
+                continue;
+            int ok = 1;
+            if (q->first[i] + q->placed[i] < q->first[i + 1] && q->shared[q->first[i] + q->placed[i]] == s[i].pos) {
+                const struct group *gr = &q->groups[q->group[i]];
+                if (gr->solved) {
+                    ok = q->order[gr->from + gr->cursor] == i;
+                } else {
+                    const cya_event *e = &s[i].events[s[i].pos];
+                    const uint32_t *st = cya_map_get(blocks, cya_block_key(e->kind, e->address));
+                    ok = !st || *st == (is_alloc(e) ? BLOCK_DEAD : BLOCK_LIVE);
+                }
+            }
+            if (ok && at < best_at)
+                best = i, best_at = at;
+            else if (!ok && at < forced_at)
+                forced = i, forced_at = at;
+        }
+        if (best == SIZE_MAX && forced == SIZE_MAX)
+            return o;
+        size_t pick = best;
+        if (pick == SIZE_MAX) { /* only a group without an order is left, every one stuck */
+            pick = forced;
+            (*conflicts)++;
+        }
+        if (q->first[pick] + q->placed[pick] < q->first[pick + 1] && q->shared[q->first[pick] + q->placed[pick]] == s[pick].pos) {
+            q->placed[pick]++;
+            q->groups[q->group[pick]].cursor++;
+        }
+        const cya_event *e = &s[pick].events[s[pick].pos++];
+        if (!apply_noting(blocks, e, NULL))
+            return SIZE_MAX;
+        out[o++] = *e;
+    }
+}
+
+/* What ordering a tick found. */
+typedef struct tick_report {
+    uint64_t conflicts;        /* events placed with their block in the wrong state */
+    uint64_t first_conflict_ns; /* the tick of the first */
+} tick_report;
+
+/* Interleave the slices of one tick into out (room for all their events); `absent` has
+ * room for one byte an event. Returns the events placed, or SIZE_MAX when out of memory. */
+static size_t order_tick(cya_map *blocks, slice *s, size_t n, cya_event *out, unsigned char *absent, tick_report *rep)
+{
+    int r = greedy(blocks, s, n, out, absent);
+    if (r != 0) {
+        size_t total = 0;
+        for (size_t i = 0; i < n; i++)
+            total += s[i].len;
+        return r < 0 ? SIZE_MAX : total;
+    }
+    search q;
+    memset(&q, 0, sizeof q);
+    q.s = s;
+    q.n = n;
+    size_t ngroups = 0, o = SIZE_MAX;
+    if (search_prepare(&q, blocks, &ngroups)) {
+        int ok = 1;
+        for (size_t g = 0; ok && g < ngroups; g++) {
+            for (size_t i = 0; i < n; i++)
+                q.placed[i] = 0;
+            cya_map_free(&q.failed);
+            int found = search_group(&q, g);
+            ok = found >= 0;
+            q.groups[g].solved = found > 0;
+            /* back to the states before the tick for the next group (its keys are its own) */
+            for (size_t k = 0; k < q.state.cap; k++)
+                if (q.state.keys[k] != CYA_MAP_EMPTY)
+                    q.state.values[k] = (q.state.values[k] & ~3u) | q.state.values[k] >> 2;
+        }
+        uint64_t conflicts = 0;
+        if (ok)
+            o = place_searched(&q, blocks, out, &conflicts);
+        if (conflicts && rep) {
+            if (!rep->conflicts)
+                rep->first_conflict_ns = s[0].len ? s[0].events[0].time_ns : 0;
+            rep->conflicts += conflicts;
+        }
+    }
+    search_free(&q);
     return o;
 }
 
 size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out)
 {
     if (n == 1) {
-        for (size_t i = 0; i < lens[0]; i++)
-            if (!apply(blocks, &events[0][i]))
+        for (size_t j = 0; j < lens[0]; j++)
+            if (!apply_noting(blocks, &events[0][j], NULL))
                 return SIZE_MAX;
         memcpy(out, events[0], lens[0] * sizeof *out);
         return lens[0];
     }
-    slice *s = malloc((n ? n : 1) * sizeof *s);
-    if (!s)
-        return SIZE_MAX;
+    size_t total = 0;
     for (size_t i = 0; i < n; i++)
-        s[i] = (slice){events[i], 0, lens[i]};
-    size_t o = interleave(blocks, s, n, out, 0);
+        total += lens[i];
+    slice *s = malloc((n ? n : 1) * sizeof *s);
+    unsigned char *absent = malloc(total ? total : 1);
+    size_t o = SIZE_MAX;
+    if (s && absent) {
+        for (size_t i = 0; i < n; i++)
+            s[i] = (slice){events[i], 0, lens[i]};
+        o = order_tick(blocks, s, n, out, absent, NULL);
+    }
     free(s);
+    free(absent);
     return o;
 }
 
@@ -402,7 +717,9 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
     slice *slices = malloc(k * sizeof *slices);
     size_t *members = malloc(k * sizeof *members);
     cya_event *out = NULL;
-    size_t out_cap = 0;
+    unsigned char *absent = NULL;
+    size_t out_cap = 0, absent_cap = 0;
+    tick_report report = {0, 0};
     cya_map blocks = {0};
     int ok = st.loader && rcs && h.items && slices && members;
     if (!ok)
@@ -442,14 +759,15 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
             break;
         if (n == 1) {
             for (size_t i = 0; ok && i < slices[0].len; i++)
-                ok = apply(&blocks, &slices[0].events[i]);
+                ok = apply_noting(&blocks, &slices[0].events[i], NULL);
             if (!ok)
                 snprintf(errbuf, errlen, "out of memory while merging the threads");
             else if (!emit(ctx, slices[0].events, slices[0].len))
                 ok = 0;
         } else {
             if (!cya_grow((void **)&out, &out_cap, total, sizeof *out) ||
-                interleave(&blocks, slices, n, out, 0) == SIZE_MAX) {
+                !cya_grow((void **)&absent, &absent_cap, total, 1) ||
+                order_tick(&blocks, slices, n, out, absent, &report) == SIZE_MAX) {
                 snprintf(errbuf, errlen, "out of memory while merging the threads");
                 ok = 0;
             } else if (!emit(ctx, out, total)) {
@@ -467,7 +785,13 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
         }
     }
 done:
+    if (ok) {
+        cya_capture *mc = (cya_capture *)c; /* what this merge found, for cya_order_conflicts */
+        mc->order_conflicts = report.conflicts;
+        mc->first_order_conflict_ns = report.first_conflict_ns;
+    }
     cya_map_free(&blocks);
+    free(absent);
     if (rcs)
         for (size_t i = 0; i < k; i++)
             free(rcs[i].events);

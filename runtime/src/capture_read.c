@@ -1755,6 +1755,13 @@ static int sink_events(void *ctx, const cya_event *events, size_t n)
 
 CYA_API size_t cya_count_events(const cya_capture *c) { return c->nevents; }
 
+CYA_API uint64_t cya_order_conflicts(const cya_capture *c, uint64_t *first_ns)
+{
+    if (first_ns)
+        *first_ns = c->first_order_conflict_ns;
+    return c->order_conflicts;
+}
+
 CYA_API const cya_event *cya_get_events(const cya_capture *cc, size_t *count)
 {
     cya_capture *c = (cya_capture *)cc; /* the events are made on first use */
