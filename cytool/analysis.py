@@ -212,6 +212,10 @@ class Profile:
     # tracing started in the running process (cytool attach), at start_time_ns: blocks
     # allocated before are unknown, their frees (in unmatched_frees) are not counted
     attached: bool = False
+    # events no order of their tick's threads could place with their block in the right
+    # state (capture_merge.c): the tracer never writes such a capture
+    order_conflicts: int = 0
+    first_order_conflict_ns: int = 0
 
     def lines(self) -> List[LineStats]:
         """Per source line (grouped in C): self, inclusive and (for .pyx lines)
@@ -243,6 +247,13 @@ class Profile:
         if self.missing_events and not self.truncated:
             notes.append(f"{self.missing_events:,} events the tracer recorded are missing: the figures are a lower bound")
         notes += takeover_notes(self.takeovers)
+        if self.order_conflicts:
+            notes.append(
+                f"{self.order_conflicts:,} events could not be ordered with the other threads' events of their "
+                f"clock tick so that each block is allocated and freed in turn (the first in the tick at "
+                f"{self.first_order_conflict_ns / 1e9:.3f} s): the capture contradicts itself there, and live and "
+                "leaked figures may be off; was it written by another tool or edited?"
+            )
         if self.cut_events:
             limit = f"{self.max_frames} frames" if self.max_frames else "the frame limit"
             notes.append(
@@ -356,6 +367,8 @@ def analyze(
     finally:
         lib.cya_free(raw)
     data = json.loads(text)
+    first_conflict = ctypes.c_uint64()
+    order_conflicts = lib.cya_order_conflicts(capture.handle, ctypes.byref(first_conflict))  # found by that merge
     locations = [Location(f, file, line, kind, obj) for f, file, line, kind, obj in data["locations"]]
     stacks = [
         StackStats([locations[i] for i in frames], locations[self_index], Metrics.from_list(metrics))
@@ -412,6 +425,8 @@ def analyze(
         parent_pid=capture.header.parent_pid,
         start_time_ns=capture.header.start_time_ns,
         attached=capture.header.attached,
+        order_conflicts=int(order_conflicts),
+        first_order_conflict_ns=first_conflict.value,
     )
 
 

@@ -4,6 +4,9 @@ merge by time, the per-address repair of events in one tick, ids defined late, a
 files."""
 from __future__ import annotations
 
+import json
+import subprocess
+
 import sys
 from pathlib import Path
 
@@ -408,6 +411,16 @@ def test_a_tick_no_order_can_make_consistent_is_reported_as_a_conflict(tmp_path:
         assert capture.order_conflicts == (1, 1000)
         profile = analyze(capture)
         assert profile.replaced_blocks == 1
+        assert (profile.order_conflicts, profile.first_order_conflict_ns) == (1, 1000)
+    # every report says it (the table's notes, the JSON's warnings)
+    done = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json", str(path)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["capture"]
+    assert report["order_conflicts"] == {"events": 1, "first_tick_ns": 1000}
+    warnings = report["warnings"]
+    assert [w for w in warnings if w.startswith("1 events could not be ordered")], warnings
+    assert "at 0.000 s" in " ".join(warnings)
 
 
 def test_truncated_capture_keeps_complete_frames(tmp_path: Path) -> None:

@@ -73,6 +73,7 @@ def build(profile: Profile, mode: str = "bytes", *, show_changed: bool = False) 
             "max_frames": profile.max_frames,
             "attached": profile.attached,
             "cut_stacks": {"events": profile.cut_events, "bytes": profile.cut_bytes, "most_frames_cut": profile.cut_most},
+            "order_conflicts": {"events": profile.order_conflicts, "first_tick_ns": profile.first_order_conflict_ns},
             "warnings": profile.warnings() + sources.notes(capture_files(profile)),
         },
         "totals": totals,
