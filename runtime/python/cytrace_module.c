@@ -112,11 +112,7 @@ static int frames_start(void) {
         if (r != 0) return -1;
         naming_hook_on = 1;
     }
-    if (python_frames_enable() != 0) {
-        if (naming_hook_on && call_threading("setprofile", Py_None) != 0) PyErr_Clear();
-        naming_hook_on = 0;
-        return -1;
-    }
+    python_frames_enable();
     frames_on = 1;
     return 0;
 }

@@ -400,22 +400,6 @@ none:
 
 /* ---- code objects' deaths ------------------------------------------------------------ */
 
-#if PY_VERSION_HEX >= 0x030C0000
-static int code_watcher(PyCodeEvent event, PyCodeObject *code) {
-    (void)code;
-    if (event == PY_CODE_EVENT_DESTROY) __atomic_add_fetch(&code_deaths, 1, __ATOMIC_RELEASE);
-    return 0;
-}
-
-/* Count deaths from now on (GIL held); once per process. 0, or -1 with an exception set. */
-static int count_code_deaths(void) {
-    static int watching;
-    if (watching) return 0;
-    if (PyCode_AddWatcher(code_watcher) < 0) return -1;
-    watching = 1;
-    return 0;
-}
-#else
 static destructor code_dealloc_original;
 
 static void code_dealloc_counted(PyObject *code) {
@@ -423,23 +407,36 @@ static void code_dealloc_counted(PyObject *code) {
     code_dealloc_original(code);
 }
 
-/* Count deaths from now on (GIL held); once per process, never undone (a thread may be
- * inside the wrapper). 0. */
-static int count_code_deaths(void) {
-    if (PyCode_Type.tp_dealloc == code_dealloc_counted) return 0;
-    code_dealloc_original = PyCode_Type.tp_dealloc;
-    PyCode_Type.tp_dealloc = code_dealloc_counted;
+#if PY_VERSION_HEX >= 0x030C0000
+static int code_watcher(PyCodeEvent event, PyCodeObject *code) {
+    (void)code;
+    if (event == PY_CODE_EVENT_DESTROY) __atomic_add_fetch(&code_deaths, 1, __ATOMIC_RELEASE);
     return 0;
 }
 #endif
 
-int python_frames_enable(void) {
-    if (count_code_deaths() != 0) return -1;
+/* Count deaths from now on (GIL held); once per process, never undone (a thread may be in
+ * the callback). A code watcher where there is one (3.12+), else (older, or all 8 watchers
+ * taken) PyCode_Type's deallocator wrapped. */
+static void count_code_deaths(void) {
+    static int counting;
+    if (counting) return;
+    counting = 1;
+#if PY_VERSION_HEX >= 0x030C0000
+    if (PyCode_AddWatcher(code_watcher) >= 0) return;
+    PyErr_Clear();
+#endif
+    if (PyCode_Type.tp_dealloc == code_dealloc_counted) return;
+    code_dealloc_original = PyCode_Type.tp_dealloc;
+    PyCode_Type.tp_dealloc = code_dealloc_counted;
+}
+
+void python_frames_enable(void) {
+    count_code_deaths();
     unsigned epoch = __atomic_load_n(&frames_epoch, __ATOMIC_RELAXED) + 1;
     __atomic_store_n(&frames_epoch, epoch ? epoch : 1, __ATOMIC_RELAXED);
     cytrace_set_pyframes_source(python_frames_of_thread);
     __atomic_store_n(&frames_on, 1, __ATOMIC_RELEASE);
-    return 0;
 }
 
 void python_frames_disable(void) { __atomic_store_n(&frames_on, 0, __ATOMIC_RELEASE); }

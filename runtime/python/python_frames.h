@@ -9,8 +9,8 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth);
 
 /* Start handing the tracer Python frames (words cached for an earlier capture are void;
  * from the first start on, deaths of code objects are counted), and stop. The GIL must be
- * held to start. 0, or -1 with a Python exception set. */
-int python_frames_enable(void);
+ * held to start. */
+void python_frames_enable(void);
 void python_frames_disable(void);
 
 #endif
