@@ -23,9 +23,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from cytool.errors import CytoolError
 
@@ -73,8 +74,9 @@ def inspect_process(pid: int) -> TargetProcess:
         raise CytoolError(f"process {pid} cannot be read (/proc/{pid}: permission denied)",
                           hint="run cytool as the process's user (or root)", exit_code=2) from None
     start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-    if stat[stat.rindex(")") + 2] == "Z":
-        raise CytoolError(f"process {pid} has exited (a zombie)", exit_code=2)
+    if stat[stat.rindex(")") + 2] in "ZX":
+        raise CytoolError(f"process {pid} has exited (a zombie: its parent has not collected its exit status)",
+                          exit_code=2)
     try:
         executable = os.readlink(f"/proc/{pid}/exe")
         maps = _proc(pid, "maps")
@@ -85,19 +87,39 @@ def inspect_process(pid: int) -> TargetProcess:
     library = re.search(r"/libpython(\d+\.\d+)[^/\s]*\.so", maps)
     named = re.match(r"python(\d+\.\d+)", os.path.basename(executable))
     version = library.group(1) if library else named.group(1) if named else ""
-    if not library and not _exports_python(executable):
+    if not library and not _exports_python(pid):
         raise CytoolError(f"process {pid} ({os.path.basename(executable)}) is not a Python process",
                           hint="cytool attach traces Python programs (and the Cython modules they load)",
                           exit_code=2)
     return TargetProcess(pid, start_ticks, executable, version, command)
 
 
-def _exports_python(executable: str) -> bool:
+def _exports_python(pid: int) -> bool:
+    """The process's program has the interpreter linked in (read through /proc/PID/exe:
+    right even when the file was deleted or replaced since the process started)."""
     try:
-        with open(executable.replace(" (deleted)", ""), "rb") as f:
+        with open(f"/proc/{pid}/exe", "rb") as f:
             return b"PyGILState_Ensure" in f.read()
     except OSError:
         return False
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/PID/stat): R, S, D, T (stopped), Z ...; "" when gone."""
+    try:
+        stat = _proc(pid, "stat")
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
+def _refuse_stopped(pid: int) -> None:
+    """A process stopped by a signal (SIGSTOP, Ctrl-Z) cannot run the tracer's thread, and
+    gdb would set it running: it is the user's to continue."""
+    if _state(pid) == "T":
+        raise CytoolError(f"process {pid} is stopped (by SIGSTOP, SIGTSTP or Ctrl-Z): it cannot start the tracer",
+                          hint=f"continue it first (kill -CONT {pid}), then run cytool attach {pid} again",
+                          exit_code=2)
 
 
 def _tracer_pid(pid: int) -> int:
@@ -141,7 +163,15 @@ def _extension_for(process: TargetProcess) -> Path:
         raise CytoolError(f"process {process.pid} runs Python {process.python_version}: cytool's tracer needs "
                           f"Python {'.'.join(map(str, OLDEST_PYTHON))} or later", exit_code=2)
     extension = Path(tracker._driver().__file__)
-    if not process.python_version or process.python_version == ours:
+    if not process.python_version:
+        if _same_program(process.pid, sys.executable):
+            return extension
+        # a tracer built for another Python would read its frames wrongly (and crash it)
+        raise CytoolError(f"cannot tell which Python version process {process.pid} runs: its program "
+                          f"({process.executable}) is neither named pythonX.Y nor linked to libpythonX.Y",
+                          hint=f"run the cytool installed for that Python: /proc/{process.pid}/exe -m cytool "
+                          f"attach {process.pid} (or pythonX.Y -m cytool attach {process.pid})", exit_code=2)
+    if process.python_version == ours:
         return extension
     interpreter = process.executable
     source_dir = HERE.parent / "runtime" / "python"  # the extension's C files (setup.py builds them all)
@@ -155,6 +185,14 @@ def _extension_for(process: TargetProcess) -> Path:
         raise CytoolError(f"process {process.pid} runs Python {process.python_version}; this cytool's tracer is "
                           f"built for Python {ours} ({sys.executable})", hint=what_to_do, exit_code=2)
     return _build_extension(process, interpreter, source_dir, headers, library, what_to_do)
+
+
+def _same_program(pid: int, executable: str) -> bool:
+    """Process `pid` runs the very program `executable` (same GNU build-id)."""
+    from cytool.elf import build_id
+
+    ours = build_id(Path(os.path.realpath(executable)))
+    return ours is not None and build_id(Path(f"/proc/{pid}/exe")) == ours
 
 
 def _build_extension(process: TargetProcess, interpreter: str, source_dir: Path, headers: Path, library: Path,
@@ -271,7 +309,8 @@ def _ptrace_hint() -> str:
 
 def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str, Any]:
     result_path = folder / "gdb-result.json"
-    for stale in (result_path, Path(f"{result_path}.running")):
+    calling = Path(f"{result_path}.calling")  # gdb is calling into the process: no more nudges
+    for stale in (result_path, Path(f"{result_path}.running"), calling):
         stale.unlink(missing_ok=True)
     request = folder / "gdb-request.json"
     abort = folder / "gdb-abort"
@@ -295,7 +334,7 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
         now = time.monotonic()
         if not nudged and running.exists():
             nudged = now
-        if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists():
+        if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists() and not calling.exists():
             try:
                 os.kill(process.pid, signal.SIGURG)  # nothing allocates: stop it where it sleeps
             except OSError:
@@ -323,16 +362,43 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
     version, ptrace refused, already traced, the injection failed."""
     process = inspect_process(pid)
     folder = control_folder(process)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _attaching(folder, pid):
+        return _start_locked(process, folder, capture, duration)
+
+
+@contextmanager
+def _attaching(folder: Path, pid: int) -> Iterator[None]:
+    """One `cytool attach` at a time per process: an exclusive lock on the session's
+    folder for the whole attach (two at once would share its request and status files)."""
+    import fcntl
+
+    with open(folder / "lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CytoolError(f"another cytool attach is attaching to process {pid} right now",
+                              hint=f"wait for it to finish; `cytool attach --stop {pid}` ends its tracing",
+                              exit_code=2) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
+                  duration: Optional[float]) -> AttachResult:
+    pid = process.pid
     running = _session_running(folder)
     if running:
         raise CytoolError(f"process {pid} is already traced by cytool attach, into {running.get('capture')}",
                           hint=f"stop it with `cytool attach --stop {pid}` first", exit_code=2)
+    _refuse_stopped(pid)
     extension = _extension_for(process)
     _check_debuggable(process)
     capture = (capture or default_capture(process)).absolute()
     if not capture.parent.is_dir():
         raise CytoolError(f"{capture.parent}: no such directory (for the capture)", exit_code=2)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     (folder / "status.json").unlink(missing_ok=True)
     (folder / "request.json").write_text(json.dumps({"capture": str(capture), "extension": str(extension),
                                                       "duration": duration}))
@@ -346,6 +412,11 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
             break
         if not _alive(process):
             raise CytoolError(f"process {pid} exited before the tracer could start", exit_code=1)
+        if _state(pid) == "T":
+            raise CytoolError(f"process {pid} was stopped (SIGSTOP, Ctrl-Z) just after the tracer was injected: "
+                              "it starts tracing once it is continued",
+                              hint=f"kill -CONT {pid}; watch for {capture}, and end it with cytool attach --stop {pid}",
+                              exit_code=1)
         if time.monotonic() > deadline:
             raise CytoolError(
                 f"the tracer was injected into process {pid} but has not started after {START_TIMEOUT_S:.0f} s: "
@@ -354,6 +425,10 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
                 exit_code=1)
         time.sleep(0.02)
     state = status.get("state")
+    if state == "stopped":  # it started, and the process exited before we read that it had
+        raise CytoolError(f"process {pid} exited just after tracing started; {status.get('capture')} is complete "
+                          f"up to its exit ({(status.get('stats') or {}).get('events', 0):,} events)",
+                          hint=f"cytool report {status.get('capture')}", exit_code=1)
     if state == "refused":
         raise CytoolError(f"process {pid} is already traced by cytool, into {status.get('capture')}",
                           hint="one tracer per process: stop that one first (cytool attach --stop for an attach; "
@@ -397,7 +472,14 @@ def stop(pid: int, timeout: float = 10.0) -> Dict[str, Any]:
         os.write(fd, b"s")
     finally:
         os.close(fd)
-    return wait_until_stopped(process, folder, timeout=timeout) or {}
+    if _state(pid) == "T":
+        raise CytoolError(f"process {pid} is stopped (SIGSTOP, Ctrl-Z): it ends its tracing once it is continued",
+                          hint=f"kill -CONT {pid}", exit_code=1)
+    final = wait_until_stopped(process, folder, timeout=timeout)
+    if final is None:
+        raise CytoolError(f"process {pid} ended without finishing its capture (killed?); {status.get('capture')} "
+                          "holds what was written until then (cytool report says what is missing)", exit_code=1)
+    return final
 
 
 def wait_until_stopped(process: TargetProcess, folder: Path, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:

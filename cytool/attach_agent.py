@@ -102,11 +102,15 @@ class _Session:
         deadline = None if self.duration is None else time.monotonic() + self.duration
         reason = "duration"
         while not self.stopped:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # in steps of at most a minute: select() refuses timeouts past time_t
+            timeout = None if deadline is None else min(60.0, max(0.0, deadline - time.monotonic()))
             try:
                 readable, _, _ = select.select([fifo], [], [], timeout)
             except InterruptedError:
                 continue
+            except (OSError, ValueError, OverflowError):  # never die with the tracer on and no way to stop it
+                reason = "error"
+                break
             if readable:
                 reason = "stop"
                 break

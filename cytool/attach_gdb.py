@@ -17,6 +17,13 @@ extension, code, result path). What it does, with the pause it costs the process
    which starts a new thread that takes the GIL the ordinary way and runs `code`;
 4. delete the breakpoints and detach.
 
+Signals the program gets meanwhile (its own SIGUSR1, a monitor's SIGHUP ...) go to it
+as usual and never stop gdb: a call gdb makes in the process that a signal interrupted
+would be abandoned with gdb's dummy frame on the thread's stack, and the thread would
+crash on return once gdb detached. Should a call be abandoned all the same, gdb lets it
+finish before detaching. From the safe point on, cytool's SIGURG nudges are ignored
+(the file RESULT.calling tells cytool to stop sending them).
+
 The result file says how it went: {"ok": bool, "error": kind, "message": text,
 "pause_ms": time the process was stopped, "stopped_in": where}.
 """
@@ -94,7 +101,9 @@ def inject():
     gdb.execute("set confirm off")
     gdb.execute("set auto-solib-add off")
     gdb.execute("set breakpoint pending off")
-    gdb.execute("handle SIGURG stop print nopass")  # cytool's nudge when nothing allocates
+    gdb.execute("handle all nostop noprint pass", to_string=True)  # the program's own signals: to it
+    gdb.execute("handle SIGURG stop print nopass", to_string=True)  # cytool's nudge when nothing allocates
+    gdb.execute("set unwindonsignal on")  # a call a signal interrupts in its own thread is unwound
     gdb.execute("set debug-file-directory /nonexistent")  # minimal symbols are enough: no DWARF to read
     paused_since = time.monotonic_ns()  # the process stops when gdb attaches
     try:
@@ -159,8 +168,20 @@ def inject():
                 phases["busy"] = phases.get("busy", 0) + 1  # every thread inside a library: wait on
     paused_since = time.monotonic_ns()
     phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
+    open(REQUEST["result"] + ".calling", "w").close()  # no more nudges from cytool
+    gdb.execute("handle SIGURG nostop noprint nopass", to_string=True)
     for b in breakpoints:
         b.delete()
+    caller = gdb.selected_thread()
+    try:
+        return call_bootstrap(where)
+    except gdb.error as error:
+        finish_abandoned_calls(caller)
+        return {"ok": False, "error": "call", "message": str(error)}
+
+
+def call_bootstrap(where):
+    """dlopen() the extension and run its cytool_attach_run(code) in the selected thread."""
     handle = int(gdb.parse_and_eval(f"((void*(*)(const char*, int))dlopen)({c_string(REQUEST['extension'])}, {RTLD_NOW})"))
     if not handle:
         reason = gdb.parse_and_eval("((char*(*)(void))dlerror)()").string()
@@ -172,6 +193,36 @@ def inject():
     if started != 0:
         return {"ok": False, "error": "thread", "message": "could not start a thread in the process"}
     return {"ok": True, "stopped_in": where}
+
+
+def has_dummy_frame(thread):
+    """True when `thread`'s stack holds a call gdb made (a dummy frame it must pop)."""
+    try:
+        thread.switch()
+        frame = gdb.newest_frame()
+        for _ in range(256):
+            if frame is None:
+                return False
+            if frame.type() == gdb.DUMMY_FRAME:
+                return True
+            frame = frame.older()
+    except gdb.error:
+        pass
+    return False
+
+
+def finish_abandoned_calls(caller, attempts=50):
+    """A call gdb made that was abandoned (gdb stopped elsewhere during it) leaves gdb's
+    dummy frame on the calling thread's stack: detaching then would crash the thread when
+    the call returns. Let the process run until gdb has popped it (gdb stops silently
+    when the call returns)."""
+    for _ in range(attempts):
+        if not gdb.selected_inferior().pid or not caller.is_valid() or not has_dummy_frame(caller):
+            return
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error:
+            pass
 
 
 def main():
