@@ -402,6 +402,7 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
     (folder / "status.json").unlink(missing_ok=True)
     (folder / "request.json").write_text(json.dumps({"capture": str(capture), "extension": str(extension),
                                                       "duration": duration}))
+    injected = time.time()
     result = _run_gdb(process, folder, extension)
     if not result.get("ok"):
         _raise_injection_error(process, result)
@@ -411,6 +412,13 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
         if status is not None:
             break
         if not _alive(process):
+            status = read_status(folder)  # it may have started, and written so, just before the exit
+            if status is not None:
+                break
+            if _written_since(capture, injected):  # started, and the exit came before it could say so
+                raise CytoolError(f"process {pid} exited just after tracing started; {capture} holds what was "
+                                  "written until then", hint=f"cytool report {capture} (it says whether the "
+                                  "capture is complete)", exit_code=1)
             raise CytoolError(f"process {pid} exited before the tracer could start", exit_code=1)
         if _state(pid) == "T":
             raise CytoolError(f"process {pid} was stopped (SIGSTOP, Ctrl-Z) just after the tracer was injected: "
@@ -437,6 +445,13 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
         raise CytoolError(f"the tracer could not start in process {pid}: {status.get('reason', '?')}")
     return AttachResult(Path(status["capture"]), float(result.get("pause_ms", 0.0)), folder, process,
                         bool(status.get("python_frames", True)))
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1.0  # file times are coarser than time.time()
+    except OSError:
+        return False
 
 
 def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> None:
