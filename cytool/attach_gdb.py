@@ -12,7 +12,8 @@ extension, code, result path). What it does, with the pause it costs the process
    default action is to ignore it; gdb stops on it and never passes it on), and a
    thread blocked in a system call (the instruction before its pc is `syscall`) is used,
    else one stopped in the interpreter's own code (the executable or libpython: running
-   Python, inside no libc function), never one inside the dynamic loader;
+   Python, inside no libc function), else one computing in other code with no libc frame
+   on its stack (a nogil loop), never one inside the dynamic loader;
 3. in that thread: dlopen() the tracer's extension and call its cytool_attach_run(code),
    which starts a new thread that takes the GIL the ordinary way and runs `code`;
 4. delete the breakpoints and detach.
@@ -75,6 +76,36 @@ def in_interpreter(thread):
     pc = int(gdb.parse_and_eval("$pc"))
     library = gdb.solib_name(pc)
     return (library is None or os.path.basename(library).startswith("libpython")) and not in_loader()
+
+
+LIBC_OBJECTS = ("libc.so", "libc-", "libpthread", "libdl.so", "ld-linux", "ld.so", "ld-2.")
+THREAD_START = ("start_thread", "clone", "clone3", "__clone", "__clone3", "__libc_start_call_main",
+                "__libc_start_main", "__libc_start_main_impl", "_start")
+
+
+def in_libc(pc):
+    return os.path.basename(gdb.solib_name(pc) or "").startswith(LIBC_OBJECTS)
+
+
+def outside_libc(thread):
+    """True when `thread` computes in code of its own (a nogil loop of a Cython module, a
+    BLAS kernel): stopped outside libc and the loader, with no libc frame on its stack but
+    the ones that started it. It then holds none of libc's locks (malloc's, the loader's),
+    which dlopen and pthread_create take."""
+    thread.switch()
+    try:
+        frame = gdb.newest_frame()
+        if in_libc(frame.pc()):
+            return False
+        for _ in range(256):
+            frame = frame.older()
+            if frame is None:
+                return True
+            if in_libc(frame.pc()) and (frame.name() or "") not in THREAD_START:
+                return False
+    except gdb.error:
+        return False
+    return False  # too deep to tell
 
 
 def in_loader():
@@ -161,11 +192,12 @@ def inject():
             threads = gdb.selected_inferior().threads()
             blocked = [t for t in threads if after_syscall(t)]
             running = [] if blocked else [t for t in threads if in_interpreter(t)]
-            if blocked or running:
-                (blocked or running)[0].switch()
-                where = "system call" if blocked else "interpreter"
+            computing = [] if blocked or running else [t for t in threads if outside_libc(t)]
+            if blocked or running or computing:
+                (blocked or running or computing)[0].switch()
+                where = "system call" if blocked else "interpreter" if running else "library code"
             else:
-                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside a library: wait on
+                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside libc: wait on
     paused_since = time.monotonic_ns()
     phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
     open(REQUEST["result"] + ".calling", "w").close()  # no more nudges from cytool

@@ -41,7 +41,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture programs, in one folder for the module: allocmod.pyx is built once."""
     folder = tmp_path_factory.mktemp("attach")
     for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py", "signalled.py",
-                 "exit_on_capture.py"):
+                 "exit_on_capture.py", "spinmod.pyx", "spinners.py"):
         shutil.copy(FIXTURES / name, folder / name)
     return folder
 
@@ -171,6 +171,22 @@ def test_attach_to_a_process_computing(workdir, programs, targets, run_cytool):
     stopped = run_cytool("attach", "--stop", target.pid)
     assert stopped.returncode == 0, stopped.stderr
     assert target.poll() is None  # computing on
+
+
+def test_attach_while_every_thread_computes_without_the_gil(workdir, programs, targets, run_cytool):
+    """Every thread in a nogil Cython loop (no allocation, no system call, no Python): a
+    thread computing with no libc frame on its stack is a safe point too (the attach used
+    to wait 30 s and give up)."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "spinners.py", "600"], programs)
+    targets.append(target)
+    capture = workdir / "spin.cytrace"
+    result = run_cytool("attach", target.pid, "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert target.poll() is None
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert target.poll() is None  # computing on
+    assert _report_json(run_cytool, capture)["capture"]["attached"] is True
 
 
 def test_attach_keeps_the_programs_profiler(workdir, programs, targets, run_cytool):
