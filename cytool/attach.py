@@ -268,11 +268,33 @@ def _session_running(folder: Path) -> Optional[Dict[str, Any]]:
     return None
 
 
-def default_capture(process: TargetProcess) -> Path:
+def default_capture(process: TargetProcess, directory: Optional[Path] = None) -> Path:
+    """`<script>.<pid>.cytrace` in `directory` (default: here), `-N` added when taken."""
+    from cytool.commands.profile import default_capture_path
+
     words = process.command.split()
     script = next((w for w in words[1:] if w.endswith((".py", ".pyx"))), "")
-    stem = Path(script).stem if script else Path(process.executable).name
-    return Path.cwd() / f"{stem}.{process.pid}.cytrace"
+    stem = Path(script).stem if script else Path(process.executable.replace(" (deleted)", "")).name
+    return default_capture_path(stem, directory or Path.cwd(), process.pid)
+
+
+def _capture_path(requested: Optional[Path], process: TargetProcess) -> Path:
+    """Where the capture goes, as `cytool profile -o` chooses it: a folder gets the default
+    name; a file that is not a capture is never overwritten. CytoolError otherwise."""
+    from cytool.commands.profile import is_capture
+
+    if requested is None or requested.is_dir():
+        return default_capture(process, requested).absolute()
+    requested = requested.absolute()
+    if requested.exists() and not requested.is_file():
+        raise CytoolError(f"{requested}: not a regular file (a FIFO, a device?); a capture is written to a file",
+                          hint="choose another -o path", exit_code=2)
+    if requested.exists() and not is_capture(requested):
+        raise CytoolError(f"{requested}: exists and is not a cytool capture; refusing to overwrite it",
+                          hint="choose another -o path (an existing capture file is replaced)", exit_code=2)
+    if not requested.parent.is_dir():
+        raise CytoolError(f"{requested.parent}: no such directory (for the capture)", exit_code=2)
+    return requested
 
 
 def _bootstrap(folder: Path) -> str:
@@ -396,9 +418,7 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
     _refuse_stopped(pid)
     extension = _extension_for(process)
     _check_debuggable(process)
-    capture = (capture or default_capture(process)).absolute()
-    if not capture.parent.is_dir():
-        raise CytoolError(f"{capture.parent}: no such directory (for the capture)", exit_code=2)
+    capture = _capture_path(capture, process)
     (folder / "status.json").unlink(missing_ok=True)
     (folder / "request.json").write_text(json.dumps({"capture": str(capture), "extension": str(extension),
                                                       "duration": duration}))

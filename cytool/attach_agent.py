@@ -151,6 +151,10 @@ def start(folder: str) -> None:
             _write_status(folder, {"state": "refused", "reason": "already tracing", "capture": _session.capture})
             return
         capture = request["capture"]
+        if os.path.exists(capture) and not os.path.isfile(capture):
+            # opening a FIFO to write would block here, with the GIL held: the program would hang
+            _write_status(folder, {"state": "failed", "reason": f"{capture}: not a regular file (a FIFO, a device?)"})
+            return
         # Python frames are read from the interpreter's frames at each allocation: a
         # program's own profiler (sys.setprofile, in any thread) is left alone
         frames = True

@@ -330,6 +330,30 @@ def test_two_attaches_at_once(workdir, programs, targets, run_cytool):
     assert target.poll() is None
 
 
+def test_attach_capture_paths(workdir, programs, targets, run_cytool):
+    """-o as `cytool profile -o` takes it: a folder gets the default name (never an existing
+    file's), a file that is not a capture is not overwritten, a FIFO is refused (the process
+    used to hang: its agent held the GIL while opening the FIFO to write)."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    mine = workdir / "notes.cytrace"
+    mine.write_text("mine\n")
+    result = run_cytool("attach", target.pid, "-o", mine)
+    assert result.returncode == 2 and "exists and is not a cytool capture; refusing to overwrite it" in result.stderr
+    assert mine.read_text() == "mine\n"
+    fifo = workdir / "pipe.cytrace"
+    os.mkfifo(fifo)
+    result = run_cytool("attach", target.pid, "-o", fifo)
+    assert result.returncode == 2 and "not a regular file (a FIFO, a device?)" in result.stderr, result.stderr
+    folder = workdir / "captures"
+    folder.mkdir()
+    for name in (f"plain.{target.pid}.cytrace", f"plain.{target.pid}-1.cytrace"):
+        result = run_cytool("attach", target.pid, "-o", folder, "--duration", "0.3")
+        assert result.returncode == 0, result.stderr
+        assert f"into {folder / name} " in result.stderr, result.stderr
+    assert target.poll() is None
+
+
 def test_attach_errors(workdir, programs, targets, run_cytool):
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
