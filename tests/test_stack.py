@@ -310,6 +310,38 @@ def test_program_deleted_since_it_started(tmp_path: Path) -> None:
     assert alive and capture.is_file()
 
 
+def test_process_in_another_mount_namespace(tmp_path: Path) -> None:
+    """A process whose program and libpython exist only in its own mount namespace (a
+    container seen from the host): gdb reads them through the process (target:), and the
+    stack has its Python frames (it used to say "not a Python process")."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    program = os.path.realpath(sys.executable)
+    linked = subprocess.run(["ldd", program], stdout=subprocess.PIPE, text=True).stdout
+    library = next((line.split("=>")[1].split("(")[0].strip() for line in linked.splitlines()
+                    if "libpython" in line and "=>" in line), "")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (f'mount -t tmpfs none "{hidden}" && cp "{program}" "{hidden}/python" && '
+              + (f'cp "{library}" "{hidden}/" && ' if library else "")
+              + f'LD_LIBRARY_PATH="{hidden}" PYTHONHOME="{sys.base_prefix}" exec "{hidden}/python" '
+              + f'"{FIXTURES / "pure.py"}"')
+    process = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        if line.strip() != "ready":
+            pytest.skip(f"cannot start a process in a mount namespace of its own: {process.stderr.read()[:300]}")
+        assert not (hidden / "python").exists()  # not from here
+        done = stack(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+    assert done.returncode == 0, done.stderr
+    heads = [line for line in frame_heads(threads_of(done.stdout)["MainThread"]) if not line.startswith("[c]")]
+    assert heads[0] == f"[py] inner() at pure.py:{PURE['pure-sleep']}", done.stdout
+
+
 def test_gdb_missing() -> None:
     _refused(stack(os.getpid(), env={"CYTOOL_GDB": "no-such-gdb"}), "no-such-gdb not found")
 
