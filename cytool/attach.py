@@ -262,10 +262,18 @@ def _alive(process: TargetProcess) -> bool:
 
 
 def _session_running(folder: Path) -> Optional[Dict[str, Any]]:
+    """The session's status while its agent runs: it keeps the stop FIFO open, so a writer
+    can open it. A process that exec()'d another program keeps its pid and start time but
+    not the agent: its session is over."""
     status = read_status(folder)
-    if status and status.get("state") == "tracing" and (folder / "stop").exists():
-        return status
-    return None
+    if not (status and status.get("state") == "tracing"):
+        return None
+    try:
+        fd = os.open(folder / "stop", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no such FIFO, or nobody reads it (ENXIO)
+        return None
+    os.close(fd)
+    return status
 
 
 def default_capture(process: TargetProcess, directory: Optional[Path] = None) -> Path:
@@ -420,6 +428,7 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
     _check_debuggable(process)
     capture = _capture_path(capture, process)
     (folder / "status.json").unlink(missing_ok=True)
+    (folder / "stop").unlink(missing_ok=True)  # a session before an exec() left it: nobody reads it
     (folder / "request.json").write_text(json.dumps({"capture": str(capture), "extension": str(extension),
                                                       "duration": duration}))
     injected = time.time()

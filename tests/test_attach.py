@@ -41,7 +41,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture programs, in one folder for the module: allocmod.pyx is built once."""
     folder = tmp_path_factory.mktemp("attach")
     for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py", "signalled.py",
-                 "exit_on_capture.py", "spinmod.pyx", "spinners.py"):
+                 "exit_on_capture.py", "spinmod.pyx", "spinners.py", "execs.py"):
         shutil.copy(FIXTURES / name, folder / name)
     return folder
 
@@ -352,6 +352,24 @@ def test_attach_capture_paths(workdir, programs, targets, run_cytool):
         assert result.returncode == 0, result.stderr
         assert f"into {folder / name} " in result.stderr, result.stderr
     assert target.poll() is None
+
+
+def test_attach_again_after_the_process_execs(workdir, programs, targets, run_cytool):
+    """A traced process that exec()s another program keeps its pid (and start time) but not
+    the tracer: it can be attached to again (it used to be "already traced" for good, and
+    --stop said "not traced any more")."""
+    go = workdir / "exec-now"
+    target = _launch([sys.executable, "execs.py", str(go)], programs)
+    targets.append(target)
+    first = run_cytool("attach", target.pid, "-o", workdir / "before.cytrace")
+    assert first.returncode == 0, first.stderr
+    go.touch()
+    assert target.stdout.readline().strip() == "ready"  # plain.py runs in its place
+    second = run_cytool("attach", target.pid, "-o", workdir / "after.cytrace", "--duration", "0.5")
+    assert second.returncode == 0, second.stderr
+    assert target.poll() is None
+    report = _report_json(run_cytool, workdir / "after.cytrace")
+    assert any(line["file"].endswith("plain.py") and line["line"] == GROW_LINE for line in report["lines"])
 
 
 def test_attach_errors(workdir, programs, targets, run_cytool):
