@@ -165,10 +165,33 @@ def _running(pid: int) -> bool:
 def _print_stack() -> None:
     """`cytool stack` of this thread, on stderr (this thread waits for it: its frames below
     this breakpoint are the caller's)."""
-    argv = [sys.executable, "-m", "cytool", "stack", "--below-breakpoint", "--thread",
-            str(threading.get_native_id()), str(os.getpid())]
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    sys.stderr.write(f"cytool.breakpoint: stack of thread {threading.get_native_id()}\n{done.stdout}")
-    if not done.stdout.endswith("\n"):
+    tid = threading.get_native_id()
+    command = _cytool_command()
+    if command is None:
+        print(f"cytool.breakpoint: no Python to run `cytool stack` with (sys.executable is {sys.executable!r}, "
+              "and no `cytool` on PATH); going on", file=sys.stderr)
+        return
+    argv = [*command, "stack", "--below-breakpoint", "--thread", str(tid), str(os.getpid())]
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+    except OSError as error:
+        print(f"cytool.breakpoint: cannot run `cytool stack` ({error}); going on", file=sys.stderr)
+        return
+    text = done.stdout or f"(`{' '.join(command)} stack` printed nothing, exit status {done.returncode})\n"
+    sys.stderr.write(f"cytool.breakpoint: stack of thread {tid}\n{text}")
+    if not text.endswith("\n"):
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def _cytool_command() -> "list[str] | None":
+    """How to run cytool from here: this interpreter when it is a program (an embedding
+    application's sys.executable may be empty or another program), else `cytool` on PATH."""
+    import shutil
+
+    executable = sys.executable
+    if executable and os.path.isfile(executable) and os.access(executable, os.X_OK) \
+            and os.path.basename(executable).startswith("python"):
+        return [executable, "-m", "cytool"]
+    found = shutil.which("cytool")
+    return [found] if found else None

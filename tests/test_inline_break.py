@@ -106,9 +106,25 @@ EDGES = Path(__file__).resolve().parent / "fixtures" / "breakpoint" / "edges.py"
 E = h.markers(EDGES)
 
 
-def run_edges(mode: str) -> subprocess.CompletedProcess:
+def run_edges(mode: str, env: dict = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(EDGES), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, text=True, timeout=600, env=h.python_env())
+                          stdin=subprocess.DEVNULL, text=True, timeout=600, env=h.python_env(env))
+
+
+def test_embedded_python_without_sys_executable() -> None:
+    """An application embedding Python may leave sys.executable empty: `cytool stack` is run
+    through `cytool` on PATH (it used to end the program with PermissionError from cytool's
+    own code); with no cytool anywhere, one line says so and the program goes on."""
+    import os
+
+    bin_dir = os.path.dirname(sys.executable)
+    done = run_edges("embedded", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["after", "embedded", "done"], done.stdout
+    assert f"[py] <module>() at {EDGES}:{E['embedded-break']}" in done.stderr, done.stderr
+    done = run_edges("embedded", env={"PATH": "/nonexistent"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "cytool.breakpoint: no Python to run `cytool stack` with" in done.stderr, done.stderr
 
 
 def test_threads_at_a_breakpoint_together() -> None:
