@@ -530,6 +530,7 @@ def wait_until_stopped(process: TargetProcess, folder: Path, timeout: Optional[f
     """Wait for the session in `folder` to end; its final status, or None when the process
     ended without saying so (killed). Raises CytoolError after `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    agent_gone_since = 0.0
     while True:
         status = read_status(folder)
         if status and status.get("state") == "stopped":
@@ -537,6 +538,15 @@ def wait_until_stopped(process: TargetProcess, folder: Path, timeout: Optional[f
         if not _alive(process):
             status = read_status(folder)
             return status if status and status.get("state") == "stopped" else None
+        if status and status.get("state") == "tracing" and _session_running(folder) is None:
+            # nobody reads the stop FIFO: the agent went with an exec() (or is saying it
+            # stopped right now: give it a moment)
+            agent_gone_since = agent_gone_since or time.monotonic()
+            if time.monotonic() - agent_gone_since > 1.0:
+                raise CytoolError(f"process {process.pid} replaced its program (exec) while traced: the tracer went "
+                                  f"with it; {status.get('capture')} holds what was written before",
+                                  hint=f"cytool report {status.get('capture')}; cytool attach {process.pid} traces "
+                                  "the new program", exit_code=1)
         if deadline is not None and time.monotonic() > deadline:
             raise CytoolError(f"process {process.pid} did not stop tracing within {timeout:.0f} s", exit_code=1)
         time.sleep(0.05)

@@ -361,10 +361,18 @@ def test_attach_again_after_the_process_execs(workdir, programs, targets, run_cy
     go = workdir / "exec-now"
     target = _launch([sys.executable, "execs.py", str(go)], programs)
     targets.append(target)
-    first = run_cytool("attach", target.pid, "-o", workdir / "before.cytrace")
-    assert first.returncode == 0, first.stderr
+    before = workdir / "before.cytrace"
+    first = subprocess.Popen([sys.executable, "-m", "cytool", "attach", str(target.pid), "-o", str(before),
+                              "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not before.exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
     go.touch()
     assert target.stdout.readline().strip() == "ready"  # plain.py runs in its place
+    _, said = first.communicate(timeout=120)  # it used to wait out the whole duration
+    assert first.returncode == 1, said
+    assert f"process {target.pid} replaced its program (exec) while traced: the tracer went with it" in said, said
     second = run_cytool("attach", target.pid, "-o", workdir / "after.cytrace", "--duration", "0.5")
     assert second.returncode == 0, second.stderr
     assert target.poll() is None
