@@ -108,6 +108,22 @@ def outside_libc(thread):
     return False  # too deep to tell
 
 
+def in_signal_handler():
+    """True when the stopped thread runs a signal handler: the code it interrupted may hold
+    malloc's locks, which the dlopen would then wait for."""
+    try:
+        frame = gdb.newest_frame()
+        for _ in range(256):
+            if frame is None:
+                return False
+            if frame.type() == gdb.SIGTRAMP_FRAME:
+                return True
+            frame = frame.older()
+    except gdb.error:
+        return False
+    return False
+
+
 def in_loader():
     """True when the stopped thread is inside the dynamic loader (a dlopen that
     allocates): a dlopen of ours would then nest into the loader's work."""
@@ -183,8 +199,8 @@ def inject():
         if not gdb.selected_inferior().pid:
             return {"ok": False, "error": "exited", "message": "the process exited"}
         if stops and isinstance(stops[-1], gdb.BreakpointEvent):
-            if in_loader():
-                phases["in_loader"] = phases.get("in_loader", 0) + 1  # not safe: wait for the next one
+            if in_loader() or in_signal_handler():
+                phases["not_safe"] = phases.get("not_safe", 0) + 1  # wait for the next one
                 continue
             where = "allocator entry"
         else:  # cytool's nudge (or another signal): a thread blocked in a system call
