@@ -118,7 +118,7 @@ def _debug_here() -> None:
     # gdb outlives this call (it is the user's session), so it is not our child: `sh` starts
     # it in the background on the terminal, says its pid and exits at once.
     started = subprocess.run(["sh", "-c", '"$@" </dev/tty >/dev/tty 2>&1 & echo $!', "sh", *argv],
-                             stdout=subprocess.PIPE, text=True, check=False)
+                             stdout=subprocess.PIPE, text=True, check=False, env=_untraced_environment())
     try:
         gdb_pid = int(started.stdout.strip())
     except ValueError:
@@ -173,7 +173,8 @@ def _print_stack() -> None:
         return
     argv = [*command, "stack", "--below-breakpoint", "--thread", str(tid), str(os.getpid())]
     try:
-        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+                              env=_untraced_environment())
     except OSError as error:
         print(f"cytool.breakpoint: cannot run `cytool stack` ({error}); going on", file=sys.stderr)
         return
@@ -182,6 +183,12 @@ def _print_stack() -> None:
     if not text.endswith("\n"):
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def _untraced_environment() -> "dict[str, str]":
+    """This process's environment without CYTOOL_PROFILE: the tools a breakpoint starts are
+    not the program, and must not leave captures of their own beside its capture."""
+    return {name: value for name, value in os.environ.items() if name != "CYTOOL_PROFILE"}
 
 
 def _cytool_command() -> "list[str] | None":

@@ -165,3 +165,14 @@ def test_on_a_terminal_gdb_refused() -> None:
         shown = term.wait_for("status ", timeout=240)
     assert "cytool.breakpoint: gdb could not attach to this process; printing the stack instead" in shown, shown
     assert "ptrace is not permitted" in shown and "after undumpable" in shown and "status 0" in shown, shown
+
+
+def test_traced_program_leaves_one_capture(tmp_path: Path) -> None:
+    """A program traced through CYTOOL_PROFILE stops at a breakpoint: the `cytool stack` it
+    runs is not traced (it used to leave a capture of its own, out.cytrace.<pid>, that
+    `cytool report out.cytrace*` took for one of the program's processes)."""
+    capture = tmp_path / "out.cytrace"
+    done = run_edges("bad-when", env={"CYTOOL_PROFILE": str(capture)})
+    assert done.returncode == 0, done.stderr
+    assert f"[py] <module>() at {EDGES}:{E['bad-when']}" in done.stderr, done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.cytrace"]
