@@ -72,6 +72,7 @@ class _Session:
         self.stop_fifo = os.path.join(folder, "stop")
         self.started = threading.Lock()  # held until the tracer runs (or failed to start)
         self.pid = os.getpid()  # a forked child (its atexit too) leaves the session alone
+        self.fifo_fd = -1  # the stop FIFO, open for reading while the session runs
 
     def stop(self, reason: str) -> None:
         if os.getpid() != self.pid:
@@ -97,6 +98,7 @@ class _Session:
         with self.started:
             pass
         if self.stopped:
+            self.fifo_fd = -1
             os.close(fifo)
             return
         deadline = None if self.duration is None else time.monotonic() + self.duration
@@ -116,6 +118,7 @@ class _Session:
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+        self.fifo_fd = -1
         os.close(fifo)
         self.stop(reason)
 
@@ -126,7 +129,14 @@ def _stop_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # the child does not follow the capture (the parent's session owns it)
+    # the child does not follow the capture (the parent's session owns it), nor keep the
+    # stop FIFO open (cytool attach takes a reader there for the agent being alive)
+    if _session is not None and _session.fifo_fd >= 0:
+        try:
+            os.close(_session.fifo_fd)
+        except OSError:
+            pass
+        _session.fifo_fd = -1
     try:
         driver = sys.modules.get("cytool._cytrace")
         if driver is not None:
@@ -160,7 +170,7 @@ def start(folder: str) -> None:
         frames = True
         session = _Session(folder, driver, capture, request.get("duration"))
         os.mkfifo(session.stop_fifo, 0o600)
-        fifo = os.open(session.stop_fifo, os.O_RDWR | os.O_NONBLOCK)
+        fifo = session.fifo_fd = os.open(session.stop_fifo, os.O_RDWR | os.O_NONBLOCK)
         # everything that allocates in other modules (threading, json) happens before the
         # tracer starts: what this agent allocates afterwards is the "(cytool tracer)" row
         watcher = threading.Thread(target=session.watch, args=(fifo,), name="cytool-attach", daemon=True)

@@ -354,12 +354,14 @@ def test_attach_capture_paths(workdir, programs, targets, run_cytool):
     assert target.poll() is None
 
 
-def test_attach_again_after_the_process_execs(workdir, programs, targets, run_cytool):
+@pytest.mark.parametrize("fork", [False, True])
+def test_attach_again_after_the_process_execs(workdir, programs, targets, run_cytool, fork):
     """A traced process that exec()s another program keeps its pid (and start time) but not
     the tracer: it can be attached to again (it used to be "already traced" for good, and
-    --stop said "not traced any more")."""
+    --stop said "not traced any more"). A child it forked before does not keep the session
+    open."""
     go = workdir / "exec-now"
-    target = _launch([sys.executable, "execs.py", str(go)], programs)
+    target = _launch([sys.executable, "execs.py", str(go)] + (["fork"] if fork else []), programs)
     targets.append(target)
     before = workdir / "before.cytrace"
     first = subprocess.Popen([sys.executable, "-m", "cytool", "attach", str(target.pid), "-o", str(before),
