@@ -7,7 +7,8 @@
 Flow: check the process (exists, is Python, runs the Python this cytool's tracer is built
 for, is not under another debugger), make the session's control folder in cytool's
 private cache (`attach/<pid>-<start time>`: request.json, status.json, the stop FIFO;
-cytool.attach_agent owns their meaning), then run gdb in batch mode on
+cytool.attach_agent owns their meaning; `lock`, held by the one cytool attach at work
+there), then run gdb in batch mode on
 cytool/attach_gdb.py, which stops the process at a safe moment, loads the tracer's
 extension and starts a thread that runs the agent with the GIL held. The agent starts the
 tracer (the capture is flagged as attached: blocks allocated before are unknown) and says
