@@ -450,6 +450,9 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
                                   "written until then", hint=f"cytool report {capture} (it says whether the "
                                   "capture is complete)", exit_code=1)
             raise CytoolError(f"process {pid} exited before the tracer could start", exit_code=1)
+        if not _maps_file(pid, extension):  # it was dlopen()ed: gone with an exec()
+            raise CytoolError(f"process {pid} replaced its program (exec) before the tracer could start",
+                              hint=f"run cytool attach {pid} again to trace the new program", exit_code=1)
         if _state(pid) == "T":
             raise CytoolError(f"process {pid} was stopped (SIGSTOP, Ctrl-Z) just after the tracer was injected: "
                               "it starts tracing once it is continued",
@@ -477,6 +480,14 @@ def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
                         bool(status.get("python_frames", True)))
 
 
+def _maps_file(pid: int, path: Path) -> bool:
+    """Process `pid` has `path` mapped (True too when its maps cannot be read)."""
+    try:
+        return str(path.resolve()) in _proc(pid, "maps")
+    except OSError:
+        return True
+
+
 def _written_since(path: Path, since: float) -> bool:
     try:
         return path.stat().st_mtime >= since - 1.0  # file times are coarser than time.time()
@@ -491,6 +502,9 @@ def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> No
                           hint=_ptrace_hint(), exit_code=2)
     if kind == "attach" and "No such process" in message:
         raise CytoolError(f"no process with pid {process.pid} (it exited)", exit_code=2)
+    if kind == "exited" and _alive(process):
+        raise CytoolError(f"process {process.pid} replaced its program (exec) while cytool was attaching",
+                          hint=f"run cytool attach {process.pid} again to trace the new program", exit_code=1)
     if kind == "exited":
         raise CytoolError(f"process {process.pid} exited while cytool was attaching", exit_code=1)
     if kind == "busy":
