@@ -7,7 +7,8 @@
 Flow: check the process (exists, is Python, runs the Python this cytool's tracer is built
 for, is not under another debugger), make the session's control folder in cytool's
 private cache (`attach/<pid>-<start time>`: request.json, status.json, the stop FIFO;
-cytool.attach_agent owns their meaning), then run gdb in batch mode on
+cytool.attach_agent owns their meaning; `lock`, held by the one cytool attach at work
+there), then run gdb in batch mode on
 cytool/attach_gdb.py, which stops the process at a safe moment, loads the tracer's
 extension and starts a thread that runs the agent with the GIL held. The agent starts the
 tracer (the capture is flagged as attached: blocks allocated before are unknown) and says
@@ -23,9 +24,10 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from cytool.errors import CytoolError
 
@@ -73,8 +75,9 @@ def inspect_process(pid: int) -> TargetProcess:
         raise CytoolError(f"process {pid} cannot be read (/proc/{pid}: permission denied)",
                           hint="run cytool as the process's user (or root)", exit_code=2) from None
     start_ticks = int(stat[stat.rindex(")") + 2:].split()[19])
-    if stat[stat.rindex(")") + 2] == "Z":
-        raise CytoolError(f"process {pid} has exited (a zombie)", exit_code=2)
+    if stat[stat.rindex(")") + 2] in "ZX":
+        raise CytoolError(f"process {pid} has exited (a zombie: its parent has not collected its exit status)",
+                          exit_code=2)
     try:
         executable = os.readlink(f"/proc/{pid}/exe")
         maps = _proc(pid, "maps")
@@ -85,19 +88,39 @@ def inspect_process(pid: int) -> TargetProcess:
     library = re.search(r"/libpython(\d+\.\d+)[^/\s]*\.so", maps)
     named = re.match(r"python(\d+\.\d+)", os.path.basename(executable))
     version = library.group(1) if library else named.group(1) if named else ""
-    if not library and not _exports_python(executable):
+    if not library and not _exports_python(pid):
         raise CytoolError(f"process {pid} ({os.path.basename(executable)}) is not a Python process",
                           hint="cytool attach traces Python programs (and the Cython modules they load)",
                           exit_code=2)
     return TargetProcess(pid, start_ticks, executable, version, command)
 
 
-def _exports_python(executable: str) -> bool:
+def _exports_python(pid: int) -> bool:
+    """The process's program has the interpreter linked in (read through /proc/PID/exe:
+    right even when the file was deleted or replaced since the process started)."""
     try:
-        with open(executable.replace(" (deleted)", ""), "rb") as f:
+        with open(f"/proc/{pid}/exe", "rb") as f:
             return b"PyGILState_Ensure" in f.read()
     except OSError:
         return False
+
+
+def _state(pid: int) -> str:
+    """The process's state letter (/proc/PID/stat): R, S, D, T (stopped), Z ...; "" when gone."""
+    try:
+        stat = _proc(pid, "stat")
+    except OSError:
+        return ""
+    return stat[stat.rindex(")") + 2]
+
+
+def _refuse_stopped(pid: int) -> None:
+    """A process stopped by a signal (SIGSTOP, Ctrl-Z) cannot run the tracer's thread, and
+    gdb would set it running: it is the user's to continue."""
+    if _state(pid) == "T":
+        raise CytoolError(f"process {pid} is stopped (by SIGSTOP, SIGTSTP or Ctrl-Z): it cannot start the tracer",
+                          hint=f"continue it first (kill -CONT {pid}), then run cytool attach {pid} again",
+                          exit_code=2)
 
 
 def _tracer_pid(pid: int) -> int:
@@ -141,7 +164,15 @@ def _extension_for(process: TargetProcess) -> Path:
         raise CytoolError(f"process {process.pid} runs Python {process.python_version}: cytool's tracer needs "
                           f"Python {'.'.join(map(str, OLDEST_PYTHON))} or later", exit_code=2)
     extension = Path(tracker._driver().__file__)
-    if not process.python_version or process.python_version == ours:
+    if not process.python_version:
+        if _same_program(process.pid, sys.executable):
+            return extension
+        # a tracer built for another Python would read its frames wrongly (and crash it)
+        raise CytoolError(f"cannot tell which Python version process {process.pid} runs: its program "
+                          f"({process.executable}) is neither named pythonX.Y nor linked to libpythonX.Y",
+                          hint=f"run the cytool installed for that Python: /proc/{process.pid}/exe -m cytool "
+                          f"attach {process.pid} (or pythonX.Y -m cytool attach {process.pid})", exit_code=2)
+    if process.python_version == ours:
         return extension
     interpreter = process.executable
     source_dir = HERE.parent / "runtime" / "python"  # the extension's C files (setup.py builds them all)
@@ -155,6 +186,14 @@ def _extension_for(process: TargetProcess) -> Path:
         raise CytoolError(f"process {process.pid} runs Python {process.python_version}; this cytool's tracer is "
                           f"built for Python {ours} ({sys.executable})", hint=what_to_do, exit_code=2)
     return _build_extension(process, interpreter, source_dir, headers, library, what_to_do)
+
+
+def _same_program(pid: int, executable: str) -> bool:
+    """Process `pid` runs the very program `executable` (same GNU build-id)."""
+    from cytool.elf import build_id
+
+    ours = build_id(Path(os.path.realpath(executable)))
+    return ours is not None and build_id(Path(f"/proc/{pid}/exe")) == ours
 
 
 def _build_extension(process: TargetProcess, interpreter: str, source_dir: Path, headers: Path, library: Path,
@@ -224,17 +263,47 @@ def _alive(process: TargetProcess) -> bool:
 
 
 def _session_running(folder: Path) -> Optional[Dict[str, Any]]:
+    """The session's status while its agent runs: it keeps the stop FIFO open, so a writer
+    can open it. A process that exec()'d another program keeps its pid and start time but
+    not the agent: its session is over."""
     status = read_status(folder)
-    if status and status.get("state") == "tracing" and (folder / "stop").exists():
-        return status
-    return None
+    if not (status and status.get("state") == "tracing"):
+        return None
+    try:
+        fd = os.open(folder / "stop", os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no such FIFO, or nobody reads it (ENXIO)
+        return None
+    os.close(fd)
+    return status
 
 
-def default_capture(process: TargetProcess) -> Path:
+def default_capture(process: TargetProcess, directory: Optional[Path] = None) -> Path:
+    """`<script>.<pid>.cytrace` in `directory` (default: here), `-N` added when taken."""
+    from cytool.commands.profile import default_capture_path
+
     words = process.command.split()
     script = next((w for w in words[1:] if w.endswith((".py", ".pyx"))), "")
-    stem = Path(script).stem if script else Path(process.executable).name
-    return Path.cwd() / f"{stem}.{process.pid}.cytrace"
+    stem = Path(script).stem if script else Path(process.executable.replace(" (deleted)", "")).name
+    return default_capture_path(stem, directory or Path.cwd(), process.pid)
+
+
+def _capture_path(requested: Optional[Path], process: TargetProcess) -> Path:
+    """Where the capture goes, as `cytool profile -o` chooses it: a folder gets the default
+    name; a file that is not a capture is never overwritten. CytoolError otherwise."""
+    from cytool.commands.profile import is_capture
+
+    if requested is None or requested.is_dir():
+        return default_capture(process, requested).absolute()
+    requested = requested.absolute()
+    if requested.exists() and not requested.is_file():
+        raise CytoolError(f"{requested}: not a regular file (a FIFO, a device?); a capture is written to a file",
+                          hint="choose another -o path", exit_code=2)
+    if requested.exists() and not is_capture(requested):
+        raise CytoolError(f"{requested}: exists and is not a cytool capture; refusing to overwrite it",
+                          hint="choose another -o path (an existing capture file is replaced)", exit_code=2)
+    if not requested.parent.is_dir():
+        raise CytoolError(f"{requested.parent}: no such directory (for the capture)", exit_code=2)
+    return requested
 
 
 def _bootstrap(folder: Path) -> str:
@@ -271,7 +340,8 @@ def _ptrace_hint() -> str:
 
 def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str, Any]:
     result_path = folder / "gdb-result.json"
-    for stale in (result_path, Path(f"{result_path}.running")):
+    calling = Path(f"{result_path}.calling")  # gdb is calling into the process: no more nudges
+    for stale in (result_path, Path(f"{result_path}.running"), calling):
         stale.unlink(missing_ok=True)
     request = folder / "gdb-request.json"
     abort = folder / "gdb-abort"
@@ -295,7 +365,7 @@ def _run_gdb(process: TargetProcess, folder: Path, extension: Path) -> Dict[str,
         now = time.monotonic()
         if not nudged and running.exists():
             nudged = now
-        if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists():
+        if nudged and now - nudged > IDLE_INTERRUPT_S and not result_path.exists() and not calling.exists():
             try:
                 os.kill(process.pid, signal.SIGURG)  # nothing allocates: stop it where it sleeps
             except OSError:
@@ -323,19 +393,46 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
     version, ptrace refused, already traced, the injection failed."""
     process = inspect_process(pid)
     folder = control_folder(process)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    with _attaching(folder, pid):
+        return _start_locked(process, folder, capture, duration)
+
+
+@contextmanager
+def _attaching(folder: Path, pid: int) -> Iterator[None]:
+    """One `cytool attach` at a time per process: an exclusive lock on the session's
+    folder for the whole attach (two at once would share its request and status files)."""
+    import fcntl
+
+    with open(folder / "lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CytoolError(f"another cytool attach is attaching to process {pid} right now",
+                              hint=f"wait for it to finish; `cytool attach --stop {pid}` ends its tracing",
+                              exit_code=2) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _start_locked(process: TargetProcess, folder: Path, capture: Optional[Path],
+                  duration: Optional[float]) -> AttachResult:
+    pid = process.pid
     running = _session_running(folder)
     if running:
         raise CytoolError(f"process {pid} is already traced by cytool attach, into {running.get('capture')}",
                           hint=f"stop it with `cytool attach --stop {pid}` first", exit_code=2)
+    _refuse_stopped(pid)
     extension = _extension_for(process)
     _check_debuggable(process)
-    capture = (capture or default_capture(process)).absolute()
-    if not capture.parent.is_dir():
-        raise CytoolError(f"{capture.parent}: no such directory (for the capture)", exit_code=2)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    capture = _capture_path(capture, process)
     (folder / "status.json").unlink(missing_ok=True)
+    (folder / "stop").unlink(missing_ok=True)  # a session before an exec() left it: nobody reads it
     (folder / "request.json").write_text(json.dumps({"capture": str(capture), "extension": str(extension),
                                                       "duration": duration}))
+    injected = time.time()
     result = _run_gdb(process, folder, extension)
     if not result.get("ok"):
         _raise_injection_error(process, result)
@@ -345,7 +442,22 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
         if status is not None:
             break
         if not _alive(process):
+            status = read_status(folder)  # it may have started, and written so, just before the exit
+            if status is not None:
+                break
+            if _written_since(capture, injected):  # started, and the exit came before it could say so
+                raise CytoolError(f"process {pid} exited just after tracing started; {capture} holds what was "
+                                  "written until then", hint=f"cytool report {capture} (it says whether the "
+                                  "capture is complete)", exit_code=1)
             raise CytoolError(f"process {pid} exited before the tracer could start", exit_code=1)
+        if not _maps_file(pid, extension):  # it was dlopen()ed: gone with an exec()
+            raise CytoolError(f"process {pid} replaced its program (exec) before the tracer could start",
+                              hint=f"run cytool attach {pid} again to trace the new program", exit_code=1)
+        if _state(pid) == "T":
+            raise CytoolError(f"process {pid} was stopped (SIGSTOP, Ctrl-Z) just after the tracer was injected: "
+                              "it starts tracing once it is continued",
+                              hint=f"kill -CONT {pid}; watch for {capture}, and end it with cytool attach --stop {pid}",
+                              exit_code=1)
         if time.monotonic() > deadline:
             raise CytoolError(
                 f"the tracer was injected into process {pid} but has not started after {START_TIMEOUT_S:.0f} s: "
@@ -354,6 +466,10 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
                 exit_code=1)
         time.sleep(0.02)
     state = status.get("state")
+    if state == "stopped":  # it started, and the process exited before we read that it had
+        raise CytoolError(f"process {pid} exited just after tracing started; {status.get('capture')} is complete "
+                          f"up to its exit ({(status.get('stats') or {}).get('events', 0):,} events)",
+                          hint=f"cytool report {status.get('capture')}", exit_code=1)
     if state == "refused":
         raise CytoolError(f"process {pid} is already traced by cytool, into {status.get('capture')}",
                           hint="one tracer per process: stop that one first (cytool attach --stop for an attach; "
@@ -364,6 +480,21 @@ def start(pid: int, capture: Optional[Path] = None, duration: Optional[float] = 
                         bool(status.get("python_frames", True)))
 
 
+def _maps_file(pid: int, path: Path) -> bool:
+    """Process `pid` has `path` mapped (True too when its maps cannot be read)."""
+    try:
+        return str(path.resolve()) in _proc(pid, "maps")
+    except OSError:
+        return True
+
+
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since - 1.0  # file times are coarser than time.time()
+    except OSError:
+        return False
+
+
 def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> None:
     kind, message = result.get("error"), result.get("message", "")
     if kind == "attach" and ("not permitted" in message or "Operation not permitted" in message):
@@ -371,6 +502,9 @@ def _raise_injection_error(process: TargetProcess, result: Dict[str, Any]) -> No
                           hint=_ptrace_hint(), exit_code=2)
     if kind == "attach" and "No such process" in message:
         raise CytoolError(f"no process with pid {process.pid} (it exited)", exit_code=2)
+    if kind == "exited" and _alive(process):
+        raise CytoolError(f"process {process.pid} replaced its program (exec) while cytool was attaching",
+                          hint=f"run cytool attach {process.pid} again to trace the new program", exit_code=1)
     if kind == "exited":
         raise CytoolError(f"process {process.pid} exited while cytool was attaching", exit_code=1)
     if kind == "busy":
@@ -397,13 +531,21 @@ def stop(pid: int, timeout: float = 10.0) -> Dict[str, Any]:
         os.write(fd, b"s")
     finally:
         os.close(fd)
-    return wait_until_stopped(process, folder, timeout=timeout) or {}
+    if _state(pid) == "T":
+        raise CytoolError(f"process {pid} is stopped (SIGSTOP, Ctrl-Z): it ends its tracing once it is continued",
+                          hint=f"kill -CONT {pid}", exit_code=1)
+    final = wait_until_stopped(process, folder, timeout=timeout)
+    if final is None:
+        raise CytoolError(f"process {pid} ended without finishing its capture (killed?); {status.get('capture')} "
+                          "holds what was written until then (cytool report says what is missing)", exit_code=1)
+    return final
 
 
 def wait_until_stopped(process: TargetProcess, folder: Path, timeout: Optional[float] = None) -> Optional[Dict[str, Any]]:
     """Wait for the session in `folder` to end; its final status, or None when the process
     ended without saying so (killed). Raises CytoolError after `timeout` seconds."""
     deadline = None if timeout is None else time.monotonic() + timeout
+    agent_gone_since = 0.0
     while True:
         status = read_status(folder)
         if status and status.get("state") == "stopped":
@@ -411,6 +553,15 @@ def wait_until_stopped(process: TargetProcess, folder: Path, timeout: Optional[f
         if not _alive(process):
             status = read_status(folder)
             return status if status and status.get("state") == "stopped" else None
+        if status and status.get("state") == "tracing" and _session_running(folder) is None:
+            # nobody reads the stop FIFO: the agent went with an exec() (or is saying it
+            # stopped right now: give it a moment)
+            agent_gone_since = agent_gone_since or time.monotonic()
+            if time.monotonic() - agent_gone_since > 1.0:
+                raise CytoolError(f"process {process.pid} replaced its program (exec) while traced: the tracer went "
+                                  f"with it; {status.get('capture')} holds what was written before",
+                                  hint=f"cytool report {status.get('capture')}; cytool attach {process.pid} traces "
+                                  "the new program", exit_code=1)
         if deadline is not None and time.monotonic() > deadline:
             raise CytoolError(f"process {process.pid} did not stop tracing within {timeout:.0f} s", exit_code=1)
         time.sleep(0.05)

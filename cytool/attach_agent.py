@@ -72,6 +72,7 @@ class _Session:
         self.stop_fifo = os.path.join(folder, "stop")
         self.started = threading.Lock()  # held until the tracer runs (or failed to start)
         self.pid = os.getpid()  # a forked child (its atexit too) leaves the session alone
+        self.fifo_fd = -1  # the stop FIFO, open for reading while the session runs
 
     def stop(self, reason: str) -> None:
         if os.getpid() != self.pid:
@@ -97,21 +98,27 @@ class _Session:
         with self.started:
             pass
         if self.stopped:
+            self.fifo_fd = -1
             os.close(fifo)
             return
         deadline = None if self.duration is None else time.monotonic() + self.duration
         reason = "duration"
         while not self.stopped:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            # in steps of at most a minute: select() refuses timeouts past time_t
+            timeout = None if deadline is None else min(60.0, max(0.0, deadline - time.monotonic()))
             try:
                 readable, _, _ = select.select([fifo], [], [], timeout)
             except InterruptedError:
                 continue
+            except (OSError, ValueError, OverflowError):  # never die with the tracer on and no way to stop it
+                reason = "error"
+                break
             if readable:
                 reason = "stop"
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
+        self.fifo_fd = -1
         os.close(fifo)
         self.stop(reason)
 
@@ -122,7 +129,14 @@ def _stop_at_exit() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # the child does not follow the capture (the parent's session owns it)
+    # the child does not follow the capture (the parent's session owns it), nor keep the
+    # stop FIFO open (cytool attach takes a reader there for the agent being alive)
+    if _session is not None and _session.fifo_fd >= 0:
+        try:
+            os.close(_session.fifo_fd)
+        except OSError:
+            pass
+        _session.fifo_fd = -1
     try:
         driver = sys.modules.get("cytool._cytrace")
         if driver is not None:
@@ -147,12 +161,16 @@ def start(folder: str) -> None:
             _write_status(folder, {"state": "refused", "reason": "already tracing", "capture": _session.capture})
             return
         capture = request["capture"]
+        if os.path.exists(capture) and not os.path.isfile(capture):
+            # opening a FIFO to write would block here, with the GIL held: the program would hang
+            _write_status(folder, {"state": "failed", "reason": f"{capture}: not a regular file (a FIFO, a device?)"})
+            return
         # Python frames are read from the interpreter's frames at each allocation: a
         # program's own profiler (sys.setprofile, in any thread) is left alone
         frames = True
         session = _Session(folder, driver, capture, request.get("duration"))
         os.mkfifo(session.stop_fifo, 0o600)
-        fifo = os.open(session.stop_fifo, os.O_RDWR | os.O_NONBLOCK)
+        fifo = session.fifo_fd = os.open(session.stop_fifo, os.O_RDWR | os.O_NONBLOCK)
         # everything that allocates in other modules (threading, json) happens before the
         # tracer starts: what this agent allocates afterwards is the "(cytool tracer)" row
         watcher = threading.Thread(target=session.watch, args=(fifo,), name="cytool-attach", daemon=True)

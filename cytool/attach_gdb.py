@@ -12,10 +12,18 @@ extension, code, result path). What it does, with the pause it costs the process
    default action is to ignore it; gdb stops on it and never passes it on), and a
    thread blocked in a system call (the instruction before its pc is `syscall`) is used,
    else one stopped in the interpreter's own code (the executable or libpython: running
-   Python, inside no libc function), never one inside the dynamic loader;
+   Python, inside no libc function), else one computing in other code with no libc frame
+   on its stack (a nogil loop), never one inside the dynamic loader;
 3. in that thread: dlopen() the tracer's extension and call its cytool_attach_run(code),
    which starts a new thread that takes the GIL the ordinary way and runs `code`;
 4. delete the breakpoints and detach.
+
+Signals the program gets meanwhile (its own SIGUSR1, a monitor's SIGHUP ...) go to it
+as usual and never stop gdb: a call gdb makes in the process that a signal interrupted
+would be abandoned with gdb's dummy frame on the thread's stack, and the thread would
+crash on return once gdb detached. Should a call be abandoned all the same, gdb lets it
+finish before detaching. From the safe point on, cytool's SIGURG nudges are ignored
+(the file RESULT.calling tells cytool to stop sending them).
 
 The result file says how it went: {"ok": bool, "error": kind, "message": text,
 "pause_ms": time the process was stopped, "stopped_in": where}.
@@ -70,6 +78,52 @@ def in_interpreter(thread):
     return (library is None or os.path.basename(library).startswith("libpython")) and not in_loader()
 
 
+LIBC_OBJECTS = ("libc.so", "libc-", "libpthread", "libdl.so", "ld-linux", "ld.so", "ld-2.")
+THREAD_START = ("start_thread", "clone", "clone3", "__clone", "__clone3", "__libc_start_call_main",
+                "__libc_start_main", "__libc_start_main_impl", "_start")
+
+
+def in_libc(pc):
+    return os.path.basename(gdb.solib_name(pc) or "").startswith(LIBC_OBJECTS)
+
+
+def outside_libc(thread):
+    """True when `thread` computes in code of its own (a nogil loop of a Cython module, a
+    BLAS kernel): stopped outside libc and the loader, with no libc frame on its stack but
+    the ones that started it. It then holds none of libc's locks (malloc's, the loader's),
+    which dlopen and pthread_create take."""
+    thread.switch()
+    try:
+        frame = gdb.newest_frame()
+        if in_libc(frame.pc()):
+            return False
+        for _ in range(256):
+            frame = frame.older()
+            if frame is None:
+                return True
+            if in_libc(frame.pc()) and (frame.name() or "") not in THREAD_START:
+                return False
+    except gdb.error:
+        return False
+    return False  # too deep to tell
+
+
+def in_signal_handler():
+    """True when the stopped thread runs a signal handler: the code it interrupted may hold
+    malloc's locks, which the dlopen would then wait for."""
+    try:
+        frame = gdb.newest_frame()
+        for _ in range(256):
+            if frame is None:
+                return False
+            if frame.type() == gdb.SIGTRAMP_FRAME:
+                return True
+            frame = frame.older()
+    except gdb.error:
+        return False
+    return False
+
+
 def in_loader():
     """True when the stopped thread is inside the dynamic loader (a dlopen that
     allocates): a dlopen of ours would then nest into the loader's work."""
@@ -94,7 +148,9 @@ def inject():
     gdb.execute("set confirm off")
     gdb.execute("set auto-solib-add off")
     gdb.execute("set breakpoint pending off")
-    gdb.execute("handle SIGURG stop print nopass")  # cytool's nudge when nothing allocates
+    gdb.execute("handle all nostop noprint pass", to_string=True)  # the program's own signals: to it
+    gdb.execute("handle SIGURG stop print nopass", to_string=True)  # cytool's nudge when nothing allocates
+    gdb.execute("set unwindonsignal on")  # a call a signal interrupts in its own thread is unwound
     gdb.execute("set debug-file-directory /nonexistent")  # minimal symbols are enough: no DWARF to read
     paused_since = time.monotonic_ns()  # the process stops when gdb attaches
     try:
@@ -143,8 +199,8 @@ def inject():
         if not gdb.selected_inferior().pid:
             return {"ok": False, "error": "exited", "message": "the process exited"}
         if stops and isinstance(stops[-1], gdb.BreakpointEvent):
-            if in_loader():
-                phases["in_loader"] = phases.get("in_loader", 0) + 1  # not safe: wait for the next one
+            if in_loader() or in_signal_handler():
+                phases["not_safe"] = phases.get("not_safe", 0) + 1  # wait for the next one
                 continue
             where = "allocator entry"
         else:  # cytool's nudge (or another signal): a thread blocked in a system call
@@ -152,15 +208,28 @@ def inject():
             threads = gdb.selected_inferior().threads()
             blocked = [t for t in threads if after_syscall(t)]
             running = [] if blocked else [t for t in threads if in_interpreter(t)]
-            if blocked or running:
-                (blocked or running)[0].switch()
-                where = "system call" if blocked else "interpreter"
+            computing = [] if blocked or running else [t for t in threads if outside_libc(t)]
+            if blocked or running or computing:
+                (blocked or running or computing)[0].switch()
+                where = "system call" if blocked else "interpreter" if running else "library code"
             else:
-                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside a library: wait on
+                phases["busy"] = phases.get("busy", 0) + 1  # every thread inside libc: wait on
     paused_since = time.monotonic_ns()
     phases["running_ms"] = round((paused_since - continued) / 1e6, 1)
+    open(REQUEST["result"] + ".calling", "w").close()  # no more nudges from cytool
+    gdb.execute("handle SIGURG nostop noprint nopass", to_string=True)
     for b in breakpoints:
         b.delete()
+    caller = gdb.selected_thread()
+    try:
+        return call_bootstrap(where)
+    except gdb.error as error:
+        finish_abandoned_calls(caller)
+        return {"ok": False, "error": "call", "message": str(error)}
+
+
+def call_bootstrap(where):
+    """dlopen() the extension and run its cytool_attach_run(code) in the selected thread."""
     handle = int(gdb.parse_and_eval(f"((void*(*)(const char*, int))dlopen)({c_string(REQUEST['extension'])}, {RTLD_NOW})"))
     if not handle:
         reason = gdb.parse_and_eval("((char*(*)(void))dlerror)()").string()
@@ -172,6 +241,36 @@ def inject():
     if started != 0:
         return {"ok": False, "error": "thread", "message": "could not start a thread in the process"}
     return {"ok": True, "stopped_in": where}
+
+
+def has_dummy_frame(thread):
+    """True when `thread`'s stack holds a call gdb made (a dummy frame it must pop)."""
+    try:
+        thread.switch()
+        frame = gdb.newest_frame()
+        for _ in range(256):
+            if frame is None:
+                return False
+            if frame.type() == gdb.DUMMY_FRAME:
+                return True
+            frame = frame.older()
+    except gdb.error:
+        pass
+    return False
+
+
+def finish_abandoned_calls(caller, attempts=50):
+    """A call gdb made that was abandoned (gdb stopped elsewhere during it) leaves gdb's
+    dummy frame on the calling thread's stack: detaching then would crash the thread when
+    the call returns. Let the process run until gdb has popped it (gdb stops silently
+    when the call returns)."""
+    for _ in range(attempts):
+        if not gdb.selected_inferior().pid or not caller.is_valid() or not has_dummy_frame(caller):
+            return
+        try:
+            gdb.execute("continue", to_string=True)
+        except gdb.error:
+            pass
 
 
 def main():

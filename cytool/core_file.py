@@ -63,6 +63,12 @@ def read_core(path: Path) -> CoreInfo:
                 kind = {1: "a relocatable object", 2: "an executable", 3: "a shared object"}.get(e_type, "not a core")
                 raise CytoolError(f"{path}: not a core file (it is {kind})",
                                   hint="cytool stack --core CORE [--executable PYTHON]: the core comes first")
+            size = os.fstat(handle.fileno()).st_size
+            needed = _segments_end(handle, header)
+            if needed > size:
+                raise CytoolError(f"{path}: the core is cut short: {size:,} of the {needed:,} bytes its segments "
+                                  "need (a core size limit, `ulimit -c`, or a full disk cut it off)",
+                                  hint="write the core again (ulimit -c unlimited, or gcore PID)")
             info = CoreInfo()
             for data in _note_segments(handle, header):
                 _read_notes(data, info)
@@ -73,6 +79,30 @@ def read_core(path: Path) -> CoreInfo:
         raise CytoolError(f"{path}: is a directory, not a core file")
     except OSError as error:
         raise CytoolError(f"{path}: cannot read the core file: {error.strerror or error}")
+
+
+def _program_headers(handle, header: bytes) -> List[bytes]:
+    phoff, = struct.unpack_from("<Q", header, 32)
+    phentsize, phnum = struct.unpack_from("<HH", header, 54)
+    if phentsize < 56 or phnum == 0 or phnum > 65535:
+        return []
+    handle.seek(phoff)
+    table = handle.read(phentsize * phnum)
+    return [table[i * phentsize:(i + 1) * phentsize] for i in range(phnum)]
+
+
+def _segments_end(handle, header: bytes) -> int:
+    """The file size the core's program headers and segments need, in bytes."""
+    phoff, = struct.unpack_from("<Q", header, 32)
+    phentsize, phnum = struct.unpack_from("<HH", header, 54)
+    end = phoff + phentsize * phnum if 0 < phnum <= 65535 else 64
+    for entry in _program_headers(handle, header):
+        if len(entry) < 56:
+            break
+        offset, = struct.unpack_from("<Q", entry, 8)
+        file_size, = struct.unpack_from("<Q", entry, 32)
+        end = max(end, offset + file_size)
+    return end
 
 
 def _note_segments(handle, header: bytes) -> List[bytes]:

@@ -24,6 +24,7 @@ import time
 
 DISABLED = os.environ.get("CYTOOL_BREAKPOINT", "") == "0"
 ATTACH_TIMEOUT = 60.0  # seconds to wait for gdb to attach
+PR_SET_PTRACER = 0x59616D61  # <linux/prctl.h>: Yama's "this process may trace me"
 
 
 def breakpoint(*args: object, when: object = True, **kwargs: object) -> None:
@@ -31,9 +32,14 @@ def breakpoint(*args: object, when: object = True, **kwargs: object) -> None:
     Extra arguments, which Python's `breakpoint()` may pass on, are ignored."""
     if DISABLED:
         return
-    if not when:
-        return
-    _stop()
+    try:
+        wanted = bool(when)
+    except Exception as error:  # as gdb and pdb do with a condition that fails: stop
+        print(f"cytool.breakpoint: when= could not be tested ({type(error).__name__}: {error}); stopping",
+              file=sys.stderr)
+        wanted = True
+    if wanted:
+        _stop()
 
 
 def from_c() -> None:
@@ -55,13 +61,27 @@ def tracer_pid() -> int:
     return 0
 
 
+# One breakpoint at a time in the process: threads that reach one together would each
+# start a gdb or a `cytool stack`, and ptrace lets only one of them in.
+_one_at_a_time = threading.Lock()
+
+
+def _new_lock_in_child() -> None:
+    global _one_at_a_time
+    _one_at_a_time = threading.Lock()  # a forked child has only the thread that forked
+
+
+os.register_at_fork(after_in_child=_new_lock_in_child)
+
+
 def _stop() -> None:
-    if tracer_pid():
-        _trap()
-    elif _on_terminal():
-        _debug_here()
-    else:
-        _print_stack()
+    with _one_at_a_time:
+        if tracer_pid():
+            _trap()
+        elif _on_terminal():
+            _debug_here()
+        else:
+            _print_stack()
 
 
 def _trap() -> None:
@@ -91,13 +111,27 @@ def _debug_here() -> None:
         _print_stack()
         return
     argv = [gdb, "-tui", "-q", "-iex", "set pagination off", "-ex", f"source {scripts / 'cytool_gdb.py'}",
-            "-ex", f"set cy-module-index {index_dir()}", "-ex", f"attach {os.getpid()}", "-ex", "layout src",
-            "-ex", "cy-cont", "-ex", "set pagination on"]
+            "-ex", f"set cy-module-index {index_dir()}", "-ex", f"attach {os.getpid()}",
+            # attaching refused (ptrace): gdb leaves, and this process goes on without it
+            "-ex", "python gdb.selected_inferior().pid or gdb.execute('quit 1')",
+            "-ex", "layout src", "-ex", "cy-cont", "-ex", "set pagination on"]
     # gdb outlives this call (it is the user's session), so it is not our child: `sh` starts
-    # it in the background on the terminal and exits at once.
-    subprocess.run(["sh", "-c", 'exec "$@" </dev/tty >/dev/tty 2>&1 &', "sh", *argv], check=False)
+    # it in the background on the terminal, says its pid and exits at once.
+    started = subprocess.run(["sh", "-c", '"$@" </dev/tty >/dev/tty 2>&1 & echo $!', "sh", *argv],
+                             stdout=subprocess.PIPE, text=True, check=False, env=_untraced_environment())
+    try:
+        gdb_pid = int(started.stdout.strip())
+    except ValueError:
+        gdb_pid = 0
+    if gdb_pid:
+        _allow_tracer(gdb_pid)
     deadline = time.monotonic() + ATTACH_TIMEOUT
     while not tracer_pid():
+        if not _running(gdb_pid):
+            print("cytool.breakpoint: gdb could not attach to this process; printing the stack instead",
+                  file=sys.stderr)
+            _print_stack()
+            return
         if time.monotonic() > deadline:
             print(f"cytool.breakpoint: gdb did not attach within {ATTACH_TIMEOUT:.0f} s; going on", file=sys.stderr)
             return
@@ -105,13 +139,66 @@ def _debug_here() -> None:
     _trap()
 
 
+def _allow_tracer(pid: int) -> None:
+    """Let process `pid` (gdb, our descendant) attach where Yama's ptrace_scope 1 allows only
+    ancestors: prctl(PR_SET_PTRACER, pid). Without Yama the call fails, and nothing is needed."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PTRACER, ctypes.c_ulong(pid), 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _running(pid: int) -> bool:
+    """Process `pid` exists and has not exited (a zombie counts as exited)."""
+    if pid <= 0:
+        return True  # not known: the deadline decides
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            text = stat.read()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] not in "ZX"
+
+
 def _print_stack() -> None:
     """`cytool stack` of this thread, on stderr (this thread waits for it: its frames below
     this breakpoint are the caller's)."""
-    argv = [sys.executable, "-m", "cytool", "stack", "--below-breakpoint", "--thread",
-            str(threading.get_native_id()), str(os.getpid())]
-    done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False)
-    sys.stderr.write(f"cytool.breakpoint: stack of thread {threading.get_native_id()}\n{done.stdout}")
-    if not done.stdout.endswith("\n"):
+    tid = threading.get_native_id()
+    command = _cytool_command()
+    if command is None:
+        print(f"cytool.breakpoint: no Python to run `cytool stack` with (sys.executable is {sys.executable!r}, "
+              "and no `cytool` on PATH); going on", file=sys.stderr)
+        return
+    argv = [*command, "stack", "--below-breakpoint", "--thread", str(tid), str(os.getpid())]
+    try:
+        done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False,
+                              env=_untraced_environment())
+    except OSError as error:
+        print(f"cytool.breakpoint: cannot run `cytool stack` ({error}); going on", file=sys.stderr)
+        return
+    text = done.stdout or f"(`{' '.join(command)} stack` printed nothing, exit status {done.returncode})\n"
+    sys.stderr.write(f"cytool.breakpoint: stack of thread {tid}\n{text}")
+    if not text.endswith("\n"):
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def _untraced_environment() -> "dict[str, str]":
+    """This process's environment without CYTOOL_PROFILE: the tools a breakpoint starts are
+    not the program, and must not leave captures of their own beside its capture."""
+    return {name: value for name, value in os.environ.items() if name != "CYTOOL_PROFILE"}
+
+
+def _cytool_command() -> "list[str] | None":
+    """How to run cytool from here: this interpreter when it is a program (an embedding
+    application's sys.executable may be empty or another program), else `cytool` on PATH."""
+    import shutil
+
+    executable = sys.executable
+    if executable and os.path.isfile(executable) and os.access(executable, os.X_OK) \
+            and os.path.basename(executable).startswith("python"):
+        return [executable, "-m", "cytool"]
+    found = shutil.which("cytool")
+    return [found] if found else None

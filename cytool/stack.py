@@ -33,10 +33,22 @@ class StackTarget:
 
 
 def live_target(pid: int) -> StackTarget:
-    """CytoolError if there is no such process."""
+    """CytoolError if there is no such process, or it has exited (a zombie)."""
     if pid <= 0 or not os.path.isdir(f"/proc/{pid}"):
         raise CytoolError(f"no process with pid {pid}", exit_code=1)
+    if _state(pid) in ("Z", "X"):
+        raise CytoolError(f"process {pid} has exited (a zombie: its parent has not collected its exit status): "
+                          "it has no stacks left to read", exit_code=1)
     return StackTarget(pid=pid)
+
+
+def _state(pid: int) -> str:
+    """The state letter of /proc/PID/stat (R, S, D, T, Z ...), "" when it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(errors="replace")
+        return stat[stat.rindex(")") + 2]
+    except (OSError, ValueError, IndexError):
+        return ""
 
 
 def core_target(core: Path, executable: Optional[Path]) -> StackTarget:
@@ -86,7 +98,9 @@ def gdb_argv(target: StackTarget, gdb: str, with_locals: bool, index_cache: Opti
     if target.pid is not None:
         exe = f"/proc/{target.pid}/exe"
         if os.path.exists(exe):  # its symbols are read before the process is stopped
-            argv += ["-ex", f"file {os.path.realpath(exe)}"]
+            program = os.path.realpath(exe)
+            # a program deleted or replaced since the process started: its inode is still there
+            argv += ["-ex", f"file {program if _same_file(program, exe) else exe}"]
         argv += ["-ex", f"{command} --attach {target.pid}"]
     else:
         argv += ["-ex", f"file {target.executable}", "-ex", f"core-file {target.core}", "-ex", command]
@@ -94,6 +108,13 @@ def gdb_argv(target: StackTarget, gdb: str, with_locals: bool, index_cache: Opti
         if "\n" in text:
             raise CytoolError(f"a newline cannot be passed to gdb: {text!r}")
     return argv
+
+
+def _same_file(path: str, other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return False
 
 
 def read_stacks(target: StackTarget, with_locals: bool = False, gdb: Optional[str] = None) -> dict:

@@ -134,6 +134,10 @@ class Tracker:
                     f"max_frames must be between {driver.MIN_MAX_FRAMES} and {driver.MAX_MAX_FRAMES}, not {self.max_frames}"
                 )
             settings["max_frames"] = self.max_frames
+        if os.path.exists(self.path) and not os.path.isfile(self.path):
+            # opening a FIFO to write would block this program until someone reads it
+            raise CytoolError(f"{self.path}: not a regular file (a FIFO, a device?); a capture is written to a file",
+                              hint="give another path")
         try:
             driver.start(
                 os.fspath(self.path),

@@ -261,6 +261,8 @@ def load_python_gdb(objfile_name: str) -> None:
     if _python_gdb_loaded or not objfile_name:
         return
     real = os.path.realpath(objfile_name)
+    if real.endswith(" (deleted)"):  # /proc/PID/exe of a program replaced since (an upgrade)
+        real = real[:-len(" (deleted)")]
     match = _PYTHON_NAME.match(os.path.basename(real))
     if not match:
         return

@@ -26,7 +26,8 @@ ET_DYN = 3
 PAGE = 0x1000
 # what gdb reads at attach whatever auto-solib-add says (gdb's libpthread_name_p)
 _THREAD_LIBRARIES = ("/libpthread", "/libc.")
-_SOLIB_ROW = re.compile(r"^\s*(?:0x[0-9a-f]+\s+0x[0-9a-f]+\s+)?(Yes|No)(?: \(\*\))?\s+(/.*?)\s*$")
+# a library of a process in another mount namespace (a container) is listed as target:/path
+_SOLIB_ROW = re.compile(r"^\s*(?:0x[0-9a-f]+\s+0x[0-9a-f]+\s+)?(Yes|No)(?: \(\*\))?\s+(?:target:)?(/.*?)\s*$")
 
 
 def mapped_objects(pid: int) -> Dict[str, int]:
@@ -127,10 +128,12 @@ def read_the_rest(preloaded: Set[str]) -> None:
         if match is None or match.group(1) == "Yes":
             continue
         name = match.group(2)
-        if os.path.realpath(name) in preloaded or not os.path.exists(name):
+        if os.path.realpath(name) in preloaded:
             continue
+        if not os.path.exists(name) and not os.path.exists(f"/proc/{gdb.selected_inferior().pid}/root{name}"):
+            continue  # in no mount namespace we can see (gdb reads the process's own through its root)
         try:
-            gdb.execute(f"sharedlibrary ^{re.escape(name)}$", to_string=True)
+            gdb.execute(f"sharedlibrary {re.escape(name)}$", to_string=True)
         except gdb.error:
             pass  # gdb said why on stderr; that library's frames show as addresses
 

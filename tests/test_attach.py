@@ -40,7 +40,8 @@ def _launch(command: List[str], cwd: Path) -> subprocess.Popen:
 def programs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The fixture programs, in one folder for the module: allocmod.pyx is built once."""
     folder = tmp_path_factory.mktemp("attach")
-    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py"):
+    for name in ("allocmod.pyx", "loop.py", "plain.py", "threads.py", "profiled.py", "signalled.py",
+                 "exit_on_capture.py", "spinmod.pyx", "spinners.py", "execs.py"):
         shutil.copy(FIXTURES / name, folder / name)
     return folder
 
@@ -172,6 +173,22 @@ def test_attach_to_a_process_computing(workdir, programs, targets, run_cytool):
     assert target.poll() is None  # computing on
 
 
+def test_attach_while_every_thread_computes_without_the_gil(workdir, programs, targets, run_cytool):
+    """Every thread in a nogil Cython loop (no allocation, no system call, no Python): a
+    thread computing with no libc frame on its stack is a safe point too (the attach used
+    to wait 30 s and give up)."""
+    target = _launch([sys.executable, "-m", "cytool", "run", "spinners.py", "600"], programs)
+    targets.append(target)
+    capture = workdir / "spin.cytrace"
+    result = run_cytool("attach", target.pid, "-o", capture, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert target.poll() is None
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert target.poll() is None  # computing on
+    assert _report_json(run_cytool, capture)["capture"]["attached"] is True
+
+
 def test_attach_keeps_the_programs_profiler(workdir, programs, targets, run_cytool):
     """A profiler of the program's own (sys.setprofile in the main thread) is left alone:
     Python frames are read from the interpreter's frames, so the capture still has them."""
@@ -200,6 +217,20 @@ def test_process_exits_while_attached(workdir, programs, targets, run_cytool):
     assert any(line["file"].endswith("plain.py") for line in report["lines"])
 
 
+def test_process_exits_as_tracing_starts(workdir, programs, targets, run_cytool):
+    """The process exits the moment the tracer has started: cytool says the capture holds
+    what was written (it used to say the tracer could not start, beside a complete capture)."""
+    capture = workdir / "quick.cytrace"
+    target = _launch([sys.executable, "exit_on_capture.py", str(capture)], programs)
+    targets.append(target)
+    result = run_cytool("attach", target.pid, "--duration", "30", "-o", capture, timeout=120)
+    assert result.returncode == 1, result.stderr
+    assert (f"process {target.pid} exited just after tracing started; {capture} " in result.stderr
+            or f"process {target.pid} exited while traced; {capture} is complete" in result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert _report_json(run_cytool, capture)["capture"]["attached"] is True
+
+
 def test_process_killed_while_attached(workdir, programs, targets, run_cytool):
     """SIGKILL: the capture holds what was written, and says what is missing."""
     target = _launch([sys.executable, "plain.py"], programs)
@@ -213,6 +244,142 @@ def test_process_killed_while_attached(workdir, programs, targets, run_cytool):
     report = _report_json(run_cytool, capture)
     assert report["capture"]["truncated"] is True
     assert any(line["file"].endswith("plain.py") for line in report["lines"])
+
+
+def test_attach_while_the_program_gets_signals(workdir, programs, targets, run_cytool):
+    """Signals the program gets during the attach (here SIGUSR1, every millisecond) go to
+    it and never interrupt gdb's calls into it: an interrupted call used to be abandoned
+    with gdb's frame on the thread's stack, and the process crashed (SIGSEGV) after gdb
+    detached."""
+    import threading
+
+    target = _launch([sys.executable, "signalled.py", "20"], programs)
+    targets.append(target)
+    sending = threading.Event()
+    sending.set()
+
+    def send() -> None:
+        while sending.is_set():
+            try:
+                os.kill(target.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                return
+            time.sleep(0.001)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    capture = workdir / "signalled.cytrace"
+    try:
+        result = run_cytool("attach", target.pid, "-o", capture, timeout=120)
+    finally:
+        sending.clear()
+        sender.join()
+    assert result.returncode == 0, result.stderr
+    assert target.poll() is None, target.communicate()  # alive
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    target.kill()
+    target.wait()
+    assert target.returncode == -signal.SIGKILL  # it lived until killed
+    assert _report_json(run_cytool, capture)["totals"]["count"] > 0
+
+
+def test_attach_to_a_stopped_process(workdir, programs, targets, run_cytool):
+    """A process stopped by SIGSTOP (Ctrl-Z) is refused and left stopped: gdb would have set
+    it running (and it used to crash, or the attach waited 10 s for nothing)."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    target.send_signal(signal.SIGSTOP)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{target.pid}/stat").read_text().split(") ", 1)[1][0] != "T":
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    capture = workdir / "stopped.cytrace"
+    result = run_cytool("attach", target.pid, "-o", capture)
+    assert result.returncode == 2, result.stderr
+    assert f"process {target.pid} is stopped (by SIGSTOP, SIGTSTP or Ctrl-Z)" in result.stderr
+    assert f"kill -CONT {target.pid}" in result.stderr and "Traceback" not in result.stderr
+    assert Path(f"/proc/{target.pid}/stat").read_text().split(") ", 1)[1][0] == "T"  # still stopped
+    assert not capture.exists()
+    target.send_signal(signal.SIGCONT)
+    result = run_cytool("attach", target.pid, "-o", capture, "--duration", "0.5")
+    assert result.returncode == 0, result.stderr
+    assert target.poll() is None
+
+
+def test_two_attaches_at_once(workdir, programs, targets, run_cytool):
+    """Two `cytool attach` of one process at the same moment: one traces into its own capture,
+    the other is refused, and --stop then finds the session (the two used to share the
+    session's files: the winner wrote the loser's capture, and nothing could stop it)."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    captures = [workdir / "first.cytrace", workdir / "second.cytrace"]
+    runs = [subprocess.Popen([sys.executable, "-m", "cytool", "attach", str(target.pid), "-o", str(capture)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for capture in captures]
+    results = [(run.wait(timeout=120), run.communicate()[1]) for run in runs]
+    winners = [i for i, (code, _) in enumerate(results) if code == 0]
+    assert len(winners) == 1, results
+    won, lost = winners[0], 1 - winners[0]
+    assert f"into {captures[won]} " in results[won][1], results
+    assert results[lost][0] == 2 and "Traceback" not in results[lost][1], results
+    assert (f"another cytool attach is attaching to process {target.pid}" in results[lost][1]
+            or f"already traced by cytool attach, into {captures[won]}" in results[lost][1]), results
+    stopped = run_cytool("attach", "--stop", target.pid)
+    assert stopped.returncode == 0, stopped.stderr
+    assert f"cytool report {captures[won]}" in stopped.stderr
+    assert target.poll() is None
+
+
+def test_attach_capture_paths(workdir, programs, targets, run_cytool):
+    """-o as `cytool profile -o` takes it: a folder gets the default name (never an existing
+    file's), a file that is not a capture is not overwritten, a FIFO is refused (the process
+    used to hang: its agent held the GIL while opening the FIFO to write)."""
+    target = _launch([sys.executable, "plain.py"], programs)
+    targets.append(target)
+    mine = workdir / "notes.cytrace"
+    mine.write_text("mine\n")
+    result = run_cytool("attach", target.pid, "-o", mine)
+    assert result.returncode == 2 and "exists and is not a cytool capture; refusing to overwrite it" in result.stderr
+    assert mine.read_text() == "mine\n"
+    fifo = workdir / "pipe.cytrace"
+    os.mkfifo(fifo)
+    result = run_cytool("attach", target.pid, "-o", fifo)
+    assert result.returncode == 2 and "not a regular file (a FIFO, a device?)" in result.stderr, result.stderr
+    folder = workdir / "captures"
+    folder.mkdir()
+    for name in (f"plain.{target.pid}.cytrace", f"plain.{target.pid}-1.cytrace"):
+        result = run_cytool("attach", target.pid, "-o", folder, "--duration", "0.3")
+        assert result.returncode == 0, result.stderr
+        assert f"into {folder / name} " in result.stderr, result.stderr
+    assert target.poll() is None
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_attach_again_after_the_process_execs(workdir, programs, targets, run_cytool, fork):
+    """A traced process that exec()s another program keeps its pid (and start time) but not
+    the tracer: it can be attached to again (it used to be "already traced" for good, and
+    --stop said "not traced any more"). A child it forked before does not keep the session
+    open."""
+    go = workdir / "exec-now"
+    target = _launch([sys.executable, "execs.py", str(go)] + (["fork"] if fork else []), programs)
+    targets.append(target)
+    before = workdir / "before.cytrace"
+    first = subprocess.Popen([sys.executable, "-m", "cytool", "attach", str(target.pid), "-o", str(before),
+                              "--duration", "120"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not before.exists():
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.05)
+    go.touch()
+    assert target.stdout.readline().strip() == "ready"  # plain.py runs in its place
+    _, said = first.communicate(timeout=120)  # it used to wait out the whole duration
+    assert first.returncode == 1, said
+    assert f"process {target.pid} replaced its program (exec) while traced: the tracer went with it" in said, said
+    second = run_cytool("attach", target.pid, "-o", workdir / "after.cytrace", "--duration", "0.5")
+    assert second.returncode == 0, second.stderr
+    assert target.poll() is None
+    report = _report_json(run_cytool, workdir / "after.cytrace")
+    assert any(line["file"].endswith("plain.py") and line["line"] == GROW_LINE for line in report["lines"])
 
 
 def test_attach_errors(workdir, programs, targets, run_cytool):
@@ -231,8 +398,18 @@ def test_attach_errors(workdir, programs, targets, run_cytool):
     assert result.returncode == 2 and "is not a Python process" in result.stderr
     assert "Traceback" not in result.stderr
 
-    result = run_cytool("attach", "--duration", "0", str(sleeper.pid))
-    assert result.returncode == 2 and "--duration takes a number of seconds above 0" in result.stderr
+    for duration in ("0", "-1", "nan", "inf", "1e300"):  # non-finite ones crashed the agent's watcher
+        result = run_cytool("attach", "--duration", duration, str(sleeper.pid))
+        assert result.returncode == 2 and "--duration takes a number of seconds above 0" in result.stderr, duration
+
+    python = _launch([sys.executable, "plain.py"], programs)
+    targets.append(python)
+    capture = workdir / "live.cytrace"
+    result = run_cytool("attach", python.pid, "--live", "-o", capture)  # stdin and stdout are pipes
+    assert result.returncode == 2 and "--live needs a terminal" in result.stderr, result.stderr
+    assert not capture.exists() and "TracerPid:\t0" in Path(f"/proc/{python.pid}/status").read_text()
+    result = run_cytool("attach", "--stop", python.pid)
+    assert result.returncode == 2 and "is not traced by cytool attach" in result.stderr
 
 
 @pytest.mark.parametrize("version", ["3.8", "2.7"])

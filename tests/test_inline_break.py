@@ -12,9 +12,12 @@ tests/fixtures/breakpoint/bp.pyx stops in a nogil cdef function, in a def functi
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "debug"))
@@ -97,3 +100,79 @@ def test_on_a_terminal_starts_gdb(each_of_two_pythons: str) -> None:
         term.wait_for(f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()")
         term.send("cy-cont")
         term.wait_for("exited normally")
+
+
+EDGES = Path(__file__).resolve().parent / "fixtures" / "breakpoint" / "edges.py"
+E = h.markers(EDGES)
+
+
+def run_edges(mode: str, env: dict = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(EDGES), mode], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True, timeout=600, env=h.python_env(env))
+
+
+def test_embedded_python_without_sys_executable() -> None:
+    """An application embedding Python may leave sys.executable empty: `cytool stack` is run
+    through `cytool` on PATH (it used to end the program with PermissionError from cytool's
+    own code); with no cytool anywhere, one line says so and the program goes on."""
+    import os
+
+    bin_dir = os.path.dirname(sys.executable)
+    done = run_edges("embedded", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert done.stdout.split() == ["after", "embedded", "done"], done.stdout
+    assert f"[py] <module>() at {EDGES}:{E['embedded-break']}" in done.stderr, done.stderr
+    done = run_edges("embedded", env={"PATH": "/nonexistent"})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert "cytool.breakpoint: no Python to run `cytool stack` with" in done.stderr, done.stderr
+
+
+def test_threads_at_a_breakpoint_together() -> None:
+    """Four threads at a breakpoint at once: each one's stack is printed, one after the other
+    (they used to run four `cytool stack` at once, and ptrace let only one of them in)."""
+    done = run_edges("threads")
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("\n")[:-2]) == [f"after {i}" for i in range(4)], done.stdout
+    stacks = done.stderr.split("cytool.breakpoint: stack of thread ")[1:]
+    assert len(stacks) == 4 and "error" not in done.stderr, done.stderr
+    names = sorted(re.search(r'Thread \d+ "(worker-\d)"', text).group(1) for text in stacks)
+    assert names == [f"worker-{i}" for i in range(4)], done.stderr
+    assert all(f"[py] work() at {EDGES}:{E['thread-break']}" in text for text in stacks), done.stderr
+
+
+def test_when_that_raises_stops() -> None:
+    """when= whose truth test raises stops there, as gdb and pdb do with a failing condition,
+    with the error said once (it used to raise out of cytool's own code)."""
+    done = run_edges("bad-when")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["after", "bad-when", "done"], done.stdout
+    assert ("cytool.breakpoint: when= could not be tested (ValueError: the truth value is ambiguous); stopping"
+            in done.stderr), done.stderr
+    assert f"[py] <module>() at {EDGES}:{E['bad-when']}" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+@needs_tmux
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is not installed")
+def test_on_a_terminal_gdb_refused() -> None:
+    """On a terminal, gdb started for the breakpoint cannot attach (ptrace refused): the
+    program says so at once, prints why, and goes on (it used to wait 60 s for gdb)."""
+    env = " ".join(f"{name}={value}" for name, value in h.python_env().items()
+                   if name in ("CYTOOL_CACHE_DIR", "PYTHONPATH"))
+    command = (f"cd {EDGES.parent} && env {env} setpriv --bounding-set -sys_ptrace --inh-caps -sys_ptrace "
+               f"{sys.executable} {EDGES} undumpable; echo status $?; sleep 600")
+    with terminal("cytool-inline-refused", command, width=150, height=40) as term:
+        shown = term.wait_for("status ", timeout=240)
+    assert "cytool.breakpoint: gdb could not attach to this process; printing the stack instead" in shown, shown
+    assert "ptrace is not permitted" in shown and "after undumpable" in shown and "status 0" in shown, shown
+
+
+def test_traced_program_leaves_one_capture(tmp_path: Path) -> None:
+    """A program traced through CYTOOL_PROFILE stops at a breakpoint: the `cytool stack` it
+    runs is not traced (it used to leave a capture of its own, out.cytrace.<pid>, that
+    `cytool report out.cytrace*` took for one of the program's processes)."""
+    capture = tmp_path / "out.cytrace"
+    done = run_edges("bad-when", env={"CYTOOL_PROFILE": str(capture)})
+    assert done.returncode == 0, done.stderr
+    assert f"[py] <module>() at {EDGES}:{E['bad-when']}" in done.stderr, done.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.cytrace"]

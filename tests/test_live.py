@@ -227,6 +227,10 @@ def test_live_errors(tmp_path: Path) -> None:
     assert done.returncode == 2 and "needs a terminal" in done.stderr and "Traceback" not in done.stderr
     done = cytool("profile", "--live", "-c", "pass", stdin=subprocess.DEVNULL, cwd=tmp_path)
     assert done.returncode == 2 and "--live needs a terminal" in done.stderr
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    done = cytool("live", tmp_path / "never.cytrace", "--pid", gone.pid)  # it used to say only "no such file"
+    assert done.returncode == 2 and f"no process with pid {gone.pid} (the writer of " in done.stderr, done.stderr
 
 
 # ---- the view on a real terminal ---------------------------------------------------

@@ -247,6 +247,101 @@ def test_not_a_core(tmp_path: Path) -> None:
     _refused(stack("--core", tmp_path / "missing"), "no such core file")
 
 
+def test_zombie(tmp_path: Path) -> None:
+    """A process that exited and was not reaped has no stacks: said so, not "ptrace refused"."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    try:
+        deadline = time.monotonic() + 60
+        while not Path(f"/proc/{child.pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+            assert time.monotonic() < deadline, "the child did not exit"
+            time.sleep(0.02)
+        _refused(stack(child.pid), f"process {child.pid} has exited (a zombie")
+    finally:
+        child.wait()
+
+
+def test_truncated_core(threaded_core: Path, tmp_path: Path) -> None:
+    """A core cut short (ulimit -c, a full disk): said so, with how much is missing."""
+    data = threaded_core.read_bytes()
+    for keep in (100_000, len(data) // 2):
+        cut = tmp_path / f"cut-{keep}.core"
+        cut.write_bytes(data[:keep])
+        _refused(stack("--core", cut), f"{cut}: the core is cut short: {keep:,} of the ")
+        _refused(stack("--core", cut, "--executable", sys.executable), "the core is cut short")
+
+
+def _static_python() -> str:
+    """A Python with the interpreter linked into its executable (Debian's), of this venv's
+    version, or ""."""
+    version = "%d.%d" % sys.version_info[:2]
+    candidate = shutil.which(f"python{version}", path="/usr/bin:/usr/local/bin") or ""
+    if not candidate:
+        return ""
+    linked = subprocess.run(["ldd", candidate], stdout=subprocess.PIPE, text=True).stdout
+    return "" if "libpython" in linked else os.path.realpath(candidate)
+
+
+def test_program_deleted_since_it_started(tmp_path: Path) -> None:
+    """A Python whose executable was deleted or replaced (an upgrade) after it started is still
+    read, through /proc/PID/exe, Python frames included; attach traces it too."""
+    original = _static_python()
+    if not original:
+        pytest.skip("no Python with a static libpython of this version (Debian's python3.X)")
+    folder = tmp_path / "bin"
+    folder.mkdir()
+    copy = folder / os.path.basename(original)
+    shutil.copy(original, copy)
+    program = _start([str(copy), str(FIXTURES / "pure.py")], tmp_path)
+    try:
+        copy.unlink()
+        assert os.readlink(f"/proc/{program.pid}/exe").endswith("(deleted)")
+        done = stack(program.pid)
+        capture = tmp_path / "deleted.cytrace"
+        attached = subprocess.run([sys.executable, "-m", "cytool", "attach", str(program.pid), "--duration", "0.5",
+                                   "-o", str(capture)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  timeout=300)
+        alive = program.process.poll() is None
+    finally:
+        program.stop()
+    assert done.returncode == 0, done.stderr
+    heads = [line for line in frame_heads(threads_of(done.stdout)["MainThread"]) if not line.startswith("[c]")]
+    assert heads[0] == f"[py] inner() at pure.py:{PURE['pure-sleep']}", done.stdout
+    assert attached.returncode == 0 and "Traceback" not in attached.stderr, attached.stderr
+    assert alive and capture.is_file()
+
+
+def test_process_in_another_mount_namespace(tmp_path: Path) -> None:
+    """A process whose program and libpython exist only in its own mount namespace (a
+    container seen from the host): gdb reads them through the process (target:), and the
+    stack has its Python frames (it used to say "not a Python process")."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) is not installed")
+    program = os.path.realpath(sys.executable)
+    linked = subprocess.run(["ldd", program], stdout=subprocess.PIPE, text=True).stdout
+    library = next((line.split("=>")[1].split("(")[0].strip() for line in linked.splitlines()
+                    if "libpython" in line and "=>" in line), "")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    script = (f'mount -t tmpfs none "{hidden}" && cp "{program}" "{hidden}/python" && '
+              + (f'cp "{library}" "{hidden}/" && ' if library else "")
+              + f'LD_LIBRARY_PATH="{hidden}" PYTHONHOME="{sys.base_prefix}" exec "{hidden}/python" '
+              + f'"{FIXTURES / "pure.py"}"')
+    process = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        line = process.stdout.readline()
+        if line.strip() != "ready":
+            pytest.skip(f"cannot start a process in a mount namespace of its own: {process.stderr.read()[:300]}")
+        assert not (hidden / "python").exists()  # not from here
+        done = stack(process.pid)
+    finally:
+        process.kill()
+        process.wait()
+    assert done.returncode == 0, done.stderr
+    heads = [line for line in frame_heads(threads_of(done.stdout)["MainThread"]) if not line.startswith("[c]")]
+    assert heads[0] == f"[py] inner() at pure.py:{PURE['pure-sleep']}", done.stdout
+
+
 def test_gdb_missing() -> None:
     _refused(stack(os.getpid(), env={"CYTOOL_GDB": "no-such-gdb"}), "no-such-gdb not found")
 

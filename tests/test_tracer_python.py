@@ -221,3 +221,22 @@ def test_tracker_threads_end_with_the_capture(tmp_path: Path) -> None:
         assert capture.complete and capture.header.ticking_clock and capture.header.time_resolution_ns == 1_000_000
     with read_capture(tmp_path / "exact.cytrace") as capture:
         assert capture.complete and not capture.header.ticking_clock and capture.header.time_resolution_ns == 1
+
+
+def test_tracker_refuses_a_fifo(tmp_path: Path) -> None:
+    """A Tracker asked to write into a FIFO says so at once (opening it to write blocked the
+    program until something read the FIFO: forever, usually)."""
+    fifo = tmp_path / "pipe.cytrace"
+    os.mkfifo(fifo)
+    code = textwrap.dedent(f"""
+        import cytool
+        from cytool.errors import CytoolError
+        try:
+            cytool.Tracker({str(fifo)!r}).start()
+        except CytoolError as error:
+            print("refused:", error.message)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"refused: {fifo}: not a regular file (a FIFO, a device?)" in done.stdout, done.stdout + done.stderr

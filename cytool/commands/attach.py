@@ -10,6 +10,8 @@ from typing import Any, Dict, Optional
 
 from cytool.errors import CytoolError
 
+MAX_DURATION_S = 366 * 86400.0  # a year: NaN, infinity and overflowing timeouts are refused
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -55,8 +57,14 @@ def handle(args: argparse.Namespace) -> int:
         print(f"cytool: stopped tracing process {args.pid} ({_say_stats(status)})", file=sys.stderr)
         print(f"cytool: report with: cytool report {status.get('capture')}", file=sys.stderr)
         return 0
-    if args.duration is not None and args.duration <= 0:
-        raise CytoolError("--duration takes a number of seconds above 0", exit_code=2)
+    if args.duration is not None and not 0 < args.duration <= MAX_DURATION_S:
+        raise CytoolError(f"--duration takes a number of seconds above 0 (at most {MAX_DURATION_S:.0f}), "
+                          f"not {args.duration}", hint=f"to trace until you say so, leave it out and run "
+                          f"cytool attach --stop {args.pid}", exit_code=2)
+    if args.live and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise CytoolError("--live needs a terminal (stdin and stdout)",
+                          hint="run it in a terminal, or leave --live out and use `cytool report` on the capture",
+                          exit_code=2)
     result = attach.start(args.pid, args.output, args.duration)
     print(f"cytool: tracing process {args.pid} into {result.capture} (the process was paused "
           f"{result.pause_ms:.0f} ms)", file=sys.stderr)

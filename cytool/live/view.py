@@ -201,6 +201,9 @@ def open_follower(capture_path: Path, follow_pid: Optional[int], wait_s: float =
     """The follower of capture_path. With follow_pid: waits (while that process lives, at
     most wait_s) for it to create the capture and write its header."""
     deadline = time.monotonic() + wait_s
+    if follow_pid is not None and not _process_alive(follow_pid) and not capture_path.exists():
+        raise CytoolError(f"no process with pid {follow_pid} (the writer of {capture_path})",
+                          hint="check the pid (or leave --pid out to read a capture already written)", exit_code=2)
     while True:
         try:
             follower = Follower(capture_path)
@@ -210,7 +213,11 @@ def open_follower(capture_path: Path, follow_pid: Optional[int], wait_s: float =
             problem: Optional[CytoolError] = CytoolError(f"{capture_path}: written by process {follower.pid}, not {follow_pid}", exit_code=1)
         except CytoolError as error:
             problem = error
-        if follow_pid is None or not _process_alive(follow_pid) or time.monotonic() > deadline:
+        if follow_pid is not None and _process_alive(follow_pid) and time.monotonic() > deadline:
+            raise CytoolError(f"process {follow_pid} has not started writing {capture_path} in {wait_s:.0f} s "
+                              f"({problem.message if problem else 'no capture'})",
+                              hint="check the path it writes to (cytool profile -o, CYTOOL_PROFILE)", exit_code=1)
+        if follow_pid is None or not _process_alive(follow_pid):
             assert problem is not None
             raise problem
         time.sleep(0.05)
