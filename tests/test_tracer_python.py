@@ -240,3 +240,31 @@ def test_tracker_refuses_a_fifo(tmp_path: Path) -> None:
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert f"refused: {fifo}: not a regular file (a FIFO, a device?)" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("reader", [False, True], ids=["no-reader", "with-reader"])
+def test_the_tracer_itself_never_blocks_on_a_fifo(tmp_path: Path, reader: bool) -> None:
+    """The tracer's own open (past the Tracker's check, e.g. a FIFO made after it) neither
+    blocks nor writes into a FIFO: with no process reading it, or with one reading it, the
+    start fails at once with an OSError that says why."""
+    fifo = tmp_path / "late.cytrace"
+    os.mkfifo(fifo)
+    held = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK) if reader else -1
+    try:
+        code = textwrap.dedent(f"""
+            from cytool import _cytrace
+            try:
+                _cytrace.start({str(fifo)!r})
+            except OSError as error:
+                print("refused:", error)
+            else:
+                print("started")
+        """)
+        done = subprocess.run([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        if held >= 0:
+            os.close(held)
+    assert done.returncode == 0, done.stderr
+    expected = "is not a regular file" if reader else "it is a FIFO no process reads"
+    assert done.stdout.startswith("refused:") and expected in done.stdout, done.stdout + done.stderr

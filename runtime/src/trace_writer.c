@@ -28,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -434,12 +435,24 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
      * header are set under io_lock: a thread of the previous session still cutting back a
      * failed write must not truncate or seek this session's file. */
     pthread_mutex_lock(&io_lock);
-    out_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
-    if (out_fd < 0) {
-        cyt_set_error("cannot create %s: %s", path, strerror(errno));
+    /* O_NONBLOCK: a FIFO (or a device) at the path must not block the caller, who may hold
+     * the GIL; only a regular file is a capture. */
+    out_fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC | O_NONBLOCK | O_NOCTTY, 0644);
+    struct stat st;
+    if (out_fd >= 0 && (fstat(out_fd, &st) != 0 || !S_ISREG(st.st_mode))) {
+        close(out_fd);
+        out_fd = -1;
+        errno = EINVAL;
+        cyt_set_error("%s is not a regular file: a capture is written to a file", path);
         pthread_mutex_unlock(&io_lock);
         return -1;
     }
+    if (out_fd < 0) {
+        cyt_set_error("cannot create %s: %s", path, errno == ENXIO ? "it is a FIFO no process reads" : strerror(errno));
+        pthread_mutex_unlock(&io_lock);
+        return -1;
+    }
+    (void)fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
     if (flock(out_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
         close(out_fd);
         out_fd = -1;
