@@ -147,6 +147,7 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
             prefix = f"Breakpoint {_last_stop_gdb_breakpoints[0]}, "  # one of gdb's own
     frame = newest_frame()
     assert frame is not None
+    frame = _outside_inlined_helpers(frame)
     if cython_function(frame) is not None:
         frame.select()
         print_location(frame, prefix, stop=True)
@@ -168,6 +169,22 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
         return
     where = f" at {os.path.basename(path)}:{line}" if path else ""
     print(f"{prefix}stopped in {frame.name() or '??'}(){where} (C code)")
+
+
+def _outside_inlined_helpers(frame: "gdb.Frame") -> "gdb.Frame":
+    """The Cython frame a stop is in when gdb shows it inside C code inlined there (an
+    optimised build: Cython's __Pyx_* helpers inlined into the function; gdb shows the
+    inlined frame once an inferior call, such as arming the Python agent, reset its view);
+    the frame itself otherwise."""
+    outer = frame
+    try:
+        while outer is not None and outer.type() == gdb.INLINE_FRAME and cython_function(outer) is None:
+            outer = outer.older()
+    except gdb.error:
+        return frame
+    if outer is not None and outer != frame and cython_function(outer) is not None:
+        return outer
+    return frame
 
 
 def print_python_stop(stop: "pylevel.PythonStop") -> None:
