@@ -128,7 +128,7 @@ def build_failure(project: Path, setup_py: Path, status: int, output: str) -> Cy
     from cytool import diagnostics
 
     where = f"{setup_py.name} build_ext --inplace, exit {status}"
-    hint = f"fix the first error above and run cytool develop again; `cytool develop -v` shows the whole build"
+    hint = "fix the first error above and run cytool develop again; `cytool develop -v` shows the whole build"
     if "Error compiling Cython file:" in output:
         text = output[output.index("Error compiling Cython file:"):]
         position = _CYTHON_POSITION.search(text)
