@@ -11,6 +11,7 @@ clear message naming what to do by hand.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -21,7 +22,12 @@ from cytool.cache import BuildCache, hash_text
 from cytool.toolchain import tool_environment
 from cytool.errors import CytoolError
 
+# "pkg/mod.pyx:5:8: Expected ':', found 'NEWLINE'", the last line of Cython's error block
+_CYTHON_POSITION = re.compile(r"^[^\s:][^:\n]*\.(pyx|pxd|pxi):\d+:\d+: .+$", re.M)
 BUILD_SCRIPT = Path(__file__).resolve().parent / "develop_build.py"
+# the folder holding the cytool package: `from cytool.debug cimport breakpoint` in a project's
+# .pyx is found there (an editable install's package folder is not on sys.path)
+CYTOOL_ROOT = Path(__file__).resolve().parent.parent
 OTHER_BACKENDS = {
     "mesonpy": "meson-python",
     "scikit_build_core": "scikit-build-core",
@@ -115,6 +121,30 @@ def check_project(project: Path) -> Path:
     )
 
 
+def build_failure(project: Path, setup_py: Path, status: int, output: str) -> CytoolError:
+    """The first error of a failed build: Cython's (its source excerpt and position) or the C
+    compiler's, as cytool's own builds report them; else the end of the build's output
+    (say, the project's setup.py failing)."""
+    from cytool import diagnostics
+
+    where = f"{setup_py.name} build_ext --inplace, exit {status}"
+    hint = "fix the first error above and run cytool develop again; `cytool develop -v` shows the whole build"
+    if "Error compiling Cython file:" in output:
+        text = output[output.index("Error compiling Cython file:"):]
+        position = _CYTHON_POSITION.search(text)
+        text = text[:position.end()] if position else text  # the block, not the build's later warnings
+        failure = diagnostics.cython_failure(project, text)
+        failure.message = failure.message.replace(f"compile {project.name}: ", "compile ", 1) + f" ({where})"
+    elif diagnostics.first_compiler_error(output) is not None:
+        failure = diagnostics.compiler_failure(project, "C compiler", output)
+        failure.message = f"the C compiler failed building {project.name} ({where})"
+    else:
+        tail = "\n".join(output.strip().splitlines()[-25:])
+        return CytoolError(f"the build of {project} failed ({where})", detail=tail, hint=hint)
+    failure.hint = hint
+    return failure
+
+
 def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool = False) -> List[DevelopedModule]:
     """Build the project in place with debug information; returns the modules built.
     Raises CytoolError when the build fails (with the end of its output)."""
@@ -128,7 +158,8 @@ def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool 
     debug_dir.mkdir(exist_ok=True)
     work = cache.new_build_dir()
     out = work / "built.json"
-    argv = [sys.executable, str(BUILD_SCRIPT), str(project), str(out), str(debug_dir), "0" if debug else "project", str(jobs)]
+    argv = [sys.executable, str(BUILD_SCRIPT), str(project), str(out), str(debug_dir), "0" if debug else "project", str(jobs),
+            str(CYTOOL_ROOT)]
     progress = Progress(verbose=verbose)
     progress.step(f"building {project.name} in place with debug information ({setup_py.name} build_ext --inplace)")
     progress.command(argv, cwd=str(project))
@@ -139,9 +170,7 @@ def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool 
         )
         progress.done()
         if done.returncode != 0:
-            tail = "\n".join((done.stdout or "").strip().splitlines()[-25:])
-            raise CytoolError(f"the build of {project} failed ({setup_py.name} build_ext --inplace, exit {done.returncode})",
-                              detail=tail, hint="fix the first error above; `cytool develop -v` shows the whole build")
+            raise build_failure(project, setup_py, done.returncode, done.stdout or "")
         built = json.loads(out.read_text(encoding="utf-8")).get("built", [])
     except (OSError, ValueError) as error:
         raise CytoolError(f"cannot run the build of {project}: {error}") from None

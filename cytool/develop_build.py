@@ -1,7 +1,7 @@
 """Run a project's own `setup.py build_ext --inplace` with debug information forced on,
 without editing any of its files. Executed as a script in a subprocess by
-cytool.develop (`python develop_build.py SETUP_DIR OUT.json DEBUG_DIR OPT JOBS`); it
-imports nothing of cytool.
+cytool.develop (`python develop_build.py SETUP_DIR OUT.json DEBUG_DIR OPT JOBS CYTOOL_ROOT`);
+it imports nothing of cytool.
 
 What it changes, in this process only:
 - Cython's default compilation options: `emit_linenums` (`--line-directives`: the C
@@ -11,7 +11,11 @@ What it changes, in this process only:
 - every Extension: a C source generated from a `.pyx` beside it (msgpack ships
   `_cmsgpack.c`) is replaced by that `.pyx`, so Cython runs; `-g -fno-omit-frame-pointer`
   (and `-O<OPT>`) are appended to its compiler arguments, so they win over the project's;
-- build_ext records each extension it builds (name, output file, sources) into OUT.json.
+- Cython's include path gets CYTOOL_ROOT last, so that `from cytool.debug cimport
+  breakpoint` is found as in cytool's own builds;
+- build_ext records each extension it builds (name, output file, sources) into OUT.json;
+- a Cython or compiler error ends the build with status 1 and the tools' own messages,
+  without this script's traceback (cytool.develop quotes the first error).
 """
 import json
 import os
@@ -22,7 +26,7 @@ C_SUFFIXES = (".c", ".cpp", ".cc", ".cxx")
 
 
 def main():
-    setup_dir, out_path, debug_dir, opt_level, jobs = sys.argv[1:6]
+    setup_dir, out_path, debug_dir, opt_level, jobs, cytool_root = sys.argv[1:7]
     os.chdir(setup_dir)
     sys.path.insert(0, setup_dir)
     os.environ["CYTHON_FORCE_REGEN"] = "1"
@@ -43,6 +47,7 @@ def main():
     def cythonize(*args, **kwargs):
         # explicit options win over the defaults (Cython's build_ext passes emit_linenums=False)
         kwargs.update(emit_linenums=True, gdb_debug=True, output_dir=debug_dir, force=True)
+        kwargs["include_path"] = list(kwargs.get("include_path") or []) + [cytool_root]
         result = real_cythonize(*args, **kwargs)
         for ext in result:
             cythonized.add(id(ext))
@@ -106,11 +111,17 @@ def main():
     setuptools_build_ext.build_ext.build_extension = build_extension
 
     sys.argv = ["setup.py", "build_ext", "--inplace"] + (["-j", jobs] if jobs != "1" else [])
+    from Cython.Compiler.Errors import CompileError as CythonError
+    from setuptools.errors import CompileError, LinkError
+
     try:
         runpy.run_path("setup.py", run_name="__main__")
     except SystemExit as stop:
         if stop.code not in (None, 0):
             raise
+    except (CythonError, CompileError, LinkError) as error:
+        print(f"error: {error}", file=sys.stderr)  # the tool's own messages were printed above
+        sys.exit(1)
     finally:
         with open(out_path, "w", encoding="utf-8") as handle:
             json.dump({"built": built}, handle)

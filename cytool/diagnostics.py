@@ -90,6 +90,12 @@ def _compiles_as_cplus(target: "ModuleTarget", settings: "BuildSettings", work: 
     return done.returncode == 0
 
 
+def first_compiler_error(output: str) -> Optional[str]:
+    """The first `file:line: error:` line of a C compiler's output, or None."""
+    match = _CC_ERROR.search(output)
+    return output[match.start():output.find("\n", match.start())] if match else None
+
+
 def compiler_failure(
     source: Path,
     compiler: str,

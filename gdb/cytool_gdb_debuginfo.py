@@ -12,7 +12,7 @@ import bisect
 import os
 import re
 import xml.etree.ElementTree as ElementTree
-from typing import Dict, Iterable, List, Optional, Set, Tuple
+from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
 
 
 class Local:
@@ -179,9 +179,8 @@ class Module:
 
     # -- ownership -----------------------------------------------------------------------
 
-    def c_statement_lines(self, function: Function) -> List[Tuple[str, int, bool]]:
-        """The function's C statements as the line table will see them, in C order:
-        [(source basename, line, artifact)], consecutive repeats of a line merged
+    def c_statement_lines(self, function: Function) -> List["StatementLine"]:
+        """The function's C lines with code as the line table will see them, in C order
         (see c_statement_lines below). Empty when the C file cannot be read."""
         extent = self.c_extents.get(function.cname)
         if extent is None:
@@ -326,15 +325,29 @@ def _produces_code(text: str) -> bool:
 _c_cache: Dict[str, List[str]] = {}
 
 
-def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[Tuple[str, int, bool]]:
-    """[(source basename, line, artifact)] of the C lines with code in a function.
+class StatementLine(NamedTuple):
+    """One C line with code of a Cython function, as its #line directives number it."""
+    source: str  # basename of the .pyx/.pxi/.pxd
+    line: int
+    artifact: bool  # no #line of its own: it carries the number of the line after its statement
+    conditional: bool  # inside #if/#ifdef/#ifndef: compiled only when the condition holds
+
+
+_CONDITIONAL_START = re.compile(r"^\s*#\s*if(n?def)?\b")
+_CONDITIONAL_END = re.compile(r"^\s*#\s*endif\b")
+
+
+def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[StatementLine]:
+    """The C lines with code in a function, in C order.
 
     `#line N` gives the next C line the number N and each following C line one more,
     so a C line that Cython wrote without a `#line` of its own (the continuation of a
     multi-line piece of code) carries the number of the line after its statement: an
     artifact. The line table cannot tell those rows from real ones; their order can:
     at -O0 the code follows the C text, so the k-th code run of a line in the line
-    table is its k-th entry here."""
+    table is its k-th entry here. Lines between #if and #endif are marked conditional:
+    which branch was compiled (CYTHON_VECTORCALL, the Python version ...) is not known
+    here, so the caller decides from the line table (cytool_gdb_placement.function_runs)."""
     if c_filename not in _c_cache:
         try:
             with open(c_filename, encoding="utf-8", errors="replace") as handle:
@@ -351,16 +364,21 @@ def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[Tuple[st
         return []
     current: Optional[Tuple[str, int]] = None
     offset = 0
-    found: List[Tuple[str, int, bool]] = []
+    depth = 0  # #if nesting inside the function
+    found: List[StatementLine] = []
     for index in range(max(directive, 0), end):
         text = lines[index]
         match = _DIRECTIVE.match(text)
         if match:
             current, offset = (os.path.basename(match.group(2)), int(match.group(1))), 0
             continue
+        if index > start and _CONDITIONAL_START.match(text):
+            depth += 1
+        elif index > start and _CONDITIONAL_END.match(text):
+            depth = max(depth - 1, 0)
         code = index == opening or (index > opening and _produces_code(text))
         if current is not None and code:
-            found.append((current[0], current[1] + offset, offset > 0))
+            found.append(StatementLine(current[0], current[1] + offset, offset > 0, depth > 0))
         offset += 1
     return found
 

@@ -26,7 +26,7 @@ import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import cytool_gdb_elf as elf
-from cytool_gdb_debuginfo import Function, Module, c_function_extents, prefer_generator_bodies
+from cytool_gdb_debuginfo import Function, Module, StatementLine, c_function_extents, prefer_generator_bodies
 
 # The prefixes Cython gives the C functions of a module (Cython/Compiler/Naming.py).
 BODY = "__pyx_pf_"  # a def function's body
@@ -553,7 +553,7 @@ class ForeignModule(Module):
 
     # -- Module's interface ------------------------------------------------------------------
 
-    def c_statement_lines(self, function: Function) -> List[Tuple[str, int, bool]]:
+    def c_statement_lines(self, function: Function) -> List[StatementLine]:
         if self.c_lines:
             return []  # no #line directives: no artifact rows to tell apart
         return super().c_statement_lines(function)

@@ -171,15 +171,9 @@ def function_runs(function: Function) -> Runs:
     for pc, line in function_rows(function):
         if not runs or runs[-1][1] != line:
             runs.append((pc, line))
-    statements: List[Tuple[int, bool]] = []
     source = os.path.basename(function.source or "")
-    for name, line, artifact in function.module.c_statement_lines(function):
-        if name != source:
-            continue
-        if statements and statements[-1][0] == line:
-            statements[-1] = (line, statements[-1][1] and artifact)
-        else:
-            statements.append((line, artifact))
+    entries = [entry for entry in function.module.c_statement_lines(function) if entry.source == source]
+    statements = _compiled_statements(entries, runs)
     flags: Dict[int, List[bool]] = {}
     for line, artifact in statements:
         flags.setdefault(line, []).append(artifact)
@@ -192,6 +186,47 @@ def function_runs(function: Function) -> Runs:
         marked.append((pc, line, line_flags[index] if index < len(line_flags) else False))
     _runs_cache[key] = marked
     return marked
+
+
+def _merged(entries: list, taken: set) -> List[Tuple[int, bool]]:
+    """(line, artifact) of the entries taken, consecutive repeats of a line merged (one
+    code run in the line table); a merged entry is an artifact only if all its parts are."""
+    statements: List[Tuple[int, bool]] = []
+    for index, entry in enumerate(entries):
+        if index not in taken:
+            continue
+        if statements and statements[-1][0] == entry.line:
+            statements[-1] = (entry.line, statements[-1][1] and entry.artifact)
+        else:
+            statements.append((entry.line, entry.artifact))
+    return statements
+
+
+def _compiled_statements(entries: list, runs: List[Tuple[int, int]]) -> List[Tuple[int, bool]]:
+    """The C statements that were compiled, as (line, artifact) runs in C order.
+
+    An artifact inside #if/#else (the keyword-argument code of a call Cython writes for
+    both CYTHON_VECTORCALL and not) may be in the branch that was not compiled; counted
+    anyway it takes the place of the next statement's real run ("cy-next skips the
+    `return` after a call with keywords"). Such artifacts are left out until the line
+    table has more runs of their line than the statements left account for."""
+    doubtful = [index for index, entry in enumerate(entries) if entry.artifact and entry.conditional]
+    taken = set(range(len(entries))) - set(doubtful)
+    if not doubtful:
+        return _merged(entries, taken)
+    run_counts: Dict[int, int] = {}
+    for _, line in runs:
+        run_counts[line] = run_counts.get(line, 0) + 1
+    while True:
+        statements = _merged(entries, taken)
+        counts: Dict[int, int] = {}
+        for line, _ in statements:
+            counts[line] = counts.get(line, 0) + 1
+        wanted = next((index for index in doubtful if index not in taken
+                       and run_counts.get(entries[index].line, 0) > counts.get(entries[index].line, 0)), None)
+        if wanted is None:
+            return statements
+        taken.add(wanted)
 
 
 def is_artifact(function: Function, pc: int) -> bool:

@@ -31,13 +31,24 @@ MAX_STEPS = 20000
 _last_stop: Optional["gdb.StopEvent"] = None
 stepping = False  # True while a cy-* command drives execution: the stop printer stays quiet
 _stop_points: List["gdb.Breakpoint"] = []  # internal stops planted to act with the GIL held
+# numbers of gdb's own (user-visible) breakpoints the last stop hit, read when it happened:
+# a temporary one (tbreak, start) is deleted before the cy-* command looks at the event
+_last_stop_gdb_breakpoints: List[int] = []
 
 
 def on_stop(event: "gdb.StopEvent") -> None:
-    global _last_stop
+    global _last_stop, _last_stop_gdb_breakpoints
     if pylevel.calling:
         return
     _last_stop = event
+    _last_stop_gdb_breakpoints = [b.number for b in getattr(event, "breakpoints", ()) if _is_gdb_user_breakpoint(b)]
+
+
+def _is_gdb_user_breakpoint(breakpoint: "gdb.Breakpoint") -> bool:
+    """One of gdb's own breakpoints that the user set (break, tbreak), not cytool's."""
+    return breakpoint.is_valid() and breakpoint.type == gdb.BP_BREAKPOINT and breakpoint.visible and \
+        breakpoint.number > 0 and breakpoints.owner_of(breakpoint) is None and \
+        not isinstance(breakpoint, gdb.FinishBreakpoint)
 
 
 def _execute(command: str, capture: bool = True) -> Optional["gdb.StopEvent"]:
@@ -76,17 +87,15 @@ def _user_stop(event: Optional["gdb.StopEvent"]) -> bool:
     if pylevel.is_stop_event(event) and pylevel.current is not None and pylevel.current.reason == "breakpoint":
         return True
     if isinstance(event, gdb.BreakpointEvent):
+        if event is _last_stop and _last_stop_gdb_breakpoints:
+            return True
         for breakpoint in event.breakpoints:
             if not breakpoint.is_valid():
                 continue
             owner = breakpoints.owner_of(breakpoint)
-            if owner is not None:
-                if not owner.internal:
-                    return True
-                continue
-            if isinstance(breakpoint, gdb.FinishBreakpoint):
-                continue
-            if breakpoint.type == gdb.BP_BREAKPOINT and breakpoint.visible:
+            if owner is not None and not owner.internal:
+                return True
+            if _is_gdb_user_breakpoint(breakpoint):
                 return True
     return False
 
@@ -134,10 +143,11 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
             if owner is not None and not owner.internal:
                 prefix = f"Cython breakpoint {owner.number}, "
                 break
-            if owner is None and breakpoint.visible and breakpoint.number > 0:
-                prefix = f"Breakpoint {breakpoint.number}, "  # one of gdb's own
+        if not prefix and event is _last_stop and _last_stop_gdb_breakpoints:
+            prefix = f"Breakpoint {_last_stop_gdb_breakpoints[0]}, "  # one of gdb's own
     frame = newest_frame()
     assert frame is not None
+    frame = _outside_inlined_helpers(frame)
     if cython_function(frame) is not None:
         frame.select()
         print_location(frame, prefix, stop=True)
@@ -159,6 +169,22 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
         return
     where = f" at {os.path.basename(path)}:{line}" if path else ""
     print(f"{prefix}stopped in {frame.name() or '??'}(){where} (C code)")
+
+
+def _outside_inlined_helpers(frame: "gdb.Frame") -> "gdb.Frame":
+    """The Cython frame a stop is in when gdb shows it inside C code inlined there (an
+    optimised build: Cython's __Pyx_* helpers inlined into the function; gdb shows the
+    inlined frame once an inferior call, such as arming the Python agent, reset its view);
+    the frame itself otherwise."""
+    outer = frame
+    try:
+        while outer is not None and outer.type() == gdb.INLINE_FRAME and cython_function(outer) is None:
+            outer = outer.older()
+    except gdb.error:
+        return frame
+    if outer is not None and outer != frame and cython_function(outer) is not None:
+        return outer
+    return frame
 
 
 def print_python_stop(stop: "pylevel.PythonStop") -> None:
@@ -337,6 +363,7 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
     generator = _generator_of(start) if function_started is not None and function_started.is_generator_body else None
     placed: List[breakpoints.CyBreakpoint] = []
     python_armed = False
+    guard = _return_guard(start) if function_started is not None and generator is None and not until else None
     if into:
         for module in state.modules():
             placed.extend(breakpoints.break_at_function_entries(module))
@@ -408,11 +435,24 @@ def step_lines(into: bool = False, until: bool = False, c_functions: bool = Fals
     finally:
         for breakpoint in placed:
             breakpoint.delete()
+        if guard is not None and guard.is_valid():
+            guard.delete()
         if python_armed and not at_python_stop():
             _disarm_python()
     if at_python_stop():
         _disarm_python()
     report()
+
+
+def _return_guard(frame: "gdb.Frame") -> Optional["gdb.FinishBreakpoint"]:
+    """An internal stop where `frame` returns to its caller. gdb's `next` out of a
+    function goes on to the end of the caller's line (a cdef function returning into
+    `x = f(a) + g(b)` would skip g's call); Python's debuggers stop on the caller's line,
+    and so does cy-next/cy-step with this. None where gdb cannot place it."""
+    try:
+        return gdb.FinishBreakpoint(frame, internal=True)
+    except (ValueError, gdb.error, RuntimeError):
+        return None
 
 
 def _on_start_line(event: Optional["gdb.StopEvent"], start: "gdb.Frame", start_line: int) -> bool:

@@ -89,3 +89,32 @@ def test_develop_refuses_other_build_backends(tmp_path: Path, run_cytool) -> Non
     assert "meson-python projects are not supported by `cytool develop` yet" in done.stderr
     none = run_cytool("develop", tmp_path / "absent")
     assert none.returncode == 2 and "no such project folder" in none.stderr
+
+
+def test_develop_finds_cytool_debug_pxd_and_quotes_build_errors(stapp: Path, run_cytool) -> None:
+    """`from cytool.debug cimport breakpoint` in a project's .pyx builds under `cytool develop`
+    (as in cytool's own builds, an editable install too); a Cython error and a C compiler
+    error are each one message quoting the first error, exit 1, no Python traceback."""
+    core = stapp / "app" / "core.pyx"
+    original = core.read_text()
+    core.write_text(original + "\ncdef int broken = no_such_name  # BROKEN\n")
+    done = run_cytool("develop", cwd=stapp)
+    assert done.returncode == 1, done.stderr
+    assert f"app/core.pyx:{line_of(core, 'BROKEN')}:18: undeclared name not builtin: no_such_name" in done.stderr
+    assert done.stderr.startswith("cytool: error: Cython could not compile app/core.pyx:"), done.stderr
+    assert "Traceback" not in done.stderr and "hint: fix the first error" in done.stderr, done.stderr
+
+    core.write_text(original + '\ncdef extern from *:\n    """\n    #error cytool-test-boom\n    """\n')
+    done = run_cytool("develop", cwd=stapp)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("cytool: error: the C compiler failed building stapp"), done.stderr
+    assert "error: #error cytool-test-boom" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+
+    core.write_text(original + "\nfrom cytool.debug cimport breakpoint\n\n"
+                    "def checked(int n):\n    if n < 0:\n        breakpoint()\n    return n\n")
+    done = run_cytool("develop", cwd=stapp)
+    assert done.returncode == 0, done.stderr
+    ran = subprocess.run([sys.executable, "-c", "import app.core; print(app.core.checked(7))"], cwd=stapp,
+                         capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0 and ran.stdout.strip() == "7", ran.stderr

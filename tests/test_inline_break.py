@@ -45,7 +45,7 @@ def position(text: str, wanted: str, start: int = 0) -> int:
 
 def test_under_cytool_debug(debug_python: str, tmp_path: Path) -> None:
     script = tmp_path / "commands.gdb"
-    script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-print half\ncy-bt\ncy-cont\n")
+    script.write_text("cy-run\ncy-locals\ncy-next\ncy-up\ncy-cont\ncy-next\ncy-print half\ncy-bt\ncy-cont\n")
     done = subprocess.run([debug_python, "-m", "cytool", "debug", "--batch", "-x", str(script), str(FIXTURE)],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
                           timeout=600, env=h.python_env())
@@ -56,8 +56,10 @@ def test_under_cytool_debug(debug_python: str, tmp_path: Path) -> None:
     assert f"bp.pyx:{M['nogil-break'] + 1} in crunch()" in out[first:], out  # cy-next: the line after it
     assert f"#1  bp.pyx:{M['call-crunch']} in main()" in out[first:], out  # cy-up: its caller
     second = position(out, f"cytool.breakpoint(), bp.pyx:{M['py-break']} in in_python_code()", first)  # Python form
+    # cy-next: the `return` after the call with a keyword argument (was: skipped, out to main)
+    assert f"bp.pyx:{M['py-break'] + 1} in in_python_code()" in out[second:].split("half = 2.0", 1)[0], out
     assert "half = 2.0" in out[second:], out
-    assert f"bp.pyx:{M['py-break']} in in_python_code()" in out[second:].split("half = 2.0", 1)[1], out  # cy-bt
+    assert f"bp.pyx:{M['py-break'] + 1} in in_python_code()" in out[second:].split("half = 2.0", 1)[1], out  # cy-bt
     assert out.count("cytool.breakpoint(), ") == 2, out  # when=False did not stop
     assert "done" in out and "exited normally" in out, out
 

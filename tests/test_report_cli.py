@@ -52,6 +52,25 @@ def test_table_shows_lines_with_source(capture: Path, run_cytool) -> None:
     assert "allocated 1.1 KiB in 3 allocations" in out
 
 
+def test_table_on_a_pipe_keeps_long_names(tmp_path: Path, run_cytool) -> None:
+    """On a pipe or a file the table is PIPE_WIDTH (160) columns wide, not rich's 80: a
+    Cython-length function name is printed whole."""
+    src = tmp_path / "prog.py"
+    src.write_text("def main():\n    data = bytearray(1000)\n")
+    name = "a_package.a_module.AnExtensionTypeName.a_method_with_a_long_name"
+    w = CaptureWriter(tmp_path / "long.cytrace")
+    w.pyframe(1, 2, name, str(src))
+    w.stack(1, [py_word(1)])
+    w.thread(0, 10, "MainThread")
+    w.batch(0, 0, [("malloc", 1, 0x1000, 1000, 1)])
+    w.flush()
+    w.end(50)
+    w.close()
+    result = run_cytool("report", tmp_path / "long.cytrace")
+    assert result.returncode == 0, result.stderr
+    assert f"prog.py:2  {name}" in result.stdout, result.stdout
+
+
 def test_json_to_file_by_suffix(capture: Path, tmp_path: Path, run_cytool) -> None:
     out = tmp_path / "r.json"
     result = run_cytool("report", capture, "-o", out)

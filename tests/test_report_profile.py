@@ -18,6 +18,8 @@ def test_profile_prints_table_and_writes_html(tmp_path: Path, run_cytool) -> Non
     assert "gtmain.pyx:10" in out and "return <char*>malloc(n)" in out
     html = tmp_path / "gtmain.html"
     assert "HTML report:" in out and html.name in out
+    # on a pipe (a CI log) the command to run next stays on one line, whole, to be copied
+    assert f"more: cytool report {capture} --format html|json|speedscope|collapsed [--leaks|--peak]\n" in out, out
     assert html.is_file() and "gtmain.helper" in html.read_text()
 
     report = run_cytool("report", capture, "-f", "json")

@@ -143,12 +143,11 @@ def child_captures(capture: Path) -> List[Path]:
 
 
 def print_summary(capture: Path, threads: Optional[str] = None) -> None:
-    from rich.console import Console
-
     print(f"capture: {capture}", flush=True)  # plain: a long path must stay on one line
     from cytool.reports.summary import print_profile_summary
+    from cytool.reports.table import report_console
 
-    console = Console(file=sys.stdout)
+    console = report_console()
     try:
         print_profile_summary(capture, console, threads=threads)
     except CytoolError as error:  # the capture is written; the program's status stands

@@ -104,16 +104,14 @@ def handle(args: argparse.Namespace) -> int:
     profile = profiles[0] if len(profiles) == 1 else merge_profiles(profiles)
 
     if fmt == "table":
-        from rich.console import Console
-
-        from cytool.reports.table import print_table
+        from cytool.reports.table import print_table, report_console
 
         if args.output is None:
-            print_table(profile, Console(), mode=mode, limit=args.limit, show_changed=args.show_changed_sources)
+            print_table(profile, report_console(), mode=mode, limit=args.limit, show_changed=args.show_changed_sources)
             return 0
         try:
             with open(args.output, "w", encoding="utf-8") as stream:
-                print_table(profile, Console(file=stream, width=160, color_system=None), mode=mode, limit=args.limit,
+                print_table(profile, report_console(stream), mode=mode, limit=args.limit,
                             show_changed=args.show_changed_sources)
         except OSError as error:
             raise CytoolError(f"{args.output}: cannot write the report: {error.strerror}", exit_code=2) from None

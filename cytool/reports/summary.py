@@ -9,7 +9,7 @@ from rich.console import Console
 from cytool.analysis import analyze, select_threads
 from cytool.capture import read_capture
 from cytool.reports import html
-from cytool.reports.table import print_table
+from cytool.reports.table import print_table, report_console
 
 
 def html_path_for(capture_path: Path) -> Path:
@@ -25,7 +25,7 @@ def print_profile_summary(
     those (comma-separated names or ids, as `cytool report --threads`). Raises
     CytoolError for an unreadable capture or an unknown thread."""
     capture_path = Path(capture_path)
-    console = console or Console()
+    console = console or report_console()
     with read_capture(capture_path) as capture:
         profile = analyze(capture, threads=select_threads(threads, capture))
     print_table(profile, console, limit=limit)
@@ -35,6 +35,8 @@ def print_profile_summary(
     except OSError as error:
         console.print(f"warning: cannot write the HTML report {out}: {error.strerror}")
         return None
-    console.print(f"HTML report: {out}")
-    console.print(f"more: cytool report {capture_path} --format html|json|speedscope|collapsed [--leaks|--peak]")
+    # paths and a command: never wrapped or read as markup, so that they can be copied
+    console.print(f"HTML report: {out}", soft_wrap=True, markup=False, highlight=False)
+    console.print(f"more: cytool report {capture_path} --format html|json|speedscope|collapsed [--leaks|--peak]",
+                  soft_wrap=True, markup=False, highlight=False)
     return out

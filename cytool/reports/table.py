@@ -14,6 +14,22 @@ from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count, human_duration, share
 
 
+# the width of the table when it goes to a pipe or a file (`cytool report -o`, a CI log):
+# rich's default of 80 columns would cut the function names and the commands printed
+PIPE_WIDTH = 160
+
+
+def report_console(file=None) -> Console:
+    """A Console for the table: the terminal's width on a terminal, PIPE_WIDTH columns
+    without colours on a pipe or a file (sys.stdout when `file` is None)."""
+    import sys
+
+    stream = file if file is not None else sys.stdout
+    if hasattr(stream, "isatty") and stream.isatty():
+        return Console(file=file)
+    return Console(file=stream, width=PIPE_WIDTH, color_system=None)
+
+
 def _where(line: LineStats) -> str:
     if line.file:
         where = f"{Path(line.file).name}:{line.line}" if line.line else Path(line.file).name
