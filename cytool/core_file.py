@@ -82,6 +82,7 @@ def read_core(path: Path) -> CoreInfo:
 
 
 def _program_headers(handle, header: bytes) -> List[bytes]:
+    """The core's program header entries, as bytes (none for a table that makes no sense)."""
     phoff, = struct.unpack_from("<Q", header, 32)
     phentsize, phnum = struct.unpack_from("<HH", header, 54)
     if phentsize < 56 or phnum == 0 or phnum > 65535:
@@ -106,15 +107,8 @@ def _segments_end(handle, header: bytes) -> int:
 
 
 def _note_segments(handle, header: bytes) -> List[bytes]:
-    phoff, = struct.unpack_from("<Q", header, 32)
-    phentsize, phnum = struct.unpack_from("<HH", header, 54)
-    if phentsize < 56 or phnum == 0 or phnum > 65535:
-        return []
-    handle.seek(phoff)
-    table = handle.read(phentsize * phnum)
     found = []
-    for index in range(phnum):
-        entry = table[index * phentsize:(index + 1) * phentsize]
+    for entry in _program_headers(handle, header):
         if len(entry) < 56 or struct.unpack_from("<I", entry, 0)[0] != PT_NOTE:
             continue
         offset, = struct.unpack_from("<Q", entry, 8)
