@@ -111,12 +111,17 @@ def outside_libc(thread):
 def in_signal_handler():
     """True when the stopped thread runs a signal handler: the code it interrupted may hold
     malloc's locks, which the dlopen would then wait for."""
+    return _stack_holds(gdb.SIGTRAMP_FRAME)
+
+
+def _stack_holds(frame_type):
+    """True when one of the selected thread's 256 newest frames is of gdb's `frame_type`."""
     try:
         frame = gdb.newest_frame()
         for _ in range(256):
             if frame is None:
                 return False
-            if frame.type() == gdb.SIGTRAMP_FRAME:
+            if frame.type() == frame_type:
                 return True
             frame = frame.older()
     except gdb.error:
@@ -247,16 +252,9 @@ def has_dummy_frame(thread):
     """True when `thread`'s stack holds a call gdb made (a dummy frame it must pop)."""
     try:
         thread.switch()
-        frame = gdb.newest_frame()
-        for _ in range(256):
-            if frame is None:
-                return False
-            if frame.type() == gdb.DUMMY_FRAME:
-                return True
-            frame = frame.older()
     except gdb.error:
-        pass
-    return False
+        return False
+    return _stack_holds(gdb.DUMMY_FRAME)
 
 
 def finish_abandoned_calls(caller, attempts=50):
