@@ -9,10 +9,11 @@ cytool): each test's allocations per .pyx line.
     @pytest.mark.cytool_limit_leaks("1 MB")     fail when more than that is still
                                      allocated when the test ends, naming the lines
 
-A test with one of the markers is traced with or without --cytool. Only the test's call
-is traced (not its fixtures' set-up and tear-down), with Python's object allocator
-recorded block by block. Under pytest-xdist each worker traces its own tests (captures
-are per test, so per worker). The markers are namespaced: pytest-memray's
+A test with one of the markers is traced with or without --cytool. Only the test
+function's own call is traced (not its fixtures' set-up and tear-down, nor what pytest,
+pluggy and other plugins do around it; another kind of item: its runtest()), with
+Python's object allocator recorded block by block. Under pytest-xdist each worker
+traces its own tests (captures are per test, so per worker). The markers are namespaced: pytest-memray's
 `limit_memory` and `limit_leaks` stay its own.
 
 This module is imported by every pytest run of the environment: it imports nothing
@@ -20,6 +21,8 @@ heavy until a test is traced.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -91,6 +94,19 @@ def _capture_name(nodeid: str) -> str:
     return (name[:200] or "test") + ".cytrace"
 
 
+def _plain_function(item: pytest.Item) -> bool:
+    """A Python test function that pytest calls itself (not a coroutine, which a plugin runs)."""
+    return isinstance(item, pytest.Function) and not inspect.iscoroutinefunction(getattr(item, "obj", None))
+
+
+def _end(measurement, limits: Dict[str, Tuple[int, str]]) -> None:  # measurement: cytool.measure.Measurement
+    if LIMIT_LEAKS in limits:
+        import gc
+
+        gc.collect()  # objects in reference cycles are garbage, not leaks
+    measurement.stop()
+
+
 class _Traced:
     """What a traced test's call left: the figures needed for its report."""
 
@@ -138,26 +154,56 @@ class CytoolTracing:
                 pytest.fail(f"{', '.join(limits)}: cannot trace this test: a cytool tracer already records this "
                             f"process (into {busy}); run it without `cytool profile` or CYTOOL_PROFILE", pytrace=False)
 
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_runtest_call(self, item: pytest.Item):  # type: ignore[no-untyped-def]
-        limits = self._limits(item)
-        if not (self.enabled or limits):
-            yield
-            return
+    def _measurement(self, item: pytest.Item):  # -> cytool.measure.Measurement
         from cytool.measure import Measurement
 
-        keep = self.output / _capture_name(item.nodeid) if self.output is not None else None
-        measurement = Measurement(keep_as=keep)
-        measurement.start()
+        return Measurement(keep_as=self.output / _capture_name(item.nodeid) if self.output is not None else None)
+
+    def _traced_call(self, item: pytest.Item, call, limits: Dict[str, Tuple[int, str]]):  # type: ignore[no-untyped-def]
+        """`call` wrapped in a measurement of its own call: the test's tracing window."""
+        measurement = self._measurement(item)
+        traced = self._traced
+
+        @functools.wraps(call)
+        def traced_call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            measurement.start()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _end(measurement, limits)
+                traced[item.nodeid] = _Traced(measurement, limits)
+
+        return traced_call
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item):  # type: ignore[no-untyped-def]
+        """Items that are not plain Python test functions (doctests, other plugins'
+        items): the window is their `runtest()`, inside pytest's hooks."""
+        limits = self._limits(item)
+        if not (self.enabled or limits) or _plain_function(item):
+            yield
+            return
+        item.runtest = self._traced_call(item, item.runtest, limits)  # type: ignore[method-assign]
         try:
             yield
         finally:
-            if LIMIT_LEAKS in limits:
-                import gc
+            del item.runtest  # the class's method again
 
-                gc.collect()  # objects in reference cycles are garbage, not leaks
-            measurement.stop()
-            self._traced[item.nodeid] = _Traced(measurement, limits)
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function):  # type: ignore[no-untyped-def]
+        """A Python test function: the window is the function's own call, so what pytest,
+        pluggy and other plugins do around it (capture, markers, exception hooks, hook
+        wrappers) is not the test's."""
+        limits = self._limits(pyfuncitem)
+        if not (self.enabled or limits) or not _plain_function(pyfuncitem):
+            yield
+            return
+        test_function = pyfuncitem.obj
+        pyfuncitem.obj = self._traced_call(pyfuncitem, test_function, limits)
+        try:
+            yield
+        finally:
+            pyfuncitem.obj = test_function
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]
