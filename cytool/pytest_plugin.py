@@ -11,7 +11,8 @@ cytool): each test's allocations per .pyx line.
 
 A test with one of the markers is traced with or without --cytool. Only the test
 function's own call is traced (not its fixtures' set-up and tear-down, nor what pytest,
-pluggy and other plugins do around it; another kind of item: its runtest()), with
+pluggy and other plugins do around it; a doctest or another plugin's item: its
+runtest()), with
 Python's object allocator recorded block by block. Under pytest-xdist each worker
 traces its own tests (captures are per test, so per worker). The markers are namespaced: pytest-memray's
 `limit_memory` and `limit_leaks` stay its own.
@@ -94,9 +95,14 @@ def _capture_name(nodeid: str) -> str:
     return (name[:200] or "test") + ".cytrace"
 
 
-def _plain_function(item: pytest.Item) -> bool:
-    """A Python test function that pytest calls itself (not a coroutine, which a plugin runs)."""
-    return isinstance(item, pytest.Function) and not inspect.iscoroutinefunction(getattr(item, "obj", None))
+def _runs_its_function(item: pytest.Item) -> bool:
+    """Whether the item's run calls its `obj` (pytest's test functions and unittest test
+    methods), so that the window can be that call; not a coroutine, which a plugin runs."""
+    if not isinstance(item, pytest.Function) or inspect.iscoroutinefunction(item.obj):
+        return False
+    from _pytest.unittest import TestCaseFunction
+
+    return type(item).runtest in (pytest.Function.runtest, TestCaseFunction.runtest)
 
 
 def _end(measurement, limits: Dict[str, Tuple[int, str]]) -> None:  # measurement: cytool.measure.Measurement
@@ -177,33 +183,27 @@ class CytoolTracing:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):  # type: ignore[no-untyped-def]
-        """Items that are not plain Python test functions (doctests, other plugins'
-        items): the window is their `runtest()`, inside pytest's hooks."""
+        """The window is the test function's own call (a test method of a unittest
+        TestCase too: not its setUp, tearDown or unittest's runner), or for a doctest or
+        another plugin's item its `runtest()`: what pytest, pluggy and other plugins do
+        around it (capture, markers, exception hooks, hook wrappers) is not the test's."""
         limits = self._limits(item)
-        if not (self.enabled or limits) or _plain_function(item):
+        if not (self.enabled or limits):
             yield
             return
-        item.runtest = self._traced_call(item, item.runtest, limits)  # type: ignore[method-assign]
-        try:
-            yield
-        finally:
-            del item.runtest  # the class's method again
-
-    @pytest.hookimpl(hookwrapper=True)
-    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function):  # type: ignore[no-untyped-def]
-        """A Python test function: the window is the function's own call, so what pytest,
-        pluggy and other plugins do around it (capture, markers, exception hooks, hook
-        wrappers) is not the test's."""
-        limits = self._limits(pyfuncitem)
-        if not (self.enabled or limits) or not _plain_function(pyfuncitem):
-            yield
-            return
-        test_function = pyfuncitem.obj
-        pyfuncitem.obj = self._traced_call(pyfuncitem, test_function, limits)
-        try:
-            yield
-        finally:
-            pyfuncitem.obj = test_function
+        if _runs_its_function(item):
+            test_function = item.obj  # type: ignore[attr-defined]
+            item.obj = self._traced_call(item, test_function, limits)  # type: ignore[attr-defined]
+            try:
+                yield
+            finally:
+                item.obj = test_function  # type: ignore[attr-defined]
+        else:
+            item.runtest = self._traced_call(item, item.runtest, limits)  # type: ignore[method-assign]
+            try:
+                yield
+            finally:
+                del item.runtest  # the class's method again
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]

@@ -200,8 +200,9 @@ def test_only_the_test_function_is_charged(suite: pytest.Pytester) -> None:
 
 
 def test_other_items_are_traced_inside_pytests_hooks(pytester: pytest.Pytester) -> None:
-    # a doctest item is not a test function: its window is its runtest(), still inside
-    # what pytest's hooks (capture, markers, exception hooks) do around the call
+    # a doctest item and a unittest method are not test functions that pytest calls: the
+    # window is their runtest(), still inside what pytest's hooks (capture, markers,
+    # exception hooks) do around the call
     pytester.makepyfile(counted='''\
         def count():
             """
@@ -209,12 +210,23 @@ def test_other_items_are_traced_inside_pytests_hooks(pytester: pytest.Pytester) 
             31
             """
         ''')
+    pytester.makepyfile(test_case="""\
+        import unittest
+
+        class TestCounts(unittest.TestCase):
+            def test_count(self):
+                self.assertEqual(len([str(i) * 20 for i in range(30)]), 31)
+        """)
     result = pytester.runpytest_subprocess("--cytool", "--cytool-lines", "50", "--doctest-modules",
                                            "-p", "no:cacheprovider")
     text = result.stdout.str()
-    assert outcomes(result) == {"failed": 1}, text
-    section = section_of(text, "\\[doctest\\] counted.count")
-    listed = {row.rsplit(":", 1)[0] for row in re.findall(r"^  (\S.*?:\d+) {2,}", section, re.M)}
-    assert "<doctest counted.count[0]>" in listed, text
-    assert not listed & {"capture.py", "nodes.py", "runner.py", "_execution.py", "threadexception.py",
-                         "unraisableexception.py", "skipping.py", "logging.py"}, listed
+    assert outcomes(result) == {"failed": 2}, text
+    pytests_own = {"capture.py", "nodes.py", "runner.py", "_execution.py", "threadexception.py",
+                   "unraisableexception.py", "skipping.py", "logging.py", "unittest.py"}
+    for test, own_line in (("\\[doctest\\] counted.count", "<doctest counted.count[0]>"),
+                           ("TestCounts.test_count", "test_case.py")):
+        section = section_of(text, test)
+        assert "cytool: allocations per .pyx line" in section, section
+        listed = {row.rsplit(":", 1)[0] for row in re.findall(r"^  (\S.*?:\d+) {2,}", section, re.M)}
+        assert own_line in listed, section
+        assert not listed & pytests_own, listed
