@@ -9,10 +9,12 @@ cytool): each test's allocations per .pyx line.
     @pytest.mark.cytool_limit_leaks("1 MB")     fail when more than that is still
                                      allocated when the test ends, naming the lines
 
-A test with one of the markers is traced with or without --cytool. Only the test's call
-is traced (not its fixtures' set-up and tear-down), with Python's object allocator
-recorded block by block. Under pytest-xdist each worker traces its own tests (captures
-are per test, so per worker). The markers are namespaced: pytest-memray's
+A test with one of the markers is traced with or without --cytool. Only the test
+function's own call is traced (not its fixtures' set-up and tear-down, nor what pytest,
+pluggy and other plugins do around it; a doctest or another plugin's item: its
+runtest()), with
+Python's object allocator recorded block by block. Under pytest-xdist each worker
+traces its own tests (captures are per test, so per worker). The markers are namespaced: pytest-memray's
 `limit_memory` and `limit_leaks` stay its own.
 
 This module is imported by every pytest run of the environment: it imports nothing
@@ -20,6 +22,8 @@ heavy until a test is traced.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
@@ -91,6 +95,24 @@ def _capture_name(nodeid: str) -> str:
     return (name[:200] or "test") + ".cytrace"
 
 
+def _runs_its_function(item: pytest.Item) -> bool:
+    """Whether the item's run calls its `obj` (pytest's test functions and unittest test
+    methods), so that the window can be that call; not a coroutine, which a plugin runs."""
+    if not isinstance(item, pytest.Function) or inspect.iscoroutinefunction(item.obj):
+        return False
+    from _pytest.unittest import TestCaseFunction
+
+    return type(item).runtest in (pytest.Function.runtest, TestCaseFunction.runtest)
+
+
+def _end(measurement, limits: Dict[str, Tuple[int, str]]) -> None:  # measurement: cytool.measure.Measurement
+    if LIMIT_LEAKS in limits:
+        import gc
+
+        gc.collect()  # objects in reference cycles are garbage, not leaks
+    measurement.stop()
+
+
 class _Traced:
     """What a traced test's call left: the figures needed for its report."""
 
@@ -138,26 +160,50 @@ class CytoolTracing:
                 pytest.fail(f"{', '.join(limits)}: cannot trace this test: a cytool tracer already records this "
                             f"process (into {busy}); run it without `cytool profile` or CYTOOL_PROFILE", pytrace=False)
 
+    def _measurement(self, item: pytest.Item):  # -> cytool.measure.Measurement
+        from cytool.measure import Measurement
+
+        return Measurement(keep_as=self.output / _capture_name(item.nodeid) if self.output is not None else None)
+
+    def _traced_call(self, item: pytest.Item, call, limits: Dict[str, Tuple[int, str]]):  # type: ignore[no-untyped-def]
+        """`call` wrapped in a measurement of its own call: the test's tracing window."""
+        measurement = self._measurement(item)
+        traced = self._traced
+
+        @functools.wraps(call)
+        def traced_call(*args, **kwargs):  # type: ignore[no-untyped-def]
+            measurement.start()
+            try:
+                return call(*args, **kwargs)
+            finally:
+                _end(measurement, limits)
+                traced[item.nodeid] = _Traced(measurement, limits)
+
+        return traced_call
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):  # type: ignore[no-untyped-def]
+        """The window is the test function's own call (a test method of a unittest
+        TestCase too: not its setUp, tearDown or unittest's runner), or for a doctest or
+        another plugin's item its `runtest()`: what pytest, pluggy and other plugins do
+        around it (capture, markers, exception hooks, hook wrappers) is not the test's."""
         limits = self._limits(item)
         if not (self.enabled or limits):
             yield
             return
-        from cytool.measure import Measurement
-
-        keep = self.output / _capture_name(item.nodeid) if self.output is not None else None
-        measurement = Measurement(keep_as=keep)
-        measurement.start()
-        try:
-            yield
-        finally:
-            if LIMIT_LEAKS in limits:
-                import gc
-
-                gc.collect()  # objects in reference cycles are garbage, not leaks
-            measurement.stop()
-            self._traced[item.nodeid] = _Traced(measurement, limits)
+        if _runs_its_function(item):
+            test_function = item.obj  # type: ignore[attr-defined]
+            item.obj = self._traced_call(item, test_function, limits)  # type: ignore[attr-defined]
+            try:
+                yield
+            finally:
+                item.obj = test_function  # type: ignore[attr-defined]
+        else:
+            item.runtest = self._traced_call(item, item.runtest, limits)  # type: ignore[method-assign]
+            try:
+                yield
+            finally:
+                del item.runtest  # the class's method again
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo):  # type: ignore[no-untyped-def]

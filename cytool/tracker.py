@@ -34,7 +34,13 @@ class CaptureInUseError(CytoolError):
         self.path = path
 
 
+_cytrace_module = None  # the extension once imported: no import machinery runs (and allocates) while tracing
+
+
 def _driver():
+    global _cytrace_module
+    if _cytrace_module is not None:
+        return _cytrace_module
     try:
         from cytool import _cytrace
     except ImportError as error:
@@ -42,6 +48,7 @@ def _driver():
             f"the tracer extension cytool._cytrace is not built ({error})",
             hint="run `make -C runtime` and `python setup.py build_ext --inplace` (or reinstall cytool)",
         ) from None
+    _cytrace_module = _cytrace
     return _cytrace
 
 

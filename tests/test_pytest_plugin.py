@@ -159,3 +159,74 @@ def test_a_busy_tracer_is_a_clear_error(suite: pytest.Pytester, monkeypatch: pyt
     text = result.stdout.str()
     assert outcomes(result) == {"errors": 1, "deselected": 5}, text
     assert "cytool_limit_memory: cannot trace this test: a cytool tracer already records this process" in text
+
+
+SMALL_TESTS = """\
+import grower
+
+def flip(function, a, b):
+    return function(b, a)
+
+def test_small():
+    pairs = [flip(lambda x, y: (x, y), i, str(i) * 20) for i in range(30)]
+    assert len(pairs) == 30
+
+def test_calls_pyx():
+    assert len(grower.grow(3, 1000)) == 3
+"""
+
+
+def test_only_the_test_function_is_charged(suite: pytest.Pytester) -> None:
+    # A test that allocates little: what pytest, pluggy and other plugins do around its
+    # call (capture, markers, exception hooks, hook wrappers) used to fill its summary.
+    suite.makepyfile(test_small=SMALL_TESTS)
+    captures = suite.path / "captures"
+    result = suite.runpytest_subprocess("--cytool", "--cytool-all", "--cytool-lines", "50", "--cytool-output",
+                                        str(captures), "-p", "no:cacheprovider", "test_small.py")
+    text = result.stdout.str()
+    assert outcomes(result) == {"passed": 2}, text
+    summary = text.split("cytool: allocations per test")[1]
+    small, pyx = summary.split("test_small.py::test_calls_pyx")
+    assert re.findall(r"^ {6}(\S+:\d+) ", small, re.M) == ["test_small.py:7"], small
+    assert re.findall(r"^ {6}(\S+:\d+) ", pyx, re.M) == ["grower.pyx:6"], pyx
+    report = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json",
+                             str(captures / "test_small.py_test_small.cytrace")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert report.returncode == 0, report.stderr
+    charged = {(l["file"].rsplit("/", 1)[-1], l["line"]) if l["file"] else l["function"]
+               for l in json.loads(report.stdout)["lines"] if l["bytes"]}
+    charged.discard("(cytool tracer)")  # the tracer starting and stopping, when it allocates
+    assert charged == {("test_small.py", 7)}, charged
+
+
+def test_other_items_are_traced_inside_pytests_hooks(pytester: pytest.Pytester) -> None:
+    # a doctest item and a unittest method are not test functions that pytest calls: the
+    # window is their runtest(), still inside what pytest's hooks (capture, markers,
+    # exception hooks) do around the call
+    pytester.makepyfile(counted='''\
+        def count():
+            """
+            >>> len([str(i) * 20 for i in range(30)])
+            31
+            """
+        ''')
+    pytester.makepyfile(test_case="""\
+        import unittest
+
+        class TestCounts(unittest.TestCase):
+            def test_count(self):
+                self.assertEqual(len([str(i) * 20 for i in range(30)]), 31)
+        """)
+    result = pytester.runpytest_subprocess("--cytool", "--cytool-lines", "50", "--doctest-modules",
+                                           "-p", "no:cacheprovider")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 2}, text
+    pytests_own = {"capture.py", "nodes.py", "runner.py", "_execution.py", "threadexception.py",
+                   "unraisableexception.py", "skipping.py", "logging.py", "unittest.py"}
+    for test, own_line in (("\\[doctest\\] counted.count", "<doctest counted.count[0]>"),
+                           ("TestCounts.test_count", "test_case.py")):
+        section = section_of(text, test)
+        assert "cytool: allocations per .pyx line" in section, section
+        listed = {row.rsplit(":", 1)[0] for row in re.findall(r"^  (\S.*?:\d+) {2,}", section, re.M)}
+        assert own_line in listed, section
+        assert not listed & pytests_own, listed
