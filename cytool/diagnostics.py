@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 from cytool.errors import CytoolError
 
@@ -66,7 +66,50 @@ def cython_failure(
     hint = f"fix {source.name} and run cytool again"
     if target is not None and settings is not None and not settings.cplus and work is not None and _compiles_as_cplus(target, settings, work):
         hint = CPLUS_HINT
+    else:
+        including = including_file(source)
+        if including is not None:
+            other, statement = including
+            hint = (f"{source.name} is not a module of its own: {other.name} includes it (`{statement}`); "
+                    f"run cytool on {other.name}")
     return CytoolError(message, detail=_clip(detail), hint=hint)
+
+
+_INCLUDE = re.compile(r"""^[ \t]*include[ \t]+(?P<q>["'])(?P<path>[^"'\n]+)(?P=q)""", re.M)
+MAX_INCLUDE_SCAN_FILES = 500
+MAX_INCLUDE_SCAN_BYTES = 1 << 20
+
+
+def including_file(source: Path) -> Optional[Tuple[Path, str]]:
+    """(a .pyx or .pxi file next to `source` or in its parent folder, its `include`
+    statement that names `source`), or None: such a source is a fragment, not a module.
+    Reads at most MAX_INCLUDE_SCAN_FILES files of MAX_INCLUDE_SCAN_BYTES each."""
+    try:
+        target = source.resolve()
+    except OSError:
+        return None
+    scanned = 0
+    for folder in (target.parent, target.parent.parent):
+        try:
+            candidates = sorted(p for p in folder.iterdir() if p.suffix in (".pyx", ".pxi") and p != target)
+        except OSError:
+            continue
+        for candidate in candidates:
+            scanned += 1
+            if scanned > MAX_INCLUDE_SCAN_FILES:
+                return None
+            try:
+                with open(candidate, "r", encoding="utf-8", errors="replace") as handle:
+                    text = handle.read(MAX_INCLUDE_SCAN_BYTES)
+            except OSError:
+                continue
+            for match in _INCLUDE.finditer(text):
+                try:
+                    if (candidate.parent / match.group("path")).resolve() == target:
+                        return candidate, match.group(0).strip()
+                except OSError:
+                    continue
+    return None
 
 
 def _compiles_as_cplus(target: "ModuleTarget", settings: "BuildSettings", work: Path) -> bool:

@@ -118,3 +118,19 @@ def test_develop_finds_cytool_debug_pxd_and_quotes_build_errors(stapp: Path, run
     ran = subprocess.run([sys.executable, "-c", "import app.core; print(app.core.checked(7))"], cwd=stapp,
                          capture_output=True, text=True, timeout=300)
     assert ran.returncode == 0 and ran.stdout.strip() == "7", ran.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "test"])
+def test_an_included_fragment_is_named_as_such(tmp_path: Path, run_cytool, command: str) -> None:
+    """A .pyx that another one `include`s (msgpack's _packer.pyx in _cmsgpack.pyx) does not
+    compile on its own: the error says which file includes it and to run cytool on that one."""
+    (tmp_path / "_cmod.pyx").write_text('cimport cython\n\ninclude "_packer.pyx"\n\ndef go():\n    return pack(3)\n')
+    (tmp_path / "_packer.pyx").write_text("def pack(x):\n    return cython.cast(int, x)\n")
+    done = run_cytool(command, "_packer.pyx", cwd=tmp_path, env={"CYTOOL_CACHE_DIR": str(tmp_path / "cache")})
+    said = done.stdout + done.stderr  # (`cytool test` reports each module on stdout)
+    assert done.returncode == 1, said
+    assert ("hint: _packer.pyx is not a module of its own: _cmod.pyx includes it (`include \"_packer.pyx\"`); "
+            "run cytool on _cmod.pyx") in said, said
+    assert "Traceback" not in said
+    done = run_cytool("run", "_cmod.pyx", cwd=tmp_path, env={"CYTOOL_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr
