@@ -11,11 +11,10 @@ cytool): each test's allocations per .pyx line.
 
 A test with one of the markers is traced with or without --cytool. Only the test
 function's own call is traced (not its fixtures' set-up and tear-down, nor what pytest,
-pluggy and other plugins do around it; a doctest or another plugin's item: its
-runtest()), with
-Python's object allocator recorded block by block. Under pytest-xdist each worker
-traces its own tests (captures are per test, so per worker). The markers are namespaced: pytest-memray's
-`limit_memory` and `limit_leaks` stay its own.
+pluggy and other plugins do around it; for a doctest or another plugin's item, its
+runtest()), with Python's object allocator recorded block by block. Under pytest-xdist
+each worker traces its own tests (captures are per test, so per worker). The markers are
+namespaced: pytest-memray's `limit_memory` and `limit_leaks` stay its own.
 
 This module is imported by every pytest run of the environment: it imports nothing
 heavy until a test is traced.
