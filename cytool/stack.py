@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,6 +125,7 @@ def read_stacks(target: StackTarget, with_locals: bool = False, gdb: Optional[st
 
     path, _ = find_gdb(gdb)
     argv = gdb_argv(target, path, with_locals, _index_cache())
+    was_stopped = target.pid is not None and _state(target.pid) in ("T", "t")
     try:
         done = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                               text=True, errors="replace", timeout=GDB_TIMEOUT)
@@ -131,6 +133,9 @@ def read_stacks(target: StackTarget, with_locals: bool = False, gdb: Optional[st
         raise CytoolError(f"gdb did not finish reading the stacks in {GDB_TIMEOUT:.0f} s")
     except OSError as error:
         raise CytoolError(f"cannot run {path}: {error}")
+    finally:
+        if target.pid is not None and not was_stopped:
+            _never_leave_stopped(target.pid)
     report = _parse(done.stdout)
     if report is None:
         raise CytoolError(_what_failed(target, done.stdout + done.stderr), detail=_gdb_errors(done.stderr))
@@ -145,6 +150,16 @@ def read_stacks(target: StackTarget, with_locals: bool = False, gdb: Optional[st
         program = target.executable or _exe_of(target.pid)
         raise CytoolError(f"{_name(target)} is not a Python process (no Python interpreter in {program})")
     return report
+
+
+def _never_leave_stopped(pid: int) -> None:
+    """A process that ran before gdb attached runs after it: one that gdb left stopped (gdb
+    killed or failing while attached leaves its SIGSTOP in force) is continued."""
+    if _state(pid) == "T":
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except OSError:
+            pass
 
 
 def _parse(output: str) -> Optional[dict]:

@@ -186,7 +186,15 @@ def test_pure_python_live_and_kernel_core(stack_python: str, tmp_path: Path) -> 
         done = stack("--locals", process.pid)
     finally:
         process.send_signal(signal.SIGQUIT)
-        process.wait(timeout=120)
+        try:
+            process.wait(timeout=120)
+        except subprocess.TimeoutExpired:  # say why it did not die (seen once in a full run)
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            process.kill()
+            process.wait(timeout=60)
+            wanted = ("State", "TracerPid", "SigPnd", "ShdPnd", "SigBlk", "SigIgn", "SigCgt")
+            pytest.fail("the process did not die of SIGQUIT in 120 s: " + "; ".join(
+                line for line in status.splitlines() if line.split(":")[0] in wanted))
     assert done.returncode == 0, done.stderr
     assert "local_list = [1, 2, 3]" in done.stdout and "seconds = 1000" in done.stdout, done.stdout
     texts = [done.stdout]
