@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
 
-from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+from capture_writer import CaptureWriter, assert_no_block_allocated_while_live, pc_word, py_word  # noqa: E402
 
 from cytool.capture import read_capture  # noqa: E402
 from cytool.errors import CytoolError  # noqa: E402
@@ -305,16 +305,6 @@ def test_a_block_passed_along_three_threads_in_one_tick_keeps_its_history(tmp_pa
 
 def shared_order(capture, addresses) -> list:
     return [(e.thread_id, e.kind, e.address) for e in capture.events if e.address in addresses]
-
-
-def assert_no_block_allocated_while_live(capture) -> None:
-    live = set()
-    for e in capture.events:
-        if e.is_allocation:
-            assert e.address not in live, f"{e} while the block is live"
-            live.add(e.address)
-        else:
-            live.discard(e.address)
 
 
 def test_two_threads_trading_two_blocks_in_one_tick_take_the_only_order(tmp_path: Path) -> None:

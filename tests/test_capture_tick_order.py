@@ -16,7 +16,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
 
-from capture_writer import CaptureWriter  # noqa: E402
+from capture_writer import CaptureWriter, assert_no_block_allocated_while_live  # noqa: E402
 
 from cytool.analysis import analyze  # noqa: E402
 from cytool.capture import read_capture  # noqa: E402
@@ -102,13 +102,7 @@ def test_random_interleavings_in_one_tick_are_read_back_consistently(tmp_path: P
         write(path, seed, threads, setup)
         with read_capture(path) as capture:
             assert capture.order_conflicts == (0, 0), f"seed {seed}"
-            live = set()
-            for e in capture.events:
-                if e.is_allocation:
-                    assert e.address not in live, f"seed {seed}: {e} while the block is live"
-                    live.add(e.address)
-                else:
-                    live.discard(e.address)
+            assert_no_block_allocated_while_live(capture, f"seed {seed}: ")
             for t, events in threads.items():  # each thread's events keep their order
                 mine = [(e.kind, e.address, e.size) for e in capture.events if e.thread_id == t and e.time_ns == TICK]
                 assert mine == [(k, a, s) for k, _, a, s, _ in events], f"seed {seed}, thread {t}"
