@@ -362,6 +362,52 @@ def test_a_block_first_seen_in_a_tick_freed_by_one_thread_and_made_by_another_is
         assert profile.totals.leaked_bytes == 8
 
 
+def test_a_free_of_a_dead_block_no_thread_allocates_in_the_tick_is_an_unmatched_free(tmp_path: Path) -> None:
+    # A pool parent's capture (the CI failure of stop 20): thread 2 freed 0xC000 in an
+    # earlier tick, and the dynamic linker then gave it back to thread 2 as a dynamic TLS
+    # block (its malloc called directly, not recorded). In the tick, pthread_create in
+    # thread 1 reuses thread 2's cached stack and frees that TLS block through libc's PLT
+    # (recorded), then thread 1 mallocs 0xC000 for the next thread, which frees it. No
+    # order can give the first free a live block: it is a free whose allocation was not
+    # recorded, counted as unmatched, never an order conflict.
+    path = tmp_path / "tls_free.cytrace"
+    C = 0xC000
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(1, 0, [("malloc", 0, C, 16, 0)])
+        w.batch(2, 0, [("free", 0, C, 0, 0)])
+        w.batch(1, 1000, [("malloc", 0, 0x100, 8, 0), ("free", 0, C, 0, 0), ("malloc", 0, C, 16, 0)])
+        w.batch(3, 1000, [("free", 0, C, 0, 0)])
+        w.end(5000)
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        assert shared_order(capture, {C})[2:] == [(1, "free", C), (1, "malloc", C), (3, "free", C)]
+        assert capture.order_conflicts == (0, 0)
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 1 and profile.replaced_blocks == 0
+        assert profile.totals.leaked_bytes == 8
+
+
+def test_a_free_of_a_dead_block_another_thread_allocates_in_the_tick_is_a_hand_over(tmp_path: Path) -> None:
+    # The hand-over is still preferred for a dead block: thread 1's free of 0xD000 (dead
+    # since tick 0) follows thread 2's malloc of it in the tick, though by place it is first.
+    path = tmp_path / "dead_hand_over.cytrace"
+    D = 0xD000
+    with CaptureWriter(path, time_resolution_ns=1000) as w:
+        w.batch(3, 0, [("malloc", 0, D, 1, 0), ("free", 0, D, 0, 0)])
+        w.batch(1, 1000, [("free", 0, D, 0, 0), ("malloc", 0, 0x100, 8, 0)])
+        w.batch(2, 1000, [("malloc", 0, 0x200, 4, 0), ("malloc", 0, 0x300, 4, 0), ("malloc", 0, D, 32, 0)])
+        w.end(5000)
+    from cytool.analysis import analyze
+
+    with read_capture(path) as capture:
+        assert shared_order(capture, {D})[2:] == [(2, "malloc", D), (1, "free", D)]
+        assert capture.order_conflicts == (0, 0)
+        profile = analyze(capture)
+        assert profile.unmatched_frees == 0
+        assert profile.totals.leaked_bytes == 8 + 4 + 4
+
+
 def test_threads_taking_two_blocks_in_opposite_orders_in_one_tick_do_not_dead_end(tmp_path: Path) -> None:
     # Each thread takes 0xA000 and 0xB000 (both freed in an earlier tick), in opposite orders,
     # and frees them. Taking the ready events by place in the tick dead-ends (thread 1 holds

@@ -9,20 +9,27 @@
  *
  * Events of several threads in one tick (the ticking clock's 1 ms by default, FORMAT.md
  * §4) are put in an order that keeps each thread's order and gives every block a possible
- * history: allocation and free alternate (an allocation of a dead or never seen block, a
- * free of a live one). The tracer makes such an order always exist (a free is timed no
- * later than any reuse of its block), so one is looked for within the tick alone:
+ * history: no allocation of a live block (one whose free was not placed yet). A free of a
+ * dead or never seen block is possible: its allocation was not recorded. Besides blocks
+ * allocated before tracing started, the dynamic linker allocates threads' dynamic TLS
+ * blocks with the C library's malloc directly (no hooked call), and the C library frees
+ * them through its PLT (hooked) when pthread_create reuses a cached thread stack. The
+ * tracer makes such an order always exist (a free is timed no later than any reuse of its
+ * block), so one is looked for within the tick alone:
  *  - first the even interleave (each thread's events placed in proportion to their
  *    position in its slice of the tick, as if it allocated at an even pace), taking at
- *    each step the earliest event that is ready. A free of a block never seen before waits
- *    while another slice of the tick allocates that block (a hand-over, rather than a
- *    block allocated before tracing started). This nearly always places every event;
+ *    each step the earliest event that is ready: an allocation of a block that is not
+ *    live, a free of a live or never seen one. A free of a block never seen waits while
+ *    another slice of the tick allocates that block (a hand-over, rather than a block
+ *    whose allocation was not recorded). This nearly always places every event;
  *  - when it gets stuck (every slice's next event waits), the tick is ordered by a search
  *    (order_tick): greedy choices can dead-end where an order exists, e.g. two threads
  *    taking two blocks in opposite orders, or two threads on one glibc arena trading three
  *    blocks within the tick. Only events about blocks that several slices touch constrain
  *    the order; the slices sharing blocks form groups, each searched depth first over its
- *    slices' positions with the even interleave's preferences, dead-end states memoised;
+ *    slices' positions with the even interleave's preferences, dead-end states memoised.
+ *    A group with no such order is searched again with frees of dead blocks allowed, as
+ *    few as its blocks' counts need (frees beyond allocations), then a few more;
  *  - when no order exists (or none is found within the search's budget) the tick keeps
  *    the even interleave and every event placed with its block in the wrong state counts
  *    as a conflict (cya_order_conflicts): never a silent reordering.
@@ -93,6 +100,15 @@ typedef struct slice {
 #define MANY UINT32_MAX
 #define SHARED 0x80000000u
 #define UNKNOWN 2u                      /* a block never seen before the tick (search state) */
+/* A search state value: bits 0-1 the block's state, 2-3 its state before the tick, then
+ * the frees of it as a dead block placed (DEAD_FREES) and the fewest any order needs
+ * (SPARE_INIT: its frees beyond its allocations). */
+#define DEAD_FREES 4
+#define SPARE_INIT 18
+#define MAX_SLACK 3 /* frees of a dead block beyond the fewest, tried one more at a time */
+#define SPARE_MAX 0x3fffu
+#define BALANCE_ZERO 0x8000000u /* while counting: frees - allocations, offset */
+#define STATE_RESET(v) (((v) >> 2 & 3u) | ((v) >> 2 & 3u) << 2 | ((v) >> SPARE_INIT & SPARE_MAX) << SPARE_INIT)
 #define SEARCH_BUDGET ((size_t)1 << 20) /* placements the search may try per group of a tick */
 
 /* The place of a slice's event j in the tick, as if its thread went at an even pace. */
@@ -223,6 +239,8 @@ static int greedy(cya_map *blocks, slice *s, size_t n, cya_event *out, unsigned 
 typedef struct search {
     slice *s;
     size_t n;
+    int frees_of_dead; /* frees of a dead block may be placed (the later tries) */
+    uint32_t slack;    /* how many more of them than the fewest a block needs */
     cya_map touch;  /* key -> first slice touching it + 1, | SHARED when another does too */
     cya_map allocs; /* key -> the slice allocating it + 1, or MANY */
     cya_map state;  /* key -> (state: DEAD, LIVE, UNKNOWN) | initial state << 2 */
@@ -321,13 +339,33 @@ static int search_prepare(search *q, const cya_map *blocks, size_t *ngroups)
                 continue;
             if (!CYA_PUSH(q->shared, nshared, q->cap_shared, j))
                 return 0;
-            if (!cya_map_get(&q->state, key)) {
+            uint32_t *v = cya_map_get(&q->state, key);
+            if (!v) {
                 const uint32_t *b = cya_map_get(blocks, key);
                 uint32_t init = b ? *b : UNKNOWN;
-                if (!cya_map_put(&q->state, key, init | init << 2))
+                if (!cya_map_put(&q->state, key, init | init << 2 | BALANCE_ZERO << 4))
                     return 0;
+                v = cya_map_get(&q->state, key);
             }
+            uint32_t balance = *v >> 4; /* frees - allocations, from BALANCE_ZERO */
+            if (balance > 0 && balance < 2 * BALANCE_ZERO)
+                balance += is_alloc(e) ? -1u : 1u;
+            *v = (*v & 15u) | balance << 4;
         }
+    }
+    /* A block's frees beyond its allocations (and its being live, or never seen, before
+     * the tick) can only be frees of allocations that were not recorded: that many frees
+     * of a dead block are allowed when no order without them exists. */
+    for (size_t k = 0; k < q->state.cap; k++) {
+        if (q->state.keys[k] == CYA_MAP_EMPTY)
+            continue;
+        uint32_t v = q->state.values[k], balance = v >> 4, init = v & 3;
+        uint32_t excess = balance > BALANCE_ZERO ? balance - BALANCE_ZERO : 0;
+        if (excess > 0 && init != BLOCK_DEAD)
+            excess--;
+        if (excess > SPARE_MAX)
+            excess = SPARE_MAX;
+        q->state.values[k] = (v & 15u) | excess << SPARE_INIT;
     }
     q->first[n] = nshared;
     *ngroups = 0;
@@ -373,11 +411,12 @@ static size_t candidates(search *q, size_t g)
         size_t j = q->shared[q->first[i] + q->placed[i]];
         const cya_event *e = &q->s[i].events[j];
         uint64_t key = cya_block_key(e->kind, e->address);
-        uint32_t st = *cya_map_get(&q->state, key) & 3;
-        if (st == (is_alloc(e) ? BLOCK_LIVE : BLOCK_DEAD))
+        uint32_t v = *cya_map_get(&q->state, key), st = v & 3;
+        if (is_alloc(e) ? st == BLOCK_LIVE
+                        : st == BLOCK_DEAD && (v >> DEAD_FREES & SPARE_MAX) >= (q->frees_of_dead ? (v >> SPARE_INIT & SPARE_MAX) + q->slack : 0))
             continue;
         int later = 0;
-        if (!is_alloc(e) && st == UNKNOWN) {
+        if (!is_alloc(e) && st != BLOCK_LIVE) {
             const uint32_t *by = cya_map_get(&q->allocs, key);
             later = by && *by != i + 1;
         }
@@ -413,6 +452,8 @@ static int search_group(search *q, size_t g)
             uint64_t key = cya_block_key(e->kind, e->address);
             uint32_t *v = cya_map_get(&q->state, key);
             uint32_t now = (*v & ~3u) | (is_alloc(e) ? BLOCK_LIVE : BLOCK_DEAD);
+            if (!is_alloc(e) && (*v & 3) == BLOCK_DEAD)
+                now += 1u << DEAD_FREES; /* a free of an allocation not recorded */
             uint64_t next = hash ^ zpos(i, q->placed[i]) ^ zpos(i, q->placed[i] + 1) ^ zterm(key, *v) ^ zterm(key, now);
             if (cya_map_get(&q->failed, failed_key(next)))
                 continue;
@@ -471,7 +512,7 @@ static size_t place_searched(search *q, cya_map *blocks, cya_event *out, uint64_
                 } else {
                     const cya_event *e = &s[i].events[s[i].pos];
                     const uint32_t *st = cya_map_get(blocks, cya_block_key(e->kind, e->address));
-                    ok = !st || *st == (is_alloc(e) ? BLOCK_DEAD : BLOCK_LIVE);
+                    ok = !is_alloc(e) || !st || *st == BLOCK_DEAD;
                 }
             }
             if (ok && at < best_at)
@@ -507,41 +548,56 @@ typedef struct tick_report {
  * room for one byte an event. Returns the events placed, or SIZE_MAX when out of memory. */
 static size_t order_tick(cya_map *blocks, slice *s, size_t n, cya_event *out, unsigned char *absent, tick_report *rep)
 {
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += s[i].len;
     int r = greedy(blocks, s, n, out, absent);
-    if (r != 0) {
-        size_t total = 0;
-        for (size_t i = 0; i < n; i++)
-            total += s[i].len;
+    if (r != 0)
         return r < 0 ? SIZE_MAX : total;
-    }
     search q;
     memset(&q, 0, sizeof q);
     q.s = s;
     q.n = n;
     size_t ngroups = 0, o = SIZE_MAX;
-    if (search_prepare(&q, blocks, &ngroups)) {
-        int ok = 1;
-        for (size_t g = 0; ok && g < ngroups; g++) {
+    if (!search_prepare(&q, blocks, &ngroups))
+        goto done;
+    /* First with every free of a live block (or of one never seen). For the groups where
+     * no such order exists, frees of dead blocks are allowed (allocations the tracer could
+     * not see): as few as the blocks' counts need, then one more each, up to MAX_SLACK
+     * (each bound keeps the search small, and the fewest unseen allocations win). */
+    for (uint32_t try = 0; try < 2 + MAX_SLACK; try++) {
+        int unsolved = 0;
+        for (size_t g = 0; g < ngroups; g++) {
+            if (q.groups[g].solved)
+                continue;
             for (size_t i = 0; i < n; i++)
                 q.placed[i] = 0;
             cya_map_free(&q.failed);
+            q.frees_of_dead = try > 0;
+            q.slack = try > 0 ? try - 1 : 0;
             int found = search_group(&q, g);
-            ok = found >= 0;
+            if (found < 0)
+                goto done;
             q.groups[g].solved = found > 0;
-            /* back to the states before the tick for the next group (its keys are its own) */
+            unsolved += !found;
+            /* back to the states before the tick (for the next group: its keys are its own) */
             for (size_t k = 0; k < q.state.cap; k++)
                 if (q.state.keys[k] != CYA_MAP_EMPTY)
-                    q.state.values[k] = (q.state.values[k] & ~3u) | q.state.values[k] >> 2;
+                    q.state.values[k] = STATE_RESET(q.state.values[k]);
         }
-        uint64_t conflicts = 0;
-        if (ok)
-            o = place_searched(&q, blocks, out, &conflicts);
-        if (conflicts && rep) {
-            if (!rep->conflicts)
-                rep->first_conflict_ns = s[0].len ? s[0].events[0].time_ns : 0;
-            rep->conflicts += conflicts;
-        }
+        if (!unsolved)
+            break;
     }
+    for (size_t i = 0; i < n; i++)
+        q.placed[i] = 0;
+    uint64_t conflicts = 0;
+    o = place_searched(&q, blocks, out, &conflicts);
+    if (conflicts && rep) {
+        if (!rep->conflicts)
+            rep->first_conflict_ns = s[0].len ? s[0].events[0].time_ns : 0;
+        rep->conflicts += conflicts;
+    }
+done:
     search_free(&q);
     return o;
 }
