@@ -252,7 +252,11 @@ def test_two_profiles_into_one_path_at_once_keep_both_captures(tmp_path: Path) -
             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     deadline = time.time() + 120
     while not all((tmp_path / f"started{i}").exists() for i in range(2)):
-        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+        if time.time() > deadline or any(p.poll() is not None for p in procs):
+            for p in procs:  # one ended (or both are stuck): the other waits for `go`, so stop it to read both
+                if p.poll() is None:
+                    p.kill()
+            pytest.fail(f"a profile ended before both ran: {[(p.returncode, *p.communicate()) for p in procs]}")
         time.sleep(0.02)
     go.touch()
     results = [p.communicate(timeout=300) for p in procs]
