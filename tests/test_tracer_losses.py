@@ -235,6 +235,36 @@ def test_a_second_tracker_on_a_busy_path_is_refused(tmp_path: Path) -> None:
         assert sum(1 for e in capture.events if e.kind == "malloc" and e.size == 7778) == 10
 
 
+def test_a_capture_path_another_tracer_has_just_created_is_not_refused(tmp_path: Path) -> None:
+    """The moment between another tracer creating (and locking) its capture and writing its
+    header: the file is empty. `cytool profile -o` of that path must not refuse it as "not a
+    capture" (the CI failure of the test below), but write beside it and say so."""
+    import fcntl
+
+    busy = tmp_path / "same.cytrace"
+    with open(busy, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        done = subprocess.run(
+            [sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", "same.cytrace", str(EXACT), "--",
+             "10", "300", "1", "nofork"],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "is being written by another process; this capture goes to" in done.stderr
+    other = tmp_path / done.stderr.split("this capture goes to ")[1].split()[0]
+    with read_capture(other) as capture:
+        assert capture.complete
+        assert sum(1 for e in capture.events if e.kind == "malloc" and e.size == 300) == 10
+    assert busy.stat().st_size == 0  # the other tracer's file is left alone
+    # an empty file nobody writes is simply replaced
+    done = subprocess.run(
+        [sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", "same.cytrace", str(EXACT), "--",
+         "10", "300", "1", "nofork"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0 and "another process" not in done.stderr, done.stderr
+    with read_capture(busy) as capture:
+        assert capture.complete
+
+
 def test_two_profiles_into_one_path_at_once_keep_both_captures(tmp_path: Path) -> None:
     """`cytool profile -o same.cytrace` twice at once (both programs wait until both run):
     the second writes same.<pid>.cytrace and says so; both captures are whole."""

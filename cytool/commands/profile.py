@@ -89,16 +89,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def is_capture(path: Path) -> bool:
-    """Whether `path` is a regular file starting with the capture magic (opened
-    non-blocking and checked before reading: a FIFO or device is never read)."""
+    """Whether `path` is a regular file that a capture may replace: one starting with the
+    capture magic, or an empty one (a tracer that has just created its capture, before
+    writing the header: another `cytool profile -o` of the same path at the same moment,
+    which the tracer's lock then sends elsewhere). Opened non-blocking and checked before
+    reading: a FIFO or device is never read."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError:
         return False
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
             return False
-        return os.read(fd, len(CAPTURE_MAGIC)) == CAPTURE_MAGIC
+        return status.st_size == 0 or os.read(fd, len(CAPTURE_MAGIC)) == CAPTURE_MAGIC
     except OSError:
         return False
     finally:
