@@ -303,3 +303,35 @@ def test_threads_started_one_after_another_give_a_consistent_capture(run_cytool,
     assert document["capture"]["warnings"] == []
     assert document["totals"]["unmatched_frees"] >= 100
     assert document["totals"]["replaced_blocks"] == 0
+
+
+def test_call_sites_taking_turns_keep_their_own_stacks(run_cytool, tmp_path: Path) -> None:
+    """A loop allocating at several places in turn: a thread remembers the stacks of its
+    latest allocations to skip hashing them again (trace_thread.c, RECENT_STACKS), found
+    newest first. Every allocation must still name its own line, whether its stack is the
+    newest remembered, an older one (3 places in turn), or one forgotten since (7 places,
+    more than are kept)."""
+    program = tmp_path / "turns.pyx"
+    sites = [101 + i for i in range(7)]
+    lines = ["from libc.stdlib cimport malloc, free", "", "cdef void *held[7]", "", "def main():", "    cdef int i, k",
+             "    for i in range(300):", "        for k in range(3 if i < 150 else 7):", "            if (i * (k + 3)) % 5 == 4:",
+             "                continue", "            free(held[k])"]
+    for k, size in enumerate(sites):
+        lines += [f"            if k == {k}:", f"                held[k] = malloc({size})  # SITE {size}"]
+    lines += ["    for k in range(7):", "        free(held[k])", "", "main()", ""]
+    program.write_text("\n".join(lines))
+    site_line = {size: n for n, text in enumerate(lines, 1) for size in sites if text.endswith(f"# SITE {size}")}
+    capture_path = tmp_path / "turns.cytrace"
+    proc = run_cytool("profile", "--no-summary", "-o", capture_path, program, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    with read_capture(capture_path) as capture:
+        found = Counter()
+        for event in capture.events:
+            if event.kind == "malloc" and event.size in site_line:
+                frames = capture.stacks.get(event.stack_id, [])
+                pyx = [f for f in frames if f.file.endswith("turns.pyx")]
+                assert pyx and pyx[0].line == site_line[event.size], (event.size, pyx[:1])
+                found[event.size] += 1
+    expected = {size: sum(1 for i in range(300) if (i * (k + 3)) % 5 != 4 and (k < 3 or i >= 150))
+                for k, size in enumerate(sites)}
+    assert found == expected

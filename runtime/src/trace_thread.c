@@ -33,6 +33,7 @@
 #include "trace_internal.h"
 
 #define TCACHE_SIZE 512
+#define RECENT_STACKS 4 /* call sites taking turns (a loop allocating at two places) skip the hash */
 #define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
 #define NAME_MAX_LEN 64
 
@@ -56,12 +57,14 @@ struct cyt_thread {
     uint64_t progress_reported; /* what the last PROGRESS record said (writer) */
     _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
     uint64_t *words;           /* cyt_max_frames frame words: the stack being captured */
-    uint64_t *last_words;      /* cyt_max_frames more: the previous allocation's stack (last_n words) */
-    uint64_t *words_mem;       /* the two, words_cap frame words each */
+    struct recent_stack {      /* the stacks of the thread's latest allocations, newest first */
+        uint64_t *words;       /* cyt_max_frames more each (n words used) */
+        int n;                 /* 0: none */
+        uint32_t id;           /* its id, and what its hash was seeded with */
+        uint64_t generation, cut, cut_at;
+    } recent[RECENT_STACKS];
+    uint64_t *words_mem;       /* the 1 + RECENT_STACKS buffers, words_cap frame words each */
     int words_cap;
-    int last_n;                /* 0: no previous stack to reuse */
-    uint32_t last_id;          /* the previous stack's id, and what its hash was seeded with */
-    uint64_t last_generation, last_cut, last_cut_at;
     cyt_scratch scratch;       /* libunwind's buffer for deep stacks */
     unsigned names_seen;       /* names_version when the name was last looked up */
     int python_named;          /* the name came from cytrace_name_thread */
@@ -317,15 +320,15 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->ev = malloc(NCOLS * cyt_buffer_size);
     if (ts->ev) reset_columns(ts);
     if (ts->words_cap < cyt_max_frames) {
-        uint64_t *words = realloc(ts->words_mem, 2 * (size_t)cyt_max_frames * sizeof *words);
+        uint64_t *words = realloc(ts->words_mem, (1 + RECENT_STACKS) * (size_t)cyt_max_frames * sizeof *words);
         if (words != NULL) {
             ts->words_mem = words;
             ts->words_cap = cyt_max_frames;
         }
     }
     ts->words = ts->words_mem;
-    ts->last_words = ts->words_mem + ts->words_cap;
-    ts->last_n = 0;
+    for (int r = 0; r < RECENT_STACKS; r++)
+        ts->recent[r] = (struct recent_stack){.words = ts->words_mem + (size_t)(r + 1) * ts->words_cap};
     ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
@@ -499,13 +502,21 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     int n = capture_words(ts, return_address, frame_address, &cut, &cut_at);
     if (n == 0) return 0;
     uint64_t *words = ts->words;
-    /* the same stack as this thread's previous allocation (a loop allocating at one place):
-     * the same id, without hashing it again */
-    if (n == ts->last_n && generation == ts->last_generation && cut == ts->last_cut && cut_at == ts->last_cut_at) {
-        const uint64_t *last = ts->last_words;
+    /* the same stack as one of this thread's latest allocations (a loop allocating at one
+     * or two places): the same id, without hashing it again */
+    for (int r = 0; r < RECENT_STACKS; r++) {
+        struct recent_stack *last = &ts->recent[r];
+        if (n != last->n || generation != last->generation || cut != last->cut || cut_at != last->cut_at) continue;
         int i = 0;
-        while (i < n && words[i] == last[i]) i++;
-        if (i == n) return ts->last_id;
+        while (i < n && words[i] == last->words[i]) i++;
+        if (i < n) continue;
+        uint32_t id = last->id;
+        if (r > 0) { /* newest first */
+            struct recent_stack found = *last;
+            memmove(&ts->recent[1], &ts->recent[0], (size_t)r * sizeof ts->recent[0]);
+            ts->recent[0] = found;
+        }
+        return id;
     }
     /* (multiplied: stacks that differ only there must still spread over the tables) */
     uint64_t h = stack_hash(words, n, generation * 0xd6e8feb86659fd93ULL ^ cut * 0xa0761d6478bd642fULL ^ cut_at);
@@ -515,14 +526,11 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     if (id == 0) return 0;
     ts->tcache[slot].hash = h;
     ts->tcache[slot].id = id;
-    /* remember it (the buffers change places: the next capture goes to the other) */
-    ts->words = ts->last_words;
-    ts->last_words = words;
-    ts->last_n = n;
-    ts->last_id = id;
-    ts->last_generation = generation;
-    ts->last_cut = cut;
-    ts->last_cut_at = cut_at;
+    /* remember it, newest first (the buffers change places: the next capture goes to the
+     * oldest one's) */
+    ts->words = ts->recent[RECENT_STACKS - 1].words;
+    memmove(&ts->recent[1], &ts->recent[0], (RECENT_STACKS - 1) * sizeof ts->recent[0]);
+    ts->recent[0] = (struct recent_stack){words, n, id, generation, cut, cut_at};
     return id;
 }
 
