@@ -290,7 +290,7 @@ def default_capture(process: TargetProcess, directory: Optional[Path] = None) ->
 def _capture_path(requested: Optional[Path], process: TargetProcess) -> Path:
     """Where the capture goes, as `cytool profile -o` chooses it: a folder gets the default
     name; a file that is not a capture is never overwritten. CytoolError otherwise."""
-    from cytool.commands.profile import is_capture
+    from cytool.commands.profile import is_replaceable_capture
 
     if requested is None or requested.is_dir():
         return default_capture(process, requested).absolute()
@@ -298,7 +298,7 @@ def _capture_path(requested: Optional[Path], process: TargetProcess) -> Path:
     if requested.exists() and not requested.is_file():
         raise CytoolError(f"{requested}: not a regular file (a FIFO, a device?); a capture is written to a file",
                           hint="choose another -o path", exit_code=2)
-    if requested.exists() and not is_capture(requested):
+    if requested.exists() and not is_replaceable_capture(requested):
         raise CytoolError(f"{requested}: exists and is not a cytool capture; refusing to overwrite it",
                           hint="choose another -o path (an existing capture file is replaced)", exit_code=2)
     if not requested.parent.is_dir():

@@ -88,7 +88,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=handle)
 
 
-def is_capture(path: Path) -> bool:
+def is_replaceable_capture(path: Path) -> bool:
     """Whether `path` is a regular file that a capture may replace: one starting with the
     capture magic, or an empty one (a tracer that has just created its capture, before
     writing the header: another `cytool profile -o` of the same path at the same moment,
@@ -130,7 +130,7 @@ def choose_capture_path(requested: Optional[Path], module_name: str) -> Path:
             hint="choose another -o path",
             exit_code=2,
         )
-    if requested.exists() and not is_capture(requested):
+    if requested.exists() and not is_replaceable_capture(requested):
         raise CytoolError(
             f"{requested}: exists and is not a cytool capture; refusing to overwrite it",
             hint="choose another -o path (an existing capture file is replaced)",

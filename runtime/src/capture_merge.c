@@ -243,7 +243,7 @@ typedef struct search {
     uint32_t slack;    /* how many more of them than the fewest a block needs */
     cya_map touch;  /* key -> first slice touching it + 1, | SHARED when another does too */
     cya_map allocs; /* key -> the slice allocating it + 1, or MANY */
-    cya_map state;  /* key -> (state: DEAD, LIVE, UNKNOWN) | initial state << 2 */
+    cya_map state;  /* key -> state value (bit layout above DEAD_FREES: state, state before, dead frees) */
     cya_map failed; /* Zobrist hashes of dead-end states */
     size_t *parent; /* union-find of slices over shared blocks */
     size_t *first;  /* slice i's shared events: shared[first[i] .. first[i + 1]) */

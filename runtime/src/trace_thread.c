@@ -33,7 +33,7 @@
 #include "trace_internal.h"
 
 #define TCACHE_SIZE 512
-#define RECENT_STACKS 4 /* call sites taking turns (a loop allocating at two places) skip the hash */
+#define RECENT_STACKS 4 /* up to 4 call sites taking turns (a loop allocating at several places) skip the hash */
 #define STOP_WAIT_NS 2000000000ull /* give up on a thread stuck inside the hook after 2 s */
 #define NAME_MAX_LEN 64
 
@@ -502,8 +502,8 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     int n = capture_words(ts, return_address, frame_address, &cut, &cut_at);
     if (n == 0) return 0;
     uint64_t *words = ts->words;
-    /* the same stack as one of this thread's latest allocations (a loop allocating at one
-     * or two places): the same id, without hashing it again */
+    /* the same stack as one of this thread's latest allocations (a loop allocating at up
+     * to RECENT_STACKS places): the same id, without hashing it again */
     for (int r = 0; r < RECENT_STACKS; r++) {
         struct recent_stack *last = &ts->recent[r];
         if (n != last->n || generation != last->generation || cut != last->cut || cut_at != last->cut_at) continue;
