@@ -307,10 +307,12 @@ def test_threads_started_one_after_another_give_a_consistent_capture(run_cytool,
 
 def test_call_sites_taking_turns_keep_their_own_stacks(run_cytool, tmp_path: Path) -> None:
     """A loop allocating at several places in turn: a thread remembers the stacks of its
-    latest allocations to skip hashing them again (trace_thread.c, RECENT_STACKS), found
-    newest first. Every allocation must still name its own line, whether its stack is the
-    newest remembered, an older one (3 places in turn), or one forgotten since (7 places,
-    more than are kept)."""
+    latest allocations to skip hashing them again (trace_thread.c, RECENT_STACKS), and the
+    Python frames' chain serial lets it skip comparing (and copying) their words. Every
+    allocation must still name its own line, whether its stack is the last found, an older
+    one (3 places in turn), or one forgotten since (7 places, more than are kept), and all
+    must have the same Python frames (a new place under an unchanged chain takes them from
+    a remembered stack)."""
     program = tmp_path / "turns.pyx"
     sites = [101 + i for i in range(7)]
     lines = ["from libc.stdlib cimport malloc, free", "", "cdef void *held[7]", "", "def main():", "    cdef int i, k",
@@ -326,12 +328,15 @@ def test_call_sites_taking_turns_keep_their_own_stacks(run_cytool, tmp_path: Pat
     assert proc.returncode == 0, proc.stderr
     with read_capture(capture_path) as capture:
         found = Counter()
+        python_frames = set()
         for event in capture.events:
             if event.kind == "malloc" and event.size in site_line:
                 frames = capture.stacks.get(event.stack_id, [])
                 pyx = [f for f in frames if f.file.endswith("turns.pyx")]
                 assert pyx and pyx[0].line == site_line[event.size], (event.size, pyx[:1])
+                python_frames.add(tuple((f.function, f.file, f.line) for f in frames if f.kind == "python"))
                 found[event.size] += 1
+        assert len(python_frames) == 1 and next(iter(python_frames)), python_frames
     expected = {size: sum(1 for i in range(300) if (i * (k + 3)) % 5 != 4 and (k < 3 or i >= 150))
                 for k, size in enumerate(sites)}
     assert found == expected

@@ -125,9 +125,13 @@ CYTRACE_API void cytrace_record(int kind, uintptr_t address, size_t size, void *
 /* Python frames: the callback sets *depth to the number of Python frames of the calling
  * thread, fills `words` with at most `max` of their frame words (pyframe_id << 1 | 1),
  * innermost first, after skipping the `skip` innermost ones, and returns how many it
- * wrote (`words` may be NULL when max is 0). It runs inside the allocation hook with the
- * guard held and must neither block nor call into Python. */
-typedef int (*cytrace_pyframes_fn)(uint64_t *words, int max, int skip, int *depth);
+ * wrote (`words` may be NULL when max is 0). Chain serials: on return *chain is 0, or a
+ * serial naming the words: a later call on the same thread that gives the same serial has
+ * the same words (serials are never reused in a process). On entry *chain is 0, or the
+ * serial of words the caller holds: if the serial is still that one, the callback may
+ * leave `words` unwritten. It runs inside the allocation hook with the guard held and must
+ * neither block nor call into Python. */
+typedef int (*cytrace_pyframes_fn)(uint64_t *words, int max, int skip, int *depth, uint64_t *chain);
 CYTRACE_API void cytrace_set_pyframes_source(cytrace_pyframes_fn fn);
 
 /* The name of the thread with OS thread id `tid` (Python's threading name), used instead

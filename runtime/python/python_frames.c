@@ -17,9 +17,12 @@
  *    frame stores them). The usual allocation, in a loop that does not call or return
  *    Python code in between, finds the same chain, compared frame by frame from the
  *    innermost to the end, and gets the previous words back without a walk or a look-up.
- *    Any difference (an outer frame at another instruction or running another code
- *    object, a generator resumed by another caller, one frame more or less) takes the long
- *    way, where the outermost frames that are unchanged still keep their words;
+ *    That comparison reads a compact copy of the fields (two words a frame, no frame
+ *    addresses: a frame's word depends on what it runs and where, not on where it lives),
+ *    and the words come back as one copy. Any difference (an outer frame at another
+ *    instruction or running another code object, a generator resumed by another caller,
+ *    one frame more or less) takes the long way, where the outermost frames that are
+ *    unchanged still keep their words;
  *  - a direct-mapped table (code object, instruction offset) -> frame word, so a line is
  *    computed and a PYFRAME record written once per call site, not per allocation.
  * Both caches know code objects by address, so a code object freed and another made at
@@ -28,6 +31,10 @@
  * wrapped before), before its memory is freed; a thread that sees the count changed since
  * its previous allocation drops both caches. A program that keeps making and dropping
  * code objects pays a walk and a look-up per frame at its next allocations, not wrong names.
+ *
+ * Each walk's words get a chain serial (unique in the process while the thread's counter
+ * does not wrap); an allocation that finds the previous chain returns its serial, so the
+ * tracer can tell two stacks' Python parts equal without comparing them.
  *
  * A frame word is `pyframe_id << 1 | 1`; pyframe ids come from the tracer's intern table
  * keyed by the frame's content (qualified name, file, line), so the same call site seen
@@ -78,10 +85,19 @@ typedef struct {
     uint64_t word;
 } site_slot;
 
+/* What decides a frame's word, as the fast check compares it: the instruction position
+ * and the code object as stored, with (3.11+) the owner in the code pointer's low bits. */
+typedef struct {
+    uintptr_t where, what;
+} frame_state;
+
 typedef struct {
     walked_frame *walk, *previous; /* this walk and the one before, innermost first */
-    int nprevious, cap;
+    frame_state *states;           /* the previous walk's frames as the fast check reads them */
+    uint64_t *python_words;        /* the previous walk's Python words, innermost first */
+    int nprevious, npython, cap;
     int reusable; /* every frame of `previous` has its word (none is 0: the tracer's table was not full) */
+    uint64_t serial; /* the chain serial of `previous`'s words */
     unsigned start, session; /* the start and the tracer session its words belong to */
     unsigned long deaths;    /* code_deaths when the caches were last valid */
     unsigned epoch;          /* this thread's count of those: the site slots' generation */
@@ -101,6 +117,8 @@ static void thread_frames_free(void *p) {
     tls_frames = NULL; /* (runs in the ending thread: a later allocation of its own starts afresh) */
     free(t->walk);
     free(t->previous);
+    free(t->states);
+    free(t->python_words);
     free(t);
 }
 
@@ -127,8 +145,24 @@ static int grow_walks(thread_frames *t) {
     walked_frame *previous = realloc(t->previous, (size_t)cap * sizeof *previous);
     if (previous == NULL) return -1;
     t->previous = previous;
+    frame_state *states = realloc(t->states, (size_t)cap * sizeof *states);
+    if (states == NULL) return -1;
+    t->states = states;
+    uint64_t *python_words = realloc(t->python_words, (size_t)cap * sizeof *python_words);
+    if (python_words == NULL) return -1;
+    t->python_words = python_words;
     t->cap = cap;
     return 0;
+}
+
+/* Serials: the thread's number in the high 32 bits (taken when its count starts or wraps),
+ * its count of walks in the low ones; 0 is never one. */
+static unsigned long thread_numbers;
+
+static void next_serial(thread_frames *t) {
+    if ((uint32_t)t->serial == UINT32_MAX || t->serial == 0)
+        t->serial = (uint64_t)(__atomic_add_fetch(&thread_numbers, 1, __ATOMIC_RELAXED) & 0xffffffffu) << 32;
+    t->serial++;
 }
 
 /* ---- the interpreter's frames, version by version --------------------------------- */
@@ -174,6 +208,10 @@ static inline const void *frame_code_field(interp_frame *f) { return f->f_code; 
 static inline uintptr_t frame_where(interp_frame *f) { return (uintptr_t)f->prev_instr; }
 #endif
 static inline int frame_owner(interp_frame *f) { return f->owner; }
+/* (code objects are at least 8-byte aligned: the owner, 0 to 3, fits in the low bits) */
+static inline frame_state state_of(interp_frame *f) {
+    return (frame_state){frame_where(f), (uintptr_t)frame_code_field(f) | (uintptr_t)frame_owner(f)};
+}
 
 static inline int code_line(PyCodeObject *code, int lasti) {
     return PyCode_Addr2Line(code, lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT));
@@ -191,6 +229,7 @@ static inline int frame_owner(interp_frame *f) {
     (void)f;
     return 0;
 }
+static inline frame_state state_of(interp_frame *f) { return (frame_state){(uintptr_t)(intptr_t)f->f_lasti, (uintptr_t)f->f_code}; }
 #if PY_VERSION_HEX >= 0x030A0000
 static inline int code_line(PyCodeObject *code, int lasti) {
     return PyCode_Addr2Line(code, lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT));
@@ -301,6 +340,7 @@ static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsi
     t->deaths = deaths;
     if (++t->epoch == 0) t->epoch = 1;
     t->nprevious = 0;
+    t->npython = 0;
     t->reusable = 0;
 }
 
@@ -309,7 +349,7 @@ static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsi
  * put while its callees come and go; the others come from the site slots), and keep the
  * walk as the next one's `previous`. */
 static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame *innermost, uint64_t *words, int max,
-                                                 int skip, int *depth) {
+                                                 int skip, int *depth, uint64_t *chain) {
     walked_frame *restrict walk = t->walk;
     int n = 0, cap = t->cap;
     for (interp_frame *f = innermost; f != NULL; f = outer_frame(f)) {
@@ -341,23 +381,30 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
     t->previous = walk;
     t->walk = (walked_frame *)previous;
     t->nprevious = n;
+    next_serial(t);
     /* the Python frames' words, innermost first, but the `skip` innermost; a word 0 (the
-     * tracer's table is full) ends them */
+     * tracer's table is full) ends them. The fast check's copy is made on the way. */
     int python = 0, k = 0, cut = 0;
     t->reusable = 1;
     for (int at = 0; at < n; at++) {
+        t->states[at] = state_of((interp_frame *)walk[at].frame);
         uint64_t word = walk[at].word;
         if (word == NOT_PYTHON) continue;
         if (word == 0) t->reusable = 0;
+        t->python_words[python] = word;
         if (python++ < skip) continue;
         if (word == 0) cut = 1;
         if (!cut && k < max) words[k++] = word;
     }
+    t->npython = python;
     *depth = python;
+    *chain = t->reusable && skip == 0 && k == python ? t->serial : 0;
     return k;
 }
 
-int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
+int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint64_t *chain) {
+    uint64_t known = *chain;
+    *chain = 0;
     if (!__atomic_load_n(&frames_on, __ATOMIC_RELAXED)) goto none;
     PyThreadState *ts = PyGILState_GetThisThreadState(); /* this thread's, GIL held or not */
     if (ts == NULL) goto none;
@@ -372,27 +419,24 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth) {
     interp_frame *innermost = innermost_frame(ts);
 
     /* The usual case: the same chain as at this thread's previous allocation, frame by
-     * frame from the innermost, each in the same state: its words are the previous ones.
-     * (`out` advances past Python frames' words only: they are odd, NOT_PYTHON is even;
-     * out - words <= p - previous < nprevious <= max keeps each store in words[0..max).) */
-    int nprevious = t->nprevious;
-    if (__builtin_expect(skip == 0 && t->reusable && nprevious <= max, 1)) {
+     * frame from the innermost, each in the same state: its words are the previous ones. */
+    int npython = t->npython;
+    if (__builtin_expect(skip == 0 && t->reusable && npython <= max, 1)) {
         interp_frame *f = innermost;
-        const walked_frame *p = t->previous, *end = p + nprevious;
-        uint64_t *out = words;
-        for (; p != end; p++) {
-            if (f != p->frame || frame_code_field(f) != p->code || frame_where(f) != p->where || frame_owner(f) != p->owner)
-                return walk_frames(t, innermost, words, max, skip, depth);
-            *out = p->word;
-            out += p->word & 1;
-            f = outer_frame(f);
+        const frame_state *p = t->states, *end = p + t->nprevious;
+        for (; p != end && f != NULL; p++, f = outer_frame(f)) {
+            frame_state now = state_of(f);
+            if (now.where != p->where || now.what != p->what) break;
         }
-        if (f == NULL) {
-            *depth = (int)(out - words);
-            return *depth;
+        if (p == end && f == NULL) {
+            if (known != t->serial && npython > 0) /* (the caller has these words already if it knows the serial) */
+                memcpy(words, t->python_words, (size_t)npython * sizeof *words);
+            *depth = npython;
+            *chain = t->serial;
+            return npython;
         }
     }
-    return walk_frames(t, innermost, words, max, skip, depth);
+    return walk_frames(t, innermost, words, max, skip, depth, chain);
 none:
     *depth = 0;
     return 0;

@@ -5,7 +5,7 @@
 #include <stdint.h>
 
 /* The tracer's cytrace_pyframes_fn: walks the calling thread's interpreter frames. */
-int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth);
+int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint64_t *chain);
 
 /* Start handing the tracer Python frames (words cached for an earlier capture are void;
  * from the first start on, deaths of code objects are counted), and stop. The GIL must be

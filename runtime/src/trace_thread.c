@@ -57,12 +57,17 @@ struct cyt_thread {
     uint64_t progress_reported; /* what the last PROGRESS record said (writer) */
     _Atomic unsigned flush_epoch; /* written by the owner, read by the writer */
     uint64_t *words;           /* cyt_max_frames frame words: the stack being captured */
-    struct recent_stack {      /* the stacks of the thread's latest allocations, newest first */
+    struct recent_stack {      /* the stacks of the thread's latest distinct allocation stacks */
         uint64_t *words;       /* cyt_max_frames more each (n words used) */
         int n;                 /* 0: none */
+        int native;            /* of which native frames (the rest are Python frames) */
         uint32_t id;           /* its id, and what its hash was seeded with */
         uint64_t generation, cut, cut_at;
+        uint64_t chain;        /* the Python frames' chain serial (0: unknown) */
     } recent[RECENT_STACKS];
+    unsigned recent_next;      /* the entry a new stack replaces (round robin) */
+    unsigned recent_hit[2];    /* the entries found (or made) last and the one before: searched first */
+    uint64_t known_chain;      /* a chain serial whose Python words a remembered stack holds (0: none) */
     uint64_t *words_mem;       /* the 1 + RECENT_STACKS buffers, words_cap frame words each */
     int words_cap;
     cyt_scratch scratch;       /* libunwind's buffer for deep stacks */
@@ -329,6 +334,8 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
     ts->words = ts->words_mem;
     for (int r = 0; r < RECENT_STACKS; r++)
         ts->recent[r] = (struct recent_stack){.words = ts->words_mem + (size_t)(r + 1) * ts->words_cap};
+    ts->recent_next = ts->recent_hit[0] = ts->recent_hit[1] = 0;
+    ts->known_chain = 0;
     ts->session = ts->ev && ts->words_cap >= cyt_max_frames ? session : 0;
     ts->index = atomic_fetch_add(&next_index, 1) + 1;
     ts->tid = (pid_t)syscall(SYS_gettid);
@@ -449,34 +456,49 @@ static inline uint64_t stack_hash(const uint64_t *words, int n, uint64_t seed) {
 }
 
 /* Python frames of the calling thread into words[0..max), skipping the `skip` innermost;
- * *depth: how many it has. */
-static inline int python_frames(uint64_t *words, int max, int skip, int *depth) {
+ * *depth: how many it has; *chain: their chain serial, or 0. If that is `known` (not 0),
+ * the words may be left unwritten (cytrace.h). */
+static inline int python_frames(uint64_t *words, int max, int skip, int *depth, uint64_t *chain, uint64_t known) {
     *depth = 0;
-    if (cyt_pyframes_cb == NULL || !(cyt_options & CYTRACE_PYTHON_FRAMES)) return 0;
-    int n = cyt_pyframes_cb(words, max, skip, depth);
+    *chain = known;
+    if (cyt_pyframes_cb == NULL || !(cyt_options & CYTRACE_PYTHON_FRAMES)) {
+        *chain = 0;
+        return 0;
+    }
+    int n = cyt_pyframes_cb(words, max, skip, depth, chain);
     return n < 0 ? 0 : n;
 }
 
 /* The stack of the event being recorded, in ts->words: native frames then Python frames.
  * One deeper than cyt_max_frames keeps its innermost frames and its outermost quarter;
- * *cut and *cut_at say how many were dropped, and where (FORMAT.md, STACK). */
-static inline int capture_words(cyt_thread *ts, void *return_address, void *frame_address, uint64_t *cut, uint64_t *cut_at) {
+ * *cut and *cut_at say how many were dropped, and where (FORMAT.md, STACK). *native: how
+ * many of the words are native frames, and *chain the Python ones' serial, when the stack
+ * is whole (else 0). When *chain comes back as `known` (not 0), the Python words are not
+ * written: the caller holds them. */
+static inline __attribute__((always_inline)) int capture_words(cyt_thread *ts, void *return_address, void *frame_address, uint64_t *cut, uint64_t *cut_at,
+                                int *native_words, uint64_t *chain, uint64_t known) {
     int max = cyt_max_frames, tail = max / 4, head = max - tail;
     uint64_t *words = ts->words;
     uint64_t native = cyt_capture_stack(words, max, tail, return_address, frame_address, &ts->unwinding, &ts->scratch);
     int depth = 0;
     *cut = *cut_at = 0;
+    *native_words = 0;
     if (native <= (uint64_t)max) {
-        int n = (int)native + python_frames(words + native, max - (int)native, 0, &depth);
-        if (native + (uint64_t)depth <= (uint64_t)max) return n;
+        int n = (int)native + python_frames(words + native, max - (int)native, 0, &depth, chain, known);
+        if (native + (uint64_t)depth <= (uint64_t)max) {
+            *native_words = (int)native;
+            return n;
+        }
     } else {
-        python_frames(NULL, 0, 0, &depth);
+        python_frames(NULL, 0, 0, &depth, chain, 0);
     }
+    *chain = 0;
     /* too deep: words[0..head) the innermost frames, words[head..max) the outermost */
     uint64_t total = native + (uint64_t)depth;
+    uint64_t ignored;
     if (native < (uint64_t)head) {
         int d;
-        python_frames(words + native, head - (int)native, 0, &d);
+        python_frames(words + native, head - (int)native, 0, &d, &ignored, 0);
     }
     int python_part = depth < tail ? depth : tail, native_part = tail - python_part;
     if (native_part > 0) {
@@ -486,7 +508,7 @@ static inline int capture_words(cyt_thread *ts, void *return_address, void *fram
     }
     if (python_part > 0) {
         int d;
-        python_frames(words + head + native_part, python_part, depth - python_part, &d);
+        python_frames(words + head + native_part, python_part, depth - python_part, &d, &ignored, 0);
     }
     *cut = total - (uint64_t)max;
     *cut_at = (uint64_t)head;
@@ -496,27 +518,68 @@ static inline int capture_words(cyt_thread *ts, void *return_address, void *fram
 static uint32_t intern_stack(cyt_thread *ts, const uint64_t *words, int n, uint64_t h, uint64_t generation, uint64_t cut,
                              uint64_t cut_at);
 
+/* The Python words of chain `chain` after words[0..native), copied from a remembered stack
+ * of that chain; 0 if none is remembered. */
+static int fill_python_words(cyt_thread *ts, uint64_t *words, int native, uint64_t chain) {
+    for (int r = 0; r < RECENT_STACKS; r++) {
+        const struct recent_stack *e = &ts->recent[r];
+        if (e->chain != chain || e->n == 0) continue;
+        memcpy(words + native, e->words + e->native, (size_t)(e->n - e->native) * sizeof *words);
+        return 1;
+    }
+    return 0;
+}
+
 static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_address) {
     uint64_t generation = atomic_load_explicit(&cyt_load_generation, memory_order_relaxed);
-    uint64_t cut, cut_at;
-    int n = capture_words(ts, return_address, frame_address, &cut, &cut_at);
+    uint64_t cut, cut_at, chain, known = ts->known_chain;
+    int native;
+    int n = capture_words(ts, return_address, frame_address, &cut, &cut_at, &native, &chain, known);
     if (n == 0) return 0;
     uint64_t *words = ts->words;
-    /* the same stack as one of this thread's latest allocations (a loop allocating at up
-     * to RECENT_STACKS places): the same id, without hashing it again */
-    for (int r = 0; r < RECENT_STACKS; r++) {
+    /* the same stack as one of this thread's latest ones (a loop allocating at up to
+     * RECENT_STACKS places): the same id, without hashing it again. The same chain serial
+     * says the Python frames are the same: only the native ones are compared then. */
+    /* the usual cases first, the stack found last or the one before (a loop allocating at one
+     * place, or at two in turn). A chain serial is only given to a whole stack (cut 0), so the
+     * same one and as many native frames make the same n. */
+    for (int h = 0; h < 2 && chain != 0; h++) {
+        struct recent_stack *hit = &ts->recent[ts->recent_hit[h]];
+        if (chain != hit->chain || native != hit->native || generation != hit->generation) continue;
+        int i = 0;
+        while (i < native && words[i] == hit->words[i]) i++;
+        if (i < native) continue;
+        if (h == 1) { /* (the two change places) */
+            unsigned r = ts->recent_hit[1];
+            ts->recent_hit[1] = ts->recent_hit[0];
+            ts->recent_hit[0] = r;
+        }
+        return hit->id;
+    }
+    for (unsigned r = 0; r < RECENT_STACKS; r++) {
         struct recent_stack *last = &ts->recent[r];
         if (n != last->n || generation != last->generation || cut != last->cut || cut_at != last->cut_at) continue;
+        int same_chain = chain == last->chain && chain != 0 && native == last->native;
+        if (!same_chain && chain == known && chain != 0) continue; /* (its Python words are not here to compare) */
+        int upto = same_chain ? native : n;
         int i = 0;
-        while (i < n && words[i] == last->words[i]) i++;
-        if (i < n) continue;
-        uint32_t id = last->id;
-        if (r > 0) { /* newest first */
-            struct recent_stack found = *last;
-            memmove(&ts->recent[1], &ts->recent[0], (size_t)r * sizeof ts->recent[0]);
-            ts->recent[0] = found;
+        while (i < upto && words[i] == last->words[i]) i++;
+        if (i < upto) continue;
+        if (CYT_UNLIKELY(last->chain != chain)) { /* (the same words: the newer serial serves the next ones) */
+            last->chain = chain;
+            last->native = native;
         }
-        return id;
+        ts->known_chain = chain;
+        if (ts->recent_hit[0] != r) {
+            ts->recent_hit[1] = ts->recent_hit[0];
+            ts->recent_hit[0] = r;
+        }
+        return last->id;
+    }
+    if (chain != 0 && chain == known && !fill_python_words(ts, words, native, chain)) {
+        /* (not expected: the entry that made `known` known is still remembered) */
+        int depth;
+        n = native + python_frames(words + native, cyt_max_frames - native, 0, &depth, &chain, 0);
     }
     /* (multiplied: stacks that differ only there must still spread over the tables) */
     uint64_t h = stack_hash(words, n, generation * 0xd6e8feb86659fd93ULL ^ cut * 0xa0761d6478bd642fULL ^ cut_at);
@@ -526,11 +589,15 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     if (id == 0) return 0;
     ts->tcache[slot].hash = h;
     ts->tcache[slot].id = id;
-    /* remember it, newest first (the buffers change places: the next capture goes to the
-     * oldest one's) */
-    ts->words = ts->recent[RECENT_STACKS - 1].words;
-    memmove(&ts->recent[1], &ts->recent[0], (RECENT_STACKS - 1) * sizeof ts->recent[0]);
-    ts->recent[0] = (struct recent_stack){words, n, id, generation, cut, cut_at};
+    /* remember it in place of the oldest (the buffers change places: the next capture goes
+     * to the replaced one's) */
+    struct recent_stack *oldest = &ts->recent[ts->recent_next];
+    ts->recent_hit[1] = ts->recent_hit[0];
+    ts->recent_hit[0] = ts->recent_next;
+    ts->recent_next = (ts->recent_next + 1) % RECENT_STACKS;
+    ts->words = oldest->words;
+    *oldest = (struct recent_stack){words, n, native, id, generation, cut, cut_at, chain};
+    ts->known_chain = chain;
     return id;
 }
 
