@@ -361,15 +361,22 @@ static cyt_thread *thread_setup(cyt_thread *ts, unsigned session) {
 
 /* The calling thread's state for recording an event; NULL: do not record (cytool's own
  * thread, or no memory: then counted as dropped). */
-cyt_thread *cyt_thread_get(void) {
-    cyt_thread *ts = tls_state;
-    unsigned session = atomic_load_explicit(&cyt_session, memory_order_relaxed);
-    if (CYT_LIKELY(ts != NULL && ts->session == session)) return ts;
+static cyt_thread *__attribute__((noinline)) thread_get_slow(cyt_thread *ts, unsigned session) {
     /* The clock and the writer set their guard when they start, but the C library may
      * allocate for them before (under ASan, pthread_getattr_np does): never trace them. */
     if (ts == NULL && (cyt_clock_is_self() || cyt_writer_is_self())) return NULL;
     return thread_setup(ts, session);
 }
+
+/* cyt_thread_get, inlined into this file's hot path */
+static inline __attribute__((always_inline)) cyt_thread *thread_get(void) {
+    cyt_thread *ts = tls_state;
+    unsigned session = atomic_load_explicit(&cyt_session, memory_order_relaxed);
+    if (CYT_LIKELY(ts != NULL && ts->session == session)) return ts;
+    return thread_get_slow(ts, session);
+}
+
+cyt_thread *cyt_thread_get(void) { return thread_get(); }
 
 /* ---- the hot path -------------------------------------------------------------------- */
 
@@ -398,7 +405,8 @@ static inline void leave(cyt_thread *ts) { atomic_store_explicit(&ts->busy, 0, m
 
 /* Start one event: flush a full batch, start a new one if needed, write the event's time
  * and address. Returns the event's head byte, to be completed by the caller. */
-static inline uint8_t *event_begin_at(cyt_thread *ts, unsigned kind, uintptr_t address, uint64_t now) {
+static inline __attribute__((always_inline)) uint8_t *event_begin_at(cyt_thread *ts, unsigned kind, uintptr_t address,
+                                                                       uint64_t now) {
     if (CYT_UNLIKELY(columns_used(ts) + CYT_EVENT_MAX > cyt_buffer_size)) flush_thread(ts, 1);
     if (nevents_of(ts) == 0) {
         atomic_store_explicit(&ts->t0, now, memory_order_relaxed);
@@ -624,7 +632,7 @@ static uint32_t intern_stack(cyt_thread *ts, const uint64_t *words, int n, uint6
 }
 
 static void record_alloc(int kind, uintptr_t address, size_t size, void *return_address, void *frame_address) {
-    cyt_thread *ts = cyt_thread_get();
+    cyt_thread *ts = thread_get();
     if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     uint32_t stack = stack_id(ts, return_address, frame_address);
@@ -652,7 +660,7 @@ void cyt_record_alloc_fp(int kind, uintptr_t address, size_t size, void *return_
 void cyt_record_free(int kind, uintptr_t address) { cyt_record_free_at(kind, address, cyt_event_time()); }
 
 void cyt_record_free_at(int kind, uintptr_t address, uint64_t time) {
-    cyt_thread *ts = cyt_thread_get();
+    cyt_thread *ts = thread_get();
     if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     event_begin_at(ts, (unsigned)kind, address, time);
@@ -661,7 +669,7 @@ void cyt_record_free_at(int kind, uintptr_t address, uint64_t time) {
 }
 
 void cyt_record_munmap(uintptr_t address, size_t size) {
-    cyt_thread *ts = cyt_thread_get();
+    cyt_thread *ts = thread_get();
     if (CYT_UNLIKELY(ts == NULL)) return;
     if (!enter(ts)) return;
     event_begin(ts, CYTRACE_MUNMAP, address);
