@@ -162,14 +162,19 @@ CYTRACE_API int cytrace_stop(void) {
     return 0;
 }
 
-void cyt_stop_for_exit(void) {
-    if (!atomic_load(&cyt_active) || getpid() != session_pid || cyt_guard) return;
+int cyt_stop_for_exit(void) {
+    if (!atomic_load(&cyt_active) || getpid() != session_pid || cyt_guard) return 0;
+    int stopped = 0;
     cyt_guard = 1;
     if (pthread_mutex_trylock(&control_lock) == 0) {
-        if (atomic_load(&cyt_active)) stop_locked();
+        if (atomic_load(&cyt_active)) {
+            stop_locked();
+            stopped = 1;
+        }
         pthread_mutex_unlock(&control_lock);
     }
     cyt_guard = 0;
+    return stopped;
 }
 
 /* Caller holds control_lock and the guard; tracing is active. */

@@ -5,7 +5,8 @@
  * tracer's own allocations, or a signal handler interrupting the tracer) or tracing is
  * off. Frees are recorded before the memory is released, so that no other thread can
  * record a new block at that address first. dlopen/dlclose open a new load generation
- * (FORMAT.md) before they run, and rescan the loaded objects after.
+ * (FORMAT.md) before they run, and rescan the loaded objects after. _exit and the exec
+ * family finish the capture before the process ends or is replaced.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -17,6 +18,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "trace_internal.h"
@@ -294,6 +296,127 @@ static void hook__exit(int status) {
     _exit(status);
 }
 
+/* ---- exec ------------------------------------------------------------------------------
+ * An exec replaces the program and the tracer with it: the events still in the threads'
+ * buffers and the writer's queue would be lost, and the capture would have no end (as if
+ * killed). So the capture is finished first, as at _exit. An exec that fails returns to a
+ * program no longer traced, so the usual failures (no such file, not executable: os.execvp
+ * tries each PATH entry in turn) are checked first and do not end the capture; a failure
+ * past that check (a bad executable format, E2BIG, ENOMEM) is said on stderr. */
+
+/* Would the kernel start `path`? (a regular file we may execute: the checks behind
+ * ENOENT, EACCES, ENOTDIR, which are most failed execs) */
+static int exec_could_start(const char *path) {
+    struct stat st;
+    return path != NULL && stat(path, &st) == 0 && S_ISREG(st.st_mode) && access(path, X_OK) == 0;
+}
+
+/* The same for a file looked up in PATH as execvp does (a name with a slash is a path). */
+static int exec_could_start_in_path(const char *file) {
+    if (file == NULL || file[0] == 0) return 0;
+    if (strchr(file, '/') != NULL) return exec_could_start(file);
+    const char *path = getenv("PATH");
+    if (path == NULL) path = "/bin:/usr/bin"; /* glibc's default */
+    char candidate[4096];
+    size_t flen = strlen(file);
+    for (const char *dir = path;; dir++) {
+        const char *end = strchr(dir, ':');
+        size_t dlen = end ? (size_t)(end - dir) : strlen(dir);
+        if (dlen + 1 + flen + 1 <= sizeof candidate) {
+            size_t n = 0;
+            if (dlen == 0) candidate[n++] = '.'; /* an empty entry is the current directory */
+            memcpy(candidate + n, dir, dlen);
+            n += dlen;
+            candidate[n++] = '/';
+            memcpy(candidate + n, file, flen + 1);
+            if (exec_could_start(candidate)) return 1;
+        }
+        if (end == NULL) return 0;
+        dir = end;
+    }
+}
+
+/* Before an exec that can start: finish the capture. 1 if it did (tracing is over). */
+static int finish_before_exec(int could_start) {
+    if (!could_start || !atomic_load_explicit(&cyt_active, memory_order_relaxed)) return 0;
+    return cyt_stop_for_exit();
+}
+
+/* The exec returned: it failed after the capture was finished. */
+static void exec_failed(const char *what, int finished) {
+    if (!finished) return;
+    int saved = errno;
+    fprintf(stderr, "cytool: exec of %s failed (%s) after the capture was finished for it: process %d is no longer "
+            "traced\n", what ? what : "(null)", strerror(saved), (int)getpid());
+    errno = saved;
+}
+
+static int hook_execve(const char *path, char *const argv[], char *const envp[]) {
+    int finished = finish_before_exec(exec_could_start(path));
+    int r = execve(path, argv, envp);
+    exec_failed(path, finished);
+    return r;
+}
+
+static int hook_execv(const char *path, char *const argv[]) {
+    int finished = finish_before_exec(exec_could_start(path));
+    int r = execv(path, argv);
+    exec_failed(path, finished);
+    return r;
+}
+
+static int hook_execvp(const char *file, char *const argv[]) {
+    int finished = finish_before_exec(exec_could_start_in_path(file));
+    int r = execvp(file, argv);
+    exec_failed(file, finished);
+    return r;
+}
+
+static int hook_execvpe(const char *file, char *const argv[], char *const envp[]) {
+    int finished = finish_before_exec(exec_could_start_in_path(file));
+    int r = execvpe(file, argv, envp);
+    exec_failed(file, finished);
+    return r;
+}
+
+static int hook_fexecve(int fd, char *const argv[], char *const envp[]) {
+    struct stat st;
+    int finished = finish_before_exec(fstat(fd, &st) == 0 && S_ISREG(st.st_mode));
+    int r = fexecve(fd, argv, envp);
+    exec_failed("a file descriptor", finished);
+    return r;
+}
+
+/* The execl family: the arguments into an argv array, then the execv one. */
+#define COLLECT_ARGS(arg0, argv, after)                                                                \
+    size_t count_ = 1;                                                                                 \
+    va_list ap_;                                                                                       \
+    va_start(ap_, arg0);                                                                               \
+    while (va_arg(ap_, char *) != NULL) count_++;                                                      \
+    va_end(ap_);                                                                                       \
+    char *argv[count_ + 1];                                                                            \
+    argv[0] = (char *)(arg0);                                                                          \
+    va_start(ap_, arg0);                                                                               \
+    for (size_t i_ = 1; i_ <= count_; i_++) argv[i_] = va_arg(ap_, char *);                            \
+    after;                                                                                             \
+    va_end(ap_)
+
+static int hook_execl(const char *path, const char *arg0, ...) {
+    COLLECT_ARGS(arg0, argv, (void)0);
+    return hook_execv(path, argv);
+}
+
+static int hook_execlp(const char *file, const char *arg0, ...) {
+    COLLECT_ARGS(arg0, argv, (void)0);
+    return hook_execvp(file, argv);
+}
+
+static int hook_execle(const char *path, const char *arg0, ...) {
+    char *const *envp;
+    COLLECT_ARGS(arg0, argv, envp = va_arg(ap_, char *const *));
+    return hook_execve(path, argv, envp);
+}
+
 typedef struct hook_entry {
     const char *name;
     void *hook;
@@ -321,6 +444,14 @@ const hook_entry cyt_hook_table[] = {
     {"dlclose", (void *)hook_dlclose, (void *)dlclose},
     {"_exit", (void *)hook__exit, (void *)_exit},
     {"_Exit", (void *)hook__exit, (void *)_Exit},
+    {"execve", (void *)hook_execve, (void *)execve},
+    {"execv", (void *)hook_execv, (void *)execv},
+    {"execvp", (void *)hook_execvp, (void *)execvp},
+    {"execvpe", (void *)hook_execvpe, (void *)execvpe},
+    {"fexecve", (void *)hook_fexecve, (void *)fexecve},
+    {"execl", (void *)hook_execl, (void *)execl},
+    {"execlp", (void *)hook_execlp, (void *)execlp},
+    {"execle", (void *)hook_execle, (void *)execle},
 };
 #pragma GCC diagnostic pop
 const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];

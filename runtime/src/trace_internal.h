@@ -138,7 +138,7 @@ int cyt_clock_is_self(void); /* the calling thread is the clock thread */
 
 void cyt_count_dropped(uint64_t n); /* events that could not be recorded */
 void cyt_count_lost(uint64_t n);    /* events recorded but never written */
-void cyt_stop_for_exit(void);   /* _exit: stop if possible without blocking */
+int cyt_stop_for_exit(void);    /* _exit, exec: stop if possible without blocking; 1 if it stopped */
 void cyt_set_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ---- per-thread state (trace_thread.c) -------------------------------------------- */

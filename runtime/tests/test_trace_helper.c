@@ -45,6 +45,7 @@
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <errno.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <link.h>
@@ -630,6 +631,22 @@ static void *steady_thread(void *arg) {
     return NULL;
 }
 
+/* ---- exec: allocations, then an exec by one of the exec functions ---------------------- */
+
+static int mode_exec(const char *how, const char *target) {
+    start(0);
+    for (int i = 0; i < 9; i++) keep(malloc(6161)); /* still in the buffer at the exec */
+    char *const args[] = {(char *)target, NULL};
+    char *const env[] = {"CYTOOL_EXEC_TEST=1", NULL};
+    if (strcmp(how, "execl") == 0) execl(target, target, (char *)NULL);
+    else if (strcmp(how, "execlp") == 0) execlp(target, target, (char *)NULL);
+    else if (strcmp(how, "execle") == 0) execle(target, target, (char *)NULL, env);
+    else if (strcmp(how, "execvpe") == 0) execvpe(target, args, env);
+    else if (strcmp(how, "execve") == 0) execve(target, args, env);
+    fprintf(stderr, "exec %s %s: %s\n", how, target, strerror(errno));
+    return 7;
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) {
         fprintf(stderr, "usage: %s CAPTURE MODE [ARGS]\n", argv[0]);
@@ -662,6 +679,8 @@ int main(int argc, char **argv) {
         fflush(stdout);
         if (mode[0] == '_') _exit(0);
         exit(0);
+    } else if (strcmp(mode, "exec") == 0 && argc == 5) {
+        return mode_exec(argv[3], argv[4]);
     } else if (strcmp(mode, "dlopen") == 0 && argc == 5) {
         start(0);
         void *lib = dlopen(argv[3], RTLD_NOW);

@@ -1,0 +1,129 @@
+"""An exec while traced: the capture is finished first (trace_hooks.c), so the events still
+in the threads' buffers when the program is replaced are written and the capture ends as
+a complete one (it used to end without its last moments, read as "killed"). An exec that
+cannot start (no such file, os.execvp trying each PATH entry) leaves the tracing on; one
+that fails past those checks says so on stderr."""
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cytool.capture import read_capture
+from test_tracer_runtime import helpers  # noqa: F401 (the helpers fixture)
+
+PROGRAM = """\
+import os, sys
+from libc.stdlib cimport malloc
+
+cdef void *kept[64]
+cdef int nkept = 0
+
+cdef void grab(size_t size, int count):
+    global nkept
+    cdef int i
+    for i in range(count):
+        kept[nkept] = malloc(size)  # kept: each one is a leak the report must show
+        nkept += 1
+
+cdef int held():  # (read, so that the compiler keeps the mallocs)
+    return sum([kept[i] != NULL for i in range(nkept)])
+
+mode, target = sys.argv[1], sys.argv[2]
+grab(3333, 7)
+print("held", held(), flush=True)
+if mode == "exec":
+    os.execv(target, [target])
+elif mode == "missing":
+    try:
+        os.execvp("no-such-program-cytool", ["no-such-program-cytool"])
+    except OSError:
+        pass
+    try:
+        os.execv(target, [target])  # not there either
+    except OSError:
+        pass
+    grab(4444, 5)
+elif mode == "bad-format":
+    try:
+        os.execv(target, [target])
+    except OSError as error:
+        print("exec failed:", error.errno, flush=True)
+    grab(4444, 5)
+elif mode == "child":
+    pid = os.fork()
+    if pid == 0:
+        grab(5555, 6)
+        os.execv(target, [target])
+    _, status = os.waitpid(pid, 0)
+    print("child status", status, flush=True)
+"""
+
+
+def _profile(run_cytool, tmp_path: Path, mode: str, target: str, *options: str):
+    program = tmp_path / "execs.pyx"
+    program.write_text(PROGRAM)
+    capture = tmp_path / f"{mode}.cytrace"
+    proc = run_cytool("profile", "--no-summary", *options, "-o", capture, program, "--", mode, target, cwd=tmp_path)
+    return proc, capture
+
+
+def _sizes(capture_path: Path):
+    with read_capture(capture_path) as capture:
+        assert capture.complete and not capture.truncated, capture.truncation_message()
+        return sorted(e.size for e in capture.events if e.kind == "malloc" and e.size in (3333, 4444, 5555))
+
+
+def test_an_exec_finishes_the_capture_with_every_event(run_cytool, tmp_path: Path) -> None:
+    proc, capture = _profile(run_cytool, tmp_path, "exec", "/bin/true")
+    assert proc.returncode == 0, proc.stderr  # /bin/true's
+    # the 7 blocks were made just before the exec, well within the writer's tick: without
+    # the exec hook they were still in the thread's buffer
+    assert _sizes(capture) == [3333] * 7
+
+
+def test_execs_that_cannot_start_leave_the_tracing_on(run_cytool, tmp_path: Path) -> None:
+    proc, capture = _profile(run_cytool, tmp_path, "missing", str(tmp_path / "not-there"))
+    assert proc.returncode == 0, proc.stderr
+    assert "cytool: exec of" not in proc.stderr
+    assert _sizes(capture) == [3333] * 7 + [4444] * 5
+
+
+def test_an_exec_failing_past_the_checks_is_said(run_cytool, tmp_path: Path) -> None:
+    garbage = tmp_path / "not-a-program"
+    garbage.write_bytes(b"\x7fELF but not really" + bytes(64))
+    garbage.chmod(garbage.stat().st_mode | stat.S_IXUSR)
+    proc, capture = _profile(run_cytool, tmp_path, "bad-format", str(garbage))
+    assert proc.returncode == 0, proc.stderr
+    assert "exec failed: 8" in proc.stdout  # ENOEXEC
+    assert f"cytool: exec of {garbage} failed (Exec format error) after the capture was finished for it" in proc.stderr
+    assert _sizes(capture) == [3333] * 7  # finished at the exec: what came after is not traced, as said
+
+
+def test_a_followed_child_that_execs_gets_a_complete_capture(run_cytool, tmp_path: Path) -> None:
+    proc, capture = _profile(run_cytool, tmp_path, "child", "/bin/true", "--follow-fork")
+    assert proc.returncode == 0, proc.stderr
+    assert "child status 0" in proc.stdout
+    children = [p for p in tmp_path.glob("child.cytrace.*") if p.suffix[1:].isdigit()]
+    assert len(children) == 1, sorted(os.listdir(tmp_path))
+    assert _sizes(children[0]) == [5555] * 6
+    assert _sizes(capture) == [3333] * 7
+
+
+
+@pytest.mark.parametrize("how, target", [("execl", "/bin/true"), ("execlp", "true"), ("execle", "/bin/true"),
+                                         ("execvpe", "true"), ("execve", "/bin/true")])
+def test_every_exec_function_finishes_the_capture(helpers: Path, tmp_path: Path, how: str, target: str) -> None:  # noqa: F811
+    """The exec functions a C program calls (Python's os module uses execv and execve)."""
+    capture = tmp_path / f"{how}.cytrace"
+    env = dict(os.environ)
+    env.pop("CYTOOL_PROFILE", None)
+    proc = subprocess.run([str(helpers / "test_trace_helper"), str(capture), "exec", how, target], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr  # true's
+    with read_capture(capture) as read:
+        assert read.complete and not read.truncated, read.truncation_message()
+        assert sum(1 for e in read.events if e.kind == "malloc" and e.size == 6161) == 9
