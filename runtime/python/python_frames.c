@@ -139,18 +139,18 @@ static thread_frames *thread_frames_get(void) {
 
 static int grow_walks(thread_frames *t) {
     int cap = t->cap ? t->cap * 2 : 256;
-    walked_frame *walk = realloc(t->walk, (size_t)cap * sizeof *walk);
-    if (walk == NULL) return -1;
-    t->walk = walk;
-    walked_frame *previous = realloc(t->previous, (size_t)cap * sizeof *previous);
-    if (previous == NULL) return -1;
-    t->previous = previous;
-    frame_state *states = realloc(t->states, (size_t)cap * sizeof *states);
-    if (states == NULL) return -1;
-    t->states = states;
-    uint64_t *python_words = realloc(t->python_words, (size_t)cap * sizeof *python_words);
-    if (python_words == NULL) return -1;
-    t->python_words = python_words;
+    /* each array to `cap` items (one that fails stays as it was) */
+#define GROW(array)                                                                                    \
+    do {                                                                                               \
+        void *grown_ = realloc(t->array, (size_t)cap * sizeof *t->array);                              \
+        if (grown_ == NULL) return -1;                                                                 \
+        t->array = grown_;                                                                             \
+    } while (0)
+    GROW(walk);
+    GROW(previous);
+    GROW(states);
+    GROW(python_words);
+#undef GROW
     t->cap = cap;
     return 0;
 }
