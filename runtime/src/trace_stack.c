@@ -148,15 +148,25 @@ void cyt_fp_objects_add(uintptr_t start, uintptr_t end) {
     atomic_store(&fp_count, n + 1);
 }
 
-static inline int in_fp_object(uintptr_t pc) {
-    int n = atomic_load_explicit(&fp_count, memory_order_acquire);
+/* Whether pc lies in a frame-pointer object. *hint: the range to try first (a walk's
+ * addresses mostly stay in one object), updated to the one found. */
+static inline int in_fp_object(uintptr_t pc, int *hint) {
+    int n = atomic_load_explicit(&fp_count, memory_order_acquire), h = *hint;
+    if (h < n && pc >= atomic_load_explicit(&fp_ranges[h].start, memory_order_relaxed) &&
+        pc < atomic_load_explicit(&fp_ranges[h].end, memory_order_relaxed))
+        return 1;
     for (int i = 0; i < n; i++) {
         uintptr_t s = atomic_load_explicit(&fp_ranges[i].start, memory_order_relaxed);
         uintptr_t e = atomic_load_explicit(&fp_ranges[i].end, memory_order_relaxed);
-        if (pc >= s && pc < e) return 1;
+        if (pc >= s && pc < e) {
+            *hint = i;
+            return 1;
+        }
     }
     return 0;
 }
+
+static _Atomic int fp_hint; /* the range the latest walk began in (shared: written when it changes) */
 
 /* ---- capture ------------------------------------------------------------------------ */
 
@@ -211,12 +221,14 @@ uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_addr
     uintptr_t ret = (uintptr_t)return_address;
     int head = max - tail;
     uint64_t n = 0;
-    if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret)) {
+    int first = atomic_load_explicit(&fp_hint, memory_order_relaxed), hint = first;
+    if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && frame_address != NULL && in_fp_object(ret, &hint)) {
+        if (CYT_UNLIKELY(hint != first)) atomic_store_explicit(&fp_hint, hint, memory_order_relaxed);
         /* frame_address is the hook's frame: [0] = caller's saved frame pointer, [1] = ret */
         uintptr_t fp = (uintptr_t)frame_address;
         words[n++] = (uint64_t)ret << 1;
         uintptr_t pc = ret;
-        while (in_fp_object(pc)) {
+        while (in_fp_object(pc, &hint)) {
             uintptr_t next = ((uintptr_t *)fp)[0];
             if (next <= fp || next - fp > MAX_FRAME_SIZE || (next & 7) != 0) break;
             fp = next;
