@@ -97,6 +97,8 @@ class Tracker:
     max_frames: the most frames a stack keeps (native and Python together; default
         _cytrace.DEFAULT_MAX_FRAMES, 1024; 16 to 65536). A deeper stack keeps its innermost
         and outermost frames, and reports say how many were cut from its middle.
+    say_exec: when the program replaces itself (exec), say on stderr that the capture is
+        finished and how to report it (the capture is finished at an exec either way).
 
     The capture is locked while tracing: start() raises CaptureInUseError when another
     process is tracing into the same path. Write errors (disk full, ...) never stop the
@@ -114,6 +116,7 @@ class Tracker:
         time_resolution_ns: Optional[int] = None,
         compression_level: int = 0,
         max_frames: Optional[int] = None,
+        say_exec: bool = False,
     ) -> None:
         self.path = Path(path)
         self.follow_fork = follow_fork
@@ -123,6 +126,7 @@ class Tracker:
         self.time_resolution_ns = time_resolution_ns
         self.compression_level = compression_level
         self.max_frames = max_frames
+        self.say_exec = say_exec
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
@@ -141,6 +145,8 @@ class Tracker:
                     f"max_frames must be between {driver.MIN_MAX_FRAMES} and {driver.MAX_MAX_FRAMES}, not {self.max_frames}"
                 )
             settings["max_frames"] = self.max_frames
+        if self.say_exec:
+            settings["say_exec"] = True
         if os.path.exists(self.path) and not os.path.isfile(self.path):
             # opening a FIFO to write would block this program until someone reads it
             raise CytoolError(f"{self.path}: not a regular file (a FIFO, a device?); a capture is written to a file",

@@ -80,6 +80,8 @@ def _sizes(capture_path: Path):
 def test_an_exec_finishes_the_capture_with_every_event(run_cytool, tmp_path: Path) -> None:
     proc, capture = _profile(run_cytool, tmp_path, "exec", "/bin/true")
     assert proc.returncode == 0, proc.stderr  # /bin/true's
+    assert (f"replaces its program (exec /bin/true): {capture} is complete up to here; report with: cytool report "
+            f"{capture}") in proc.stderr
     # the 7 blocks were made just before the exec, well within the writer's tick: without
     # the exec hook they were still in the thread's buffer
     assert _sizes(capture) == [3333] * 7
@@ -124,6 +126,7 @@ def test_every_exec_function_finishes_the_capture(helpers: Path, tmp_path: Path,
     proc = subprocess.run([str(helpers / "test_trace_helper"), str(capture), "exec", how, target], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr  # true's
+    assert "cytool: process" not in proc.stderr  # not asked to say it (cytool profile asks)
     with read_capture(capture) as read:
         assert read.complete and not read.truncated, read.truncation_message()
         assert sum(1 for e in read.events if e.kind == "malloc" and e.size == 6161) == 9

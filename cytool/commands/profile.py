@@ -262,6 +262,7 @@ def handle(args: argparse.Namespace) -> int:
         time_resolution_ns=None if args.time_resolution is None else max(1, args.time_resolution),
         compression_level=args.compression,
         max_frames=args.max_frames,
+        say_exec=True,  # an exec replaces this process: its summary will not come
     )
     status = 0
     pid = os.getpid()

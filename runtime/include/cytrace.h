@@ -40,6 +40,7 @@ extern "C" {
 #define CYTRACE_PYTHON_FRAMES 0x4u      /* the caller provides Python frames (header flag) */
 #define CYTRACE_NATIVE_UNWIND 0x8u      /* always unwind with libunwind (no frame-pointer fast path) */
 #define CYTRACE_ATTACHED 0x10u          /* started in a running process (`cytool attach`; header flag) */
+#define CYTRACE_SAY_EXEC 0x20u          /* say on stderr when an exec finishes the capture (`cytool profile`) */
 
 /* Event kinds (FORMAT.md, "Events inside a BATCH"). */
 enum cytrace_kind {

@@ -181,14 +181,14 @@ static PyObject *stats_dict(void) {
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind",
-                               "time_resolution_ns", "compression_level", "max_frames", "attached", NULL};
+                               "time_resolution_ns", "compression_level", "max_frames", "attached", "say_exec", NULL};
     PyObject *path_obj;
     int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0, max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
-    int attached = 0;
+    int attached = 0, say_exec = 0;
     unsigned long long resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKiip", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKiipp", keywords, PyUnicode_FSConverter, &path_obj, &follow,
                                      &pymem, &frames, &native_unwind, &resolution, &compression, &max_frames,
-                                     &attached))
+                                     &attached, &say_exec))
         return NULL;
     cytrace_set_time_resolution((uint64_t)resolution);
     cytrace_set_compression_level(compression);
@@ -200,7 +200,7 @@ static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     }
     unsigned options = (follow ? CYTRACE_FOLLOW_FORK : 0) | (pymem ? CYTRACE_PYMEM : 0) |
                        (frames ? CYTRACE_PYTHON_FRAMES : 0) | (native_unwind ? CYTRACE_NATIVE_UNWIND : 0) |
-                       (attached ? CYTRACE_ATTACHED : 0);
+                       (attached ? CYTRACE_ATTACHED : 0) | (say_exec ? CYTRACE_SAY_EXEC : 0);
     if (frames && frames_start() != 0) {
         frames_stop();
         Py_DECREF(path_obj);
@@ -271,8 +271,9 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
      "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
-     "      time_resolution_ns=1000000, compression_level=0, max_frames=1024, attached=False)\n"
-     "Start tracing every allocation of this process into the capture file `path`.\n"
+     "      time_resolution_ns=1000000, compression_level=0, max_frames=1024, attached=False, say_exec=False)\n"
+     "Start tracing every allocation of this process into the capture file `path`. say_exec: say on stderr\n"
+     "when an exec finishes the capture.\n"
      "OSError(EAGAIN) when another process is tracing into `path`."},
     {"stop", py_stop, METH_NOARGS, "stop() -> dict of stats, or None if not tracing. Finishes the capture."},
     {"is_active", py_is_active, METH_NOARGS, "is_active() -> bool"},

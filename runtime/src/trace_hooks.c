@@ -336,10 +336,19 @@ static int exec_could_start_in_path(const char *file) {
     }
 }
 
-/* Before an exec that can start: finish the capture. 1 if it did (tracing is over). */
-static int finish_before_exec(int could_start) {
+/* Before an exec of `what` that can start: finish the capture. 1 if it did (tracing is
+ * over); said on stderr if the tracer was asked to (cytool profile, whose own report will
+ * not come: its process is the one replaced). */
+static int finish_before_exec(int could_start, const char *what) {
     if (!could_start || !atomic_load_explicit(&cyt_active, memory_order_relaxed)) return 0;
-    return cyt_stop_for_exit();
+    char capture[4096];
+    snprintf(capture, sizeof capture, "%s", cytrace_path());
+    int say = (cyt_options & CYTRACE_SAY_EXEC) != 0;
+    if (!cyt_stop_for_exit()) return 0;
+    if (say)
+        fprintf(stderr, "cytool: process %d replaces its program (exec %s): %s is complete up to here; report "
+                "with: cytool report %s\n", (int)getpid(), what ? what : "(null)", capture, capture);
+    return 1;
 }
 
 /* The exec returned: it failed after the capture was finished. */
@@ -352,28 +361,28 @@ static void exec_failed(const char *what, int finished) {
 }
 
 static int hook_execve(const char *path, char *const argv[], char *const envp[]) {
-    int finished = finish_before_exec(exec_could_start(path));
+    int finished = finish_before_exec(exec_could_start(path), path);
     int r = execve(path, argv, envp);
     exec_failed(path, finished);
     return r;
 }
 
 static int hook_execv(const char *path, char *const argv[]) {
-    int finished = finish_before_exec(exec_could_start(path));
+    int finished = finish_before_exec(exec_could_start(path), path);
     int r = execv(path, argv);
     exec_failed(path, finished);
     return r;
 }
 
 static int hook_execvp(const char *file, char *const argv[]) {
-    int finished = finish_before_exec(exec_could_start_in_path(file));
+    int finished = finish_before_exec(exec_could_start_in_path(file), file);
     int r = execvp(file, argv);
     exec_failed(file, finished);
     return r;
 }
 
 static int hook_execvpe(const char *file, char *const argv[], char *const envp[]) {
-    int finished = finish_before_exec(exec_could_start_in_path(file));
+    int finished = finish_before_exec(exec_could_start_in_path(file), file);
     int r = execvpe(file, argv, envp);
     exec_failed(file, finished);
     return r;
@@ -381,7 +390,7 @@ static int hook_execvpe(const char *file, char *const argv[], char *const envp[]
 
 static int hook_fexecve(int fd, char *const argv[], char *const envp[]) {
     struct stat st;
-    int finished = finish_before_exec(fstat(fd, &st) == 0 && S_ISREG(st.st_mode));
+    int finished = finish_before_exec(fstat(fd, &st) == 0 && S_ISREG(st.st_mode), "a file descriptor");
     int r = fexecve(fd, argv, envp);
     exec_failed("a file descriptor", finished);
     return r;
