@@ -17,9 +17,12 @@
  * and recycles its state; states are never freed, so a stale pointer stays harmless.
  *
  * Also here: the stack of an event (native frames, then the Python frames from the
- * extension's callback; a stack deeper than cyt_max_frames loses its middle), and thread
- * names (the name the extension gives a Python thread, else the native name; a THREAD
- * record again when it changes).
+ * extension's callback; a stack deeper than cyt_max_frames loses its middle), its id
+ * (a thread remembers its latest RECENT_STACKS stacks, so a loop allocating at a few
+ * places neither hashes nor interns them again; under an unchanged Python chain, told by
+ * the callback's chain serial, only the native frames are compared), and thread names
+ * (the name the extension gives a Python thread, else the native name; a THREAD record
+ * again when it changes).
  */
 #define _GNU_SOURCE
 #include <sched.h>
