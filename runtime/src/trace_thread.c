@@ -548,12 +548,12 @@ static uint32_t stack_id(cyt_thread *ts, void *return_address, void *frame_addre
     int n = capture_words(ts, return_address, frame_address, &cut, &cut_at, &native, &chain, known);
     if (n == 0) return 0;
     uint64_t *words = ts->words;
-    /* the same stack as one of this thread's latest ones (a loop allocating at up to
-     * RECENT_STACKS places): the same id, without hashing it again. The same chain serial
-     * says the Python frames are the same: only the native ones are compared then. */
-    /* the usual cases first, the stack found last or the one before (a loop allocating at one
-     * place, or at two in turn). A chain serial is only given to a whole stack (cut 0), so the
-     * same one and as many native frames make the same n. */
+    /* The same stack as one of this thread's latest ones (a loop allocating at up to
+     * RECENT_STACKS places) gets the same id, without hashing it again. The same chain serial
+     * says the Python frames are the same: only the native ones are compared then. The stack
+     * found last and the one before are tried first (a loop allocating at one place, or at
+     * two in turn); a chain serial is only given to a whole stack (cut 0), so the same one
+     * and as many native frames make the same n. */
     for (int h = 0; h < 2 && chain != 0; h++) {
         struct recent_stack *hit = &ts->recent[ts->recent_hit[h]];
         if (chain != hit->chain || native != hit->native || generation != hit->generation) continue;
