@@ -119,7 +119,9 @@ def test_follower_on_a_capture_grown_in_steps_ends_with_the_reports_figures(benc
 def test_follower_reports_a_damaged_frame_as_the_reader_does(bench_capture: Path, tmp_path: Path) -> None:
     data = bytearray(bench_capture.read_bytes())
     middle = len(data) // 2
-    data[middle : middle + 64] = b"\xff" * 64  # inside some frame
+    # Inside some frame. Every byte is changed: a fixed fill can equal what is there (LZ4
+    # writes runs of 0xff for long literals and matches), which would be no damage at all.
+    data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
     damaged = tmp_path / "damaged.cytrace"
     damaged.write_bytes(bytes(data[: len(data) // 3]))
     writer = open(damaged, "r+b")
