@@ -178,6 +178,8 @@ void cyt_stacks_release(void);
 typedef struct cyt_scratch {
     void **ips;
     size_t cap;
+    unsigned short_misses; /* short unwinds in a row that did not reach out of a frame-pointer object */
+    unsigned short_skips;  /* short unwinds skipped since (retried every SHORT_RETRY) */
 } cyt_scratch;
 uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
                            _Atomic int *unwinding, cyt_scratch *scratch);

@@ -6,7 +6,9 @@
  * here), walk the frame-pointer chain while the return addresses stay inside such
  * objects; the first address outside (the interpreter, which omits frame pointers) is
  * kept and the walk stops there (the Python frames above are read from the interpreter).
- * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI). A stack deeper than the
+ * Otherwise unwind with libunwind's unw_backtrace (DWARF CFI): first a short unwind, which
+ * ends the stack the same way if it passes through such objects and out again (the
+ * interpreter allocating for a Cython function), then, if it did not, the whole stack. A stack deeper than the
  * frame limit keeps its innermost frames and its outermost ones (a ring buffer holds the
  * latest frames seen while the walk goes on), and says how deep it was.
  *
@@ -215,6 +217,47 @@ static void unroll_ring(uint64_t *words, int head, int tail, uint64_t total)
 }
 
 
+/* A short unwind first, for a caller outside the frame-pointer objects (the interpreter
+ * allocating for a Cython function): SHORT_FRAMES frames, about a third of a full unwind's
+ * cost. If they pass through frame-pointer objects and out again, the stack ends there, as
+ * the frame-pointer walk ends its stacks (the Python frames above come from the
+ * interpreter). 0: it did not, and a full unwind follows. A thread whose short unwinds keep
+ * failing (allocations from Python code, no Cython frame near) tries one in SHORT_RETRY. */
+#define SHORT_FRAMES 11
+#define SHORT_MISSES 8
+#define SHORT_RETRY 64
+static uint64_t short_unwind(uint64_t *words, int max, uintptr_t ret, _Atomic int *unwinding, cyt_scratch *scratch,
+                             int *hint) {
+    if (scratch->short_misses >= SHORT_MISSES && ++scratch->short_skips % SHORT_RETRY != 0) return 0;
+    void *ips[SHORT_FRAMES];
+    if (!unwind_begin(unwinding)) return 0;
+    int got = unw_backtrace(ips, SHORT_FRAMES);
+    atomic_store_explicit(unwinding, 0, memory_order_release);
+    int start = -1;
+    for (int i = 0; i < got && i < 8; i++)
+        if ((uintptr_t)ips[i] == ret) {
+            start = i;
+            break;
+        }
+    int seen_fp = 0, end = -1;
+    for (int i = start < 0 ? got : start; i < got; i++) {
+        int fp = in_fp_object((uintptr_t)ips[i], hint);
+        if (fp) seen_fp = 1;
+        else if (seen_fp) {
+            end = i;
+            break;
+        }
+    }
+    if (end < 0 || end - start + 1 > max) {
+        scratch->short_misses++;
+        return 0;
+    }
+    scratch->short_misses = 0;
+    uint64_t n = 0;
+    for (int i = start; i <= end; i++) words[n++] = (uint64_t)(uintptr_t)ips[i] << 1;
+    return n;
+}
+
 uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
                            _Atomic int *unwinding, cyt_scratch *scratch)
 {
@@ -245,6 +288,10 @@ uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_addr
         return n;
     }
     int got = 0;
+    if (!(cyt_options & CYTRACE_NATIVE_UNWIND) && atomic_load_explicit(&fp_count, memory_order_relaxed) > 0) {
+        uint64_t kept = short_unwind(words, max, ret, unwinding, scratch, &hint);
+        if (kept) return kept;
+    }
     for (;;) {
         if (scratch->cap < (size_t)max + 8) {
             size_t cap = (size_t)max + 8;
