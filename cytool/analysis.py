@@ -323,6 +323,29 @@ def tool_prefixes(argv: Sequence[str]) -> Tuple[str, ...]:
     return tuple(prefixes)
 
 
+# The functions that code rewritten by pytest's assertion rewriting calls to build the
+# message of a failing `assert` (pytest 7 to 9: _pytest/assertion/rewrite.py's
+# AssertionRewriter.helper names them; util.py is the comparison and formatting they call).
+PYTEST_ASSERTION_HELPERS = {
+    "/_pytest/assertion/rewrite.py": ("_saferepr", "_format_assertmsg", "_should_repr_global_name",
+                                      "_format_boolop", "_call_reprcompare", "_call_assertion_pass",
+                                      "_check_if_assertion_pass_impl"),
+    "/_pytest/assertion/util.py": None,  # every function
+}
+PYTEST_ASSERTION_LABEL = "(pytest assertion message)"
+
+
+def pytest_assertion_helpers(capture: Capture) -> List[str]:
+    """The capture's Python frames (as "file\tfunction") of pytest's assertion message
+    helpers: what a failing `assert` in a test calls to explain itself."""
+    found = set()
+    for frame in capture.pyframes.values():
+        for suffix, functions in PYTEST_ASSERTION_HELPERS.items():
+            if frame.file.endswith(suffix) and (functions is None or frame.function in functions):
+                found.add(f"{frame.file}\t{frame.function}")
+    return sorted(found)
+
+
 def analyze(
     capture: Capture,
     *,
@@ -335,7 +358,9 @@ def analyze(
     runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
     program's outermost frame; what cytool's launcher allocated on its own is
     `(cytool runner)`, and what cytool's own code allocated inside a program that it did
-    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`."""
+    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`. What pytest's
+    assertion rewriting calls to explain a failing `assert` is one frame,
+    `(pytest assertion message)`, inside the test's line."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -357,6 +382,8 @@ def analyze(
         include_native_frames=1 if native_frames else 0,
         runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES + tool_prefixes(argv)).encode(),
         tool_prefixes=None if runner_frames else "\n".join(tool_prefixes(argv)).encode(),
+        helper_calls="\n".join(pytest_assertion_helpers(capture)).encode() or None,
+        helper_label=PYTEST_ASSERTION_LABEL.encode(),
     )
     errbuf = ctypes.create_string_buffer(512)
     raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))

@@ -181,6 +181,8 @@ class _AnalyzeOptions(ctypes.Structure):
         ("include_native_frames", ctypes.c_int),
         ("runner_prefixes", _cstr),
         ("tool_prefixes", _cstr),
+        ("helper_calls", _cstr),
+        ("helper_label", _cstr),
     ]
 
 

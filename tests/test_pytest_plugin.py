@@ -199,6 +199,56 @@ def test_only_the_test_function_is_charged(suite: pytest.Pytester) -> None:
     assert charged == {("test_small.py", 7)}, charged
 
 
+FAILING_ASSERT = """\
+import grower
+
+def make():
+    return [str(i) * 3 for i in range(2000)]
+
+def test_lists_differ():
+    a = make()
+    b = make()
+    b[-1] = "x"
+    assert a == b
+
+def test_pyx_then_assert():
+    data = grower.grow(20, 1000)
+    assert [len(d) for d in data] == [999] * 20
+"""
+
+
+def test_a_failing_assert_message_is_pytests_not_the_tests(suite: pytest.Pytester) -> None:
+    # A failing `assert` has pytest's rewritten code build its message (saferepr, the
+    # sequence diff, reprlib, abc checks): those allocations are one row, "(pytest
+    # assertion message)", never lines of pytest's or the standard library's files.
+    suite.makepyfile(test_assert=FAILING_ASSERT)
+    captures = suite.path / "captures"
+    result = suite.runpytest_subprocess("--cytool", "--cytool-lines", "50", "--cytool-output", str(captures),
+                                        "-p", "no:cacheprovider", "test_assert.py")
+    text = result.stdout.str()
+    assert outcomes(result) == {"failed": 2}, text
+    sections = text.split("cytool: allocations per .pyx line")
+    python_only = next(s for s in sections[1:] if "test_assert.py:4" in s).split("short test summary")[0]
+    rows = re.findall(r"^  (\S.*?)\s{2,}\d", python_only, re.M)
+    assert rows[0] == "test_assert.py:4", python_only
+    assert set(rows) <= {"test_assert.py:4", "(pytest assertion message)", "test_assert.py:10"}, python_only
+    assert "(pytest assertion message)" in rows, python_only
+    for name in ("test_lists_differ", "test_pyx_then_assert"):
+        report = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json",
+                                 str(captures / f"test_assert.py_{name}.cytrace")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        assert report.returncode == 0, report.stderr
+        document = json.loads(report.stdout)
+        charged = {l["file"].rsplit("/", 1)[-1] if l["file"] else l["function"]
+                   for l in document["lines"] if l["bytes"]}
+        charged.discard("(cytool tracer)")
+        assert charged - {"test_assert.py", "grower.pyx"} == {"(pytest assertion message)"}, (name, charged)
+        message = next(l for l in document["lines"] if l["function"] == "(pytest assertion message)")
+        assert message["bytes"] > 0 and sum(l["bytes"] for l in document["lines"]) == document["totals"]["bytes"]
+    pyx_section = next(s for s in sections[1:] if "grower.pyx:6" in s)
+    assert re.findall(r"^  (\S+:\d+) ", pyx_section.split("short test summary")[0], re.M) == ["grower.pyx:6"]
+
+
 def test_other_items_are_traced_inside_pytests_hooks(pytester: pytest.Pytester) -> None:
     # a doctest item and a unittest method are not test functions that pytest calls: the
     # window is their runtest(), still inside what pytest's hooks (capture, markers,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from cytool.analysis import CYTHON_KINDS, LineStats, Metrics, Profile
+from cytool.analysis import CYTHON_KINDS, PYTEST_ASSERTION_LABEL, LineStats, Metrics, Profile
 from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count
 
@@ -23,11 +23,13 @@ def where(line: LineStats) -> str:
 def responsible_lines(profile: Profile, metric: str = "bytes", limit: int = 5) -> List[Tuple[LineStats, int]]:
     """The lines to name for `metric` (bytes, peak_bytes, leaked_bytes), biggest first:
     .pyx lines with what they caused (their own allocations and those of the code they
-    called) when the profile has any, else the Python lines by their own allocations."""
+    called) when the profile has any, else the Python lines by their own allocations (and
+    what a failing `assert` had pytest allocate to explain itself, as one row)."""
     pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind in CYTHON_KINDS]
     chosen = [(l, v) for l, v in pyx if v > 0]
     if not chosen:
-        chosen = [(l, l.self.value(metric)) for l in profile.lines() if l.kind == "python" and l.self.value(metric) > 0]
+        chosen = [(l, l.self.value(metric)) for l in profile.lines()
+                  if (l.kind == "python" or l.function == PYTEST_ASSERTION_LABEL) and l.self.value(metric) > 0]
     chosen.sort(key=lambda item: (-item[1], item[0].file, item[0].line))
     return chosen[:limit]
 

@@ -268,6 +268,12 @@ typedef struct cya_analyze_options {
                                     innermost user frame is cytool's (cytool.Tracker
                                     starting or stopping, a measurement of the pytest
                                     plugin) becomes "(cytool tracer)". NULL: none */
+    const char *helper_calls;    /* newline-separated "file\tfunction" Python functions a
+                                    program calls on a tool's behalf (pytest's assertion
+                                    message helpers): in a stack that passes through one,
+                                    the outermost such frame and every frame inside it are
+                                    one frame named helper_label. NULL: none */
+    const char *helper_label;    /* e.g. "(pytest assertion message)" */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released

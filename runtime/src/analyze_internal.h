@@ -43,7 +43,8 @@ typedef struct cya_thread_metrics {
 #define CYA_PSEUDO_UNKNOWN_STACK 1
 #define CYA_PSEUDO_RUNNER 2
 #define CYA_PSEUDO_TRACER 3
-#define CYA_NPSEUDO 4
+#define CYA_PSEUDO_HELPER 4 /* options->helper_label: a helper call folded to one frame */
+#define CYA_NPSEUDO 5
 
 typedef struct cya_flame_node {
     uint32_t location; /* UINT32_MAX for the root */

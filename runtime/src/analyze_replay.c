@@ -77,8 +77,8 @@ static uint32_t intern_stack(cya_profile *p, const uint32_t *f, size_t n)
     s.offset = p->nframes;
     s.count = n;
     s.self = n ? f[0] : (uint32_t)(p->nsymlocs + CYA_PSEUDO_UNKNOWN_STACK);
-    for (size_t i = 0; i < n; i++)
-        if (user_frame(cya_profile_location(p, f[i]))) {
+    for (size_t i = 0; i < n; i++) /* the innermost user frame, or a pseudo frame (a folded helper call) */
+        if (f[i] >= p->nsymlocs || user_frame(cya_profile_location(p, f[i]))) {
             s.self = f[i];
             break;
         }
@@ -141,6 +141,50 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const c
             flags[i] |= ENTRY_FRAME;
     }
     return flags;
+}
+
+/* Per location: 1 for a Python frame of one of the newline-separated "file\tfunction"
+ * entries of `calls`. NULL when there are none. */
+static uint8_t *helper_flags(const cya_profile *p, const char *calls)
+{
+    if (!calls || !*calls)
+        return NULL;
+    uint8_t *flags = calloc(p->nsymlocs + 1, 1);
+    if (!flags)
+        return NULL;
+    for (size_t i = 0; i < p->nsymlocs; i++) {
+        const cya_location *l = &p->locs[i];
+        if (l->kind != CYA_FRAME_PYTHON || !l->file || !l->function)
+            continue;
+        size_t flen = strlen(l->file), nlen = strlen(l->function);
+        for (const char *q = calls; *q;) {
+            size_t len = strcspn(q, "\n");
+            if (len == flen + 1 + nlen && strncmp(q, l->file, flen) == 0 && q[flen] == '\t' &&
+                strncmp(q + flen + 1, l->function, nlen) == 0) {
+                flags[i] = 1;
+                break;
+            }
+            q += len;
+            if (*q == '\n')
+                q++;
+        }
+    }
+    return flags;
+}
+
+/* Fold the outermost helper call of buf[0..*m) (innermost first) and every frame inside
+ * it into the one frame `helper_loc`. */
+static void fold_helper_call(uint32_t *buf, size_t *m, const uint8_t *helper, size_t nsymlocs, uint32_t helper_loc)
+{
+    size_t n = *m;
+    for (size_t j = n; j-- > 0;) {
+        if (buf[j] < nsymlocs && helper[buf[j]]) {
+            buf[0] = helper_loc;
+            memmove(buf + 1, buf + j + 1, (n - j - 1) * sizeof *buf);
+            *m = n - j;
+            return;
+        }
+    }
 }
 
 #define RUNNER_OWN 1 /* the launcher's own allocation: "(cytool runner)" */
@@ -206,13 +250,15 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
 
 /* Fold every capture stack into a profile stack (user frames only unless asked), cut
  * at the launcher's frames when `runner` flags are given. */
-static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_native, const uint8_t *runner)
+static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_native, const uint8_t *runner,
+                      const uint8_t *helper)
 {
     const cya_capture *c = p->capture;
     uint32_t *buf = NULL;
     size_t cap = 0;
     uint32_t runner_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_RUNNER);
     uint32_t tracer_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_TRACER);
+    uint32_t helper_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_HELPER);
     for (size_t i = 0; i < c->nstacks; i++) {
         size_t n = 0;
         const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
@@ -234,6 +280,8 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
             if (cuts && f[0] != buf[cuts - 1])
                 buf[m++] = buf[cuts - 1];
         }
+        if (helper)
+            fold_helper_call(buf, &m, helper, p->nsymlocs, helper_loc);
         int own = runner ? cut_at_runner(p, buf, &m, runner) : 0;
         if (own) {
             buf[0] = own == RUNNER_OWN ? runner_loc : tracer_loc;
@@ -769,6 +817,8 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_RUNNER] = (cya_location){"(cytool runner)", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_TRACER] = (cya_location){"(cytool tracer)", "", 0, CYA_FRAME_UNKNOWN, ""};
+    const char *helper_label = options && options->helper_label ? options->helper_label : "(helper call)";
+    p->pseudo[CYA_PSEUDO_HELPER] = (cya_location){helper_label, "", 0, CYA_FRAME_UNKNOWN, ""};
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
@@ -786,8 +836,10 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     r->mappings = cya_mappings_new();
 
     uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL, options ? options->tool_prefixes : NULL);
-    int folded = map_stacks(p, symbols, keep_native, runner);
+    uint8_t *helper = helper_flags(p, options ? options->helper_calls : NULL);
+    int folded = map_stacks(p, symbols, keep_native, runner, helper);
     free(runner);
+    free(helper);
     if (!folded)
         FAIL("out of memory while folding stacks");
     r->no_stack = pseudo_stack(p, CYA_PSEUDO_NO_STACK);
