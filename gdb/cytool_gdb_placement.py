@@ -394,33 +394,77 @@ class Placement:
         self.inlined = inlined
 
 
-def past_inline_entry(pc: int) -> int:
-    """An address where a stop shows the function inlined there: gdb presents a stop at
-    the first address of an inlined copy as a stop in its caller (at the call), unless a
-    user breakpoint asked for it, and cytool's breakpoints are internal ones. So the
-    first address of an inlined block becomes its next instruction (same block)."""
-    try:
-        block = gdb.block_for_pc(pc)
-    except (gdb.error, RuntimeError):
-        return pc
-    entry = None
-    while block is not None and block.function is None:
-        block = block.superblock
-    if block is None or block.start != pc:
-        return pc
+def _is_inlined(block: "gdb.Block") -> bool:
+    """Whether a function's block is an inlined copy (another function encloses it)."""
     outer = block.superblock
     while outer is not None and outer.function is None and not (outer.is_global or outer.is_static):
         outer = outer.superblock
-    if outer is None or outer.is_global or outer.is_static:
-        return pc  # an out-of-line function, not an inlined copy
+    return outer is not None and not (outer.is_global or outer.is_static)
+
+
+def _function_block(pc: int, cname: str) -> Optional["gdb.Block"]:
+    """The block of function `cname` (out of line or an inlined copy) that holds pc."""
+    try:
+        block = gdb.block_for_pc(pc)
+    except (gdb.error, RuntimeError):
+        return None
+    while block is not None and not (block.function is not None and block.function.name == cname):
+        block = block.superblock
+    return block
+
+
+def _enters(pc: int, block: "gdb.Block") -> bool:
+    """Whether gdb takes a stop at pc for an entry into the inlined `block` (and so shows
+    the caller): pc is the block's first address, or the instruction before pc is outside
+    it (pc starts one of the address ranges an optimising build splits it into). The
+    rule of gdb's skip_inline_frames (gdb/inline-frame.c, block_starting_point_at)."""
+    if block.start == pc:
+        return True
+    try:
+        before = gdb.block_for_pc(pc - 1)
+    except (gdb.error, RuntimeError):
+        return True
+    while before is not None:
+        if before.function is not None:
+            if before.function.name == block.function.name and before.start == block.start and \
+                    before.end == block.end:
+                return False
+            if not _is_inlined(before):
+                return True
+        before = before.superblock
+    return True
+
+
+def past_inline_entry(pc: int, cname: str) -> int:
+    """An address where a stop shows the function `cname` inlined there: gdb presents a
+    stop where an inlined copy is entered (its first address, or the start of one of its
+    address ranges) as a stop in its caller, unless a user breakpoint asked for it, and
+    cytool's breakpoints are internal ones. So such an address becomes the next
+    instruction that is inside the copy and not an entry (at most a few ahead); pc when
+    there is none, or when pc is in an out-of-line body."""
+    block = _function_block(pc, cname)
+    if block is None or not _is_inlined(block):
+        return pc
     try:
         architecture = gdb.selected_inferior().architecture()
-        instructions = architecture.disassemble(pc, count=2)
-    except (gdb.error, gdb.MemoryError, RuntimeError, AttributeError):
+    except (gdb.error, RuntimeError, AttributeError):
         return pc
-    if len(instructions) == 2 and block.start < instructions[1]["addr"] < block.end:
-        entry = instructions[1]["addr"]
-    return entry if entry is not None else pc
+    candidate = pc
+    for _ in range(8):
+        if not _enters(candidate, block):
+            return candidate
+        try:
+            instructions = architecture.disassemble(candidate, count=2)
+        except (gdb.error, gdb.MemoryError, RuntimeError):
+            return pc
+        if len(instructions) < 2:
+            return pc
+        following = instructions[1]["addr"]
+        inside = _function_block(following, cname)
+        if inside is None or inside.start != block.start or inside.end != block.end:
+            return pc
+        candidate = following
+    return pc
 
 
 def place_line(path: str, line: int, owners: List[Function],
@@ -431,7 +475,7 @@ def place_line(path: str, line: int, owners: List[Function],
     else:
         found, refusal = _place_line(path, line, owners, first_statement)
     for placement in found:
-        placement.pc = past_inline_entry(placement.pc)
+        placement.pc = past_inline_entry(placement.pc, placement.function.cname)
     return found, refusal
 
 
