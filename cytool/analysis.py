@@ -14,6 +14,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from cytool.capture import Capture, LoadedObject, Takeover, WriteLoss, _AnalyzeOptions, library, read_capture
 from cytool.errors import CytoolError
+from cytool.helper_calls import helper_options
 
 # Frames of a Cython function: at a .pyx line, or at a line of its generated C when no
 # .pyx line is known ("cython-c"); both are the program's own code.
@@ -323,29 +324,6 @@ def tool_prefixes(argv: Sequence[str]) -> Tuple[str, ...]:
     return tuple(prefixes)
 
 
-# The functions that code rewritten by pytest's assertion rewriting calls to build the
-# message of a failing `assert` (pytest 7 to 9: _pytest/assertion/rewrite.py's
-# AssertionRewriter.helper names them; util.py is the comparison and formatting they call).
-PYTEST_ASSERTION_HELPERS = {
-    "/_pytest/assertion/rewrite.py": ("_saferepr", "_format_assertmsg", "_should_repr_global_name",
-                                      "_format_boolop", "_call_reprcompare", "_call_assertion_pass",
-                                      "_check_if_assertion_pass_impl"),
-    "/_pytest/assertion/util.py": None,  # every function
-}
-PYTEST_ASSERTION_LABEL = "(pytest assertion message)"
-
-
-def pytest_assertion_helpers(capture: Capture) -> List[str]:
-    """The capture's Python frames (as "file\tfunction") of pytest's assertion message
-    helpers: what a failing `assert` in a test calls to explain itself."""
-    found = set()
-    for frame in capture.pyframes.values():
-        for suffix, functions in PYTEST_ASSERTION_HELPERS.items():
-            if frame.file.endswith(suffix) and (functions is None or frame.function in functions):
-                found.add(f"{frame.file}\t{frame.function}")
-    return sorted(found)
-
-
 def analyze(
     capture: Capture,
     *,
@@ -358,9 +336,10 @@ def analyze(
     runner_frames, stacks are cut at the launcher's frames (RUNNER_PREFIXES) outside the
     program's outermost frame; what cytool's launcher allocated on its own is
     `(cytool runner)`, and what cytool's own code allocated inside a program that it did
-    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`. What pytest's
-    assertion rewriting calls to explain a failing `assert` is one frame,
-    `(pytest assertion message)`, inside the test's line."""
+    not launch (cytool.Tracker starting or stopping) is `(cytool tracer)`. What a test
+    framework calls inside a test to check an assertion and explain its failure is one
+    frame, `(pytest assertion message)` and the like (cytool.helper_calls), under the
+    test's line."""
     lib = library()
     if not hasattr(lib, "cya_analyze_json") or lib.cya_analyze_json.restype is not ctypes.c_void_p:
         raise CytoolError("this libcyanalyze.so has no aggregator", hint="run `make -C runtime`")
@@ -375,6 +354,7 @@ def analyze(
         )
     array = (ctypes.c_uint64 * max(1, len(wanted)))(*wanted)
     argv = capture.header.argv
+    helpers = helper_options((f.file, f.function) for f in capture.pyframes.values())
     options = _AnalyzeOptions(
         temporary_window=max(1, temporary_window),
         nthreads=len(wanted),
@@ -382,8 +362,9 @@ def analyze(
         include_native_frames=1 if native_frames else 0,
         runner_prefixes=None if runner_frames else "\n".join(RUNNER_PREFIXES + tool_prefixes(argv)).encode(),
         tool_prefixes=None if runner_frames else "\n".join(tool_prefixes(argv)).encode(),
-        helper_calls="\n".join(pytest_assertion_helpers(capture)).encode() or None,
-        helper_label=PYTEST_ASSERTION_LABEL.encode(),
+        helper_calls=helpers[0].encode() or None,
+        helper_labels=helpers[1].encode(),
+        helper_library=helpers[2].encode(),
     )
     errbuf = ctypes.create_string_buffer(512)
     raw = lib.cya_analyze_json(capture.handle, capture.symbols_handle, ctypes.byref(options), errbuf, len(errbuf))

@@ -182,7 +182,8 @@ class _AnalyzeOptions(ctypes.Structure):
         ("runner_prefixes", _cstr),
         ("tool_prefixes", _cstr),
         ("helper_calls", _cstr),
-        ("helper_label", _cstr),
+        ("helper_labels", _cstr),
+        ("helper_library", _cstr),
     ]
 
 

@@ -200,7 +200,13 @@ def test_only_the_test_function_is_charged(suite: pytest.Pytester) -> None:
 
 
 FAILING_ASSERT = """\
+import unittest
+import warnings
+
+import pytest
+
 import grower
+import vec
 
 def make():
     return [str(i) * 3 for i in range(2000)]
@@ -214,26 +220,75 @@ def test_lists_differ():
 def test_pyx_then_assert():
     data = grower.grow(20, 1000)
     assert [len(d) for d in data] == [999] * 20
+
+def test_pyx_repr_in_the_message():
+    assert vec.Vec(3000) == vec.Vec(3000)
+
+def test_raises_match():
+    with pytest.raises(ValueError, match="^" + "a" * 5000 + "$"):
+        raise ValueError("b" * 20000)
+
+def test_warns_match():
+    with pytest.warns(UserWarning, match="zzz"):
+        warnings.warn("y" * 20000)
+
+class Case(unittest.TestCase):
+    def test_assert_equal(self):
+        a = make()
+        b = make()
+        b[-1] = "x"
+        self.assertEqual(a, b)
+"""
+
+VEC = """\
+_cache = []
+
+cdef class Vec:
+    cdef public list data
+    def __init__(self, n):
+        self.data = list(range(n))
+    def __eq__(self, other):
+        return False
+    def __repr__(self):
+        s = "Vec(" + ",".join([str(x) for x in self.data]) + ")"
+        _cache.append(s * 20)  # kept: a leak made while pytest explains the failure
+        return s
 """
 
 
-def test_a_failing_assert_message_is_pytests_not_the_tests(suite: pytest.Pytester) -> None:
+def test_a_failing_check_is_the_frameworks_not_the_tests(suite: pytest.Pytester) -> None:
     # A failing `assert` has pytest's rewritten code build its message (saferepr, the
-    # sequence diff, reprlib, abc checks): those allocations are one row, "(pytest
-    # assertion message)", never lines of pytest's or the standard library's files.
+    # sequence diff, reprlib, abc checks); pytest.raises(match=) and pytest.warns check
+    # and explain; unittest's assertEqual diffs. What they allocate is one row per
+    # framework, never lines of pytest's or the standard library's files, but the
+    # program's own code they call (a .pyx __repr__) keeps its lines.
+    suite.makefile(".pyx", vec=VEC)
     suite.makepyfile(test_assert=FAILING_ASSERT)
     captures = suite.path / "captures"
     result = suite.runpytest_subprocess("--cytool", "--cytool-lines", "50", "--cytool-output", str(captures),
                                         "-p", "no:cacheprovider", "test_assert.py")
     text = result.stdout.str()
-    assert outcomes(result) == {"failed": 2}, text
-    sections = text.split("cytool: allocations per .pyx line")
-    python_only = next(s for s in sections[1:] if "test_assert.py:4" in s).split("short test summary")[0]
-    rows = re.findall(r"^  (\S.*?)\s{2,}\d", python_only, re.M)
-    assert rows[0] == "test_assert.py:4", python_only
-    assert set(rows) <= {"test_assert.py:4", "(pytest assertion message)", "test_assert.py:10"}, python_only
-    assert "(pytest assertion message)" in rows, python_only
-    for name in ("test_lists_differ", "test_pyx_then_assert"):
+    assert outcomes(result).get("failed") == 6 and "passed" not in outcomes(result), text
+    sections = {}
+    for section in text.split("cytool: allocations per .pyx line")[1:]:
+        body = section.split("short test summary")[0]
+        capture = re.search(r"capture: .*test_assert\.py_(\S+)\.cytrace", body).group(1)
+        sections[capture] = re.findall(r"^  (\S.*?)\s{2,}\d", body, re.M)
+    message = "(pytest assertion message)"
+    assert sections["test_lists_differ"][0] == "test_assert.py:10", sections
+    assert set(sections["test_lists_differ"]) <= {"test_assert.py:10", message, "test_assert.py:16"}, sections
+    assert message in sections["test_lists_differ"], sections
+    assert sections["test_pyx_then_assert"] == ["grower.pyx:6"], sections
+    assert "vec.pyx:11" in sections["test_pyx_repr_in_the_message"], sections
+    assert "vec.pyx:10" in sections["test_pyx_repr_in_the_message"], sections
+    assert sections["test_raises_match"][0] == "(pytest.raises/warns check)", sections
+    assert sections["test_warns_match"][0] == "(pytest.raises/warns check)", sections
+    assert sections["Case_test_assert_equal"][0] == "(unittest assertion message)", sections
+    expected = {"test_lists_differ": message, "test_pyx_then_assert": message,
+                "test_pyx_repr_in_the_message": message, "test_raises_match": "(pytest.raises/warns check)",
+                "test_warns_match": "(pytest.raises/warns check)",
+                "Case_test_assert_equal": "(unittest assertion message)"}
+    for name, label in expected.items():
         report = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json",
                                  str(captures / f"test_assert.py_{name}.cytrace")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
@@ -241,12 +296,19 @@ def test_a_failing_assert_message_is_pytests_not_the_tests(suite: pytest.Pyteste
         document = json.loads(report.stdout)
         charged = {l["file"].rsplit("/", 1)[-1] if l["file"] else l["function"]
                    for l in document["lines"] if l["bytes"]}
-        charged.discard("(cytool tracer)")
-        assert charged - {"test_assert.py", "grower.pyx"} == {"(pytest assertion message)"}, (name, charged)
-        message = next(l for l in document["lines"] if l["function"] == "(pytest assertion message)")
-        assert message["bytes"] > 0 and sum(l["bytes"] for l in document["lines"]) == document["totals"]["bytes"]
-    pyx_section = next(s for s in sections[1:] if "grower.pyx:6" in s)
-    assert re.findall(r"^  (\S+:\d+) ", pyx_section.split("short test summary")[0], re.M) == ["grower.pyx:6"]
+        charged -= {"(cytool tracer)", "<string>"}
+        if name == "test_warns_match":
+            charged.discard("warnings.py")  # the test's own warnings.warn()
+        assert charged - {"test_assert.py", "grower.pyx", "vec.pyx"} == {label}, (name, charged)
+        # every stack starts at the test (not at pytest's and pluggy's frames around it)
+        roots = {stack["frames"][-1]["function"] for stack in document["stacks"] if stack["frames"]}
+        assert roots <= {name.replace("_", ".", 1) if name.startswith("Case_") else name,
+                         "(cytool tracer)"}, (name, roots)
+        row = next(l for l in document["lines"] if l["function"] == label)
+        assert row["bytes"] > 0 and sum(l["bytes"] for l in document["lines"]) == document["totals"]["bytes"]
+        if name == "test_pyx_repr_in_the_message":  # the leak the __repr__ made is its line's
+            leak = next(l for l in document["lines"] if l["file"].endswith("vec.pyx") and l["line"] == 11)
+            assert leak["leaked_bytes"] > 1_000_000, leak
 
 
 def test_other_items_are_traced_inside_pytests_hooks(pytester: pytest.Pytester) -> None:

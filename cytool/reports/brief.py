@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Tuple
 
-from cytool.analysis import CYTHON_KINDS, PYTEST_ASSERTION_LABEL, LineStats, Metrics, Profile
+from cytool.analysis import CYTHON_KINDS, LineStats, Metrics, Profile
+from cytool.helper_calls import is_helper_label
 from cytool.reports.source import SourceCache, display_name
 from cytool.reports.units import human_bytes, human_count
 
@@ -24,12 +25,12 @@ def responsible_lines(profile: Profile, metric: str = "bytes", limit: int = 5) -
     """The lines to name for `metric` (bytes, peak_bytes, leaked_bytes), biggest first:
     .pyx lines with what they caused (their own allocations and those of the code they
     called) when the profile has any, else the Python lines by their own allocations (and
-    what a failing `assert` had pytest allocate to explain itself, as one row)."""
+    what a test framework allocated to check an assertion and explain it, as one row)."""
     pyx = [(l, l.attributed.value(metric)) for l in profile.lines() if l.kind in CYTHON_KINDS]
     chosen = [(l, v) for l, v in pyx if v > 0]
     if not chosen:
         chosen = [(l, l.self.value(metric)) for l in profile.lines()
-                  if (l.kind == "python" or l.function == PYTEST_ASSERTION_LABEL) and l.self.value(metric) > 0]
+                  if (l.kind == "python" or is_helper_label(l.function)) and l.self.value(metric) > 0]
     chosen.sort(key=lambda item: (-item[1], item[0].file, item[0].line))
     return chosen[:limit]
 
@@ -61,9 +62,11 @@ def lines_text(profile: Profile, metric: str = "bytes", limit: int = 5, indent: 
     """One line per responsible line: `mod.pyx:12  1.0 MiB  <source text>`."""
     sources = SourceCache(profile)
     rows = []
-    for line, value in responsible_lines(profile, metric, limit):
+    chosen = responsible_lines(profile, metric, limit)
+    width = max([24] + [len(where(line)) for line, _ in chosen])
+    for line, value in chosen:
         text = sources.shown_line(line.file, line.line)[0] if line.kind in ("pyx", "python") else ""
-        rows.append(display_name(f"{indent}{where(line):<24} {human_bytes(value):>10}  {text}".rstrip()))
+        rows.append(display_name(f"{indent}{where(line):<{width}} {human_bytes(value):>10}  {text}".rstrip()))
     return rows
 
 

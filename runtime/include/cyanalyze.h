@@ -268,12 +268,18 @@ typedef struct cya_analyze_options {
                                     innermost user frame is cytool's (cytool.Tracker
                                     starting or stopping, a measurement of the pytest
                                     plugin) becomes "(cytool tracer)". NULL: none */
-    const char *helper_calls;    /* newline-separated "file\tfunction" Python functions a
-                                    program calls on a tool's behalf (pytest's assertion
-                                    message helpers): in a stack that passes through one,
-                                    the outermost such frame and every frame inside it are
-                                    one frame named helper_label. NULL: none */
-    const char *helper_label;    /* e.g. "(pytest assertion message)" */
+    const char *helper_calls;    /* newline-separated "label\tfile\tfunction" lines (function
+                                    "*": any): Python functions a program calls on a tool's
+                                    behalf (pytest's assertion message helpers). In a stack
+                                    that passes through one, the outermost such frame and
+                                    the library frames inside it, down to the first frame
+                                    of the program's own (a Cython frame, a Python frame of
+                                    a file not in helper_library), are one frame named by
+                                    its label: line `label` (0 to 3) of helper_labels.
+                                    NULL: none */
+    const char *helper_labels;   /* newline-separated, e.g. "(pytest assertion message)" */
+    const char *helper_library;  /* newline-separated files (the standard library, pytest,
+                                    installed packages) */
 } cya_analyze_options;
 
 /* Aggregate the capture. Returns a malloc'd NUL-terminated JSON document to be released

@@ -17,9 +17,9 @@
  *    frame stores them). The usual allocation, in a loop that does not call or return
  *    Python code in between, finds the same chain, compared frame by frame from the
  *    innermost to the end, and gets the previous words back without a walk or a look-up.
- *    That comparison reads a compact copy of the fields (two words a frame, no frame
- *    addresses: a frame's word depends on what it runs and where, not on where it lives),
- *    and the words come back as one copy. Any difference (an outer frame at another
+ *    That comparison reads each frame's state (two words, the first of its entry; not
+ *    the frame's address: a frame's word depends on what it runs and where, not on where
+ *    it lives), and the words come back as one copy. Any difference (an outer frame at another
  *    instruction or running another code object, a generator resumed by another caller,
  *    one frame more or less) takes the long way, where the outermost frames that are
  *    unchanged still keep their words;
@@ -57,16 +57,20 @@
 #include "cytrace.h"
 #include "python_frames.h"
 
-/* One interpreter frame as a walk saw it: which frame, the code object and instruction
- * position as the frame stores them, and its owner (3.11+). As long as `code` is the same
- * object, these fields alone decide the frame word, so a frame seen again with all four
- * equal gets the word it had. */
+/* What decides a frame's word: the instruction position and the code object as the
+ * frame stores them, with (3.11+) its owner in the code pointer's low bits. As long as
+ * the code is the same object, a frame seen again in the same state gets the word it had. */
 typedef struct {
+    uintptr_t where; /* prev_instr / instr_ptr (3.11+), f_lasti (3.9, 3.10), as stored */
+    uintptr_t what;  /* f_code (f_executable on 3.13), as stored, | FRAME_OWNED_BY_* (3.11+) */
+} frame_state;
+
+/* One interpreter frame as a walk saw it. The fast check reads the states of the previous
+ * walk's frames one after the other: they come first. */
+typedef struct {
+    frame_state state;
     const void *frame;
-    const void *code;  /* f_code (f_executable on 3.13), as stored in the frame */
-    uintptr_t where;   /* prev_instr / instr_ptr (3.11+), f_lasti (3.9, 3.10), as stored */
-    int owner;         /* FRAME_OWNED_BY_* (3.11+; 0 before) */
-    uint64_t word;     /* its frame word, NOT_PYTHON, or 0 if the tracer's table was full */
+    uint64_t word; /* its frame word, NOT_PYTHON, or 0 if the tracer's table was full */
 } walked_frame;
 
 /* The `word` of a frame that is not a Python function's (a C stack's entry shim, or one
@@ -85,15 +89,8 @@ typedef struct {
     uint64_t word;
 } site_slot;
 
-/* What decides a frame's word, as the fast check compares it: the instruction position
- * and the code object as stored, with (3.11+) the owner in the code pointer's low bits. */
-typedef struct {
-    uintptr_t where, what;
-} frame_state;
-
 typedef struct {
     walked_frame *walk, *previous; /* this walk and the one before, innermost first */
-    frame_state *states;           /* the previous walk's frames as the fast check reads them */
     uint64_t *python_words;        /* the previous walk's Python words, innermost first */
     int nprevious, npython, cap;
     int reusable; /* every frame of `previous` has its word (none is 0: the tracer's table was not full) */
@@ -117,7 +114,6 @@ static void thread_frames_free(void *p) {
     tls_frames = NULL; /* (runs in the ending thread: a later allocation of its own starts afresh) */
     free(t->walk);
     free(t->previous);
-    free(t->states);
     free(t->python_words);
     free(t);
 }
@@ -148,7 +144,6 @@ static int grow_walks(thread_frames *t) {
     } while (0)
     GROW(walk);
     GROW(previous);
-    GROW(states);
     GROW(python_words);
 #undef GROW
     t->cap = cap;
@@ -223,12 +218,6 @@ static inline interp_frame *innermost_frame(PyThreadState *ts) { return ts->fram
 static inline interp_frame *outer_frame(interp_frame *f) { return f->f_back; }
 static inline PyCodeObject *frame_code(interp_frame *f) { return f->f_code; }
 static inline int frame_lasti(interp_frame *f) { return f->f_lasti; }
-static inline const void *frame_code_field(interp_frame *f) { return f->f_code; }
-static inline uintptr_t frame_where(interp_frame *f) { return (uintptr_t)(intptr_t)f->f_lasti; }
-static inline int frame_owner(interp_frame *f) {
-    (void)f;
-    return 0;
-}
 static inline frame_state state_of(interp_frame *f) { return (frame_state){(uintptr_t)(intptr_t)f->f_lasti, (uintptr_t)f->f_code}; }
 #if PY_VERSION_HEX >= 0x030A0000
 static inline int code_line(PyCodeObject *code, int lasti) {
@@ -359,17 +348,15 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
             cap = t->cap;
         }
         walk[n].frame = f;
-        walk[n].code = frame_code_field(f);
-        walk[n].where = frame_where(f);
-        walk[n].owner = frame_owner(f);
+        walk[n].state = state_of(f);
         n++;
     }
     const walked_frame *previous = t->previous; /* (read after the walk: growing moves it) */
     int i = n - 1, j = t->nprevious - 1;
     for (; i >= 0 && j >= 0; i--, j--) {
         const walked_frame *p = &previous[j];
-        if (walk[i].frame != p->frame || walk[i].code != p->code || walk[i].where != p->where ||
-            walk[i].owner != p->owner || p->word == 0)
+        if (walk[i].frame != p->frame || walk[i].state.where != p->state.where ||
+            walk[i].state.what != p->state.what || p->word == 0)
             break;
         walk[i].word = p->word;
     }
@@ -383,11 +370,10 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
     t->nprevious = n;
     next_serial(t);
     /* the Python frames' words, innermost first, but the `skip` innermost; a word 0 (the
-     * tracer's table is full) ends them. The fast check's copy is made on the way. */
+     * tracer's table is full) ends them */
     int python = 0, k = 0, cut = 0;
     t->reusable = 1;
     for (int at = 0; at < n; at++) {
-        t->states[at] = state_of((interp_frame *)walk[at].frame);
         uint64_t word = walk[at].word;
         if (word == NOT_PYTHON) continue;
         if (word == 0) t->reusable = 0;
@@ -423,10 +409,10 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
     int npython = t->npython;
     if (__builtin_expect(skip == 0 && t->reusable && npython <= max, 1)) {
         interp_frame *f = innermost;
-        const frame_state *p = t->states, *end = p + t->nprevious;
+        const walked_frame *p = t->previous, *end = p + t->nprevious;
         for (; p != end && f != NULL; p++, f = outer_frame(f)) {
             frame_state now = state_of(f);
-            if (now.where != p->where || now.what != p->what) break;
+            if (now.where != p->state.where || now.what != p->state.what) break;
         }
         if (p == end && f == NULL) {
             if (known != t->serial && npython > 0) /* (the caller has these words already if it knows the serial) */

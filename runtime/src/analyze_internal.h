@@ -43,8 +43,9 @@ typedef struct cya_thread_metrics {
 #define CYA_PSEUDO_UNKNOWN_STACK 1
 #define CYA_PSEUDO_RUNNER 2
 #define CYA_PSEUDO_TRACER 3
-#define CYA_PSEUDO_HELPER 4 /* options->helper_label: a helper call folded to one frame */
-#define CYA_NPSEUDO 5
+#define CYA_PSEUDO_HELPER 4 /* and the next ones: helper calls folded to one frame (options->helper_labels) */
+#define CYA_HELPER_LABELS 4
+#define CYA_NPSEUDO (CYA_PSEUDO_HELPER + CYA_HELPER_LABELS)
 
 typedef struct cya_flame_node {
     uint32_t location; /* UINT32_MAX for the root */
@@ -58,6 +59,7 @@ typedef struct cya_profile {
     const cya_location *locs; /* the symbols' table, then CYA_NPSEUDO pseudo locations */
     size_t nsymlocs;
     cya_location pseudo[CYA_NPSEUDO];
+    char *helper_labels_text; /* the pseudo locations' names of helper calls point into it */
 
     uint32_t *frames;
     size_t nframes, cap_frames;

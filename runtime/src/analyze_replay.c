@@ -143,9 +143,21 @@ static uint8_t *runner_flags(const cya_profile *p, const char *prefixes, const c
     return flags;
 }
 
-/* Per location: 1 for a Python frame of one of the newline-separated "file\tfunction"
- * entries of `calls`. NULL when there are none. */
-static uint8_t *helper_flags(const cya_profile *p, const char *calls)
+#define HELPER_LIBRARY 0x80 /* helper_flags: a library frame (inside a helper call, the helper's too) */
+
+/* The length of the next newline-separated field of `q` ending at '\t' or '\n'. */
+static size_t field_length(const char *q) { return strcspn(q, "\t\n"); }
+
+static int field_is(const char *q, size_t len, const char *text)
+{
+    return strlen(text) == len && strncmp(q, text, len) == 0;
+}
+
+/* Per location: 1 + the label of the helper call a Python frame is (options->helper_calls:
+ * "label\tfile\tfunction" lines, function "*" for any), | HELPER_LIBRARY for a frame of
+ * options->helper_library's files (or any frame that is not a user frame). NULL when
+ * there are no helper calls. */
+static uint8_t *helper_flags(const cya_profile *p, const char *calls, const char *library)
 {
     if (!calls || !*calls)
         return NULL;
@@ -154,16 +166,33 @@ static uint8_t *helper_flags(const cya_profile *p, const char *calls)
         return NULL;
     for (size_t i = 0; i < p->nsymlocs; i++) {
         const cya_location *l = &p->locs[i];
+        if (!user_frame(l)) {
+            flags[i] = HELPER_LIBRARY;
+            continue;
+        }
         if (l->kind != CYA_FRAME_PYTHON || !l->file || !l->function)
             continue;
-        size_t flen = strlen(l->file), nlen = strlen(l->function);
         for (const char *q = calls; *q;) {
-            size_t len = strcspn(q, "\n");
-            if (len == flen + 1 + nlen && strncmp(q, l->file, flen) == 0 && q[flen] == '\t' &&
-                strncmp(q + flen + 1, l->function, nlen) == 0) {
-                flags[i] = 1;
+            size_t llen = field_length(q);
+            const char *file = q + llen + (q[llen] == '\t');
+            size_t flen = q[llen] == '\t' ? field_length(file) : 0;
+            const char *function = file + flen + (file[flen] == '\t');
+            size_t nlen = file[flen] == '\t' ? field_length(function) : 0;
+            unsigned label = (unsigned)strtoul(q, NULL, 10);
+            if (label < CYA_HELPER_LABELS && field_is(file, flen, l->file) &&
+                (field_is(function, nlen, "*") || field_is(function, nlen, l->function))) {
+                flags[i] = (uint8_t)(1 + label);
                 break;
             }
+            q = function + nlen;
+            q += strcspn(q, "\n");
+            if (*q == '\n')
+                q++;
+        }
+        for (const char *q = library; !flags[i] && q && *q;) {
+            size_t len = strcspn(q, "\n");
+            if (field_is(q, len, l->file))
+                flags[i] = HELPER_LIBRARY;
             q += len;
             if (*q == '\n')
                 q++;
@@ -172,19 +201,29 @@ static uint8_t *helper_flags(const cya_profile *p, const char *calls)
     return flags;
 }
 
-/* Fold the outermost helper call of buf[0..*m) (innermost first) and every frame inside
- * it into the one frame `helper_loc`. */
-static void fold_helper_call(uint32_t *buf, size_t *m, const uint8_t *helper, size_t nsymlocs, uint32_t helper_loc)
+/* Fold the outermost helper call of buf[0..*m) (innermost first) into one frame, its
+ * label's: the helper's frame and the library frames it called, up to the first frame
+ * inside it that is the program's own (a Cython frame, a Python frame of another file:
+ * a __repr__ or __eq__ the helper called), which stays with what it called. */
+static void fold_helper_call(const cya_profile *p, uint32_t *buf, size_t *m, const uint8_t *helper)
 {
-    size_t n = *m;
-    for (size_t j = n; j-- > 0;) {
-        if (buf[j] < nsymlocs && helper[buf[j]]) {
-            buf[0] = helper_loc;
-            memmove(buf + 1, buf + j + 1, (n - j - 1) * sizeof *buf);
-            *m = n - j;
-            return;
+    size_t n = *m, nsymlocs = p->nsymlocs;
+    size_t j = n;
+    while (j-- > 0)
+        if (buf[j] < nsymlocs && (helper[buf[j]] & ~HELPER_LIBRARY))
+            break;
+    if (j == (size_t)-1)
+        return;
+    uint32_t label_loc = (uint32_t)(nsymlocs + CYA_PSEUDO_HELPER + (helper[buf[j]] & ~HELPER_LIBRARY) - 1);
+    size_t keep = 0; /* frames buf[0..keep) inside the call stay */
+    for (size_t k = j; k-- > 0;)
+        if (buf[k] < nsymlocs && !helper[buf[k]]) {
+            keep = k + 1;
+            break;
         }
-    }
+    buf[keep] = label_loc;
+    memmove(buf + keep + 1, buf + j + 1, (n - j - 1) * sizeof *buf);
+    *m = keep + 1 + (n - j - 1);
 }
 
 #define RUNNER_OWN 1 /* the launcher's own allocation: "(cytool runner)" */
@@ -244,6 +283,14 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
             return TRACER_OWN;
         break;
     }
+    /* ... and further out, cytool's code that runs the measured code (the pytest plugin's
+     * window around a test, a notebook cell's measurement): the stack starts inside it, as
+     * a stack through a Cython frame does (cut above) */
+    for (size_t j = 0; !launched && !any && j < n; j++)
+        if (buf[j] < p->nsymlocs && (runner[buf[j]] & TOOL_FRAME)) {
+            n = j;
+            break;
+        }
     *m = n;
     return 0;
 }
@@ -258,7 +305,6 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
     size_t cap = 0;
     uint32_t runner_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_RUNNER);
     uint32_t tracer_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_TRACER);
-    uint32_t helper_loc = (uint32_t)(p->nsymlocs + CYA_PSEUDO_HELPER);
     for (size_t i = 0; i < c->nstacks; i++) {
         size_t n = 0;
         const uint32_t *f = cya_symbols_stack(symbols, c->stacks[i].id, &n);
@@ -281,7 +327,7 @@ static int map_stacks(cya_profile *p, const cya_symbols *symbols, int keep_nativ
                 buf[m++] = buf[cuts - 1];
         }
         if (helper)
-            fold_helper_call(buf, &m, helper, p->nsymlocs, helper_loc);
+            fold_helper_call(p, buf, &m, helper);
         int own = runner ? cut_at_runner(p, buf, &m, runner) : 0;
         if (own) {
             buf[0] = own == RUNNER_OWN ? runner_loc : tracer_loc;
@@ -817,8 +863,20 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     p->pseudo[CYA_PSEUDO_UNKNOWN_STACK] = (cya_location){"<unknown stack>", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_RUNNER] = (cya_location){"(cytool runner)", "", 0, CYA_FRAME_UNKNOWN, ""};
     p->pseudo[CYA_PSEUDO_TRACER] = (cya_location){"(cytool tracer)", "", 0, CYA_FRAME_UNKNOWN, ""};
-    const char *helper_label = options && options->helper_label ? options->helper_label : "(helper call)";
-    p->pseudo[CYA_PSEUDO_HELPER] = (cya_location){helper_label, "", 0, CYA_FRAME_UNKNOWN, ""};
+    /* the helper calls' labels: newline-separated (options->helper_labels), kept in labels_text */
+    const char *labels = options && options->helper_labels ? options->helper_labels : "";
+    char *labels_text = strdup(labels);
+    for (unsigned k = 0, at = 0; k < CYA_HELPER_LABELS; k++) {
+        const char *name = "(helper call)";
+        if (labels_text && labels_text[at]) {
+            name = labels_text + at;
+            size_t len = strcspn(name, "\n");
+            at += (unsigned)len + (labels_text[at + len] == '\n');
+            labels_text[name - labels_text + len] = '\0';
+        }
+        p->pseudo[CYA_PSEUDO_HELPER + k] = (cya_location){name, "", 0, CYA_FRAME_UNKNOWN, ""};
+    }
+    p->helper_labels_text = labels_text;
     p->temporary_window = options && options->temporary_window ? options->temporary_window : 1;
     int keep_native = options ? options->include_native_frames : 0;
 
@@ -836,7 +894,7 @@ int cya_profile_build(cya_profile *p, const cya_capture *c, const cya_symbols *s
     r->mappings = cya_mappings_new();
 
     uint8_t *runner = runner_flags(p, options ? options->runner_prefixes : NULL, options ? options->tool_prefixes : NULL);
-    uint8_t *helper = helper_flags(p, options ? options->helper_calls : NULL);
+    uint8_t *helper = helper_flags(p, options ? options->helper_calls : NULL, options ? options->helper_library : NULL);
     int folded = map_stacks(p, symbols, keep_native, runner, helper);
     free(runner);
     free(helper);
@@ -983,6 +1041,7 @@ void cya_profile_free(cya_profile *p)
     free(p->threads);
     free(p->flame);
     free(p->line_location);
+    free(p->helper_labels_text);
     free(p->line_self);
     free(p->line_inclusive);
     free(p->line_attributed);
