@@ -13,6 +13,12 @@
  * our hooks are still in place (TAKEOVER records). So SIGKILL loses at most the last ~10 ms
  * of events, and a reader knows when the process was last alive.
  *
+ * The program may close every descriptor (a daemon detaching, subprocess's child before its
+ * exec) and open other files under the same numbers: before each write the descriptor is
+ * checked to still be the capture's (device and inode), and the capture is opened again by
+ * its absolute path when it is not. So the capture is never written into another file
+ * (short of a close and an open racing between the check and the write) and not lost.
+ *
  * A failed write (disk full, file size limit, I/O error) never stops the program: the
  * file is cut back to its last complete frame, stderr says what happened, the chunks that
  * cannot be written are dropped and counted, and writing is tried again (at most every
@@ -23,6 +29,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <lz4frame.h>
 #include <signal.h>
 #include <stdio.h>
@@ -49,7 +56,11 @@ typedef struct chunk {
 #define ALIVE_NS 1000000000ull      /* an idle process still writes a PROGRESS mark this often */
 
 static int out_fd = -1;
-static char out_path[4096];
+static char out_path[4096];    /* as given (messages) */
+static char reopen_path[4096]; /* absolute: the program may change directory */
+static dev_t out_dev;
+static ino_t out_ino;
+static char fd_lost[256]; /* why the capture could not be opened again, or "" */
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_nonempty = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t queue_space = PTHREAD_COND_INITIALIZER;
@@ -73,7 +84,7 @@ static struct {
     uint64_t since_ns, retry_at; /* cyt_now() */
     uint64_t since_capture_ns;   /* the same, since the capture started */
     uint64_t events, frames;     /* lost in this outage */
-    char reason[128];
+    char reason[256];
     uint64_t said_ns;            /* the last failure message (0: none yet) */
     int said_failing;            /* this outage's failure was told: its end will be too */
     uint64_t total_events;       /* lost in every outage of the session */
@@ -117,10 +128,39 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
     return 0;
 }
 
+/* Whether out_fd is still the capture's, opening the capture again if the program closed
+ * it or reused its number (the old number is the program's then: left alone). 0 with
+ * errno set (and fd_lost saying why) when the capture cannot be found again. Caller holds
+ * io_lock. */
+static int capture_fd_ok(void) {
+    struct stat st;
+    if (out_fd >= 0 && fstat(out_fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino) return 1;
+    if (reopen_path[0] == '\0') return out_fd >= 0;
+    out_fd = -1;
+    int fd = open(reopen_path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0 || fstat(fd, &st) != 0 || st.st_dev != out_dev || st.st_ino != out_ino || !S_ISREG(st.st_mode)) {
+        snprintf(fd_lost, sizeof fd_lost, "the program closed the capture's file descriptor and %s %s", reopen_path,
+                 fd < 0 ? "cannot be opened again" : "is another file now");
+        if (fd >= 0) close(fd);
+        errno = EBADF;
+        return 0;
+    }
+    (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    (void)flock(fd, LOCK_EX | LOCK_NB); /* (the program's close released it) */
+    if (lseek(fd, (off_t)file_end, SEEK_SET) < 0) {
+        close(fd);
+        errno = EBADF;
+        return 0;
+    }
+    out_fd = fd;
+    fd_lost[0] = '\0';
+    return 1;
+}
+
 /* Compress one chunk into one frame and append it; on failure cut the file back to its
  * last complete frame (errno kept). Caller holds io_lock. */
 static int write_frame(const uint8_t *data, size_t len) {
-    if (out_fd < 0 || cctx == NULL) {
+    if (!capture_fd_ok() || cctx == NULL) {
         errno = EBADF;
         return -1;
     }
@@ -155,10 +195,16 @@ static int write_frame(const uint8_t *data, size_t len) {
     r = LZ4F_compressEnd(cctx, zbuf + pos, zcap - pos, NULL);
     if (LZ4F_isError(r)) goto compress_failed;
     pos += r;
-    if (write_all(out_fd, zbuf, pos) != 0) {
+    int failed = write_all(out_fd, zbuf, pos) != 0;
+    if (failed && errno == EBADF && capture_fd_ok()) { /* closed by the program while we wrote: again */
+        failed = !(ftruncate(out_fd, (off_t)file_end) == 0 && lseek(out_fd, (off_t)file_end, SEEK_SET) >= 0 &&
+                   write_all(out_fd, zbuf, pos) == 0);
+        if (failed && errno == 0) errno = EIO;
+    }
+    if (failed) {
         int saved = errno;
         /* never leave a partial frame in the middle of the file */
-        if (ftruncate(out_fd, (off_t)file_end) == 0) lseek(out_fd, (off_t)file_end, SEEK_SET);
+        if (capture_fd_ok() && ftruncate(out_fd, (off_t)file_end) == 0) lseek(out_fd, (off_t)file_end, SEEK_SET);
         errno = saved;
         return -1;
     }
@@ -218,7 +264,7 @@ static int write_chunk_locked(const uint8_t *data, size_t len, uint64_t nevents,
     outage.since_ns = now;
     outage.since_capture_ns = cyt_since_start();
     outage.events = outage.frames = 0;
-    snprintf(outage.reason, sizeof outage.reason, "%s", strerror(error));
+    snprintf(outage.reason, sizeof outage.reason, "%s", fd_lost[0] ? fd_lost : strerror(error));
     if (outage.said_ns == 0 || now - outage.said_ns >= SAY_EVERY_NS) { /* (flapping: once a second) */
         say("cytool: cannot write the capture %s: %s; events are lost until it can be written again "
             "(the program goes on)\n", out_path, outage.reason);
@@ -463,6 +509,14 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
         return -1;
     } /* (a file system without locks: written unlocked) */
     snprintf(out_path, sizeof out_path, "%s", path);
+    out_dev = st.st_dev;
+    out_ino = st.st_ino;
+    fd_lost[0] = '\0';
+    char resolved[PATH_MAX];
+    if (realpath(path, resolved) != NULL && strlen(resolved) < sizeof reopen_path)
+        snprintf(reopen_path, sizeof reopen_path, "%s", resolved);
+    else
+        reopen_path[0] = '\0'; /* (not opened again if closed) */
     atomic_store(&frames_written, 0);
     atomic_store(&bytes_written, 0);
     memset(&outage, 0, sizeof outage);
@@ -538,7 +592,7 @@ void cyt_writer_close(const uint8_t *final, size_t len) {
     pthread_mutex_lock(&io_lock);
     outage.closing = 1;
     if (final != NULL && write_chunk_locked(final, len, 0, 1) != 0 && last_frame_events > 0 &&
-        last_frame_start >= header_end && out_fd >= 0 && ftruncate(out_fd, (off_t)last_frame_start) == 0) {
+        last_frame_start >= header_end && capture_fd_ok() && ftruncate(out_fd, (off_t)last_frame_start) == 0) {
         lseek(out_fd, (off_t)last_frame_start, SEEK_SET);
         file_end = last_frame_start;
         outage.events += last_frame_events;
@@ -552,11 +606,12 @@ void cyt_writer_close(const uint8_t *final, size_t len) {
     if (outage.failing || outage.unsaid_events)
         say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
             (unsigned long long)outage.total_events, outage.reason);
-    if (out_fd >= 0) {
+    if (capture_fd_ok() && out_fd >= 0) {
         fsync(out_fd);
         close(out_fd); /* (releases the lock) */
     }
     out_fd = -1;
+    reopen_path[0] = '\0';
     pthread_mutex_unlock(&io_lock);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
 }
@@ -578,8 +633,11 @@ void cyt_writer_abandon_after_fork(void) {
     queue_bytes = 0;
     writer_running = 0;
     writer_closing = 0;
-    if (out_fd >= 0) close(out_fd); /* (the parent's lock stays with the parent's descriptor) */
+    struct stat st; /* (the parent's lock stays with the parent's descriptor; a number the
+                     * program reused is the program's) */
+    if (out_fd >= 0 && fstat(out_fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino) close(out_fd);
     out_fd = -1;
+    reopen_path[0] = '\0';
     cctx = NULL; /* may have been in use by the parent's writer: make a new one */
     zbuf = NULL;
     zcap = 0;
