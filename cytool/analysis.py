@@ -324,6 +324,15 @@ def tool_prefixes(argv: Sequence[str]) -> Tuple[str, ...]:
     return tuple(prefixes)
 
 
+def exec_notes(capture: Capture) -> List[str]:
+    """A capture finished for an exec that worked: the program that replaced the process
+    (the truncation message tells of one that failed)."""
+    if capture.exec_what is None or capture.exec_failure:
+        return []
+    return [f"the process replaced its program at {capture.exec_time_ns / 1e9:.3f} s (exec {capture.exec_what}): "
+            "the capture ends there"]
+
+
 def analyze(
     capture: Capture,
     *,
@@ -423,7 +432,7 @@ def analyze(
         _lines=lines,
         missing_events=capture.missing_events,
         lost_events=capture.stats.lost if capture.stats else 0,
-        capture_notes=list(capture.notes),
+        capture_notes=list(capture.notes) + exec_notes(capture),
         write_losses=list(capture.write_losses),
         takeovers=list(capture.takeovers),
         max_frames=capture.header.max_frames,

@@ -166,6 +166,10 @@ class _Status(ctypes.Structure):
         ("last_progress_ns", _u64),
         ("live", ctypes.c_int),
         ("notes", _cstr),
+        ("exec_seen", ctypes.c_int),
+        ("exec_time_ns", _u64),
+        ("exec_what", _cstr),
+        ("exec_failure", _cstr),
     ]
 
 
@@ -527,6 +531,11 @@ class Capture(NativeHandle):
         self.missing_events = s.missing_events  # recorded by the tracer, not in the file
         self.last_progress_ns = s.last_progress_ns  # the tracer's last sign of life (0: none)
         self.live = bool(s.live)  # still being written by a running process
+        # finished for an exec of `exec_what` at exec_time_ns (None: no exec), which failed
+        # (exec_failure: why; "" when it did not)
+        self.exec_what: Optional[str] = _text(s.exec_what) if s.exec_seen else None
+        self.exec_time_ns = s.exec_time_ns
+        self.exec_failure = _text(s.exec_failure)
         # one line per damaged frame, gap, repeat ... (capped)
         self.notes: List[str] = [line for line in _text(s.notes).splitlines() if line]
         count = ctypes.c_size_t()
@@ -700,6 +709,9 @@ class Capture(NativeHandle):
             causes.append(f"{self.damaged_frames} damaged frame{'s' if self.damaged_frames != 1 else ''} skipped")
         if self.missing_batches:
             causes.append(f"{self.missing_batches} batch{'es' if self.missing_batches != 1 else ''} of events missing")
+        if self.exec_failure:
+            causes.append(f"tracing ended at {self.exec_time_ns / 1e9:.3f} s for an exec of {self.exec_what} that "
+                          f"failed ({self.exec_failure}): the program went on untraced")
         if not causes:
             causes.append(self.problem or "events are missing")
         read = len(self.events)

@@ -562,13 +562,45 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
         read_capture(path)
 
 
-def test_newer_version_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "v5.cytrace"
+@pytest.mark.parametrize("failed", [False, True])
+def test_a_capture_finished_for_an_exec_says_so(tmp_path: Path, failed: bool) -> None:
+    # format 5: EXEC before STATS and END; an exec that failed appends EXEC_FAILED after END
+    path = tmp_path / "exec.cytrace"
     with CaptureWriter(path, version=5) as w:
+        w.thread(1, 100, "MainThread")
+        w.stack(1, [pc_word(0x401000)])
+        w.batch(1, 0, [("malloc", 0, 0x1000, 64, 1)])
+        w.flush()
+        w.exec_(2_500_000, "/bin/true")
+        w.stats(1, objects=0)
+        w.end(2_600_000)
+        w.flush()
+        if failed:
+            w.exec_failed(2_700_000, 8, "Exec format error")
+    with read_capture(path) as capture:
+        assert capture.complete and capture.exec_what == "/bin/true" and capture.exec_time_ns == 2_500_000
+        assert capture.truncated == failed and capture.exec_failure == ("Exec format error" if failed else "")
+        message = capture.truncation_message()
+        if failed:
+            assert ("tracing ended at 0.003 s for an exec of /bin/true that failed (Exec format error): the program "
+                    "went on untraced") in message, message
+        assert not capture.notes and not capture.damaged_frames
+    from cytool.analysis import analyze
+    with read_capture(path) as capture:
+        notes = analyze(capture).notes()
+    said = [n for n in notes if "exec" in n]
+    assert len(said) == 1 and ("failed" in said[0]) == failed, notes
+    if not failed:
+        assert said[0] == "the process replaced its program at 0.003 s (exec /bin/true): the capture ends there"
+
+
+def test_newer_version_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "v6.cytrace"
+    with CaptureWriter(path, version=6) as w:
         w.end(0)
     with pytest.raises(CytoolError) as info:
         read_capture(path)
-    assert "written by a newer cytool: format 5, this reader knows 4" in info.value.message
+    assert "written by a newer cytool: format 6, this reader knows 5" in info.value.message
     assert "upgrade" in info.value.hint
 
 

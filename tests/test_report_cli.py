@@ -149,7 +149,7 @@ def test_newer_version(tmp_path: Path, run_cytool) -> None:
         w.end(0)
     result = run_cytool("report", path)
     assert result.returncode == 2
-    assert f"{path}: written by a newer cytool: format 7, this reader knows 4" in result.stderr
+    assert f"{path}: written by a newer cytool: format 7, this reader knows 5" in result.stderr
     assert "upgrade cytool" in result.stderr
 
 

@@ -85,6 +85,8 @@ def test_an_exec_finishes_the_capture_with_every_event(run_cytool, tmp_path: Pat
     # the 7 blocks were made just before the exec, well within the writer's tick: without
     # the exec hook they were still in the thread's buffer
     assert _sizes(capture) == [3333] * 7
+    with read_capture(capture) as finished:  # and the capture says why it ends there
+        assert finished.exec_what == "/bin/true" and finished.exec_failure == "" and finished.exec_time_ns > 0
 
 
 def test_execs_that_cannot_start_leave_the_tracing_on(run_cytool, tmp_path: Path) -> None:
@@ -101,8 +103,13 @@ def test_an_exec_failing_past_the_checks_is_said(run_cytool, tmp_path: Path) -> 
     proc, capture = _profile(run_cytool, tmp_path, "bad-format", str(garbage))
     assert proc.returncode == 0, proc.stderr
     assert "exec failed: 8" in proc.stdout  # ENOEXEC
-    assert f"cytool: exec of {garbage} failed (Exec format error) after the capture was finished for it" in proc.stderr
-    assert _sizes(capture) == [3333] * 7  # finished at the exec: what came after is not traced, as said
+    assert (f"cytool: exec of {garbage} failed (Exec format error) after the capture was finished for it: process "
+            in proc.stderr and "is no longer traced (the capture says so)" in proc.stderr), proc.stderr
+    # finished at the exec: what came after is not traced, as said, and the capture says so
+    with read_capture(capture) as finished:
+        assert finished.complete and finished.truncated and finished.exec_failure == "Exec format error"
+        assert "that failed (Exec format error): the program went on untraced" in finished.truncation_message()
+        assert sorted(e.size for e in finished.events if e.kind == "malloc" and e.size in (3333, 4444)) == [3333] * 7
 
 
 def test_a_followed_child_that_execs_gets_a_complete_capture(run_cytool, tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ extern "C" {
 #define CYA_API __attribute__((visibility("default")))
 
 /* The format version this reader understands (FORMAT.md). */
-#define CYA_FORMAT_VERSION 4
+#define CYA_FORMAT_VERSION 5
 
 /* Event kinds, as in FORMAT.md section 3. */
 enum cya_kind {
@@ -161,6 +161,11 @@ typedef struct cya_status {
     uint64_t last_progress_ns;  /* time of the last PROGRESS record (0: none) */
     int live;                   /* another process holds the capture's lock: still being written */
     const char *notes;          /* newline-separated: each damaged frame, gap, repeat ("" none) */
+    /* format 5: the capture was finished for an exec (EXEC), which failed (EXEC_FAILED) */
+    int exec_seen;              /* an EXEC record was read */
+    uint64_t exec_time_ns;
+    const char *exec_what;      /* the program the process was replaced by ("" none) */
+    const char *exec_failure;   /* why that exec failed ("" when it did not, or unknown) */
 } cya_status;
 
 typedef struct cya_capture cya_capture;

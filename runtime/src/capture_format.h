@@ -3,7 +3,7 @@
 #ifndef CAPTURE_FORMAT_H
 #define CAPTURE_FORMAT_H
 
-#define CAPTURE_FORMAT_VERSION 4
+#define CAPTURE_FORMAT_VERSION 5
 
 /* Header: how event times were taken (FORMAT.md section 1). */
 enum { CLOCK_KIND_EXACT = 0, CLOCK_KIND_TICKING = 1 };
@@ -18,6 +18,8 @@ enum {
     REC_PROGRESS = 0x06, /* format 3 */
     REC_LOSS = 0x07,     /* format 3 */
     REC_TAKEOVER = 0x08, /* format 3 */
+    REC_EXEC = 0x09,        /* format 5 */
+    REC_EXEC_FAILED = 0x0A, /* format 5 */
     REC_BATCH = 0x10,
     REC_STATS = 0x7E,
     REC_END = 0x7F,

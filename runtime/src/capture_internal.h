@@ -275,6 +275,7 @@ struct cya_capture {
     cya_takeover *takeovers;
     size_t ntakeovers, cap_takeovers;
     char *notes; /* newline-separated (status.notes) */
+    char *exec_what, *exec_failure; /* (status.exec_what, status.exec_failure) */
     size_t notes_len, notes_cap, nnotes;
 
     cya_map object_index;  /* object id -> index in objects */

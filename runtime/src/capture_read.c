@@ -941,6 +941,36 @@ static int decode_record(reader *r, cursor *cur)
         }
         return 1;
     }
+    case REC_EXEC: {
+        if (c->header.version < 5)
+            break;
+        uint64_t time = get_varint(cur);
+        const char *what = get_string(cur, NULL);
+        if (cur->bad) {
+            free((void *)what);
+            return 0;
+        }
+        r->repeats += c->status.exec_seen;
+        free(c->exec_what);
+        c->exec_what = (char *)what;
+        c->status.exec_seen = 1;
+        c->status.exec_time_ns = time;
+        return 1;
+    }
+    case REC_EXEC_FAILED: {
+        if (c->header.version < 5)
+            break;
+        (void)get_varint(cur); /* time: the exec's, as far as the capture goes */
+        (void)get_varint(cur); /* errno */
+        const char *reason = get_string(cur, NULL);
+        if (cur->bad) {
+            free((void *)reason);
+            return 0;
+        }
+        free(c->exec_failure);
+        c->exec_failure = (char *)reason;
+        return 1;
+    }
     case REC_BATCH:
         return decode_batch(r, cur);
     case REC_STATS:
@@ -1165,6 +1195,11 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
     }
     if (c->status.damaged_frames)
         c->status.truncated = 1;
+    if (c->exec_failure && c->exec_failure[0]) { /* the program went on, untraced */
+        c->status.truncated = 1;
+        set_problem(c, "tracing ended at an exec of %s that failed (%s): the program went on untraced",
+                    c->exec_what ? c->exec_what : "?", c->exec_failure);
+    }
 }
 
 static int segref_cmp(const void *a, const void *b)
@@ -1328,6 +1363,8 @@ static int finish(reader *r)
         return 0;
     c->status.problem = c->problem;
     c->status.notes = c->notes ? c->notes : "";
+    c->status.exec_what = c->exec_what ? c->exec_what : "";
+    c->status.exec_failure = c->exec_failure ? c->exec_failure : "";
     return 1;
 }
 
@@ -1515,6 +1552,7 @@ cya_capture *cya_capture_follow(const char *path, int *error, char *errbuf, size
     c->status.recovered_bytes = body;
     c->status.problem = c->problem;
     c->status.notes = "";
+    c->status.exec_what = c->status.exec_failure = "";
     return c;
 }
 
@@ -1661,6 +1699,8 @@ int cya_capture_follow_read(cya_capture *c, uint64_t *grew, char *errbuf, size_t
     }
     c->status.problem = c->problem;
     c->status.notes = c->notes ? c->notes : "";
+    c->status.exec_what = c->exec_what ? c->exec_what : "";
+    c->status.exec_failure = c->exec_failure ? c->exec_failure : "";
     return 1;
 }
 
@@ -1727,6 +1767,8 @@ CYA_API void cya_close(cya_capture *c)
     }
     free(c->takeovers);
     free(c->notes);
+    free(c->exec_what);
+    free(c->exec_failure);
     cya_map_free(&c->object_index);
     cya_map_free(&c->thread_index);
     cya_map_free(&c->pyframe_index);

@@ -162,19 +162,38 @@ CYTRACE_API int cytrace_stop(void) {
     return 0;
 }
 
-int cyt_stop_for_exit(void) {
+static const char *stopping_for_exec; /* (control_lock) the EXEC record's program, or NULL */
+
+int cyt_stop_for_exit(const char *exec_what) {
     if (!atomic_load(&cyt_active) || getpid() != session_pid || cyt_guard) return 0;
     int stopped = 0;
     cyt_guard = 1;
     if (pthread_mutex_trylock(&control_lock) == 0) {
         if (atomic_load(&cyt_active)) {
+            stopping_for_exec = exec_what;
             stop_locked();
+            stopping_for_exec = NULL;
             stopped = 1;
         }
         pthread_mutex_unlock(&control_lock);
     }
     cyt_guard = 0;
     return stopped;
+}
+
+int cyt_note_exec_failed(uint64_t since_start_ns, int error) {
+    cyt_buf record = {0};
+    const char *reason = strerror(error);
+    cyt_buf_varint(&record, REC_EXEC_FAILED);
+    cyt_buf_varint(&record, since_start_ns);
+    cyt_buf_varint(&record, (uint64_t)error);
+    cyt_buf_string(&record, reason, strlen(reason));
+    int saved = cyt_guard;
+    cyt_guard = 1;
+    int ok = record.data != NULL && cyt_writer_append_closed(record.data, record.len);
+    cyt_buf_free(&record);
+    cyt_guard = saved;
+    return ok;
 }
 
 /* Caller holds control_lock and the guard; tracing is active. */
@@ -193,6 +212,11 @@ static void stop_locked(void) {
 
     struct cytrace_stats s;
     current_stats(&s);
+    if (stopping_for_exec != NULL) {
+        cyt_buf_varint(&tail, REC_EXEC);
+        cyt_buf_varint(&tail, cyt_since_start());
+        cyt_buf_string(&tail, stopping_for_exec, strlen(stopping_for_exec));
+    }
     cyt_buf_varint(&tail, REC_STATS);
     cyt_buf_varint(&tail, s.events);
     cyt_buf_varint(&tail, s.dropped);

@@ -292,7 +292,7 @@ static int hook_dlclose(void *handle) {
  * Never block here: if the control lock is busy (exit from a signal handler that
  * interrupted a start or stop) the unflushed buffers are lost, the file stays readable. */
 static void hook__exit(int status) {
-    cyt_stop_for_exit();
+    cyt_stop_for_exit(NULL);
     _exit(status);
 }
 
@@ -344,19 +344,22 @@ static int finish_before_exec(int could_start, const char *what) {
     char capture[4096];
     snprintf(capture, sizeof capture, "%s", cytrace_path());
     int say = (cyt_options & CYTRACE_SAY_EXEC) != 0;
-    if (!cyt_stop_for_exit()) return 0;
+    if (!cyt_stop_for_exit(what ? what : "(null)")) return 0;
     if (say)
         fprintf(stderr, "cytool: process %d replaces its program (exec %s): %s is complete up to here; report "
                 "with: cytool report %s\n", (int)getpid(), what ? what : "(null)", capture, capture);
     return 1;
 }
 
-/* The exec returned: it failed after the capture was finished. */
+/* The exec returned: it failed after the capture was finished. The capture says so (an
+ * EXEC_FAILED frame after its END: reports call it incomplete), and stderr. */
 static void exec_failed(const char *what, int finished) {
     if (!finished) return;
     int saved = errno;
+    int noted = cyt_note_exec_failed(cyt_since_start(), saved);
     fprintf(stderr, "cytool: exec of %s failed (%s) after the capture was finished for it: process %d is no longer "
-            "traced\n", what ? what : "(null)", strerror(saved), (int)getpid());
+            "traced%s\n", what ? what : "(null)", strerror(saved), (int)getpid(),
+            noted ? " (the capture says so)" : "");
     errno = saved;
 }
 

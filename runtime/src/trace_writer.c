@@ -60,7 +60,8 @@ static char out_path[4096];    /* as given (messages) */
 static char reopen_path[4096]; /* absolute: the program may change directory */
 static dev_t out_dev;
 static ino_t out_ino;
-static char fd_lost[256]; /* why the capture could not be opened again, or "" */
+static char fd_lost[4352]; /* why the capture could not be opened again, or "" */
+static char closed_path[4096]; /* the last capture closed (absolute), for cyt_writer_append_closed */
 static pthread_mutex_t queue_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t queue_nonempty = PTHREAD_COND_INITIALIZER;
 static pthread_cond_t queue_space = PTHREAD_COND_INITIALIZER;
@@ -84,7 +85,7 @@ static struct {
     uint64_t since_ns, retry_at; /* cyt_now() */
     uint64_t since_capture_ns;   /* the same, since the capture started */
     uint64_t events, frames;     /* lost in this outage */
-    char reason[256];
+    char reason[4352];
     uint64_t said_ns;            /* the last failure message (0: none yet) */
     int said_failing;            /* this outage's failure was told: its end will be too */
     uint64_t total_events;       /* lost in every outage of the session */
@@ -611,9 +612,37 @@ void cyt_writer_close(const uint8_t *final, size_t len) {
         close(out_fd); /* (releases the lock) */
     }
     out_fd = -1;
+    snprintf(closed_path, sizeof closed_path, "%s", reopen_path);
     reopen_path[0] = '\0';
     pthread_mutex_unlock(&io_lock);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
+}
+
+int cyt_writer_append_closed(const uint8_t *data, size_t len) {
+    sigset_t block, saved;
+    sigemptyset(&block);
+    sigaddset(&block, SIGXFSZ);
+    pthread_sigmask(SIG_BLOCK, &block, &saved);
+    pthread_mutex_lock(&io_lock);
+    int ok = 0;
+    struct stat st;
+    int fd = out_fd < 0 && closed_path[0] ? open(closed_path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) : -1;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino && S_ISREG(st.st_mode) &&
+        flock(fd, LOCK_EX | LOCK_NB) == 0) {
+        (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+        off_t end = lseek(fd, 0, SEEK_END);
+        if (end >= 0) {
+            out_fd = fd;
+            file_end = (uint64_t)end;
+            ok = write_frame(data, len) == 0;
+            fsync(fd);
+            out_fd = -1;
+        }
+    }
+    if (fd >= 0) close(fd);
+    pthread_mutex_unlock(&io_lock);
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    return ok;
 }
 
 int cyt_writer_is_self(void) {
