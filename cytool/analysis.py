@@ -259,7 +259,8 @@ class Profile:
             limit = f"{self.max_frames} frames" if self.max_frames else "the frame limit"
             notes.append(
                 f"{self.cut_events:,} allocations had stacks deeper than {limit}: up to {self.cut_most:,} frames were "
-                f"cut from the middle of each (shown as \"… frames cut\"); raise --max-frames to keep them"
+                f"cut from the middle of each (shown as \"… frames cut\"); raise the limit to keep them "
+                "(`cytool profile --max-frames`, `pytest --cytool-max-frames`, `Tracker(max_frames=)`)"
             )
         return notes + list(self.symbol_warnings)
 

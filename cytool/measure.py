@@ -43,13 +43,16 @@ class Measurement:
     keep_as: the capture's path (kept); None: a temporary file that discard() removes.
     trace_python_allocators: record Python's object allocator (pymalloc) block by block,
         so that small objects count by themselves (not as the arenas they live in): the
-        right measure for limits and leaks. Raises TracerBusy on entry when another
+        right measure for limits and leaks.
+    max_frames: the most frames a stack keeps (None: the tracer's default, 1024). Raises TracerBusy on entry when another
         tracer is active, CytoolError when the tracer cannot start.
     """
 
-    def __init__(self, keep_as: Optional[Path] = None, *, trace_python_allocators: bool = True):
+    def __init__(self, keep_as: Optional[Path] = None, *, trace_python_allocators: bool = True,
+                 max_frames: Optional[int] = None):
         self.keep_as = Path(keep_as) if keep_as is not None else None
         self.trace_python_allocators = trace_python_allocators
+        self.max_frames = max_frames
         self.capture_path: Optional[Path] = None
         self._tracker = None
         self._profile: Optional["Profile"] = None
@@ -71,7 +74,7 @@ class Measurement:
             os.close(handle)
             path = Path(name)
         self.capture_path = path
-        self._tracker = Tracker(path, trace_python_allocators=self.trace_python_allocators)
+        self._tracker = Tracker(path, trace_python_allocators=self.trace_python_allocators, max_frames=self.max_frames)
         self._tracker.start()
         return self
 

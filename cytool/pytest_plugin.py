@@ -44,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="with --cytool: keep each test's capture as DIR/<test id>.cytrace (cytool report reads it)")
     group.addoption("--cytool-lines", metavar="N", type=int, default=5,
                     help="lines named in each summary (default 5)")
+    group.addoption("--cytool-max-frames", metavar="N", type=int, default=None,
+                    help="the most frames a traced stack keeps, deeper ones are cut in the middle (16 to 65536; "
+                         "default 1024)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -64,6 +67,9 @@ def pytest_configure(config: pytest.Config) -> None:
                 "run pytest --cytool without `cytool profile` or CYTOOL_PROFILE")
         if config.getoption("cytool_lines") < 1:
             raise pytest.UsageError("--cytool-lines takes a number of at least 1")
+    frames = config.getoption("cytool_max_frames")
+    if frames is not None and not 16 <= frames <= 65536:
+        raise pytest.UsageError(f"--cytool-max-frames takes 16 to 65536 frames, not {frames}")
     config.pluginmanager.register(CytoolTracing(config, bool(enabled)), "cytool-tracing")
 
 
@@ -131,6 +137,7 @@ class CytoolTracing:
         output = config.getoption("cytool_output")
         self.output = Path(output).resolve() if output else None
         self.lines = int(config.getoption("cytool_lines"))
+        self.max_frames: Optional[int] = config.getoption("cytool_max_frames")
         self.summaries: List[Tuple[str, str]] = []  # (test id, summary) for the terminal summary
         self._traced: Dict[str, _Traced] = {}
 
@@ -162,7 +169,8 @@ class CytoolTracing:
     def _measurement(self, item: pytest.Item):  # -> cytool.measure.Measurement
         from cytool.measure import Measurement
 
-        return Measurement(keep_as=self.output / _capture_name(item.nodeid) if self.output is not None else None)
+        return Measurement(keep_as=self.output / _capture_name(item.nodeid) if self.output is not None else None,
+                           max_frames=self.max_frames)
 
     def _traced_call(self, item: pytest.Item, call, limits: Dict[str, Tuple[int, str]]):  # type: ignore[no-untyped-def]
         """`call` wrapped in a measurement of its own call: the test's tracing window."""

@@ -294,7 +294,8 @@ def test_a_cut_stack_shows_where_frames_were_dropped(tmp_path: Path) -> None:
     assert (profile.cut_events, profile.cut_bytes, profile.cut_most) == (2, 200, 997)
     assert profile.warnings() == [
         "2 allocations had stacks deeper than 16 frames: up to 997 frames were cut from the middle of each "
-        "(shown as \"… frames cut\"); raise --max-frames to keep them"]
+        "(shown as \"… frames cut\"); raise the limit to keep them (`cytool profile --max-frames`, "
+        "`pytest --cytool-max-frames`, `Tracker(max_frames=)`)"]
     # inclusive figures of the outer frames count the cut stacks; self goes to the innermost
     outer = next(l for l in profile.lines() if l.function == "outer")
     inner = next(l for l in profile.lines() if l.function == "inner")

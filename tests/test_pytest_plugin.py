@@ -122,6 +122,36 @@ def test_bad_marker_arguments(pytester: pytest.Pytester) -> None:
     assert "@pytest.mark.cytool_limit_memory(size)" in markers and "@pytest.mark.cytool_limit_leaks(size)" in markers
 
 
+def test_max_frames(pytester: pytest.Pytester) -> None:
+    # a test allocating 1,500 Python calls deep: cut at the default 1024 frames, whole
+    # with --cytool-max-frames 4096; the warning names an option that exists here
+    pytester.makepyfile(test_deep="""\
+        import sys
+        sys.setrecursionlimit(5000)
+
+        def down(n):
+            return down(n - 1) if n else [bytearray(100) for _ in range(10)]
+
+        def test_deep():
+            assert len(down(1500)) == 10
+        """)
+    for frames, cut in ((None, True), ("4096", False)):
+        captures = pytester.path / f"caps-{frames}"
+        options = ["--cytool", "--cytool-all", "--cytool-output", str(captures), "-p", "no:cacheprovider"]
+        result = pytester.runpytest_subprocess(*options, *(["--cytool-max-frames", frames] if frames else []))
+        assert outcomes(result) == {"passed": 1}, result.stdout.str()
+        report = subprocess.run([sys.executable, "-m", "cytool", "report", "-f", "json",
+                                 str(captures / "test_deep.py_test_deep.cytrace")],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        warnings = json.loads(report.stdout)["capture"]["warnings"]
+        said = [w for w in warnings if "frames were cut" in w]
+        assert bool(said) == cut, warnings
+        if cut:
+            assert "`pytest --cytool-max-frames`" in said[0], said
+    bad = pytester.runpytest_subprocess("--cytool", "--cytool-max-frames", "3", "-p", "no:cacheprovider")
+    assert "--cytool-max-frames takes 16 to 65536 frames, not 3" in bad.stderr.str()
+
+
 def test_all_and_captures_kept(suite: pytest.Pytester) -> None:
     captures = suite.path / "captures"
     result = suite.runpytest_subprocess("--cytool", "--cytool-all", "--cytool-output", str(captures),
