@@ -435,6 +435,13 @@ def _enters(pc: int, block: "gdb.Block") -> bool:
     return True
 
 
+def _starts_a_range(pc: int, cname: str) -> bool:
+    """Whether pc starts one of the address ranges of an inlined copy of `cname` (not its
+    first: gcc gives an inlined call in an unrolled loop one copy of several ranges)."""
+    block = _function_block(pc, cname)
+    return block is not None and block.start != pc and _is_inlined(block) and _enters(pc, block)
+
+
 def past_inline_entry(pc: int, cname: str) -> int:
     """An address where a stop shows the function `cname` inlined there: gdb presents a
     stop where an inlined copy is entered (its first address, or the start of one of its
@@ -496,14 +503,18 @@ def _place_line(path: str, line: int, owners: List[Function],
                 pcs = [real]  # not an artifact row gdb would take for the line
         if not pcs:
             pcs = [s.pc for s in sals if function.cname in function_names_at(s.pc)]
+            # gdb gives one address per function; an optimising build may hold several
+            # copies of this one there (inlined more than once, a loop unrolled): each
+            # copy's first address of the line too
+            pcs += [pc for pc in line_pcs(path, line) if function.cname in function_names_at(pc)]
         if not pcs:
             pcs = [pc for pc in line_pcs(path, line) if function.cname in function_names_at(pc)]
         seen = set()
-        for pc in sorted(pcs):
+        for pc in sorted(set(pcs)):
             copy = _copy_of(pc, function.cname)
-            if copy in seen:
-                continue  # one address per copy of the function (gdb does the same)
-            seen.add(copy)
+            if copy in seen and not _starts_a_range(pc, function.cname):
+                continue  # one address per copy of the function (gdb does the same) ...
+            seen.add(copy)  # ... and per address range of an inlined copy (an unrolled loop's)
             placed.append(Placement(function, pc, inlined_into(pc, function)))
         if not pcs and state.function_block(function) is None:
             placed.extend(_merged_into_callers(path, line, function))

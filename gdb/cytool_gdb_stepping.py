@@ -147,6 +147,8 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
             prefix = f"Breakpoint {_last_stop_gdb_breakpoints[0]}, "  # one of gdb's own
     frame = newest_frame()
     assert frame is not None
+    if isinstance(event, gdb.BreakpointEvent) and _report_inlined_entry(event, frame, prefix):
+        return
     frame = _outside_inlined_helpers(frame)
     if cython_function(frame) is not None:
         frame.select()
@@ -169,6 +171,37 @@ def report(prefix: str = "", event: Optional["gdb.StopEvent"] = None) -> None:
         return
     where = f" at {os.path.basename(path)}:{line}" if path else ""
     print(f"{prefix}stopped in {frame.name() or '??'}(){where} (C code)")
+
+
+def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", prefix: str) -> bool:
+    """A stop at a Cython breakpoint's address where an inlined copy of its function is
+    entered: gdb shows the caller there (its frame for the copy starts one instruction on,
+    and a copy of one instruction has no such place), so the stop is told as the copy's:
+    `mod.pyx:3 in sq() (inlined into helper())`. False when that is not the case."""
+    try:
+        pc = frame.pc()
+    except gdb.error:
+        return False
+    for hit in event.breakpoints:
+        if not isinstance(hit, breakpoints.Location) or hit.address != pc:
+            continue
+        function = hit.function
+        if cython_function(frame) is function or function.cname not in placement.function_names_at(pc):
+            continue
+        line = gdb.find_pc_line(pc).line
+        path = function.source or ""
+        if not line or not path:
+            continue
+        level = placement.optimisation_level_at(pc)
+        suffix = f" [{level} build]" if level != "-O0" else ""
+        caller = cython_function(frame)
+        into = f" (inlined into {caller.display_name}())" if caller is not None else ""
+        print(f"{prefix}{os.path.basename(path)}:{line} in {function.display_name}(){into}{suffix}")
+        text = state.source_text(path, line)
+        if text:
+            print(f"{line:>6}    {text.strip()}")
+        return True
+    return False
 
 
 def _outside_inlined_helpers(frame: "gdb.Frame") -> "gdb.Frame":

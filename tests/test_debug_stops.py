@@ -9,6 +9,7 @@ runs on the interpreters CYTOOL_TEST_PYTHONS names (tests/conftest.py).
 """
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -255,6 +256,25 @@ def test_step_at_O3_stops_in_the_cython_function_not_an_inlined_helper(
     assert "in Packer.pack_guarded()" in run.of(4), out
     assert "(C code)" not in run.of(3) and "__Pyx" not in run.of(3), out
     assert "Python Exception" not in out, out
+
+
+def test_a_line_of_an_unrolled_inlined_copy_stops_at_every_iteration(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """At -O3 gcc inlines sq() into helper() into _pack_int() and unrolls helper's loop: one
+    inlined copy of sq() with an address range per iteration. cy-break sq stops in every
+    range, told as sq()'s (was: once per call, shown as helper():10, gdb's caller frame at
+    an inlined copy's entry)."""
+    debug_python = sys.executable
+    directory = tmp_path_factory.mktemp("unrolled-O3")
+    shutil.copy(h.HERE / "unrolled.pyx", directory / "unrolled.pyx")
+    h.build_extension(debug_python, directory / "unrolled.pyx", directory, opt_level="3")
+    commands = ["cy-break sq", "cy-run"] + ["cy-cont"] * 6
+    run = h.run_gdb_program([debug_python, str(h.HERE / "unrolleddriver.py"), str(directory)], commands)
+    out = str(run)
+    U = h.markers(h.HERE / "unrolled.pyx")
+    found = re.findall(r"Cython breakpoint 1, (\S+?):(\d+) in (\S+)\(\)", out)
+    assert len(found) >= 3, out  # a stop per iteration (gdb's own placement: one per call)
+    assert set(found) == {("unrolled.pyx", str(U["sq-body"]), "sq")}, out
+    assert "packed 90" in out, out
 
 
 def test_package_module_loaded_later(debug_python: str, package_project: Path) -> None:
