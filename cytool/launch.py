@@ -151,6 +151,19 @@ def _prime_source_lines(tb: Optional["TracebackType"], folders: List[Path]) -> N
         tb = tb.tb_next
 
 
+class _not_pinned:
+    """frame_pinned's stand-in when nothing traces."""
+
+    def __init__(self, frame: object) -> None:
+        pass
+
+    def __enter__(self) -> None:
+        pass
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
 class Launcher:
     """Runs one Entry in this process. `options` build the .pyx modules; `prebuilt` is
     an already built module for a pyx entry (cytool debug's inferior).
@@ -205,12 +218,18 @@ class Launcher:
         """Run the program; its exit status. SystemExit propagates (its code becomes the
         status); any other exception prints a traceback naming .pyx lines and gives 1."""
         self.prepare()
+        # (traced: the tracer stops comparing an allocation's Python frames here; cytool's
+        # tracker is imported only when something traces)
+        tracker = sys.modules.get("cytool.tracker")
+        pinned = tracker.frame_pinned if tracker is not None else _not_pinned
         try:
             if self.entry.kind == "pyx":
-                return self._run_pyx()
+                with pinned(sys._getframe()):
+                    return self._run_pyx()
             body = {"script": self._run_script, "module": self._run_module, "code": self._run_code}[self.entry.kind]
             try:
-                body()
+                with pinned(sys._getframe()):
+                    body()
             except (SystemExit, KeyboardInterrupt):
                 raise
             except BaseException as error:  # the user's exception: show it as Python would

@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import inspect
 import re
+import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -174,6 +175,8 @@ class CytoolTracing:
 
     def _traced_call(self, item: pytest.Item, call, limits: Dict[str, Tuple[int, str]]):  # type: ignore[no-untyped-def]
         """`call` wrapped in a measurement of its own call: the test's tracing window."""
+        from cytool.tracker import frame_pinned
+
         measurement = self._measurement(item)
         traced = self._traced
 
@@ -181,7 +184,8 @@ class CytoolTracing:
         def traced_call(*args, **kwargs):  # type: ignore[no-untyped-def]
             measurement.start()
             try:
-                return call(*args, **kwargs)
+                with frame_pinned(sys._getframe()):  # pytest's frames outside: not compared at each allocation
+                    return call(*args, **kwargs)
             finally:
                 _end(measurement, limits)
                 traced[item.nodeid] = _Traced(measurement, limits)

@@ -14,7 +14,7 @@ import atexit
 import errno
 import os
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Dict, Optional, Type, Union
 
 from cytool.errors import CytoolError
@@ -50,6 +50,29 @@ def _driver():
         ) from None
     _cytrace_module = _cytrace
     return _cytrace
+
+
+class frame_pinned:
+    """`with frame_pinned(sys._getframe()):` while the block runs, that frame (of this
+    thread: cytool's code that runs the measured code, suspended in that call until the
+    block ends) is pinned: the tracer's check of an allocation's Python frames stops there
+    instead of comparing every frame outside it (pytest's and pluggy's, the launcher's)
+    again at each allocation. Nothing happens when the tracer extension is not loaded
+    (nothing traces). A class, not a generator: its own frames are cytool's, so what
+    they allocate inside a measurement is the tracer's row, not contextlib's lines."""
+
+    def __init__(self, frame: FrameType) -> None:
+        self.pin = getattr(_cytrace_module, "pin_frame", None)
+        self.frame: Optional[FrameType] = frame
+
+    def __enter__(self) -> None:
+        if self.pin is not None:
+            self.pin(self.frame)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pin is not None:
+            self.pin(None)
+        self.frame = None
 
 
 def _after_fork_in_child() -> None:

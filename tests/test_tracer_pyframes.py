@@ -91,6 +91,21 @@ def test_plain_calls_give_their_call_lines(shapes_capture) -> None:
         assert not any(f.function == "<unknown>" for f in capture.pyframes.values())
 
 
+def test_calls_under_a_pinned_frame(shapes_capture) -> None:
+    # a pinned frame (cytool.tracker.frame_pinned: the launcher's, the pytest plugin's) ends
+    # the tracer's frame-by-frame check; the frames inside it and its own line stay exact,
+    # and so does everything after the pin ends
+    path, version = shapes_capture
+    with read_capture(path) as capture:
+        inner = [("recurse_in_pin", at("pin_leaf"))] + [("recurse_in_pin", at("pin_recurse"))] * 3
+        def below(line: str) -> list:
+            return inner + [("outer_in_pin", at("outer_in_pin")), ("pinned_runner", at(line)),
+                            ("<module>", at("module_pinned"))]
+        assert python_frames_of(capture, 1013) == [below("pinned_a")], version
+        assert python_frames_of(capture, 1014) == [below("pinned_b")] * 2, version
+        assert python_frames_of(capture, 1015) == [below("unpinned")], version
+
+
 def test_generators_coroutines_and_calls_through_c(shapes_capture) -> None:
     path, version = shapes_capture
     with read_capture(path) as capture:

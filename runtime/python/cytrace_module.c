@@ -268,6 +268,12 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     return stats_dict();
 }
 
+static PyObject *py_pin_frame(PyObject *self, PyObject *frame) {
+    (void)self;
+    if (python_frames_pin(frame) != 0) return NULL;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"start", (PyCFunction)(void (*)(void))py_start, METH_VARARGS | METH_KEYWORDS,
      "start(path, follow_fork=False, trace_python_allocators=False, python_frames=True, native_unwind=False,\n"
@@ -280,6 +286,9 @@ static PyMethodDef methods[] = {
     {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes, lost"},
+    {"pin_frame", py_pin_frame, METH_O,
+     "pin_frame(frame or None): the frame (of this thread) that runs the measured code stays suspended until\n"
+     "pin_frame(None), called before it returns: allocations below it compare only the frames inside it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -32,6 +32,12 @@
  * its previous allocation drops both caches. A program that keeps making and dropping
  * code objects pays a walk and a look-up per frame at its next allocations, not wrong names.
  *
+ * A frame pinned by cytool's code that runs the measured code (the pytest plugin's window
+ * around a test, the launcher running a program) stays suspended on its thread's chain
+ * while pinned (it is unpinned before it returns): the frames outside it cannot change,
+ * so the fast check stops there instead of comparing the launcher's or pytest's dozens
+ * of frames at every allocation. Only a walk made under the same pin is trusted past it.
+ *
  * Each walk's words get a chain serial (unique in the process while the thread's counter
  * does not wrap); an allocation that finds the previous chain returns its serial, so the
  * tracer can tell two stacks' Python parts equal without comparing them.
@@ -95,6 +101,8 @@ typedef struct {
     int nprevious, npython, cap;
     int reusable; /* every frame of `previous` has its word (none is 0: the tracer's table was not full) */
     uint64_t serial; /* the chain serial of `previous`'s words */
+    int pin_index;             /* where `previous` met the pinned frame (-1: nowhere) ... */
+    unsigned long previous_pin; /* ... under this pin */
     unsigned start, session; /* the start and the tracer session its words belong to */
     unsigned long deaths;    /* code_deaths when the caches were last valid */
     unsigned epoch;          /* this thread's count of those: the site slots' generation */
@@ -107,6 +115,8 @@ static pthread_once_t frames_key_once = PTHREAD_ONCE_INIT;
 static unsigned frames_epoch = 1; /* bumped at each start: cached words of an earlier capture are void */
 static unsigned long code_deaths; /* code objects deallocated so far (since the first start) */
 static int frames_on;
+static const void *pinned_frame;  /* the interpreter frame pinned (NULL: none) ... */
+static unsigned long pin_serial;  /* ... and the pin's number: bumped at every pin and unpin */
 
 static void thread_frames_free(void *p) {
     thread_frames *t = p;
@@ -331,6 +341,7 @@ static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsi
     t->nprevious = 0;
     t->npython = 0;
     t->reusable = 0;
+    t->pin_index = -1;
 }
 
 /* The long way: walk the whole chain, give each frame its word (those of the outermost
@@ -340,8 +351,11 @@ static void __attribute__((noinline)) thread_frames_renew(thread_frames *t, unsi
 static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame *innermost, uint64_t *words, int max,
                                                  int skip, int *depth, uint64_t *chain) {
     walked_frame *restrict walk = t->walk;
-    int n = 0, cap = t->cap;
+    int n = 0, cap = t->cap, pin_index = -1;
+    unsigned long pin = __atomic_load_n(&pin_serial, __ATOMIC_ACQUIRE);
+    const void *pinned = __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED);
     for (interp_frame *f = innermost; f != NULL; f = outer_frame(f)) {
+        if ((const void *)f == pinned) pin_index = n;
         if (__builtin_expect(n == cap, 0)) {
             if (grow_walks(t) != 0) break;
             walk = t->walk;
@@ -368,6 +382,8 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
     t->previous = walk;
     t->walk = (walked_frame *)previous;
     t->nprevious = n;
+    t->pin_index = pin_index;
+    t->previous_pin = pin;
     next_serial(t);
     /* the Python frames' words, innermost first, but the `skip` innermost; a word 0 (the
      * tracer's table is full) ends them */
@@ -410,9 +426,17 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
     if (__builtin_expect(skip == 0 && t->reusable && npython <= max, 1)) {
         interp_frame *f = innermost;
         const walked_frame *p = t->previous, *end = p + t->nprevious;
+        const walked_frame *pin = NULL; /* the pinned frame's place in `previous`, if trusted */
+        if (t->pin_index >= 0 && t->previous_pin == __atomic_load_n(&pin_serial, __ATOMIC_ACQUIRE))
+            pin = p + t->pin_index;
         for (; p != end && f != NULL; p++, f = outer_frame(f)) {
             frame_state now = state_of(f);
             if (now.where != p->state.where || now.what != p->state.what) break;
+            if (p == pin && (const void *)f == __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED)) {
+                p = end; /* the pinned frame, in the same state: the frames outside it are the same */
+                f = NULL;
+                break;
+            }
         }
         if (p == end && f == NULL) {
             if (known != t->serial && npython > 0) /* (the caller has these words already if it knows the serial) */
@@ -470,3 +494,22 @@ void python_frames_enable(void) {
 }
 
 void python_frames_disable(void) { __atomic_store_n(&frames_on, 0, __ATOMIC_RELEASE); }
+
+int python_frames_pin(PyObject *frame) {
+    const void *interp = NULL;
+    if (frame != NULL && frame != Py_None) {
+        if (!PyFrame_Check(frame)) {
+            PyErr_SetString(PyExc_TypeError, "pin_frame() takes a frame object (sys._getframe()) or None");
+            return -1;
+        }
+#if PY_VERSION_HEX >= 0x030B0000
+        interp = ((PyFrameObject *)frame)->f_frame;
+#else
+        interp = frame;
+#endif
+    }
+    /* (a walk under the old pin, or none, is not trusted past the new one: a new number) */
+    __atomic_store_n(&pinned_frame, interp, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&pin_serial, 1, __ATOMIC_RELEASE);
+    return 0;
+}

@@ -13,4 +13,10 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
 void python_frames_enable(void);
 void python_frames_disable(void);
 
+/* Pin `frame` (a frame object of the calling thread, or None to unpin): until unpinned it
+ * must stay on the chain, suspended in a call (unpin it before it returns), and walks
+ * stop comparing there. GIL held; 0, or -1 with a TypeError. */
+#include <Python.h>
+int python_frames_pin(PyObject *frame);
+
 #endif
