@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 CYTOOL := $(VENV)/bin/cytool
 
 # Debian packages: compiler, gdb, the C runtime's libraries, and what the tests drive.
-APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev \
+APT_PACKAGES := gcc g++ make gdb tmux binutils elfutils libdw-dev libelf-dev liblz4-dev libzstd-dev \
                 libunwind-dev chromium python3-dbg
 
 .PHONY: all deps venv install demo test test-pythons bench sanitize realworld clean

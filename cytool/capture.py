@@ -205,7 +205,7 @@ def library() -> ctypes.CDLL:
     except OSError as error:
         raise CytoolError(
             f"cannot load the capture reader {path}: {error}",
-            hint="build the C runtime with `make -C runtime` (needs liblz4 and libdw)",
+            hint="build the C runtime with `make -C runtime` (needs libzstd, liblz4 and libdw)",
         ) from None
     size_p = ctypes.POINTER(ctypes.c_size_t)
     prototypes = {

@@ -115,7 +115,7 @@ class Tracker:
         threads within one tick are interleaved evenly, every address keeping a possible
         history of allocations and frees. Below 100 us each event reads the TSC (rounded
         down to a power of two of ns): exact order across threads, larger captures.
-    compression_level: LZ4 level of the capture frames, 0 (fast, default) or 3..12 (LZ4HC,
+    compression_level: zstd level of the capture frames, 0 (fast, default: zstd's -1) or 1..12 (smaller,
         with 1 MiB of event buffer per thread instead of 256 KiB).
     max_frames: the most frames a stack keeps (native and Python together; default
         _cytrace.DEFAULT_MAX_FRAMES, 1024; 16 to 65536). A deeper stack keeps its innermost

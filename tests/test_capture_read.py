@@ -595,12 +595,12 @@ def test_a_capture_finished_for_an_exec_says_so(tmp_path: Path, failed: bool) ->
 
 
 def test_newer_version_is_rejected(tmp_path: Path) -> None:
-    path = tmp_path / "v6.cytrace"
-    with CaptureWriter(path, version=6) as w:
+    path = tmp_path / "v7.cytrace"
+    with CaptureWriter(path, version=7) as w:
         w.end(0)
     with pytest.raises(CytoolError) as info:
         read_capture(path)
-    assert "written by a newer cytool: format 6, this reader knows 5" in info.value.message
+    assert "written by a newer cytool: format 7, this reader knows 6" in info.value.message
     assert "upgrade" in info.value.hint
 
 

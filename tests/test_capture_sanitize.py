@@ -31,7 +31,7 @@ def driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = subprocess.run(
         [cc, "-std=gnu11", "-g", "-O1", "-fno-omit-frame-pointer", "-fsanitize=address,undefined",
          "-fno-sanitize-recover=undefined", "-Wall", "-Wextra", "-Werror", f"-I{RUNTIME / 'include'}", *sources,
-         str(RUNTIME / "tests" / "test_analyze_driver.c"), "-o", str(out), "-llz4", "-ldw", "-lelf"],
+         str(RUNTIME / "tests" / "test_analyze_driver.c"), "-o", str(out), "-lzstd", "-llz4", "-ldw", "-lelf"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stdout

@@ -145,11 +145,11 @@ def test_foreign_file(tmp_path: Path, run_cytool) -> None:
 
 def test_newer_version(tmp_path: Path, run_cytool) -> None:
     path = tmp_path / "new.cytrace"
-    with CaptureWriter(path, version=7) as w:
+    with CaptureWriter(path, version=8) as w:
         w.end(0)
     result = run_cytool("report", path)
     assert result.returncode == 2
-    assert f"{path}: written by a newer cytool: format 7, this reader knows 5" in result.stderr
+    assert f"{path}: written by a newer cytool: format 8, this reader knows 6" in result.stderr
     assert "upgrade cytool" in result.stderr
 
 

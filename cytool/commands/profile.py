@@ -61,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         choices=range(0, 13),
         metavar="LEVEL",
-        help="LZ4 level of the capture: 0 fast (default), 3..12 smaller (LZ4HC: more CPU in the writer thread, "
+        help="zstd level of the capture: 0 fast (default: zstd's -1), 1..12 smaller (more CPU in the writer thread, "
         "1 MiB of event buffer per thread instead of 256 KiB)",
     )
     parser.add_argument(

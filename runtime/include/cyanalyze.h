@@ -24,7 +24,7 @@ extern "C" {
 #define CYA_API __attribute__((visibility("default")))
 
 /* The format version this reader understands (FORMAT.md). */
-#define CYA_FORMAT_VERSION 5
+#define CYA_FORMAT_VERSION 6
 
 /* Event kinds, as in FORMAT.md section 3. */
 enum cya_kind {

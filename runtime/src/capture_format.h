@@ -3,7 +3,7 @@
 #ifndef CAPTURE_FORMAT_H
 #define CAPTURE_FORMAT_H
 
-#define CAPTURE_FORMAT_VERSION 5
+#define CAPTURE_FORMAT_VERSION 6
 
 /* Header: how event times were taken (FORMAT.md section 1). */
 enum { CLOCK_KIND_EXACT = 0, CLOCK_KIND_TICKING = 1 };
@@ -36,8 +36,10 @@ enum { COL_HEAD, COL_TIME, COL_ADDR, COL_SIZE, COL_STACK, NCOLS };
 #define EV_TIME 0x40u       /* a time delta (in the batch's unit) follows */
 #define EV_SAME_STACK 0x80u /* an allocation with the previous allocation's stack id */
 
-/* Every LZ4 frame starts with these four bytes (little-endian 0x184D2204): the reader
- * looks for them to resynchronise after a damaged frame. */
+/* Every frame starts with these four bytes, little-endian: zstd frames (format 6 on) and
+ * LZ4 frames (formats 1 to 5). The reader looks for them to resynchronise after a damaged
+ * frame. */
+#define ZSTD_FRAME_MAGIC 0xFD2FB528u
 #define LZ4_FRAME_MAGIC 0x184D2204u
 
 #endif

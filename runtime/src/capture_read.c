@@ -1,6 +1,6 @@
 /* capture_read.c: the capture file reader (formats 1 to 3, runtime/FORMAT.md).
  *
- * Owns: checking the header (magic, version), walking the body's LZ4 frames (skipping a
+ * Owns: checking the header (magic, version), walking the body's frames (skipping a
  * damaged one and resynchronising on the next frame magic), decoding records, reading
  * each definition once however often it is repeated, resolving ids once the whole file is
  * read, and saying what is missing: the frames skipped, the batches absent or repeated,
@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lz4frame.h>
+#include <zstd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <sys/file.h>
@@ -607,25 +608,75 @@ static int decode_batch(reader *r, cursor *cur)
 /* How decompressing one frame ended. */
 enum { INFLATE_DONE, INFLATE_CUT, INFLATE_DAMAGED, INFLATE_NO_MEMORY };
 
-/* Decompress the LZ4 frame at `src` (at most `avail` bytes) into *out (grown as needed):
- * INFLATE_DONE (the whole frame: *consumed bytes read, *produced written), INFLATE_CUT
- * (the bytes end inside the frame), INFLATE_DAMAGED (*error names liblz4's complaint) or
- * INFLATE_NO_MEMORY. */
-static int inflate_frame(LZ4F_dctx *dctx, const uint8_t *src, size_t avail, uint8_t **out, size_t *out_cap,
+/* The decompressors of both frame kinds: zstd frames (format 6 on), LZ4 frames (before). */
+typedef struct inflater {
+    LZ4F_dctx *lz4;
+    ZSTD_DCtx *zstd;
+} inflater;
+
+static int inflater_init(inflater *z)
+{
+    z->zstd = ZSTD_createDCtx();
+    if (!z->zstd || LZ4F_isError(LZ4F_createDecompressionContext(&z->lz4, LZ4F_VERSION))) {
+        z->lz4 = NULL;
+        ZSTD_freeDCtx(z->zstd);
+        z->zstd = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+static void inflater_free(inflater *z)
+{
+    if (z->lz4)
+        LZ4F_freeDecompressionContext(z->lz4);
+    ZSTD_freeDCtx(z->zstd);
+    z->lz4 = NULL;
+    z->zstd = NULL;
+}
+
+static int has_magic(const uint8_t *p, size_t avail, uint32_t magic)
+{
+    return avail >= 4 && ((uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24) == magic;
+}
+
+/* Decompress the frame (zstd or LZ4, by its magic) at `src` (at most `avail` bytes) into
+ * *out (grown as needed): INFLATE_DONE (the whole frame: *consumed bytes read, *produced
+ * written), INFLATE_CUT (the bytes end inside the frame), INFLATE_DAMAGED (*error names
+ * the library's complaint; the content checksum is checked) or INFLATE_NO_MEMORY. */
+static int inflate_frame(inflater *z, const uint8_t *src, size_t avail, uint8_t **out, size_t *out_cap,
                          size_t *consumed, size_t *produced, const char **error) {
     size_t in_off = 0, out_len = 0;
     int state;
+    int zstd = has_magic(src, avail, ZSTD_FRAME_MAGIC);
+    if (zstd)
+        ZSTD_DCtx_reset(z->zstd, ZSTD_reset_session_only);
+    else
+        LZ4F_resetDecompressionContext(z->lz4);
     for (;;) {
         if (*out_cap - out_len < (1u << 16) && !cya_grow((void **)out, out_cap, out_len + (1u << 16), 1)) {
             state = INFLATE_NO_MEMORY;
             break;
         }
-        size_t dsz = *out_cap - out_len, ssz = avail - in_off;
-        size_t ret = LZ4F_decompress(dctx, *out + out_len, &dsz, src + in_off, &ssz, NULL);
-        if (LZ4F_isError(ret)) {
-            *error = LZ4F_getErrorName(ret);
-            state = INFLATE_DAMAGED;
-            break;
+        size_t dsz = *out_cap - out_len, ssz = avail - in_off, ret;
+        if (zstd) {
+            ZSTD_outBuffer o = {*out + out_len, dsz, 0};
+            ZSTD_inBuffer i = {src + in_off, ssz, 0};
+            ret = ZSTD_decompressStream(z->zstd, &o, &i);
+            if (ZSTD_isError(ret)) {
+                *error = ZSTD_getErrorName(ret);
+                state = INFLATE_DAMAGED;
+                break;
+            }
+            dsz = o.pos;
+            ssz = i.pos;
+        } else {
+            ret = LZ4F_decompress(z->lz4, *out + out_len, &dsz, src + in_off, &ssz, NULL);
+            if (LZ4F_isError(ret)) {
+                *error = LZ4F_getErrorName(ret);
+                state = INFLATE_DAMAGED;
+                break;
+            }
         }
         in_off += ssz;
         out_len += dsz;
@@ -647,7 +698,7 @@ static int inflate_frame(LZ4F_dctx *dctx, const uint8_t *src, size_t avail, uint
 
 struct cya_batch_loader {
     const cya_capture *c;
-    LZ4F_dctx *dctx;
+    inflater z;
     uint8_t *in, *out;
     size_t in_cap, out_cap, out_len;
     uint64_t frame_pos; /* the frame in `out`; UINT64_MAX: none */
@@ -660,7 +711,7 @@ cya_batch_loader *cya_batch_loader_new(const cya_capture *c)
         return NULL;
     l->c = c;
     l->frame_pos = UINT64_MAX;
-    if (LZ4F_isError(LZ4F_createDecompressionContext(&l->dctx, LZ4F_VERSION))) {
+    if (!inflater_init(&l->z)) {
         free(l);
         return NULL;
     }
@@ -671,7 +722,7 @@ void cya_batch_loader_free(cya_batch_loader *l)
 {
     if (!l)
         return;
-    LZ4F_freeDecompressionContext(l->dctx);
+    inflater_free(&l->z);
     free(l->in);
     free(l->out);
     free(l);
@@ -693,10 +744,9 @@ static const char *load_frame(cya_batch_loader *l, uint64_t pos, uint64_t len)
             return n < 0 ? strerror(errno) : "the file is shorter than when it was read";
         got += (uint64_t)n;
     }
-    LZ4F_resetDecompressionContext(l->dctx);
     size_t in_off = 0;
     const char *error = NULL;
-    switch (inflate_frame(l->dctx, l->in, len, &l->out, &l->out_cap, &in_off, &l->out_len, &error)) {
+    switch (inflate_frame(&l->z, l->in, len, &l->out, &l->out_cap, &in_off, &l->out_len, &error)) {
     case INFLATE_NO_MEMORY:
         return "out of memory";
     case INFLATE_DAMAGED:
@@ -1094,11 +1144,17 @@ static int parse_header(cya_capture *c, const uint8_t *buf, size_t len, size_t *
     return 1;
 }
 
-/* The offset of the next LZ4 frame magic at or after `from`, or len. */
-static size_t next_magic(const uint8_t *buf, size_t len, size_t from)
+/* The magic of the capture's frames: zstd from format 6 on, LZ4 before. */
+static uint32_t frame_magic(const cya_capture *c)
 {
-    static const uint8_t magic[4] = {LZ4_FRAME_MAGIC & 0xff, (LZ4_FRAME_MAGIC >> 8) & 0xff,
-                                     (LZ4_FRAME_MAGIC >> 16) & 0xff, LZ4_FRAME_MAGIC >> 24};
+    return c->header.version >= 6 ? ZSTD_FRAME_MAGIC : LZ4_FRAME_MAGIC;
+}
+
+/* The offset of the next frame magic (`frame_magic`) at or after `from`, or len. */
+static size_t next_magic(const uint8_t *buf, size_t len, size_t from, uint32_t frame_magic)
+{
+    const uint8_t magic[4] = {frame_magic & 0xff, (frame_magic >> 8) & 0xff, (frame_magic >> 16) & 0xff,
+                              frame_magic >> 24};
     if (from >= len)
         return len;
     const uint8_t *hit = memmem(buf + from, len - from, magic, sizeof magic);
@@ -1112,9 +1168,9 @@ static size_t next_magic(const uint8_t *buf, size_t len, size_t from)
 static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
 {
     cya_capture *c = r->cap;
-    LZ4F_dctx *dctx = NULL;
-    if (LZ4F_isError(LZ4F_createDecompressionContext(&dctx, LZ4F_VERSION))) {
-        set_problem(c, "cannot create an LZ4 decompression context");
+    inflater z;
+    if (!inflater_init(&z)) {
+        set_problem(c, "cannot create the decompression contexts");
         c->status.truncated = 1;
         return;
     }
@@ -1122,7 +1178,7 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
     size_t out_cap = 0, dropped = 0;
     c->status.recovered_bytes = pos;
     while (pos < len && !r->out_of_memory) {
-        size_t start = next_magic(buf, len, pos);
+        size_t start = next_magic(buf, len, pos, frame_magic(c));
         if (start != pos) { /* bytes that are no frame: damage, or a frame cut at its magic */
             if (start == len && c->status.complete) {
                 set_problem(c, "%zu bytes after the END record were ignored", len - pos);
@@ -1130,12 +1186,12 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
                 break;
             }
             if (start == len && len - pos < 4) {
-                set_problem(c, "the file ends inside the LZ4 frame starting at byte %zu", pos);
+                set_problem(c, "the file ends inside the frame starting at byte %zu", pos);
                 add_note(c, "the file ends inside the frame starting at byte %zu (%zu bytes)", pos, len - pos);
                 c->status.truncated = 1;
                 break;
             }
-            set_problem(c, "%zu bytes at byte %zu are not an LZ4 frame", start - pos, pos);
+            set_problem(c, "%zu bytes at byte %zu are not a frame", start - pos, pos);
             add_note(c, "%zu bytes at byte %zu are not a frame: skipped", start - pos, pos);
             c->status.damaged_frames++;
             pos = start;
@@ -1143,7 +1199,7 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         }
         size_t in_off = 0, out_len = 0;
         const char *error = NULL;
-        int state = inflate_frame(dctx, buf + pos, len - pos, &out, &out_cap, &in_off, &out_len, &error);
+        int state = inflate_frame(&z, buf + pos, len - pos, &out, &out_cap, &in_off, &out_len, &error);
         if (state == INFLATE_NO_MEMORY) {
             set_problem(c, "out of memory while decompressing");
             r->out_of_memory = 1;
@@ -1151,15 +1207,14 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         }
         int done = state == INFLATE_DONE, cut = state == INFLATE_CUT;
         if (!done) {
-            LZ4F_resetDecompressionContext(dctx);
-            size_t next = next_magic(buf, len, pos + 1);
+            size_t next = next_magic(buf, len, pos + 1, frame_magic(c));
             if (cut && next == len) { /* the last frame, cut short: the writer was stopped */
-                set_problem(c, "the file ends inside the LZ4 frame starting at byte %zu", pos);
+                set_problem(c, "the file ends inside the frame starting at byte %zu", pos);
                 add_note(c, "the file ends inside the frame starting at byte %zu (%zu bytes)", pos, len - pos);
                 c->status.truncated = 1;
                 break;
             }
-            set_problem(c, "the LZ4 frame starting at byte %zu is damaged (%s)", pos, error ? error : "cut short");
+            set_problem(c, "the frame starting at byte %zu is damaged (%s)", pos, error ? error : "cut short");
             add_note(c, "the frame at byte %zu is damaged (%s): skipped", pos, error ? error : "cut short");
             c->status.damaged_frames++;
             pos = next;
@@ -1185,7 +1240,7 @@ static void read_body(reader *r, const uint8_t *buf, size_t len, size_t pos)
         }
     }
     free(out);
-    LZ4F_freeDecompressionContext(dctx);
+    inflater_free(&z);
     if (!c->status.complete) {
         c->status.truncated = 1;
         if (c->status.live)
@@ -1504,7 +1559,7 @@ CYA_API cya_capture *cya_open(const char *path, int *error, char *errbuf, size_t
 /* The reader's state kept between two reads, and the bytes read but not yet decoded. */
 typedef struct follower_state {
     reader r;
-    LZ4F_dctx *dctx;
+    inflater z;
     uint8_t *in, *out;
     size_t in_cap, out_cap;
     uint64_t nobjects_indexed;
@@ -1530,11 +1585,9 @@ cya_capture *cya_capture_follow(const char *path, int *error, char *errbuf, size
     }
     cya_capture *c = calloc(1, sizeof *c);
     follower_state *f = calloc(1, sizeof *f);
-    if (!c || !f || LZ4F_isError(LZ4F_createDecompressionContext(&f->dctx, LZ4F_VERSION))) {
+    if (!c || !f || !inflater_init(&f->z)) {
         *error = CYA_E_NOMEM;
         snprintf(errbuf, errlen, "out of memory");
-        if (f && f->dctx)
-            LZ4F_freeDecompressionContext(f->dctx);
         free(f);
         free(c);
         close(fd);
@@ -1564,12 +1617,12 @@ static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, u
     cya_capture *c = r->cap;
     size_t pos = 0;
     while (pos < len && !r->out_of_memory && !c->status.complete) {
-        size_t start = next_magic(buf, len, pos);
+        size_t start = next_magic(buf, len, pos, frame_magic(c));
         if (start != pos) { /* bytes that are no frame: damage, or a magic not yet whole */
             size_t skip = start == len ? (len - pos > 3 ? len - 3 : pos) : start;
             if (skip == pos)
                 break;
-            set_problem(c, "%zu bytes at byte %llu are not an LZ4 frame", skip - pos, (unsigned long long)(base + pos));
+            set_problem(c, "%zu bytes at byte %llu are not a frame", skip - pos, (unsigned long long)(base + pos));
             add_note(c, "%zu bytes at byte %llu are not a frame: skipped", skip - pos, (unsigned long long)(base + pos));
             c->status.damaged_frames++;
             c->status.truncated = 1;
@@ -1578,8 +1631,7 @@ static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, u
         }
         size_t in_off = 0, out_len = 0;
         const char *error = NULL;
-        LZ4F_resetDecompressionContext(f->dctx);
-        int state = inflate_frame(f->dctx, buf + pos, len - pos, &f->out, &f->out_cap, &in_off, &out_len, &error);
+        int state = inflate_frame(&f->z, buf + pos, len - pos, &f->out, &f->out_cap, &in_off, &out_len, &error);
         if (state == INFLATE_NO_MEMORY) {
             set_problem(c, "out of memory while decompressing");
             r->out_of_memory = 1;
@@ -1589,10 +1641,10 @@ static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, u
         if (cut) /* not complete yet: the writer is still writing it (or more is to be read) */
             break;
         if (!done) {
-            size_t next = next_magic(buf, len, pos + 1);
+            size_t next = next_magic(buf, len, pos + 1, frame_magic(c));
             if (next == len && !more)
                 next = len > pos + 4 ? len - 3 : pos + 1;
-            set_problem(c, "the LZ4 frame starting at byte %llu is damaged (%s)", (unsigned long long)(base + pos),
+            set_problem(c, "the frame starting at byte %llu is damaged (%s)", (unsigned long long)(base + pos),
                         error ? error : "cut short");
             add_note(c, "the frame at byte %llu is damaged (%s): skipped", (unsigned long long)(base + pos),
                      error ? error : "cut short");
@@ -1715,8 +1767,7 @@ static void follow_free(cya_capture *c)
     free(f->r.scan_ids);
     free(f->r.used_bits);
     cya_map_free(&f->r.used_big);
-    if (f->dctx)
-        LZ4F_freeDecompressionContext(f->dctx);
+    inflater_free(&f->z);
     free(f->in);
     free(f->out);
     free(f);

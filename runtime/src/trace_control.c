@@ -85,7 +85,7 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     cyt_compression_level = next_compression_level;
     /* Each frame starts with an empty dictionary, so longer frames compress better: 256 KiB
      * of events per thread (measured on bench_alloc: 0.030 B/event at 128 KiB, 0.022 at
-     * 256, 0.019 at 512), and 1 MiB when LZ4HC is asked for small captures */
+     * 256, 0.019 at 512; with LZ4 then), and 1 MiB when a higher level asks for small captures */
     cyt_buffer_size = cyt_compression_level > 0 ? (1024u << 10) : (256u << 10);
     cyt_max_frames = next_max_frames;
     atomic_store(&cyt_load_generation, 0);

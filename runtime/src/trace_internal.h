@@ -6,7 +6,7 @@
  *   trace_thread.c   per-thread state, event encoding, buffer flushes
  *   trace_stack.c    native stack capture and the lock-free intern tables
  *   trace_clock.c    event time: the ticking clock thread, or the exact TSC clock
- *   trace_writer.c   the capture file: header, writer thread, LZ4 frames
+ *   trace_writer.c   the capture file: header, writer thread, zstd frames
  */
 #ifndef CYTRACE_INTERNAL_H
 #define CYTRACE_INTERNAL_H
@@ -83,8 +83,8 @@ int cyt_buf_string(cyt_buf *b, const char *s, size_t len);
 extern _Atomic int cyt_active;       /* events are being recorded */
 extern _Atomic unsigned cyt_session; /* bumped at every start; thread states compare it */
 extern unsigned cyt_options;         /* CYTRACE_* options of the running session */
-extern int cyt_compression_level;    /* LZ4F level of the running session */
-extern size_t cyt_buffer_size;       /* per-thread event buffer (one LZ4 frame) */
+extern int cyt_compression_level;    /* zstd level of the running session (0: the fast -1) */
+extern size_t cyt_buffer_size;       /* per-thread event buffer (one frame) */
 extern int cyt_max_frames;           /* frames a stack keeps (deeper: cut in the middle) */
 extern _Atomic unsigned cyt_flush_epoch; /* bumped by the writer each tick: flush soon */
 extern _Atomic uint64_t cyt_load_generation; /* FORMAT.md "Load generations" */
@@ -215,7 +215,7 @@ void cyt_patch_unlock(void);
  * when another process holds it. */
 int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid);
 /* Hand a chunk of complete records, holding `nevents` events, to the writer thread (it
- * becomes one LZ4 frame). Takes ownership of `data` (malloc'ed). */
+ * becomes one frame). Takes ownership of `data` (malloc'ed). */
 void cyt_writer_submit(uint8_t *data, size_t len, uint64_t nevents);
 /* Compress and write synchronously from the calling thread (start, stop). */
 int cyt_writer_write_now(const uint8_t *data, size_t len);
