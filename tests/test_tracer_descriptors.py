@@ -13,7 +13,7 @@ from pathlib import Path
 from cytool.capture import read_capture
 
 PROGRAM = """\
-import os, subprocess, sys
+import os, subprocess, sys, threading
 from libc.stdlib cimport malloc
 
 cdef void *kept[256]
@@ -41,6 +41,31 @@ elif mode == "preexec":
     for i in range(3):
         subprocess.run(["/bin/true"], preexec_fn=lambda: grab(6666, 2), check=True)
     grab(4444, 5)
+elif mode == "unwinder":  # files on the lowest numbers, then threads: libunwind unwinds new stacks
+    os.closerange(3, 64)
+    a = os.open(other + ".a", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    b = os.open(other + ".b", os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.write(a, b"AAAA")
+    os.lseek(a, 0, 0)
+    for i in range(10):
+        t = threading.Thread(target=grab, args=(4444, 1))
+        t.start()
+        t.join()
+    print("offsets", os.lseek(a, 0, 1), os.lseek(b, 0, 1), flush=True)
+elif mode == "daemon":  # the classic recipe: close everything, the lowest number is stdin
+    for fd in range(4096):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    os.open(os.devnull, os.O_RDWR)
+    os.dup2(0, 1)
+    os.dup2(0, 2)
+    for i in range(50):
+        print("PROGRAM OUTPUT LINE", i, flush=True)
+        grab(4444, 1)
+    with open(other, "w") as f:
+        f.write(" ".join(sorted(os.readlink(f"/proc/self/fd/{n}") for n in ("0", "1", "2"))))
 elif mode == "deleted":
     os.unlink(other)  # the capture itself: cannot be opened again once its descriptor is closed
     os.closerange(3, 65536)
@@ -82,6 +107,29 @@ def test_a_followed_child_closing_descriptors_before_its_exec(run_cytool, tmp_pa
     for child in children:  # preexec_fn runs in the child, after the fork, before close_fds
         assert _sizes(child) == [6666] * 2, child
     assert _sizes(capture) == [3333] * 7 + [4444] * 5
+
+
+def test_the_unwinder_never_touches_the_programs_descriptors(run_cytool, tmp_path: Path) -> None:
+    # libunwind's memory-check pipe was made on the lowest free numbers: a program that
+    # closed them and opened files there had libunwind read its bytes, write stack bytes
+    # into them and replace them with a new pipe
+    other = tmp_path / "files"
+    proc, capture = _profile(run_cytool, tmp_path, "unwinder", other)
+    assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr
+    assert "offsets 0 0" in proc.stdout, proc.stdout
+    assert Path(str(other) + ".a").read_bytes() == b"AAAA" and Path(str(other) + ".b").read_bytes() == b""
+    assert _sizes(capture) == [3333] * 7 + [4444] * 10
+
+
+def test_a_daemon_closing_everything_gets_the_lowest_numbers(run_cytool, tmp_path: Path) -> None:
+    # the capture opened again takes a number from the top of the range: the recipe's
+    # open(/dev/null) gets 0 and its dup2s make 1 and 2 (stdout went into the capture)
+    other = tmp_path / "std.txt"
+    proc, capture = _profile(run_cytool, tmp_path, "daemon", other)
+    assert proc.returncode == 0, proc.stderr
+    assert other.read_text() == "/dev/null /dev/null /dev/null"
+    assert b"PROGRAM OUTPUT" not in capture.read_bytes()
+    assert _sizes(capture) == [3333] * 7 + [4444] * 50
 
 
 def test_a_capture_that_cannot_be_opened_again_is_a_loss_said(run_cytool, tmp_path: Path) -> None:

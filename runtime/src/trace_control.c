@@ -117,6 +117,13 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     cyt_patch_all(&objects);
     if (objects.len > 0) cyt_writer_write_now(objects.data, objects.len);
     cyt_buf_free(&objects);
+    /* libunwind's first use makes its memory-check pipe: after the patching, so that its
+     * pipe2 goes through hook_unwinder_pipe2 (trace_hooks.c) */
+    static int unwinder_ready;
+    if (!unwinder_ready) {
+        unwinder_ready = 1;
+        unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
+    }
     return 0;
 }
 
@@ -313,7 +320,6 @@ static int env_flag(const char *name) {
 
 __attribute__((constructor)) static void cyt_library_init(void) {
     cyt_threads_init();
-    unw_set_caching_policy(unw_local_addr_space, UNW_CACHE_PER_THREAD);
     const char *path = getenv("CYTOOL_PROFILE");
     if (path == NULL || path[0] == 0) return;
     unsigned options = 0;

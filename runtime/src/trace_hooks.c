@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdarg.h>
 #include <stdlib.h>
@@ -467,6 +468,30 @@ const hook_entry cyt_hook_table[] = {
 };
 #pragma GCC diagnostic pop
 const size_t cyt_hook_count = sizeof cyt_hook_table / sizeof cyt_hook_table[0];
+
+/* ---- libunwind's descriptors -----------------------------------------------------------
+ * libunwind (x86-64, 1.6) tells readable memory apart by writing a byte of it into a pipe
+ * of its own and reading it back; it makes that pipe with pipe2 at the lowest free numbers,
+ * and makes it again (closing the old numbers first) when a read fails. A program that
+ * closes every descriptor and opens files then has libunwind read from its files, write
+ * stack bytes into them and close them. So libunwind's pipe2 (its own GOT slot only) gets
+ * numbers from the top of the descriptor range, out of the program's way. */
+static int hook_unwinder_pipe2(int fds[2], int flags) {
+    int made[2];
+    if (pipe2(made, flags) != 0) return -1;
+    for (int i = 0; i < 2; i++) {
+        int high = cyt_high_fd(made[i], (flags & O_CLOEXEC) != 0);
+        if (high >= 0) made[i] = high;
+    }
+    fds[0] = made[0];
+    fds[1] = made[1];
+    return 0;
+}
+
+const hook_entry cyt_unwinder_hook_table[] = {
+    {"pipe2", (void *)hook_unwinder_pipe2, (void *)pipe2},
+};
+const size_t cyt_unwinder_hook_count = sizeof cyt_unwinder_hook_table / sizeof cyt_unwinder_hook_table[0];
 
 /* ---- entry points for the Python extension ----------------------------------------- */
 

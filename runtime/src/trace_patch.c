@@ -39,6 +39,8 @@ typedef struct hook_entry {
 
 extern const hook_entry cyt_hook_table[];
 extern const size_t cyt_hook_count;
+extern const hook_entry cyt_unwinder_hook_table[]; /* libunwind's own slots only */
+extern const size_t cyt_unwinder_hook_count;
 
 typedef struct patched_slot {
     uintptr_t *slot;
@@ -54,6 +56,7 @@ typedef struct object {
     uint32_t id;
     int present;
     int fp;
+    int unwinder; /* libunwind: its slots of cyt_unwinder_hook_table too */
     uintptr_t relro_start, relro_end;
     patched_slot *slots;
     size_t nslots;
@@ -101,9 +104,11 @@ static uintptr_t dyn_ptr(const struct dl_phdr_info *info, ElfW(Addr) value) {
     return value < info->dlpi_addr ? info->dlpi_addr + value : value;
 }
 
-static const hook_entry *hook_for(const char *name) {
+static const hook_entry *hook_for(const char *name, int unwinder) {
     for (size_t i = 0; i < cyt_hook_count; i++)
         if (strcmp(name, cyt_hook_table[i].name) == 0) return &cyt_hook_table[i];
+    for (size_t i = 0; unwinder && i < cyt_unwinder_hook_count; i++)
+        if (strcmp(name, cyt_unwinder_hook_table[i].name) == 0) return &cyt_unwinder_hook_table[i];
     return NULL;
 }
 
@@ -132,7 +137,7 @@ static void collect_relocs(const struct dl_phdr_info *info, object *o, const Elf
         if (type != R_X86_64_JUMP_SLOT && type != R_X86_64_GLOB_DAT) continue;
         unsigned long sym = ELF64_R_SYM(rel[i].r_info);
         if (sym == 0) continue;
-        const hook_entry *hook = hook_for(strtab + symtab[sym].st_name);
+        const hook_entry *hook = hook_for(strtab + symtab[sym].st_name, o->unwinder);
         if (hook != NULL) add_slot(o, (uintptr_t *)(info->dlpi_addr + rel[i].r_offset), hook);
     }
 }
@@ -269,6 +274,7 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
     o->present = 1;
     object_record(info, o->id, ctx->generation, ctx->out);
     if (is_dynamic_linker(info) || contains_self(info)) return 0;
+    o->unwinder = info->dlpi_name != NULL && strstr(info->dlpi_name, "/libunwind") != NULL;
     patch_object(info, o);
     if (o->fp) {
         for (int i = 0; i < info->dlpi_phnum && o->nexec < 4; i++) {

@@ -35,6 +35,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -129,13 +130,28 @@ static int write_all(int fd, const uint8_t *p, size_t n) {
     return 0;
 }
 
+int cyt_high_fd(int fd, int cloexec) {
+    struct rlimit limit;
+    long top = getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY ? (long)limit.rlim_cur : 1024;
+    if (top > 65536) top = 65536;
+    long floor = top - 64;
+    if (floor < 256 || fd >= floor) return fd; /* (a small limit: the program's range is all there is) */
+    int high = fcntl(fd, cloexec ? F_DUPFD_CLOEXEC : F_DUPFD, (int)floor);
+    if (high < 0) return fd;
+    close(fd);
+    return high;
+}
+
 /* Whether out_fd is still the capture's, opening the capture again if the program closed
  * it or reused its number (the old number is the program's then: left alone). 0 with
  * errno set (and fd_lost saying why) when the capture cannot be found again. Caller holds
  * io_lock. */
 static int capture_fd_ok(void) {
     struct stat st;
-    if (out_fd >= 0 && fstat(out_fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino) return 1;
+    /* (device and inode, and opened write-only: not a descriptor the program opened on it) */
+    if (out_fd >= 0 && fstat(out_fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino &&
+        (fcntl(out_fd, F_GETFL) & O_ACCMODE) == O_WRONLY)
+        return 1;
     if (reopen_path[0] == '\0') return out_fd >= 0;
     out_fd = -1;
     int fd = open(reopen_path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
@@ -147,6 +163,7 @@ static int capture_fd_ok(void) {
         return 0;
     }
     (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+    fd = cyt_high_fd(fd, 1); /* (not the lowest free number: the program may be about to take it) */
     (void)flock(fd, LOCK_EX | LOCK_NB); /* (the program's close released it) */
     if (lseek(fd, (off_t)file_end, SEEK_SET) < 0) {
         close(fd);
@@ -492,6 +509,7 @@ int cyt_writer_open(const char *path, unsigned header_flags, pid_t parent_pid) {
         return -1;
     }
     (void)fcntl(out_fd, F_SETFL, fcntl(out_fd, F_GETFL) & ~O_NONBLOCK);
+    out_fd = cyt_high_fd(out_fd, 1); /* out of the way of a program that closes and reopens low numbers */
     if (flock(out_fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK) {
         close(out_fd);
         out_fd = -1;
