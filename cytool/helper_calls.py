@@ -50,9 +50,10 @@ _STDLIB = re.compile(r"/lib(64)?/python\d+\.\d+t?/")
 
 def is_library_file(file: str) -> bool:
     """Whether a Python frame's file is the standard library's or an installed
-    package's (frozen modules included), not the program's own."""
-    if file.startswith("<frozen ") or "/site-packages/" in file or "/dist-packages/" in file:
-        return True
+    package's (frozen modules and code made by exec, "<string>", included), not the
+    program's own; inside a helper call, such frames are the helper's."""
+    if file.startswith("<frozen ") or file == "<string>" or "/site-packages/" in file or "/dist-packages/" in file:
+        return True  # ("<string>": code the library made with exec, e.g. a namedtuple's methods)
     return bool(_STDLIB.search(file))
 
 

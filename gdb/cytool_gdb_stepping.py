@@ -188,7 +188,8 @@ def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", pref
         function = hit.function
         if cython_function(frame) is function or function.cname not in placement.function_names_at(pc):
             continue
-        line = gdb.find_pc_line(pc).line
+        plan = hit.owner.plan  # (the line asked for: the entry's own row may carry the caller's)
+        line = plan.line if plan is not None else gdb.find_pc_line(pc).line
         path = function.source or ""
         if not line or not path:
             continue

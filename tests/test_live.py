@@ -211,6 +211,33 @@ def test_follower_reads_captures_of_older_cytools(tmp_path: Path, version: int) 
         assert follower_figures(follower)["leaked_bytes"] == 64 + (1 << 19)
 
 
+@pytest.mark.parametrize("failed", [False, True])
+def test_follower_tells_a_capture_finished_for_an_exec(tmp_path: Path, failed: bool) -> None:
+    # format 5: EXEC before END; EXEC_FAILED in a frame after END, which the follower reads too
+    from cytool.live.view import _status_line
+
+    capture = tmp_path / "exec.cytrace"
+    with CaptureWriter(capture, version=5) as w:
+        w.thread(1, 100, "MainThread")
+        w.stack(1, [pc_word(0x401000)])
+        w.batch(1, 0, [("malloc", 0, 0x1000, 64, 1)])
+        w.flush()
+        w.exec_(2_000_000, "/bin/true")
+        w.stats(1)
+        w.end(2_100_000)
+        w.flush()
+        if failed:
+            w.exec_failed(2_200_000, 8, "Exec format error")
+    with Follower(capture) as follower:
+        follower.poll()
+        assert follower.totals.complete and follower.exec_end == ("/bin/true", "Exec format error" if failed else "")
+        line = _status_line(follower, "")
+        if failed:
+            assert "tracing ended at an exec of /bin/true that failed (Exec format error)" in line, line
+        else:
+            assert "the program replaced itself (exec /bin/true): capture complete" in line, line
+
+
 def test_live_errors(tmp_path: Path) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")

@@ -205,6 +205,13 @@ class Follower(NativeHandle):
         return _text(status.problem)
 
     @property
+    def exec_end(self) -> Tuple[str, str]:
+        """(the program an exec replaced the process with, why that exec failed): ("", "")
+        when the capture was not finished for an exec; the failure is "" when it worked."""
+        status: _Status = self._lib.cya_get_status(self._capture).contents
+        return (_text(status.exec_what) if status.exec_seen else ""), _text(status.exec_failure)
+
+    @property
     def notes(self) -> List[str]:
         status: _Status = self._lib.cya_get_status(self._capture).contents
         return [line for line in _text(status.notes).splitlines() if line]

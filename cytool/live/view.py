@@ -115,6 +115,15 @@ class History:
 def _status_line(follower: Follower, gone: str) -> str:
     t = follower.totals
     if t.complete:
+        from rich.markup import escape
+
+        replaced_by, failure = follower.exec_end
+        if failure:
+            return (f"[bold yellow]tracing ended at an exec of {escape(replaced_by)} that failed ({escape(failure)}): "
+                    "the program went on untraced[/] — q to leave")
+        if replaced_by:
+            return (f"[bold green]the program replaced itself (exec {escape(replaced_by)}): capture complete[/] "
+                    "— q to leave")
         return "[bold green]the program finished: capture complete (trailer read)[/] — q to leave"
     if gone:
         return f"[bold red]{gone}[/]"

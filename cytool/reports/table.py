@@ -71,7 +71,9 @@ def print_processes(profile: Profile, console: Console) -> None:
         row = Text.assemble(
             f"{p.pid:>8} {p.parent_pid:>8} {human_bytes(t.bytes):>10} {human_count(t.count):>9} "
             f"{human_bytes(t.peak_bytes):>10} {(human_bytes(t.leaked_bytes) if t.leaked_bytes else '-'):>10}  ",
-            (" ".join(p.argv) or p.capture_path.name, "dim"),
+            # (one line: an argument's newlines and tabs shown escaped, as `python -c` code has them)
+            (" ".join(a.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t") for a in p.argv)
+             or p.capture_path.name, "dim"),
         )
         row.truncate(width, overflow="ellipsis")
         console.print(row, no_wrap=True)

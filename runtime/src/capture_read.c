@@ -1616,7 +1616,9 @@ static size_t follow_frames(follower_state *f, const uint8_t *buf, size_t len, u
     reader *r = &f->r;
     cya_capture *c = r->cap;
     size_t pos = 0;
-    while (pos < len && !r->out_of_memory && !c->status.complete) {
+    while (pos < len && !r->out_of_memory) {
+        if (c->status.complete && !has_magic(buf + pos, len - pos, frame_magic(c)))
+            break; /* (after END only a frame may come: EXEC_FAILED's) */
         size_t start = next_magic(buf, len, pos, frame_magic(c));
         if (start != pos) { /* bytes that are no frame: damage, or a magic not yet whole */
             size_t skip = start == len ? (len - pos > 3 ? len - 3 : pos) : start;
