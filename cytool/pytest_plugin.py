@@ -180,17 +180,21 @@ class CytoolTracing:
         measurement = self._measurement(item)
         traced = self._traced
 
+        # Named as runpy's and the launcher's frame that runs a program's code: reports take
+        # it for the frame that runs the measured code (runtime/src/analyze_replay.c,
+        # ENTRY_FRAME). Pinned while the test runs: pytest's and pluggy's frames outside it
+        # are neither recorded nor compared at each allocation (stacks start at the test).
         @functools.wraps(call)
-        def traced_call(*args, **kwargs):  # type: ignore[no-untyped-def]
+        def _run_code(*args, **kwargs):  # type: ignore[no-untyped-def]
             measurement.start()
             try:
-                with frame_pinned(sys._getframe()):  # pytest's frames outside: not compared at each allocation
+                with frame_pinned(sys._getframe(), record_outside=False):
                     return call(*args, **kwargs)
             finally:
                 _end(measurement, limits)
                 traced[item.nodeid] = _Traced(measurement, limits)
 
-        return traced_call
+        return _run_code
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item):  # type: ignore[no-untyped-def]

@@ -57,17 +57,19 @@ class frame_pinned:
     thread: cytool's code that runs the measured code, suspended in that call until the
     block ends) is pinned: the tracer's check of an allocation's Python frames stops there
     instead of comparing every frame outside it (pytest's and pluggy's, the launcher's)
-    again at each allocation. Nothing happens when the tracer extension is not loaded
+    again at each allocation; with record_outside=False the frames outside it are not
+    recorded at all (stacks end at it). Nothing happens when the tracer extension is not loaded
     (nothing traces). A class, not a generator: its own frames are cytool's, so what
     they allocate inside a measurement is the tracer's row, not contextlib's lines."""
 
-    def __init__(self, frame: FrameType) -> None:
+    def __init__(self, frame: FrameType, record_outside: bool = True) -> None:
         self.pin = getattr(_cytrace_module, "pin_frame", None)
         self.frame: Optional[FrameType] = frame
+        self.record_outside = record_outside
 
     def __enter__(self) -> None:
         if self.pin is not None:
-            self.pin(self.frame)
+            self.pin(self.frame, self.record_outside)
 
     def __exit__(self, *exc: object) -> None:
         if self.pin is not None:

@@ -104,6 +104,9 @@ def test_calls_under_a_pinned_frame(shapes_capture) -> None:
         assert python_frames_of(capture, 1013) == [below("pinned_a")], version
         assert python_frames_of(capture, 1014) == [below("pinned_b")] * 2, version
         assert python_frames_of(capture, 1015) == [below("unpinned")], version
+        # record_outside=False: the stack ends at the pinned frame, and only while pinned
+        assert python_frames_of(capture, 1016) == [below("pinned_alone")[:-1]], version
+        assert python_frames_of(capture, 1017) == [below("unpinned_again")], version
 
 
 def test_generators_coroutines_and_calls_through_c(shapes_capture) -> None:

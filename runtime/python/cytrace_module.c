@@ -268,9 +268,12 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     return stats_dict();
 }
 
-static PyObject *py_pin_frame(PyObject *self, PyObject *frame) {
+static PyObject *py_pin_frame(PyObject *self, PyObject *args) {
     (void)self;
-    if (python_frames_pin(frame) != 0) return NULL;
+    PyObject *frame;
+    int record_outside = 1;
+    if (!PyArg_ParseTuple(args, "O|p:pin_frame", &frame, &record_outside)) return NULL;
+    if (python_frames_pin(frame, record_outside) != 0) return NULL;
     Py_RETURN_NONE;
 }
 
@@ -286,9 +289,10 @@ static PyMethodDef methods[] = {
     {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes, lost"},
-    {"pin_frame", py_pin_frame, METH_O,
-     "pin_frame(frame or None): the frame (of this thread) that runs the measured code stays suspended until\n"
-     "pin_frame(None), called before it returns: allocations below it compare only the frames inside it."},
+    {"pin_frame", py_pin_frame, METH_VARARGS,
+     "pin_frame(frame or None, record_outside=True): the frame (of this thread) that runs the measured code\n"
+     "stays suspended until pin_frame(None), called before it returns: allocations below it compare only\n"
+     "the frames inside it, and record only those when record_outside is false."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -34,9 +34,11 @@
  *
  * A frame pinned by cytool's code that runs the measured code (the pytest plugin's window
  * around a test, the launcher running a program) stays suspended on its thread's chain
- * while pinned (it is unpinned before it returns): the frames outside it cannot change,
- * so the fast check stops there instead of comparing the launcher's or pytest's dozens
- * of frames at every allocation. Only a walk made under the same pin is trusted past it.
+ * while pinned (it is unpinned before it returns). The fast check stops there instead of
+ * comparing the dozens of frames outside it (cytool's, runpy's, pytest's and pluggy's) at
+ * every allocation, and a pin that asks so (the pytest plugin's) has them not recorded at
+ * all: stacks end at the pinned frame, where reports cut them anyway. Only a walk made
+ * under the same pin is trusted past it.
  *
  * Each walk's words get a chain serial (unique in the process while the thread's counter
  * does not wrap); an allocation that finds the previous chain returns its serial, so the
@@ -117,6 +119,7 @@ static unsigned long code_deaths; /* code objects deallocated so far (since the 
 static int frames_on;
 static const void *pinned_frame;  /* the interpreter frame pinned (NULL: none) ... */
 static unsigned long pin_serial;  /* ... and the pin's number: bumped at every pin and unpin */
+static int pin_records_outside;   /* the frames outside the pinned one are recorded too */
 
 static void thread_frames_free(void *p) {
     thread_frames *t = p;
@@ -354,8 +357,8 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
     int n = 0, cap = t->cap, pin_index = -1;
     unsigned long pin = __atomic_load_n(&pin_serial, __ATOMIC_ACQUIRE);
     const void *pinned = __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED);
+    int stop_at_pin = !__atomic_load_n(&pin_records_outside, __ATOMIC_RELAXED);
     for (interp_frame *f = innermost; f != NULL; f = outer_frame(f)) {
-        if ((const void *)f == pinned) pin_index = n;
         if (__builtin_expect(n == cap, 0)) {
             if (grow_walks(t) != 0) break;
             walk = t->walk;
@@ -364,6 +367,10 @@ static int __attribute__((noinline)) walk_frames(thread_frames *t, interp_frame 
         walk[n].frame = f;
         walk[n].state = state_of(f);
         n++;
+        if ((const void *)f == pinned) {
+            pin_index = n - 1;
+            if (stop_at_pin) break; /* the frames outside it run pytest, not the measured code */
+        }
     }
     const walked_frame *previous = t->previous; /* (read after the walk: growing moves it) */
     int i = n - 1, j = t->nprevious - 1;
@@ -495,7 +502,7 @@ void python_frames_enable(void) {
 
 void python_frames_disable(void) { __atomic_store_n(&frames_on, 0, __ATOMIC_RELEASE); }
 
-int python_frames_pin(PyObject *frame) {
+int python_frames_pin(PyObject *frame, int record_outside) {
     const void *interp = NULL;
     if (frame != NULL && frame != Py_None) {
         if (!PyFrame_Check(frame)) {
@@ -510,6 +517,7 @@ int python_frames_pin(PyObject *frame) {
     }
     /* (a walk under the old pin, or none, is not trusted past the new one: a new number) */
     __atomic_store_n(&pinned_frame, interp, __ATOMIC_RELAXED);
+    __atomic_store_n(&pin_records_outside, record_outside, __ATOMIC_RELAXED);
     __atomic_add_fetch(&pin_serial, 1, __ATOMIC_RELEASE);
     return 0;
 }

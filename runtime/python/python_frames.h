@@ -15,8 +15,9 @@ void python_frames_disable(void);
 
 /* Pin `frame` (a frame object of the calling thread, or None to unpin): until unpinned it
  * must stay on the chain, suspended in a call (unpin it before it returns), and walks
- * stop comparing there. GIL held; 0, or -1 with a TypeError. */
+ * stop comparing there; and recording there unless record_outside. GIL held; 0, or -1
+ * with a TypeError. */
 #include <Python.h>
-int python_frames_pin(PyObject *frame);
+int python_frames_pin(PyObject *frame, int record_outside);
 
 #endif

@@ -236,7 +236,7 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
     size_t n = *m;
     /* started by cytool's launcher: the outermost frames (runpy, importlib, cytool's
      * own) include cytool's; `tool` is the innermost of those */
-    int launched = 0;
+    int launched = 0, measured = 0;
     size_t tool = 0;
     for (size_t j = n; j-- > 0;) {
         if (buf[j] >= p->nsymlocs || !user_frame(&p->locs[buf[j]]))
@@ -244,6 +244,10 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
         if (!runner[buf[j]])
             break;
         if (runner[buf[j]] & TOOL_FRAME) {
+            /* the outermost frame is cytool's frame that runs the measured code (the pytest
+             * plugin's, whose stacks end there): a measurement, not the launcher */
+            if (!launched && (runner[buf[j]] & ENTRY_FRAME))
+                measured = 1;
             launched = 1;
             tool = j;
         }
@@ -272,7 +276,7 @@ static int cut_at_runner(const cya_profile *p, uint32_t *buf, size_t *m, const u
                 break;
             }
     } else if (launched) {
-        return RUNNER_OWN;
+        return measured ? TRACER_OWN : RUNNER_OWN;
     }
     /* no launcher of cytool's: its own code at the inner end (cytool.Tracker starting or
      * stopping, a measurement of the pytest plugin or a notebook cell) is the tracer's */
