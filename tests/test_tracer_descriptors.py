@@ -11,24 +11,9 @@ import os
 from pathlib import Path
 
 from cytool.capture import read_capture
+from test_tracer_exec import GRAB
 
-PROGRAM = """\
-import os, subprocess, sys, threading
-from libc.stdlib cimport malloc
-
-cdef void *kept[256]
-cdef int nkept = 0
-
-cdef void grab(size_t size, int count):
-    global nkept
-    cdef int i
-    for i in range(count):
-        kept[nkept] = malloc(size)  # kept: each one is a leak the report must show
-        nkept += 1
-
-cdef int held():  # (read, so that the compiler keeps the mallocs)
-    return sum([kept[i] != NULL for i in range(nkept)])
-
+PROGRAM = "import os, subprocess, sys, threading\n" + GRAB + """
 mode, other = sys.argv[1], sys.argv[2]
 grab(3333, 7)
 if mode == "closerange":

@@ -15,23 +15,26 @@ import pytest
 from cytool.capture import read_capture
 from test_tracer_runtime import helpers  # noqa: F401 (the helpers fixture)
 
-PROGRAM = """\
-import os, sys
+# A .pyx program's helper: grab(size, count) mallocs blocks it keeps (leaks the report
+# must show); held() reads them, so that the compiler keeps the mallocs.
+GRAB = """\
 from libc.stdlib cimport malloc
 
-cdef void *kept[64]
+cdef void *kept[256]
 cdef int nkept = 0
 
 cdef void grab(size_t size, int count):
     global nkept
     cdef int i
     for i in range(count):
-        kept[nkept] = malloc(size)  # kept: each one is a leak the report must show
+        kept[nkept] = malloc(size)
         nkept += 1
 
-cdef int held():  # (read, so that the compiler keeps the mallocs)
+cdef int held():
     return sum([kept[i] != NULL for i in range(nkept)])
+"""
 
+PROGRAM = "import os, sys\n" + GRAB + """
 mode, target = sys.argv[1], sys.argv[2]
 grab(3333, 7)
 print("held", held(), flush=True)
