@@ -431,18 +431,27 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
      * frame from the innermost, each in the same state: its words are the previous ones. */
     int npython = t->npython;
     if (__builtin_expect(skip == 0 && t->reusable && npython <= max, 1)) {
-        interp_frame *f = innermost;
+        interp_frame *f = innermost, *last = NULL;
         const walked_frame *p = t->previous, *end = p + t->nprevious;
-        const walked_frame *pin = NULL; /* the pinned frame's place in `previous`, if trusted */
-        if (t->pin_index >= 0 && t->previous_pin == __atomic_load_n(&pin_serial, __ATOMIC_ACQUIRE))
-            pin = p + t->pin_index;
-        for (; p != end && f != NULL; p++, f = outer_frame(f)) {
+        /* up to the pinned frame's place in `previous` when that walk was made under this
+         * pin (the frames outside it are then the same if it is), else to the end */
+        const walked_frame *stop = end;
+        int by_pin = t->pin_index >= 0 && t->previous_pin == __atomic_load_n(&pin_serial, __ATOMIC_ACQUIRE);
+        if (by_pin) stop = p + t->pin_index + 1;
+        for (; p != stop && f != NULL; p++, f = outer_frame(f)) {
             frame_state now = state_of(f);
             if (now.where != p->state.where || now.what != p->state.what) break;
-            if (p == pin && (const void *)f == __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED)) {
+            last = f;
+        }
+        if (by_pin && p == stop) {
+            if ((const void *)last == __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED)) {
                 p = end; /* the pinned frame, in the same state: the frames outside it are the same */
                 f = NULL;
-                break;
+            } else {
+                for (; p != end && f != NULL; p++, f = outer_frame(f)) {
+                    frame_state now = state_of(f);
+                    if (now.where != p->state.where || now.what != p->state.what) break;
+                }
             }
         }
         if (p == end && f == NULL) {
