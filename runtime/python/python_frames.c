@@ -431,7 +431,7 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
      * frame from the innermost, each in the same state: its words are the previous ones. */
     int npython = t->npython;
     if (__builtin_expect(skip == 0 && t->reusable && npython <= max, 1)) {
-        interp_frame *f = innermost, *last = NULL;
+        interp_frame *f = innermost;
         const walked_frame *p = t->previous, *end = p + t->nprevious;
         /* up to the pinned frame's place in `previous` when that walk was made under this
          * pin (the frames outside it are then the same if it is), else to the end */
@@ -441,10 +441,13 @@ int python_frames_of_thread(uint64_t *words, int max, int skip, int *depth, uint
         for (; p != stop && f != NULL; p++, f = outer_frame(f)) {
             frame_state now = state_of(f);
             if (now.where != p->state.where || now.what != p->state.what) break;
-            last = f;
         }
         if (by_pin && p == stop) {
-            if ((const void *)last == __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED)) {
+            /* the frame matched at the pin's place is the pinned one if they share the
+             * frame outside (f): a frame calls one frame at a time, and a pinned frame
+             * cannot return (nor another thread's walk have a place for it) */
+            const interp_frame *pinned = __atomic_load_n(&pinned_frame, __ATOMIC_RELAXED);
+            if (pinned != NULL && outer_frame((interp_frame *)pinned) == f) {
                 p = end; /* the pinned frame, in the same state: the frames outside it are the same */
                 f = NULL;
             } else {
