@@ -127,7 +127,7 @@ def main() -> int:
                 "plain": [py, "-m", "cytool", "run", "--prebuilt", str(result.module_path), str(WORKLOAD), *program],
                 "profile": [py, "-m", "cytool", "profile", "--no-summary", "-o", str(ours), str(WORKLOAD), *program],
             }
-            # the other settings: exact event times (the per-event TSC read), and LZ4HC
+            # the other settings: exact event times (the per-event TSC read), and zstd level 3
             variants = {"exact": ["--time-resolution", "1"], "compact": ["--compression", "3"]}
             variant_paths = {name: work / f"{name}.cytrace" for name in variants}
             for name, flags in variants.items():
@@ -307,7 +307,7 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
     lines += [
         "",
         "Other settings, same runs: `--time-resolution 1` (exact: every event reads the TSC, so events of "
-        "different threads are ordered to the ns; the format-1 default) and `--compression 3` (LZ4HC, 1 MiB "
+        "different threads are ordered to the ns; the format-1 default) and `--compression 3` (zstd level 3, 1 MiB "
         "of events per thread):",
         "",
         "| threads | setting | time s | overhead | work overhead | bytes | B/event |",
@@ -409,7 +409,7 @@ def write_report(args: argparse.Namespace, rows: List[Dict[str, object]], use_me
         "",
         "Notes: by default event times come from a clock thread ticking every 1 ms (one memory "
         "read per event; the time field is a flag bit that is almost never set), events are "
-        "stored by column (heads, times, addresses, sizes, stacks) in independent LZ4 frames of "
+        "stored by column (heads, times, addresses, sizes, stacks) in independent zstd frames of "
         "up to 256 KiB per thread, handed to the writer when full or when their oldest event is 5 ms "
         "old at the writer's 5 ms tick (the threads that did not run, by the writer itself; a progress "
         "mark every 10 ms), and the reader orders the events of "
