@@ -73,7 +73,7 @@ def test_exact_counts_in_threads(helpers: Path, tmp_path: Path, n: int, size: in
         # the block arrays: one calloc of n pointers per thread
         callocs = [e for e in capture.events if e.kind == "calloc" and e.size == n * 8]
         assert len(callocs) == nthreads
-        # reentrancy: the tracer's own allocations (its writer thread, LZ4, libunwind) are
+        # reentrancy: the tracer's own allocations (its writer thread, zstd, libunwind) are
         # never recorded: only the main thread and the workers appear, and no stack starts
         # inside libcytrace
         assert len(capture.threads) == nthreads + 1

@@ -145,7 +145,7 @@ typedef struct cya_status {
     int has_stats;            /* a STATS record was read */
     uint64_t file_bytes;      /* size of the file */
     uint64_t recovered_bytes; /* header + every complete frame that was decoded */
-    uint64_t frames;          /* LZ4 frames decoded */
+    uint64_t frames;          /* frames decoded */
     uint64_t records;
     uint64_t end_time_ns;     /* END time, else the time of the last event */
     uint64_t stats_events, stats_dropped, stats_stacks, stats_frames;

@@ -70,7 +70,7 @@ struct cytrace_stats {
     uint64_t events;          /* events recorded */
     uint64_t dropped;         /* events that could not be recorded (out of memory) */
     uint64_t stacks;          /* distinct stacks defined */
-    uint64_t frames_flushed;  /* LZ4 frames written */
+    uint64_t frames_flushed;  /* frames written */
     uint64_t bytes_written;   /* capture bytes written so far */
     uint64_t lost;            /* events recorded but not written (write errors, stop timeout) */
 };
@@ -91,8 +91,8 @@ CYTRACE_API int cytrace_stop(void);
  *    one tick are interleaved by the reader, each address keeping a possible history
  *    (FORMAT.md, "Order"). Below 100 us, each event reads the TSC, rounded down to a power
  *    of two of ns: exact order across threads, at some ns per event and larger captures;
- *  - LZ4 compression level: 0 fast (default), 3..12 LZ4HC (smaller, more writer CPU);
- *    with LZ4HC each thread buffers 1 MiB of events instead of 256 KiB (longer frames
+ *  - zstd compression level: 0 fast (default: zstd's -1), 1..12 (smaller, more writer
+ *    CPU); then each thread buffers 1 MiB of events instead of 256 KiB (longer frames
  *    compress better). */
 #define CYTRACE_DEFAULT_TIME_RESOLUTION_NS 1000000ull
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns);

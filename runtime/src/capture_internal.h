@@ -183,7 +183,7 @@ static inline uint64_t cya_block_key(unsigned kind, uint64_t address)
 typedef struct cya_batch_ref {
     uint64_t seq;
     uint64_t first;      /* format 3: the thread's ordinal of the batch's first event */
-    uint64_t frame_pos;  /* file offset of the LZ4 frame holding it */
+    uint64_t frame_pos;  /* file offset of the frame holding it */
     uint64_t frame_len;  /* compressed bytes of that frame */
     uint64_t offset;     /* of the BATCH record's fields (after the type byte) in the decompressed frame */
     uint64_t len;        /* events */
