@@ -29,10 +29,16 @@ def batch_events(thread: int, k: int) -> List[EventSpec]:
     return [("malloc", 1, base + 16 * i, size, 1) for i in range(10)] + [("free", 1, base + 16 * i, 0, 0) for i in range(10)]
 
 
-def write_frames(path: Path, nbatches: int = 6) -> List[bytes]:
+@pytest.fixture(params=[4, 6], ids=["lz4-frames", "zstd-frames"])
+def version(request: pytest.FixtureRequest) -> int:
+    """The frame-level tests run on both frame kinds: LZ4 (formats 1 to 5), zstd (6, the tracer's)."""
+    return request.param
+
+
+def write_frames(path: Path, version: int, nbatches: int = 6) -> List[bytes]:
     """A complete capture of two threads, each batch in its own frame; returns the
     header and the frames (bytes) so a test can rearrange them."""
-    w = CaptureWriter(path)
+    w = CaptureWriter(path, version=version)
     w.stack(1, [pc_word(0x1000)])
     w.thread(1, 11, "alpha")
     w.thread(2, 22, "beta")
@@ -55,18 +61,18 @@ def sizes(path: Path) -> List[int]:
         return sorted({e.size for e in capture.events if e.kind == "malloc"})
 
 
-def test_the_whole_capture_is_clean(tmp_path: Path) -> None:
+def test_the_whole_capture_is_clean(tmp_path: Path, version: int) -> None:
     path = tmp_path / "whole.cytrace"
-    write_frames(path)
+    write_frames(path, version)
     with read_capture(path) as capture:
         assert capture.complete and not capture.truncated and capture.notes == []
         assert capture.missing_events == 0 and capture.missing_batches == 0 and capture.duplicate_batches == 0
         assert len(capture.events) == 240
 
 
-def test_a_dropped_frame_in_the_middle_is_a_gap_with_its_event_count(tmp_path: Path) -> None:
+def test_a_dropped_frame_in_the_middle_is_a_gap_with_its_event_count(tmp_path: Path, version: int) -> None:
     path = tmp_path / "gap.cytrace"
-    parts = write_frames(path)
+    parts = write_frames(path, version)
     # parts: header, definitions, then (thread 1, thread 2) per batch; drop thread 2's batch 3
     dropped = 2 + 2 * 3 + 1
     path.write_bytes(b"".join(parts[:dropped] + parts[dropped + 1:]))
@@ -85,9 +91,9 @@ def test_a_dropped_frame_in_the_middle_is_a_gap_with_its_event_count(tmp_path: P
     assert profile.notes()[1:2] == ["thread 2 (beta): batch 3 is missing: 20 events lost"]
 
 
-def test_a_repeated_frame_is_read_once_and_said(tmp_path: Path) -> None:
+def test_a_repeated_frame_is_read_once_and_said(tmp_path: Path, version: int) -> None:
     path = tmp_path / "dup.cytrace"
-    parts = write_frames(path)
+    parts = write_frames(path, version)
     repeated = 2 + 2 * 2  # thread 1's batch 2
     path.write_bytes(b"".join(parts[: repeated + 1] + [parts[repeated]] + parts[repeated + 1:]))
     with read_capture(path) as capture:
@@ -100,9 +106,9 @@ def test_a_repeated_frame_is_read_once_and_said(tmp_path: Path) -> None:
     assert profile.warnings() == capture.notes
 
 
-def test_repeated_definitions_are_read_once_and_said(tmp_path: Path) -> None:
+def test_repeated_definitions_are_read_once_and_said(tmp_path: Path, version: int) -> None:
     path = tmp_path / "defs.cytrace"
-    parts = write_frames(path)
+    parts = write_frames(path, version)
     path.write_bytes(b"".join(parts[:2] + [parts[1]] + parts[2:]))
     with read_capture(path) as capture:
         assert len(capture.raw_stacks) == 1 and len(capture.threads) == 2
@@ -110,9 +116,9 @@ def test_repeated_definitions_are_read_once_and_said(tmp_path: Path) -> None:
         assert capture.notes == [f"the frame at byte {offset} repeats 1 record read before (a repeated frame?): read once"]
 
 
-def test_a_corrupted_frame_in_the_middle_is_skipped_and_reading_goes_on(tmp_path: Path) -> None:
+def test_a_corrupted_frame_in_the_middle_is_skipped_and_reading_goes_on(tmp_path: Path, version: int) -> None:
     path = tmp_path / "bad.cytrace"
-    parts = write_frames(path)
+    parts = write_frames(path, version)
     broken = 2 + 2 * 4  # thread 1's batch 4
     damaged = bytearray(parts[broken])
     damaged[len(damaged) // 2] ^= 0x5A
@@ -128,9 +134,9 @@ def test_a_corrupted_frame_in_the_middle_is_skipped_and_reading_goes_on(tmp_path
         assert sizes(path)[-1] == 2005  # thread 2's last batch, after the damage
 
 
-def test_garbage_between_frames_is_skipped(tmp_path: Path) -> None:
+def test_garbage_between_frames_is_skipped(tmp_path: Path, version: int) -> None:
     path = tmp_path / "garbage.cytrace"
-    parts = write_frames(path)
+    parts = write_frames(path, version)
     path.write_bytes(b"".join(parts[:5] + [b"\x00\x01garbage\x02" * 3] + parts[5:]))
     with read_capture(path) as capture:
         assert capture.complete and len(capture.events) == 240 and capture.missing_events == 0
@@ -138,9 +144,9 @@ def test_garbage_between_frames_is_skipped(tmp_path: Path) -> None:
         assert capture.notes == [f"30 bytes at byte {sum(len(p) for p in parts[:5])} are not a frame: skipped"]
 
 
-def test_every_frame_dropped_in_turn_is_noticed(tmp_path: Path) -> None:
+def test_every_frame_dropped_in_turn_is_noticed(tmp_path: Path, version: int) -> None:
     path = tmp_path / "each.cytrace"
-    parts = write_frames(path, nbatches=3)
+    parts = write_frames(path, version, nbatches=3)
     for i in range(1, len(parts)):
         variant = tmp_path / f"without{i}.cytrace"
         variant.write_bytes(b"".join(parts[:i] + parts[i + 1:]))

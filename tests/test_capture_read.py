@@ -14,7 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "fixtures" / "reports"))
 
-from capture_writer import CaptureWriter, assert_no_block_allocated_while_live, pc_word, py_word  # noqa: E402
+from capture_writer import (CaptureWriter, assert_no_block_allocated_while_live, pc_word, py_word,  # noqa: E402
+                            write_exec_capture)
 
 from cytool.capture import read_capture  # noqa: E402
 from cytool.errors import CytoolError  # noqa: E402
@@ -44,7 +45,7 @@ def write_simple(path: Path, version: int = 2) -> None:
         w.end(1000)
 
 
-@pytest.mark.parametrize("version", [1, 2, 3, 4])
+@pytest.mark.parametrize("version", [1, 2, 3, 4, 5, 6])
 def test_reads_every_event_field(tmp_path: Path, version: int) -> None:
     path = tmp_path / "simple.cytrace"
     write_simple(path, version)
@@ -566,23 +567,13 @@ def test_empty_file_is_rejected(tmp_path: Path) -> None:
 def test_a_capture_finished_for_an_exec_says_so(tmp_path: Path, failed: bool) -> None:
     # format 5: EXEC before STATS and END; an exec that failed appends EXEC_FAILED after END
     path = tmp_path / "exec.cytrace"
-    with CaptureWriter(path, version=5) as w:
-        w.thread(1, 100, "MainThread")
-        w.stack(1, [pc_word(0x401000)])
-        w.batch(1, 0, [("malloc", 0, 0x1000, 64, 1)])
-        w.flush()
-        w.exec_(2_500_000, "/bin/true")
-        w.stats(1, objects=0)
-        w.end(2_600_000)
-        w.flush()
-        if failed:
-            w.exec_failed(2_700_000, 8, "Exec format error")
+    write_exec_capture(path, failed)
     with read_capture(path) as capture:
-        assert capture.complete and capture.exec_what == "/bin/true" and capture.exec_time_ns == 2_500_000
+        assert capture.complete and capture.exec_what == "/bin/true" and capture.exec_time_ns == 2_000_000
         assert capture.truncated == failed and capture.exec_failure == ("Exec format error" if failed else "")
         message = capture.truncation_message()
         if failed:
-            assert ("tracing ended at 0.003 s for an exec of /bin/true that failed (Exec format error): the program "
+            assert ("tracing ended at 0.002 s for an exec of /bin/true that failed (Exec format error): the program "
                     "went on untraced") in message, message
         assert not capture.notes and not capture.damaged_frames
     from cytool.analysis import analyze
@@ -591,7 +582,7 @@ def test_a_capture_finished_for_an_exec_says_so(tmp_path: Path, failed: bool) ->
     said = [n for n in notes if "exec" in n]
     assert len(said) == 1 and ("failed" in said[0]) == failed, notes
     if not failed:
-        assert said[0] == "the process replaced its program at 0.003 s (exec /bin/true): the capture ends there"
+        assert said[0] == "the process replaced its program at 0.002 s (exec /bin/true): the capture ends there"
 
 
 def test_newer_version_is_rejected(tmp_path: Path) -> None:

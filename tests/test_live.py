@@ -24,7 +24,7 @@ BENCH = REPO / "examples" / "bench_alloc.pyx"
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "reports"))
 sys.path.insert(0, str(REPO / "tests" / "fixtures" / "debug"))
 
-from capture_writer import CaptureWriter, pc_word, py_word  # noqa: E402
+from capture_writer import CaptureWriter, pc_word, py_word, write_exec_capture  # noqa: E402
 from gdbharness import python_env  # noqa: E402
 
 from cytool.capture import read_capture  # noqa: E402
@@ -217,17 +217,7 @@ def test_follower_tells_a_capture_finished_for_an_exec(tmp_path: Path, failed: b
     from cytool.live.view import _status_line
 
     capture = tmp_path / "exec.cytrace"
-    with CaptureWriter(capture, version=5) as w:
-        w.thread(1, 100, "MainThread")
-        w.stack(1, [pc_word(0x401000)])
-        w.batch(1, 0, [("malloc", 0, 0x1000, 64, 1)])
-        w.flush()
-        w.exec_(2_000_000, "/bin/true")
-        w.stats(1)
-        w.end(2_100_000)
-        w.flush()
-        if failed:
-            w.exec_failed(2_200_000, 8, "Exec format error")
+    write_exec_capture(capture, failed)
     with Follower(capture) as follower:
         follower.poll()
         assert follower.totals.complete and follower.exec_end == ("/bin/true", "Exec format error" if failed else "")

@@ -633,21 +633,16 @@ int cyt_writer_append_closed(const uint8_t *data, size_t len) {
     pthread_sigmask(SIG_BLOCK, &block, &saved);
     pthread_mutex_lock(&io_lock);
     int ok = 0;
-    struct stat st;
-    int fd = out_fd < 0 && closed_path[0] ? open(closed_path, O_WRONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY) : -1;
-    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_dev == out_dev && st.st_ino == out_ino && S_ISREG(st.st_mode) &&
-        flock(fd, LOCK_EX | LOCK_NB) == 0) {
-        (void)fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK);
-        off_t end = lseek(fd, 0, SEEK_END);
-        if (end >= 0) {
-            out_fd = fd;
-            file_end = (uint64_t)end;
-            ok = write_frame(data, len) == 0;
-            fsync(fd);
-            out_fd = -1;
+    if (out_fd < 0 && closed_path[0]) { /* write_frame opens it again as capture_fd_ok does after a close */
+        snprintf(reopen_path, sizeof reopen_path, "%s", closed_path);
+        ok = write_frame(data, len) == 0;
+        if (out_fd >= 0) {
+            fsync(out_fd);
+            close(out_fd);
         }
+        out_fd = -1;
+        reopen_path[0] = '\0';
     }
-    if (fd >= 0) close(fd);
     pthread_mutex_unlock(&io_lock);
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
     return ok;
