@@ -87,6 +87,7 @@ static void *ticker_main(void *arg) {
 
 /* The exact clock, rounded down to a power of two of ns at most resolution_ns. */
 static void use_exact_clock(uint64_t resolution_ns) {
+    calibrate_tsc(); /* (2 ms of spinning, once per process: only the exact clock needs it) */
     uint64_t unit = 1;
     unsigned shift = 0;
     while (unit * 2 <= resolution_ns) unit *= 2, shift++;
@@ -97,7 +98,6 @@ static void use_exact_clock(uint64_t resolution_ns) {
 }
 
 void cyt_clock_start(uint64_t resolution_ns) {
-    calibrate_tsc();
     cyt_start_mono = cyt_now();
     cyt_tsc0 = __builtin_ia32_rdtsc();
     atomic_store(&cyt_clock_now, 0);

@@ -99,6 +99,7 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     }
     if (!cyt_asymmetric_fence && getenv("CYTOOL_PROFILE_NO_MEMBARRIER") == NULL)
         cyt_asymmetric_fence = syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0;
+    cyt_grow_descriptor_table();
     cyt_clock_start(next_time_resolution);
     if (cyt_writer_open(path, flags, parent_pid) != 0) {
         cyt_clock_stop();

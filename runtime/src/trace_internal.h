@@ -143,6 +143,7 @@ int cyt_stop_for_exit(const char *exec_what); /* _exit (NULL), an exec of `exec_
 int cyt_high_fd(int fd, int cloexec); /* fd moved near the top of the descriptor range (the
                                        * old number closed), out of the program's way; fd
                                        * itself if it cannot be */
+void cyt_grow_descriptor_table(void); /* before the tracer's threads start: makes cyt_high_fd cheap */
 int cyt_writer_append_closed(const uint8_t *data, size_t len); /* one more frame after the END
                                               * of the capture just closed: 1 if written */
 int cyt_note_exec_failed(uint64_t since_start_ns, int error); /* after the exec the capture was

@@ -142,6 +142,18 @@ int cyt_high_fd(int fd, int cloexec) {
     return high;
 }
 
+/* The kernel grows a process's descriptor table when a descriptor is put above its size,
+ * and in a process of several threads it first waits for an RCU grace period: 8 ms in this
+ * VM, paid by the first cyt_high_fd of a start made after the clock thread runs. Grown now,
+ * while the process may still have one thread, the table stays grown (for good, and in
+ * forked children). */
+void cyt_grow_descriptor_table(void) {
+    int fd = open("/", O_PATH | O_CLOEXEC);
+    if (fd < 0) return;
+    int high = cyt_high_fd(fd, 1);
+    close(high);
+}
+
 /* Whether out_fd is still the capture's, opening the capture again if the program closed
  * it or reused its number (the old number is the program's then: left alone). 0 with
  * errno set (and fd_lost saying why) when the capture cannot be found again. Caller holds
