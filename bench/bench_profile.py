@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))
-from timing import build_baseline  # noqa: E402
+from timing import build_baseline, compile_bytecode  # noqa: E402
 
 WORKLOAD = REPO / "examples" / "bench_alloc.pyx"
 KILL_WORKLOAD = REPO / "bench" / "kill_workload.pyx"
@@ -102,6 +102,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=10, help="SIGKILLs per workload for the loss window")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    compile_bytecode()  # (as installed: see timing.py)
     baseline_tmp = None
     if args.baseline_ref:
         baseline_tmp = tempfile.TemporaryDirectory(prefix="cytool-baseline-")

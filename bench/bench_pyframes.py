@@ -32,7 +32,7 @@ RESULTS = HERE / "results" / "pyframes.md"
 
 sys.path.insert(0, str(HERE))
 from bench_profile import baseline_env, capture_events, memray_available, memray_events  # noqa: E402
-from timing import build_baseline, load_average  # noqa: E402
+from timing import build_baseline, compile_bytecode, load_average  # noqa: E402
 
 
 def run_once(argv: Sequence[str], cwd: Path, env: Optional[Dict[str, str]]) -> Tuple[float, float]:
@@ -63,6 +63,7 @@ def main() -> int:
     parser.add_argument("--baseline-ref", metavar="REF", help="build the git revision REF (e.g. main) as the baseline")
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args()
+    compile_bytecode()  # (as installed: see timing.py)
     baseline_tmp = None
     if args.baseline_ref:
         baseline_tmp = tempfile.TemporaryDirectory(prefix="cytool-baseline-")

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from timing import machine_line, median_ms, write_result
+from timing import compile_bytecode, machine_line, median_ms, write_result
 
 REPO = Path(__file__).resolve().parent.parent
 REPEATS = int(os.environ.get("BENCH_REPEATS", "21"))
@@ -76,7 +76,7 @@ def main() -> int:
         scratch = Path(scratch_text)
         env = dict(os.environ, CYTOOL_CACHE_DIR=str(scratch / "cache"))
         env.pop("PYTHONDONTWRITEBYTECODE", None)  # an installed cytool has its bytecode
-        subprocess.run([python, "-m", "compileall", "-q", str(REPO / "cytool")], check=True)
+        compile_bytecode()
         single = scratch / "single"
         single.mkdir()
         shutil.copy(REPO / "examples" / "demo.pyx", single / "demo.pyx")
