@@ -17,6 +17,7 @@ from typing import Iterator, List
 import pytest
 
 from conftest import _find_interpreter
+from terminal import terminal
 
 FIXTURES = Path(__file__).parent / "fixtures" / "attach"
 # the line of plain.py that allocates in its loop
@@ -461,27 +462,17 @@ def test_attach_live_view(workdir, programs, targets, run_cytool):
     target = _launch([sys.executable, "plain.py"], programs)
     targets.append(target)
     capture, status = workdir / "live.cytrace", workdir / "status"
-    session = f"cytool-attach-{os.getpid()}"
     command = (f"{sys.executable} -m cytool attach {target.pid} --live --duration 2 -o {capture}; "
                f"echo $? > {status}; sleep 30")
-    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "40", "-c", str(workdir), command],
-                   check=True, env=os.environ)
-    try:
-        deadline = time.monotonic() + 60
-        screen = ""
-        while f"plain.py:{GROW_LINE}" not in screen:
-            assert time.monotonic() < deadline, screen
-            time.sleep(0.3)
-            screen = subprocess.run(["tmux", "capture-pane", "-p", "-t", session], stdout=subprocess.PIPE,
-                                    text=True).stdout
+    with terminal("cytool-attach", command, width=160, height=40, cwd=str(workdir)) as screen:
+        screen.wait_for(f"plain.py:{GROW_LINE}", timeout=60)
         time.sleep(2.5)  # past the duration: the capture is complete
-        subprocess.run(["tmux", "send-keys", "-t", session, "q"], check=True)
+        screen.send("q", enter=False)
+        deadline = time.monotonic() + 60
         while not status.exists() or not status.read_text().strip():
-            assert time.monotonic() < deadline
+            assert time.monotonic() < deadline, screen.screen()
             time.sleep(0.2)
         assert status.read_text().strip() == "0"
-    finally:
-        subprocess.run(["tmux", "kill-session", "-t", session], stderr=subprocess.DEVNULL)
     report = _report_json(run_cytool, capture)
     assert report["capture"]["truncated"] is False and report["capture"]["attached"] is True
 

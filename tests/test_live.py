@@ -8,12 +8,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Dict
 
 import pytest
 
@@ -26,13 +25,13 @@ sys.path.insert(0, str(REPO / "tests" / "fixtures" / "debug"))
 
 from capture_writer import CaptureWriter, pc_word, py_word, write_exec_capture  # noqa: E402
 from gdbharness import python_env  # noqa: E402
+from terminal import Terminal, needs_tmux  # noqa: E402
 
 from cytool.capture import read_capture  # noqa: E402
 from cytool.live.follow import Follower  # noqa: E402
 from cytool.live.view import open_follower  # noqa: E402
 
 FIGURES = ("bytes", "count", "peak_bytes", "peak_count", "leaked_bytes", "leaked_count")
-needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
 def cytool(*args: object, **kwargs) -> subprocess.CompletedProcess:
@@ -255,33 +254,6 @@ def test_live_errors(tmp_path: Path) -> None:
 # ---- the view on a real terminal ---------------------------------------------------
 
 
-class Screen:
-    def __init__(self, session: str, command: str):
-        self.session = session
-        subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "200", "-y", "50", command], check=True)
-
-    def text(self) -> str:
-        done = subprocess.run(["tmux", "capture-pane", "-t", self.session, "-p", "-S", "-100"], stdout=subprocess.PIPE,
-                              text=True)
-        return done.stdout
-
-    def wait(self, condition: Callable[[str], bool], timeout: float = 90) -> str:
-        deadline = time.monotonic() + timeout
-        text = ""
-        while time.monotonic() < deadline:
-            text = self.text()
-            if condition(text):
-                return text
-            time.sleep(0.2)
-        raise AssertionError(f"the screen never showed what was expected:\n{text}")
-
-    def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.session, *keys], check=True)
-
-    def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.session], stderr=subprocess.DEVNULL)
-
-
 def table_rows(text: str):
     return [line for line in text.splitlines() if "│" in line]
 
@@ -292,40 +264,42 @@ def test_profile_live_view_in_tmux(tracing_python: str, tmp_path: Path) -> None:
     env = f"CYTOOL_CACHE_DIR={os.environ['CYTOOL_CACHE_DIR']} PYTHONPATH={python_env()['PYTHONPATH']}"
     command = (f"cd {tmp_path} && {env} {tracing_python} -m cytool profile --live -o {capture} {GROW} -- {stop}; "
                f"echo $? > {status}; sleep 60")
-    screen = Screen(f"cytool-live-{os.getpid()}", command)
+    screen = Terminal("cytool-live", command, width=200, height=50)
     try:
-        text = screen.wait(lambda t: "grow.hold_blocks" in t and "grow.pyx:19" in t and "running" in t, timeout=240)
+        text = screen.wait_until(lambda t: "grow.hold_blocks" in t and "grow.pyx:19" in t and "running" in t,
+                                 timeout=240, history=100)
         assert "sorted by live" in text and "heap " in text and "all threads" in text
         assert any("▼" in line for line in text.splitlines() if "live" in line)
-        screen.keys("a")
-        screen.wait(lambda t: "sorted by allocated" in t)
-        screen.keys("c")
-        screen.wait(lambda t: "sorted by count" in t)
+        screen.send("a", enter=False)
+        screen.wait_until(lambda t: "sorted by allocated" in t, history=100)
+        screen.send("c", enter=False)
+        screen.wait_until(lambda t: "sorted by count" in t, history=100)
         # the thread filter: the churner thread's lines only (hold_blocks is the main thread's)
         for _ in range(4):
-            screen.keys("t")
+            screen.send("t", enter=False)
             try:
-                text = screen.wait(lambda t: "churner" in t.split("sorted by")[0] and "grow.churn " in t, timeout=3)
+                text = screen.wait_until(lambda t: "churner" in t.split("sorted by")[0] and "grow.churn " in t,
+                                         timeout=3, history=100)
                 break
             except AssertionError:
                 continue
         assert "grow.churn " in text and "grow.pyx:26" in text
         assert not any("grow.hold_blocks" in row for row in table_rows(text))
-        screen.keys("T")
-        screen.wait(lambda t: "all threads" in t)
-        screen.keys("h")
-        text = screen.wait(lambda t: "keys" in t and "leave the view" in t)
-        screen.keys("h")
-        screen.wait(lambda t: "leave the view" not in t)
-        screen.keys("q")
-        text = screen.wait(lambda t: "left the view" in t, timeout=30)
+        screen.send("T", enter=False)
+        screen.wait_until(lambda t: "all threads" in t, history=100)
+        screen.send("h", enter=False)
+        text = screen.wait_until(lambda t: "keys" in t and "leave the view" in t, history=100)
+        screen.send("h", enter=False)
+        screen.wait_until(lambda t: "leave the view" not in t, history=100)
+        screen.send("q", enter=False)
+        text = screen.wait_until(lambda t: "left the view" in t, timeout=30, history=100)
         assert "still running" in text
         assert not status.exists()  # q left the view; the program goes on
         size = capture.stat().st_size
         time.sleep(1.0)
         assert capture.stat().st_size > size  # still tracing
         stop.touch()
-        screen.wait(lambda t: status.exists() and "capture: " in t, timeout=120)
+        screen.wait_until(lambda t: status.exists() and "capture: " in t, timeout=120, history=100)
         assert status.read_text().strip() == "0"
     finally:
         stop.touch()
@@ -342,9 +316,9 @@ def test_live_says_when_the_capture_vanishes(bench_capture: Path, tmp_path: Path
     part.write_bytes(bench_capture.read_bytes()[: bench_capture.stat().st_size // 2])
     status = tmp_path / "status"
     command = f"{sys.executable} -m cytool live {part} 2> {tmp_path / 'err'}; echo $? > {status}; sleep 60"
-    screen = Screen(f"cytool-vanish-{os.getpid()}", command)
+    screen = Terminal("cytool-vanish", command, width=200, height=50)
     try:
-        screen.wait(lambda t: "bench_alloc.churn" in t and "not being written" in t, timeout=60)
+        screen.wait_until(lambda t: "bench_alloc.churn" in t and "not being written" in t, timeout=60, history=100)
         part.unlink()
         deadline = time.monotonic() + 30
         while not status.exists() and time.monotonic() < deadline:
