@@ -217,6 +217,9 @@ class Profile:
     # state (capture_merge.c): the tracer never writes such a capture
     order_conflicts: int = 0
     first_order_conflict_ns: int = 0
+    # the capture ended when the process replaced its program (an exec that succeeded),
+    # this long after its start (None: it did not); the process went on as another capture
+    exec_at_ns: Optional[int] = None
 
     def lines(self) -> List[LineStats]:
         """Per source line (grouped in C): self, inclusive and (for .pyx lines)
@@ -445,6 +448,7 @@ def analyze(
         attached=capture.header.attached,
         order_conflicts=int(order_conflicts),
         first_order_conflict_ns=first_conflict.value,
+        exec_at_ns=capture.exec_time_ns if capture.exec_what is not None and not capture.exec_failure else None,
     )
 
 

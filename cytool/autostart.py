@@ -5,7 +5,8 @@ The file `cytool-autostart.pth` that cytool installs into site-packages runs
 `import cytool.autostart` at interpreter start-up when CYTOOL_PROFILE is set (Python's
 `site` module executes `import` lines of .pth files). We start a Tracker (native stacks
 and Python frames) into that path, or into `<path>.<pid>` when the file exists already
-(a program that starts others, which inherit the variable, never overwrites a capture),
+(a program that starts others, which inherit the variable, never overwrites a capture;
+`<path>.<pid>.2`, `.3` ... after an exec: cytrace_unused_path in the C library),
 and stop it at exit. Options come from the environment, as for the C library:
 CYTOOL_PROFILE_FOLLOW_FORK, CYTOOL_PROFILE_NATIVE_UNWIND, CYTOOL_PROFILE_TIME_RESOLUTION,
 CYTOOL_PROFILE_COMPRESSION, CYTOOL_PROFILE_TRACE_PYTHON_ALLOCATORS.
@@ -38,8 +39,11 @@ def _start() -> None:
         os.environ["CYTOOL_PROFILE"] = path
     if _cytrace.is_active():
         return
-    if os.path.exists(path):
-        path = f"{path}.{os.getpid()}"
+    try:  # never an existing file: an earlier program of this process (before an exec) wrote it, or another process
+        path = _cytrace.unused_capture_path(path)
+    except OSError as error:
+        print(f"cytool: CYTOOL_PROFILE is set but tracing cannot start: {path}: {error.strerror}", file=sys.stderr)
+        return
     from cytool.errors import CytoolError
     from cytool.tracker import Tracker
 

@@ -12,11 +12,17 @@ figures are the sum of each process's own peak, an upper bound of what was live 
 since processes need not peak together). The live-bytes timeline is the sum of the
 processes' timelines placed on one clock (each capture records its start, CLOCK_REALTIME).
 Threads keep their own figures, named with their process.
+
+A process that replaced its program (exec) left one capture per program, with the same
+pid, each but the last ending at the exec. Their memory never coexisted (an exec releases
+all of it), so of such a chain only the capture with the highest peak gives peak figures;
+the later captures, whose header names no parent (the program started afresh), take the
+first one's parent.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Sequence, Set, Tuple
 
 from cytool.analysis import LineStats, Location, Metrics, ProcessStats, Profile, StackStats, ThreadStats
 
@@ -31,11 +37,53 @@ def _copy(metrics: Metrics) -> Metrics:
     return Metrics(*metrics.as_tuple())
 
 
-def process_stats(profile: Profile) -> ProcessStats:
-    """One process's line of the breakdown."""
+def _without_peak(metrics: Metrics) -> Metrics:
+    return Metrics(metrics.bytes, metrics.count, 0, 0, metrics.leaked_bytes, metrics.leaked_count,
+                   metrics.temporary_bytes, metrics.temporary_count)
+
+
+def _program_chains(profiles: Sequence[Profile]) -> Tuple[Set[int], Dict[int, int]]:
+    """The exec chains among `profiles` (see the module doc): the ids of the profiles whose
+    peak figures do not count, and the parent pid to use for the later captures of a chain
+    (by profile id)."""
+    by_pid: Dict[int, List[Profile]] = {}
+    for profile in profiles:
+        by_pid.setdefault(profile.pid, []).append(profile)
+    peakless: Set[int] = set()
+    parents: Dict[int, int] = {}
+    for same_pid in by_pid.values():
+        if len(same_pid) < 2:
+            continue
+        same_pid.sort(key=lambda p: p.start_time_ns)
+        chain = [same_pid[0]]
+        for previous, profile in zip(same_pid, same_pid[1:]):
+            ended = previous.exec_at_ns
+            if ended is None or not previous.start_time_ns or profile.start_time_ns < previous.start_time_ns + ended:
+                break  # (not one process's programs in turn: another process that had this pid)
+            chain.append(profile)
+        if len(chain) < 2:
+            continue
+        highest = max(chain, key=lambda p: p.totals.peak_bytes)
+        peakless.update(id(p) for p in chain if p is not highest)
+        for profile in chain[1:]:
+            if not profile.parent_pid:
+                parents[id(profile)] = chain[0].parent_pid
+    return peakless, parents
+
+
+def peak_rule(profile: Profile) -> str:
+    """How a merged report's peak figures were made, in words (for its processes table)."""
+    rule = "the sum of each one's peak"
+    if len({p.pid for p in profile.processes}) < len(profile.processes):
+        rule += "; the programs one process ran in turn (exec) count the highest of theirs"
+    return rule
+
+
+def process_stats(profile: Profile, parent_pid: int = 0) -> ProcessStats:
+    """One process's line of the breakdown (parent_pid: instead of the capture's, if not 0)."""
     return ProcessStats(
         pid=profile.pid,
-        parent_pid=profile.parent_pid,
+        parent_pid=parent_pid or profile.parent_pid,
         argv=profile.argv,
         capture_path=profile.capture_path,
         start_time_ns=profile.start_time_ns,
@@ -48,17 +96,21 @@ def process_stats(profile: Profile) -> ProcessStats:
     )
 
 
-def _tree_order(profiles: Sequence[Profile]) -> List[Profile]:
-    """Parents before their children, then by start time: the root process first."""
-    by_pid = {p.pid: p for p in profiles}
+def _tree_order(profiles: Sequence[Profile], parents: Dict[int, int]) -> List[Profile]:
+    """Parents before their children, then by start time: the root process first.
+    parents: parent pids that replace the captures' own (by profile id)."""
+    by_pid = {p.pid: p for p in sorted(profiles, key=lambda p: -p.start_time_ns)}  # (a pid's first capture)
     depth: Dict[int, int] = {}
+
+    def parent_of(profile: Profile) -> int:
+        return parents.get(id(profile), profile.parent_pid)
 
     def level(profile: Profile) -> int:
         seen = set()
         n, current = 0, profile
-        while current.parent_pid in by_pid and current.pid not in seen:
+        while parent_of(current) in by_pid and current.pid not in seen:
             seen.add(current.pid)
-            current = by_pid[current.parent_pid]
+            current = by_pid[parent_of(current)]
             n += 1
         return n
 
@@ -93,7 +145,8 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
     returned with its own breakdown line. ValueError for no profile at all."""
     if not profiles:
         raise ValueError("no profile to merge")
-    ordered = _tree_order(profiles)
+    peakless, parents = _program_chains(profiles)
+    ordered = _tree_order(profiles, parents)
     root = ordered[0]
     starts = [p.start_time_ns for p in ordered if p.start_time_ns]
     origin = min(starts) if len(starts) == len(ordered) else 0
@@ -116,21 +169,26 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
     kinds: Dict[str, Tuple[int, int]] = {}
     threads: List[ThreadStats] = []
     for profile in ordered:
-        totals.add(profile.totals)
+        counts_peak = id(profile) not in peakless
+
+        def part(metrics: Metrics) -> Metrics:
+            return metrics if counts_peak else _without_peak(metrics)
+
+        totals.add(part(profile.totals))
         for line in profile.lines():
             key = (line.file, line.line, line.function, line.kind, line.object)
             merged = lines.get(key)
             if merged is None:
                 merged = lines[key] = LineStats(line.file, line.line, line.function, line.kind, line.object)
-            merged.self.add(line.self)
-            merged.inclusive.add(line.inclusive)
-            merged.attributed.add(line.attributed)
+            merged.self.add(part(line.self))
+            merged.inclusive.add(part(line.inclusive))
+            merged.attributed.add(part(line.attributed))
         for stack in profile.stacks:
             frames = tuple(merged_location(f) for f in stack.frames)
             key = (merged_location(stack.self_location), frames)
             if key not in stacks:
                 stacks[key] = StackStats([locations[i] for i in frames], locations[key[0]], Metrics())
-            stacks[key].metrics.add(stack.metrics)
+            stacks[key].metrics.add(part(stack.metrics))
         # flame nodes come parents first: [location, parent, bytes, peak, leaked, count]
         local: Dict[int, int] = {}
         for index, (location, parent, nbytes, peak, leaked, count) in enumerate(profile.flame):
@@ -141,7 +199,7 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
                 node = flame_index[(new_parent, new_location)] = len(flame)
                 flame.append([new_location, new_parent, 0, 0, 0, 0])
             flame[node][2] += nbytes
-            flame[node][3] += peak
+            flame[node][3] += peak if counts_peak else 0
             flame[node][4] += leaked
             flame[node][5] += count
             local[index] = node
@@ -194,7 +252,7 @@ def merge_profiles(profiles: Sequence[Profile]) -> Profile:
         cut_most=max(p.cut_most for p in ordered),
         parent_pid=root.parent_pid,
         start_time_ns=origin or root.start_time_ns,
-        processes=[process_stats(p) for p in ordered],
+        processes=[process_stats(p, parents.get(id(p), 0)) for p in ordered],
         objects=_union_objects(ordered),
     )
 

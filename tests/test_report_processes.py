@@ -111,3 +111,27 @@ def test_every_worker_capture_is_complete(pool_captures: List[Path], run_cytool)
         capture = report_json(run_cytool, path)["capture"]
         assert not capture["truncated"], (path.name, capture["truncation_message"])
         assert capture["warnings"] == [], (path.name, capture["warnings"])
+
+
+def test_a_program_and_the_one_it_execs_count_the_higher_peak(tmp_path: Path, run_cytool) -> None:
+    """A child that execs Python again leaves two captures of one pid, one after the other:
+    the merged peak counts the higher of their peaks (they never held memory at the same
+    time), and the program after the exec is the same child of the root."""
+    from test_tracer_exec import run_exec_chain
+
+    done = run_exec_chain(tmp_path)
+    assert done.returncode == 0, done.stderr
+    captures = sorted(tmp_path.glob("chain.cytrace*"), key=lambda p: len(p.name))
+    assert len(captures) == 3, captures
+    merged = report_json(run_cytool, *captures)
+    singles = [report_json(run_cytool, path) for path in captures]
+    root, before, after = merged["processes"]
+    assert before["pid"] == after["pid"] != root["pid"]
+    assert before["parent_pid"] == after["parent_pid"] == root["pid"]
+    assert [p["capture"] for p in merged["processes"]] == [s["capture"]["path"] for s in singles]
+    peaks = [s["totals"]["peak_bytes"] for s in singles]
+    assert merged["totals"]["peak_bytes"] == peaks[0] + max(peaks[1], peaks[2]) < sum(peaks)
+    assert merged["totals"]["bytes"] == sum(s["totals"]["bytes"] for s in singles)
+    table = run_cytool("report", *captures)
+    assert table.returncode == 0, table.stderr
+    assert "count the highest of theirs" in table.stdout

@@ -140,3 +140,69 @@ def test_every_exec_function_finishes_the_capture(helpers: Path, tmp_path: Path,
     with read_capture(capture) as read:
         assert read.complete and not read.truncated, read.truncation_message()
         assert sum(1 for e in read.events if e.kind == "malloc" and e.size == 6161) == 9
+
+
+# A program traced by CYTOOL_PROFILE (the autostart) whose followed child keeps 4 blocks of
+# 123,457 bytes and then execs Python again, which inherits CYTOOL_PROFILE and keeps 3 of
+# 654,321: the second program of the child's pid must not take (and empty) the capture of
+# its first one.
+EXEC_CHAIN = """\
+import os, sys
+kept = [bytearray(111111) for _ in range(2)]
+pid = os.fork()
+if pid == 0:
+    kept = [bytearray(123456) for _ in range(4)]
+    os.execv(sys.executable, [sys.executable, "-c", "kept = [bytearray(654320) for _ in range(3)]"])
+_, status = os.waitpid(pid, 0)
+print("child status", status, flush=True)
+"""
+
+
+def run_exec_chain(folder: Path) -> subprocess.CompletedProcess:
+    """EXEC_CHAIN run in `folder` under CYTOOL_PROFILE=folder/chain.cytrace with forks followed."""
+    import sys
+
+    (folder / "chain.py").write_text(EXEC_CHAIN)
+    env = dict(os.environ, CYTOOL_PROFILE=str(folder / "chain.cytrace"), CYTOOL_PROFILE_FOLLOW_FORK="1")
+    return subprocess.run([sys.executable, "chain.py"], cwd=folder, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+
+
+def _blocks(capture_path: Path, low: int, high: int) -> int:
+    with read_capture(capture_path) as capture:
+        assert capture.complete and not capture.truncated, capture.truncation_message()
+        return sum(1 for e in capture.events if e.kind == "malloc" and low <= e.size < high)
+
+
+def test_a_program_after_an_exec_never_takes_the_capture_before_it(tmp_path: Path) -> None:
+    proc = run_exec_chain(tmp_path)
+    assert proc.returncode == 0 and "child status 0" in proc.stdout, proc.stderr
+    names = sorted(p.name for p in tmp_path.glob("chain.cytrace*"))
+    assert len(names) == 3, names
+    child_pid = names[1].split(".")[2]
+    assert names == ["chain.cytrace", f"chain.cytrace.{child_pid}", f"chain.cytrace.{child_pid}.2"]
+    assert _blocks(tmp_path / "chain.cytrace", 111111, 111200) == 2
+    before, after = tmp_path / names[1], tmp_path / names[2]
+    assert _blocks(before, 123456, 123500) == 4  # (was emptied and rewritten by the exec'd program)
+    with read_capture(before) as capture:
+        assert capture.exec_what is not None and not capture.exec_failure
+    assert _blocks(after, 654320, 654400) == 3
+    with read_capture(after) as capture:
+        assert capture.header.pid == int(child_pid) and capture.exec_what is None
+
+
+def test_capture_names_never_name_an_existing_file(tmp_path: Path) -> None:
+    from cytool import _cytrace
+
+    path = tmp_path / "run.cytrace"
+    pid = os.getpid()
+    assert _cytrace.unused_capture_path(str(path)) == str(path)
+    assert _cytrace.unused_capture_path(str(path), False) == f"{path}.{pid}"
+    path.write_text("")
+    assert _cytrace.unused_capture_path(str(path)) == f"{path}.{pid}"
+    Path(f"{path}.{pid}").write_text("")
+    os.symlink("/nonexistent", f"{path}.{pid}.2")  # (a dangling link is a name taken too)
+    assert _cytrace.unused_capture_path(str(path)) == f"{path}.{pid}.3"
+    with pytest.raises(OSError) as raised:
+        _cytrace.unused_capture_path("x" * 5000)
+    assert raised.value.errno == __import__("errno").ENAMETOOLONG

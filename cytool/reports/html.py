@@ -11,6 +11,7 @@ import jinja2
 from markupsafe import Markup
 
 from cytool.analysis import CYTHON_KINDS, USER_KINDS, LineStats, Metrics, Profile
+from cytool.process_merge import peak_rule
 from cytool.reports import MODES
 from cytool.reports.flame import compact_tree
 from cytool.reports.ranking import ranked_lines
@@ -210,6 +211,7 @@ def render(profile: Profile, mode: str = "bytes", *, top: int = 30, show_changed
                  events=human_count(p.events))
             for p in profile.processes
         ],
+        peak_rule=peak_rule(profile),
         top=top_rows,
         top_title=title,
         other=other_rows,

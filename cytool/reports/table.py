@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.text import Text
 
 from cytool.analysis import LineStats, Metrics, Profile
+from cytool.process_merge import peak_rule
 from cytool.reports import MODES
 from cytool.reports.ranking import ranked_lines, ranked_pyx_lines
 from cytool.reports.source import SourceCache, display_name
@@ -61,7 +62,7 @@ def print_processes(profile: Profile, console: Console) -> None:
     """The per-process breakdown of a merged report: pid, parent, its figures, its command."""
     if not profile.processes:
         return
-    console.print(Text(f"{len(profile.processes)} processes (the figures above are their sums; peak: the sum of each one's peak)",
+    console.print(Text(f"{len(profile.processes)} processes (the figures above are their sums; peak: {peak_rule(profile)})",
                        style="bold"))
     header = f"{'pid':>8} {'parent':>8} {'bytes':>10} {'count':>9} {'peak':>10} {'leaked':>10}  command"
     console.print(Text(header, style="dim"), no_wrap=True, overflow="ellipsis")

@@ -105,6 +105,13 @@ CYTRACE_API void cytrace_set_compression_level(int level);
 #define CYTRACE_MAX_MAX_FRAMES 65536
 CYTRACE_API void cytrace_set_max_frames(int frames);
 
+/* A capture path for this process that names no existing file, into out[0..cap):
+ * `path` itself when `path_itself` and it does not exist, else the first free of
+ * <path>.<pid>, <path>.<pid>.2, <path>.<pid>.3 ... (the same process after an exec, or an
+ * earlier process of the same pid, wrote the others: never overwritten). Returns 0, or -1
+ * (ENAMETOOLONG) when the name does not fit. */
+CYTRACE_API int cytrace_unused_path(const char *path, int path_itself, char *out, size_t cap);
+
 CYTRACE_API int cytrace_is_active(void);
 /* The capture path of the running (or last) session, "" if none. */
 CYTRACE_API const char *cytrace_path(void);

@@ -268,6 +268,19 @@ static PyObject *py_stats(PyObject *self, PyObject *args) {
     return stats_dict();
 }
 
+static PyObject *py_unused_capture_path(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *path_object;
+    int path_itself = 1;
+    if (!PyArg_ParseTuple(args, "O&|p:unused_capture_path", PyUnicode_FSConverter, &path_object, &path_itself))
+        return NULL;
+    char out[4096 + 48];
+    int r = cytrace_unused_path(PyBytes_AS_STRING(path_object), path_itself, out, sizeof out);
+    Py_DECREF(path_object);
+    if (r != 0) return PyErr_SetFromErrno(PyExc_OSError);
+    return PyUnicode_DecodeFSDefault(out);
+}
+
 static PyObject *py_pin_frame(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *frame;
@@ -289,6 +302,10 @@ static PyMethodDef methods[] = {
     {"_after_fork_child", py_after_fork_child, METH_NOARGS, "for os.register_at_fork(after_in_child=...)"},
     {"path", py_path, METH_NOARGS, "path() -> the capture path of the current (or last) session"},
     {"stats", py_stats, METH_NOARGS, "stats() -> dict: events, dropped, stacks, frames, bytes, lost"},
+    {"unused_capture_path", py_unused_capture_path, METH_VARARGS,
+     "unused_capture_path(path, path_itself=True) -> a capture path naming no existing file: path itself\n"
+     "(when path_itself and it does not exist), else the first free of <path>.<pid>, <path>.<pid>.2, ...\n"
+     "OSError(ENAMETOOLONG) when the name does not fit."},
     {"pin_frame", py_pin_frame, METH_VARARGS,
      "pin_frame(frame or None, record_outside=True): the frame (of this thread) that runs the measured code\n"
      "stays suspended until pin_frame(None), called before it returns: allocations below it compare only\n"

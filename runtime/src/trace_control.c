@@ -301,15 +301,34 @@ static void fork_child(void) {
     cyt_threads_after_fork_child();
     cyt_unpatch_all();
     if (cyt_options & CYTRACE_FOLLOW_FORK) {
-        char path[sizeof capture_path + 32];
-        snprintf(path, sizeof path, "%s.%d", capture_path, (int)getpid());
+        char path[sizeof capture_path + 48];
         pid_t parent = getppid();
         pthread_mutex_lock(&control_lock);
-        if (start_locked(path, cyt_options, parent) != 0)
+        if (cytrace_unused_path(capture_path, 0, path, sizeof path) != 0)
+            fprintf(stderr, "cytool: cannot follow fork: no capture name fits beside %s\n", capture_path);
+        else if (start_locked(path, cyt_options, parent) != 0)
             fprintf(stderr, "cytool: cannot follow fork into %s: %s\n", path, last_error);
         pthread_mutex_unlock(&control_lock);
     }
     cyt_guard = saved;
+}
+
+/* ---- capture names ------------------------------------------------------------------- */
+
+CYTRACE_API int cytrace_unused_path(const char *path, int path_itself, char *out, size_t cap) {
+    struct stat st;
+    int n = snprintf(out, cap, "%s", path);
+    if (n < 0 || (size_t)n >= cap) goto too_long;
+    if (path_itself && lstat(out, &st) != 0 && errno == ENOENT) return 0;
+    for (unsigned k = 1; k < 100000; k++) {
+        n = k == 1 ? snprintf(out, cap, "%s.%d", path, (int)getpid())
+                   : snprintf(out, cap, "%s.%d.%u", path, (int)getpid(), k);
+        if (n < 0 || (size_t)n >= cap) goto too_long;
+        if (lstat(out, &st) != 0 && errno == ENOENT) return 0;
+    }
+too_long: /* (or 100,000 captures of this pid there already) */
+    errno = ENAMETOOLONG;
+    return -1;
 }
 
 /* ---- library load --------------------------------------------------------------------- */
@@ -336,13 +355,15 @@ __attribute__((constructor)) static void cyt_library_init(void) {
         if (cytrace_pymem_install() == 0) options |= CYTRACE_PYMEM;
         else fprintf(stderr, "cytool: not tracing the Python allocators: %s\n", last_error);
     }
-    /* A program run under CYTOOL_PROFILE may start others that inherit it: never overwrite
-     * an existing file (nor one another process is writing), take <path>.<pid> instead. */
-    char chosen[4096 + 32];
-    struct stat st;
-    snprintf(chosen, sizeof chosen, "%s.%d", path, (int)getpid());
-    const char *target = stat(path, &st) == 0 ? chosen : path;
-    int r = cytrace_start(target, options);
-    if (r != 0 && errno == EAGAIN && target != chosen) r = cytrace_start(target = chosen, options);
-    if (r != 0) fprintf(stderr, "cytool: cannot start tracing into %s: %s\n", target, last_error);
+    /* A program run under CYTOOL_PROFILE may start others that inherit it, or exec another:
+     * never overwrite an existing file (nor one another process is writing). */
+    char chosen[4096 + 48];
+    if (cytrace_unused_path(path, 1, chosen, sizeof chosen) != 0) {
+        fprintf(stderr, "cytool: cannot start tracing: no capture name fits beside %s\n", path);
+        return;
+    }
+    int r = cytrace_start(chosen, options);
+    if (r != 0 && errno == EAGAIN && strcmp(chosen, path) == 0 && cytrace_unused_path(path, 0, chosen, sizeof chosen) == 0)
+        r = cytrace_start(chosen, options);
+    if (r != 0) fprintf(stderr, "cytool: cannot start tracing into %s: %s\n", chosen, last_error);
 }
