@@ -56,6 +56,42 @@ def test_a_sigkill_loses_only_the_last_moments(helpers: Path, tmp_path: Path) ->
     assert lost <= KILL_BOUND_BLOCKS, f"the blocks of the last {lost} ms before the kill were lost"
 
 
+# Four threads allocate at once (without the GIL) through the same lines: the same stacks,
+# first met by whichever thread gets there first.
+BENCH_ALLOC = Path(__file__).resolve().parent.parent / "examples" / "bench_alloc.pyx"
+ZSTD_FRAME_MAGIC = bytes.fromhex("28b52ffd")
+
+
+def test_a_capture_cut_after_any_frame_defines_all_it_uses(tmp_path: Path) -> None:
+    """A process killed at any moment leaves a capture whose batches all resolve: a thread
+    never writes a batch whose stack is defined only in another thread's buffer (each
+    defines it too until the first definition has gone to the writer). Which thread meets
+    a stack first is a race: a few captures are cut."""
+    cut_path = tmp_path / "cut.cytrace"
+    for run in range(4):
+        path = tmp_path / f"shared{run}.cytrace"
+        done = subprocess.run([sys.executable, "-m", "cytool", "profile", "--no-summary", "-o", str(path),
+                               str(BENCH_ALLOC), "--", "40000", "4"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=tmp_path, timeout=300)
+        assert done.returncode == 0, done.stderr
+        data = path.read_bytes()
+        body = 16 + int.from_bytes(data[12:16], "little")
+        cuts, at = [], data.find(ZSTD_FRAME_MAGIC, body + 1)
+        while at > 0:
+            cuts.append(at)
+            at = data.find(ZSTD_FRAME_MAGIC, at + 1)
+        assert len(cuts) >= 4, "too few frames to cut between"
+        for cut in cuts + [len(data)]:
+            cut_path.write_bytes(data[:cut])
+            with read_capture(cut_path) as capture:
+                assert capture.missing_stacks == 0 and capture.missing_pyframes == 0, (run, cut, capture.notes)
+                assert not any("repeat" in note for note in capture.notes), (run, cut, capture.notes)
+        with read_capture(path) as capture:
+            assert capture.complete
+            churned = [e for e in capture.events if e.kind == "malloc" and 16 <= e.size < 272]
+            assert len(churned) >= 4 * 40000 and len({e.thread_id for e in churned}) >= 4
+
+
 # ---- write errors -------------------------------------------------------------------------
 
 FILE_LIMIT = """

@@ -147,8 +147,9 @@ CYTRACE_API void cytrace_set_pyframes_source(cytrace_pyframes_fn fn);
 CYTRACE_API void cytrace_name_thread(long tid, const char *name);
 
 /* Map a caller-chosen 64-bit key (non-zero) to a small pyframe id, lock-free. *is_new is
- * set when this call created the id: the caller must then define it with
- * cytrace_emit_pyframe(). Returns 0 when the table is full. */
+ * set when the caller must define it with cytrace_emit_pyframe(): this call created the
+ * id, or the thread that did has not flushed its definition yet. Returns 0 when the table
+ * is full. */
 CYTRACE_API uint32_t cytrace_pyframe_intern(uint64_t key, int *is_new);
 /* The current session's number, bumped at every start (a followed fork's child starts
  * one): pyframe ids cached under another session are not defined in this capture. */

@@ -1050,6 +1050,7 @@ static int decode_record(reader *r, cursor *cur)
 static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame_offset)
 {
     cursor cur = {data, data + len, 0};
+    uint64_t batches = 0;
     r->repeats = 0;
     r->frame_data = data;
     while (cur.p < cur.end) {
@@ -1068,8 +1069,12 @@ static int decode_frame(reader *r, const uint8_t *data, size_t len, size_t frame
             return 0;
         }
         r->cap->status.records++;
+        batches += *start == REC_BATCH;
     }
-    if (r->repeats)
+    /* Definitions read before, with batches: the definitions a thread wrote again for its
+     * batches (the first definer had not flushed yet); a repeated batch is found and said
+     * when the batches are ordered. Without batches: a repeated frame, said here. */
+    if (r->repeats && batches == 0)
         add_note(r->cap, "the frame at byte %zu repeats %llu record%s read before (a repeated frame?): read once",
                  frame_offset, (unsigned long long)r->repeats, r->repeats == 1 ? "" : "s");
     return 1;

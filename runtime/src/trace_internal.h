@@ -192,7 +192,13 @@ typedef struct cyt_scratch {
 } cyt_scratch;
 uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
                            _Atomic int *unwinding, cyt_scratch *scratch);
-uint32_t cyt_intern_stack(uint64_t hash, int *is_new); /* hash: of the whole stack, well mixed */
+uint32_t cyt_intern_stack(uint64_t hash, int *is_new); /* hash: of the whole stack, well mixed;
+                                                        * *is_new: the caller must emit the definition */
+/* Definitions (stacks, Python frames) the calling thread emits into its buffer: `entry`
+ * names an intern slot, whose `written` flag its flush raises (cyt_definitions_written).
+ * 0, or -1 when the thread cannot keep track (no state, no memory). */
+int cyt_thread_defines(uint32_t entry);
+void cyt_definitions_written(const uint32_t *entries, size_t n); /* their buffer was handed to the writer */
 uint64_t cyt_stacks_count(void);
 void cyt_fp_objects_reset(void);
 void cyt_fp_objects_add(uintptr_t start, uintptr_t end);

@@ -21,7 +21,13 @@
  *
  * Interning: an open-addressing table of (64-bit key, id) slots. A thread claims an empty
  * slot with a compare-and-swap on the key, then publishes the id; readers that find the
- * key wait for the id. No lock is taken. The first inserter emits the definition record.
+ * key wait for the id. No lock is taken. The first inserter emits the definition record,
+ * into its own buffer. Until that buffer has been handed to the writer (the slot's
+ * `written` flag, raised by cyt_definitions_written at the flush), every other thread that
+ * finds the key emits the definition as well: threads flush independently, and a batch
+ * whose definition sat in another thread's buffer could reach the file first, or alone
+ * (a process killed before the other thread flushed). So every batch's definitions come
+ * before it in the file; a definition may come twice (FORMAT.md).
  */
 #define _GNU_SOURCE
 #define UNW_LOCAL_ONLY
@@ -34,7 +40,7 @@
 typedef struct {
     _Atomic uint64_t key;
     _Atomic uint32_t id;
-    uint32_t unused;
+    _Atomic uint32_t written; /* its definition has been handed to the writer */
 } intern_slot;
 
 typedef struct {
@@ -65,6 +71,17 @@ static void table_destroy(intern_table *t) {
     t->slots = NULL;
 }
 
+/* Pending-definition entries (cyt_thread_defines): the table in the top bit, the slot below. */
+#define PYFRAME_ENTRY 0x80000000u
+
+/* The calling thread emits the definition of slot i: it raises the slot's flag once its
+ * buffer is handed to the writer (if it cannot keep track, the flag is raised now: the
+ * definition may then come after a batch of another thread, as before). */
+static void defining(intern_table *t, size_t i) {
+    uint32_t entry = (uint32_t)i | (t == &pyframe_table ? PYFRAME_ENTRY : 0);
+    if (cyt_thread_defines(entry) != 0) atomic_store_explicit(&t->slots[i].written, 1, memory_order_release);
+}
+
 static uint32_t table_intern(intern_table *t, uint64_t key, int *is_new) {
     *is_new = 0;
     if (t->slots == NULL) return 0;
@@ -79,6 +96,7 @@ static uint32_t table_intern(intern_table *t, uint64_t key, int *is_new) {
                 uint32_t id = atomic_fetch_add(&t->next_id, 1) + 1;
                 atomic_store_explicit(&s->id, id, memory_order_release);
                 *is_new = 1;
+                defining(t, i);
                 return id;
             }
             k = expected;
@@ -86,6 +104,10 @@ static uint32_t table_intern(intern_table *t, uint64_t key, int *is_new) {
         if (k == key) {
             uint32_t id;
             while ((id = atomic_load_explicit(&s->id, memory_order_acquire)) == 0) __builtin_ia32_pause();
+            if (CYT_UNLIKELY(!atomic_load_explicit(&s->written, memory_order_acquire))) {
+                *is_new = 1; /* defined by a thread that has not flushed it yet: define it too */
+                defining(t, i);
+            }
             return id;
         }
     }
@@ -105,6 +127,14 @@ void cyt_stacks_release(void) {
 }
 
 uint64_t cyt_stacks_count(void) { return atomic_load(&stack_table.next_id); }
+
+void cyt_definitions_written(const uint32_t *entries, size_t n) {
+    for (size_t k = 0; k < n; k++) {
+        intern_table *t = entries[k] & PYFRAME_ENTRY ? &pyframe_table : &stack_table;
+        size_t i = entries[k] & ~PYFRAME_ENTRY;
+        if (t->slots != NULL && i <= t->mask) atomic_store_explicit(&t->slots[i].written, 1, memory_order_release);
+    }
+}
 
 static inline uint64_t mix64(uint64_t h) {
     h ^= h >> 33;

@@ -81,6 +81,7 @@ struct cyt_thread {
     uint8_t *col[NCOLS];       /* write position in each column */
     uintptr_t col_base;        /* sum of the columns' starts: used = sum(col) - col_base */
     cyt_buf defs;
+    cyt_buf defined;           /* uint32 intern-slot entries whose definitions are in defs (trace_stack.c) */
     struct {
         uint64_t hash;
         uint32_t id;
@@ -261,7 +262,11 @@ static void flush_thread(cyt_thread *ts, int own) {
             }
         }
         cyt_writer_submit(chunk, (size_t)(p - chunk), n);
+        /* after the submit: a thread that sees the flags queues its batches after ours */
+        cyt_definitions_written((const uint32_t *)ts->defined.data, ts->defined.len / sizeof(uint32_t));
     }
+    /* (without a chunk, the flags stay down: other threads define those ids again) */
+    ts->defined.len = 0;
     atomic_fetch_add(&flushed_events, n);
     ts->defs.len = 0;
     if (ts->ev) reset_columns(ts);
@@ -276,6 +281,7 @@ static void release_buffers(cyt_thread *ts) {
     ts->ev = NULL;
     atomic_store(&ts->nevents, 0);
     cyt_buf_free(&ts->defs);
+    cyt_buf_free(&ts->defined);
 }
 
 /* pthread key destructor: the thread is ending. */
@@ -380,6 +386,12 @@ static inline __attribute__((always_inline)) cyt_thread *thread_get(void) {
 }
 
 cyt_thread *cyt_thread_get(void) { return thread_get(); }
+
+int cyt_thread_defines(uint32_t entry) {
+    cyt_thread *ts = tls_state;
+    if (ts == NULL || ts->session != atomic_load_explicit(&cyt_session, memory_order_relaxed)) return -1;
+    return cyt_buf_bytes(&ts->defined, &entry, sizeof entry);
+}
 
 /* ---- the hot path -------------------------------------------------------------------- */
 
@@ -815,6 +827,7 @@ void cyt_threads_after_fork_child(void) {
     if (self != NULL) {
         /* its buffered events belong to the parent, which writes them */
         self->defs.len = 0;
+        self->defined.len = 0;
         atomic_store(&self->nevents, 0);
         if (self->ev) reset_columns(self);
         self->session = 0;
