@@ -23,6 +23,9 @@ from cytool.toolchain import tool_environment
 from cytool.errors import CytoolError
 
 # "pkg/mod.pyx:5:8: Expected ':', found 'NEWLINE'", the last line of Cython's error block
+# where the generated C names the Cython sources its code came from: `#line 5 "pkg/inc.pyx"`
+# directives and `/* "pkg/inc.pyx":5` position comments (paths relative to the build's folder)
+_C_SOURCE_NAME = re.compile(r'^(?:#line \d+ "|/\* ")([^"\n]+\.(?:pyx|pxi|pxd))"', re.M)
 _CYTHON_POSITION = re.compile(r"^[^\s:][^:\n]*\.(pyx|pxd|pxi):\d+:\d+: .+$", re.M)
 BUILD_SCRIPT = Path(__file__).resolve().parent / "develop_build.py"
 # the folder holding the cytool package: `from cytool.debug cimport breakpoint` in a project's
@@ -145,6 +148,23 @@ def build_failure(project: Path, setup_py: Path, status: int, output: str) -> Cy
     return failure
 
 
+def cython_sources(source: Path, c_file: Optional[Path], project: Path) -> List[Path]:
+    """The module's .pyx and every Cython file its generated C names (files it
+    `include`s, .pxd files of inline code), existing ones, absolute; `source` first."""
+    found = [source.resolve()]
+    if c_file is None:
+        return found
+    try:
+        text = c_file.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return found
+    for name in dict.fromkeys(m.group(1) for m in _C_SOURCE_NAME.finditer(text)):
+        path = (project / name).resolve()
+        if path not in found and path.is_file():
+            found.append(path)
+    return found
+
+
 def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool = False) -> List[DevelopedModule]:
     """Build the project in place with debug information; returns the modules built.
     Raises CytoolError when the build fails (with the end of its output)."""
@@ -191,7 +211,7 @@ def develop(project: Path, *, debug: bool = False, jobs: int = 1, verbose: bool 
         if module_file.is_file() and source is not None:
             build_id = record_module(
                 module_file, name, c_file=c_file, debug_info=xml if xml.is_file() else None,
-                sources=source_digests([source]), opt_level="0" if debug else None,
+                sources=source_digests(cython_sources(source, c_file, project)), opt_level="0" if debug else None,
                 built_by="cytool develop", cache=cache,
             )
         modules.append(DevelopedModule(name, module_file, source, c_file, xml if xml.is_file() else None, build_id, line_directives))

@@ -82,6 +82,53 @@ def test_develop_then_profile_pytest_names_pyx_lines(stapp: Path, run_cytool) ->
     assert hot[0]["function"] == "app.core.make_block"
 
 
+INCLUDING_SETUP = """\
+from setuptools import Extension, setup
+from Cython.Build import cythonize
+setup(name="incpkg", packages=["incpkg"], ext_modules=cythonize([Extension("incpkg.main", ["incpkg/main.pyx"])]))
+"""
+INCLUDED = """\
+def grab(n):
+    cdef char* p = <char*>malloc(n)  # GRAB
+    p[0] = 1
+    keep.append(<size_t>p)
+    return n
+"""
+
+
+def test_develop_included_files_are_reported_at_their_lines_from_any_folder(tmp_path: Path, run_cytool) -> None:
+    """A .pyx that `include`s another (msgpack's layout) built by `cytool develop`: the
+    included file's lines, its path made absolute with the build's folder (the generated
+    C names it relative), its source verified against the module index, wherever the
+    report runs; code after the included file's last line is not put past its end."""
+    project = tmp_path / "incproj"
+    (project / "incpkg").mkdir(parents=True)
+    (project / "setup.py").write_text(INCLUDING_SETUP)
+    (project / "incpkg" / "__init__.py").write_text("")
+    (project / "incpkg" / "main.pyx").write_text('from libc.stdlib cimport malloc\n\ncdef list keep = []\n\n'
+                                                 'include "inc.pyx"\n')
+    included = project / "incpkg" / "inc.pyx"
+    included.write_text(INCLUDED)
+    done = run_cytool("develop", cwd=project)
+    assert done.returncode == 0, done.stderr
+    script = tmp_path / "use.py"
+    script.write_text("import incpkg.main\nfor _ in range(100):\n    incpkg.main.grab(100000)\n")
+    capture = tmp_path / "inc.cytrace"
+    done = run_cytool("profile", "-o", capture, "--no-summary", script, env={"PYTHONPATH": str(project)})
+    assert done.returncode == 0, done.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = run_cytool("report", capture, "-f", "json", cwd=elsewhere)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    grabbed = [l for l in document["lines"] if l["file"] == str(included) and l["line"] == line_of(included, "GRAB")]
+    assert len(grabbed) == 1 and grabbed[0]["count"] == 100 and grabbed[0]["function"] == "incpkg.main.grab"
+    assert document["sources"][str(included)]["state"] == "verified"
+    lines = len(INCLUDED.splitlines())
+    assert all(l["line"] <= lines for l in document["lines"] if l["file"].endswith("inc.pyx")), document["lines"]
+    assert not any(l["file"] == "incpkg/inc.pyx" for l in document["lines"])
+
+
 def test_develop_refuses_other_build_backends(tmp_path: Path, run_cytool) -> None:
     (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["meson-python"]\nbuild-backend = "mesonpy"\n')
     done = run_cytool("develop", tmp_path)

@@ -372,9 +372,9 @@ def test_develop_build_sources_are_verified_and_changes_noticed(run_cytool: RunC
                       cwd=project)
     assert done.returncode == 0, done.stderr
     core = project / "app" / "core.pyx"
-    # the DWARF of a build run in the project names "app/core.pyx": the build's records say
-    # which file that is, wherever the report runs
-    name = "app/core.pyx"
+    # the DWARF of a build run in the project names "app/core.pyx", relative to the folder
+    # it was compiled in (DW_AT_comp_dir): the same file wherever the report runs
+    name = str(core)
     before = json.loads(run_cytool("report", capture, "-f", "json", cwd=tmp_path).stdout)
     assert before["sources"][name]["state"] == "verified"
     hot = [l for l in before["lines"] if l["file"] == name and "MAKE_BLOCK" in l["source"]]

@@ -270,6 +270,20 @@ static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_obje
     return f;
 }
 
+/* A source path as the DWARF or the C file names it (`#line 5 "pkg/inc.pyx"` of a
+ * setup.py build: relative to the directory the C file was compiled in), made absolute
+ * with that directory (the object's DW_AT_comp_dir at `pc`), whatever directory the report
+ * runs in; into buf, else `file` as it is. */
+static const char *compiled_in(obj_state *st, uint64_t pc, const char *file, char *buf, size_t size)
+{
+    if (!file || !*file || file[0] == '/')
+        return file;
+    const char *dir = sym_dwarf_comp_dir(st->dwarf, pc ? pc - 1 : 0);
+    if (!dir || dir[0] != '/' || (size_t)snprintf(buf, size, "%s/%s", dir, file) >= size)
+        return file;
+    return buf;
+}
+
 static int is_c_file(const char *file)
 {
     const char *dot = file ? strrchr(file, '.') : NULL;
@@ -297,14 +311,17 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
         if (st->state == SYM_OK)
             n = sym_dwarf_lookup(st->dwarf, pc ? pc - 1 : 0, raw, MAX_INLINE);
     }
-    char name[1024];
+    char name[1024], joined[4096];
     for (int i = 0; i < n; i++) {
         const char *file = raw[i].file;
         int line = raw[i].line;
         int pyx = cy_is_cython_source(file);
         if (pyx && file && !strchr(file, '/') && cy_names_source(st->names) &&
-            strcmp(base_name(cy_names_source(st->names)), file) == 0)
+            strcmp(base_name(cy_names_source(st->names)), file) == 0) {
             file = cy_names_source(st->names);
+        } else if (pyx) {
+            file = compiled_in(st, pc, file, joined, sizeof joined);
+        }
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
         if (function && !st->names && raw[i].cname && strncmp(raw[i].cname, "__pyx_pymod_exec_", 17) == 0 &&
             sym_dwarf_module_name(st->dwarf)) /* the exec function names only the module's last part */
@@ -337,7 +354,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
                 if (cy_is_cython_source(pyx_file)) {
                     pyx = 1;
                     kind = CYA_FRAME_PYX;
-                    file = pyx_file;
+                    file = compiled_in(st, pc, pyx_file, joined, sizeof joined);
                     line = cy_line_exists(s->sources, file, pyx_line) ? pyx_line : 0;
                 } /* else Cython's `(tree fragment)`: helper code, folded into a .pyx caller */
             } else if (!cf || !cy_cfile_has_line_directives(cf)) {
