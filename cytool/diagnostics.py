@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional, Tuple
 
+from cytool.build.depends import INCLUDE_STATEMENT
 from cytool.errors import CytoolError
 
 if TYPE_CHECKING:
@@ -75,7 +76,6 @@ def cython_failure(
     return CytoolError(message, detail=_clip(detail), hint=hint)
 
 
-_INCLUDE = re.compile(r"""^[ \t]*include[ \t]+(?P<q>["'])(?P<path>[^"'\n]+)(?P=q)""", re.M)
 MAX_INCLUDE_SCAN_FILES = 500
 MAX_INCLUDE_SCAN_BYTES = 1 << 20
 
@@ -103,7 +103,7 @@ def including_file(source: Path) -> Optional[Tuple[Path, str]]:
                     text = handle.read(MAX_INCLUDE_SCAN_BYTES)
             except OSError:
                 continue
-            for match in _INCLUDE.finditer(text):
+            for match in INCLUDE_STATEMENT.finditer(text):
                 try:
                     if (candidate.parent / match.group("path")).resolve() == target:
                         return candidate, match.group(0).strip()

@@ -181,3 +181,27 @@ def test_an_included_fragment_is_named_as_such(tmp_path: Path, run_cytool, comma
     assert "Traceback" not in said
     done = run_cytool("run", "_cmod.pyx", cwd=tmp_path, env={"CYTOOL_CACHE_DIR": str(tmp_path / "cache")})
     assert done.returncode == 0, done.stderr
+
+
+def test_a_folder_or_a_glob_builds_and_tests_fragments_with_their_includer(tmp_path: Path, run_cytool) -> None:
+    """`cytool test FOLDER` and `cytool build pkg/*.pyx` on msgpack's layout: the fragments
+    are said to be built and tested with the file that includes them (through a .pxi too),
+    their doctests run there, and nothing fails."""
+    folder = tmp_path / "pkg"
+    folder.mkdir()
+    (folder / "_cmod.pyx").write_text('cimport cython\n\ninclude "_packer.pyx"\ninclude "more.pxi"\n\n'
+                                      'def go():\n    """\n    >>> go()\n    3\n    """\n    return pack(3)\n')
+    (folder / "_packer.pyx").write_text('def pack(x):\n    """\n    >>> pack(2.5)\n    2\n    """\n'
+                                        '    return cython.cast(int, x)\n')
+    (folder / "more.pxi").write_text('include "_deeper.pyx"\n')
+    (folder / "_deeper.pyx").write_text("def deeper():\n    return 1\n")
+    env = {"CYTOOL_CACHE_DIR": str(tmp_path / "cache")}
+    done = run_cytool("test", "pkg", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pkg/_packer.pyx: included by _cmod.pyx, tested with it" in done.stdout
+    assert "pkg/_deeper.pyx: included by _cmod.pyx, tested with it" in done.stdout
+    assert "pkg/_cmod.pyx: 2 examples passed" in done.stdout and "0 failed" in done.stdout
+    done = run_cytool("build", *sorted(p.name for p in folder.glob("*.pyx")), cwd=folder, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "cytool: _packer.pyx: included by _cmod.pyx, built with it" in done.stderr
+    assert len(done.stdout.split()) == 1 and "_cmod" in done.stdout

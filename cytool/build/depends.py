@@ -4,17 +4,48 @@ cimports.
 Cython's `-M` depfile lists the .pyx, .pxd and .pxi files it read; the C compiler's
 `-MMD` files list every header it included, directly or through other headers (system
 headers and Python's, given with -isystem, are left out: the compiler's and Python's
-identities in the cache key cover them). Both are Makefile rules: `target: dep dep \\`.
+identities in the cache key cover them). Both are Makefile rules: `target: dep dep \\`. And which of several .pyx files are
+fragments that another of them `include`s (a fragment is compiled into its includer,
+never built alone).
 """
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from cytool.errors import CytoolError
 from cytool.project.layout import ModuleLocation, locate_module
+
+
+# Cython's `include "file.pxi"` statement, at the start of a line
+INCLUDE_STATEMENT = re.compile(r"""^[ \t]*include[ \t]+(?P<q>["'])(?P<path>[^"'\n]+)(?P=q)""", re.M)
+
+
+def included_fragments(sources: Sequence[Path]) -> Dict[Path, Path]:
+    """{fragment: the file of `sources` that includes it} for the files of `sources` (all
+    resolved paths) that another of them `include`s, directly or through a .pxi."""
+    wanted = set(sources)
+    found: Dict[Path, Path] = {}
+    for source in sources:
+        pending, seen = [source], set()
+        while pending:
+            current = pending.pop()
+            if current in seen:
+                continue
+            seen.add(current)
+            try:
+                text = current.read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                continue
+            for match in INCLUDE_STATEMENT.finditer(text):
+                target = (current.parent / match.group("path")).resolve()
+                if target in wanted and target != source:
+                    found.setdefault(target, source)
+                elif target.suffix == ".pxi":
+                    pending.append(target)
+    return found
 
 
 def read_makefile_rule(path: Path, base: Path) -> List[Path]:

@@ -62,7 +62,16 @@ def handle(args: argparse.Namespace) -> int:
         raise CytoolError("--module-name names one module; give one FILE.pyx with it", exit_code=2)
     out = output_dir(args.output_dir)
     options = build_options(args)
-    for path in args.files:
+    files = args.files
+    if len(files) > 1:  # `cytool build pkg/*.pyx`: the fragments the others include are built with them
+        from cytool.build.depends import included_fragments
+
+        fragments = included_fragments([path.resolve() for path in files])
+        for path in files:
+            if path.resolve() in fragments:
+                print(f"cytool: {path}: included by {fragments[path.resolve()].name}, built with it", file=sys.stderr)
+        files = [path for path in files if path.resolve() not in fragments]
+    for path in files:
         results = build_with_cimports(path, options)
         for index, result in enumerate(results):
             module_path = result.module_path

@@ -51,6 +51,13 @@ def handle(args: argparse.Namespace) -> int:
     sources = doctests.find_sources(args.target)
     options = build_options(args)
     out = sys.stdout
+    if len(sources) > 1:  # a folder: the fragments other .pyx files include are tested with them
+        from cytool.build.depends import included_fragments
+
+        fragments = included_fragments(sources)
+        for fragment, includer in fragments.items():
+            print(f"{_label(fragment)}: included by {includer.name}, tested with it", file=out)
+        sources = [source for source in sources if source not in fragments]
     tested = doctests.build_and_import(sources, options)
     total = failed = modules_failed = 0
     for item in tested:
