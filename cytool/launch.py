@@ -43,6 +43,10 @@ _CYTOOL_DIR = str(Path(__file__).resolve().parent)
 KINDS = ("pyx", "script", "module", "code")
 
 
+# the exit status of a program that Ctrl-C ended (a shell's 128 + SIGINT, as Python gives)
+INTERRUPTED = 130
+
+
 class Entry(NamedTuple):
     """What to run. kind: one of KINDS; target: the file path, module name or code;
     args: the program's own arguments (its sys.argv[1:])."""
@@ -216,7 +220,8 @@ class Launcher:
     # -- running ---------------------------------------------------------------------
     def run(self) -> int:
         """Run the program; its exit status. SystemExit propagates (its code becomes the
-        status); any other exception prints a traceback naming .pyx lines and gives 1."""
+        status); any other exception prints a traceback naming .pyx lines and gives 1 (Ctrl-C:
+        INTERRUPTED, 130)."""
         self.prepare()
         # (traced: the tracer stops comparing an allocation's Python frames here; cytool's
         # tracker is imported only when something traces)
@@ -230,8 +235,11 @@ class Launcher:
             try:
                 with pinned(sys._getframe()):
                     body()
-            except (SystemExit, KeyboardInterrupt):
+            except SystemExit:
                 raise
+            except KeyboardInterrupt as error:  # Ctrl-C: the traceback, as Python shows it
+                self._print_exception(error)
+                return INTERRUPTED
             except BaseException as error:  # the user's exception: show it as Python would
                 self._print_exception(error)
                 return 1
@@ -307,8 +315,11 @@ class Launcher:
                 # instead of initialising the same .so twice.
                 sys.modules[name] = module
             spec.loader.exec_module(module)  # type: ignore[union-attr]
-        except (SystemExit, KeyboardInterrupt, CytoolError):
+        except (SystemExit, CytoolError):
             raise
+        except KeyboardInterrupt as error:
+            self._print_exception(error)
+            return INTERRUPTED
         except BaseException as error:
             self._print_exception(error)
             return 1

@@ -205,3 +205,37 @@ def test_a_folder_or_a_glob_builds_and_tests_fragments_with_their_includer(tmp_p
     assert done.returncode == 0, done.stderr
     assert "cytool: _packer.pyx: included by _cmod.pyx, built with it" in done.stderr
     assert len(done.stdout.split()) == 1 and "_cmod" in done.stdout
+
+
+SLEEPER = """\
+import time
+blocks = [bytearray(100000) for _ in range(10)]
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "profile"])
+def test_ctrl_c_ends_the_program_as_python_would_and_keeps_the_report(tmp_path: Path, command: str) -> None:
+    """Ctrl-C (SIGINT) in the program: its traceback as Python shows it, status 130, and
+    under `cytool profile` the capture finished and summarised as after any other end."""
+    import signal
+
+    (tmp_path / "sleeper.py").write_text(SLEEPER)
+    proc = subprocess.Popen([sys.executable, "-m", "cytool", command, "sleeper.py"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert 'File "sleeper.py", line 4, in <module>' in err and err.rstrip().endswith("KeyboardInterrupt"), err
+    assert "cytool: interrupted" not in err
+    if command == "profile":
+        assert "capture: " in out and "sleeper.py:2" in out, out
+        from cytool.capture import read_capture
+
+        with read_capture(next(tmp_path.glob("sleeper.*.cytrace"))) as capture:
+            assert capture.complete and not capture.truncated
