@@ -25,7 +25,7 @@ import gdb  # type: ignore
 
 import cytool_gdb_placement as placement
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Module, is_blank_or_comment, nearest, prefer_generator_bodies
+from cytool_gdb_debuginfo import Function, Module, is_blank_or_comment, nearest, prefer_generator_bodies, source_lines
 
 CYTHON_SOURCES = (".pyx", ".pxi", ".pxd")
 
@@ -185,6 +185,11 @@ def _refuse_no_code(module: Module, path: str, line: int, what: str) -> None:
 
 
 def plan_line(module: Module, path: str, line: int) -> Plan:
+    lines = source_lines(path)
+    count = len(lines) - (1 if lines and lines[-1] == "" else 0)  # (the text after the last newline)
+    if lines and line > count:
+        name = os.path.basename(path)
+        raise state.CyError(f"{name}:{line} is past the end of {name} ({count} lines)")
     defined = _def_line_function(module, path, line)
     if defined is not None:
         first = defined.first_statement()

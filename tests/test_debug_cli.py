@@ -47,6 +47,7 @@ def test_batch_session(tmp_path: Path) -> None:
 @pytest.mark.parametrize("spec, message", [
     (f"dbgmod.pyx:{M['work-def'] + 1}", f"dbgmod.pyx:{M['work-def'] + 1} has no code"),  # a declaration
     ("dbgmod.pyx:1", "dbgmod.pyx:1 has no code (blank or comment)"),  # a comment line
+    ("dbgmod.pyx:9999", "dbgmod.pyx:9999 is past the end of dbgmod.pyx ("),  # beyond the last line
     ("work:3", "FILE:LINE needs a Cython source file"),  # not a file
 ])
 def test_batch_refused_spec_ends_the_run(tmp_path: Path, spec: str, message: str) -> None:
