@@ -510,7 +510,8 @@ bytes, list, tuple, dict, None, bool), a class as <class 'mod.Name'>, other obje
 not bound yet prints as <unbound> (<not yet assigned> for a C local before its first
 assignment), a value the compiler dropped as <optimised out>, and one that cannot be
 read as <unreadable: reason>. At a Python stop, EXPR is Python, evaluated in that frame
-(the program must hold the GIL)."""
+(the program must hold the GIL); so is an operation on a Python object (obj["key"],
+m + 1, len(obj): as C it would work on the object's pointer)."""
 
     name = "cy-print"
 
@@ -518,8 +519,9 @@ read as <unreadable: reason>. At a Python stop, EXPR is Python, evaluated in tha
         expression = argument.strip()
         if not expression:
             raise state.CyError("Usage: cy-print NAME | EXPR")
-        if stepping.at_python_stop():
-            ok, printed, text = pylevel.run_code(expression, "eval")
+        at_python = stepping.at_python_stop()
+        if at_python or _operates_on_a_python_object(expression):
+            ok, printed, text = pylevel.run_code(expression, "eval") if at_python else run_python(expression, "eval")
             if printed:
                 print(printed, end="" if printed.endswith("\n") else "\n")
             if not ok:
@@ -538,6 +540,29 @@ read as <unreadable: reason>. At a Python stop, EXPR is Python, evaluated in tha
 
     def complete(self, text: str, word: str):
         return _scope_names(text, word)
+
+
+def _operates_on_a_python_object(expression: str) -> bool:
+    """Whether `expression` is Python with an operation on a name bound to a Python object
+    (obj["key"], m + 1, len(obj), obj == None): as C it would work on the PyObject pointer.
+    Attributes (self.x + self.y of a cdef class) stay C: they read the struct's fields."""
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except SyntaxError:
+        return False
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Name) or isinstance(parents.get(node), (ast.Attribute, ast.Expression)):
+            continue
+        if isinstance(parents.get(node), ast.Call) and parents[node].func is node:
+            continue  # a function called: C functions stay C
+        try:
+            kind, value, _ = names.lookup(node.id)
+        except (gdb.error, gdb.GdbError, names.Special):
+            continue
+        if value is not None and pyobject.is_pyobject_pointer(value):
+            return True
+    return False
 
 
 class CyLocals(_Command):

@@ -98,3 +98,25 @@ def test_values_never_abort(debug_python: str, shapes) -> None:
     assert "No Cython name 'no_such_name'" in run.of(13), out  # a wrong name is an error, not a value
     assert "Python Exception" not in out and "Error occurred in Python" not in out, out
     assert "done Vec" not in out  # the session stopped where asked
+
+
+def test_operations_on_python_objects_are_evaluated_as_python(debug_python: str, shapes) -> None:
+    """cy-print seq[1] on a Python list, m + 1 on a Python int: evaluated as Python in the
+    frame (as C they would work on the PyObject pointer and read some other memory)."""
+    commands = [
+        f"cy-break shapes.pyx:{S['lambda-line']}",
+        "cy-run",  # 1: sort_by_key([5, 3, 4], 3)
+        "cy-print seq[1]",  # 2
+        "cy-print seq[0:2]",  # 3
+        "cy-print seq[7]",  # 4: the program's IndexError, said
+        "cy-print m + 1",  # 5
+        "cy-print len(seq) * m",  # 6
+    ]
+    run = h.run_gdb(debug_python, shapes[0], commands, source=SHAPES)
+    out = str(run)
+    assert "seq[1] = 3" in run.of(2), out
+    assert "seq[0:2] = [5, 3]" in run.of(3), out
+    assert "IndexError" in run.of(4) and "seq[7] = " not in run.of(4), out
+    assert "m + 1 = 4" in run.of(5), out
+    assert "len(seq) * m = 9" in run.of(6), out
+    assert "Cannot access memory" not in out, out
