@@ -99,6 +99,8 @@ def _parse(argv: list) -> argparse.Namespace:
         # Everything after the first `--` is not an option of cytool's.
         cut = argv.index("--")
         argv, program_args = argv[:cut], argv[cut + 1 :]
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said with the subcommand's usage, not the top level's
+        _subparser(parser, args.command).error(f"unrecognized arguments: {' '.join(unknown)}")
     args.program_args = program_args
     return args

@@ -273,16 +273,18 @@ def _union_objects(profiles: Sequence[Profile]) -> list:
 
 def capture_paths(arguments: Sequence[str]) -> List[Path]:
     """The capture files a `cytool report` command line names: files as given, a folder
-    as the capture files in it (`*.cytrace*`; a folder without any stays itself, for the
-    reader to refuse), a quoted glob as its matches; each once, in the order given.
-    Raises FileNotFoundError naming a glob that matches nothing."""
+    as the capture files in it (`*.cytrace*`), a quoted glob as its matches; each once, in
+    the order given. Raises FileNotFoundError naming a glob that matches nothing, and
+    IsADirectoryError naming a folder without captures."""
     import glob
 
     found: List[Path] = []
     for argument in arguments:
         path = Path(argument)
         if path.is_dir():
-            matches = sorted(p for p in path.iterdir() if ".cytrace" in p.name and p.is_file()) or [path]
+            matches = sorted(p for p in path.iterdir() if ".cytrace" in p.name and p.is_file())
+            if not matches:
+                raise IsADirectoryError(argument)
         elif glob.has_magic(argument) and not path.exists():
             matches = sorted(Path(m) for m in glob.glob(argument))
         else:

@@ -185,7 +185,10 @@ def test_bad_paths(capture: Path, tmp_path: Path, run_cytool) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run_cytool("report", empty)  # a folder is its captures (test_report_processes.py); none here
-    assert result.returncode == 2 and f"{empty}: is a directory, not a capture" in result.stderr
+    assert result.returncode == 2 and f"{empty}: no captures in this folder" in result.stderr
+    result = run_cytool("report", capture, "--bogus")  # said with report's own usage
+    assert result.returncode == 2 and "usage: cytool report" in result.stderr, result.stderr
+    assert "cytool report: error: unrecognized arguments: --bogus" in result.stderr
     result = run_cytool("report", capture, "-o", tmp_path / "missing" / "r.html")
     assert result.returncode == 2 and "no such directory" in result.stderr and "Traceback" not in result.stderr
     result = run_cytool("report", capture, "-o", tmp_path)

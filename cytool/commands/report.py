@@ -94,6 +94,9 @@ def handle(args: argparse.Namespace) -> int:
         paths = capture_paths(args.captures)
     except FileNotFoundError as missing:
         raise CytoolError(f"{missing}: no such capture", hint="give the .cytrace file `cytool profile` wrote", exit_code=2) from None
+    except IsADirectoryError as folder:
+        raise CytoolError(f"{folder}: no captures in this folder (no *.cytrace* files)",
+                          hint="give a .cytrace file `cytool profile` wrote, or the folder it wrote them to", exit_code=2) from None
     if args.threads and len(paths) > 1:
         raise CytoolError("--threads selects threads of one capture", hint="report one process's capture with --threads", exit_code=2)
     if args.output is not None and args.output.exists():
