@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -231,7 +232,8 @@ def test_ctrl_c_ends_the_program_as_python_would_and_keeps_the_report(tmp_path: 
     finally:
         proc.kill()
     assert proc.returncode == 130, err
-    assert 'File "sleeper.py", line 4, in <module>' in err and err.rstrip().endswith("KeyboardInterrupt"), err
+    # (line 3 when the signal comes before print returns)
+    assert re.search(r'File "sleeper.py", line [34], in <module>', err) and err.rstrip().endswith("KeyboardInterrupt"), err
     assert "cytool: interrupted" not in err
     if command == "profile":
         assert "capture: " in out and "sleeper.py:2" in out, out
