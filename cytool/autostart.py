@@ -57,6 +57,7 @@ def _start() -> None:
             native_unwind=_flag("CYTOOL_PROFILE_NATIVE_UNWIND"),
             time_resolution_ns=int(resolution) if resolution else None,
             compression_level=int(compression) if compression else 0,
+            parent_pid=os.getppid(),  # a traced program's child (subprocess, spawn, xdist): one tree in merged reports
         ).start()
     except (CytoolError, ValueError, OSError) as error:
         message = error.render() if isinstance(error, CytoolError) else str(error)

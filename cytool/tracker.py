@@ -124,6 +124,8 @@ class Tracker:
         and outermost frames, and reports say how many were cut from its middle.
     say_exec: when the program replaces itself (exec), say on stderr that the capture is
         finished and how to report it (the capture is finished at an exec either way).
+    parent_pid: the pid of the process that started this one, when it is traced too
+        (CYTOOL_PROFILE's autostart gives it): a merged report puts this capture under it.
 
     The capture is locked while tracing: start() raises CaptureInUseError when another
     process is tracing into the same path. Write errors (disk full, ...) never stop the
@@ -142,6 +144,7 @@ class Tracker:
         compression_level: int = 0,
         max_frames: Optional[int] = None,
         say_exec: bool = False,
+        parent_pid: int = 0,
     ) -> None:
         self.path = Path(path)
         self.follow_fork = follow_fork
@@ -152,6 +155,7 @@ class Tracker:
         self.compression_level = compression_level
         self.max_frames = max_frames
         self.say_exec = say_exec
+        self.parent_pid = parent_pid
         self.stats: Optional[Dict[str, int]] = None
 
     def start(self) -> "Tracker":
@@ -172,6 +176,8 @@ class Tracker:
             settings["max_frames"] = self.max_frames
         if self.say_exec:
             settings["say_exec"] = True
+        if self.parent_pid:
+            settings["parent_pid"] = self.parent_pid
         if os.path.exists(self.path) and not os.path.isfile(self.path):
             # opening a FIFO to write would block this program until someone reads it
             raise CytoolError(f"{self.path}: not a regular file (a FIFO, a device?); a capture is written to a file",

@@ -135,3 +135,38 @@ def test_a_program_and_the_one_it_execs_count_the_higher_peak(tmp_path: Path, ru
     table = run_cytool("report", *captures)
     assert table.returncode == 0, table.stderr
     assert "count the highest of theirs" in table.stdout
+
+
+SPAWN_POOL = """\
+import multiprocessing
+
+
+def work(n):
+    return len([bytearray(1000) for _ in range(n)])
+
+
+if __name__ == "__main__":
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        print(sum(pool.map(work, [50] * 8)))
+"""
+
+
+def test_processes_started_traced_are_the_children_of_their_starter(tmp_path: Path, run_cytool) -> None:
+    """CYTOOL_PROFILE and a `spawn` pool: each worker (a new Python, traced from its start)
+    gives its parent in its capture, so the merged report is one tree under the program."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "spawn_pool.py").write_text(SPAWN_POOL)
+    env = dict(os.environ, CYTOOL_PROFILE=str(tmp_path / "spawn.cytrace"))
+    done = subprocess.run([sys.executable, "spawn_pool.py"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "400", done.stderr
+    captures = sorted(tmp_path.glob("spawn.cytrace*"))
+    assert len(captures) >= 3, captures  # the program and its 2 workers (and multiprocessing's helpers)
+    merged = report_json(run_cytool, *captures)
+    root, *children = merged["processes"]
+    assert root["capture"] == str(tmp_path / "spawn.cytrace")
+    assert root["parent_pid"] == os.getpid()  # this test started it (untraced)
+    assert children and all(p["parent_pid"] == root["pid"] for p in children), merged["processes"]

@@ -105,6 +105,11 @@ CYTRACE_API void cytrace_set_compression_level(int level);
 #define CYTRACE_MAX_MAX_FRAMES 65536
 CYTRACE_API void cytrace_set_max_frames(int frames);
 
+/* The parent pid the next started capture's header gives (0: none): the process that
+ * started this one, when that one is traced too (CYTOOL_PROFILE), so that merged reports
+ * put the two in one tree. A followed fork's child gives its parent whatever this says. */
+CYTRACE_API void cytrace_set_parent_pid(long pid);
+
 /* A capture path for this process that names no existing file, into out[0..cap):
  * `path` itself when `path_itself` and it does not exist, else the first free of
  * <path>.<pid>, <path>.<pid>.2, <path>.<pid>.3 ... (the same process after an exec, or an

@@ -181,15 +181,18 @@ static PyObject *stats_dict(void) {
 static PyObject *py_start(PyObject *self, PyObject *args, PyObject *kwargs) {
     (void)self;
     static char *keywords[] = {"path", "follow_fork", "trace_python_allocators", "python_frames", "native_unwind",
-                               "time_resolution_ns", "compression_level", "max_frames", "attached", "say_exec", NULL};
+                               "time_resolution_ns", "compression_level", "max_frames", "attached", "say_exec",
+                               "parent_pid", NULL};
     PyObject *path_obj;
     int follow = 0, pymem = 0, frames = 1, native_unwind = 0, compression = 0, max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
     int attached = 0, say_exec = 0;
+    long parent_pid = 0;
     unsigned long long resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKiipp", keywords, PyUnicode_FSConverter, &path_obj, &follow,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|ppppKiippl", keywords, PyUnicode_FSConverter, &path_obj, &follow,
                                      &pymem, &frames, &native_unwind, &resolution, &compression, &max_frames,
-                                     &attached, &say_exec))
+                                     &attached, &say_exec, &parent_pid))
         return NULL;
+    cytrace_set_parent_pid(parent_pid);
     cytrace_set_time_resolution((uint64_t)resolution);
     cytrace_set_compression_level(compression);
     cytrace_set_max_frames(max_frames);

@@ -28,6 +28,7 @@ _Atomic unsigned cyt_flush_epoch;
 static uint64_t next_time_resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
 static int next_compression_level;
 static int next_max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
+static pid_t next_parent_pid; /* cytrace_set_parent_pid */
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;
 _Atomic int cyt_forking;
@@ -70,7 +71,7 @@ static void fork_parent(void);
 static void fork_child(void);
 
 /* Caller holds control_lock and the guard. */
-static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
+static int start_locked(const char *path, unsigned options, pid_t parent_pid, int forked_child) {
     if (strlen(path) >= sizeof capture_path) {
         errno = ENAMETOOLONG;
         cyt_set_error("capture path too long");
@@ -79,7 +80,7 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid) {
     unsigned flags = 1u;
     if (options & CYTRACE_PYMEM) flags |= 2u;
     if (options & CYTRACE_PYTHON_FRAMES) flags |= 4u;
-    if (parent_pid) flags |= 8u;
+    if (forked_child) flags |= 8u;
     if (options & CYTRACE_ATTACHED) flags |= 16u;
     cyt_options = options;
     cyt_compression_level = next_compression_level;
@@ -138,7 +139,7 @@ CYTRACE_API int cytrace_start(const char *path, unsigned options) {
         errno = EBUSY;
         r = -1;
     } else {
-        r = start_locked(path, options, 0);
+        r = start_locked(path, options, next_parent_pid, 0);
     }
     pthread_mutex_unlock(&control_lock);
     cyt_guard = saved;
@@ -241,6 +242,8 @@ static void stop_locked(void) {
 
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns) { next_time_resolution = ns ? ns : 1; }
 
+CYTRACE_API void cytrace_set_parent_pid(long pid) { next_parent_pid = pid > 0 ? (pid_t)pid : 0; }
+
 CYTRACE_API void cytrace_set_compression_level(int level) {
     next_compression_level = level < 0 ? 0 : level > 12 ? 12 : level;
 }
@@ -306,7 +309,7 @@ static void fork_child(void) {
         pthread_mutex_lock(&control_lock);
         if (cytrace_unused_path(capture_path, 0, path, sizeof path) != 0)
             fprintf(stderr, "cytool: cannot follow fork: no capture name fits beside %s\n", capture_path);
-        else if (start_locked(path, cyt_options, parent) != 0)
+        else if (start_locked(path, cyt_options, parent, 1) != 0)
             fprintf(stderr, "cytool: cannot follow fork into %s: %s\n", path, last_error);
         pthread_mutex_unlock(&control_lock);
     }
