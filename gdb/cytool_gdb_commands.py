@@ -881,10 +881,10 @@ def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
     frames.load_python_gdb(name)
     if not name.endswith(".so") or not state.process_running():
         return
+    failure_before = state.batch_failure  # (registering the module replans pending specs: may refuse one)
     module = state.module_loaded(name, getattr(objfile, "build_id", None), objfile)
     if module is not None:
         state.map_source_folders(module)
-    failure_before = state.batch_failure
     breakpoints.resolve_pending()
     if module is not None and ((state.batch_failure and not failure_before) or pylevel.has_unsent_breakpoints()):
         stepping.plant_stop_point(module.short_name)  # act at its PyInit, where the GIL is held

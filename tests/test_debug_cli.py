@@ -61,6 +61,20 @@ def test_batch_refused_spec_ends_the_run(tmp_path: Path, spec: str, message: str
 
 
 @needs_gdb
+def test_batch_spec_refused_when_its_module_loads_ends_the_run_then(tmp_path: Path) -> None:
+    """A pending -b spec refused when its module loads mid-run (past the end of the file)
+    ends a --batch run there, before the program goes on."""
+    (tmp_path / "later.pyx").write_text("def f():\n    return 1\n")
+    (tmp_path / "starter.py").write_text("import later\nprint('imported', later.f(), flush=True)\n")
+    script = tmp_path / "session.gdb"
+    script.write_text("cy-run\ncy-bt\n")
+    done = cytool("debug", "--batch", "-b", "later.pyx:99", "-x", script, tmp_path / "starter.py")
+    assert done.returncode == 1, done.stdout
+    assert "later.pyx:99 is past the end of later.pyx (2 lines)" in done.stdout, done.stdout
+    assert "ending the batch run" in done.stdout and "imported" not in done.stdout, done.stdout
+
+
+@needs_gdb
 @pytest.mark.parametrize("spec", ["nosuchfunc", "other.pyx:3", "pkg.other.func"])
 def test_batch_unmatched_spec_fails_at_exit(tmp_path: Path, spec: str) -> None:
     """A spec nothing matched is pending during the run, reported at exit, and fails --batch."""
