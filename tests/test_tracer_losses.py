@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 
@@ -90,6 +91,96 @@ def test_a_capture_cut_after_any_frame_defines_all_it_uses(tmp_path: Path) -> No
             assert capture.complete
             churned = [e for e in capture.events if e.kind == "malloc" and 16 <= e.size < 272]
             assert len(churned) >= 4 * 40000 and len({e.thread_id for e in churned}) >= 4
+
+
+# ---- SIGTERM, SIGHUP --------------------------------------------------------------------------
+
+# Three threads and the main one allocate without pause: a signal often lands inside the
+# allocator (holding its lock) or inside the tracer.
+CHURNING = """
+import threading, time
+
+def churn():
+    keep = []
+    while True:
+        keep.append(bytearray(2000))
+        if len(keep) > 500:
+            keep.clear()
+
+for _ in range(3):
+    threading.Thread(target=churn, daemon=True).start()
+print("ready", flush=True)
+churn()
+"""
+OWN_HANDLER = """
+import signal, sys, time
+def bye(sig, frame):
+    print("handled", sig, flush=True)
+    sys.exit(3)
+signal.signal(signal.SIGTERM, bye)
+keep = [bytearray(3000) for _ in range(50)]
+print("ready", flush=True)
+time.sleep(60)
+"""
+POOL = """
+import multiprocessing
+
+def work(n):
+    return len([bytearray(1000) for _ in range(n)])
+
+if __name__ == "__main__":
+    with multiprocessing.Pool(3) as pool:  # (its end: SIGTERM to the workers)
+        print(sum(pool.map(work, [500] * 12)))
+"""
+
+
+def _signalled(tmp_path: Path, code: str, sig: int) -> Tuple[subprocess.CompletedProcess, Path]:
+    script = tmp_path / "signalled.py"
+    script.write_text(code)
+    path = tmp_path / "signalled.cytrace"
+    path.unlink(missing_ok=True)
+    env = dict(os.environ, CYTOOL_PROFILE=str(path))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, ""), path
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminating_signal_finishes_the_capture_then_ends_the_process(tmp_path: Path, sig: int) -> None:
+    """SIGTERM or SIGHUP at its default: the process still ends by that signal, and the
+    capture is complete (not "killed or crashed"), whatever the threads were doing."""
+    for _ in range(5):
+        done, path = _signalled(tmp_path, CHURNING, sig)
+        assert done.returncode == -sig
+        with read_capture(path) as capture:
+            assert capture.complete and not capture.truncated, capture.truncation_message()
+            assert sum(1 for e in capture.events if e.kind == "malloc" and e.size >= 2000) > 100
+
+
+def test_a_programs_own_handler_is_left_alone(tmp_path: Path) -> None:
+    done, path = _signalled(tmp_path, OWN_HANDLER, signal.SIGTERM)
+    assert done.returncode == 3 and f"handled {int(signal.SIGTERM)}" in done.stdout
+    with read_capture(path) as capture:
+        assert capture.complete and not capture.truncated
+
+
+def test_a_pool_ended_by_its_with_block_leaves_complete_captures(tmp_path: Path) -> None:
+    (tmp_path / "pool.py").write_text(POOL)
+    done = subprocess.run([sys.executable, "-m", "cytool", "profile", "--no-summary", "--follow-fork", "-o",
+                           "pool.cytrace", "pool.py"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "6000", done.stderr
+    captures = sorted(tmp_path.glob("pool.cytrace*"))
+    assert len(captures) == 4, captures
+    for path in captures:
+        with read_capture(path) as capture:
+            assert capture.complete and not capture.truncated, (path, capture.truncation_message())
 
 
 # ---- write errors -------------------------------------------------------------------------

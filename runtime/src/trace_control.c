@@ -29,6 +29,7 @@ static uint64_t next_time_resolution = CYTRACE_DEFAULT_TIME_RESOLUTION_NS;
 static int next_compression_level;
 static int next_max_frames = CYTRACE_DEFAULT_MAX_FRAMES;
 static pid_t next_parent_pid; /* cytrace_set_parent_pid */
+_Atomic int cyt_stopping;     /* a stop is under way (cyt_active is 0 already) */
 CYT_TLS int cyt_guard;
 int cyt_asymmetric_fence;
 _Atomic int cyt_forking;
@@ -114,6 +115,7 @@ static int start_locked(const char *path, unsigned options, pid_t parent_pid, in
         atexit(at_exit);
         pthread_atfork(fork_prepare, fork_parent, fork_child);
     }
+    cyt_signals_start();
     atomic_store(&cyt_active, 1);
     cyt_buf objects = {0};
     cyt_patch_all(&objects);
@@ -167,6 +169,7 @@ CYTRACE_API int cytrace_stop(void) {
     }
     stop_locked();
     pthread_mutex_unlock(&control_lock);
+    cyt_signals_end_finisher();
     cyt_guard = saved;
     return 0;
 }
@@ -174,10 +177,16 @@ CYTRACE_API int cytrace_stop(void) {
 static const char *stopping_for_exec; /* (control_lock) the EXEC record's program, or NULL */
 
 int cyt_stop_for_exit(const char *exec_what) {
-    if (!atomic_load(&cyt_active) || getpid() != session_pid || cyt_guard) return 0;
+    if (!(atomic_load(&cyt_active) || atomic_load(&cyt_stopping)) || getpid() != session_pid || cyt_guard) return 0;
+    /* Another thread may be stopping (a Tracker's stop, the finisher of trace_signals.c):
+     * the process must not end under it, so wait for the lock; bounded, so that a stuck
+     * stop never keeps the process from ending. */
+    struct timespec deadline;
+    clock_gettime(CLOCK_REALTIME, &deadline);
+    deadline.tv_sec += 5;
     int stopped = 0;
     cyt_guard = 1;
-    if (pthread_mutex_trylock(&control_lock) == 0) {
+    if (pthread_mutex_timedlock(&control_lock, &deadline) == 0) {
         if (atomic_load(&cyt_active)) {
             stopping_for_exec = exec_what;
             stop_locked();
@@ -185,6 +194,7 @@ int cyt_stop_for_exit(const char *exec_what) {
             stopped = 1;
         }
         pthread_mutex_unlock(&control_lock);
+        if (stopped) cyt_signals_end_finisher();
     }
     cyt_guard = 0;
     return stopped;
@@ -207,6 +217,7 @@ int cyt_note_exec_failed(uint64_t since_start_ns, int error) {
 
 /* Caller holds control_lock and the guard; tracing is active. */
 static void stop_locked(void) {
+    atomic_store(&cyt_stopping, 1);
     atomic_store(&cyt_active, 0);
     atomic_thread_fence(memory_order_seq_cst);
     if (cyt_asymmetric_fence) cyt_membarrier();
@@ -214,7 +225,6 @@ static void stop_locked(void) {
     cyt_patch_check(&tail, 1); /* the last word on takeovers, before the slots are restored */
     cyt_pymem_check(&tail);
     uint64_t objects = cyt_objects_described();
-    cyt_unpatch_all();
     cytrace_pymem_uninstall();
     cyt_threads_flush_all();
     cyt_clock_stop();
@@ -238,6 +248,12 @@ static void stop_locked(void) {
     cyt_writer_close(tail.data, tail.len);
     cyt_buf_free(&tail);
     current_stats(&last_stats);
+    /* Only now: until the capture is closed, another thread's _exit or exec must still
+     * come to cyt_stop_for_exit and wait for this stop (the hooks record nothing meanwhile:
+     * tracing is off) */
+    cyt_unpatch_all();
+    cyt_signals_stop(); /* (a signal during the stop waited for it: trace_signals.c) */
+    atomic_store(&cyt_stopping, 0);
 }
 
 CYTRACE_API void cytrace_set_time_resolution(uint64_t ns) { next_time_resolution = ns ? ns : 1; }
