@@ -55,19 +55,19 @@ def _program_chains(profiles: Sequence[Profile]) -> Tuple[Set[int], Dict[int, in
         if len(same_pid) < 2:
             continue
         same_pid.sort(key=lambda p: p.start_time_ns)
-        chain = [same_pid[0]]
+        chains = [[same_pid[0]]]
         for previous, profile in zip(same_pid, same_pid[1:]):
             ended = previous.exec_at_ns
             if ended is None or not previous.start_time_ns or profile.start_time_ns < previous.start_time_ns + ended:
-                break  # (not one process's programs in turn: another process that had this pid)
-            chain.append(profile)
-        if len(chain) < 2:
-            continue
-        highest = max(chain, key=lambda p: p.totals.peak_bytes)
-        peakless.update(id(p) for p in chain if p is not highest)
-        for profile in chain[1:]:
-            if not profile.parent_pid:
-                parents[id(profile)] = chain[0].parent_pid
+                chains.append([profile])  # (not the program after an exec: another process that had this pid)
+            else:
+                chains[-1].append(profile)
+        for chain in chains:
+            highest = max(chain, key=lambda p: p.totals.peak_bytes)
+            peakless.update(id(p) for p in chain if p is not highest)
+            for profile in chain[1:]:
+                if not profile.parent_pid:
+                    parents[id(profile)] = chain[0].parent_pid
     return peakless, parents
 
 

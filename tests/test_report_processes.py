@@ -170,3 +170,35 @@ def test_processes_started_traced_are_the_children_of_their_starter(tmp_path: Pa
     assert root["capture"] == str(tmp_path / "spawn.cytrace")
     assert root["parent_pid"] == os.getpid()  # this test started it (untraced)
     assert children and all(p["parent_pid"] == root["pid"] for p in children), merged["processes"]
+
+
+def test_an_earlier_process_with_the_same_pid_does_not_hide_a_later_exec_chain(tmp_path: Path, run_cytool) -> None:
+    """Captures of one pid: an earlier process that had that pid (no exec), then a process
+    that execs its second program. The earlier one counts its own peak; of the exec chain,
+    only the higher peak counts."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "reports"))
+    from capture_writer import CaptureWriter, pc_word
+
+    start = 1_700_000_000_000_000_000
+
+    def capture(name: str, start_ns: int, size: int, exec_at: int = 0) -> Path:
+        path = tmp_path / name
+        with CaptureWriter(path, version=5, pid=500, start_ns=start_ns) as w:
+            w.thread(1, 500, "MainThread")
+            w.stack(1, [pc_word(0x401000)])
+            w.batch(1, 0, [("malloc", 0, 0x1000, size, 1)])
+            w.flush()
+            if exec_at:
+                w.exec_(exec_at, "/usr/bin/python3")
+            w.stats(1)
+            w.end((exec_at or 3_000_000) + 100_000)
+        return path
+
+    earlier = capture("a.cytrace", start, 1000)
+    before_exec = capture("a.cytrace.500", start + 1_000_000_000, 3000, exec_at=2_000_000)
+    after_exec = capture("a.cytrace.500.2", start + 1_010_000_000, 2000)
+    merged = report_json(run_cytool, earlier, before_exec, after_exec)
+    assert merged["totals"]["bytes"] == 6000
+    assert merged["totals"]["peak_bytes"] == 1000 + 3000
