@@ -22,10 +22,10 @@ from cytool.cache import BuildCache, hash_text
 from cytool.toolchain import tool_environment
 from cytool.errors import CytoolError
 
-# "pkg/mod.pyx:5:8: Expected ':', found 'NEWLINE'", the last line of Cython's error block
 # where the generated C names the Cython sources its code came from: `#line 5 "pkg/inc.pyx"`
 # directives and `/* "pkg/inc.pyx":5` position comments (paths relative to the build's folder)
 _C_SOURCE_NAME = re.compile(r'^(?:#line \d+ "|/\* ")([^"\n]+\.(?:pyx|pxi|pxd))"', re.M)
+# "pkg/mod.pyx:5:8: Expected ':', found 'NEWLINE'", the last line of Cython's error block
 _CYTHON_POSITION = re.compile(r"^[^\s:][^:\n]*\.(pyx|pxd|pxi):\d+:\d+: .+$", re.M)
 BUILD_SCRIPT = Path(__file__).resolve().parent / "develop_build.py"
 # the folder holding the cytool package: `from cytool.debug cimport breakpoint` in a project's

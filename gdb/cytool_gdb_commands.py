@@ -557,7 +557,7 @@ def _operates_on_a_python_object(expression: str) -> bool:
         if isinstance(parents.get(node), ast.Call) and parents[node].func is node:
             continue  # a function called: C functions stay C
         try:
-            kind, value, _ = names.lookup(node.id)
+            _, value, _ = names.lookup(node.id)
         except (gdb.error, gdb.GdbError, names.Special):
             continue
         if value is not None and pyobject.is_pyobject_pointer(value):

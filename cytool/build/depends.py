@@ -4,9 +4,10 @@ cimports.
 Cython's `-M` depfile lists the .pyx, .pxd and .pxi files it read; the C compiler's
 `-MMD` files list every header it included, directly or through other headers (system
 headers and Python's, given with -isystem, are left out: the compiler's and Python's
-identities in the cache key cover them). Both are Makefile rules: `target: dep dep \\`. And which of several .pyx files are
-fragments that another of them `include`s (a fragment is compiled into its includer,
-never built alone).
+identities in the cache key cover them). Both are Makefile rules: `target: dep dep \\`.
+
+And which of several .pyx files are fragments that another of them `include`s (a
+fragment is compiled into its includer, never built alone).
 """
 from __future__ import annotations
 

@@ -234,6 +234,20 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
     return st;
 }
 
+/* A source path as the DWARF or the C file names it (`#line 5 "pkg/inc.pyx"` of a
+ * setup.py build: relative to the directory the C file was compiled in), made absolute
+ * with that directory (the object's DW_AT_comp_dir at `pc`, the address looked up),
+ * whatever directory the report runs in; into buf, else `file` as it is. */
+static const char *compiled_in(obj_state *st, uint64_t pc, const char *file, char *buf, size_t size)
+{
+    if (!file || !*file || file[0] == '/')
+        return file;
+    const char *dir = sym_dwarf_comp_dir(st->dwarf, pc);
+    if (!dir || dir[0] != '/' || (size_t)snprintf(buf, size, "%s/%s", dir, file) >= size)
+        return file;
+    return buf;
+}
+
 /* The generated C file (no #line directives) whose C lines `file` (as the object's DWARF
  * names it, relative to the compilation directory of the code at `pc`) are, or NULL. */
 static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_object *o, uint64_t pc,
@@ -242,12 +256,8 @@ static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_obje
     for (size_t k = 0; k < st->nc_sources; k++)
         if (strcmp(st->c_sources[k].dwarf_path, file) == 0)
             return st->c_sources[k].cfile;
-    char where[4096];
-    const char *dir = file[0] != '/' ? sym_dwarf_comp_dir(st->dwarf, pc) : NULL;
-    if (dir)
-        snprintf(where, sizeof where, "%s/%s", dir, file);
-    else
-        snprintf(where, sizeof where, "%s", file);
+    char joined[4096];
+    const char *where = compiled_in(st, pc, file, joined, sizeof joined);
     const char *so = o->path && *o->path ? o->path : s->capture->header.executable;
     cy_cfile *f = cy_cfile_find(so, sym_dwarf_module_name(st->dwarf), where);
     /* found beside the module or in the project: only the file the DWARF names */
@@ -268,20 +278,6 @@ static const cy_cfile *generated_c(cya_symbols *s, obj_state *st, const cya_obje
         return NULL;
     }
     return f;
-}
-
-/* A source path as the DWARF or the C file names it (`#line 5 "pkg/inc.pyx"` of a
- * setup.py build: relative to the directory the C file was compiled in), made absolute
- * with that directory (the object's DW_AT_comp_dir at `pc`), whatever directory the report
- * runs in; into buf, else `file` as it is. */
-static const char *compiled_in(obj_state *st, uint64_t pc, const char *file, char *buf, size_t size)
-{
-    if (!file || !*file || file[0] == '/')
-        return file;
-    const char *dir = sym_dwarf_comp_dir(st->dwarf, pc ? pc - 1 : 0);
-    if (!dir || dir[0] != '/' || (size_t)snprintf(buf, size, "%s/%s", dir, file) >= size)
-        return file;
-    return buf;
 }
 
 static int is_c_file(const char *file)
@@ -320,7 +316,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             strcmp(base_name(cy_names_source(st->names)), file) == 0) {
             file = cy_names_source(st->names);
         } else if (pyx) {
-            file = compiled_in(st, pc, file, joined, sizeof joined);
+            file = compiled_in(st, pc ? pc - 1 : 0, file, joined, sizeof joined);
         }
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
         if (function && !st->names && raw[i].cname && strncmp(raw[i].cname, "__pyx_pymod_exec_", 17) == 0 &&
@@ -354,7 +350,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
                 if (cy_is_cython_source(pyx_file)) {
                     pyx = 1;
                     kind = CYA_FRAME_PYX;
-                    file = compiled_in(st, pc, pyx_file, joined, sizeof joined);
+                    file = compiled_in(st, pc ? pc - 1 : 0, pyx_file, joined, sizeof joined);
                     line = cy_line_exists(s->sources, file, pyx_line) ? pyx_line : 0;
                 } /* else Cython's `(tree fragment)`: helper code, folded into a .pyx caller */
             } else if (!cf || !cy_cfile_has_line_directives(cf)) {

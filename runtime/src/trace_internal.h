@@ -192,13 +192,6 @@ typedef struct cyt_scratch {
 } cyt_scratch;
 uint64_t cyt_capture_stack(uint64_t *words, int max, int tail, void *return_address, void *frame_address,
                            _Atomic int *unwinding, cyt_scratch *scratch);
-/* trace_signals.c: the capture finished when SIGTERM, SIGHUP or SIGINT (default
- * disposition) ends the process */
-void cyt_signals_start(void); /* (control_lock) handlers on the default signals, the finisher thread */
-void cyt_signals_stop(void);  /* (control_lock) the default dispositions back */
-void cyt_signals_end_finisher(void); /* after a stop, control_lock released: the finisher thread ends */
-extern _Atomic int cyt_stopping; /* trace_control.c: a stop is under way */
-
 uint32_t cyt_intern_stack(uint64_t hash, int *is_new); /* hash: of the whole stack, well mixed;
                                                         * *is_new: the caller must emit the definition */
 /* Definitions (stacks, Python frames) the calling thread emits into its buffer: `entry`
@@ -242,5 +235,12 @@ void cyt_writer_abandon_after_fork(void);  /* child: drop the parent's writer wi
 int cyt_writer_is_self(void);              /* the calling thread is the writer thread */
 uint64_t cyt_writer_frames(void);
 uint64_t cyt_writer_bytes(void);
+
+/* trace_signals.c: the capture finished when SIGTERM, SIGHUP or SIGINT (default
+ * disposition) ends the process */
+void cyt_signals_start(void); /* (control_lock) handlers on the default signals, the finisher thread */
+void cyt_signals_stop(void);  /* (control_lock) the default dispositions back */
+void cyt_signals_end_finisher(void); /* after a stop, control_lock released: the finisher thread ends */
+extern _Atomic int cyt_stopping; /* trace_control.c: a stop is under way */
 
 #endif
