@@ -138,3 +138,26 @@ def test_frees_of_blocks_allocated_unseen_in_one_tick_are_read_back_without_conf
             with_unseen += profile.unmatched_frees > 0
         path.unlink()
     assert with_unseen > 50  # the test means something: most runs had frees of unseen allocations
+
+
+def test_indices_of_one_os_thread_keep_their_order_in_a_tick(tmp_path: Path) -> None:
+    """A thread that allocates again after its thread-exit destructors ran gets a new tracer
+    index with the same OS thread id; a thread id is reused only after its thread ended.
+    So within a tick the lower index of one tid did all its events first: the reader joins
+    them (before, as two threads, the even interleave put both allocations before either
+    free: a peak of 2,000 bytes that never was)."""
+    path = tmp_path / "reindexed.cytrace"
+    with CaptureWriter(path, time_resolution_ns=TICK) as w:
+        w.thread(5, 4242, "worker")
+        w.thread(6, 4242, "worker")
+        w.thread(7, 4343, "other")
+        w.batch(5, TICK, [("malloc", 0, 0x5000, 1000, 0), ("free", 0, 0x5000, 0, 0)])
+        w.batch(6, TICK, [("malloc", 0, 0x6000, 1000, 0), ("free", 0, 0x6000, 0, 0)])
+        w.batch(7, TICK, [("malloc", 0, 0x7000, 8, 0)])
+        w.end(2 * TICK)
+    with read_capture(path) as capture:
+        assert capture.order_conflicts == (0, 0)
+        order = [(e.thread_id, e.kind) for e in capture.events if e.thread_id != 7]
+        assert order == [(5, "malloc"), (5, "free"), (6, "malloc"), (6, "free")]
+        profile = analyze(capture)
+    assert profile.totals.peak_bytes == 1008

@@ -85,6 +85,7 @@ struct cya_follower {
     size_t cap_tick_events;
     const cya_event **slice_events;
     size_t *slice_lens, *slice_feeds;
+    uint64_t *slice_tids, *slice_indices; /* the slices' OS thread ids and tracer indices */
     size_t nslices;
     /* the high-water mark */
     uint64_t event, peak_event;
@@ -362,11 +363,15 @@ static int merge(cya_follower *f, uint64_t until, char *errbuf, size_t errlen)
         free(f->slice_events);
         free(f->slice_lens);
         free(f->slice_feeds);
+        free(f->slice_tids);
+        free(f->slice_indices);
         f->slice_events = malloc(n * sizeof *f->slice_events);
         f->slice_lens = malloc(n * sizeof *f->slice_lens);
         f->slice_feeds = malloc(n * sizeof *f->slice_feeds);
+        f->slice_tids = malloc(n * sizeof *f->slice_tids);
+        f->slice_indices = malloc(n * sizeof *f->slice_indices);
         f->nslices = n;
-        if (!f->slice_events || !f->slice_lens || !f->slice_feeds)
+        if (!f->slice_events || !f->slice_lens || !f->slice_feeds || !f->slice_tids || !f->slice_indices)
             goto nomem;
     }
     for (;;) {
@@ -402,11 +407,14 @@ static int merge(cya_follower *f, uint64_t until, char *errbuf, size_t errlen)
                 end++;
             f->slice_events[n] = fd->q + fd->head;
             f->slice_lens[n] = end - fd->head;
+            f->slice_tids[n] = f->c->threads[i].tid;
+            f->slice_indices[n] = f->c->threads[i].id;
             f->slice_feeds[n++] = i;
             total += end - fd->head;
         }
         if (!cya_grow((void **)&f->tick_events, &f->cap_tick_events, total, sizeof *f->tick_events) ||
-            cya_merge_tick(&f->merge_blocks, f->slice_events, f->slice_lens, n, f->tick_events) == SIZE_MAX)
+            cya_merge_tick(&f->merge_blocks, f->slice_events, f->slice_lens, f->slice_tids, f->slice_indices, n,
+                           f->tick_events) == SIZE_MAX)
             goto nomem;
         for (size_t i = 0; i < total; i++)
             if (!replay(f, &f->tick_events[i]))
@@ -530,6 +538,8 @@ CYA_API void cya_follow_close(cya_follower *f)
     free(f->slice_events);
     free(f->slice_lens);
     free(f->slice_feeds);
+    free(f->slice_tids);
+    free(f->slice_indices);
     cya_batch_loader_free(f->loader);
     cya_symbols_close(f->symbols);
     cya_close(f->c);

@@ -239,11 +239,13 @@ typedef int (*cya_emit_fn)(void *ctx, const cya_event *events, size_t n);
  * errbuf ("" when emit stopped). */
 int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);
 /* One tick of the merge, for a reader that gathers the ticks itself (analyze_follow.c):
- * the events of n threads at one time (each thread's in its order) put in the order
+ * the events of n threads at one time (each thread's in its order; `tids` their OS thread
+ * ids, 0 unknown, and `indices` the tracer's indices of them) put in the order
  * cya_merge_stream gives them, into out (room for all); `blocks` is the merge's state
  * of every address (start it empty, keep it from tick to tick). The number of events,
  * or SIZE_MAX when out of memory. */
-size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out);
+size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, const uint64_t *tids,
+                      const uint64_t *indices, size_t n, cya_event *out);
 /* The same, decoding and merging on a second thread while emit runs on this one
  * (capture_pipe.c); the same chunks' events in the same order. */
 int cya_merge_stream_pipelined(const cya_capture *c, cya_emit_fn emit, void *ctx, char *errbuf, size_t errlen);

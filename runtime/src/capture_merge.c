@@ -9,7 +9,8 @@
  *
  * Events of several threads in one tick (the ticking clock's 1 ms by default, FORMAT.md
  * §4) are put in an order that keeps each thread's order and gives every block a possible
- * history: no allocation of a live block (one whose free was not placed yet). A free of a
+ * history (the slices of one OS thread that the tracer recorded under several indices are
+ * first joined, in index order: join_same_thread): no allocation of a live block (one whose free was not placed yet). A free of a
  * dead or never seen block is possible: its allocation was not recorded. Besides blocks
  * allocated before tracing started, the dynamic linker allocates threads' dynamic TLS
  * blocks with the C library's malloc directly (no hooked call), and the C library frees
@@ -538,6 +539,115 @@ static size_t place_searched(search *q, cya_map *blocks, cya_event *out, uint64_
     }
 }
 
+/* One slice of a tick before joining: its OS thread and the tracer's index of it. */
+typedef struct slice_owner {
+    uint64_t tid, index;
+    size_t at; /* its position among the tick's slices */
+} slice_owner;
+
+static int owner_cmp(const void *a, const void *b)
+{
+    const slice_owner *x = a, *y = b;
+    if (x->tid != y->tid)
+        return x->tid < y->tid ? -1 : 1;
+    if (x->index != y->index)
+        return x->index < y->index ? -1 : 1;
+    return x->at < y->at ? -1 : x->at > y->at;
+}
+
+/* Join the slices of one OS thread into one slice, their events in the order of the
+ * tracer's indices. The tracer gives a thread a new index when the thread records again
+ * after its state ended (allocations and frees after the thread-exit destructors ran), and
+ * a thread id is reused only after its thread ended: so a lower index of one tid recorded
+ * all its events first. Kept apart, such slices would let the tick's order put a thread's
+ * later events before its earlier ones, and multiply the orders the search must try.
+ * `tids[i]` is slice i's OS thread id (0: unknown, never joined), `indices[i]` its tracer
+ * index. Joined events are copied to *scratch (grown as needed; room for every event of
+ * the tick). Returns the number of slices left (the joined ones where their first member
+ * was), or SIZE_MAX when out of memory. */
+static size_t join_same_thread(slice *s, size_t n, const uint64_t *tids, const uint64_t *indices,
+                               cya_event **scratch, size_t *scratch_cap)
+{
+    size_t with_tid = 0;
+    for (size_t i = 0; i < n; i++)
+        with_tid += tids[i] != 0;
+    if (with_tid < 2)
+        return n;
+    slice_owner *own = malloc(n * sizeof *own);
+    size_t *group_of = malloc(n * sizeof *group_of); /* slice -> first slice of its group */
+    if (!own || !group_of) {
+        free(own);
+        free(group_of);
+        return SIZE_MAX;
+    }
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        own[i] = (slice_owner){tids[i], indices[i], i};
+        group_of[i] = i;
+        total += s[i].len;
+    }
+    qsort(own, n, sizeof *own, owner_cmp);
+    int any = 0;
+    for (size_t a = 0; a < n;) {
+        size_t b = a + 1;
+        while (b < n && own[a].tid && own[b].tid == own[a].tid)
+            b++;
+        if (b - a > 1) {
+            size_t first = own[a].at;
+            for (size_t k = a; k < b; k++)
+                if (own[k].at < first)
+                    first = own[k].at;
+            for (size_t k = a; k < b; k++)
+                group_of[own[k].at] = first;
+            any = 1;
+        }
+        a = b;
+    }
+    if (!any) {
+        free(own);
+        free(group_of);
+        return n;
+    }
+    if (!cya_grow((void **)scratch, scratch_cap, total, sizeof **scratch)) {
+        free(own);
+        free(group_of);
+        return SIZE_MAX;
+    }
+    /* copy each joined group's events, in index order (own is sorted by tid, index) */
+    size_t used = 0;
+    slice *joined = malloc(n * sizeof *joined);
+    if (!joined) {
+        free(own);
+        free(group_of);
+        return SIZE_MAX;
+    }
+    for (size_t i = 0; i < n; i++)
+        joined[i] = s[i];
+    for (size_t a = 0; a < n;) {
+        size_t b = a + 1;
+        while (b < n && own[a].tid && own[b].tid == own[a].tid)
+            b++;
+        if (b - a > 1) {
+            size_t first = group_of[own[a].at], from = used;
+            for (size_t k = a; k < b; k++) {
+                const slice *m = &s[own[k].at];
+                memcpy(*scratch + used, m->events + m->pos, (m->len - m->pos) * sizeof **scratch);
+                used += m->len - m->pos;
+            }
+            joined[first] = (slice){*scratch + from, 0, used - from};
+        }
+        a = b;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        if (group_of[i] == i)
+            s[kept++] = joined[i];
+    free(joined);
+    free(own);
+    free(group_of);
+    return kept;
+}
+
 /* What ordering a tick found. */
 typedef struct tick_report {
     uint64_t conflicts;        /* events placed with their block in the wrong state */
@@ -602,7 +712,8 @@ done:
     return o;
 }
 
-size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, size_t n, cya_event *out)
+size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const size_t *lens, const uint64_t *tids,
+                      const uint64_t *indices, size_t n, cya_event *out)
 {
     if (n == 1) {
         for (size_t j = 0; j < lens[0]; j++)
@@ -616,12 +727,16 @@ size_t cya_merge_tick(cya_map *blocks, const cya_event *const *events, const siz
         total += lens[i];
     slice *s = malloc((n ? n : 1) * sizeof *s);
     unsigned char *absent = malloc(total ? total : 1);
-    size_t o = SIZE_MAX;
+    cya_event *joined = NULL;
+    size_t joined_cap = 0, o = SIZE_MAX;
     if (s && absent) {
         for (size_t i = 0; i < n; i++)
             s[i] = (slice){events[i], 0, lens[i]};
-        o = order_tick(blocks, s, n, out, absent, NULL);
+        size_t m = join_same_thread(s, n, tids, indices, &joined, &joined_cap);
+        if (m != SIZE_MAX)
+            o = order_tick(blocks, s, m, out, absent, NULL);
     }
+    free(joined);
     free(s);
     free(absent);
     return o;
@@ -771,13 +886,16 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
     run_cursor *rcs = calloc(k, sizeof *rcs);
     heap h = {malloc(k * sizeof *h.items), 0, rcs};
     slice *slices = malloc(k * sizeof *slices);
-    size_t *members = malloc(k * sizeof *members);
+    size_t *members = malloc(k * sizeof *members), *member_len = malloc(k * sizeof *member_len);
+    uint64_t *tids = malloc(k * sizeof *tids), *indices = malloc(k * sizeof *indices);
+    cya_event *joined = NULL;
+    size_t joined_cap = 0;
     cya_event *out = NULL;
     unsigned char *absent = NULL;
     size_t out_cap = 0, absent_cap = 0;
     tick_report report = {0, 0};
     cya_map blocks = {0};
-    int ok = st.loader && rcs && h.items && slices && members;
+    int ok = st.loader && rcs && h.items && slices && members && member_len && tids && indices;
     if (!ok)
         snprintf(errbuf, errlen, "out of memory");
     for (size_t i = 0; ok && i < k; i++)
@@ -809,6 +927,9 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
                 end++;
             slices[n] = (slice){rc->events + rc->pos, 0, end - rc->pos};
             total += end - rc->pos;
+            tids[n] = c->threads[r].tid;
+            indices[n] = c->threads[r].id;
+            member_len[n] = end - rc->pos;
             members[n++] = r;
         }
         if (!ok)
@@ -821,9 +942,11 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
             else if (!emit(ctx, slices[0].events, slices[0].len))
                 ok = 0;
         } else {
+            size_t joined_n = SIZE_MAX;
             if (!cya_grow((void **)&out, &out_cap, total, sizeof *out) ||
                 !cya_grow((void **)&absent, &absent_cap, total, 1) ||
-                order_tick(&blocks, slices, n, out, absent, &report) == SIZE_MAX) {
+                (joined_n = join_same_thread(slices, n, tids, indices, &joined, &joined_cap)) == SIZE_MAX ||
+                order_tick(&blocks, slices, joined_n, out, absent, &report) == SIZE_MAX) {
                 snprintf(errbuf, errlen, "out of memory while merging the threads");
                 ok = 0;
             } else if (!emit(ctx, out, total)) {
@@ -832,7 +955,7 @@ int cya_merge_stream(const cya_capture *c, cya_emit_fn emit, void *ctx, char *er
         }
         for (size_t i = 0; ok && i < n; i++) {
             run_cursor *rc = &rcs[members[i]];
-            rc->pos += slices[i].len;
+            rc->pos += member_len[i];
             int r = has_next(&st, rc);
             if (r < 0)
                 ok = 0;
@@ -855,6 +978,10 @@ done:
     free(h.items);
     free(slices);
     free(members);
+    free(member_len);
+    free(tids);
+    free(indices);
+    free(joined);
     free(out);
     cya_batch_loader_free(st.loader);
     return ok;
