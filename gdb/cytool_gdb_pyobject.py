@@ -4,8 +4,10 @@ Owns the repr of a `PyObject *`: int, bool, float, str, bytes, list, tuple, dict
 None are decoded from their memory layout (found through the DWARF types of the
 interpreter or of the module, so the per-version differences - PyLongObject's
 `long_value` since 3.12, the dict keys layout since 3.11 - come from the types
-themselves); a class prints as `<class 'pkg.mod.Name'>` and any other object as Python's
-default repr, `<pkg.mod.Vec object at 0x...>`. Also looks up names in a module's dict
+themselves); a class prints as `<class 'pkg.mod.Name'>`; modules, functions, generators,
+coroutines and async generators (Python's and Cython's) by name, as Python shows them
+(`<generator object gen at 0x...>`); any other object as Python's default repr,
+`<pkg.mod.Vec object at 0x...>`. Also looks up names in a module's dict
 (Python-level globals of a Cython module). Nothing here raises on a bad pointer: an
 unreadable object prints as `<unreadable: reason>`.
 """
@@ -390,7 +392,7 @@ def _format_known(value: "gdb.Value", name: str, depth: int, address: int) -> st
 
 
 def _named_object(value: "gdb.Value", name: str) -> Optional[str]:
-    """Modules and functions by their names, as Python shows them."""
+    """Modules, functions and generators by their names, as Python shows them."""
     address = _address(value)
     if name == "module":
         module = _as(value, "PyModuleObject")
@@ -408,6 +410,66 @@ def _named_object(value: "gdb.Value", name: str) -> Optional[str]:
         function = _as(value, "PyCFunctionObject")
         if function is not None:
             return f"<built-in function {function['m_ml']['ml_name'].string()}>"
+    generator = _generator_kind(name)
+    if generator is not None:
+        qualified = _generator_name(value, name)
+        if qualified is not None:
+            return f"<{generator} object {qualified} at {address:#x}>"
+    return None
+
+
+# Python's generator types and their C structs with the field prefix of their name fields
+# (`_PyGenObject_HEAD(gi)`: gi_name, gi_qualname; cr_ for coroutines, ag_ for async
+# generators, in every version 3.9-3.13). Cython's own (`_cython_3_x.generator`, ...) are
+# all a `__pyx_CoroutineObject` (an async generator's starts with one) with gi_ fields.
+_PYTHON_GENERATORS = {
+    "generator": ("PyGenObject", "gi", "PyGen_Type"),
+    "coroutine": ("PyCoroObject", "cr", "PyCoro_Type"),
+    "async_generator": ("PyAsyncGenObject", "ag", "PyAsyncGen_Type"),
+}
+
+
+def _generator_kind(type_name_: str) -> Optional[str]:
+    """`generator`, `coroutine` or `async_generator` for Python's types of those names and
+    for Cython's (their tp_name carries a module prefix since Cython 3:
+    `_cython_3_1_2.coroutine`); None for any other type name."""
+    if type_name_ in _PYTHON_GENERATORS:
+        return type_name_
+    prefix, _, last = type_name_.rpartition(".")
+    if prefix.startswith("_cython_") and last in _PYTHON_GENERATORS:
+        return last
+    return None
+
+
+def _is_python_type(value: "gdb.Value", symbol: str) -> bool:
+    """Whether the object's type is the interpreter's `symbol` (PyGen_Type, ...), not a
+    Cython type of the same tp_name (Cython 0.29 names its generator type `generator`);
+    True when gdb cannot tell (no symbol)."""
+    try:
+        expected = _address(gdb.parse_and_eval(f"&{symbol}"))
+    except READ_ERRORS:
+        return True
+    obj = _as(value, "PyObject")
+    return obj is not None and _address(obj["ob_type"]) == expected
+
+
+def _generator_name(value: "gdb.Value", type_name_: str) -> Optional[str]:
+    """The `__qualname__` of a generator, coroutine or async generator object (its name
+    when the qualified name is unset), read through the struct's DWARF type: Python's
+    PyGenObject / PyCoroObject / PyAsyncGenObject, or Cython's __pyx_CoroutineObject.
+    None when the type is not known to gdb or has no such fields (the caller prints the
+    nameless form); raises gdb.error / gdb.MemoryError on unreadable memory."""
+    if type_name_ in _PYTHON_GENERATORS and _is_python_type(value, _PYTHON_GENERATORS[type_name_][2]):
+        struct, prefix, _ = _PYTHON_GENERATORS[type_name_]
+    else:
+        struct, prefix = "__pyx_CoroutineObject", "gi"
+    generator = _as(value, struct)
+    if generator is None:
+        return None
+    fields = _fields(generator.type)
+    for field in (f"{prefix}_qualname", f"{prefix}_name"):
+        if field in fields and _address(generator[field]) and type_name(generator[field]) == "str":
+            return _str(generator[field])
     return None
 
 

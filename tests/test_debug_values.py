@@ -120,3 +120,31 @@ def test_operations_on_python_objects_are_evaluated_as_python(debug_python: str,
     assert "m + 1 = 4" in run.of(5), out
     assert "len(seq) * m = 9" in run.of(6), out
     assert "Cannot access memory" not in out, out
+
+
+def test_generators_and_coroutines_print_with_their_names(debug_python: str, shapes) -> None:
+    """Generators, coroutines and async generators, Cython's and Python's, print as Python
+    shows them: `<generator object countdown at 0x...>`, with the __qualname__ (was
+    nameless: `<_cython_3_x.generator object at 0x...>`, `<generator object at 0x...>`)."""
+    commands = [
+        f"cy-break shapes.pyx:{S['generators-held']}",
+        "cy-run",  # 1
+        "cy-locals",  # 2
+        "cy-print g", "cy-print c", "cy-print ag",  # 3, 4, 5: Cython's
+        "cy-print pg", "cy-print pc", "cy-print pm",  # 6, 7, 8: Python's
+    ]
+    run = h.run_gdb(debug_python, shapes[0], commands, source=SHAPES)
+    out = str(run)
+    assert h.last_stop(run.of(1), run) == ("shapes.pyx", S["generators-held"], "hold_generators"), out
+    expected = {
+        "g": "<generator object countdown at 0x",
+        "c": "<coroutine object twice at 0x",
+        "ag": "<async_generator object ticks at 0x",
+        "pg": "<generator object py_countdown at 0x",
+        "pc": "<coroutine object py_twice at 0x",
+        "pm": "<generator object Box.items at 0x",  # the qualified name
+    }
+    for index, (name, text) in enumerate(expected.items(), start=3):
+        assert f"{name} = {text}" in run.of(index), out
+        assert f"{name} = {text}" in run.of(2), out
+    assert "Python Exception" not in out, out
