@@ -7,8 +7,9 @@ the debug XML (which Cython function owns the line; a def line or a function nam
 the function's first statement; a line no function owns is refused, naming the nearest
 line that has code), then, once the module's shared object is loaded
 (`gdb.events.new_objfile`), its addresses are taken from the line table inside the owner
-(or inside the callers it was inlined into: cytool_gdb_placement). Each address becomes
-an internal gdb breakpoint; when the process exits they are deleted and the Cython
+(or inside the callers it was inlined into: cytool_gdb_placement), and the breakpoint is
+announced at the line its stops will show (in an optimised build not always the line
+asked for: then it says why). Each address becomes an internal gdb breakpoint; when the process exits they are deleted and the Cython
 breakpoint goes back to pending, to be placed again on the next run.
 
 A spec no known module matches yet (a module the program imports later, a file of a
@@ -42,13 +43,14 @@ class Plan:
         self.note = note
         self.first_statement = first_statement  # stop after the function's set-up
         self.whole_function = whole_function  # asked for by name or def line: any first line with code
+        self.shown_line: Optional[int] = None  # the line its stops show, when not `line` (set when placed)
 
     def describe(self) -> str:
         if not self.path:  # a module without debug XML whose C file was not found
             names = ", ".join(f.qualified_name + "()" for f in self.functions)
             return f"{names} (its entry: no .pyx lines known)"
         names = ", ".join(f.display_name + "()" for f in self.functions)
-        return f"{os.path.basename(self.path)}:{self.line} in {names}"
+        return f"{os.path.basename(self.path)}:{self.shown_line or self.line} in {names}"
 
 
 class Location(gdb.Breakpoint):
@@ -307,12 +309,45 @@ def resolve(breakpoint: CyBreakpoint, announce: bool = True) -> None:
         return
     for where in found:
         breakpoint.locations.append(Location(where.pc, breakpoint, where.function, where.inlined))
+    _say_shown_line(breakpoint, found, announce)
     breakpoint.placed_in_run = True
     breakpoint.pending_reason = ""
     if announce and not breakpoint.internal:
         inlined = sorted({w.inlined for w in found if w.inlined})
         extra = f" (inlined into {', '.join(inlined)})" if inlined else ""
         print(f"Cython breakpoint {breakpoint.number} at {breakpoint.plan.describe()}{extra}")
+
+
+def _say_shown_line(breakpoint: CyBreakpoint, found: List[placement.Placement], announce: bool) -> None:
+    """Announce the line the stops will show. An optimising build may leave the line
+    asked for (a function's first statement, say) no instruction where a stop shows it:
+    its only instruction is where the function's inlined copy is entered (a stop there
+    shows the caller, so the breakpoint sits on the next instruction, of the next line),
+    or the code is an inlined helper called from another line. The stop then shows
+    another line; the breakpoint is announced (and listed) at that line, saying why."""
+    plan_ = breakpoint.plan
+    assert plan_ is not None
+    plan_.shown_line = None
+    if not plan_.path or not found:
+        return
+    positions = [placement.shown_position(where) for where in found]
+    if any(p is None or os.path.basename(p[0]) != os.path.basename(plan_.path) for p in positions):
+        return  # not known everywhere, or in another file (a helper's): the line asked for stands
+    lines = {line for _, line in positions}
+    if len(lines) != 1 or plan_.line in lines:
+        return
+    plan_.shown_line = lines.pop()
+    if not announce or breakpoint.internal:
+        return
+    name = os.path.basename(plan_.path)
+    level = placement.module_level(plan_.module) or "-O0"
+    if level != "-O0":
+        why = (f"has no instruction where a stop shows it in this {level} build of {plan_.module.name} (the "
+               "compiler merged its code with the lines around it)")
+    else:
+        why = "has its code where the line table names another line"
+    print(f"cytool: breakpoint {breakpoint.number}: {name}:{plan_.line} {why}; its stops show line "
+          f"{plan_.shown_line}")
 
 
 def _first_line_with_code(breakpoint: CyBreakpoint, refusal: str):

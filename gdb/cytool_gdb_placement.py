@@ -474,6 +474,55 @@ def past_inline_entry(pc: int, cname: str) -> int:
     return pc
 
 
+def shown_position(placement: Placement) -> Optional[Tuple[str, int]]:
+    """(path, line) that a stop at placement.pc shows for the Cython function, by gdb's
+    rules: inlined functions entered at pc are hidden (innermost first, while each is
+    entered there: see _enters), and a frame with a function inlined into it below shows
+    the call site of that function (the inlined block's symbol carries DW_AT_call_line),
+    else the line table's row at pc. In an optimising build this is not always the line
+    asked for: the line's only instruction may be where the function's inlined copy is
+    entered (past_inline_entry then moved on, to the next line's code), or the code of an
+    inlined helper called on another line. .pyx positions for a module built without
+    #line. None when gdb knows no block or line there, and when pc is still where the
+    function's copy is entered: cytool tells that stop as the line asked for
+    (cytool_gdb_stepping._report_inlined_entry)."""
+    pc = placement.pc
+    try:
+        block = gdb.block_for_pc(pc)
+    except (gdb.error, RuntimeError):
+        return None
+    chain: List["gdb.Block"] = []  # the function blocks around pc, innermost first
+    while block is not None:
+        if block.function is not None:
+            chain.append(block)
+        block = block.superblock
+    names = [b.function.name for b in chain]
+    if placement.function.cname not in names:
+        return None
+    hidden = 0
+    while hidden < len(chain) and _is_inlined(chain[hidden]) and _enters(pc, chain[hidden]):
+        hidden += 1
+    shown = names.index(placement.function.cname)  # the frame cytool shows
+    if hidden > shown:
+        return None
+    try:
+        if shown > 0:
+            symbol = chain[shown - 1].function
+            symtab, line = symbol.symtab, symbol.line
+        else:
+            sal = gdb.find_pc_line(pc)
+            symtab, line = sal.symtab, sal.line
+        if symtab is None or not line:
+            return None
+        path = symtab.fullname()
+    except (gdb.error, RuntimeError):
+        return None
+    from cytool_gdb_frames import pyx_position
+
+    function = placement.function.module.by_cname.get(chain[shown].function.name, placement.function)
+    return pyx_position(function, path, line)
+
+
 def place_line(path: str, line: int, owners: List[Function],
                first_statement: bool) -> Tuple[List[Placement], Optional[str]]:
     """Addresses of path:line inside each owner function, or ([], the reason it has none)."""

@@ -177,7 +177,9 @@ def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", pref
     """A stop at a Cython breakpoint's address where an inlined copy of its function is
     entered: gdb shows the caller there (its frame for the copy starts one instruction on,
     and a copy of one instruction has no such place), so the stop is told as the copy's:
-    `mod.pyx:3 in sq() (inlined into helper())`. False when that is not the case."""
+    `mod.pyx:3 in sq() (inlined into helper())`, or `mod.pyx:3 in work()` when the caller
+    is the function's own Python wrapper (a module without debug XML names both alike).
+    False when that is not the case."""
     try:
         pc = frame.pc()
     except gdb.error:
@@ -186,7 +188,7 @@ def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", pref
         if not isinstance(hit, breakpoints.Location) or hit.address != pc:
             continue
         function = hit.function
-        if cython_function(frame) is function or function.cname not in placement.function_names_at(pc):
+        if frame.name() == function.cname or function.cname not in placement.function_names_at(pc):
             continue
         plan = hit.owner.plan  # (the line asked for: the entry's own row may carry the caller's)
         line = plan.line if plan is not None else gdb.find_pc_line(pc).line
@@ -196,7 +198,7 @@ def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", pref
         level = placement.optimisation_level_at(pc)
         suffix = f" [{level} build]" if level != "-O0" else ""
         caller = cython_function(frame)
-        into = f" (inlined into {caller.display_name}())" if caller is not None else ""
+        into = f" (inlined into {caller.display_name}())" if caller not in (None, function) else ""
         print(f"{prefix}{os.path.basename(path)}:{line} in {function.display_name}(){into}{suffix}")
         text = state.source_text(path, line)
         if text:
