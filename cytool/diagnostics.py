@@ -61,6 +61,10 @@ def cython_failure(
     blocks = text.split("Error compiling Cython file:")
     blocks = [block.strip() for block in blocks if block.strip()]
     detail = blocks[0] if blocks else text
+    if match:  # the block ends with the error's own line, which the message already says
+        lines = detail.splitlines()
+        if len(lines) > 1 and lines[-1].strip() == match.group(0).strip():
+            detail = "\n".join(lines[:-1]).rstrip()
     extra = len(blocks) - 1
     if extra > 0:
         detail += f"\n({extra} more error{'s' if extra > 1 else ''}; fix this one first)"

@@ -249,6 +249,7 @@ def test_cython_syntax_error(tmp_path: Path, run_cytool) -> None:
     assert done.returncode != 0
     assert "broken.pyx:5:13" in done.stderr
     assert "def broken(x)" in done.stderr  # the source line itself
+    assert done.stderr.count("broken.pyx:5:13") == 1  # said once, in the message (not again after the excerpt)
     assert "Traceback" not in done.stderr
 
 
