@@ -10,7 +10,8 @@ What it changes, in this process only:
   generated earlier without them are generated again;
 - every Extension: a C source generated from a `.pyx` beside it (msgpack ships
   `_cmsgpack.c`) is replaced by that `.pyx`, so Cython runs; `-g -fno-omit-frame-pointer`
-  (and `-O<OPT>`) are appended to its compiler arguments, so they win over the project's;
+  (and `-O<OPT>`) are appended to its compiler arguments, so they win over the project's,
+  and appended again when it is built if the project's build_ext set them anew;
 - Cython's include path gets CYTOOL_ROOT last, so that `from cytool.debug cimport
   breakpoint` is found as in cytool's own builds;
 - build_ext records each extension it builds (name, output file, sources) into OUT.json;
@@ -96,6 +97,10 @@ def main():
 
     def build_extension(self, ext):
         prepare(ext)
+        # last again at build time: a build_ext subclass may have set the arguments anew
+        # since setup() (cymem and preshed assign them in build_extensions)
+        if list(ext.extra_compile_args or [])[-len(flags):] != flags:
+            ext.extra_compile_args = list(ext.extra_compile_args or []) + flags
         result = real_build_extension(self, ext)
         # setuptools builds into build/ and copies the module in place afterwards
         build_py = self.get_finalized_command("build_py")

@@ -241,3 +241,44 @@ def test_ctrl_c_ends_the_program_as_python_would_and_keeps_the_report(tmp_path: 
 
         with read_capture(next(tmp_path.glob("sleeper.*.cytrace"))) as capture:
             assert capture.complete and not capture.truncated
+
+
+OPTIONS_SETUP = '''
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+from Cython.Build import cythonize
+
+OPTIONS = ["-O3", "-Wno-unused-function"]
+
+
+class build_ext_options(build_ext):
+    def build_extensions(self):
+        for e in self.extensions:  # as cymem and preshed do: the arguments set anew
+            e.extra_compile_args = OPTIONS
+        build_ext.build_extensions(self)
+
+
+setup(name="optproj", packages=["optpkg"], cmdclass={"build_ext": build_ext_options},
+      ext_modules=cythonize([Extension("optpkg.fast", ["optpkg/fast.pyx"])]))
+'''
+
+
+def test_develop_debug_flags_win_over_a_build_ext_that_sets_its_own(tmp_path: Path, run_cytool) -> None:
+    """A project whose build_ext subclass assigns each extension's compiler arguments in
+    build_extensions (cymem, preshed): `cytool develop --debug` still builds at -O0 with
+    frame pointers (its flags come last on the compiler's command line)."""
+    project = tmp_path / "optproj"
+    (project / "optpkg").mkdir(parents=True)
+    (project / "setup.py").write_text(OPTIONS_SETUP)
+    (project / "optpkg" / "__init__.py").write_text("")
+    (project / "optpkg" / "fast.pyx").write_text("def twice(int x):\n    return 2 * x\n")
+    done = run_cytool("develop", "--debug", cwd=project)
+    assert done.returncode == 0, done.stderr
+    built = next((project / "optpkg").glob("fast*.so"))
+    info = subprocess.run(["readelf", "--debug-dump=info", str(built)], capture_output=True, text=True).stdout
+    producers = [line for line in info.splitlines() if "DW_AT_producer" in line]
+    assert producers, info[:2000]
+    # the last -O on the command line wins; gcc records the options in their order
+    levels = [word for word in producers[0].split() if word.startswith("-O")]
+    assert levels and levels[-1] == "-O0", producers[0]
+    assert "-fno-omit-frame-pointer" in producers[0], producers[0]
