@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 _CYTHON_POSITION = re.compile(r"^(?P<file>[^\s:][^:\n]*):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$", re.M)
 # "mod.pyx:5:3: error: ..." / "mod.c:12: fatal error: ..."
 _CC_ERROR = re.compile(r"^(?P<loc>[^\s:][^:\n]*(:\d+)+): (fatal )?error: ", re.M)
+# "'cymem/cymem.pxd' not found" (a cimport Cython could not find)
+_MISSING_PXD = re.compile(r"'(?P<pxd>[^'\s]+\.pxd)' not found")
 _MISSING_HEADER = re.compile(r"fatal error: (?P<header>[^:\s]+): No such file or directory")
 _DIRECTIVE_ERROR = re.compile(r"(Unknown option|Expected \"=\" in option|Unknown directive|Invalid value for|Unknown option:)\s*(?P<rest>.*)")
 
@@ -69,7 +71,16 @@ def cython_failure(
     if extra > 0:
         detail += f"\n({extra} more error{'s' if extra > 1 else ''}; fix this one first)"
     hint = f"fix {source.name} and run cytool again"
-    if target is not None and settings is not None and not settings.cplus and work is not None and _compiles_as_cplus(target, settings, work):
+    missing = _MISSING_PXD.search(match.group("msg")) if match else None
+    if missing:
+        pxd = missing.group("pxd")
+        top = pxd.split("/")[0]
+        package = top[: -len(".pxd")] if top.endswith(".pxd") else top
+        holds = top if top.endswith(".pxd") else f"{top}/"
+        hint = (f"a cimported declaration file is not found: install the package that provides {pxd} "
+                f"(often `pip install {package}`), or add the folder that holds {holds} with -I DIR "
+                "or PYTHONPATH")
+    elif target is not None and settings is not None and not settings.cplus and work is not None and _compiles_as_cplus(target, settings, work):
         hint = CPLUS_HINT
     else:
         including = including_file(source)

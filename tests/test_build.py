@@ -294,3 +294,28 @@ def test_unusable_cache_dir(project: Path, tmp_path: Path, run_cytool) -> None:
     assert f"cannot use the build cache at {blocker / 'cache'}" in done.stderr
     assert "CYTOOL_CACHE_DIR" in done.stderr and "Traceback" not in done.stderr
     assert blocker.read_text() == "not a directory\n"
+
+
+def test_cimport_found_through_pythonpath_is_part_of_the_cache_key(tmp_path: Path, run_cytool) -> None:
+    """A cimported package's .pxd found on PYTHONPATH (as Cython looks on sys.path): built
+    again without that PYTHONPATH, the module is not taken from the cache (the .pxd found
+    before is unchanged, but Cython would not find it now): it fails, and the hint says
+    which declaration file is missing and how to make it found."""
+    dep = tmp_path / "deps" / "ringbuf"
+    dep.mkdir(parents=True)
+    (dep / "__init__.pxd").write_text("")
+    (dep / "__init__.py").write_text("")
+    (dep / "ring.pxd").write_text("cdef inline int capacity():\n    return 64\n")
+    source = write(tmp_path / "user.pyx", """
+        from ringbuf.ring cimport capacity
+
+        def size():
+            return capacity()
+        """)
+    found = run_cytool("build", source, env={"PYTHONPATH": str(tmp_path / "deps")})
+    assert found.returncode == 0, found.stderr
+    lost = run_cytool("build", source, env={"PYTHONPATH": ""})
+    assert lost.returncode == 1, lost.stderr
+    assert "'ringbuf/ring.pxd' not found" in lost.stderr, lost.stderr
+    assert "install the package that provides ringbuf/ring.pxd (often `pip install ringbuf`)" in lost.stderr
+    assert "Traceback" not in lost.stderr

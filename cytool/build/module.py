@@ -45,6 +45,9 @@ def build_settings_values(target: ModuleTarget, options: BuildOptions) -> Dict[s
         "cc": toolchain.compiler_identity(cplus=False),
         "cxx": toolchain.compiler_identity(cplus=True),
         "env": " ".join(os.environ.get(var, "") for var in toolchain.COMPILER_ENVIRONMENT),
+        # Cython looks for cimported .pxd files on sys.path too: another PYTHONPATH may find
+        # other ones (or none), though the files found before are unchanged
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
         "opt": options.opt_level,
         "annotate": str(options.annotate),
         "tracer": str(tracer_dir or ""),
