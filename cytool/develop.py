@@ -11,6 +11,7 @@ clear message naming what to do by hand.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -117,11 +118,31 @@ def check_project(project: Path) -> Path:
                 "--line-directives --gdb-outdir DIR) and the compiler's `-g -fno-omit-frame-pointer`; "
                 "or build single modules with `cytool build FILE.pyx` using [tool.cytool] settings",
             )
-    raise CytoolError(
-        f"{project}: no setup.py here",
-        hint="run `cytool develop` in the folder of a setuptools project (the one holding setup.py)",
-        exit_code=2,
-    )
+    folders = _pyx_folders(project)
+    hint = "run `cytool develop` in the folder of a setuptools project (the one holding setup.py)"
+    if folders:
+        globs = " ".join(f"{folder}/*.pyx" for folder in folders)
+        hint = (f"this project builds without a setup.py (its backend: {backend or 'none named'}); "
+                f"`cytool build {globs} --inplace` builds its Cython modules in place with debug "
+                "information")
+    raise CytoolError(f"{project}: no setup.py here", hint=hint, exit_code=2)
+
+
+MAX_PYX_FOLDERS = 4
+
+
+def _pyx_folders(project: Path) -> List[str]:
+    """Folders of the project (relative, at most MAX_PYX_FOLDERS, outside build/, tests and
+    hidden folders) holding .pyx files: what `cytool build --inplace` would be given."""
+    found: List[str] = []
+    skip = {"build", "dist", "tests", "test", "docs", "venv", "node_modules"}
+    for root, dirs, files in os.walk(project):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in skip)
+        if any(f.endswith(".pyx") for f in files):
+            found.append(os.path.relpath(root, project))
+            if len(found) == MAX_PYX_FOLDERS:
+                break
+    return found
 
 
 def build_failure(project: Path, setup_py: Path, status: int, output: str) -> CytoolError:

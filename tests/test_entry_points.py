@@ -139,6 +139,21 @@ def test_develop_refuses_other_build_backends(tmp_path: Path, run_cytool) -> Non
     assert none.returncode == 2 and "no such project folder" in none.stderr
 
 
+def test_develop_without_setup_py_names_the_build_command(tmp_path: Path, run_cytool) -> None:
+    """A project built by a PEP 517 backend without setup.py (frozenlist, yarl): the hint
+    gives the `cytool build ... --inplace` command for its .pyx folders."""
+    (tmp_path / "pyproject.toml").write_text('[build-system]\nrequires = ["setuptools"]\n'
+                                             'build-backend = "inhouse.hooks"\nbackend-path = ["packaging"]\n')
+    (tmp_path / "flist").mkdir()
+    (tmp_path / "flist" / "_flist.pyx").write_text("def f():\n    return 1\n")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "helper.pyx").write_text("")
+    done = run_cytool("develop", tmp_path)
+    assert done.returncode == 2 and "no setup.py here" in done.stderr, done.stderr
+    assert "its backend: inhouse.hooks" in done.stderr, done.stderr
+    assert "`cytool build flist/*.pyx --inplace`" in done.stderr, done.stderr
+
+
 def test_develop_finds_cytool_debug_pxd_and_quotes_build_errors(stapp: Path, run_cytool) -> None:
     """`from cytool.debug cimport breakpoint` in a project's .pyx builds under `cytool develop`
     (as in cytool's own builds, an editable install too); a Cython error and a C compiler
