@@ -24,9 +24,13 @@ typedef struct cy_entry {
 struct cy_names {
     char *module;
     char *source;
+    int has_xml;
     cy_entry *entries;
     size_t len, cap;
-    cya_map index; /* hash(cname) -> entry (first one wins on hash collision: checked) */
+    cya_map index;  /* hash(cname) -> entry (first one wins on hash collision: checked) */
+    char *prefix;   /* the module's part of its C names: "8fastavro_6_write_" ("" if unknown) */
+    char **symbols; /* the object's `__pyx_` function symbols, clone suffixes cut, sorted */
+    size_t nsymbols;
 };
 
 static uint64_t hash_string(const char *s)
@@ -110,55 +114,245 @@ static char *attribute(const char *tag, const char *end, const char *name)
     return NULL;
 }
 
-cy_names *cy_names_load(const char *so_path)
+static int is_file(const char *path)
 {
-    if (!so_path || !*so_path)
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+/* The `"debug_info": "<path>"` of a module index entry (cytool/module_index.py), malloc'd;
+ * NULL when absent, null or escaped beyond \" \\ \/. */
+static char *index_debug_info(const char *json)
+{
+    const char *p = strstr(json, "\"debug_info\":");
+    if (!p)
         return NULL;
-    const char *slash = strrchr(so_path, '/');
-    const char *base = slash ? slash + 1 : so_path;
-    size_t modlen = strcspn(base, ".");
-    char path[4096];
-    int n = snprintf(path, sizeof path, "%.*scython_debug/cython_debug_info_%.*s", (int)(base - so_path), so_path,
-                     (int)modlen, base);
-    if (n < 0 || (size_t)n >= sizeof path)
+    p += strlen("\"debug_info\":");
+    while (*p == ' ')
+        p++;
+    if (*p != '"')
         return NULL;
-    char *xml = read_whole(path);
-    if (!xml)
+    char *out = malloc(strlen(p)), *o = out;
+    if (!out)
         return NULL;
-    cy_names *names = calloc(1, sizeof *names);
-    if (!names) {
-        free(xml);
+    for (p++; *p && *p != '"'; p++) {
+        if (*p == '\\') {
+            p++;
+            if (*p != '"' && *p != '\\' && *p != '/') {
+                free(out);
+                return NULL;
+            }
+        }
+        *o++ = *p;
+    }
+    *o = '\0';
+    if (*p != '"' || !*out) {
+        free(out);
         return NULL;
     }
+    return out;
+}
+
+/* The debug XML of the module at so_path (see cy_names_load), malloc'd, or NULL. Cython
+ * writes it into its output folder: beside the module for cytool's builds (short or
+ * dotted name), at the project root for a setuptools build of a package; `cytool
+ * develop` keeps it in cytool's cache, where the module index says. */
+static char *find_xml(const char *so_path, const char *module, const uint8_t *build_id, size_t build_id_len,
+                      const char *search)
+{
+    const char *slash = strrchr(so_path, '/');
+    const char *base = slash ? slash + 1 : so_path;
+    char short_name[256], path[4096];
+    snprintf(short_name, sizeof short_name, "%.*s", (int)strcspn(base, "."), base);
+    char *dir = slash ? strndup(so_path, (size_t)(slash - so_path)) : strdup(".");
+    for (int level = 0; dir && level <= 4; level++) {
+        const char *tries[2] = {level == 0 ? short_name : NULL, module};
+        for (int k = 0; k < 2; k++) {
+            if (!tries[k])
+                continue;
+            int n = snprintf(path, sizeof path, "%s/cython_debug/cython_debug_info_%s", dir, tries[k]);
+            if (n > 0 && (size_t)n < sizeof path && is_file(path)) {
+                free(dir);
+                return strdup(path);
+            }
+        }
+        char *up = strrchr(dir, '/');
+        if (!up || up == dir)
+            break;
+        *up = '\0';
+    }
+    free(dir);
+    if (!search || !build_id_len || build_id_len > 64)
+        return NULL;
+    char hex[129];
+    for (size_t i = 0; i < build_id_len; i++)
+        snprintf(hex + 2 * i, 3, "%02x", build_id[i]);
+    char *patterns = strdup(search), *save = NULL, *found = NULL;
+    static const char entries[] = "/entries/*";
+    for (char *pat = patterns ? strtok_r(patterns, ":", &save) : NULL; pat && !found; pat = strtok_r(NULL, ":", &save)) {
+        size_t plen = strlen(pat);
+        if (plen <= strlen(entries) || strcmp(pat + plen - strlen(entries), entries) != 0)
+            continue;
+        int n = snprintf(path, sizeof path, "%.*s/index/%s.json", (int)(plen - strlen(entries)), pat, hex);
+        if (n < 0 || (size_t)n >= sizeof path)
+            continue;
+        char *json = read_whole(path);
+        found = json ? index_debug_info(json) : NULL;
+        free(json);
+        if (found && !is_file(found)) {
+            free(found);
+            found = NULL;
+        }
+    }
+    free(patterns);
+    return found;
+}
+
+static int is_digits_after(const char *s, const char *word)
+{
+    size_t w = strlen(word);
+    return strncmp(s, word, w) == 0 && strspn(s + w, "0123456789") == strlen(s + w);
+}
+
+/* The last part of a qualified name as Python's __qualname__ has it: Cython's `lambda1`
+ * and `genexpr` scopes are `<lambda>` and `<genexpr>`. */
+static const char *python_name(const char *name, const char *cname)
+{
+    if (strncmp(cname, "__pyx_lambda_funcdef_", 21) == 0 && is_digits_after(name, "lambda"))
+        return "<lambda>";
+    if (is_digits_after(name, "genexpr"))
+        return "<genexpr>";
+    return name;
+}
+
+/* The XML's qualified names ("mod.outer.inner", "mod.f.lambda1") as Python's
+ * __qualname__ after the module ("mod.outer.<locals>.inner", "mod.f.<locals>.<lambda>"):
+ * a part that is a function's qualified name gets `.<locals>` after it. */
+static void python_qualnames(cy_names *names, char **short_names)
+{
+    cya_map functions = {0}; /* hash(qualified) -> entry, functions that may own others */
+    for (size_t i = 0; i < names->len; i++)
+        if (!cya_map_get(&functions, hash_string(names->entries[i].qualified)))
+            cya_map_put(&functions, hash_string(names->entries[i].qualified), (uint32_t)i);
+    size_t mlen = strlen(names->module);
+    for (size_t i = 0; i < names->len; i++) {
+        cy_entry *e = &names->entries[i];
+        if (strncmp(e->qualified, names->module, mlen) != 0 || e->qualified[mlen] != '.')
+            continue;
+        char out[2048], head[2048];
+        size_t o = (size_t)snprintf(out, sizeof out, "%s", names->module);
+        const char *part = e->qualified + mlen + 1;
+        for (const char *dot; (dot = strchr(part, '.')) != NULL && o < sizeof out; part = dot + 1) {
+            snprintf(head, sizeof head, "%.*s", (int)(dot - e->qualified), e->qualified);
+            uint32_t *slot = cya_map_get(&functions, hash_string(head));
+            int function = slot && strcmp(names->entries[*slot].qualified, head) == 0;
+            o += (size_t)snprintf(out + o, sizeof out - o, ".%.*s%s", (int)(dot - part), part, function ? ".<locals>" : "");
+        }
+        const char *last = short_names[i] && strcmp(short_names[i], part) == 0 ? python_name(part, e->cname) : part;
+        if (o < sizeof out)
+            o += (size_t)snprintf(out + o, sizeof out - o, ".%s", last);
+        char *copy = o < sizeof out ? strdup(out) : NULL;
+        if (copy) {
+            free(e->qualified);
+            e->qualified = copy;
+        }
+    }
+    cya_map_free(&functions);
+}
+
+static int compare_strings(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+static void load_xml(cy_names *names, const char *path, const char *short_name)
+{
+    char *xml = read_whole(path);
+    if (!xml)
+        return;
+    names->has_xml = 1;
     const char *module_tag = strstr(xml, "<Module ");
     if (module_tag) {
         const char *end = strchr(module_tag, '>');
-        names->module = attribute(module_tag, end, "module_name");
+        if (!names->module)
+            names->module = attribute(module_tag, end, "module_name");
         names->source = attribute(module_tag, end, "filename");
     }
     if (!names->module)
-        names->module = strndup(base, modlen);
-    for (const char *p = xml; (p = strstr(p, "<Function ")) != NULL; p++) {
+        names->module = strdup(short_name);
+    char **short_names = NULL;
+    size_t cap_short = 0;
+    for (const char *p = xml; names->module && (p = strstr(p, "<Function ")) != NULL; p++) {
         const char *end = strchr(p, '>');
         if (!end)
             break;
-        cy_entry e = {attribute(p, end, "cname"), attribute(p, end, "qualified_name")};
-        if (e.cname && e.qualified && !*e.qualified) { /* the module init function */
-            free(e.qualified);
-            size_t len = strlen(names->module ? names->module : "") + sizeof ".<module>";
-            e.qualified = malloc(len);
-            if (e.qualified)
-                snprintf(e.qualified, len, "%s.<module>", names->module ? names->module : "");
+        /* the C function and, for a cpdef, its Python wrapper (pf_cname) */
+        char *cnames[2] = {attribute(p, end, "cname"), attribute(p, end, "pf_cname")};
+        char *qualified = attribute(p, end, "qualified_name"), *name = attribute(p, end, "name");
+        if (qualified && !*qualified) { /* the module init function */
+            free(qualified);
+            size_t len = strlen(names->module) + sizeof ".<module>";
+            qualified = malloc(len);
+            if (qualified)
+                snprintf(qualified, len, "%s.<module>", names->module);
         }
-        uint64_t h = e.cname ? hash_string(e.cname) : 0;
-        if (!e.cname || !e.qualified || cya_map_get(&names->index, h) ||
-            !CYA_PUSH(names->entries, names->len, names->cap, e) ||
-            !cya_map_put(&names->index, h, (uint32_t)(names->len - 1))) {
-            free(e.cname);
-            free(e.qualified);
+        for (int k = 0; k < 2; k++) {
+            cy_entry e = {cnames[k], qualified ? strdup(qualified) : NULL};
+            uint64_t h = e.cname ? hash_string(e.cname) : 0;
+            if (!e.cname || !*e.cname || !e.qualified || cya_map_get(&names->index, h) ||
+                !cya_grow((void **)&short_names, &cap_short, names->len + 1, sizeof *short_names) ||
+                !CYA_PUSH(names->entries, names->len, names->cap, e) ||
+                !cya_map_put(&names->index, h, (uint32_t)(names->len - 1))) {
+                free(e.cname);
+                free(e.qualified);
+                continue;
+            }
+            short_names[names->len - 1] = name ? strdup(name) : NULL;
         }
+        free(qualified);
+        free(name);
     }
     free(xml);
+    if (short_names) {
+        python_qualnames(names, short_names);
+        for (size_t i = 0; i < names->len; i++)
+            free(short_names[i]);
+        free(short_names);
+    }
+}
+
+cy_names *cy_names_load(const char *so_path, const char *module, const uint8_t *build_id, size_t build_id_len,
+                        const char *search, const sym_dwarf *symbols)
+{
+    cy_names *names = calloc(1, sizeof *names);
+    if (!names)
+        return NULL;
+    const char *slash = so_path ? strrchr(so_path, '/') : NULL;
+    const char *base = slash ? slash + 1 : so_path ? so_path : "";
+    char short_name[256];
+    snprintf(short_name, sizeof short_name, "%.*s", (int)strcspn(base, "."), base);
+    names->module = module ? strdup(module) : NULL;
+    char *xml = so_path && *so_path ? find_xml(so_path, module, build_id, build_id_len, search) : NULL;
+    if (xml)
+        load_xml(names, xml, short_name);
+    free(xml);
+    /* the module's part of its C names: each dotted part as <len><part>_ */
+    size_t plen = 0;
+    names->prefix = calloc(1, names->module ? strlen(names->module) * 4 + 8 : 1);
+    for (const char *part = names->module; names->prefix && part && *part;) {
+        size_t len = strcspn(part, ".");
+        plen += (size_t)sprintf(names->prefix + plen, "%zu%.*s_", len, (int)len, part);
+        part += len + (part[len] == '.');
+    }
+    size_t cap = 0;
+    for (size_t i = 0, n = sym_dwarf_nsymbols(symbols); i < n; i++) {
+        const char *name = sym_dwarf_symbol_name(symbols, i);
+        if (!name || strncmp(name, "__pyx_", 6) != 0 ||
+            !cya_grow((void **)&names->symbols, &cap, names->nsymbols + 1, sizeof *names->symbols))
+            continue;
+        char *copy = strndup(name, strcspn(name, ".")); /* without gcc's `.isra.0`, `.cold` */
+        if (copy)
+            names->symbols[names->nsymbols++] = copy;
+    }
+    if (names->nsymbols)
+        qsort(names->symbols, names->nsymbols, sizeof *names->symbols, compare_strings);
     return names;
 }
 
@@ -172,6 +366,10 @@ void cy_names_free(cy_names *n)
     }
     free(n->entries);
     cya_map_free(&n->index);
+    for (size_t i = 0; i < n->nsymbols; i++)
+        free(n->symbols[i]);
+    free(n->symbols);
+    free(n->prefix);
     free(n->module);
     free(n->source);
     free(n);
@@ -179,58 +377,244 @@ void cy_names_free(cy_names *n)
 
 const char *cy_names_source(const cy_names *n) { return n ? n->source : NULL; }
 
-/* `__pyx_pf_6symmod_5Klass_2method` -> "symmod.Klass.method": length-prefixed scope
- * names, then the function name, possibly behind a `<counter>` prefix. */
-static const char *demangle(const char *full, char *buf, size_t len)
+int cy_names_has_xml(const cy_names *n) { return n && n->has_xml; }
+
+/* ---- C names without the XML: Cython's mangling ----
+ *
+ * Cython names a function's C code (Symtab.py, Nodes.py) `<kind><scope prefix><id><name>`:
+ * the scope prefix is `<len><part>_` for each part of the module's dotted name, then for
+ * each class or enclosing function; <id> is a counter per scope prefix, left out the first
+ * time (`__pyx_pf_8fastavro_6_write_4null_write_block`: def null_write_block, the module's
+ * 5th id; `__pyx_pf_5names_4null_write_block`: method write_block of class null, its
+ * class's first). `__pyx_f_` (cdef) names have no counter. The string alone is ambiguous,
+ * so each way to read it is weighed by the object's symbols: a def's body (`__pyx_pf_`,
+ * id k) and its Python wrapper (`__pyx_pw_`, id k+1) come in pairs, an enclosing function
+ * has a wrapper in its own scope, a cdef class has `__pyx_tp_new_`. A generator's body
+ * `__pyx_gb_<scope><k>generator<n>` belongs to the function of ids k-2 (body) and k-1
+ * (wrapper) in the same scope; with none, it is a generator expression's. A lambda's
+ * body `__pyx_lambda_funcdef_lambda<n>` is named by its wrapper
+ * `__pyx_pw_<scope>___pyx_lambda_funcdef_lambda<n>`. Names come out as Python's
+ * __qualname__: `mod.f.<locals>.inner`, `mod.f.<locals>.<genexpr>`, `mod.f.<locals>.<lambda>`. */
+
+#define MAX_SCOPES 16
+
+typedef struct reading {
+    const char *seg[MAX_SCOPES]; /* each scope's name (length in seglen) */
+    size_t seglen[MAX_SCOPES];
+    int function[MAX_SCOPES]; /* the scope is a function: `.<locals>` follows it */
+    int nseg;
+    const char *terminal; /* where the counter (or the name) starts */
+    long counter;         /* -1: none */
+    const char *name;
+    int score;
+} reading;
+
+static size_t lower_bound(const cy_names *n, const char *key)
 {
-    static const char *const prefixes[] = {"__pyx_pf_", "__pyx_pw_", "__pyx_f_", "__pyx_gb_", "__pyx_pymod_exec_"};
+    size_t lo = 0, hi = n->nsymbols;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (strcmp(n->symbols[mid], key) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int has_symbol(const cy_names *n, const char *name)
+{
+    size_t i = lower_bound(n, name);
+    return i < n->nsymbols && strcmp(n->symbols[i], name) == 0;
+}
+
+/* The name after `<kind><scope>[id]` of a symbol with that exact id (-1: none) in that
+ * scope (its tail starts with no digit: not a deeper scope's), or NULL. */
+static const char *function_with_id(const cy_names *n, const char *kind, const char *scope, size_t scope_len, long id)
+{
+    char key[1200];
+    int k = id > 0 ? snprintf(key, sizeof key, "%s%.*s%ld", kind, (int)scope_len, scope, id)
+                   : snprintf(key, sizeof key, "%s%.*s", kind, (int)scope_len, scope);
+    if (id < 0 || k < 0 || (size_t)k >= sizeof key)
+        return NULL;
+    for (size_t i = lower_bound(n, key); i < n->nsymbols && strncmp(n->symbols[i], key, (size_t)k) == 0; i++) {
+        const char *tail = n->symbols[i] + k;
+        if (*tail && !isdigit((unsigned char)*tail))
+            return tail;
+    }
+    return NULL;
+}
+
+/* Whether scope `scope` (its C prefix up to the segment) defines a function named
+ * seg: a wrapper `__pyx_pw_<scope>[id]<seg>`. */
+static int defines_function(const cy_names *n, const char *scope, size_t scope_len, const char *seg, size_t seglen)
+{
+    char key[1200];
+    int k = snprintf(key, sizeof key, "__pyx_pw_%.*s", (int)scope_len, scope);
+    if (k < 0 || (size_t)k >= sizeof key)
+        return 0;
+    for (size_t i = lower_bound(n, key); i < n->nsymbols && strncmp(n->symbols[i], key, (size_t)k) == 0; i++) {
+        const char *tail = n->symbols[i] + k;
+        tail += strspn(tail, "0123456789");
+        if (strlen(tail) == seglen && strncmp(tail, seg, seglen) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+static int defines_cdef_class(const cy_names *n, const char *scope, size_t scope_len, const char *seg, size_t seglen)
+{
+    char key[1200];
+    int k = snprintf(key, sizeof key, "__pyx_tp_new_%.*s%.*s", (int)scope_len, scope, (int)seglen, seg);
+    return k > 0 && (size_t)k < sizeof key && has_symbol(n, key);
+}
+
+/* Every way to read `p` as scopes, then [counter] and a name. */
+static void readings(const char *p, int counters, reading *cur, reading *out, int *nout, int max)
+{
+    size_t d = strspn(p, "0123456789");
+    if (*nout < max && p[d] && (d ? counters : 1)) {
+        reading r = *cur;
+        r.terminal = p;
+        r.counter = d ? strtol(p, NULL, 10) : -1;
+        r.name = p + d;
+        out[(*nout)++] = r;
+    }
+    if (!d || cur->nseg >= MAX_SCOPES)
+        return;
+    unsigned long len = strtoul(p, NULL, 10);
+    const char *seg = p + d;
+    if (len == 0 || len > 512 || strnlen(seg, len + 2) < len + 2 || seg[len] != '_' || isdigit((unsigned char)*seg))
+        return;
+    for (unsigned long i = 0; i < len; i++)
+        if (!isalnum((unsigned char)seg[i]) && seg[i] != '_')
+            return;
+    cur->seg[cur->nseg] = seg;
+    cur->seglen[cur->nseg] = len;
+    cur->nseg++;
+    readings(seg + len + 1, counters, cur, out, nout, max);
+    cur->nseg--;
+}
+
+/* Weighs a reading by the symbols that confirm it; fills in which scopes are functions.
+ * `scope` is where the first scope of the reading starts (after the kind). */
+static void weigh(const cy_names *n, const char *kind, const char *scope, reading *r)
+{
+    r->score = 0;
+    for (int s = 0; s < r->nseg; s++) {
+        size_t before = (size_t)(r->seg[s] - scope) - (size_t)snprintf(NULL, 0, "%zu", r->seglen[s]);
+        r->function[s] = defines_function(n, scope, before, r->seg[s], r->seglen[s]);
+        if (r->function[s] || defines_cdef_class(n, scope, before, r->seg[s], r->seglen[s]))
+            r->score += 2;
+    }
+    size_t scope_len = (size_t)(r->terminal - scope);
+    if (strcmp(kind, "__pyx_pf_") == 0 || strcmp(kind, "__pyx_pw_") == 0) {
+        int body = kind[7] == 'f';
+        long partner = body ? (r->counter < 0 ? 1 : r->counter + 1) : (r->counter <= 1 ? (r->counter == 1 ? 0 : -1) : r->counter - 1);
+        const char *tail = function_with_id(n, body ? "__pyx_pw_" : "__pyx_pf_", scope, scope_len, partner);
+        if (tail && strcmp(tail, r->name) == 0)
+            r->score += 4;
+        if (!body && r->counter < 0 && strncmp(r->name, "__pyx_lambda_funcdef_", 21) != 0)
+            r->score -= 3; /* a def's wrapper always has an id: its body took the first */
+    }
+    for (const char *q = r->name; *q; q++)
+        if (q[0] == '_' && isdigit((unsigned char)q[1]))
+            r->score -= 1; /* `_7` in a name: more likely a scope's length */
+}
+
+/* Writes `<module>.<scopes>.<last>` (with `.<locals>` after function scopes) into buf. */
+static const char *compose(const cy_names *n, int with_module, const reading *r, const char *last, char *buf, size_t len)
+{
+    size_t o = 0;
+    int w = snprintf(buf, len, "%s", with_module && n->module ? n->module : "");
+    for (int s = 0; w >= 0 && (size_t)w < len - o && s <= r->nseg; s++) {
+        o += (size_t)w;
+        const char *dot = o ? "." : "";
+        if (s == r->nseg)
+            w = snprintf(buf + o, len - o, "%s%s", dot, last);
+        else
+            w = snprintf(buf + o, len - o, "%s%.*s%s", dot, (int)r->seglen[s], r->seg[s], r->function[s] ? ".<locals>" : "");
+    }
+    return w >= 0 && (size_t)w < len - o ? buf : NULL;
+}
+
+static const char *demangle(const cy_names *n, const char *full, char *buf, size_t len)
+{
+    static const char *const kinds[] = {"__pyx_pf_", "__pyx_pw_", "__pyx_f_", "__pyx_gb_", "__pyx_lambda_funcdef_",
+                                        "__pyx_pymod_exec_"};
     char cname[1024]; /* without gcc's clone suffix (`.isra.0`, `.cold`) */
     snprintf(cname, sizeof cname, "%.*s", (int)strcspn(full, "."), full);
-    const char *p = NULL;
-    size_t which;
-    for (which = 0; which < sizeof prefixes / sizeof prefixes[0]; which++)
-        if (strncmp(cname, prefixes[which], strlen(prefixes[which])) == 0) {
-            p = cname + strlen(prefixes[which]);
-            break;
-        }
-    if (!p || !*p || len < 2)
+    const char *kind = NULL;
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0] && !kind; k++)
+        if (strncmp(cname, kinds[k], strlen(kinds[k])) == 0)
+            kind = kinds[k];
+    const char *scope = kind ? cname + strlen(kind) : NULL;
+    if (!scope || !*scope || len < 2)
         return NULL;
-    if (which == 4) { /* module init: the rest is the module name */
-        snprintf(buf, len, "%s.<module>", p);
+    if (kind == kinds[5]) { /* module init: the rest is the module's short name */
+        snprintf(buf, len, "%s.<module>", n && n->module ? n->module : scope);
         return buf;
     }
-    size_t out = 0;
-    buf[0] = '\0';
-    int scopes = 0;
-    while (isdigit((unsigned char)*p)) {
-        char *after;
-        unsigned long n = strtoul(p, &after, 10);
-        if (n == 0 || strnlen(after, n) < n)
-            break;
-        const char *next = after + n;
-        if (*next != '_' && !isdigit((unsigned char)*next))
-            break; /* a counter in front of the function name, not a scope */
-        if (strspn(after, "_") >= n)
-            break; /* `1__cinit__`: a counter, then a name starting with underscores */
-        int w = snprintf(buf + out, len - out, "%s%.*s", scopes ? "." : "", (int)n, after);
-        if (w < 0 || (size_t)w >= len - out)
-            return NULL;
-        out += (size_t)w;
-        scopes++;
-        p = next;
-        if (*p == '_')
-            p++;
+    static const cy_names none = {0};
+    if (!n)
+        n = &none;
+    if (kind == kinds[4]) {
+        /* a lambda: named by its wrapper `__pyx_pw_<scope>[id]<this cname>` */
+        size_t clen = strlen(cname);
+        for (size_t i = 0; i < n->nsymbols; i++) {
+            const char *s = n->symbols[i];
+            size_t slen = strlen(s);
+            if (slen > clen + 9 && strncmp(s, "__pyx_pw_", 9) == 0 && strcmp(s + slen - clen, cname) == 0 &&
+                s[slen - clen - 1] == '_') {
+                char *dot = demangle(n, s, buf, len) ? strrchr(buf, '.') : NULL;
+                if (dot && (size_t)(dot - buf) + sizeof ".<lambda>" <= len) {
+                    strcpy(dot, ".<lambda>");
+                    return buf;
+                }
+            }
+        }
     }
-    if (!scopes)
+    /* the module's own prefix is known: only its scopes are to be read */
+    size_t plen = n->prefix ? strlen(n->prefix) : 0;
+    int with_module = plen && strncmp(scope, n->prefix, plen) == 0;
+    const char *rest = with_module ? scope + plen : scope;
+    reading out[64], cur = {0};
+    int nout = 0;
+    readings(rest, kind != kinds[2] && kind != kinds[4], &cur, out, &nout, 64);
+    const reading *best = NULL;
+    const char *owner = NULL;
+    for (int i = 0; i < nout; i++) {
+        reading *r = &out[i];
+        const char *r_owner = NULL;
+        weigh(n, kind, scope, r);
+        if (kind == kinds[3]) { /* a generator's body: `<k>generator<n>` */
+            if (r->counter < 2 || !is_digits_after(r->name, "generator")) {
+                r->score = -100;
+            } else {
+                size_t scope_len = (size_t)(r->terminal - scope);
+                r_owner = function_with_id(n, "__pyx_pw_", scope, scope_len, r->counter - 1);
+                if (!r_owner)
+                    r_owner = function_with_id(n, "__pyx_pf_", scope, scope_len, r->counter - 2);
+                r->score += r_owner ? 4 : 0;
+            }
+        }
+        if (!best || r->score > best->score) {
+            best = r;
+            owner = r_owner;
+        }
+    }
+    if (!best || best->score <= -100)
         return NULL;
-    while (isdigit((unsigned char)*p))
-        p++;
-    if (!*p)
+    const char *last = best->name;
+    if (kind == kinds[3])
+        last = owner ? python_name(owner, "") : "<genexpr>";
+    else if (kind == kinds[4] && is_digits_after(last, "lambda"))
+        last = "<lambda>";
+    else
+        last = python_name(last, "");
+    if (!with_module && best->nseg == 0 && !n->module)
         return NULL;
-    int w = snprintf(buf + out, len - out, ".%s", p);
-    if (w < 0 || (size_t)w >= len - out)
-        return NULL;
-    return buf;
+    return compose(n, with_module || !best->nseg, best, last, buf, len);
 }
 
 const char *cy_display_name(const cy_names *n, const char *cname, char *buf, size_t len)
@@ -244,7 +628,7 @@ const char *cy_display_name(const cy_names *n, const char *cname, char *buf, siz
             return buf;
         }
     }
-    return demangle(cname, buf, len);
+    return demangle(n, cname, buf, len);
 }
 
 int cy_is_cython_source(const char *file)

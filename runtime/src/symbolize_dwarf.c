@@ -192,6 +192,10 @@ int sym_dwarf_is_cython(const sym_dwarf *d) { return d && d->module && d->cython
 
 const char *sym_dwarf_module_name(const sym_dwarf *d) { return d ? d->module_name : NULL; }
 
+size_t sym_dwarf_nsymbols(const sym_dwarf *d) { return d ? d->nsyms : 0; }
+
+const char *sym_dwarf_symbol_name(const sym_dwarf *d, size_t i) { return d && i < d->nsyms ? d->syms[i].name : NULL; }
+
 const char *sym_dwarf_comp_dir(sym_dwarf *d, uint64_t pc)
 {
     if (!d || !d->module)

@@ -45,6 +45,10 @@ int sym_dwarf_has_lines(sym_dwarf *d);
 int sym_dwarf_is_cython(const sym_dwarf *d);
 /* A Cython module's dotted name from its `__pyx_module_is_main_<name>` symbol; NULL if none. */
 const char *sym_dwarf_module_name(const sym_dwarf *d);
+/* The object's function symbols (by address; names owned by the object), for telling
+ * Cython's C names apart (symbolize_cython.c). */
+size_t sym_dwarf_nsymbols(const sym_dwarf *d);
+const char *sym_dwarf_symbol_name(const sym_dwarf *d, size_t i);
 /* The compilation directory (DW_AT_comp_dir) of the compile unit holding `pc`; NULL if none. */
 const char *sym_dwarf_comp_dir(sym_dwarf *d, uint64_t pc);
 
@@ -52,12 +56,22 @@ const char *sym_dwarf_comp_dir(sym_dwarf *d, uint64_t pc);
 
 typedef struct cy_names cy_names;
 
-/* The cname -> qualified name table of a Cython module at `so_path`, from
- * <dir>/cython_debug/cython_debug_info_<module>; NULL when there is none. */
-cy_names *cy_names_load(const char *so_path);
+/* How the Cython module at `so_path` names its C functions: the cname -> qualified name
+ * table of its debug XML when one is found (`cython_debug/cython_debug_info_<module>`
+ * beside the module or in a folder above it, `<module>` short or dotted; else the one
+ * cytool's module index names for the object's build-id: `<root>/index/<hex>.json` for
+ * each search pattern `<root>/entries/<glob>`), and its function symbols (`symbols`, for
+ * demangling names the XML lacks). `module` is the dotted name (NULL: unknown). NULL
+ * only when out of memory. */
+cy_names *cy_names_load(const char *so_path, const char *module, const uint8_t *build_id, size_t build_id_len,
+                        const char *search, const sym_dwarf *symbols);
 void cy_names_free(cy_names *n);
-/* The Cython name of C function `cname` ("mod.Klass.method"), written into buf;
- * returns buf, or NULL when cname is not a Cython function. */
+/* 1 when the module's debug XML was found. */
+int cy_names_has_xml(const cy_names *n);
+/* The Cython name of C function `cname`, as Python's __qualname__ after the module
+ * ("mod.Klass.method", "mod.f.<locals>.inner", "mod.f.<locals>.<genexpr>", a generator's
+ * body named for its def), written into buf; returns buf, or NULL when cname is not a
+ * Cython function. n may be NULL. */
 const char *cy_display_name(const cy_names *n, const char *cname, char *buf, size_t len);
 /* The absolute .pyx path the XML names for this module (NULL if unknown). */
 const char *cy_names_source(const cy_names *n);

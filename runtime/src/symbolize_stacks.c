@@ -219,7 +219,8 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
             sym_dwarf_close(st->dwarf);
             st->dwarf = copy;
             st->state = SYM_OK;
-            st->names = cy_names_load(found);
+            if (sym_dwarf_is_cython(copy))
+                st->names = cy_names_load(found, sym_dwarf_module_name(copy), o->build_id, o->build_id_len, s->search, copy);
             char where[4200];
             snprintf(where, sizeof where, "; symbols come from the identical build %s", found);
             char head[4200];
@@ -230,7 +231,9 @@ static obj_state *open_object(cya_symbols *s, uint32_t index)
         warn(s, "%s: %s; its frames show as raw addresses", path, what);
         return st;
     }
-    st->names = cy_names_load(path);
+    if (sym_dwarf_is_cython(st->dwarf))
+        st->names = cy_names_load(path, sym_dwarf_module_name(st->dwarf), o->build_id, o->build_id_len, s->search,
+                                  st->dwarf);
     return st;
 }
 
@@ -319,9 +322,6 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             file = compiled_in(st, pc ? pc - 1 : 0, file, joined, sizeof joined);
         }
         const char *function = cy_display_name(st->names, raw[i].cname, name, sizeof name);
-        if (function && !st->names && raw[i].cname && strncmp(raw[i].cname, "__pyx_pymod_exec_", 17) == 0 &&
-            sym_dwarf_module_name(st->dwarf)) /* the exec function names only the module's last part */
-            function = snprintf(name, sizeof name, "%s.<module>", sym_dwarf_module_name(st->dwarf)) > 0 ? name : function;
         if (pyx && cy_is_utility(raw[i].cname)) {
             pyx = 0; /* helper code that inherited a .pyx file from the last #line */
             file = NULL;
@@ -334,7 +334,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             }
         }
         uint32_t kind = pyx ? CYA_FRAME_PYX : CYA_FRAME_NATIVE;
-        if (!pyx && function && file && !st->names && !cy_is_utility(raw[i].cname) && is_c_file(file) &&
+        if (!pyx && function && file && !cy_is_utility(raw[i].cname) && is_c_file(file) &&
             sym_dwarf_is_cython(st->dwarf)) {
             /* a Cython function of a module built without #line directives (a wheel, a
              * plain setup.py build): its .pyx line from the generated C's position
@@ -344,7 +344,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             int pyx_line = 0;
             const char *def_name = cy_is_generator_body(raw[i].cname) ? cy_cfile_def_name(cf, raw[i].decl_line) : NULL;
             char *last = def_name ? strrchr(name, '.') : NULL;
-            if (last && function == name) /* `pkg.mod.generator` is the body of `def gen(...)` */
+            if (last && function == name && strcmp(last, ".<genexpr>") == 0) /* no wrapper named its def */
                 snprintf(last + 1, sizeof name - (size_t)(last + 1 - name), "%s", def_name);
             if (cf && !cy_cfile_has_line_directives(cf) && cy_cfile_position(cf, line, &pyx_file, &pyx_line)) {
                 if (cy_is_cython_source(pyx_file)) {
