@@ -135,3 +135,34 @@ def test_program_option_without_separator_is_refused(script: Path, run_cytool) -
     done = run_cytool("run", script, "--not-ours")
     assert done.returncode == 2
     assert "unrecognized arguments: --not-ours" in done.stderr
+
+
+@pytest.mark.parametrize("header", ["", "# distutils: define_macros = ANSWER=42\n"], ids=["plain", "distutils-header"])
+def test_the_program_runs_without_cythons_own_compiled_modules(tmp_path: Path, run_cytool, header: str) -> None:
+    """Building a .pyx before running it must not load Cython's compiled modules into the
+    program's process: every Cython module of one version shares the first-registered
+    generator, coroutine and function types, so the program's generators would run
+    Cython's own machine code (no frame pointers: profile stacks lost their callers and
+    showed a frame in Cython/Utils.so). The `# distutils:` header is still read."""
+    source = tmp_path / "isolated.pyx"
+    source.write_text(header + textwrap.dedent("""
+        import sys
+
+        cdef extern from *:
+            '''
+            #ifndef ANSWER
+            #define ANSWER 0
+            #endif
+            '''
+            int ANSWER
+
+        def rows():
+            yield 1
+
+        loaded = sorted(m for m in sys.modules if m.startswith("Cython.") or m == "Cython")
+        print("loaded:", loaded, "answer:", ANSWER, "rows:", list(rows()))
+        """))
+    done = run_cytool("run", source)
+    assert done.returncode == 0, done.stderr
+    answer = 42 if header else 0
+    assert f"loaded: [] answer: {answer} rows: [1]" in done.stdout, done.stdout

@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from cytool.errors import CytoolError
 from cytool.records import NamedTuple
 
 TYPE_CHECKING = False  # typing itself costs milliseconds on every warm `cytool run`
@@ -152,12 +153,47 @@ def directive_pairs(values: Mapping[str, object]) -> Tuple[Tuple[str, str], ...]
     return tuple(sorted(pairs))
 
 
+def _has_distutils_header(text: str) -> bool:
+    """Whether the comment lines at the top of a .pyx hold a `# distutils:` line (the
+    lines Cython's DistutilsInfo reads: it stops at the first line that is not a comment)."""
+    for line in text.splitlines():
+        line = line.lstrip()
+        if not line:
+            continue
+        if not line.startswith("#"):
+            return False
+        if line[1:].lstrip().startswith("distutils:"):
+            return True
+    return False
+
+
+_READ_HEADER = (
+    "import json, sys\n"
+    "from Cython.Build.Dependencies import DistutilsInfo\n"
+    "json.dump(DistutilsInfo(sys.stdin.read()).values, sys.stdout)\n"
+)
+
+
 def from_distutils_header(source: Path, text: str) -> BuildSettings:
     """The `# distutils:` comments at the top of a .pyx, read by Cython's own parser
-    (Cython.Build.Dependencies.DistutilsInfo). Paths are relative to the .pyx's folder."""
-    from Cython.Build.Dependencies import DistutilsInfo
+    (Cython.Build.Dependencies.DistutilsInfo) in a child Python: importing it here would
+    load Cython's compiled modules into the process that then runs (and traces) the
+    program, and their shared types (Cython's generator, coroutine and function types,
+    which every Cython module of that version then uses) would run Cython's own machine
+    code, built without frame pointers. Paths are relative to the .pyx's folder.
+    CytoolError when the header cannot be read."""
+    if not _has_distutils_header(text):
+        return BuildSettings()
+    import subprocess
+    import sys
 
-    values = DistutilsInfo(text).values
+    done = subprocess.run([sys.executable, "-c", _READ_HEADER], input=text, capture_output=True, text=True,
+                          errors="replace")
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no message)"])[-1]
+        raise CytoolError(f"{source}: its `# distutils:` comments could not be read: {last}",
+                          hint="check the `# distutils: key = value` lines at the top of the file")
+    values = json.loads(done.stdout)
     if not values:
         return BuildSettings()
     base = source.parent
