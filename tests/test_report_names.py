@@ -2,8 +2,9 @@
 function Cython generates C for, with and without the module's debug XML: module
 functions whose C names carry a counter before the name (`__pyx_pf_5names_4null_write_block`
 is def null_write_block, not null.write_block), methods of Python and cdef classes, nested
-functions, lambdas, generator functions and generator expressions, named as Python's
-__qualname__ after the module."""
+functions, lambdas, generator functions and generator expressions, named as Cython's own
+tracebacks name them (`mod.outer.inner`, `mod.f.lambda`, `mod.f.genexpr`), which is also
+how the debugger's cy-bt names them."""
 from __future__ import annotations
 
 import json
@@ -24,9 +25,9 @@ EXPECTED = {
     ("names.touch", 8),
     ("names.null_write_block", 21),
     ("names.gen_records", 28),
-    ("names.use_genexpr.<locals>.<genexpr>", 33),
-    ("names.outer.<locals>.inner_2x", 38),
-    ("names.make_lambda.<locals>.<lambda>", 44),
+    ("names.use_genexpr.genexpr", 33),
+    ("names.outer.inner_2x", 38),
+    ("names.make_lambda.lambda", 44),
     ("names.Rec.w_3", 50),
     ("names.Box_7.items", 56),
     ("names.Box_7.v2_get", 60),

@@ -214,50 +214,32 @@ static int is_digits_after(const char *s, const char *word)
     return strncmp(s, word, w) == 0 && strspn(s + w, "0123456789") == strlen(s + w);
 }
 
-/* The last part of a qualified name as Python's __qualname__ has it: Cython's `lambda1`
- * and `genexpr` scopes are `<lambda>` and `<genexpr>`. */
+/* The last part of a qualified name as Cython's tracebacks give it: its numbered
+ * `lambda1` and `genexpr1` scopes are `lambda` and `genexpr` ("mod.f.lambda"). */
 static const char *python_name(const char *name, const char *cname)
 {
     if (strncmp(cname, "__pyx_lambda_funcdef_", 21) == 0 && is_digits_after(name, "lambda"))
-        return "<lambda>";
+        return "lambda";
     if (is_digits_after(name, "genexpr"))
-        return "<genexpr>";
+        return "genexpr";
     return name;
 }
 
-/* The XML's qualified names ("mod.outer.inner", "mod.f.lambda1") as Python's
- * __qualname__ after the module ("mod.outer.<locals>.inner", "mod.f.<locals>.<lambda>"):
- * a part that is a function's qualified name gets `.<locals>` after it. */
-static void python_qualnames(cy_names *names, char **short_names)
+/* The XML's qualified names ("mod.outer.inner", "mod.f.lambda1") as Cython's tracebacks
+ * give them ("mod.outer.inner", "mod.f.lambda"): a numbered lambda or generator
+ * expression scope as its last part loses its number. */
+static void traceback_names(cy_names *names, char **short_names)
 {
-    cya_map functions = {0}; /* hash(qualified) -> entry, functions that may own others */
-    for (size_t i = 0; i < names->len; i++)
-        if (!cya_map_get(&functions, hash_string(names->entries[i].qualified)))
-            cya_map_put(&functions, hash_string(names->entries[i].qualified), (uint32_t)i);
-    size_t mlen = strlen(names->module);
     for (size_t i = 0; i < names->len; i++) {
         cy_entry *e = &names->entries[i];
-        if (strncmp(e->qualified, names->module, mlen) != 0 || e->qualified[mlen] != '.')
+        char *dot = strrchr(e->qualified, '.');
+        const char *part = dot ? dot + 1 : e->qualified;
+        if (!short_names[i] || strcmp(short_names[i], part) != 0)
             continue;
-        char out[2048], head[2048];
-        size_t o = (size_t)snprintf(out, sizeof out, "%s", names->module);
-        const char *part = e->qualified + mlen + 1;
-        for (const char *dot; (dot = strchr(part, '.')) != NULL && o < sizeof out; part = dot + 1) {
-            snprintf(head, sizeof head, "%.*s", (int)(dot - e->qualified), e->qualified);
-            uint32_t *slot = cya_map_get(&functions, hash_string(head));
-            int function = slot && strcmp(names->entries[*slot].qualified, head) == 0;
-            o += (size_t)snprintf(out + o, sizeof out - o, ".%.*s%s", (int)(dot - part), part, function ? ".<locals>" : "");
-        }
-        const char *last = short_names[i] && strcmp(short_names[i], part) == 0 ? python_name(part, e->cname) : part;
-        if (o < sizeof out)
-            o += (size_t)snprintf(out + o, sizeof out - o, ".%s", last);
-        char *copy = o < sizeof out ? strdup(out) : NULL;
-        if (copy) {
-            free(e->qualified);
-            e->qualified = copy;
-        }
+        const char *last = python_name(part, e->cname);
+        if (last != part && strlen(last) <= strlen(part))
+            memmove((char *)part, last, strlen(last) + 1);
     }
-    cya_map_free(&functions);
 }
 
 static int compare_strings(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
@@ -311,7 +293,7 @@ static void load_xml(cy_names *names, const char *path, const char *short_name)
     }
     free(xml);
     if (short_names) {
-        python_qualnames(names, short_names);
+        traceback_names(names, short_names);
         for (size_t i = 0; i < names->len; i++)
             free(short_names[i]);
         free(short_names);
@@ -393,15 +375,15 @@ int cy_names_has_xml(const cy_names *n) { return n && n->has_xml; }
  * `__pyx_gb_<scope><k>generator<n>` belongs to the function of ids k-2 (body) and k-1
  * (wrapper) in the same scope; with none, it is a generator expression's. A lambda's
  * body `__pyx_lambda_funcdef_lambda<n>` is named by its wrapper
- * `__pyx_pw_<scope>___pyx_lambda_funcdef_lambda<n>`. Names come out as Python's
- * __qualname__: `mod.f.<locals>.inner`, `mod.f.<locals>.<genexpr>`, `mod.f.<locals>.<lambda>`. */
+ * `__pyx_pw_<scope>___pyx_lambda_funcdef_lambda<n>`. Names come out as Cython's
+ * tracebacks give them: `mod.outer.inner`, `mod.f.genexpr`, `mod.f.lambda`. */
 
 #define MAX_SCOPES 16
 
 typedef struct reading {
     const char *seg[MAX_SCOPES]; /* each scope's name (length in seglen) */
     size_t seglen[MAX_SCOPES];
-    int function[MAX_SCOPES]; /* the scope is a function: `.<locals>` follows it */
+    int function[MAX_SCOPES]; /* the scope is a function (weighs the reading) */
     int nseg;
     const char *terminal; /* where the counter (or the name) starts */
     long counter;         /* -1: none */
@@ -522,7 +504,7 @@ static void weigh(const cy_names *n, const char *kind, const char *scope, readin
             r->score -= 1; /* `_7` in a name: more likely a scope's length */
 }
 
-/* Writes `<module>.<scopes>.<last>` (with `.<locals>` after function scopes) into buf. */
+/* Writes `<module>.<scopes>.<last>` into buf. */
 static const char *compose(const cy_names *n, int with_module, const reading *r, const char *last, char *buf, size_t len)
 {
     size_t o = 0;
@@ -533,7 +515,7 @@ static const char *compose(const cy_names *n, int with_module, const reading *r,
         if (s == r->nseg)
             w = snprintf(buf + o, len - o, "%s%s", dot, last);
         else
-            w = snprintf(buf + o, len - o, "%s%.*s%s", dot, (int)r->seglen[s], r->seg[s], r->function[s] ? ".<locals>" : "");
+            w = snprintf(buf + o, len - o, "%s%.*s", dot, (int)r->seglen[s], r->seg[s]);
     }
     return w >= 0 && (size_t)w < len - o ? buf : NULL;
 }
@@ -567,8 +549,8 @@ static const char *demangle(const cy_names *n, const char *full, char *buf, size
             if (slen > clen + 9 && strncmp(s, "__pyx_pw_", 9) == 0 && strcmp(s + slen - clen, cname) == 0 &&
                 s[slen - clen - 1] == '_') {
                 char *dot = demangle(n, s, buf, len) ? strrchr(buf, '.') : NULL;
-                if (dot && (size_t)(dot - buf) + sizeof ".<lambda>" <= len) {
-                    strcpy(dot, ".<lambda>");
+                if (dot && (size_t)(dot - buf) + sizeof ".lambda" <= len) {
+                    strcpy(dot, ".lambda");
                     return buf;
                 }
             }
@@ -607,9 +589,9 @@ static const char *demangle(const cy_names *n, const char *full, char *buf, size
         return NULL;
     const char *last = best->name;
     if (kind == kinds[3])
-        last = owner ? python_name(owner, "") : "<genexpr>";
+        last = owner ? python_name(owner, "") : "genexpr";
     else if (kind == kinds[4] && is_digits_after(last, "lambda"))
-        last = "<lambda>";
+        last = "lambda";
     else
         last = python_name(last, "");
     if (!with_module && best->nseg == 0 && !n->module)

@@ -68,8 +68,8 @@ cy_names *cy_names_load(const char *so_path, const char *module, const uint8_t *
 void cy_names_free(cy_names *n);
 /* 1 when the module's debug XML was found. */
 int cy_names_has_xml(const cy_names *n);
-/* The Cython name of C function `cname`, as Python's __qualname__ after the module
- * ("mod.Klass.method", "mod.f.<locals>.inner", "mod.f.<locals>.<genexpr>", a generator's
+/* The Cython name of C function `cname`, as Cython's tracebacks give it
+ * ("mod.Klass.method", "mod.outer.inner", "mod.f.genexpr", "mod.f.lambda", a generator's
  * body named for its def), written into buf; returns buf, or NULL when cname is not a
  * Cython function. n may be NULL. */
 const char *cy_display_name(const cy_names *n, const char *cname, char *buf, size_t len);

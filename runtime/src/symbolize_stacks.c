@@ -344,7 +344,7 @@ static span lookup_pc(cya_symbols *s, uint64_t pc, uint64_t generation)
             int pyx_line = 0;
             const char *def_name = cy_is_generator_body(raw[i].cname) ? cy_cfile_def_name(cf, raw[i].decl_line) : NULL;
             char *last = def_name ? strrchr(name, '.') : NULL;
-            if (last && function == name && strcmp(last, ".<genexpr>") == 0) /* no wrapper named its def */
+            if (last && function == name && strcmp(last, ".genexpr") == 0) /* no wrapper named its def */
                 snprintf(last + 1, sizeof name - (size_t)(last + 1 - name), "%s", def_name);
             if (cf && !cy_cfile_has_line_directives(cf) && cy_cfile_position(cf, line, &pyx_file, &pyx_line)) {
                 if (cy_is_cython_source(pyx_file)) {
