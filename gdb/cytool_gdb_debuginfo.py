@@ -3,8 +3,10 @@
 Owns the reading of `cython_debug/cython_debug_info_<module>` (the XML Cython writes
 with `--gdb`) and of the generated C file next to it: which Cython functions exist,
 their C names, locals and globals, and which `.pyx`/`.pxi` lines each function's C body
-covers. Pure standard library: this runs inside gdb's embedded Python, but nothing in
-here touches gdb, so it can be tested on its own.
+covers; and `c_name`, the one place where a name gdb or the ELF symbols give a C function
+(a C++ signature, a gcc clone) becomes the C name Cython gave it. Pure standard library:
+this runs inside gdb's embedded Python, but nothing in here touches gdb, so it can be
+tested on its own.
 """
 from __future__ import annotations
 
@@ -13,6 +15,51 @@ import os
 import re
 import xml.etree.ElementTree as ElementTree
 from typing import Dict, Iterable, List, NamedTuple, Optional, Set, Tuple
+
+
+# gcc's clones of a function: `f.isra.0`, `f.cold`, `f.constprop.0.isra.0` (C symbols) ...
+_CLONE_SUFFIX = re.compile(r"(?:\.(?:cold|isra|constprop|part|lto_priv|localalias)(?:\.\d+)*)+$")
+# ... and, demangled from a C++ symbol, `f(int) [clone .isra.0]` (several may follow)
+_CPP_CLONE = re.compile(r"(?:\s*\[clone \.[\w.]+\])+$")
+_CPP_TRAILER = re.compile(r"\s*(?:const|volatile|&&|&|noexcept)\s*$")
+# an ELF symbol of C++ code outside any namespace (as Cython's are): `_ZL19__pyx_f_1m_3Acc_addP16__pyx_obj_1m_Accd`
+_MANGLED = re.compile(r"^_ZL?(\d+)")
+
+
+def c_name(name: Optional[str]) -> str:
+    """The C name of a function as Cython wrote it (`__pyx_f_1m_3Acc_add`) from a name gdb
+    or the ELF symbols give it: a block's or symbol's name in a C++ module carries the
+    signature (`__pyx_f_1m_3Acc_add(__pyx_obj_1m_Acc*, double)`; frame.name() does not),
+    possibly scopes (`(anonymous namespace)::f(int)`) and a demangled clone (`f(int)
+    [clone .isra.0]`); its ELF symbol is mangled (`_ZL19__pyx_f_1m_3Acc_addP...d`); a C
+    symbol may be a gcc clone (`__pyx_f_3mod_work.isra.0`). All of that is dropped; a
+    plain C name comes back as it is, None as ''. Every comparison of a gdb name with
+    Cython's C names goes through here."""
+    if not name:
+        return ""
+    if "(" not in name and "." not in name and ":" not in name and not name.startswith("_Z"):
+        return name  # (the common case, C)
+    mangled = _MANGLED.match(name)
+    if mangled is not None:
+        start = mangled.end()
+        return name[start:start + int(mangled.group(1))]
+    name = _CPP_CLONE.sub("", name.strip())
+    while True:  # `f(int) const` and the like (not Cython's, but harmless)
+        trimmed = _CPP_TRAILER.sub("", name)
+        if trimmed == name:
+            break
+        name = trimmed
+    if name.endswith(")"):
+        depth = 0
+        for index in range(len(name) - 1, -1, -1):  # the parameter list's own "(", not one inside it
+            depth += {")": 1, "(": -1}.get(name[index], 0)
+            if depth == 0:
+                if index > 0:  # (not a name that is all parentheses, like gdb's "(anonymous namespace)")
+                    name = name[:index]
+                break
+    if "::" in name:
+        name = name.rsplit("::", 1)[1]
+    return _CLONE_SUFFIX.sub("", name)
 
 
 class Local:

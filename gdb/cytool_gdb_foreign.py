@@ -26,7 +26,8 @@ import re
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 import cytool_gdb_elf as elf
-from cytool_gdb_debuginfo import Function, Module, StatementLine, c_function_extents, prefer_generator_bodies
+from cytool_gdb_debuginfo import (Function, Module, StatementLine, c_function_extents, c_name,
+                                  prefer_generator_bodies)
 
 # The prefixes Cython gives the C functions of a module (Cython/Compiler/Naming.py).
 BODY = "__pyx_pf_"  # a def function's body
@@ -41,18 +42,12 @@ _KINDS = (LAMBDA, BODY, WRAPPER, CDEF, GENERATOR, GETTER, SETTER)
 _WRAPPERS = (WRAPPER, GETTER, SETTER)
 
 _IDENTIFIER = re.compile(r"[A-Za-z_]\w*$")
-_CLONE_SUFFIX = re.compile(r"\.(?:cold|isra|constprop|part|lto_priv|localalias)(?:\.\d+)*$")
 _POSITION = re.compile(r'^\s*/\* "([^"]+)":(\d+)$')
 _MODULE_NAME_DEFINE = re.compile(r'^#define __Pyx_MODULE_NAME "([\w.]+)"', re.M)
 _DEFINITION = re.compile(r"\b((?:__pyx_(?:pf|pw|f|gb|getprop|setprop)_|__pyx_lambda_funcdef_|__pyx_pymod_exec_)\w+)\(")
 _DEF_NAME = re.compile(r"^\s*(?:async\s+)?(?:def|cdef|cpdef)\b[^(#]*?\b([A-Za-z_]\w*)\s*\(")
 _CLASS_SYMBOL = re.compile(r"^__pyx_(?:tp_new|tp_dealloc|type|obj|vtabstruct|vtable)_(\w+)$")
 SOURCE_SUFFIXES = (".pyx", ".pxi", ".pxd", ".py")
-
-
-def base_name(symbol: str) -> str:
-    """`__pyx_f_3mod_work` for `__pyx_f_3mod_work.isra.0` (gcc's clones of a function)."""
-    return _CLONE_SUFFIX.sub("", symbol)
 
 
 # -- names ------------------------------------------------------------------------------
@@ -307,7 +302,7 @@ class ForeignModule(Module):
         self.globals = {}
         self._classes = None
         self.notes: List[str] = []
-        symbols = [base_name(s) for s in symbols]
+        symbols = [c_name(s) for s in symbols]
         self._sources: Dict[str, str] = {}  # source as the comments write it -> path used here
         if c_file is not None:
             anchors = [os.path.dirname(c_file.path), os.path.dirname(self.so_path), *anchors]
@@ -446,7 +441,7 @@ class ForeignModule(Module):
         """The function a C name of this module runs, also one known only now (the body
         of a def function inlined into its wrapper: gdb names its inline frame after it,
         but it has no symbol of its own)."""
-        cname = base_name(cname)
+        cname = c_name(cname)
         known = self.by_cname.get(cname)
         if known is not None or not cname.startswith(BODY):
             return known

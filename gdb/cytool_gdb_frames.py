@@ -16,8 +16,7 @@ from typing import Iterator, List, Optional, Tuple
 import gdb  # type: ignore
 
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function
-from cytool_gdb_foreign import base_name
+from cytool_gdb_debuginfo import Function, c_name
 
 python_gdb_status = "python-gdb.py for this interpreter was not found"
 _python_gdb_loaded = False
@@ -107,7 +106,7 @@ def is_wrapper_frame(frame: "gdb.Frame") -> bool:
     if function is None or not state.is_foreign(function.module):
         return False
     try:
-        return base_name(frame.name() or "") != function.cname
+        return c_name(frame.name()) != function.cname
     except gdb.error:
         return False
 
@@ -118,7 +117,7 @@ def wrapper_of(frame: "gdb.Frame", function: Function, newer: Optional["gdb.Fram
     if newer is None or cython_function(newer) is not function or not state.is_foreign(function.module):
         return False
     try:
-        return base_name(frame.name() or "") != base_name(newer.name() or "")
+        return c_name(frame.name()) != c_name(newer.name())
     except gdb.error:
         return False
 

@@ -15,7 +15,7 @@ import gdb  # type: ignore
 
 import cytool_gdb_frames as frames
 import cytool_gdb_state as state
-from cytool_gdb_foreign import base_name
+from cytool_gdb_debuginfo import c_name
 
 C_STOP = "cytool_breakpoint_stop"
 PYTHON_FILE = "cytool/inline_break.py"
@@ -50,7 +50,7 @@ def caller() -> Optional[Tuple["gdb.Frame", Optional[Tuple[str, int, str]]]]:
             name = ""
         python = frames.python_frames_in(frame) if "EvalFrame" in name else []
         if not inside:
-            if base_name(name) == C_STOP:
+            if c_name(name) == C_STOP:
                 inside = True
                 continue
             own = [index for index, found in enumerate(python) if found[0].endswith(PYTHON_FILE)]

@@ -20,7 +20,7 @@ import gdb  # type: ignore
 import cytool_gdb_placement as placement
 import cytool_gdb_pyobject as pyobject
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Local, Module, first_assignment_line, is_loop_header
+from cytool_gdb_debuginfo import Function, Local, Module, c_name, first_assignment_line, is_loop_header
 from cytool_gdb_frames import cython_function, location, selected_cython_frame
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -187,7 +187,7 @@ def _in_set_up(frame: "gdb.Frame", function: Function) -> bool:
     if entry is None:
         return False
     rows = placement.function_rows(function)
-    return bool(rows) and rows[0][0] <= pc < entry and frame.name() == function.cname
+    return bool(rows) and rows[0][0] <= pc < entry and c_name(frame.name()) == function.cname
 
 
 def read_local(frame: "gdb.Frame", function: Function, local: Local) -> "gdb.Value":

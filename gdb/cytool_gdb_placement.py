@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Tuple
 import gdb  # type: ignore
 
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import Function, Module
+from cytool_gdb_debuginfo import Function, Module, c_name
 
 Rows = List[Tuple[int, int]]  # (pc, line), ascending pc
 Runs = List[Tuple[int, int, bool]]  # (pc, line, artifact): where a line's code starts again
@@ -42,7 +42,8 @@ def forget() -> None:
 
 
 def function_names_at(pc: int) -> List[str]:
-    """C function names around pc, innermost first, inlined functions included."""
+    """C function names around pc, innermost first, inlined functions included, as Cython
+    wrote them (a C++ block's signature dropped: cytool_gdb_debuginfo.c_name)."""
     names: List[str] = []
     try:
         block = gdb.block_for_pc(pc)
@@ -50,7 +51,7 @@ def function_names_at(pc: int) -> List[str]:
         return names
     while block is not None:
         if block.function is not None:
-            names.append(block.function.name)
+            names.append(c_name(block.function.name))
         block = block.superblock
     return names
 
@@ -83,7 +84,7 @@ def _copy_of(pc: int, cname: str) -> int:
     except (gdb.error, RuntimeError):
         return 0
     while block is not None:
-        if block.function is not None and block.function.name == cname:
+        if block.function is not None and c_name(block.function.name) == cname:
             return block.start
         block = block.superblock
     return 0
@@ -408,7 +409,7 @@ def _function_block(pc: int, cname: str) -> Optional["gdb.Block"]:
         block = gdb.block_for_pc(pc)
     except (gdb.error, RuntimeError):
         return None
-    while block is not None and not (block.function is not None and block.function.name == cname):
+    while block is not None and not (block.function is not None and c_name(block.function.name) == cname):
         block = block.superblock
     return block
 
@@ -496,7 +497,7 @@ def shown_position(placement: Placement) -> Optional[Tuple[str, int]]:
         if block.function is not None:
             chain.append(block)
         block = block.superblock
-    names = [b.function.name for b in chain]
+    names = [c_name(b.function.name) for b in chain]
     if placement.function.cname not in names:
         return None
     hidden = 0
@@ -519,7 +520,7 @@ def shown_position(placement: Placement) -> Optional[Tuple[str, int]]:
         return None
     from cytool_gdb_frames import pyx_position
 
-    function = placement.function.module.by_cname.get(chain[shown].function.name, placement.function)
+    function = placement.function.module.by_cname.get(names[shown], placement.function)
     return pyx_position(function, path, line)
 
 

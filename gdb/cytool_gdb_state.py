@@ -13,7 +13,7 @@ from typing import Dict, List, Optional
 import gdb  # type: ignore
 
 import cytool_gdb_foreign as foreign
-from cytool_gdb_debuginfo import (Function, Module, debug_info_for_shared_object, debug_info_from_index,
+from cytool_gdb_debuginfo import (Function, Module, c_name, debug_info_for_shared_object, debug_info_from_index,
                                   find_debug_info, source_line, source_lines)
 
 __all__ = ["source_line", "source_lines"]
@@ -234,7 +234,9 @@ def register_function(function: Function) -> None:
 
 def function_for_cname(name: Optional[str]) -> Optional[Function]:
     """The Cython function a C function (a frame's name) runs, if any: its body, or for
-    a module without debug XML also its Python wrapper or a clone gcc made of it."""
+    a module without debug XML also its Python wrapper or a clone gcc made of it. `name`
+    as gdb gives it (a C++ signature is dropped: cytool_gdb_debuginfo.c_name)."""
+    name = c_name(name)
     if not name:
         return None
     found = _by_cname.get(name)

@@ -23,7 +23,7 @@ import cytool_gdb_inline_break as inline_break
 import cytool_gdb_placement as placement
 import cytool_gdb_python as pylevel
 import cytool_gdb_state as state
-from cytool_gdb_debuginfo import is_branch_header
+from cytool_gdb_debuginfo import c_name, is_branch_header
 from cytool_gdb_frames import (cython_function, frames, is_agent_file, is_wrapper_frame, location, newest_frame,
                                print_location, python_frames_in, selected_cython_frame, thread_tag)
 
@@ -188,7 +188,7 @@ def _report_inlined_entry(event: "gdb.BreakpointEvent", frame: "gdb.Frame", pref
         if not isinstance(hit, breakpoints.Location) or hit.address != pc:
             continue
         function = hit.function
-        if frame.name() == function.cname or function.cname not in placement.function_names_at(pc):
+        if c_name(frame.name()) == function.cname or function.cname not in placement.function_names_at(pc):
             continue
         plan = hit.owner.plan  # (the line asked for: the entry's own row may carry the caller's)
         line = plan.line if plan is not None else gdb.find_pc_line(pc).line

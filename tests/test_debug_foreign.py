@@ -288,6 +288,23 @@ def test_reading_of_c_names(tail: str, reading) -> None:
     assert foreign.mangled_prefix("msgpack._cmsgpack") == "7msgpack_9_cmsgpack_"
 
 
+@pytest.mark.parametrize("shown, cname", [
+    ("__pyx_f_3mod_work", "__pyx_f_3mod_work"),
+    ("__pyx_f_3mod_work.isra.0", "__pyx_f_3mod_work"),  # gcc's clones (ELF symbols, C)
+    ("__pyx_f_3mod_work.constprop.0.isra.0", "__pyx_f_3mod_work"),
+    # C++: gdb's block and symbol names carry the signature (frame.name() does not)
+    ("__pyx_f_1m_3Acc_add(__pyx_obj_1m_Acc*, double)", "__pyx_f_1m_3Acc_add"),
+    ("__pyx_pw_1m_1work(PyObject*, PyObject* const*, Py_ssize_t, PyObject*)", "__pyx_pw_1m_1work"),
+    ("(anonymous namespace)::__pyx_f_1m_f(int (*)(double), int) [clone .isra.0]", "__pyx_f_1m_f"),
+    ("_ZL19__pyx_f_1m_3Acc_addP15__pyx_obj_1m_Accd", "__pyx_f_1m_3Acc_add"),  # a C++ ELF symbol
+    (None, ""),
+])
+def test_c_names_from_the_names_gdb_shows(shown, cname: str) -> None:
+    from cytool_gdb_debuginfo import c_name
+
+    assert c_name(shown) == cname
+
+
 def _cython_without_line_directives(source: Path, out: Path) -> Tuple[Path, Dict[str, Tuple[str, int]]]:
     """Cython (with --gdb, for the truth, without --line-directives) and gcc -O2 -g: the
     module, and {C name: (qualified name, def line)} from the XML."""

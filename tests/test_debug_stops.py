@@ -3,7 +3,8 @@
 Fixtures: tests/fixtures/debug/shapes.pyx (closures, a generator, a coroutine, a lambda,
 a loop with branches; built at -O0 by cytool and run by `cytool run --prebuilt`),
 optmod.pyx and methods.pyx (built with Cython and gcc at -O2 and at -O0, imported by the
-scripts optdriver.py and methodsdriver.py) and pkgsrc/pkg/sub/geo.pyx (the package module
+scripts optdriver.py and methodsdriver.py), cppmod.pyx (compiled as C++ at -O2 and -O3,
+imported by cppdriver.py) and pkgsrc/pkg/sub/geo.pyx (the package module
 pkg.sub.geo, imported by pkgdriver.py, its debug information found at the project root
 when it loads). Each test runs on the interpreters CYTOOL_TEST_PYTHONS names
 (tests/conftest.py).
@@ -325,6 +326,45 @@ def test_a_line_of_an_unrolled_inlined_copy_stops_at_every_iteration(tmp_path_fa
     assert len(found) >= 3, out  # a stop per iteration (gdb's own placement: one per call)
     assert set(found) == {("unrolled.pyx", str(U["sq-body"]), "sq")}, out
     assert "packed 90" in out, out
+
+
+CPP = h.markers(h.HERE / "cppmod.pyx")
+
+
+@pytest.mark.parametrize("level", ["2", "3"])
+def test_cdef_functions_of_a_cpp_module_in_an_optimised_build(
+        debug_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
+    """A module compiled as C++ at -O2/-O3: gdb names a function's block with its
+    signature (`__pyx_f_6cppmod_3Acc_add(__pyx_obj_6cppmod_Acc*, double)`); cdef methods,
+    cdef functions and lines inside them are placed, stop, show in cy-bt and are stepped
+    out of like a C module's (was: refused, "has code only in
+    __pyx_f_6cppmod_3Acc_add(__pyx_obj_6cppmod_Acc*, double)() ..., none in Acc.add()")."""
+    directory = tmp_path_factory.mktemp(f"cppmod-O{level}")
+    shutil.copy(h.HERE / "cppmod.pyx", directory / "cppmod.pyx")
+    h.build_extension(debug_python, directory / "cppmod.pyx", directory, opt_level=level, cplus=True)
+    commands = [
+        "cy-break Acc.add",  # 0
+        "cy-break helper",  # 1
+        f"cy-break cppmod.pyx:{CPP['add-total']}",  # 2
+        "cy-run",  # 3: Acc.add
+        "cy-bt",  # 4
+        "cy-finish",  # 5: back in work()
+        "cy-cont", "cy-cont", "cy-cont", "cy-cont", "cy-cont",  # 6..10: helper, Acc.add, ...
+        "cy-cont",  # 11: to the end
+    ]
+    run = h.run_gdb_program([debug_python, str(h.HERE / "cppdriver.py"), str(directory)], commands)
+    out = str(run)
+    placed = run.of(3)
+    assert "not set" not in out and "none in" not in out and "(__pyx_obj" not in out, out
+    assert re.search(r"^Cython breakpoint 1 at cppmod\.pyx:\d+ in Acc\.add\(\)$", placed, re.M), out
+    assert re.search(r"^Cython breakpoint 2 at cppmod\.pyx:\d+ in helper\(\)", placed, re.M), out
+    assert f"Cython breakpoint 3 at cppmod.pyx:{CPP['add-total']} in Acc.add()" in placed, out
+    assert at(run, 3)[2] == "Acc.add" and f"[-O{level} build]" in placed, out
+    assert [s[2] for s in h.stops(run.of(4))] == ["Acc.add", "work"], out
+    assert at(run, 5) == ("cppmod.pyx", CPP["work-add"], "work"), out
+    stopped = re.findall(r"^Cython breakpoint \d+, cppmod\.pyx:\d+ in ([\w.]+)\(\)", out, re.M)
+    assert stopped == ["Acc.add", "helper"] * 3, out
+    assert "work 18.0" in out and "Python Exception" not in out, out
 
 
 def test_package_module_loaded_later(debug_python: str, package_project: Path) -> None:
