@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -375,3 +377,41 @@ def test_blocks_handed_between_threads_pair_up(helpers: Path, tmp_path: Path, re
             times = {e.address: e.time_ns for e in made[-1000:]}
             same_tick = sum(1 for e in capture.events if e.kind == "free" and times.get(e.address) == e.time_ns)
             assert same_tick > 100
+
+
+def test_sessions_one_after_another_trace_libraries_loaded_between_them(helpers: Path, tmp_path: Path) -> None:
+    """A session reuses the last session's patched slots of the objects still loaded (the
+    pytest plugin starts one a test); a library loaded between two sessions, and one loaded
+    then unloaded and loaded again, is patched as new: its allocations are recorded."""
+    script = tmp_path / "sessions.py"
+    script.write_text(textwrap.dedent(f"""
+        import ctypes, sys
+        from cytool.tracker import Tracker
+
+        def session(path, work):
+            tracker = Tracker(path)
+            tracker.start()
+            work()
+            tracker.stop()
+
+        lib_path = {str(helpers / "libtest_trace_lib.so")!r}
+        out = sys.argv[1]
+        session(out + ".1", lambda: None)
+        lib = ctypes.CDLL(lib_path)
+        session(out + ".2", lambda: lib.lib_alloc(ctypes.c_size_t(40), ctypes.c_size_t(777)))
+        session(out + ".3", lambda: lib.lib_alloc(ctypes.c_size_t(30), ctypes.c_size_t(777)))
+        handle = lib._handle
+        del lib
+        import _ctypes
+        _ctypes.dlclose(handle)
+        lib = ctypes.CDLL(lib_path)
+        session(out + ".4", lambda: lib.lib_alloc(ctypes.c_size_t(20), ctypes.c_size_t(777)))
+    """))
+    base = tmp_path / "s.cytrace"
+    done = subprocess.run([sys.executable, str(script), str(base)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    for suffix, count in ((".2", 40), (".3", 30), (".4", 20)):
+        with read_capture(f"{base}{suffix}") as capture:
+            assert capture.complete
+            sizes = Counter(e.size for e in allocations_from(capture, "lib_alloc"))
+            assert sizes[777] == count, (suffix, sizes)

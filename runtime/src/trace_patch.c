@@ -67,6 +67,16 @@ typedef struct object {
 static pthread_mutex_t patch_lock = PTHREAD_MUTEX_INITIALIZER;
 static object *objects;
 static size_t nobjects, objects_cap;
+/* The objects of the last session, parked at its stop with their slots' addresses: the
+ * next session's first scan takes an object's slots from here instead of walking its
+ * relocations again (most of a start's time in a process with many libraries: the pytest
+ * plugin starts a session per test), as long as the dynamic linker loaded and unloaded
+ * nothing since (dl_phdr_info's dlpi_adds and dlpi_subs unchanged): then each object is
+ * still the one at its address. */
+static object *parked;
+static size_t nparked;
+static unsigned long long parked_adds, parked_subs;
+static int parked_valid;
 static uint32_t next_object_id;
 static size_t page_size;
 _Atomic uint64_t cyt_load_generation;
@@ -104,9 +114,37 @@ static uintptr_t dyn_ptr(const struct dl_phdr_info *info, ElfW(Addr) value) {
     return value < info->dlpi_addr ? info->dlpi_addr + value : value;
 }
 
+/* The hooked functions by a hash of their names: nearly every relocation of an object
+ * names another function (libpython has thousands), so a lookup is one hash and a probe,
+ * and a strcmp only when the hashes match. Filled once (pthread_once). */
+#define NAME_SLOTS 128 /* a power of two, well above cyt_hook_count */
+static struct {
+    uint32_t hash;
+    const hook_entry *entry; /* NULL: empty */
+} name_slots[NAME_SLOTS];
+static pthread_once_t name_slots_once = PTHREAD_ONCE_INIT;
+
+static uint32_t name_hash(const char *s) {
+    uint32_t h = 2166136261u; /* FNV-1a */
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+    return h;
+}
+
+static void fill_name_slots(void) {
+    for (size_t i = 0; i < cyt_hook_count && i < NAME_SLOTS / 2; i++) {
+        uint32_t h = name_hash(cyt_hook_table[i].name);
+        size_t k = h & (NAME_SLOTS - 1);
+        while (name_slots[k].entry != NULL) k = (k + 1) & (NAME_SLOTS - 1);
+        name_slots[k].hash = h;
+        name_slots[k].entry = &cyt_hook_table[i];
+    }
+}
+
 static const hook_entry *hook_for(const char *name, int unwinder) {
-    for (size_t i = 0; i < cyt_hook_count; i++)
-        if (strcmp(name, cyt_hook_table[i].name) == 0) return &cyt_hook_table[i];
+    pthread_once(&name_slots_once, fill_name_slots);
+    uint32_t h = name_hash(name);
+    for (size_t k = h & (NAME_SLOTS - 1); name_slots[k].entry != NULL; k = (k + 1) & (NAME_SLOTS - 1))
+        if (name_slots[k].hash == h && strcmp(name, name_slots[k].entry->name) == 0) return name_slots[k].entry;
     for (size_t i = 0; unwinder && i < cyt_unwinder_hook_count; i++)
         if (strcmp(name, cyt_unwinder_hook_table[i].name) == 0) return &cyt_unwinder_hook_table[i];
     return NULL;
@@ -142,6 +180,14 @@ static void collect_relocs(const struct dl_phdr_info *info, object *o, const Elf
     }
 }
 
+/* Point the object's slots at our hooks. */
+static void write_hooks(object *o) {
+    if (o->nslots == 0) return;
+    set_relro_writable(o, 1);
+    for (size_t i = 0; i < o->nslots; i++) *o->slots[i].slot = (uintptr_t)o->slots[i].hook;
+    set_relro_writable(o, 0);
+}
+
 static void patch_object(const struct dl_phdr_info *info, object *o) {
     const ElfW(Dyn) *dyn = NULL;
     for (int i = 0; i < info->dlpi_phnum; i++) {
@@ -175,10 +221,7 @@ static void patch_object(const struct dl_phdr_info *info, object *o) {
             if (d->d_tag == DT_NEEDED && strstr(strtab + d->d_un.d_val, "libcytrace.so") != NULL) o->fp = 1;
     if (pltrel_is_rela) collect_relocs(info, o, jmprel, pltrelsz, symtab, strtab);
     collect_relocs(info, o, rela, relasz, symtab, strtab);
-    if (o->nslots == 0) return;
-    set_relro_writable(o, 1);
-    for (size_t i = 0; i < o->nslots; i++) *o->slots[i].slot = (uintptr_t)o->slots[i].hook;
-    set_relro_writable(o, 0);
+    write_hooks(o);
 }
 
 static void unpatch_object(object *o) {
@@ -247,11 +290,32 @@ typedef struct scan_ctx {
     cyt_buf *out;
     int patch;
     uint64_t generation;
+    int counted; /* the loader's load and unload counters were read (into adds, subs) */
+    unsigned long long adds, subs;
 } scan_ctx;
 
+/* The parked object at (base, phdr), or NULL. */
+static object *find_parked(uintptr_t base, const void *phdr) {
+    for (size_t i = 0; i < nparked; i++)
+        if (parked[i].base == base && parked[i].phdr == phdr) return &parked[i];
+    return NULL;
+}
+
+static void drop_parked(void) {
+    for (size_t i = 0; i < nparked; i++) free(parked[i].slots);
+    free(parked);
+    parked = NULL;
+    nparked = 0;
+    parked_valid = 0;
+}
+
 static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
-    (void)size;
     scan_ctx *ctx = arg;
+    if (size >= offsetof(struct dl_phdr_info, dlpi_subs) + sizeof info->dlpi_subs) {
+        ctx->counted = 1;
+        ctx->adds = info->dlpi_adds;
+        ctx->subs = info->dlpi_subs;
+    }
     if (is_vdso(info)) return 0;
     object *o = find_object(info->dlpi_addr, info->dlpi_phdr);
     if (o != NULL) {
@@ -275,7 +339,25 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
     object_record(info, o->id, ctx->generation, ctx->out);
     if (is_dynamic_linker(info) || contains_self(info)) return 0;
     o->unwinder = info->dlpi_name != NULL && strstr(info->dlpi_name, "/libunwind") != NULL;
-    patch_object(info, o);
+    object *known = parked_valid && ctx->counted && ctx->adds == parked_adds && ctx->subs == parked_subs
+                        ? find_parked(o->base, o->phdr)
+                        : NULL;
+    if (known != NULL) { /* the same object as in the last session: its slots, read again */
+        o->fp = known->fp;
+        o->relro_start = known->relro_start;
+        o->relro_end = known->relro_end;
+        o->slots = known->slots;
+        o->nslots = known->nslots;
+        known->slots = NULL;
+        known->nslots = 0;
+        for (size_t i = 0; i < o->nslots; i++) {
+            o->slots[i].original = *o->slots[i].slot;
+            o->slots[i].foreign = 0;
+        }
+        write_hooks(o);
+    } else {
+        patch_object(info, o);
+    }
     if (o->fp) {
         for (int i = 0; i < info->dlpi_phnum && o->nexec < 4; i++) {
             const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
@@ -290,10 +372,10 @@ static int scan_one(struct dl_phdr_info *info, size_t size, void *arg) {
 
 /* Mark which known objects are still loaded; patch and describe new ones when `patch`;
  * forget the ones that went away (UNLOAD records when `out`). Caller holds patch_lock. */
-static void scan(cyt_buf *out, int patch, uint64_t generation) {
+static scan_ctx scan(cyt_buf *out, int patch, uint64_t generation) {
     if (page_size == 0) page_size = (size_t)sysconf(_SC_PAGESIZE);
     for (size_t i = 0; i < nobjects; i++) objects[i].present = 0;
-    scan_ctx ctx = {out, patch, generation};
+    scan_ctx ctx = {out, patch, generation, 0, 0, 0};
     dl_iterate_phdr(scan_one, &ctx);
     size_t kept = 0;
     for (size_t i = 0; i < nobjects; i++) {
@@ -312,11 +394,13 @@ static void scan(cyt_buf *out, int patch, uint64_t generation) {
         free(o->slots);
     }
     nobjects = kept;
+    return ctx;
 }
 
 int cyt_patch_all(cyt_buf *objects_out) {
     pthread_mutex_lock(&patch_lock);
     scan(objects_out, 1, atomic_load(&cyt_load_generation));
+    drop_parked(); /* only a session's first scan may use them */
     pthread_mutex_unlock(&patch_lock);
     return 0;
 }
@@ -406,11 +490,16 @@ uint64_t cyt_objects_described(void) {
 
 void cyt_unpatch_all(void) {
     pthread_mutex_lock(&patch_lock);
-    scan(NULL, 0, 0); /* drop objects unloaded behind our back: their slots are gone */
-    for (size_t i = 0; i < nobjects; i++) {
-        unpatch_object(&objects[i]);
-        free(objects[i].slots);
-    }
+    scan_ctx seen = scan(NULL, 0, 0); /* drop objects unloaded behind our back: their slots are gone */
+    for (size_t i = 0; i < nobjects; i++) unpatch_object(&objects[i]);
+    drop_parked();
+    parked = objects; /* with their slots, for the next session (see parked) */
+    nparked = nobjects;
+    parked_valid = seen.counted;
+    parked_adds = seen.adds;
+    parked_subs = seen.subs;
+    objects = NULL;
+    objects_cap = 0;
     nobjects = 0;
     next_object_id = 0;
     cyt_fp_objects_reset();

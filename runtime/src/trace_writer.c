@@ -628,7 +628,9 @@ void cyt_writer_close(const uint8_t *final, size_t len) {
         say("cytool: the capture %s is incomplete: %llu events could not be written (%s)\n", out_path,
             (unsigned long long)outage.total_events, outage.reason);
     if (capture_fd_ok() && out_fd >= 0) {
-        fsync(out_fd);
+        /* no fsync: the page cache keeps the capture after the process ends (even killed);
+         * only a machine crash would lose it, and an fsync costs milliseconds a session
+         * (the pytest plugin makes one per test) */
         close(out_fd); /* (releases the lock) */
     }
     out_fd = -1;
