@@ -7,8 +7,9 @@ the debug XML (which Cython function owns the line; a def line or a function nam
 the function's first statement; a line no function owns is refused, naming the nearest
 line that has code), then, once the module's shared object is loaded
 (`gdb.events.new_objfile`), its addresses are taken from the line table inside the owner
-(or inside the callers it was inlined into: cytool_gdb_placement), and the breakpoint is
-announced at the line its stops will show (in an optimised build not always the line
+(or inside the callers it was inlined into: cytool_gdb_placement; a breakpoint on a
+function in an optimised build only where every call passes, else where the function is
+entered), and the breakpoint is announced at the line its stops will show (in an optimised build not always the line
 asked for: then it says why). Each address becomes an internal gdb breakpoint; when the process exits they are deleted and the Cython
 breakpoint goes back to pending, to be placed again on the next run.
 
@@ -44,6 +45,7 @@ class Plan:
         self.first_statement = first_statement  # stop after the function's set-up
         self.whole_function = whole_function  # asked for by name or def line: any first line with code
         self.shown_line: Optional[int] = None  # the line its stops show, when not `line` (set when placed)
+        self.at_entry = False  # (optimised build) placed where the function is entered, not at `line`
 
     def describe(self) -> str:
         if not self.path:  # a module without debug XML whose C file was not found
@@ -299,6 +301,8 @@ def resolve(breakpoint: CyBreakpoint, announce: bool = True) -> None:
                                           breakpoint.plan.first_statement)
     if refusal and breakpoint.plan.whole_function:
         found, refusal = _first_line_with_code(breakpoint, refusal)
+    elif found and _optimised_whole_function(breakpoint.plan):
+        found, breakpoint.plan.at_entry = placement.run_on_every_call(breakpoint.plan.functions[0], found)
     if refusal:
         breakpoint.error = refusal
         if announce:
@@ -330,6 +334,9 @@ def _say_shown_line(breakpoint: CyBreakpoint, found: List[placement.Placement], 
     plan_.shown_line = None
     if not plan_.path or not found:
         return
+    if plan_.at_entry:
+        _say_entry(breakpoint, found, announce)
+        return
     positions = [placement.shown_position(where) for where in found]
     if any(p is None or os.path.basename(p[0]) != os.path.basename(plan_.path) for p in positions):
         return  # not known everywhere, or in another file (a helper's): the line asked for stands
@@ -350,16 +357,59 @@ def _say_shown_line(breakpoint: CyBreakpoint, found: List[placement.Placement], 
           f"{plan_.shown_line}")
 
 
+def _say_entry(breakpoint: CyBreakpoint, found: List[placement.Placement], announce: bool) -> None:
+    """Announce a breakpoint placed where the function is entered (an optimised build
+    whose first statement has code only where not every call runs it:
+    placement.run_on_every_call), at the line its stops show when that is one line."""
+    plan_ = breakpoint.plan
+    assert plan_ is not None
+    positions = [placement.shown_position(where) for where in found]
+    lines = {p[1] for p in positions if p is not None and os.path.basename(p[0]) == os.path.basename(plan_.path)}
+    if len(lines) == 1 and None not in positions and lines != {plan_.line}:
+        plan_.shown_line = lines.pop()
+    elif lines == {plan_.line} and None not in positions:
+        return  # its stops show the line asked for: nothing to explain
+    if not announce or breakpoint.internal:
+        return
+    name = os.path.basename(plan_.path)
+    level = placement.module_level(plan_.module) or "-O0"
+    function = plan_.functions[0]
+    shown = f": its stops show line {plan_.shown_line}" if plan_.shown_line else ""
+    print(f"cytool: breakpoint {breakpoint.number}: {name}:{plan_.line} has code in this {level} build of "
+          f"{plan_.module.name} only where not every call of {function.display_name}() runs (an error path, or "
+          f"merged with an inlined function): it stops where {function.display_name}() is entered{shown}")
+
+
+def _optimised_whole_function(plan_: Plan) -> bool:
+    """A breakpoint on a function itself (by name, def line) in an optimised build."""
+    if not plan_.whole_function or len(plan_.functions) != 1:
+        return False
+    level = placement.module_level(plan_.module)
+    return level is not None and level != "-O0"
+
+
 def _first_line_with_code(breakpoint: CyBreakpoint, refusal: str):
     """A function's first statement has no code (an optimising build folded it away):
-    its first later line that has code inside the function is where its body starts."""
+    its first later line that has code inside the function is where its body starts,
+    unless that code is where not every call runs it (an error path, the function's cold
+    part): then a few more lines are tried, and else the function's entries
+    (placement.run_on_every_call) are where it stops."""
     plan_ = breakpoint.plan
     assert plan_ is not None
     function = plan_.functions[0]
+    optimised = _optimised_whole_function(plan_)
+    tried = 0
     for line in sorted(l for l in function.lines.get(plan_.path, ()) if l > plan_.line):
         if is_blank_or_comment(plan_.path, line):
             continue
         found, _ = placement.place_line(plan_.path, line, [function], first_statement=False)
+        if found and optimised:
+            tried += 1
+            found, at_entry = placement.run_on_every_call(function, found)
+            if at_entry:
+                if tried < 4:
+                    continue
+                break
         if found:
             breakpoint.plan = Plan(plan_.module, plan_.path, line, [function],
                                    f"line {plan_.line} has no code in this build", first_statement=True,
@@ -367,6 +417,11 @@ def _first_line_with_code(breakpoint: CyBreakpoint, refusal: str):
             if not breakpoint.internal:
                 print(f"cytool: {plan_.path.rsplit('/', 1)[-1]}:{plan_.line}, the first statement of "
                       f"{function.display_name}(), has no code in this build: using line {line}")
+            return found, None
+    if optimised:
+        found, _ = placement.run_on_every_call(function, [])
+        if found:
+            plan_.at_entry = True
             return found, None
     return [], refusal
 

@@ -2,7 +2,9 @@
 
 Owns reading the line table of a loaded module for the cy-* commands: which addresses a
 line has inside a given Cython function (out of line, or inlined into a caller by an
-optimising build), where a function's body starts once its set-up is done, the build's
+optimising build), where a function's body starts once its set-up is done, whether an
+optimised function's first-statement address is run by every call (else its entry, as
+gdb's `break FUNC` places it, is where a breakpoint on the function goes), the build's
 optimisation level (from the compiler's DW_AT_producer), and honest reasons when a line
 has no address where it was asked for.
 
@@ -522,6 +524,154 @@ def shown_position(placement: Placement) -> Optional[Tuple[str, int]]:
 
     function = placement.function.module.by_cname.get(names[shown], placement.function)
     return pyx_position(function, path, line)
+
+
+# -- where every call of a function passes ----------------------------------------------------
+
+# x86-64 instructions after which the next one is not always run (calls return)
+_NOT_FALLING_THROUGH = re.compile(r"^(?:(?:bnd|notrack|rep[a-z]*)\s+)*(?:j[a-z]+|ret[a-z]*|ud2|hlt|int3)\b")
+
+
+def _straight_line(start: int, limit: int = 512):
+    """The addresses of the instructions run from `start` on, up to and including the
+    first after which the next one is not always run (a jump, a return; calls return), at
+    most `limit`. None at once on another architecture than x86-64 (not known)."""
+    try:
+        architecture = gdb.selected_inferior().architecture()
+    except (gdb.error, RuntimeError, AttributeError):
+        yield None
+        return
+    if "x86-64" not in architecture.name():
+        yield None
+        return
+    address = start
+    count = 0
+    while count < limit:
+        try:
+            instructions = architecture.disassemble(address, count=32)
+        except (gdb.error, gdb.MemoryError, RuntimeError):
+            return
+        if not instructions:
+            return
+        for instruction in instructions:
+            yield instruction["addr"]
+            count += 1
+            if _NOT_FALLING_THROUGH.match(instruction["asm"].strip()) or count >= limit:
+                return
+        address = instructions[-1]["addr"] + instructions[-1]["length"]
+
+
+def _falls_through(start: int, pc: int) -> bool:
+    """Whether the code from `start` reaches pc without a jump on the way (calls return):
+    then every pass through `start` runs pc. True on another architecture than x86-64
+    (not checked), False when pc comes before `start` or more than 512 instructions on."""
+    if pc == start:
+        return True
+    if pc < start:
+        return False
+    for address in _straight_line(start):
+        if address is None or address == pc:
+            return True
+        if address > pc:
+            return False
+    return False
+
+
+def _shown_in_own_source(function: Function, entry: int) -> int:
+    """The first address from `entry` on (straight-line code, a few dozen instructions)
+    where a stop shows a line of the function's own source file (shown_position), not a
+    header's whose inlined function starts there too, and preferably a body line, not
+    the def line (the prologue's); `entry` when there is none."""
+    source = os.path.basename(function.source or "")
+    first = None
+    for address in _straight_line(entry, 48):
+        if address is None:
+            break
+        shown = shown_position(Placement(function, address, None))
+        if shown is not None and os.path.basename(shown[0]) == source:
+            if shown[1] != function.lineno:
+                return address
+            first = address if first is None else first
+    return first if first is not None else entry
+
+
+def _in_order_after(function: Function, entry: int, pc: int) -> bool:
+    """Whether pc comes after `entry` with only code of earlier lines of the function
+    between them (a cpdef method's dispatch test, say, before the first statement), as
+    the first statement's code does; not an error path or the function's cold part (it
+    comes before the entry, or after code of the lines that follow it). For the
+    function's out-of-line body, whose rows are known."""
+    if pc <= entry:
+        return False
+    rows = function_rows(function)
+    if not rows or not rows[0][0] <= entry <= rows[-1][0]:
+        return False
+    line = next((l for p, l in reversed(rows) if p <= pc), None)
+    if line is None:
+        return False
+    return all(earlier <= line for p, earlier in rows if entry <= p < pc)
+
+
+def function_entries(function: Function) -> List[int]:
+    """Where gdb's `break FUNC` stops (after the prologue of the out-of-line body, at the
+    entry of each copy inlined elsewhere): what every call of the function runs. A copy
+    inlined into another copy of itself (gcc's partial inlining) is left out: its outer
+    copy's entry comes first. [] when gdb does not know the function."""
+    try:
+        sals = gdb.decode_line(function.cname)[1]
+    except gdb.error:
+        return []
+    pcs = [s.pc for s in sals or ()]
+    try:
+        temporary = gdb.Breakpoint(function.cname, internal=True)
+    except (gdb.error, RuntimeError):
+        temporary = None
+    if temporary is not None:
+        try:
+            pcs = [location.address for location in getattr(temporary, "locations", None) or ()] or pcs
+        finally:
+            temporary.delete()
+    entries: List[int] = []
+    for pc in sorted(set(pcs)):
+        if function_names_at(pc).count(function.cname) > 1:
+            continue
+        entries.append(pc)
+    return entries
+
+
+def run_on_every_call(function: Function, found: List[Placement]) -> Tuple[List[Placement], bool]:
+    """The stops of a breakpoint on the function itself (by name or def line) in an
+    optimised build: in its out-of-line body, the placement of the line asked for if the
+    code from the body's entry (function_entries) falls through to it or reaches it past
+    only earlier lines (_in_order_after), else the entry itself (moved on to where a stop
+    shows the function's own source). Inlined copies are left as placed: gcc may split
+    one over several paths, and the copy's entry gdb names need not be on the one taken.
+    Why: asked for its first statement, gdb may know that line only at an address few
+    calls run: the statement's own row at the entry dropped (gdb keeps one file's rows at
+    an address, and an inlined header function starts there too), leaving a row on an
+    error path or in the function's `.cold` part, where the breakpoint never stops.
+    Returns (stops, whether the entry replaced the placement or stands for a body
+    without one)."""
+    body = state.function_block(function)
+    entries = [entry for entry in function_entries(function)
+               if body is not None and _copy_of(entry, function.cname) == body.start]
+    if not entries:
+        return found, False
+    stops: List[Placement] = []
+    replaced = False
+    for entry in entries:
+        copy = _copy_of(entry, function.cname)
+        mine = [p for p in found if _copy_of(p.pc, function.cname) == copy]
+        good = [p for p in mine if _falls_through(entry, p.pc) or _in_order_after(function, entry, p.pc)]
+        if good:
+            stops.append(good[0])
+        else:
+            pc = _shown_in_own_source(function, past_inline_entry(entry, function.cname))
+            stops.append(Placement(function, pc, inlined_into(pc, function)))
+            replaced = True
+    copies = {_copy_of(entry, function.cname) for entry in entries}
+    stops.extend(p for p in found if _copy_of(p.pc, function.cname) not in copies)
+    return stops, replaced
 
 
 def place_line(path: str, line: int, owners: List[Function],

@@ -3,8 +3,8 @@
 Fixtures: tests/fixtures/debug/shapes.pyx (closures, a generator, a coroutine, a lambda,
 a loop with branches; built at -O0 by cytool and run by `cytool run --prebuilt`),
 optmod.pyx and methods.pyx (built with Cython and gcc at -O2 and at -O0, imported by the
-scripts optdriver.py and methodsdriver.py), cppmod.pyx (compiled as C++ at -O2 and -O3,
-imported by cppdriver.py) and pkgsrc/pkg/sub/geo.pyx (the package module
+scripts optdriver.py and methodsdriver.py), guarded.pyx (-O2 and -O3, guardeddriver.py),
+cppmod.pyx (compiled as C++ at -O2 and -O3, imported by cppdriver.py) and pkgsrc/pkg/sub/geo.pyx (the package module
 pkg.sub.geo, imported by pkgdriver.py, its debug information found at the project root
 when it loads). Each test runs on the interpreters CYTOOL_TEST_PYTHONS names
 (tests/conftest.py).
@@ -326,6 +326,37 @@ def test_a_line_of_an_unrolled_inlined_copy_stops_at_every_iteration(tmp_path_fa
     assert len(found) >= 3, out  # a stop per iteration (gdb's own placement: one per call)
     assert set(found) == {("unrolled.pyx", str(U["sq-body"]), "sq")}, out
     assert "packed 90" in out, out
+
+
+GUARDED = h.markers(h.HERE / "guarded.pyx")
+
+
+@pytest.mark.parametrize("level", ["2", "3"])
+def test_breakpoint_by_name_stops_on_every_call_in_an_optimised_build(
+        debug_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
+    """cy-break on a method at -O2/-O3 stops each time it is called, at the line
+    announced. Box._weigh's first statement (`kind = PyUnicode_KIND(text)`) has its row
+    at the method's entry, where the inlined header function's rows start too: gdb keeps
+    only the header's, and the line's other rows are on paths few calls take (was:
+    "Cython breakpoint 2 at guarded.pyx:30", never stopped, the program ran to its end).
+    Box._check_frozen is a guard whose body is a `raise` (out of line)."""
+    directory = tmp_path_factory.mktemp(f"guarded-O{level}")
+    shutil.copy(h.HERE / "guarded.pyx", directory / "guarded.pyx")
+    h.build_extension(debug_python, directory / "guarded.pyx", directory, opt_level=level)
+    specs = [("Box._check_frozen", "check"), ("Box._weigh", "weigh")]
+    commands = [f"cy-break {spec}" for spec, _ in specs] + ["cy-run"] + ["cy-cont"] * 6
+    run = h.run_gdb_program([debug_python, str(h.HERE / "guardeddriver.py"), str(directory)], commands)
+    out = str(run)
+    placed = run.of(len(specs))
+    announced = {int(number): int(line) for number, line in
+                 re.findall(r"^Cython breakpoint (\d+) at guarded\.pyx:(\d+) in [\w.]+\(\)$", placed, re.M)}
+    stopped = re.findall(r"^Cython breakpoint (\d+), guarded\.pyx:(\d+) in ([\w.]+)\(\)", out, re.M)
+    for number, (spec, key) in enumerate(specs, start=1):
+        mine = [(int(line), name) for got, line, name in stopped if int(got) == number]
+        assert mine == [(announced[number], spec)] * 3, f"{spec}: {mine}\n{out}"
+    assert GUARDED["check-def"] <= announced[1] <= GUARDED["check-first"], out  # never the guard's raise
+    assert GUARDED["weigh-def"] <= announced[2] <= GUARDED["weigh-first"] + 1, out
+    assert "weights [195, 390, 585]" in out and "Python Exception" not in out, out
 
 
 CPP = h.markers(h.HERE / "cppmod.pyx")
