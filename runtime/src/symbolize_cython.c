@@ -120,6 +120,30 @@ static int is_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
+/* The first `dir/name` that exists and passes `ok`, for `dir` = start and each folder
+ * above it (`levels` in all), trying the names in order at each; malloc'd, or NULL. */
+static char *find_above(const char *start, int levels, const char *const *names, size_t nnames,
+                        int (*ok)(const char *path))
+{
+    char *dir = start ? strdup(start) : NULL;
+    for (int level = 0; dir && level < levels; level++) {
+        for (size_t k = 0; k < nnames; k++) {
+            char path[4096];
+            int n = names[k] ? snprintf(path, sizeof path, "%s/%s", dir, names[k]) : -1;
+            if (n > 0 && (size_t)n < sizeof path && ok(path)) {
+                free(dir);
+                return strdup(path);
+            }
+        }
+        char *up = strrchr(dir, '/');
+        if (!up || up == dir)
+            break;
+        *up = '\0';
+    }
+    free(dir);
+    return NULL;
+}
+
 /* The `"debug_info": "<path>"` of a module index entry (cytool/module_index.py), malloc'd;
  * NULL when absent, null or escaped beyond \" \\ \/. */
 static char *index_debug_info(const char *json)
@@ -162,26 +186,18 @@ static char *find_xml(const char *so_path, const char *module, const uint8_t *bu
 {
     const char *slash = strrchr(so_path, '/');
     const char *base = slash ? slash + 1 : so_path;
-    char short_name[256], path[4096];
+    char short_name[256], path[4096], short_xml[300], module_xml[300];
     snprintf(short_name, sizeof short_name, "%.*s", (int)strcspn(base, "."), base);
+    snprintf(short_xml, sizeof short_xml, "cython_debug/cython_debug_info_%s", short_name);
+    snprintf(module_xml, sizeof module_xml, "cython_debug/cython_debug_info_%s", module ? module : "");
     char *dir = slash ? strndup(so_path, (size_t)(slash - so_path)) : strdup(".");
-    for (int level = 0; dir && level <= 4; level++) {
-        const char *tries[2] = {level == 0 ? short_name : NULL, module};
-        for (int k = 0; k < 2; k++) {
-            if (!tries[k])
-                continue;
-            int n = snprintf(path, sizeof path, "%s/cython_debug/cython_debug_info_%s", dir, tries[k]);
-            if (n > 0 && (size_t)n < sizeof path && is_file(path)) {
-                free(dir);
-                return strdup(path);
-            }
-        }
-        char *up = strrchr(dir, '/');
-        if (!up || up == dir)
-            break;
-        *up = '\0';
-    }
+    const char *beside[2] = {short_xml, module ? module_xml : NULL}, *above[1] = {beside[1]};
+    char *xml = find_above(dir, 1, beside, 2, is_file); /* beside the module: short or dotted name */
+    if (!xml)
+        xml = find_above(dir, 5, above, 1, is_file); /* a package's: dotted, up to 4 folders above */
     free(dir);
+    if (xml)
+        return xml;
     if (!search || !build_id_len || build_id_len > 64)
         return NULL;
     char hex[129];
@@ -713,6 +729,8 @@ static int regular_file(const char *path, off_t max)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode) && st.st_size <= max;
 }
 
+static int c_file_ok(const char *path) { return regular_file(path, CFILE_MAX_BYTES); }
+
 static char *dir_of(const char *path)
 {
     const char *slash = strrchr(path, '/');
@@ -728,21 +746,11 @@ static char *resolve_source(const char *written, const char *const *anchors, siz
         int depth = 4;
         for (const char *q = written; *q; q++)
             depth += *q == '/';
+        const char *names[1] = {written};
         for (size_t a = 0; a < nanchors; a++) {
-            char *dir = anchors[a] ? strdup(anchors[a]) : NULL;
-            for (int level = 0; dir && level < depth; level++) {
-                char candidate[4096];
-                int n = snprintf(candidate, sizeof candidate, "%s/%s", dir, written);
-                if (n > 0 && (size_t)n < sizeof candidate && regular_file(candidate, CFILE_MAX_BYTES)) {
-                    free(dir);
-                    return strdup(candidate);
-                }
-                char *slash = strrchr(dir, '/');
-                if (!slash || slash == dir)
-                    break;
-                *slash = '\0';
-            }
-            free(dir);
+            char *found = find_above(anchors[a], depth, names, 1, c_file_ok);
+            if (found)
+                return found;
         }
     }
     return strdup(written);
