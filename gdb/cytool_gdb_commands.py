@@ -878,6 +878,7 @@ def _on_new_objfile(event: "gdb.NewObjFileEvent") -> None:
             return  # the stand-in symbols for the TUI, or before the run
         state.drop_preloaded()  # the process started: the real module will load
     pyobject.forget_types()
+    placement.forget_lines()
     frames.load_python_gdb(name)
     if not name.endswith(".so") or not state.process_running():
         return

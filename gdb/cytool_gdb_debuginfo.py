@@ -370,6 +370,7 @@ def _produces_code(text: str) -> bool:
 
 
 _c_cache: Dict[str, List[str]] = {}
+_statements_cache: Dict[Tuple[str, Tuple[int, int]], List["StatementLine"]] = {}  # (C file, extent): its lines (the C files do not change under a debug session)
 
 
 class StatementLine(NamedTuple):
@@ -395,13 +396,21 @@ def c_statement_lines(c_filename: str, extent: Tuple[int, int]) -> List[Statemen
     table is its k-th entry here. Lines between #if and #endif are marked conditional:
     which branch was compiled (CYTHON_VECTORCALL, the Python version ...) is not known
     here, so the caller decides from the line table (cytool_gdb_placement.function_runs)."""
+    known = _statements_cache.get((c_filename, extent))
+    if known is not None:
+        return known
     if c_filename not in _c_cache:
         try:
             with open(c_filename, encoding="utf-8", errors="replace") as handle:
                 _c_cache[c_filename] = handle.read().split("\n")
         except OSError:
             _c_cache[c_filename] = []
-    lines = _c_cache[c_filename]
+    found = _statement_lines(_c_cache[c_filename], extent)
+    _statements_cache[(c_filename, extent)] = found
+    return found
+
+
+def _statement_lines(lines: List[str], extent: Tuple[int, int]) -> List[StatementLine]:
     start, end = extent[0] - 1, min(extent[1], len(lines))
     directive = start
     while directive > 0 and not _DIRECTIVE.match(lines[directive]):

@@ -31,6 +31,9 @@ Runs = List[Tuple[int, int, bool]]  # (pc, line, artifact): where a line's code 
 _rows_cache: Dict[Tuple[str, str], Rows] = {}
 _runs_cache: Dict[Tuple[str, str], Runs] = {}
 _level_cache: Dict[str, str] = {}
+# gdb.decode_line by spec ("path:line", a C name): 10 ms and more in a big module, and
+# cy-step places a breakpoint at every function's first statement at each step
+_sals_cache: Dict[str, list] = {}
 
 
 def forget() -> None:
@@ -38,6 +41,22 @@ def forget() -> None:
     _rows_cache.clear()
     _runs_cache.clear()
     _level_cache.clear()
+    _sals_cache.clear()
+
+
+def forget_lines() -> None:
+    """An object was loaded: a spec may now have more places (gdb.events.new_objfile)."""
+    _sals_cache.clear()
+
+
+def decode_line(spec: str) -> list:
+    """gdb.decode_line(spec)[1] as a list (empty for none), kept until the next object
+    loads or the process ends. Raises gdb.error as gdb.decode_line does (not kept)."""
+    found = _sals_cache.get(spec)
+    if found is None:
+        found = list(gdb.decode_line(spec)[1] or ())
+        _sals_cache[spec] = found
+    return found
 
 
 # -- blocks -------------------------------------------------------------------------------
@@ -98,10 +117,10 @@ def _copy_of(pc: int, cname: str) -> int:
 def _symtab(path: str, line: int) -> Optional["gdb.Symtab"]:
     for spec in (f"{path}:{line}", f"{os.path.basename(path)}:{line}"):
         try:
-            sals = gdb.decode_line(spec)[1]
+            sals = decode_line(spec)
         except gdb.error:
             continue
-        for sal in sals or ():
+        for sal in sals:
             if sal.symtab is not None:
                 return sal.symtab
     return None
@@ -111,7 +130,7 @@ def sals_for_line(path: str, line: int) -> list:
     """gdb's own placement of `break path:line` (one address per function or inlined copy)."""
     for spec in (f"{path}:{line}", f"{os.path.basename(path)}:{line}"):
         try:
-            sals = gdb.decode_line(spec)[1]
+            sals = decode_line(spec)
         except gdb.error:
             continue
         if sals:
@@ -761,7 +780,7 @@ def _c_line_pcs(c_filename: str, c_line: int) -> List[int]:
     """gdb's addresses for line `c_line` of a C file (none when it has no code there)."""
     for spec in (f"{c_filename}:{c_line}", f"{os.path.basename(c_filename)}:{c_line}"):
         try:
-            sals = gdb.decode_line(spec)[1]
+            sals = decode_line(spec)
         except gdb.error:
             continue
         if sals:
@@ -774,7 +793,7 @@ def _entry_pcs(function: Function) -> List[int]:
     copy inlined elsewhere), else of its Python wrapper."""
     for cname in [function.cname] + list(getattr(function, "wrappers", [])):
         try:
-            sals = gdb.decode_line(cname)[1]
+            sals = decode_line(cname)
         except gdb.error:
             continue
         if sals:

@@ -276,7 +276,9 @@ def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
         name = objfile.filename or ""
         if not name.endswith(".so") or not objfile.is_valid():
             continue
-        real = os.path.realpath(name)
+        real = _realpaths.get(name)
+        if real is None:
+            real = _realpaths[name] = os.path.realpath(name)
         if bound is not None:
             if real == bound:
                 return objfile
@@ -289,6 +291,10 @@ def objfile_for(module: Module) -> Optional["gdb.Objfile"]:
 def forget_objfiles() -> None:
     """The process exited: the next run loads (and binds) its shared objects again."""
     _objfile_of.clear()
+    _realpaths.clear()
+
+
+_realpaths: Dict[str, str] = {}  # an objfile's file name -> its real path (objfile_for)
 
 
 def lookup_static(module: Module, name: str) -> Optional["gdb.Symbol"]:
