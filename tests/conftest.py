@@ -103,6 +103,14 @@ def each_of_two_pythons(request: pytest.FixtureRequest, tmp_path_factory: pytest
     return python_with_cython(request.param, tmp_path_factory)
 
 
+@pytest.fixture
+def optimised_build_python(each_of_two_pythons: str) -> str:
+    """The gdb tests of -O2/-O3 builds (where gcc puts a function's lines: much the same on
+    every Python, and C++ and -O3 builds are slow): on this venv's interpreter and the
+    newest other only (CI time)."""
+    return each_of_two_pythons
+
+
 @pytest.fixture(scope="session")
 def stack_python(each_of_two_pythons: str) -> str:
     return each_of_two_pythons

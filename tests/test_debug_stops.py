@@ -244,7 +244,7 @@ METHOD_SPECS = [("Packer.pack", "pack"), ("Packer.plain", "plain"), ("Packer.spa
 
 @pytest.mark.parametrize("level", ["0", "2"])
 def test_breakpoint_by_name_is_announced_at_the_line_it_stops_at(
-        debug_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
+        optimised_build_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
     """cy-break Class.method (def, cpdef, cdef; with a docstring, without, a blank line
     before the body) and module-level functions: the line announced is the line the stop
     shows. At -O0 both are the first statement, as gdb shows a C function after its
@@ -254,9 +254,9 @@ def test_breakpoint_by_name_is_announced_at_the_line_it_stops_at(
     first statement, stopped at the next line)."""
     directory = tmp_path_factory.mktemp(f"methods-O{level}")
     shutil.copy(h.HERE / "methods.pyx", directory / "methods.pyx")
-    h.build_extension(debug_python, directory / "methods.pyx", directory, opt_level=level)
+    h.build_extension(optimised_build_python, directory / "methods.pyx", directory, opt_level=level)
     commands = [f"cy-break {spec}" for spec, _ in METHOD_SPECS] + ["cy-run"] + ["cy-cont"] * len(METHOD_SPECS)
-    run = h.run_gdb_program([debug_python, str(h.HERE / "methodsdriver.py"), str(directory)], commands)
+    run = h.run_gdb_program([optimised_build_python, str(h.HERE / "methodsdriver.py"), str(directory)], commands)
     out = str(run)
     placed = run.of(len(METHOD_SPECS))
     announced = {int(number): (int(line), name) for number, line, name in
@@ -333,7 +333,7 @@ GUARDED = h.markers(h.HERE / "guarded.pyx")
 
 @pytest.mark.parametrize("level", ["2", "3"])
 def test_breakpoint_by_name_stops_on_every_call_in_an_optimised_build(
-        debug_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
+        optimised_build_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
     """cy-break on a method at -O2/-O3 stops each time it is called, at the line
     announced. Box._weigh's first statement (`kind = PyUnicode_KIND(text)`) has its row
     at the method's entry, where the inlined header function's rows start too: gdb keeps
@@ -342,10 +342,10 @@ def test_breakpoint_by_name_stops_on_every_call_in_an_optimised_build(
     Box._check_frozen is a guard whose body is a `raise` (out of line)."""
     directory = tmp_path_factory.mktemp(f"guarded-O{level}")
     shutil.copy(h.HERE / "guarded.pyx", directory / "guarded.pyx")
-    h.build_extension(debug_python, directory / "guarded.pyx", directory, opt_level=level)
+    h.build_extension(optimised_build_python, directory / "guarded.pyx", directory, opt_level=level)
     specs = [("Box._check_frozen", "check"), ("Box._weigh", "weigh")]
     commands = [f"cy-break {spec}" for spec, _ in specs] + ["cy-run"] + ["cy-cont"] * 6
-    run = h.run_gdb_program([debug_python, str(h.HERE / "guardeddriver.py"), str(directory)], commands)
+    run = h.run_gdb_program([optimised_build_python, str(h.HERE / "guardeddriver.py"), str(directory)], commands)
     out = str(run)
     placed = run.of(len(specs))
     announced = {int(number): int(line) for number, line in
@@ -364,7 +364,7 @@ CPP = h.markers(h.HERE / "cppmod.pyx")
 
 @pytest.mark.parametrize("level", ["2", "3"])
 def test_cdef_functions_of_a_cpp_module_in_an_optimised_build(
-        debug_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
+        optimised_build_python: str, tmp_path_factory: pytest.TempPathFactory, level: str) -> None:
     """A module compiled as C++ at -O2/-O3: gdb names a function's block with its
     signature (`__pyx_f_6cppmod_3Acc_add(__pyx_obj_6cppmod_Acc*, double)`); cdef methods,
     cdef functions and lines inside them are placed, stop, show in cy-bt and are stepped
@@ -372,7 +372,7 @@ def test_cdef_functions_of_a_cpp_module_in_an_optimised_build(
     __pyx_f_6cppmod_3Acc_add(__pyx_obj_6cppmod_Acc*, double)() ..., none in Acc.add()")."""
     directory = tmp_path_factory.mktemp(f"cppmod-O{level}")
     shutil.copy(h.HERE / "cppmod.pyx", directory / "cppmod.pyx")
-    h.build_extension(debug_python, directory / "cppmod.pyx", directory, opt_level=level, cplus=True)
+    h.build_extension(optimised_build_python, directory / "cppmod.pyx", directory, opt_level=level, cplus=True)
     commands = [
         "cy-break Acc.add",  # 0
         "cy-break helper",  # 1
@@ -383,7 +383,7 @@ def test_cdef_functions_of_a_cpp_module_in_an_optimised_build(
         "cy-cont", "cy-cont", "cy-cont", "cy-cont", "cy-cont",  # 6..10: helper, Acc.add, ...
         "cy-cont",  # 11: to the end
     ]
-    run = h.run_gdb_program([debug_python, str(h.HERE / "cppdriver.py"), str(directory)], commands)
+    run = h.run_gdb_program([optimised_build_python, str(h.HERE / "cppdriver.py"), str(directory)], commands)
     out = str(run)
     placed = run.of(3)
     assert "not set" not in out and "none in" not in out and "(__pyx_obj" not in out, out
